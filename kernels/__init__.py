@@ -1,0 +1,12 @@
+"""Kernels for mtbench: each op has a PyTorch reference and, on CUDA, a Triton kernel; one dispatcher picks.
+
+Set MTBENCH_KERNELS=reference to force the PyTorch references everywhere.
+"""
+
+from kernels.dispatch import gather_from_pages, group_layernorm, hstu_attention, scatter_to_pages
+from kernels.hstu_attention_ref import AttentionSpec, ContiguousPrefix, PagedPrefix, Prefix
+
+__all__ = [
+    "AttentionSpec", "ContiguousPrefix", "PagedPrefix", "Prefix",
+    "hstu_attention", "group_layernorm", "scatter_to_pages", "gather_from_pages",
+]

@@ -1,0 +1,1 @@
+"""Report directories, summaries and plots."""

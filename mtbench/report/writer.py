@@ -1,0 +1,93 @@
+"""Atomic report directories: a run writes into DIR.partial/ and renames it to DIR only when complete.
+
+If the run is interrupted (Ctrl-C, an error), the partial directory stays, carrying an INCOMPLETE
+marker file that says why, and DIR itself is never created half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pandas as pd
+
+from mtbench.errors import MtbenchError
+
+INCOMPLETE_MARKER = "INCOMPLETE"
+
+
+def default_report_dir(kind: str, root: Path = Path("reports/runs")) -> Path:
+    """A fresh timestamped directory name under reports/runs/ for a run of `kind`."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    candidate = root / f"{kind}-{stamp}"
+    suffix = 1
+    while candidate.exists() or candidate.with_name(candidate.name + ".partial").exists():
+        suffix += 1
+        candidate = root / f"{kind}-{stamp}-{suffix}"
+    return candidate
+
+
+class ReportWriter:
+    """Writes records.parquet, summary.json, summary.md and plots/ into a staging dir, then renames it.
+
+    Invariant: `final_dir` exists only if every file was written and the run finished.
+    """
+
+    def __init__(self, final_dir: Path, overwrite: bool = True) -> None:
+        self.final_dir = Path(final_dir)
+        self.staging = self.final_dir.with_name(self.final_dir.name + ".partial")
+        if self.final_dir.exists() and not overwrite:
+            raise MtbenchError(f"report directory {self.final_dir} already exists")
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.staging / "plots"
+
+    def __enter__(self) -> "ReportWriter":
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        self.plots_dir.mkdir(parents=True)
+        (self.staging / INCOMPLETE_MARKER).write_text("run in progress\n")
+        return self
+
+    def write_records(self, records: pd.DataFrame) -> Path:
+        path = self.staging / "records.parquet"
+        records.to_parquet(path, index=False)
+        return path
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        path = self.staging / "summary.json"
+        path.write_text(json.dumps(summary, indent=2, sort_keys=False, default=_json_default) + "\n")
+        return path
+
+    def write_markdown(self, text: str) -> Path:
+        path = self.staging / "summary.md"
+        path.write_text(text)
+        return path
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            (self.staging / INCOMPLETE_MARKER).unlink()
+            if self.final_dir.exists():
+                shutil.rmtree(self.final_dir)
+            self.staging.rename(self.final_dir)
+            return
+        reason = "interrupted (Ctrl-C)" if exc_type is KeyboardInterrupt else f"failed: {exc_type.__name__}: {exc}"
+        (self.staging / INCOMPLETE_MARKER).write_text(f"run {reason}\n")
+
+
+def is_complete(report_dir: Path) -> bool:
+    report_dir = Path(report_dir)
+    return (report_dir / "summary.json").is_file() and not (report_dir / INCOMPLETE_MARKER).exists()
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
