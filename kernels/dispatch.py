@@ -1,8 +1,15 @@
-"""One dispatcher per op: the Triton kernel on CUDA (when available), the PyTorch reference elsewhere."""
+"""One dispatcher per op: the Triton kernel on CUDA (when available), the PyTorch reference elsewhere.
+
+`impl`: "auto" (Triton for CUDA tensors the kernel supports, else the reference), "triton" (always;
+CPU tensors need TRITON_INTERPRET=1 set before the first Triton call), "reference".
+MTBENCH_KERNELS=reference in the environment forces the references everywhere.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
 import torch
 
@@ -10,11 +17,21 @@ from kernels.group_layernorm_ref import group_layernorm_reference
 from kernels.hstu_attention_ref import AttentionSpec, Prefix, hstu_attention_reference
 from kernels.page_copy_ref import gather_from_pages_reference, scatter_to_pages_reference
 
+IMPLS = ("auto", "triton", "reference")
 
-def _use_triton(t: torch.Tensor, impl: str) -> bool:
+
+def _triton_module(name: str) -> ModuleType:
+    # Imported on first use: Triton reads TRITON_INTERPRET when a kernel module is imported, so a
+    # CPU test can still switch the interpreter on after `kernels` itself was imported.
+    return importlib.import_module(f"kernels.{name}")
+
+
+def _use_triton(t: torch.Tensor, impl: str, supported: bool = True) -> bool:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "reference" or os.environ.get("MTBENCH_KERNELS") == "reference":
         return False
-    return impl == "triton" or t.is_cuda
+    return impl == "triton" or (t.is_cuda and supported)
 
 
 def hstu_attention(
@@ -22,6 +39,11 @@ def hstu_attention(
     n_new_static: torch.Tensor, n_rt: torch.Tensor, spec: AttentionSpec,
     prefix: Prefix | None = None, impl: str = "auto",
 ) -> torch.Tensor:
+    """Jagged HSTU attention with the MTGR mask; see kernels/hstu_attention_ref.py for the contract."""
+    supported = q.dim() == 3 and q.shape[-1] <= 256 and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    if _use_triton(q, impl, supported):
+        kernel = _triton_module("hstu_attention_triton")
+        return kernel.hstu_attention_triton(q, k, v, offsets, n_new_static, n_rt, spec, prefix)
     return hstu_attention_reference(q, k, v, offsets, n_new_static, n_rt, spec, prefix)
 
 
@@ -29,12 +51,22 @@ def group_layernorm(
     x: torch.Tensor, group_ids: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     eps: float = 1e-5, gate: torch.Tensor | None = None, impl: str = "auto",
 ) -> torch.Tensor:
+    """LayerNorm with (gamma, beta) per token group, times `gate` if given; see group_layernorm_ref.py."""
+    if _use_triton(x, impl, supported=x.dim() == 2 and x.shape[-1] <= 16384):
+        return _triton_module("group_layernorm_triton").group_layernorm_triton(x, group_ids, weight, bias, eps, gate)
     return group_layernorm_reference(x, group_ids, weight, bias, eps, gate)
 
 
 def scatter_to_pages(src: torch.Tensor, pool_layer: torch.Tensor, slots: torch.Tensor, impl: str = "auto") -> None:
-    scatter_to_pages_reference(src, pool_layer, slots)
+    """pool_layer[slot // P, kv, slot % P] = src[kv, t]; see page_copy_ref.py."""
+    if _use_triton(pool_layer, impl):
+        _triton_module("page_copy_triton").scatter_to_pages_triton(src, pool_layer, slots)
+    else:
+        scatter_to_pages_reference(src, pool_layer, slots)
 
 
 def gather_from_pages(pool_layer: torch.Tensor, slots: torch.Tensor, out: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
+    """[2, T, H, D] tokens at `slots` (into `out` when given); see page_copy_ref.py."""
+    if _use_triton(pool_layer, impl):
+        return _triton_module("page_copy_triton").gather_from_pages_triton(pool_layer, slots, out)
     return gather_from_pages_reference(pool_layer, slots, out)

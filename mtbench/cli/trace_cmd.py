@@ -1,7 +1,271 @@
-"""CLI commands of this area (filled by the area's issue)."""
+"""`mtbench trace ...`: import real logs, synthesise, fit, describe and validate request traces."""
 
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from mtbench.errors import MtbenchError
+from mtbench.trace.candidates import CandidateDist
+from mtbench.trace.events import EventRules
+from mtbench.trace.importers import BEHAVIOUR_KINDS, KINDS, CacheRules, CsvColumns, cache_to_requests, import_accesses, import_events
+from mtbench.trace.loader import TraceLimits, open_trace
+from mtbench.trace.profile import QUANTILE_LEVELS, TraceProfile
+from mtbench.trace.writer import write_trace
+
+trace_app = typer.Typer(help="Request traces: import, synth, fit, stats, validate.", no_args_is_help=True)
+console = Console()
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Model preset whose limits the trace must meet (tiny, small, medium, large).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="KV element type for bytes per token: bf16, fp16, fp32.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output parquet trace (written atomically).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random draw (same seed, same file).")]
+CandOpt = Annotated[Optional[int], typer.Option("--cand", help="Candidates per request (fixed count).")]
+CandDistOpt = Annotated[Optional[str], typer.Option("--cand-dist", help="Candidate distribution: N, lognormal:MEDIAN:SIGMA or uniform:LO:HI.")]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhdw]?)\s*$")
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(text: str, what: str = "--duration") -> float:
+    """'3600', '90m', '36h', '14d', '2w' -> seconds (> 0)."""
+    match = _DURATION.match(str(text))
+    if match is None or float(match.group(1)) <= 0:
+        raise MtbenchError(f"{what}: cannot read {text!r} as a positive duration (examples: 3600, 36h, 14d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _model(preset: str):
+    from mtbench.model import get_config
+
+    return get_config(preset)
+
+
+def _bytes_per_token(preset: str, dtype: str) -> int:
+    from mtbench.model import parse_dtype
+
+    return _model(preset).kv_bytes_per_token(parse_dtype(dtype))
+
+
+def _candidates(cand: int | None, cand_dist: str | None, max_cand: int) -> CandidateDist:
+    if cand is not None and cand_dist is not None:
+        raise MtbenchError("give either --cand or --cand-dist, not both")
+    dist = CandidateDist.parse(cand_dist) if cand_dist is not None else CandidateDist.parse(str(cand if cand is not None else 128))
+    if dist.kind == "fixed" and dist.params[0] > max_cand or dist.kind == "uniform" and dist.params[1] > max_cand:
+        raise MtbenchError(f"candidates {dist} exceed the model's max_cand {max_cand}")
+    return dist
+
+
+def _check_limits(columns: dict[str, np.ndarray], limits: TraceLimits, source: str) -> None:
+    """Fail before writing when generated lengths break the model's limits."""
+    for column, maximum in limits.by_column().items():
+        over = np.flatnonzero(columns[column] > maximum)
+        if over.size:
+            raise MtbenchError(f"{source}: column '{column}', row {over[0]}: value {columns[column][over[0]]} "
+                               f"exceeds the model limit {maximum}")
+
+
+def _summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _describe(columns: dict[str, np.ndarray], out: Path, seconds: float) -> list[tuple[str, str]]:
+    rows = columns["ts"].shape[0]
+    return [
+        ("output", str(out)),
+        ("requests", f"{rows:,}"),
+        ("users", f"{np.unique(columns['user_id']).shape[0]:,}"),
+        ("time span", f"{columns['ts'][-1] - columns['ts'][0]:,.0f} s"),
+        ("seconds", f"{seconds:.2f}"),
+        ("rows/s", f"{rows / max(seconds, 1e-9):,.0f}"),
+    ]
+
+
+def import_cmd(
+    kind: Annotated[str, typer.Argument(help=f"Input kind: {', '.join(KINDS)}.")],
+    paths: Annotated[list[Path], typer.Argument(help="Input file(s); behaviour logs may be several files of one log.")],
+    out: OutOpt,
+    model: ModelOpt = "large",
+    dtype: DtypeOpt = "bf16",
+    user_tokens: Annotated[int, typer.Option(help="U: profile tokens per request (behaviour logs).")] = 32,
+    max_seq: Annotated[Optional[int], typer.Option(help="Cap on S tokens (default: the model's max_seq).")] = None,
+    session_gap: Annotated[Optional[float], typer.Option(help="One request per visit: events at most this many seconds apart form a visit.")] = None,
+    clicks_only: Annotated[bool, typer.Option(help="kuairand: keep only rows with is_click == 1.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="libcachesim: csv, txt, oracleGeneral or auto (by file name).")] = "auto",
+    key_col: Annotated[str, typer.Option(help="libcachesim csv: key column (name, or 1-based number with --no-header).")] = "auto",
+    time_col: Annotated[str, typer.Option(help="libcachesim csv: time column, or 'none'.")] = "auto",
+    size_col: Annotated[str, typer.Option(help="libcachesim csv: object size column (bytes), or 'none'.")] = "auto",
+    header: Annotated[bool, typer.Option(help="libcachesim csv: the first line names the columns.")] = True,
+    delimiter: Annotated[str, typer.Option(help="libcachesim csv: field separator.")] = ",",
+    time_unit: Annotated[float, typer.Option(help="Cache traces: seconds per unit of the time column.")] = 1.0,
+    n_static: Annotated[Optional[int], typer.Option(help="Cache traces: fixed n_static instead of size / bytes per token.")] = None,
+    n_rt: Annotated[int, typer.Option(help="Cache traces: R tokens per request.")] = 0,
+    cand: CandOpt = None,
+    cand_dist: CandDistOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Import a behaviour log or cache trace as a request trace (see traces/README.md for the rules)."""
+    if kind not in KINDS:
+        raise MtbenchError(f"unknown import kind {kind!r} (choose from {', '.join(KINDS)})")
+    cfg = _model(model)
+    limits = cfg.limits()
+    cands = _candidates(cand, cand_dist, cfg.max_cand)
+    started = time.perf_counter()
+    metadata = {"mtbench.source_kind": kind, "mtbench.source": ",".join(str(p) for p in paths)}
+    if kind in BEHAVIOUR_KINDS:
+        if not 1 <= user_tokens < cfg.max_static:
+            raise MtbenchError(f"--user-tokens {user_tokens} must be in [1, {cfg.max_static - 1}] for model {model}")
+        seq_cap = min(max_seq if max_seq is not None else cfg.max_seq, cfg.max_static - user_tokens)
+        rules = EventRules(user_tokens=user_tokens, max_seq=seq_cap, max_rt=cfg.max_rt, session_gap=session_gap,
+                           cand=cands, max_cand=cfg.max_cand, seed=seed)
+        columns, epoch = import_events(kind, paths, rules, clicks_only)
+        metadata["mtbench.epoch_unix"] = f"{epoch:.0f}"
+        notes: list[tuple[str, str]] = []
+    else:
+        if len(paths) != 1:
+            raise MtbenchError(f"{kind}: give exactly one input file, got {len(paths)}")
+        if n_static is not None and not 1 <= n_static <= cfg.max_static:
+            raise MtbenchError(f"--n-static {n_static} must be in [1, {cfg.max_static}] for model {model}")
+        csv = CsvColumns(key=key_col, time=time_col, size=size_col, header=header, delimiter=delimiter, time_unit=time_unit)
+        accesses = import_accesses(kind, paths[0], csv, fmt)
+        rules = CacheRules(max_static=cfg.max_static, bytes_per_token=_bytes_per_token(model, dtype), fixed_static=n_static,
+                           n_rt=n_rt, cand=cands, max_cand=cfg.max_cand, seed=seed)
+        columns, counters = cache_to_requests(accesses, rules)
+        notes = [("rows re-sorted by time", f"{counters['reordered_rows']:,}"),
+                 ("rows with n_static clipped to [1, max_static]", f"{counters['clipped_rows']:,}")]
+    _check_limits(columns, limits, str(paths[0]))
+    write_trace(columns, out, metadata)
+    open_trace(out, limits)
+    console.print(_summary_table(f"trace import {kind}", _describe(columns, out, time.perf_counter() - started) + notes))
+
+
+def _scaled_profile(like: Path | None, users: int | None, requests: int | None, duration: str | None,
+                    cfg, user_tokens: int, cands: CandidateDist | None) -> tuple[TraceProfile, int, int, float]:
+    """The profile to draw from (fitted or default, capped to the model) and the scale to generate at."""
+    if like is not None:
+        profile = TraceProfile.load(like)
+        n_users = users if users is not None else profile.users
+        n_requests = requests if requests is not None else max(1, round(profile.requests * n_users / profile.users))
+        seconds = parse_duration(duration) if duration is not None else profile.duration
+    else:
+        if users is None or requests is None or duration is None:
+            raise MtbenchError("trace synth needs --users, --requests and --duration (or --like PROFILE)")
+        n_users, n_requests, seconds = users, requests, parse_duration(duration)
+        if not 1 <= user_tokens < cfg.max_static:
+            raise MtbenchError(f"--user-tokens {user_tokens} must be in [1, {cfg.max_static - 1}]")
+        profile = TraceProfile.default(max(n_users, 1), max(n_requests, 1), seconds, user_tokens=user_tokens,
+                                       max_seq=cfg.max_static - user_tokens, max_rt=cfg.max_rt)
+    quantiles = dict(profile.quantiles)
+    if cands is not None:
+        quantiles["n_cand"] = [float(v) for v in np.quantile(cands.sample(20_001, np.random.default_rng(0), cfg.max_cand), QUANTILE_LEVELS)]
+    quantiles["n_cand"] = [min(v, float(cfg.max_cand)) for v in quantiles["n_cand"]]
+    profile = replace(profile, quantiles=quantiles, max_static=min(profile.max_static, cfg.max_static),
+                      user_tokens=min(profile.user_tokens, cfg.max_static - 1), max_rt=min(profile.max_rt, cfg.max_rt))
+    return profile, n_users, n_requests, seconds
+
+
+def synth_cmd(
+    out: OutOpt,
+    users: Annotated[Optional[int], typer.Option(help="Users in the population (default with --like: the profile's).")] = None,
+    requests: Annotated[Optional[int], typer.Option(help="Requests to generate (default with --like: same requests per user as the profile).")] = None,
+    duration: Annotated[Optional[str], typer.Option(help="Trace length: seconds or 36h, 14d, 2w (default with --like: the profile's).")] = None,
+    like: Annotated[Optional[Path], typer.Option(help="Profile JSON from `mtbench trace fit`: draw from a real trace's distributions.")] = None,
+    model: ModelOpt = "large",
+    user_tokens: Annotated[int, typer.Option(help="U tokens (without --like).")] = 32,
+    cand: CandOpt = None,
+    cand_dist: CandDistOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Generate a synthetic trace: heavy-tailed activity, bursty sessions, daily cycle and version bump."""
+    from mtbench.trace.synth import SynthRequest, write_synth
+
+    cfg = _model(model)
+    cands = None if cand is None and cand_dist is None else _candidates(cand, cand_dist, cfg.max_cand)
+    profile, n_users, n_requests, seconds = _scaled_profile(like, users, requests, duration, cfg, user_tokens, cands)
+    spec = SynthRequest(users=n_users, requests=n_requests, duration=seconds, seed=seed)
+    started = time.perf_counter()
+    with console.status(f"generating {n_requests:,} requests for {n_users:,} users"):
+        write_synth(profile, spec, out, {"mtbench.source_kind": "synth", "mtbench.seed": str(seed),
+                                         "mtbench.profile": str(profile.source.get("path", "default"))})
+    elapsed = time.perf_counter() - started
+    rows = [("output", str(out)), ("requests", f"{n_requests:,}"), ("users", f"{n_users:,}"),
+            ("duration", f"{seconds:,.0f} s"), ("seconds", f"{elapsed:.2f}"), ("rows/s", f"{n_requests / elapsed:,.0f}")]
+    console.print(_summary_table("trace synth", rows))
+
+
+def fit_cmd(
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Real trace (parquet).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Profile JSON to write.")],
+    session_gap: Annotated[float, typer.Option(help="A gap longer than this (seconds) ends a session.")] = 1800.0,
+    version_period: Annotated[float, typer.Option(help="Seconds between static version bumps in generated traces.")] = 86400.0,
+    sort: Annotated[bool, typer.Option(help="Sort an unsorted trace by ts instead of failing.")] = False,
+) -> None:
+    """Estimate the generator's distributions from a real trace (for `trace synth --like`)."""
+    from mtbench.trace.fit import fit_profile
+
+    profile = fit_profile(open_trace(trace_path, sort=sort), session_gap, version_period)
+    profile.save(out)
+    q = profile.quantiles
+    rows = [("profile", str(out)), ("users / requests", f"{profile.users:,} / {profile.requests:,}"),
+            ("duration", f"{profile.duration:,.0f} s"),
+            ("requests per user p50 / p99", f"{q['requests_per_user'][100]:,.0f} / {q['requests_per_user'][198]:,.0f}"),
+            ("session size p50 / p99", f"{q['session_size'][100]:,.0f} / {q['session_size'][198]:,.0f}"),
+            ("gap in session p50 (s)", f"{q['intra_session_gap'][100]:,.0f}"),
+            ("return gap p50 (s)", f"{q['return_gap'][100]:,.0f}"),
+            ("initial history p50 (tokens)", f"{q['initial_history'][100]:,.0f}"),
+            ("history growth (tokens/request)", f"{profile.history_growth:.3f}")]
+    console.print(_summary_table("trace fit", rows))
+
+
+def stats_cmd(
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace (parquet).")],
+    model: ModelOpt = "large",
+    dtype: DtypeOpt = "bf16",
+    sort: Annotated[bool, typer.Option(help="Sort an unsorted trace by ts instead of failing.")] = False,
+) -> None:
+    """Users, requests, time span, requests per user, reuse distances, working set, unique KV bytes."""
+    from mtbench.trace.stats import trace_stats
+
+    bytes_per_token = _bytes_per_token(model, dtype)
+    trace = open_trace(trace_path, _model(model).limits(), sort=sort)
+    table = Table(title=f"trace stats: {trace_path} (model {model}, {dtype}, {bytes_per_token:,} B/token)", title_justify="left")
+    for column, justify in (("section", "left"), ("statistic", "left"), ("value", "right")):
+        table.add_column(column, justify=justify)
+    previous = None
+    for row in trace_stats(trace, bytes_per_token):
+        table.add_row(row.section if row.section != previous else "", row.name, row.text)
+        previous = row.section
+    console.print(table)
+
+
+def validate_cmd(
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace (parquet).")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Also check this preset's length limits.")] = None,
+) -> None:
+    """Check a trace (schema, dtypes, NaN, negatives, order, limits); exit 2 with the first problem."""
+    limits = _model(model).limits() if model is not None else TraceLimits()
+    trace = open_trace(trace_path, limits)
+    console.print(f"[green]ok[/] {trace_path}: {trace.num_rows:,} requests" + (f", within model {model}'s limits" if model else ""))
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add this area's commands to the main app (and benchmarks to `mtbench bench`)."""
+    """Add `mtbench trace import|synth|fit|stats|validate`."""
+    trace_app.command("import")(import_cmd)
+    trace_app.command("synth")(synth_cmd)
+    trace_app.command("fit")(fit_cmd)
+    trace_app.command("stats")(stats_cmd)
+    trace_app.command("validate")(validate_cmd)
+    app.add_typer(trace_app, name="trace")

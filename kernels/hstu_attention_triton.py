@@ -1,0 +1,295 @@
+"""Triton forward kernel for jagged HSTU attention with the MTGR mask (semantics: hstu_attention_ref.py).
+
+Every computed row sees a *contiguous* key range [0, hi) plus, for candidates, its own key:
+
+    static row, bidirectional:  hi = N                (N = n_cached + n_new_static)
+    static row, causal history: hi = position + 1
+    R row:                      hi = position + 1
+    candidate row:              hi = N + n_rt, plus the diagonal key
+
+so one program (a block of BLOCK_M consecutive rows of one request, one head) walks, in order:
+  1. the cached prefix [0, n_cached) from a ContiguousPrefix or straight from the page pool through
+     the page table (every computed row sees the whole prefix, so no mask is needed);
+  2. computed keys up to the smallest `hi` of its rows, unmasked;
+  3. computed keys from there to the largest `hi` of its rows, masked per row;
+  4. the candidates' diagonal, as a row-wise dot product (no wasted key tile).
+Static rows therefore never visit R or C keys and candidates never visit other candidates.
+Keys beyond a range are loaded as zeros: silu(0) = 0, so they add nothing.
+
+Block schedule: program w of axis 0 finds its (request, row block) by a cumulative count of
+ceil(rows_b / BLOCK_M) over the request offsets, inside the kernel (no host sync, no extra launch).
+Axis 0 has floor((T + B * (BLOCK_M - 1)) / BLOCK_M) programs, an upper bound on the real block
+count; the at most B surplus programs find no rows and exit after the lookup. Axis 1 is the head.
+Accumulation is in fp32; the 1/n_i normaliser is applied once to the accumulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.hstu_attention_ref import AttentionSpec, ContiguousPrefix, PagedPrefix, Prefix
+from kernels.triton_support import check_triton_device
+
+MAX_HEAD_DIM = 256
+_PREFIX_NONE, _PREFIX_CONTIGUOUS, _PREFIX_PAGED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Tile shape and launch parameters of the attention kernel."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    fast_silu: bool = True  # tanh.approx SiLU for 16-bit inputs on CUDA
+
+
+def default_config(head_dim: int, element_size: int) -> AttentionConfig:
+    """Tile choice per head size and input width (swept on the H200; see reports/KERNELS.md).
+
+    Shared memory holds the query tile plus num_stages (K, V) tiles; fp32 inputs get smaller tiles.
+    """
+    if element_size > 2:
+        return AttentionConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    if head_dim > 128:
+        return AttentionConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
+    return AttentionConfig(block_m=128, block_n=64, num_warps=4 if head_dim <= 64 else 8, num_stages=3)
+
+
+@triton.jit
+def _silu(x, FAST_SILU: tl.constexpr):
+    """silu(x) in fp32. FAST_SILU: x/2 * (1 + tanh(x/2)) with the one-instruction tanh.approx (CUDA,
+    relative error ~2^-11, below bf16/fp16 rounding); else x / (1 + 2^(-x log2 e))."""
+    if FAST_SILU:
+        half = x * 0.5
+        tanh = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [half], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+        return half + half * tanh
+    else:
+        return x / (1.0 + tl.exp2(x * -1.4426950408889634))
+
+
+@triton.jit
+def _silu_weights(q, k, alpha, DOT_PRECISION: tl.constexpr, FAST_SILU: tl.constexpr):
+    """silu(alpha * q k^T) in fp32, [BLOCK_M, BLOCK_N]."""
+    return _silu(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * alpha, FAST_SILU)
+
+
+@triton.jit
+def _locate_block(offsets_ptr, n_requests, work_index, BLOCK_M: tl.constexpr, CHUNK_B: tl.constexpr):
+    """(request, row block) of program `work_index`; request == n_requests when past the last block."""
+    requests_before = 0
+    blocks_before = 0
+    blocks_done = 0
+    for chunk_start in range(0, n_requests, CHUNK_B):
+        idx = chunk_start + tl.arange(0, CHUNK_B)
+        valid = idx < n_requests
+        row_lo = tl.load(offsets_ptr + idx, mask=valid, other=0)
+        row_hi = tl.load(offsets_ptr + idx + 1, mask=valid, other=0)
+        n_blocks = (row_hi - row_lo + BLOCK_M - 1) // BLOCK_M
+        block_ends = blocks_done + tl.cumsum(n_blocks, 0)
+        ended = (block_ends <= work_index) & valid
+        requests_before += tl.sum(ended.to(tl.int32), 0)
+        blocks_before += tl.sum(tl.where(ended, n_blocks, 0), 0)
+        blocks_done += tl.sum(n_blocks, 0)
+    return requests_before, work_index - blocks_before
+
+
+@triton.jit
+def _hstu_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr,
+    offsets_ptr, n_new_static_ptr, n_rt_ptr,
+    prefix_k_ptr, prefix_v_ptr, prefix_offsets_ptr, prefix_lengths_ptr, page_table_ptr,
+    n_requests, head_dim, alpha, inv_norm_constant,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_pk_token, stride_pk_page, stride_pk_h,
+    stride_pv_token, stride_pv_page, stride_pv_h,
+    stride_page_table,
+    PREFIX_MODE: tl.constexpr, PAGE_TOKENS: tl.constexpr,
+    CAUSAL_STATIC: tl.constexpr, VISIBLE_NORM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_B: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FAST_SILU: tl.constexpr,
+):
+    head = tl.program_id(1)
+    request, block = _locate_block(offsets_ptr, n_requests, tl.program_id(0), BLOCK_M, CHUNK_B)
+    in_range = request < n_requests
+    b = tl.minimum(request, n_requests - 1)
+    row_start = tl.load(offsets_ptr + b)
+    n_rows = tl.where(in_range, tl.load(offsets_ptr + b + 1) - row_start, 0)
+    n_new = tl.load(n_new_static_ptr + b)
+    n_rt = tl.load(n_rt_ptr + b)
+    if PREFIX_MODE == 0:
+        n_cached = 0
+    else:
+        n_cached = tl.load(prefix_lengths_ptr + b)
+    n_static = n_cached + n_new
+
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    position = n_cached + rows
+    row_static = rows < n_new
+    row_cand = rows >= n_new + n_rt
+    if CAUSAL_STATIC:
+        static_hi = position + 1
+    else:
+        static_hi = tl.zeros_like(position) + n_static
+    hi = tl.where(row_static, static_hi, tl.where(row_cand, n_static + n_rt, position + 1))
+    hi_max = tl.max(tl.where(row_ok, hi, 0), 0)
+    hi_min = tl.minimum(tl.min(tl.where(row_ok, hi, 2147483647), 0), hi_max)
+
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < head_dim
+    token_rows = (row_start + rows).to(tl.int64)
+    q_mask = row_ok[:, None] & dim_ok[None, :]
+    q = tl.load(q_ptr + token_rows[:, None] * stride_qt + head * stride_qh + dims[None, :], mask=q_mask, other=0.0)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # 1. cached prefix: every computed row sees all of it.
+    if PREFIX_MODE != 0:
+        prefix_end = tl.minimum(n_cached, hi_max)
+        if PREFIX_MODE == 1:
+            prefix_base = tl.load(prefix_offsets_ptr + b)
+        for start in range(0, prefix_end, BLOCK_N):
+            key_pos = start + tl.arange(0, BLOCK_N)
+            key_ok = key_pos < prefix_end
+            if PREFIX_MODE == 2:
+                if PAGE_TOKENS % BLOCK_N == 0:  # the block lies in one page: one table entry
+                    page = tl.load(page_table_ptr + b * stride_page_table + start // PAGE_TOKENS).to(tl.int64)
+                else:
+                    page = tl.load(page_table_ptr + b * stride_page_table + key_pos // PAGE_TOKENS, mask=key_ok, other=0)
+                    page = page.to(tl.int64)
+                slot = key_pos % PAGE_TOKENS
+                k_rows = page * stride_pk_page + slot * stride_pk_token
+                v_rows = page * stride_pv_page + slot * stride_pv_token
+            else:
+                token = (prefix_base + key_pos).to(tl.int64)
+                k_rows = token * stride_pk_token
+                v_rows = token * stride_pv_token
+            kv_mask = key_ok[:, None] & dim_ok[None, :]
+            k = tl.load(prefix_k_ptr + k_rows[:, None] + head * stride_pk_h + dims[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(prefix_v_ptr + v_rows[:, None] + head * stride_pv_h + dims[None, :], mask=kv_mask, other=0.0)
+            weights = _silu_weights(q, k.to(q.dtype), alpha, DOT_PRECISION, FAST_SILU)
+            acc += tl.dot(weights.to(q.dtype), v.to(q.dtype), input_precision=DOT_PRECISION)
+
+    # 2. computed keys every row of the block sees.
+    full_end = hi_min - n_cached
+    for start in range(0, full_end, BLOCK_N):
+        key_idx = start + tl.arange(0, BLOCK_N)
+        key_rows = (row_start + key_idx).to(tl.int64)
+        kv_mask = (key_idx < full_end)[:, None] & dim_ok[None, :]
+        k = tl.load(k_ptr + key_rows[:, None] * stride_kt + head * stride_kh + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + key_rows[:, None] * stride_vt + head * stride_vh + dims[None, :], mask=kv_mask, other=0.0)
+        weights = _silu_weights(q, k, alpha, DOT_PRECISION, FAST_SILU)
+        acc += tl.dot(weights.to(v.dtype), v, input_precision=DOT_PRECISION)
+
+    # 3. computed keys only some rows see (causal edges), masked per row.
+    masked_end = hi_max - n_cached
+    for start in range(tl.maximum(full_end, 0), masked_end, BLOCK_N):
+        key_idx = start + tl.arange(0, BLOCK_N)
+        key_rows = (row_start + key_idx).to(tl.int64)
+        kv_mask = (key_idx < masked_end)[:, None] & dim_ok[None, :]
+        k = tl.load(k_ptr + key_rows[:, None] * stride_kt + head * stride_kh + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + key_rows[:, None] * stride_vt + head * stride_vh + dims[None, :], mask=kv_mask, other=0.0)
+        weights = _silu_weights(q, k, alpha, DOT_PRECISION, FAST_SILU)
+        weights = tl.where((n_cached + key_idx)[None, :] < hi[:, None], weights, 0.0)
+        acc += tl.dot(weights.to(v.dtype), v, input_precision=DOT_PRECISION)
+
+    # 4. each candidate's own key.
+    cand_mask = (row_ok & row_cand)[:, None] & dim_ok[None, :]
+    k_diag = tl.load(k_ptr + token_rows[:, None] * stride_kt + head * stride_kh + dims[None, :], mask=cand_mask, other=0.0)
+    v_diag = tl.load(v_ptr + token_rows[:, None] * stride_vt + head * stride_vh + dims[None, :], mask=cand_mask, other=0.0)
+    x = tl.sum(q.to(tl.float32) * k_diag.to(tl.float32), 1) * alpha
+    acc += _silu(x, FAST_SILU)[:, None] * v_diag.to(tl.float32)
+
+    if VISIBLE_NORM:
+        visible = hi + row_cand.to(tl.int32)
+        acc = acc / tl.maximum(visible, 1).to(tl.float32)[:, None]
+    else:
+        acc = acc * inv_norm_constant
+    tl.store(out_ptr + token_rows[:, None] * stride_ot + head * stride_oh + dims[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=q_mask)
+
+
+def _inner_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor) -> None:
+    if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one [T, H, D] shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[2] > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim {q.shape[2]} exceeds the kernel's maximum {MAX_HEAD_DIM}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one dtype of float16/bfloat16/float32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError("offsets must be a 1-d tensor [B+1]")
+
+
+def hstu_attention_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor,
+    n_new_static: torch.Tensor, n_rt: torch.Tensor, spec: AttentionSpec,
+    prefix: Prefix | None = None, config: AttentionConfig | None = None,
+) -> torch.Tensor:
+    """Same contract as `hstu_attention_reference`; returns a new [T, H, D] tensor in q's dtype."""
+    _validate(q, k, v, offsets)
+    check_triton_device(q, _hstu_fwd_kernel)
+    q, k, v = _inner_contiguous(q), _inner_contiguous(k), _inner_contiguous(v)
+    total, heads, head_dim = q.shape
+    n_requests = offsets.numel() - 1
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if total == 0 or n_requests == 0:
+        return out
+    device = q.device
+    paged = isinstance(prefix, PagedPrefix)
+    cfg = config or default_config(head_dim, q.element_size())
+    offsets32 = offsets.to(device=device, dtype=torch.int32)
+    n_new32 = n_new_static.to(device=device, dtype=torch.int32)
+    n_rt32 = n_rt.to(device=device, dtype=torch.int32)
+
+    mode, page_tokens = _PREFIX_NONE, 1
+    prefix_k = prefix_v = q
+    prefix_offsets = prefix_lengths = page_table = offsets32
+    pk_strides = pv_strides = (0, 0, 0)
+    page_table_stride = 0
+    if isinstance(prefix, ContiguousPrefix):
+        mode = _PREFIX_CONTIGUOUS
+        prefix_k, prefix_v = _inner_contiguous(prefix.k), _inner_contiguous(prefix.v)
+        prefix_offsets = prefix.offsets.to(device=device, dtype=torch.int32)
+        prefix_lengths = prefix_offsets[1:] - prefix_offsets[:-1]
+        pk_strides = (prefix_k.stride(0), 0, prefix_k.stride(1))
+        pv_strides = (prefix_v.stride(0), 0, prefix_v.stride(1))
+    elif paged:
+        mode, page_tokens = _PREFIX_PAGED, prefix.page_tokens
+        prefix_k, prefix_v = _inner_contiguous(prefix.k_pages), _inner_contiguous(prefix.v_pages)
+        prefix_lengths = prefix.lengths_.to(device=device, dtype=torch.int32)
+        page_table = prefix.page_table.to(device=device)
+        if page_table.stride(-1) != 1:
+            page_table = page_table.contiguous()
+        page_table_stride = page_table.stride(0)
+        pk_strides = (prefix_k.stride(1), prefix_k.stride(0), prefix_k.stride(2))
+        pv_strides = (prefix_v.stride(1), prefix_v.stride(0), prefix_v.stride(2))
+    elif prefix is not None:
+        raise TypeError(f"prefix must be ContiguousPrefix, PagedPrefix or None, got {type(prefix).__name__}")
+
+    grid = ((total + n_requests * (cfg.block_m - 1)) // cfg.block_m, heads)
+    _hstu_fwd_kernel[grid](
+        q, k, v, out,
+        offsets32, n_new32, n_rt32,
+        prefix_k, prefix_v, prefix_offsets, prefix_lengths, page_table,
+        n_requests, head_dim, float(spec.alpha), 1.0 / float(spec.norm_constant),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        *pk_strides, *pv_strides, page_table_stride,
+        PREFIX_MODE=mode, PAGE_TOKENS=page_tokens,
+        CAUSAL_STATIC=bool(spec.causal_static), VISIBLE_NORM=spec.normalizer == "visible",
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        CHUNK_B=min(1024, max(16, triton.next_power_of_2(n_requests))),
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        FAST_SILU=cfg.fast_silu and q.is_cuda and q.dtype != torch.float32,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out

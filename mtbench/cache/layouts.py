@@ -1,0 +1,194 @@
+"""Host storage layouts: where one entry's bytes sit in the host arena, and how they move to/from pool pages.
+
+Every layout stores the first `n_tokens` tokens of an entry at every layer; they differ in how many
+copies a transfer takes (small copies are launch-bound, DESIGN.md section 7):
+
+- `paged`: host pages shaped like the GPU's. One extent `[layers, n_pages, 2, P, H, D]`; a load is
+  one page-sized copy per page per layer, straight into the pool page (no staging).
+- `user`: one contiguous extent per entry for all layers, `[layers, 2, n, H, D]`; a load is ONE copy
+  into a device staging buffer, then one `scatter_to_pages` per layer. Every layer waits for the
+  whole copy, so there is no layer-wise overlap.
+- `hybrid` (default): one contiguous extent per entry PER LAYER, `[2, n, H, D]` each; a load is one
+  copy per layer into a staging buffer, then `scatter_to_pages` into the pool; layer l is usable as
+  soon as its own copy and scatter finish (layer-wise overlap with the forward).
+
+A load is issued layer-major for a whole batch (`load_layer(l)` for every job, then the caller marks
+layer l done), so per-layer events cover every entry of the batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+import kernels
+from mtbench.cache.host import HostArena
+from mtbench.cache.pool import KVShape, PagedKVPool
+from mtbench.errors import MtbenchError
+
+
+@dataclass
+class HostPlacement:
+    """Where one entry lives in the host arena: extent offsets (elements) and token count."""
+
+    offsets: list[int]
+    n_tokens: int
+
+
+@dataclass
+class TransferJob:
+    """One entry moving between its host placement and its pool pages.
+
+    `staging` holds device buffers the job needs alive until its copies complete.
+    """
+
+    key: tuple[int, int]
+    placement: HostPlacement
+    pages: list[int]
+    slots: torch.Tensor
+    staging: list[torch.Tensor] = field(default_factory=list)
+
+
+class HostLayout(ABC):
+    """How an entry is laid out on the host and copied to/from pool pages (see module docstring)."""
+
+    name: str = "base"
+    layer_wise: bool = True
+    """True when layer l of a load is complete before later layers are copied (layer-wise overlap)."""
+
+    def __init__(self, shape: KVShape) -> None:
+        self.shape = shape
+
+    @abstractmethod
+    def extent_elements(self, n_tokens: int) -> list[int]:
+        """Element count of each host extent an entry of n_tokens needs."""
+
+    @abstractmethod
+    def copies_per_load(self, n_tokens: int) -> int:
+        """Host<->device copies one entry's transfer issues."""
+
+    def _token_block(self, n_tokens: int) -> tuple[int, int, int, int]:
+        return (2, n_tokens, self.shape.heads, self.shape.head_dim)
+
+    def views(self, arena: HostArena, placement: HostPlacement) -> list[torch.Tensor]:
+        """Typed tensors over the entry's extents (shapes as in the module docstring)."""
+        return [arena.view(offset, shape) for offset, shape in zip(placement.offsets, self._view_shapes(placement.n_tokens))]
+
+    @abstractmethod
+    def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]: ...
+
+    def prepare_load(self, job: TransferJob, device: torch.device) -> None:
+        """Allocate the job's staging buffers (on the current stream); may raise (out of memory)."""
+
+    def begin_load(self, job: TransferJob, views: list[torch.Tensor], non_blocking: bool) -> None:
+        """Copies that precede the per-layer work (the `user` layout's single copy)."""
+
+    @abstractmethod
+    def load_layer(self, layer: int, job: TransferJob, views: list[torch.Tensor], pool: PagedKVPool,
+                   non_blocking: bool) -> None:
+        """Make layer `layer` of the job's entry present in its pool pages."""
+
+    @abstractmethod
+    def store(self, job: TransferJob, views: list[torch.Tensor], pool: PagedKVPool, non_blocking: bool) -> None:
+        """Copy the entry from its pool pages into its host extents (all layers)."""
+
+
+class PagedLayout(HostLayout):
+    name = "paged"
+
+    def extent_elements(self, n_tokens: int) -> list[int]:
+        return [self.shape.layers * self.shape.pages_for(n_tokens) * self.shape.page_tokens
+                * self.shape.elements_per_token_layer]
+
+    def copies_per_load(self, n_tokens: int) -> int:
+        return self.shape.layers * self.shape.pages_for(n_tokens)
+
+    def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
+        s = self.shape
+        return [(s.layers, s.pages_for(n_tokens), 2, s.page_tokens, s.heads, s.head_dim)]
+
+    def load_layer(self, layer, job, views, pool, non_blocking):
+        host_layer, pool_layer = views[0][layer], pool.layer(layer)
+        for index, page in enumerate(job.pages):
+            pool_layer[page].copy_(host_layer[index], non_blocking=non_blocking)
+
+    def store(self, job, views, pool, non_blocking):
+        for layer in range(self.shape.layers):
+            host_layer, pool_layer = views[0][layer], pool.layer(layer)
+            for index, page in enumerate(job.pages):
+                host_layer[index].copy_(pool_layer[page], non_blocking=non_blocking)
+
+
+class UserLayout(HostLayout):
+    name = "user"
+    layer_wise = False
+
+    def extent_elements(self, n_tokens: int) -> list[int]:
+        return [self.shape.layers * n_tokens * self.shape.elements_per_token_layer]
+
+    def copies_per_load(self, n_tokens: int) -> int:
+        return 1
+
+    def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
+        return [(self.shape.layers, *self._token_block(n_tokens))]
+
+    def prepare_load(self, job, device):
+        n = job.placement.n_tokens
+        job.staging = [torch.empty((self.shape.layers, *self._token_block(n)), dtype=self.shape.dtype, device=device)]
+
+    def begin_load(self, job, views, non_blocking):
+        job.staging[0].copy_(views[0], non_blocking=non_blocking)
+
+    def load_layer(self, layer, job, views, pool, non_blocking):
+        kernels.scatter_to_pages(job.staging[0][layer], pool.layer(layer), job.slots)
+
+    def store(self, job, views, pool, non_blocking):
+        n = job.placement.n_tokens
+        staging = torch.empty((self.shape.layers, *self._token_block(n)), dtype=self.shape.dtype, device=pool.device)
+        for layer in range(self.shape.layers):
+            kernels.gather_from_pages(pool.layer(layer), job.slots, out=staging[layer])
+        views[0].copy_(staging, non_blocking=non_blocking)
+        job.staging = [staging]
+
+
+class HybridLayout(HostLayout):
+    name = "hybrid"
+
+    def extent_elements(self, n_tokens: int) -> list[int]:
+        return [n_tokens * self.shape.elements_per_token_layer] * self.shape.layers
+
+    def copies_per_load(self, n_tokens: int) -> int:
+        return self.shape.layers
+
+    def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
+        return [self._token_block(n_tokens)] * self.shape.layers
+
+    def prepare_load(self, job, device):
+        n = job.placement.n_tokens
+        job.staging = [torch.empty((self.shape.layers, *self._token_block(n)), dtype=self.shape.dtype, device=device)]
+
+    def load_layer(self, layer, job, views, pool, non_blocking):
+        staging = job.staging[0][layer]
+        staging.copy_(views[layer], non_blocking=non_blocking)
+        kernels.scatter_to_pages(staging, pool.layer(layer), job.slots)
+
+    def store(self, job, views, pool, non_blocking):
+        n = job.placement.n_tokens
+        staging = torch.empty((self.shape.layers, *self._token_block(n)), dtype=self.shape.dtype, device=pool.device)
+        for layer in range(self.shape.layers):
+            kernels.gather_from_pages(pool.layer(layer), job.slots, out=staging[layer])
+            views[layer].copy_(staging[layer], non_blocking=non_blocking)
+        job.staging = [staging]
+
+
+LAYOUTS: dict[str, type[HostLayout]] = {cls.name: cls for cls in (PagedLayout, UserLayout, HybridLayout)}
+LAYOUT_NAMES: tuple[str, ...] = tuple(LAYOUTS)
+
+
+def make_layout(name: str, shape: KVShape) -> HostLayout:
+    """The layout called `name` (MtbenchError naming the choices when unknown)."""
+    if name not in LAYOUTS:
+        raise MtbenchError(f"unknown host layout {name!r} (choose from {', '.join(LAYOUT_NAMES)})")
+    return LAYOUTS[name](shape)

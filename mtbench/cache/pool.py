@@ -1,0 +1,141 @@
+"""The GPU tier's storage: one paged K/V pool tensor and its free-page list.
+
+Data structures:
+- `KVShape`: what one token's K/V looks like (layers, heads, head_dim, dtype) and the page size P.
+- `PagedKVPool.kv`: ONE tensor `[layers, pages, 2, P, heads, head_dim]` (index 0 of dim 2 = K, 1 = V).
+  Layer l's slice `kv[l]` is `[pages, 2, P, H, D]`, which is what `kernels.PagedPrefix` and
+  `kernels.scatter_to_pages` take. A page holds P tokens of ONE entry at EVERY layer, so an entry
+  has one page list (its page table) shared by all layers.
+
+Invariants: every page is either free (in `_free`) or owned by exactly one allocation; `allocate`
+is all-or-nothing; freeing a page that is not allocated raises (a double free is a bug, never
+silently ignored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mtbench.errors import MtbenchError
+from mtbench.units import format_bytes
+
+
+@dataclass(frozen=True)
+class KVShape:
+    """Per-token K/V geometry of a model, plus the page size used by the GPU pool."""
+
+    layers: int
+    heads: int
+    head_dim: int
+    dtype: torch.dtype
+    page_tokens: int = 32
+
+    @property
+    def element_size(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def elements_per_token_layer(self) -> int:
+        """K and V of one token at one layer."""
+        return 2 * self.heads * self.head_dim
+
+    @property
+    def bytes_per_token(self) -> int:
+        """K and V of one token over all layers (= MTGRConfig.kv_bytes_per_token)."""
+        return self.layers * self.elements_per_token_layer * self.element_size
+
+    @property
+    def page_bytes(self) -> int:
+        """Bytes of one pool page across all layers (P tokens)."""
+        return self.bytes_per_token * self.page_tokens
+
+    def pages_for(self, n_tokens: int) -> int:
+        return -(-int(n_tokens) // self.page_tokens)
+
+    def entry_bytes(self, n_tokens: int) -> int:
+        """Bytes an entry of n_tokens is charged in either tier: whole pages, as the GPU pool stores it."""
+        return self.pages_for(n_tokens) * self.page_bytes
+
+
+class PagedKVPool:
+    """A byte-capacity pool of pages in device memory (HBM on CUDA, plain memory on the CPU)."""
+
+    def __init__(self, shape: KVShape, capacity_bytes: int, device: torch.device | str) -> None:
+        self.shape = shape
+        self.num_pages = int(capacity_bytes) // shape.page_bytes
+        if self.num_pages < 1:
+            raise MtbenchError(
+                f"GPU cache capacity {format_bytes(capacity_bytes)} is smaller than one page "
+                f"({format_bytes(shape.page_bytes)} = {shape.page_tokens} tokens x {shape.bytes_per_token} B)"
+            )
+        size = (shape.layers, self.num_pages, 2, shape.page_tokens, shape.heads, shape.head_dim)
+        try:
+            self.kv = torch.zeros(size, dtype=shape.dtype, device=device)
+        except RuntimeError as err:  # CUDA out of memory
+            raise MtbenchError(
+                f"cannot allocate the GPU cache pool of {format_bytes(self.num_pages * shape.page_bytes)} "
+                f"on {device}: {str(err).splitlines()[0]}"
+            ) from None
+        # A stack: pop() hands out the lowest page first, which keeps a fresh pool's tables ordered.
+        self._free: list[int] = list(range(self.num_pages - 1, -1, -1))
+        self._allocated = torch.zeros(self.num_pages, dtype=torch.bool)
+
+    @property
+    def device(self) -> torch.device:
+        return self.kv.device
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.num_pages * self.shape.page_bytes
+
+    @property
+    def num_free_pages(self) -> int:
+        return len(self._free)
+
+    @property
+    def used_bytes(self) -> int:
+        return (self.num_pages - len(self._free)) * self.shape.page_bytes
+
+    def layer(self, layer: int) -> torch.Tensor:
+        """`[pages, 2, P, H, D]` view of one layer."""
+        return self.kv[layer]
+
+    def can_allocate(self, n_tokens: int) -> bool:
+        return self.shape.pages_for(n_tokens) <= len(self._free)
+
+    def allocate(self, n_tokens: int) -> list[int] | None:
+        """Pages for an entry of n_tokens, or None (nothing taken) when too few pages are free."""
+        count = self.shape.pages_for(n_tokens)
+        if count > len(self._free):
+            return None
+        pages = [self._free.pop() for _ in range(count)]
+        self._allocated[pages] = True
+        return pages
+
+    def free(self, pages: list[int]) -> None:
+        """Give pages back; every one must currently be allocated, and listed once."""
+        index = torch.as_tensor(pages, dtype=torch.long)
+        in_range = all(0 <= page < self.num_pages for page in pages)
+        if not in_range or len(set(pages)) != len(pages) or not bool(self._allocated[index].all()):
+            raise RuntimeError(f"freeing pages that are not allocated (double free?): {pages}")
+        self._allocated[index] = False
+        self._free.extend(reversed(pages))
+
+    def slots(self, pages: list[int], n_tokens: int) -> torch.Tensor:
+        """Flat slot (page * P + position) of each of an entry's n_tokens, int64 on the pool's device."""
+        page_tokens = self.shape.page_tokens
+        page_index = torch.as_tensor(pages, dtype=torch.long)
+        positions = torch.arange(n_tokens)
+        slots = page_index[positions // page_tokens] * page_tokens + positions % page_tokens
+        return slots.to(self.device, non_blocking=True)
+
+    def page_table(self, entries_pages: list[list[int]]) -> torch.Tensor:
+        """int32 `[B, max_pages]` table for a batch (unused slots hold 0), on the pool's device."""
+        width = max((len(p) for p in entries_pages), default=0)
+        table = torch.zeros((len(entries_pages), max(width, 1)), dtype=torch.int32)
+        for row, pages in enumerate(entries_pages):
+            if pages:
+                table[row, : len(pages)] = torch.as_tensor(pages, dtype=torch.int32)
+        return table.to(self.device, non_blocking=True)

@@ -1,0 +1,227 @@
+"""`mtbench calibrate`: measure the cost model's fields on this device and save them.
+
+Measured (medians over repeats; CUDA events on CUDA, wall clock on the CPU):
+- `new_token_ms`, `request_overhead_ms`: cached forwards (prefix from the pool, as in replay) of a
+  batch with two different R+C lengths; the per-request time is linear in R+C tokens: slope and
+  intercept.
+- `static_token_ms`: (full forward - cached forward) per request / static tokens.
+- `h2d_GBps`: host-tier loads through the hybrid layout (pinned extents -> staging -> pages);
+  `d2h_GBps`: write-backs the other way.
+`--compare-trace T` then replays T (tiered/hybrid and the no-cache baseline), simulates the same
+trace, capacities and policy with the measured cost model, and prints measured vs estimated speedup
+(the gap should be within 15%).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from mtbench.cache.host import HostArena
+from mtbench.cache.layouts import HostPlacement, TransferJob, make_layout
+from mtbench.cache.pool import KVShape, PagedKVPool
+from mtbench.cache.transfer import TransferEngine
+from mtbench.errors import MtbenchError
+from mtbench.model import MTGR, RequestSpec, build_batch
+from mtbench.model.config import get_config
+from mtbench.replay.runner import build_model, resolve_device, resolve_dtype
+from mtbench.sim.costmodel import CostModel
+
+GAP_LIMIT = 0.15
+
+
+def _time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median milliseconds of fn() over `repeats` runs after one warm-up."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            started = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(samples)
+
+
+def _paged(model: MTGR, specs: list[RequestSpec], page_tokens: int):
+    """Encode the specs' prefixes into a pool; returns (pool, page table, lengths)."""
+    cfg = model.cfg
+    shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, model.dtype, page_tokens)
+    pages_needed = sum(shape.pages_for(s.n_static) for s in specs)
+    pool = PagedKVPool(shape, pages_needed * shape.page_bytes, model.device)
+    static_kv = model.encode_prefix(build_batch([replace(s, n_cached=0) for s in specs], cfg, model.device))
+    offsets = static_kv.offsets.tolist()
+    tables = []
+    for b, spec in enumerate(specs):
+        pages = pool.allocate(spec.n_static)
+        slots = pool.slots(pages, spec.n_static)
+        for layer in range(cfg.n_layers):
+            src = torch.stack([static_kv.k[layer][offsets[b]:offsets[b + 1]], static_kv.v[layer][offsets[b]:offsets[b + 1]]])
+            pool.layer(layer)[slots // page_tokens, :, slots % page_tokens] = src.transpose(0, 1)
+        tables.append(pages)
+    lengths = torch.tensor([s.n_static for s in specs], device=model.device)
+    return pool, pool.page_table(tables), lengths
+
+
+def measure_compute(model: MTGR, batch_size: int, n_static: int, new_tokens: tuple[int, int], repeats: int,
+                    page_tokens: int = 32) -> dict[str, float]:
+    """static_token_ms, new_token_ms and request_overhead_ms of `model` on its device."""
+    import kernels
+
+    cfg = model.cfg
+    per_request = {}
+    full_ms = None
+    for n_new in new_tokens:
+        n_rt = min(cfg.max_rt, n_new // 3)
+        n_cand = min(cfg.max_cand, n_new - n_rt)
+        specs = [RequestSpec(u, 0, u, n_static, n_rt, n_cand, n_cached=n_static) for u in range(batch_size)]
+        pool, table, lengths = _paged(model, specs, page_tokens)
+        batch = build_batch(specs, cfg, model.device)
+
+        def prefix(layer: int):
+            pool_layer = pool.layer(layer)
+            return kernels.PagedPrefix(pool_layer[:, 0], pool_layer[:, 1], table, lengths)
+
+        per_request[n_new] = _time_ms(lambda: model.forward_cached(batch, prefix, check_prefix=False),
+                                      model.device, repeats) / batch_size
+        if n_new == new_tokens[-1]:
+            full = build_batch([replace(s, n_cached=0) for s in specs], cfg, model.device)
+            full_ms = _time_ms(lambda: model(full), model.device, repeats) / batch_size
+        del pool
+    (n1, n2) = new_tokens
+    slope = max((per_request[n2] - per_request[n1]) / (n2 - n1), 0.0)
+    overhead = max(per_request[n1] - slope * n1, 0.0)
+    static = max((full_ms - per_request[n2]) / n_static, 0.0)
+    return {"static_token_ms": static, "new_token_ms": slope, "request_overhead_ms": overhead}
+
+
+def measure_bandwidth(cfg, dtype: torch.dtype, device: torch.device, entries: int, n_static: int,
+                      repeats: int, page_tokens: int = 32) -> dict[str, float]:
+    """h2d_GBps / d2h_GBps through the hybrid layout (the replay's default path)."""
+    shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, dtype, page_tokens)
+    pool = PagedKVPool(shape, entries * shape.entry_bytes(n_static), device)
+    arena = HostArena(entries * shape.entry_bytes(n_static), dtype, pin=device.type == "cuda")
+    layout = make_layout("hybrid", shape)
+    engine = TransferEngine(pool, arena, layout)
+    jobs = []
+    for user in range(entries):
+        pages = pool.allocate(n_static)
+        offsets = [arena.allocate(size) for size in layout.extent_elements(n_static)]
+        jobs.append(TransferJob((user, 0), HostPlacement(offsets, n_static), pages, pool.slots(pages, n_static)))
+    moved = entries * n_static * shape.bytes_per_token
+
+    def load() -> None:
+        handle = engine.load(jobs)
+        if handle.layer_ready is not None:
+            handle.layer_ready[-1].synchronize()
+
+    def store() -> None:
+        for job in jobs:
+            handle = engine.store(job)
+            if handle is not None and handle.event is not None:
+                handle.event.synchronize()
+
+    h2d_ms = _time_ms(load, device, repeats)
+    d2h_ms = _time_ms(store, device, repeats)
+    return {"h2d_GBps": moved / (h2d_ms * 1e6), "d2h_GBps": moved / (d2h_ms * 1e6)}
+
+
+def run_calibrate(model: str, device: str, dtype: str, out: Path, compare_trace: Path | None, gpu_capacity: int,
+                  host_capacity: int, policy: str, batch_size: int, max_requests: int | None, report: Path | None,
+                  console: Console) -> CostModel:
+    """Measure, save the cost model, and (with compare_trace) compare simulated and measured speedups."""
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    cfg = get_config(model)
+    if out.exists() and out.is_dir():
+        raise MtbenchError(f"-o {out} is a directory; give a JSON file name")
+    setup = None
+    if compare_trace is not None:
+        from mtbench.replay.engine import ReplayOptions
+        from mtbench.replay.runner import ReplaySetup, validate_setup
+
+        setup = ReplaySetup(trace=compare_trace, model=model, dtype=dtype, device=device, cache="tiered",
+                            policy=policy, gpu_capacity=gpu_capacity, host_capacity=host_capacity, baseline=True,
+                            options=ReplayOptions(batch_size=batch_size, max_requests=max_requests))
+        validate_setup(setup)
+    small = torch_device.type == "cpu"
+    net = build_model(cfg, torch_device, torch_dtype, seed=0)
+    n_static = min(cfg.max_static, 132 if small else cfg.n_user_tokens + min(1000, cfg.max_seq))
+    compute = measure_compute(net, batch_size, n_static, (24, 96) if small else (60, 300), repeats=3 if small else 10)
+    bandwidth = measure_bandwidth(cfg, torch_dtype, torch_device, entries=4 if small else 16, n_static=n_static,
+                                  repeats=3 if small else 5)
+    cost = CostModel(**compute, **bandwidth, source=f"calibrated on {_device_name(torch_device)} "
+                     f"({model}, {dtype}, batch {batch_size})")
+    cost.save(out)
+    table = Table(title=f"cost model ({cost.source})")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for name, value in cost.to_dict().items():
+        if name != "source":
+            table.add_row(name, f"{value:.4g}")
+    console.print(table)
+    console.print(f"wrote {out}")
+    if setup is not None:
+        compare_with_simulator(setup, cost, report, console)
+    return cost
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def compare_with_simulator(setup, cost: CostModel, report: Path | None, console: Console) -> dict:
+    """Replay (tiered + no-cache) and simulate the same trace; print and return the speedup gap."""
+    from mtbench.replay.runner import run_replay
+    from mtbench.sim.simulator import TierSettings, Workload, simulate
+    from mtbench.sim.sizes import EntrySizer
+    from mtbench.trace import open_trace
+
+    outcome = run_replay(setup)
+    main = outcome.summary["rows"][0]
+    cfg = get_config(setup.model)
+    trace = open_trace(setup.trace, limits=cfg.limits())
+    columns = trace.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
+    if setup.options.max_requests is not None:
+        columns = {k: v[: setup.options.max_requests] for k, v in columns.items()}
+    sizer = EntrySizer(cfg.kv_bytes_per_token(resolve_dtype(setup.dtype)), setup.options.page_tokens)
+    workload = Workload.from_columns(columns, sizer)
+    settings = TierSettings(write_back=False, inclusive=True, lookahead=setup.options.batch_size)
+    sim, _ = simulate(workload, setup.policy, setup.gpu_capacity, setup.host_capacity, settings, cost=cost,
+                      tokens_per_byte=1.0 / sizer.bytes_per_token)
+    sim_row = sim.row(cost, workload, _)
+    measured = main.get("speedup_vs_none")
+    estimated = sim_row["est_speedup"]
+    gap = abs(estimated - measured) / measured if measured else float("nan")
+    comparison = {"measured_speedup": measured, "estimated_speedup": estimated, "gap": gap,
+                  "within_limit": bool(gap <= GAP_LIMIT), "measured_hit_ratio": main["hit_ratio"],
+                  "simulated_hit_ratio": sim_row["hit_ratio"]}
+    table = Table(title=f"simulator vs measured on {setup.trace.name} ({setup.policy})")
+    for column in ("", "hit ratio", "speedup vs no cache"):
+        table.add_column(column, justify="right")
+    table.add_row("measured (replay)", f"{main['hit_ratio']:.4f}", f"{measured:.3f}x" if measured else "—")
+    table.add_row("estimated (simulator)", f"{sim_row['hit_ratio']:.4f}", f"{estimated:.3f}x")
+    console.print(table)
+    console.print(f"gap {gap:.1%} ({'within' if comparison['within_limit'] else 'OUTSIDE'} the {GAP_LIMIT:.0%} limit)")
+    if report is not None:
+        from mtbench.report import write_report
+
+        summary = dict(outcome.summary)
+        summary["config"] = {**summary["config"], "cost_model": cost.to_dict()}
+        summary["calibration"] = {**comparison, "simulated_row": sim_row}
+        write_report(report, summary, outcome.records, "replay")
+        console.print(f"report: {report}")
+    return comparison

@@ -1,0 +1,385 @@
+"""Replay a trace through the real cache and the real model, one batch at a time.
+
+Per batch (`_BatchRunner.run`):
+1. (lookahead) plan the NEXT batch now: its keys are pinned and its host hits start loading on the
+   load stream, so those copies overlap this batch's compute;
+2. `refresh` this batch's plan (late GPU hits, load fallbacks);
+3. forward in three groups: GPU hits (cached forward; no waiting), host hits (cached forward that
+   waits on layer l's load event inside `prefix_for_layer(l)`), misses (full forward capturing the
+   U+S K/V, which `admit` scatters into the pool and writes through to the host);
+4. `release` (unpin, stale drops, stream fences).
+Every batch and group is timed with CUDA events on CUDA (resolved lazily, two batches behind, so the
+host never stalls the pipeline) and with the wall clock on the CPU. Warm-up batches (those starting
+before request `warmup`) run through the cache but are left out of every figure.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mtbench.cache.manager import BatchPlan, CacheConfig, CacheManager, CacheStats, RequestKey, next_use_indices
+from mtbench.cache.pool import KVShape
+from mtbench.cache.transfer import FaultHook
+from mtbench.model import MTGR, RequestSpec, build_batch
+from mtbench.replay.batching import TraceBatch, iter_batches
+from mtbench.trace import Trace
+
+PCIE_GBPS = 52.0  # DESIGN.md section 7: one large pinned copy, either direction
+HIT_OUTCOMES = ("gpu_hit", "host_hit")
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """Options shared by every run of one `mtbench replay` invocation."""
+
+    batch_size: int = 16
+    window: float | None = None
+    max_requests: int | None = None
+    warmup: int = 0  # requests; whole batches starting before this index are warm-up
+    page_tokens: int = 32
+    verify_sample: int = 0  # cached scores of this many requests are kept for --verify
+    keep_all_scores: bool = False  # tests: keep every request's scores
+    seed: int = 0
+
+
+@dataclass
+class ScoreSample:
+    """A request's scores as the replay computed them (CPU float32)."""
+
+    request: RequestSpec
+    outcome: str
+    ctr: torch.Tensor
+    ctcvr: torch.Tensor
+
+
+@dataclass
+class RunResult:
+    label: str
+    config: CacheConfig
+    records: pd.DataFrame
+    row: dict
+    samples: dict[int, ScoreSample]  # request_index -> scores
+    stats: CacheStats
+
+
+@dataclass
+class _Group:
+    outcome_kind: str  # "gpu_hit", "host_hit" or "miss"
+    rows: list[int]
+    end_marker: object = None
+
+
+@dataclass
+class _BatchTiming:
+    """Markers of one batch; resolved to milliseconds once the device finished it."""
+
+    batch: TraceBatch
+    plan: BatchPlan
+    warmup: bool
+    start: object
+    groups: list[_Group]
+    end: object
+    used_bytes: tuple[int, int]
+    forward_seconds: float  # host wall time of the forwards (CPU compute time)
+    host_cache_seconds: float  # host time inside the cache manager
+
+
+class _Clock:
+    """CUDA events on CUDA, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> object:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream())
+        return event
+
+    def ms(self, start: object, end: object) -> float:
+        if self.cuda:
+            return float(start.elapsed_time(end))
+        return (end - start) * 1e3
+
+    def done(self, marker: object) -> bool:
+        return not self.cuda or marker.query()
+
+    def wait(self, marker: object) -> None:
+        if self.cuda:
+            marker.synchronize()
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+class _Recorder:
+    """Collects per-request records and per-batch timings of one run."""
+
+    def __init__(self, label: str, clock: _Clock) -> None:
+        self.label, self.clock = label, clock
+        self.records: list[dict] = []
+        self.batch_ms: list[float] = []
+        self.stall_ms = 0.0
+        self.compute_ms = 0.0
+        self.load_ms = 0.0
+        self.cache_ms = 0.0
+
+    def resolve(self, timing: _BatchTiming) -> None:
+        clock, batch, plan = self.clock, timing.batch, timing.plan
+        latency = np.zeros(len(batch))
+        for group in timing.groups:
+            latency[group.rows] = clock.ms(timing.start, group.end_marker)
+        batch_ms = clock.ms(timing.start, timing.end)
+        if not timing.warmup:
+            self.batch_ms.append(batch_ms)
+            if clock.cuda:
+                stall = sum(before.elapsed_time(after) for before, after in plan.stalls)
+                self.stall_ms += stall
+                self.compute_ms += batch_ms - stall
+                self.cache_ms += timing.host_cache_seconds * 1e3
+            else:
+                self.load_ms += plan.load_seconds * 1e3
+                self.compute_ms += timing.forward_seconds * 1e3
+                self.cache_ms += (timing.host_cache_seconds - plan.load_seconds) * 1e3
+        for i in range(len(batch)):
+            self.records.append({
+                "run": self.label, "request_index": int(batch.request_index[i]), "ts": float(batch.ts[i]),
+                "user_id": int(batch.user_id[i]), "static_version": int(batch.static_version[i]),
+                "outcome": plan.outcomes[i], "n_static": int(batch.n_static[i]), "n_rt": int(batch.n_rt[i]),
+                "n_cand": int(batch.n_cand[i]), "latency_ms": float(latency[i]), "batch_index": batch.index,
+                "gpu_used_bytes": timing.used_bytes[0], "host_used_bytes": timing.used_bytes[1],
+                "warmup": timing.warmup,
+            })
+
+    @property
+    def transfer_wait_ms(self) -> float:
+        return self.stall_ms if self.clock.cuda else self.load_ms
+
+
+class _BatchRunner:
+    """Runs one replay (one cache configuration) over the trace; see the module docstring."""
+
+    def __init__(self, model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOptions, label: str,
+                 fault_hook: FaultHook | None) -> None:
+        cfg = model.cfg
+        self.model, self.trace, self.cache_config, self.options = model, trace, cache, options
+        self.device = model.device
+        self.clock = _Clock(self.device)
+        shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, model.dtype, options.page_tokens)
+        max_static = int(trace.arrays(["n_static"])["n_static"].max()) if trace.num_rows else 1
+        self.manager = CacheManager(cache, shape, self.device, max_static, fault_hook)
+        self.recorder = _Recorder(label, self.clock)
+        self.next_uses = self._next_uses()
+        self.samples: dict[int, ScoreSample] = {}
+        self._reservoir_seen = 0
+        self._rng = random.Random(options.seed)
+        self._warm_stats: CacheStats | None = None
+        self._pending: list[_BatchTiming] = []
+        self._host_cache_seconds = 0.0
+
+    def _next_uses(self) -> np.ndarray | None:
+        policies = [p for p in (getattr(self.manager, "gpu_policy", None), getattr(self.manager, "host_policy", None)) if p]
+        if not any(p.uses_next_use for p in policies):
+            return None
+        arrays = self.trace.arrays(["user_id", "static_version"])
+        return next_use_indices(arrays["user_id"], arrays["static_version"])
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, progress: Callable[[int], None] | None) -> tuple[float, int, int]:
+        """Replay every batch; returns (measured seconds, timed requests, timed candidates)."""
+        batches = iter_batches(self.trace, self.options.batch_size, self.options.window, self.options.max_requests)
+        lookahead = not self.cache_config.sync
+        current = next(batches, None)
+        plan = self._plan(current) if current is not None else None
+        wall_start, timed_requests, timed_candidates = None, 0, 0
+        while current is not None:
+            warmup = current.first_index < self.options.warmup
+            if not warmup and wall_start is None:
+                self.clock.synchronize()
+                self._warm_stats = replace(self.manager.stats)
+                wall_start = time.perf_counter()
+            if not warmup:
+                timed_requests += len(current)
+                timed_candidates += int(current.n_cand.sum())
+            upcoming = next(batches, None)
+            start = self.clock.mark()
+            next_plan = self._plan(upcoming) if lookahead and upcoming is not None else None
+            self._execute(current, plan, warmup, start)
+            if upcoming is not None and next_plan is None:
+                next_plan = self._plan(upcoming)
+            if progress is not None:
+                progress(len(current))
+            current, plan = upcoming, next_plan
+        self.clock.synchronize()
+        seconds = time.perf_counter() - wall_start if wall_start is not None else 0.0
+        for timing in self._pending:
+            self.recorder.resolve(timing)
+        self._pending.clear()
+        return seconds, timed_requests, timed_candidates
+
+    def _cache_call(self, fn: Callable, *args):
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._host_cache_seconds += time.perf_counter() - started
+
+    def _plan(self, batch: TraceBatch) -> BatchPlan:
+        requests = [RequestKey(int(u), int(v), int(n)) for u, v, n in zip(batch.user_id, batch.static_version, batch.n_static)]
+        next_uses = self.next_uses[batch.request_index] if self.next_uses is not None else None
+        return self._cache_call(self.manager.plan, requests, batch.first_index, next_uses)
+
+    def _execute(self, batch: TraceBatch, plan: BatchPlan, warmup: bool, start: object) -> None:
+        manager = self.manager
+        self._cache_call(manager.refresh, plan)
+        groups = [_Group(kind, rows) for kind, rows in (
+            ("gpu_hit", plan.rows("gpu_hit")), ("host_hit", plan.rows("host_hit")), ("miss", plan.rows("miss", "stale")))
+            if rows]
+        forward_seconds = 0.0
+        for group in groups:
+            started = time.perf_counter()
+            self._forward(batch, plan, group)
+            forward_seconds += time.perf_counter() - started
+            group.end_marker = self.clock.mark()
+        self._cache_call(manager.release, plan)
+        end = self.clock.mark()
+        host_seconds, self._host_cache_seconds = self._host_cache_seconds, 0.0
+        timing = _BatchTiming(batch, plan, warmup, start, groups, end,
+                              (manager.gpu_used_bytes, manager.host_used_bytes), forward_seconds, host_seconds)
+        self._pending.append(timing)
+        self._resolve_finished()
+
+    def _resolve_finished(self) -> None:
+        """Resolve timings of batches the device finished; keep at most two batches in flight."""
+        while self._pending and (len(self._pending) > 2 or self.clock.done(self._pending[0].end)):
+            timing = self._pending.pop(0)
+            self.clock.wait(timing.end)
+            self.recorder.resolve(timing)
+
+    def _forward(self, batch: TraceBatch, plan: BatchPlan, group: _Group) -> None:
+        hit = group.outcome_kind in HIT_OUTCOMES
+        specs = [RequestSpec(int(batch.user_id[i]), int(batch.static_version[i]), int(batch.request_index[i]),
+                             int(batch.n_static[i]), int(batch.n_rt[i]), int(batch.n_cand[i]),
+                             n_cached=int(batch.n_static[i]) if hit else 0) for i in group.rows]
+        model_batch = build_batch(specs, self.model.cfg, self.device)
+        if hit:
+            scores = self.model.forward_cached(
+                model_batch, lambda layer: self.manager.prefix(plan, group.rows, layer),
+                check_prefix=not self.clock.cuda)
+        elif self.manager.pool is None:
+            scores = self.model(model_batch)
+        else:
+            scores, static_kv = self.model(model_batch, capture_prefix=True)
+            self._cache_call(self.manager.admit, plan, group.rows, static_kv.k, static_kv.v, static_kv.offsets)
+        self._sample(batch, plan, group, specs, scores)
+
+    # ---------------------------------------------------------------- scores kept for verification
+    def _sample(self, batch: TraceBatch, plan: BatchPlan, group: _Group, specs: list[RequestSpec], scores) -> None:
+        options = self.options
+        if not options.keep_all_scores and not options.verify_sample:
+            return
+        # Candidate offsets from the specs (host side), so sampling never syncs with the device.
+        offsets = np.concatenate([[0], np.cumsum([spec.n_cand for spec in specs])]).tolist()
+        for position, i in enumerate(group.rows):
+            index = int(batch.request_index[i])
+            warmup = batch.first_index < options.warmup
+            if not options.keep_all_scores and not self._reservoir_slot(plan.outcomes[i], warmup):
+                continue
+            start, end = offsets[position], offsets[position + 1]
+            self.samples[index] = ScoreSample(specs[position], plan.outcomes[i],
+                                              scores.ctr[start:end].clone(), scores.ctcvr[start:end].clone())
+
+    def _reservoir_slot(self, outcome: str, warmup: bool) -> bool:
+        """Reservoir-sample timed cache hits (misses fill in while there are too few hits); True =
+        keep this request (room was made in `samples` when needed)."""
+        capacity = self.options.verify_sample
+        if warmup:
+            return False
+        if outcome not in HIT_OUTCOMES:
+            return len(self.samples) < capacity
+        self._reservoir_seen += 1
+        if len(self.samples) < capacity:
+            return True
+        misses = [k for k, s in self.samples.items() if s.outcome not in HIT_OUTCOMES]
+        if misses:
+            del self.samples[misses[0]]
+            return True
+        if self._rng.random() < capacity / self._reservoir_seen:
+            del self.samples[self._rng.choice(list(self.samples))]
+            return True
+        return False
+
+
+def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOptions, label: str,
+               progress: Callable[[int], None] | None = None, fault_hook: FaultHook | None = None) -> RunResult:
+    """One replay of `trace` with one cache configuration; returns its records and summary row."""
+    runner = _BatchRunner(model, trace, cache, options, label, fault_hook)
+    seconds, requests, candidates = runner.run(progress)
+    stats = _diff(runner.manager.stats, runner._warm_stats)
+    recorder = runner.recorder
+    records = pd.DataFrame.from_records(recorder.records)
+    timed = records[~records["warmup"]] if len(records) else records
+    row = _summary_row(label, cache, stats, timed, recorder, seconds, requests, candidates)
+    row["host_fragmentation"] = runner.manager.host_fragmentation()
+    samples = {index: replace(s, ctr=s.ctr.float().cpu(), ctcvr=s.ctcvr.float().cpu()) for index, s in runner.samples.items()}
+    return RunResult(label, cache, records, row, samples, stats)
+
+
+def _diff(total: CacheStats, warm: CacheStats | None) -> CacheStats:
+    if warm is None:
+        return CacheStats()
+    return CacheStats(**{name: getattr(total, name) - getattr(warm, name) for name in total.__dataclass_fields__})
+
+
+def _quantile(values, q: float) -> float | None:
+    values = np.asarray(values, dtype=float)
+    return float(np.quantile(values, q)) if len(values) else None
+
+
+def _summary_row(label: str, cache: CacheConfig, stats: CacheStats, timed: pd.DataFrame, recorder: _Recorder,
+                 seconds: float, requests: int, candidates: int) -> dict:
+    measured_ms = seconds * 1e3
+    bytes_floor_ms = max(stats.bytes_h2d, stats.bytes_d2h) / (PCIE_GBPS * 1e9) * 1e3
+    ratio = (lambda a, b: a / b if b else None)
+    return {
+        "run": label, "policy": cache.policy if cache.mode != "none" else "none", "cache_mode": cache.mode,
+        "layout": cache.layout if cache.mode == "tiered" else None, "sync": cache.sync,
+        "gpu_capacity": cache.gpu_capacity if cache.mode != "none" else 0,
+        "host_capacity": cache.host_capacity if cache.mode == "tiered" else 0,
+        "requests": stats.requests, "gpu_hits": stats.gpu_hits, "host_hits": stats.host_hits,
+        "misses": stats.misses, "stale": stats.stale,
+        "hit_ratio": ratio(stats.gpu_hits + stats.host_hits, stats.requests),
+        "gpu_hit_ratio": ratio(stats.gpu_hits, stats.requests),
+        "token_hit_ratio": ratio(stats.hit_tokens, stats.static_tokens),
+        "bytes_h2d": stats.bytes_h2d, "bytes_d2h": stats.bytes_d2h,
+        "gpu_evictions": stats.gpu_evictions, "host_evictions": stats.host_evictions,
+        "p50_ms": _quantile(timed["latency_ms"], 0.5) if len(timed) else None,
+        "p99_ms": _quantile(timed["latency_ms"], 0.99) if len(timed) else None,
+        "gpu_hit_p50_ms": _outcome_p50(timed, "gpu_hit"), "host_hit_p50_ms": _outcome_p50(timed, "host_hit"),
+        "miss_p50_ms": _outcome_p50(timed, "miss"),
+        "batch_p50_ms": _quantile(recorder.batch_ms, 0.5), "batch_p99_ms": _quantile(recorder.batch_ms, 0.99),
+        "measured_ms": measured_ms, "ms_per_request": ratio(measured_ms, requests),
+        "requests_per_s": ratio(requests, seconds), "candidates_per_s": ratio(candidates, seconds),
+        "h2d_GBps": ratio(stats.bytes_h2d / 1e9, seconds), "d2h_GBps": ratio(stats.bytes_d2h / 1e9, seconds),
+        "compute_ms": recorder.compute_ms, "transfer_wait_ms": recorder.transfer_wait_ms,
+        "bookkeeping_ms": recorder.cache_ms,
+        "pipeline_efficiency": ratio(max(recorder.compute_ms, bytes_floor_ms), measured_ms),
+        "transfer_fallbacks": stats.transfer_fallbacks, "writeback_failures": stats.writeback_failures,
+        "gpu_admission_failures": stats.gpu_admission_failures,
+        "host_admission_failures": stats.host_admission_failures,
+    }
+
+
+def _outcome_p50(timed: pd.DataFrame, outcome: str) -> float | None:
+    if not len(timed):
+        return None
+    return _quantile(timed.loc[timed["outcome"] == outcome, "latency_ms"], 0.5)

@@ -1,0 +1,194 @@
+"""`mtbench replay` end to end: validate the setup, run every configuration on the same requests,
+add speedups between runs, verify, and assemble the summary/records of the report directory.
+
+Runs of one invocation (same model weights, same batches):
+- the main runs: `--cache` with each layout of `--layouts` (tiered) or once (gpu / none);
+- with `--baseline`: `none` (recompute every prefix), `gpu` (GPU tier only) and, for a tiered
+  asynchronous main run, the same configuration with `--sync` (blocking copies, no lookahead).
+Row labels: "tiered/hybrid", "tiered/hybrid/sync", "gpu", "none".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mtbench.cache.manager import CACHE_MODES, CacheConfig
+from mtbench.cache.layouts import LAYOUT_NAMES
+from mtbench.cache.policies import POLICY_NAMES
+from mtbench.errors import MtbenchError
+from mtbench.model import MTGR, MTGRConfig, get_config
+from mtbench.replay.engine import ReplayOptions, RunResult, replay_run
+from mtbench.replay.verify import VerifyResult, verify_samples
+from mtbench.trace import Trace, open_trace
+from mtbench.units import format_bytes
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class ReplaySetup:
+    """Everything `mtbench replay` was asked to do (also written as the summary's `config`)."""
+
+    trace: Path
+    model: str = "tiny"
+    dtype: str = "fp32"
+    device: str = "cpu"
+    cache: str = "tiered"
+    policy: str = "lru"
+    layouts: tuple[str, ...] = ("hybrid",)
+    gpu_capacity: int = 0
+    host_capacity: int = 0
+    sync: bool = False
+    baseline: bool = False
+    verify: int = 0
+    options: ReplayOptions = ReplayOptions()
+
+    def config_dict(self) -> dict:
+        options = self.options
+        return {
+            "trace": str(self.trace), "model": self.model, "dtype": self.dtype, "device": self.device,
+            "cache": self.cache, "policy": self.policy, "layouts": list(self.layouts),
+            "gpu_cache": self.gpu_capacity, "host_cache": self.host_capacity, "sync": self.sync,
+            "baseline": self.baseline, "verify": self.verify, "batch_size": options.batch_size,
+            "window": options.window, "max_requests": options.max_requests, "warmup": options.warmup,
+            "page_tokens": options.page_tokens, "seed": options.seed,
+            "hierarchy": "inclusive write-through", "lookahead": not self.sync,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in ("cpu", "cuda"):
+        raise MtbenchError(f"--device must be cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MtbenchError("--device cuda: no CUDA GPU is available on this machine (use --device cpu)")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise MtbenchError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def validate_setup(setup: ReplaySetup) -> tuple[MTGRConfig, Trace, torch.device, torch.dtype]:
+    """Check every option and the trace before anything runs or is written."""
+    device, dtype = resolve_device(setup.device), resolve_dtype(setup.dtype)
+    cfg = get_config(setup.model)
+    if setup.cache not in CACHE_MODES:
+        raise MtbenchError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {setup.cache!r}")
+    if setup.policy not in POLICY_NAMES:
+        raise MtbenchError(f"unknown policy {setup.policy!r} (known: {', '.join(POLICY_NAMES)})")
+    for layout in setup.layouts:
+        if layout not in LAYOUT_NAMES:
+            raise MtbenchError(f"unknown host layout {layout!r} (choose from {', '.join(LAYOUT_NAMES)})")
+    if setup.cache != "none" and not cfg.cache_safe:
+        raise MtbenchError(f"model {setup.model}: normalizer {cfg.normalizer!r} is not cache-safe; use --cache none")
+    if setup.verify < 0 or setup.options.warmup < 0:
+        raise MtbenchError("--verify and --warmup must be >= 0")
+    if setup.options.page_tokens < 1:
+        raise MtbenchError(f"--page-tokens must be >= 1, got {setup.options.page_tokens}")
+    trace = open_trace(setup.trace, limits=cfg.limits())
+    if trace.num_rows == 0:
+        raise MtbenchError(f"{setup.trace}: the trace has no requests")
+    _check_capacities(setup, cfg, dtype, trace)
+    return cfg, trace, device, dtype
+
+
+def _check_capacities(setup: ReplaySetup, cfg: MTGRConfig, dtype: torch.dtype, trace: Trace) -> None:
+    page = setup.options.page_tokens
+    largest_tokens = int(trace.arrays(["n_static"])["n_static"].max())
+    largest = cfg.kv_bytes_per_token(dtype) * (-(-largest_tokens // page) * page)
+    tiers = []
+    if setup.cache != "none" or setup.baseline:
+        tiers.append(("--gpu-cache", setup.gpu_capacity))
+    if setup.cache == "tiered":
+        tiers.append(("--host-cache", setup.host_capacity))
+    for option, capacity in tiers:
+        if capacity < largest:
+            raise MtbenchError(
+                f"{option} {format_bytes(capacity)} cannot hold one entry: the trace's largest request has "
+                f"{largest_tokens} static tokens = {format_bytes(largest)} for model {setup.model} ({setup.dtype})")
+
+
+def planned_runs(setup: ReplaySetup) -> list[tuple[str, CacheConfig]]:
+    """(label, cache config) of every run, main runs first."""
+    base = CacheConfig(mode=setup.cache, policy=setup.policy, gpu_capacity=setup.gpu_capacity,
+                       host_capacity=setup.host_capacity, layout=setup.layouts[0], sync=setup.sync)
+    runs: list[tuple[str, CacheConfig]] = []
+    if setup.cache == "tiered":
+        for layout in setup.layouts:
+            config = replace(base, layout=layout)
+            runs.append((_label(config), config))
+    else:
+        runs.append((_label(base), base))
+    if setup.baseline:
+        extra = [replace(base, mode="none"), replace(base, mode="gpu", sync=False)]
+        if setup.cache == "tiered" and not setup.sync:
+            extra.append(replace(base, sync=True))
+        for config in extra:
+            if all(_label(config) != label for label, _ in runs):
+                runs.append((_label(config), config))
+    return runs
+
+
+def _label(config: CacheConfig) -> str:
+    if config.mode != "tiered":
+        return config.mode
+    return f"tiered/{config.layout}" + ("/sync" if config.sync else "")
+
+
+def build_model(cfg: MTGRConfig, device: torch.device, dtype: torch.dtype, seed: int) -> MTGR:
+    torch.manual_seed(seed)
+    return MTGR(cfg).to(device=device, dtype=dtype).eval()
+
+
+@dataclass
+class ReplayOutcome:
+    summary: dict
+    records: pd.DataFrame
+    verify: VerifyResult | None
+
+
+def run_replay(setup: ReplaySetup, progress_factory: Callable[[str, int], Callable[[int], None]] | None = None
+               ) -> ReplayOutcome:
+    """Validate, run every planned configuration, verify, and return the report's summary and records."""
+    cfg, trace, device, dtype = validate_setup(setup)
+    model = build_model(cfg, device, dtype, setup.options.seed)
+    total = trace.num_rows if setup.options.max_requests is None else min(trace.num_rows, setup.options.max_requests)
+    results: list[RunResult] = []
+    for index, (label, config) in enumerate(planned_runs(setup)):
+        options = replace(setup.options, verify_sample=setup.verify if index == 0 else 0)
+        progress = progress_factory(label, total) if progress_factory else None
+        results.append(replay_run(model, trace, config, options, label, progress))
+    verify = verify_samples(model, results[0].samples) if setup.verify else None
+    rows = [r.row for r in results]
+    add_speedups(rows)
+    if verify is not None:
+        rows[0]["verify_max_rel_err"] = verify.max_rel_err
+        rows[0]["verify_bound"] = verify.bound
+        rows[0]["verify_checked"] = verify.checked
+    summary = {"kind": "replay", "trace": trace.fingerprint(), "model": setup.model, "dtype": setup.dtype,
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "config": setup.config_dict(), "rows": rows}
+    records = pd.concat([r.records for r in results], ignore_index=True)
+    return ReplayOutcome(summary, records, verify)
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """speedup_vs_<baseline> = baseline's ms per request / this run's (when that baseline ran)."""
+    by_label = {row["run"]: row for row in rows}
+    baselines = {"none": "none", "gpu": "gpu"}
+    for row in rows:
+        own = row.get("ms_per_request")
+        for name, label in baselines.items():
+            other = by_label.get(label)
+            row[f"speedup_vs_{name}"] = (other["ms_per_request"] / own) if other and own else None
+        sync_row = by_label.get(f"{row['run']}/sync") if row["cache_mode"] == "tiered" and not row["sync"] else None
+        row["speedup_vs_sync"] = sync_row["ms_per_request"] / own if sync_row and own else None
+        row["est_speedup"] = row.get("est_speedup")
+        row["est_ms_per_request"] = row.get("est_ms_per_request")

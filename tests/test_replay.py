@@ -1,0 +1,260 @@
+"""Replay engine, cache manager and `mtbench replay` on the CPU (tiny model, small generated traces)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mtbench.cache.manager import CacheConfig, CacheManager, RequestKey
+from mtbench.cache.pool import KVShape
+from mtbench.cache.transfer import TransferFailed
+from mtbench.cli import app
+from mtbench.model import MTGR, get_config
+from mtbench.replay.batching import iter_batches
+from mtbench.replay.engine import ReplayOptions, replay_run
+from mtbench.replay.verify import FP32_RTOL, verify_samples
+from mtbench.trace import open_trace
+
+CFG = get_config("tiny")
+SHAPE = KVShape(CFG.n_layers, CFG.n_heads, CFG.head_dim, torch.float32, 32)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_trace(path: Path, seed: int, requests: int = 90, users: int = 14, version_every: int = 40) -> Path:
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, users, requests).astype(np.int64)
+    frame = pd.DataFrame({
+        "ts": np.sort(rng.random(requests) * 50.0),
+        "user_id": user,
+        "static_version": (np.arange(requests) // version_every).astype(np.int64),
+        "n_static": (CFG.n_user_tokens + 3 + (user * 7) % 60).astype(np.int64),
+        "n_rt": rng.integers(0, 6, requests).astype(np.int64),
+        "n_cand": rng.integers(1, 5, requests).astype(np.int64),
+    })
+    frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model() -> MTGR:
+    torch.manual_seed(0)
+    return MTGR(CFG).eval()
+
+
+def _cache(mode: str, layout: str = "hybrid", gpu_pages: int = 9, host_pages: int = 40, **kw) -> CacheConfig:
+    return CacheConfig(mode=mode, policy=kw.pop("policy", "lru"), gpu_capacity=gpu_pages * SHAPE.page_bytes,
+                       host_capacity=host_pages * SHAPE.page_bytes, layout=layout, **kw)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cached_scores_equal_recomputed_for_every_request(tmp_path: Path, model: MTGR, seed: int) -> None:
+    trace = open_trace(make_trace(tmp_path / "t.parquet", seed), CFG.limits())
+    options = ReplayOptions(batch_size=6, keep_all_scores=True)
+    reference = replay_run(model, trace, _cache("none"), options, "none")
+    assert reference.row["misses"] == trace.num_rows
+    runs = [("gpu", "hybrid", "lru"), ("tiered", "hybrid", "lru"), ("tiered", "paged", "sieve"),
+            ("tiered", "user", "arc")]
+    for mode, layout, policy in runs:
+        result = replay_run(model, trace, _cache(mode, layout, policy=policy), options, f"{mode}/{layout}")
+        row = result.row
+        assert row["gpu_hits"] + row["host_hits"] > 0, f"{mode}/{layout} never hit: the test would prove nothing"
+        if mode == "tiered":
+            assert row["host_hits"] > 0 and row["bytes_h2d"] > 0 and row["bytes_d2h"] > 0
+        assert row["requests"] == row["gpu_hits"] + row["host_hits"] + row["misses"] + row["stale"] == trace.num_rows
+        assert set(result.samples) == set(reference.samples) == set(range(trace.num_rows))
+        for index, sample in result.samples.items():
+            expected = reference.samples[index]
+            scale = expected.ctr.abs().max()
+            assert float((sample.ctr - expected.ctr).abs().max() / scale) < FP32_RTOL, (mode, layout, index, sample.outcome)
+            assert float((sample.ctcvr - expected.ctcvr).abs().max() / expected.ctcvr.abs().max()) < FP32_RTOL
+
+
+def test_stale_entries_are_never_served(tmp_path: Path, model: MTGR) -> None:
+    """Every user gets a new static_version every 15 requests; hits must still equal recomputation."""
+    trace = open_trace(make_trace(tmp_path / "t.parquet", 3, requests=80, users=5, version_every=15), CFG.limits())
+    options = ReplayOptions(batch_size=4, keep_all_scores=True)
+    reference = replay_run(model, trace, _cache("none"), options, "none")
+    result = replay_run(model, trace, _cache("tiered", gpu_pages=6), options, "tiered")
+    assert result.row["stale"] > 0
+    records = result.records
+    for index, sample in result.samples.items():
+        assert torch.allclose(sample.ctr, reference.samples[index].ctr, rtol=FP32_RTOL, atol=1e-7)
+    # a hit is only ever on the request's own version: the first request of each version is never a hit
+    first_of_version = records.drop_duplicates(["user_id", "static_version"])
+    assert not first_of_version["outcome"].isin(["gpu_hit", "host_hit"]).any()
+
+
+def _fake_kv(n_tokens: list[int], seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    total = sum(n_tokens)
+    k = [torch.randn(total, SHAPE.heads, SHAPE.head_dim, generator=gen) for _ in range(SHAPE.layers)]
+    v = [torch.randn(total, SHAPE.heads, SHAPE.head_dim, generator=gen) for _ in range(SHAPE.layers)]
+    return k, v, torch.tensor(np.concatenate([[0], np.cumsum(n_tokens)]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_in_flight_entries_are_never_evicted(seed: int) -> None:
+    """Random batches through the manager alone: pinned keys (current + queued batch) stay resident."""
+    rng = np.random.default_rng(seed)
+    manager = CacheManager(_cache("tiered", gpu_pages=6, host_pages=14), SHAPE, "cpu", max_entry_tokens=64)
+    plan = None
+    index = 0
+    for _ in range(30):
+        requests = [RequestKey(int(u), 0, 20 + int(u) * 3) for u in rng.integers(0, 12, 3)]
+        next_plan = manager.plan(requests, index)
+        index += len(requests)
+        if plan is not None:
+            in_flight = {r.key for r in plan.requests} | {r.key for r in next_plan.requests}
+            manager.refresh(plan)
+            misses = plan.rows("miss", "stale")
+            k, v, offsets = _fake_kv([plan.requests[i].n_static for i in misses], index)
+            manager.admit(plan, misses, k, v, offsets)
+            for i in plan.rows("gpu_hit", "host_hit"):
+                assert plan.requests[i].key in manager.gpu, "a hit of the batch in flight was evicted"
+            for key in in_flight:
+                if key in manager.gpu:
+                    assert manager.gpu_policy.is_pinned(key)
+            manager.release(plan)
+            manager.check_invariants()
+        plan = next_plan
+    assert manager.stats.gpu_evictions > 0 and manager.stats.host_hits > 0
+
+
+def test_host_round_trip_through_manager_is_exact() -> None:
+    """Admit -> evict from GPU (host keeps it) -> host hit reloads exactly the same K/V."""
+    manager = CacheManager(_cache("tiered", gpu_pages=2, host_pages=10), SHAPE, "cpu", max_entry_tokens=64)
+    first = [RequestKey(1, 0, 50)]
+    plan = manager.plan(first, 0)
+    manager.refresh(plan)
+    k, v, offsets = _fake_kv([50], 7)
+    manager.admit(plan, [0], k, v, offsets)
+    manager.release(plan)
+    evictor = manager.plan([RequestKey(2, 0, 60)], 1)
+    manager.refresh(evictor)
+    manager.admit(evictor, [0], *_fake_kv([60], 8))
+    manager.release(evictor)
+    assert (1, 0) not in manager.gpu and (1, 0) in manager.host
+    plan = manager.plan(first, 2)
+    assert plan.outcomes == ["host_hit"]
+    manager.refresh(plan)
+    for layer in range(SHAPE.layers):
+        prefix = manager.prefix(plan, [0], layer)
+        pages = prefix.page_table[0].long()
+        slots = torch.arange(50)
+        k_read = prefix.k_pages[pages[slots // 32], slots % 32]
+        v_read = prefix.v_pages[pages[slots // 32], slots % 32]
+        assert torch.equal(k_read, k[layer]) and torch.equal(v_read, v[layer])
+    manager.release(plan)
+
+
+def test_failed_transfers_fall_back_and_are_counted(tmp_path: Path, model: MTGR) -> None:
+    trace = open_trace(make_trace(tmp_path / "t.parquet", 5), CFG.limits())
+    options = ReplayOptions(batch_size=6, keep_all_scores=True)
+    reference = replay_run(model, trace, _cache("none"), options, "none")
+
+    def fail_odd_users(job, direction: str) -> None:
+        if direction == "load" and job.key[0] % 2:
+            raise TransferFailed("injected failure")
+
+    result = replay_run(model, trace, _cache("tiered", gpu_pages=5), options, "tiered", fault_hook=fail_odd_users)
+    assert result.row["transfer_fallbacks"] > 0
+    assert result.row["host_hits"] > 0  # even users still load
+    for index, sample in result.samples.items():
+        assert torch.allclose(sample.ctr, reference.samples[index].ctr, rtol=FP32_RTOL, atol=1e-7)
+
+
+def test_verify_detects_wrong_scores(tmp_path: Path, model: MTGR) -> None:
+    trace = open_trace(make_trace(tmp_path / "t.parquet", 6), CFG.limits())
+    result = replay_run(model, trace, _cache("tiered"), ReplayOptions(batch_size=6, verify_sample=10), "tiered")
+    assert len(result.samples) == 10
+    assert sum(s.outcome in ("gpu_hit", "host_hit") for s in result.samples.values()) >= 5
+    check = verify_samples(model, result.samples)
+    assert check.ok and check.checked == 10 and check.max_rel_err < FP32_RTOL
+    broken = dict(result.samples)
+    index = next(iter(broken))
+    broken[index].ctr[0] += 0.01
+    assert not verify_samples(model, broken).ok
+
+
+@pytest.mark.parametrize("batch_size,window", [(4, None), (7, 2.0), (100, 0.5)])
+def test_batches_respect_size_and_window(tmp_path: Path, batch_size: int, window: float | None) -> None:
+    trace = open_trace(make_trace(tmp_path / "t.parquet", 2, requests=70), CFG.limits())
+    batches = list(iter_batches(trace, batch_size, window))
+    seen = np.concatenate([b.request_index for b in batches])
+    assert seen.tolist() == list(range(70))
+    for batch in batches:
+        assert 1 <= len(batch) <= batch_size
+        if window is not None:
+            assert batch.ts[-1] - batch.ts[0] <= window
+    assert sum(len(b) for b in iter_batches(trace, batch_size, window, max_requests=33)) == 33
+
+
+RECORD_COLUMNS = ["run", "request_index", "ts", "user_id", "static_version", "outcome", "n_static", "n_rt", "n_cand",
+                  "latency_ms", "batch_index", "gpu_used_bytes", "host_used_bytes"]
+ROW_FIELDS = ["policy", "gpu_capacity", "host_capacity", "requests", "gpu_hits", "host_hits", "misses", "stale",
+              "hit_ratio", "gpu_hit_ratio", "token_hit_ratio", "bytes_h2d", "bytes_d2h", "gpu_evictions",
+              "host_evictions", "est_ms_per_request", "est_speedup", "run", "cache_mode", "layout", "sync", "p50_ms",
+              "p99_ms", "batch_p50_ms", "batch_p99_ms", "requests_per_s", "candidates_per_s", "h2d_GBps", "d2h_GBps",
+              "compute_ms", "transfer_wait_ms", "bookkeeping_ms", "pipeline_efficiency", "speedup_vs_none",
+              "speedup_vs_gpu", "speedup_vs_sync", "transfer_fallbacks", "host_fragmentation"]
+
+
+def test_replay_command_writes_documented_report(tmp_path: Path) -> None:
+    trace = make_trace(tmp_path / "t.parquet", 4, requests=60)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, [
+        "replay", str(trace), "--model", "tiny", "--gpu-cache", f"{8 * SHAPE.page_bytes}", "--host-cache", "1MiB",
+        "--batch-size", "6", "--baseline", "--verify", "6", "--layouts", "paged,hybrid", "--warmup", "12", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "replay" and summary["trace"]["rows"] == 60 and summary["model"] == "tiny"
+    labels = [row["run"] for row in summary["rows"]]
+    assert labels == ["tiered/paged", "tiered/hybrid", "none", "gpu", "tiered/paged/sync"]
+    for row in summary["rows"]:
+        missing = [f for f in ROW_FIELDS if f not in row]
+        assert not missing, missing
+        assert row["requests"] == 48  # warm-up batches (first 12 requests) excluded
+    assert summary["rows"][0]["verify_max_rel_err"] < FP32_RTOL
+    assert summary["rows"][0]["speedup_vs_none"] > 0 and summary["rows"][0]["speedup_vs_sync"] > 0
+    records = pd.read_parquet(out / "records.parquet")
+    assert all(column in records.columns for column in RECORD_COLUMNS)
+    assert len(records) == 60 * len(labels)
+    assert set(records["outcome"]) <= {"gpu_hit", "host_hit", "miss", "stale"}
+    assert (out / "summary.md").is_file()
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mtbench", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def test_bad_configurations_exit_2_without_a_report(tmp_path: Path) -> None:
+    trace = make_trace(tmp_path / "t.parquet", 1, requests=20)
+    too_long = tmp_path / "long.parquet"
+    frame = pd.read_parquet(trace)
+    frame.loc[3, "n_static"] = CFG.max_static + 1
+    frame.to_parquet(too_long, index=False)
+    cases = [
+        ([str(trace), "--gpu-cache", "1KiB"], "cannot hold one entry"),
+        ([str(trace), "--host-cache", "2KiB"], "cannot hold one entry"),
+        ([str(trace), "--device", "cuda"] if not torch.cuda.is_available() else [str(trace), "--dtype", "fp8"],
+         "cuda" if not torch.cuda.is_available() else "dtype"),
+        ([str(too_long)], "n_static"),
+        ([str(trace), "--policy", "nosuch"], "policy"),
+        ([str(trace), "--layouts", "paged,striped"], "layout"),
+        ([str(trace), "--gpu-cache", "4GB?"], "--gpu-cache"),
+    ]
+    for index, (args, needle) in enumerate(cases):
+        out = tmp_path / f"out{index}"
+        done = _run_cli("replay", *args, "-o", str(out))
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert not out.exists() and not out.with_name(out.name + ".partial").exists()
