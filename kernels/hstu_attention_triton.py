@@ -133,7 +133,7 @@ def _hstu_fwd_kernel(
     row_ok = rows < n_rows
     position = n_cached + rows
     row_static = rows < n_new
-    row_cand = rows >= n_new + n_rt
+    row_cand = rows > n_new + n_rt
     if CAUSAL_STATIC:
         static_hi = position + 1
     else:

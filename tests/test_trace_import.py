@@ -165,7 +165,7 @@ def test_arc_expansion_plain_and_zstd(tmp_path: Path, seed: int) -> None:
     for name in ("t.lis", "t.lis.zst"):
         assert read_arc(tmp_path / name).key.tolist() == expected
     (tmp_path / "bad.lis").write_bytes(text + b"5 3 0\n")
-    with pytest.raises(MtbenchError, match=f"line {len(lines) + 1}: expected 4 fields"):
+    with pytest.raises(MtbenchError, match=f"line {len(lines) + 1}: expected 4 integer fields"):
         read_arc(tmp_path / "bad.lis")
 
 
@@ -222,5 +222,5 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path: Path, monkeypatch: p
     assert run_in_process(["trace", "import", "movielens", str(bad), "-o", str(out), "--cand", "5000"], monkeypatch) == 2
     assert "max_cand" in capsys.readouterr().err
     assert run_in_process(["trace", "import", "arc", str(bad), "-o", str(out)], monkeypatch) == 2
-    assert "expected 4 fields" in capsys.readouterr().err
+    assert "line 1: expected 4 integer fields" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ratings.csv"]

@@ -252,12 +252,16 @@ def read_arc(path: Path) -> Accesses:
     """ARC .lis: each line "start n_blocks ignore req_no" -> pages start .. start+n_blocks-1, in order."""
     data = read_bytes(path)
     lines = data.splitlines()
-    values = np.array(data.split(), dtype=np.int64) if data.strip() else np.empty(0, dtype=np.int64)
-    if values.size == 0:
+    if not data.strip():
         raise MtbenchError(f"{path}: file is empty")
+    try:
+        values = np.array(data.split(), dtype=np.int64)
+    except ValueError:
+        values = np.empty(0, dtype=np.int64)  # a non-integer field: located below
     if values.size != 4 * len([line for line in lines if line.strip()]):
-        bad = next(i for i, line in enumerate(lines) if line.strip() and len(line.split()) != 4)
-        raise MtbenchError(f"{path}: line {bad + 1}: expected 4 fields 'start n_blocks ignore req_no', got {lines[bad][:80]!r}")
+        bad = next(i for i, line in enumerate(lines)
+                   if line.strip() and (len(line.split()) != 4 or not all(f.lstrip(b"-").isdigit() for f in line.split())))
+        raise MtbenchError(f"{path}: line {bad + 1}: expected 4 integer fields 'start n_blocks ignore req_no', got {lines[bad][:80]!r}")
     fields = values.reshape(-1, 4)
     start, n_blocks = fields[:, 0], fields[:, 1]
     for column, name in ((start, "start"), (n_blocks, "n_blocks")):
