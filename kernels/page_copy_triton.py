@@ -57,29 +57,19 @@ def _flat_token(buffer: torch.Tensor) -> torch.Tensor:
     return buffer if buffer.stride(3) == 1 and buffer.stride(2) == dim else buffer.contiguous()
 
 
-def _element_block(token_elems: int) -> int:
-    """Largest power of two <= 512 dividing H*D (no masked lanes), or the next power of two for odd sizes."""
-    block = 512
-    while block >= 64:
-        if token_elems % block == 0:
-            return block
-        block //= 2
-    return min(512, max(16, triton.next_power_of_2(token_elems)))
-
-
 def _launch(buffer: torch.Tensor, pool_layer: torch.Tensor, slots: torch.Tensor, to_pages: bool) -> None:
     n_tokens = slots.numel()
     if n_tokens == 0:
         return
     token_elems = pool_layer.shape[3] * pool_layer.shape[4]
-    block_e = _element_block(token_elems)
-    block_t = max(1, 8192 // block_e)
+    block_e = min(512, max(16, triton.next_power_of_2(token_elems)))
+    block_t = max(1, 4096 // block_e)
     grid = (triton.cdiv(n_tokens, block_t), 2, triton.cdiv(token_elems, block_e))
     _page_copy_kernel[grid](
         buffer, pool_layer, slots.to(device=pool_layer.device).contiguous(),
         n_tokens, token_elems,
         buffer.stride(0), buffer.stride(1), pool_layer.stride(0), pool_layer.stride(1), pool_layer.stride(2),
-        PAGE_TOKENS=pool_layer.shape[2], TO_PAGES=to_pages, BLOCK_T=block_t, BLOCK_E=block_e, num_warps=8,
+        PAGE_TOKENS=pool_layer.shape[2], TO_PAGES=to_pages, BLOCK_T=block_t, BLOCK_E=block_e, num_warps=4,
     )
 
 

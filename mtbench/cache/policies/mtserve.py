@@ -28,8 +28,10 @@ What the traffic offers, and how the policy uses it:
    request carries a *newer* static version are dead and go first.
 5. **Stale versions** (`static_version` older than the newest seen for the user) have density 0.
 
-Candidates: the `window` least recently used unpinned entries (default 256), so an eviction costs
-O(window) and the choice only differs from a full scan when more than `window` entries are cold.
+Candidates: the `window` least recently used unpinned entries (default 64), so an eviction costs
+O(window). Estimates are noisy, so densities within a factor `TIE_FACTOR` (2) of the lowest count as
+equal and the least recently used of those goes: mtserve is LRU except that it skips entries whose
+users are, by the evidence above, clearly still coming back.
 Keys are `(user_id, static_version)` tuples by default; the simulator passes `user_of` /
 `version_of` for its integer keys.
 """
@@ -44,8 +46,10 @@ from dataclasses import dataclass
 from mtbench.cache.policies.base import Key, ReplacementPolicy
 
 DEFAULT_SESSION_GAP_S = 1800.0
-DEFAULT_WINDOW = 256
+DEFAULT_WINDOW = 64
 DEFAULT_PRIOR_WEIGHT = 4.0
+TIE_FACTOR = 2.0
+"""Densities within this factor of the lowest count as equal; among them the least recent goes (LRU)."""
 
 
 def _user_of_tuple(key: Key) -> Hashable:
@@ -80,7 +84,8 @@ class MTServe(ReplacementPolicy):
 
     `_order`: resident keys, least recently used first; `_last_use[key]`: time of its last access;
     `_users[user]`: `_ReturnStats` per user, `_population`: the pooled prior; `_newest_version[user]`;
-    `_upcoming`: keys of queued requests (never chosen).
+    `_upcoming`: keys of queued requests (never chosen); `_estimate[user]`: the user's
+    (g_in, p_cont, g_out), refreshed at each of the user's requests; `_now`: latest time seen.
     """
 
     name = "mtserve"
@@ -108,6 +113,8 @@ class MTServe(ReplacementPolicy):
         self._population = _ReturnStats()
         self._newest_version: dict[Hashable, int] = {}
         self._upcoming: set[Key] = set()
+        self._estimate: dict[Hashable, tuple[float, float, float]] = {}
+        self._now = 0.0
 
     # ------------------------------------------------------------ learning from arrivals
     def access(self, key: Key, now: float) -> bool:
@@ -125,6 +132,8 @@ class MTServe(ReplacementPolicy):
             stats.record_gap(gap, self._session_gap)
             self._population.record_gap(gap, self._session_gap)
         stats.last_seen = now
+        self._estimate[user] = self._estimates(stats)
+        self._now = max(self._now, now)
         version = self._version_of(key)
         if version > self._newest_version.get(user, -1):
             self._newest_version[user] = version
@@ -151,22 +160,21 @@ class MTServe(ReplacementPolicy):
         del self._last_use[key]
 
     def _pop_victim(self, incoming: Key | None) -> Key:
-        now = max(self._last_use.values())
-        best_key, best_density = None, math.inf
-        scanned = 0
+        now, pins, upcoming, density = self._now, self._pins, self._upcoming, self.value_density
+        candidates: list[tuple[Key, float]] = []
         for key in self._order:
-            if key in self._pins or key in self._upcoming:
+            if key in pins or key in upcoming:
                 continue
-            density = self.value_density(key, now)
-            if density < best_density:
-                best_key, best_density = key, density
-            scanned += 1
-            if scanned >= self._window or best_density == 0.0:
+            candidates.append((key, density(key, now)))
+            if len(candidates) >= self._window:
                 break
-        if best_key is None:  # only queued keys are unpinned: fall back to the least recent of them
-            best_key = next(self._unpinned(self._order))
-        self._on_remove(best_key)
-        return best_key
+        if not candidates:  # only queued keys are unpinned: fall back to the least recent of them
+            victim = next(self._unpinned(self._order))
+        else:
+            floor = min(value for _, value in candidates) * TIE_FACTOR
+            victim = next(key for key, value in candidates if value <= floor)
+        self._on_remove(victim)
+        return victim
 
     # ------------------------------------------------------------ the model
     def value_density(self, key: Key, now: float) -> float:
@@ -181,7 +189,8 @@ class MTServe(ReplacementPolicy):
 
     def reuse_rate(self, user: Hashable, age: float) -> float:
         """Expected requests per second of `user`, `age` seconds after its last request."""
-        g_in, p_cont, g_out = self._estimates(self._users.get(user))
+        estimate = self._estimate.get(user)
+        g_in, p_cont, g_out = estimate if estimate is not None else self._estimates(None)
         if age > self._session_gap:
             posterior = 0.0
         else:
