@@ -1,7 +1,43 @@
-"""CLI commands of this area (filled by the area's issue)."""
+"""`mtbench demo`: the main job end to end on the embedded sample traces, on the CPU, in about a minute.
+
+1. the model: parameters, KV bytes per user and FLOPs of a miss vs a hit (MTGR-large);
+2. the MovieLens-derived sample trace: users, reuse, working set;
+3. `compare-policies` on it (fast simulator, every policy and OPT, three GPU capacities);
+4. `replay` of the synthetic sample through the real two-tier cache with real MTGR-small forward
+   passes, the no-cache / GPU-only / sync baselines, and a verify of cached vs recomputed scores.
+Both runs leave a report directory (records, summary.json, summary.md, plots) under reports/runs/demo/.
+"""
+
+from pathlib import Path
 
 import typer
+from rich.console import Console
+
+SAMPLES = Path(__file__).resolve().parents[2] / "traces"
+
+
+def demo(out: Path = typer.Option(Path("reports/runs/demo"), "--out", "-o", help="Where the two report directories go.")) -> None:
+    """Run the main job on the embedded sample traces (CPU, about a minute)."""
+    from mtbench.cli import app
+
+    console = Console()
+    movielens, synthetic = SAMPLES / "movielens-small.parquet", SAMPLES / "synth-small.parquet"
+    steps = [
+        ("model", ["model", "info", "--preset", "large"]),
+        ("trace", ["trace", "stats", str(movielens), "--model", "large"]),
+        ("policies", ["compare-policies", str(movielens), "--policies", "lru,arc,s3fifo,sieve,gdsf,mtserve,opt",
+                      "--gpu-cache", "64MiB,256MiB,1GiB", "--host-cache", "8GiB", "--model", "large",
+                      "-o", str(out / "policies")]),
+        ("replay", ["replay", str(synthetic), "--model", "small", "--device", "cpu", "--dtype", "fp32",
+                    "--gpu-cache", "160MiB", "--host-cache", "2GiB", "--batch-size", "16", "--max-requests", "320",
+                    "--warmup", "32", "--baseline", "--verify", "8", "-o", str(out / "replay")]),
+    ]
+    for name, args in steps:
+        console.rule(f"[bold]demo: {name}[/]  mtbench {' '.join(args)}")
+        app(args, standalone_mode=False)
+    console.print(f"\nReports: {out / 'policies'} and {out / 'replay'} (plots in each plots/ folder). "
+                  "Next: `mtbench plot DIR`, `mtbench report DIR`, or replay on a GPU with --device cuda --dtype bf16.")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add this area's commands to the main app (and benchmarks to `mtbench bench`)."""
+    app.command("demo")(demo)
