@@ -55,11 +55,12 @@ from mtbench.trace import open_trace
 path, limit, share = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 cfg = get_config("large")
 a = open_trace(path).arrays(["user_id", "static_version", "n_static"])
-a = {k: v[:limit] for k, v in a.items()}
 per_token = cfg.kv_bytes_per_token(parse_dtype("bf16"))
-entry = -(-a["n_static"] // 32) * 32 * per_token
+# the replay refuses a tier that cannot hold the trace's largest entry (whole trace, not just the prefix)
+largest = int(-(-int(a["n_static"].max()) // 32) * 32 * per_token)
+a = {k: v[:limit] for k, v in a.items()}
+entry = -(-a["n_static"].astype(np.int64) // 32) * 32 * per_token
 users, first = np.unique(a["user_id"], return_index=True)
-largest = int(entry.max())
 user_bytes = np.array([entry[a["user_id"] == u].max() for u in users])
 total = int(user_bytes.sum())
 gpu = max(int(share * total), 4 * largest)
