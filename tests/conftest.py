@@ -2,8 +2,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Triton decides interpreted-vs-compiled when a kernel module is first imported; without a GPU every
+# Triton kernel must run under the interpreter, whichever test module happens to import it first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -90,6 +90,14 @@ class _RowLayout:
     group_ids: torch.Tensor
     row_scale: torch.Tensor | None  # [T, 1, 1] per-row factor for the "total" normaliser
 
+    @classmethod
+    def kernel_ready(cls, offsets: torch.Tensor, n_new_static: torch.Tensor, n_rt: torch.Tensor,
+                     group_ids: torch.Tensor, row_scale: torch.Tensor | None) -> "_RowLayout":
+        """Counts as int32 once per forward: the kernels take int32, and converting them in every layer
+        would add a few launches per layer to a forward that is bound by launch overhead on the GPU."""
+        as_int32 = (lambda t: t.to(torch.int32))
+        return cls(as_int32(offsets), as_int32(n_new_static), as_int32(n_rt), group_ids, row_scale)
+
 
 class TokenMLP(nn.Sequential):
     """concat(feature embeddings) -> Linear -> SiLU -> Linear -> d_model."""
@@ -222,8 +230,8 @@ class MTGR(nn.Module):
             raise MtbenchError("MTGR.encode_prefix encodes whole prefixes but the batch has cached static tokens; "
                                "use forward_cached(..., capture_new_static=True) to extend a prefix")
         static = batch.static_rows
-        rows = _RowLayout(offsets=batch.new_static_offsets, n_new_static=batch.n_new_static,
-                          n_rt=torch.zeros_like(batch.n_rt), group_ids=batch.group_ids[static], row_scale=None)
+        rows = _RowLayout.kernel_ready(batch.new_static_offsets, batch.n_new_static, torch.zeros_like(batch.n_rt),
+                                       batch.group_ids[static], None)
         _, captured = self._run(self._embed(batch)[static], rows, batch, None, capture=True, capture_all=True)
         return captured
 
@@ -272,8 +280,7 @@ class MTGR(nn.Module):
             total = (batch.n_static + batch.n_rt + batch.n_cand).to(self.dtype)
             lengths = batch.offsets[1:] - batch.offsets[:-1]
             row_scale = total.reciprocal().repeat_interleave(lengths, output_size=batch.num_rows)[:, None, None]
-        return _RowLayout(offsets=batch.offsets, n_new_static=batch.n_new_static, n_rt=batch.n_rt,
-                          group_ids=batch.group_ids, row_scale=row_scale)
+        return _RowLayout.kernel_ready(batch.offsets, batch.n_new_static, batch.n_rt, batch.group_ids, row_scale)
 
     def _embed(self, batch: RequestBatch) -> torch.Tensor:
         """Token embeddings [T, d_model] of every computed row."""

@@ -18,7 +18,7 @@ from mtbench.model.mtgr import StaticKV
 
 @dataclass(frozen=True)
 class PagedKV:
-    """pool [layers, pages, 2, P, H, D]; page_table int32 [B, max_pages] (-1 = unused); lengths int64 [B]."""
+    """pool [layers, pages, 2, P, H, D]; page_table int32 [B, max_pages] (-1 = unused); lengths int32 [B]."""
 
     pool: torch.Tensor
     page_table: torch.Tensor
@@ -56,4 +56,4 @@ def page_static_kv(kv: StaticKV, page_tokens: int = 32, seed: int = 0, spare_pag
     pool = torch.zeros((kv.num_layers, n_pages, 2, page_tokens, *first.shape[1:]), dtype=first.dtype, device=first.device)
     for layer in range(kv.num_layers):
         kernels.scatter_to_pages(torch.stack([kv.k[layer], kv.v[layer]]), pool[layer], slot_index)
-    return PagedKV(pool=pool, page_table=page_table.to(first.device), lengths=lengths.to(first.device))
+    return PagedKV(pool=pool, page_table=page_table.to(first.device), lengths=lengths.to(first.device, torch.int32))
