@@ -258,3 +258,24 @@ def test_bad_configurations_exit_2_without_a_report(tmp_path: Path) -> None:
         assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
         assert not out.exists() and not out.with_name(out.name + ".partial").exists()
+
+
+@pytest.mark.parametrize("mode", ["none", "gpu", "tiered"])
+def test_prewarm_leaves_the_cache_as_it_found_it(tmp_path: Path, model: MTGR, mode: str) -> None:
+    """The pre-warm pass (run on CUDA before timing) touches only free pages/extents; on the CPU it must
+    run through every path and leave pool, arena and policies untouched."""
+    from mtbench.replay.prewarm import batch_size_classes, prewarm
+
+    trace = open_trace(make_trace(tmp_path / "t.parquet", 9, requests=70), CFG.limits())
+    options = ReplayOptions(batch_size=16, max_requests=65)
+    manager = CacheManager(_cache(mode), SHAPE, "cpu", max_entry_tokens=int(trace.arrays(["n_static"])["n_static"].max()))
+    free_pages = manager.pool.num_free_pages if manager.pool is not None else None
+    prewarm(model, manager, trace, options)
+    assert batch_size_classes(trace, 16, None, 65) == [1, 16]  # 4 batches of 16, one of 1
+    assert batch_size_classes(trace, 6, None, 65) == [6]  # sizes 6 and 5: one Triton class
+    if manager.pool is not None:
+        assert manager.pool.num_free_pages == free_pages and not manager.gpu and not manager.host
+        assert manager.gpu_policy.used == 0
+    if manager.arena is not None:
+        assert manager.arena.used_bytes == 0
+    manager.check_invariants()

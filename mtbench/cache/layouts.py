@@ -8,17 +8,20 @@ copies a transfer takes (small copies are launch-bound, DESIGN.md section 7):
 - `user`: one contiguous extent per entry for all layers, `[layers, 2, n, H, D]`; a load is ONE copy
   into a device staging buffer, then one `scatter_to_pages` per layer. Every layer waits for the
   whole copy, so there is no layer-wise overlap.
-- `hybrid` (default): one contiguous extent per entry PER LAYER, `[2, n, H, D]` each; a load is one
-  copy per layer into a staging buffer, then `scatter_to_pages` into the pool; layer l is usable as
-  soon as its own copy and scatter finish (layer-wise overlap with the forward).
+- `hybrid` (default): one contiguous extent per entry PER LAYER, `[2, n, H, D]` each; a load copies
+  layer l of every entry of the batch into one reused device staging buffer `[2, T, H, D]` (K and V
+  of an entry are one copy each), then ONE `scatter_to_pages` per layer moves the whole batch into
+  its pages; layer l is usable as soon as its copies and scatter finish (layer-wise overlap with the
+  forward). Launches per batch: 2 * entries + 1 per layer, no allocation once the buffer is grown.
 
-A load is issued layer-major for a whole batch (`load_layer(l)` for every job, then the caller marks
-layer l done), so per-layer events cover every entry of the batch.
+A load is issued layer-major for a whole batch (`load_layers` calls `layer_done(l)` once layer l of
+every job is issued), so per-layer events cover every entry of the batch.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +82,9 @@ class HostLayout(ABC):
     @abstractmethod
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]: ...
 
+    def reserve(self, n_tokens: int, device: torch.device) -> None:
+        """Pre-allocate whatever a batched load of up to n_tokens needs (nothing for most layouts)."""
+
     def prepare_load(self, job: TransferJob, device: torch.device) -> None:
         """Allocate the job's staging buffers (on the current stream); may raise (out of memory)."""
 
@@ -89,6 +95,14 @@ class HostLayout(ABC):
     def load_layer(self, layer: int, job: TransferJob, views: list[torch.Tensor], pool: PagedKVPool,
                    non_blocking: bool) -> None:
         """Make layer `layer` of the job's entry present in its pool pages."""
+
+    def load_layers(self, jobs: list[TransferJob], views: list[list[torch.Tensor]], pool: PagedKVPool,
+                    non_blocking: bool, layer_done: Callable[[int], None]) -> None:
+        """Every layer of every job, layer-major; `layer_done(l)` after layer l of all jobs is issued."""
+        for layer in range(self.shape.layers):
+            for job, job_views in zip(jobs, views):
+                self.load_layer(layer, job, job_views, pool, non_blocking)
+            layer_done(layer)
 
     @abstractmethod
     def store(self, job: TransferJob, views: list[torch.Tensor], pool: PagedKVPool, non_blocking: bool) -> None:
@@ -156,6 +170,43 @@ class UserLayout(HostLayout):
 class HybridLayout(HostLayout):
     name = "hybrid"
 
+    def __init__(self, shape: KVShape) -> None:
+        super().__init__(shape)
+        self._staging: torch.Tensor | None = None  # [2, capacity, H, D], reused by every batched load
+
+    def _staging_for(self, n_tokens: int, device: torch.device) -> torch.Tensor:
+        """`[2, n_tokens, H, D]` view of the reused staging buffer (grown to a power of two when short).
+
+        Reuse is safe: every load is issued on the same stream, so a batch's copies into the buffer
+        run after the previous batch's scatter out of it."""
+        if self._staging is None or self._staging.shape[1] < n_tokens or self._staging.device != device:
+            capacity = 1 << max(int(n_tokens) - 1, 0).bit_length()
+            self._staging = torch.empty((2, capacity, self.shape.heads, self.shape.head_dim),
+                                        dtype=self.shape.dtype, device=device)
+        return self._staging[:, :n_tokens]
+
+    def reserve(self, n_tokens, device):
+        self._staging_for(n_tokens, device)
+
+    def load_layers(self, jobs, views, pool, non_blocking, layer_done):
+        if not jobs:
+            for layer in range(self.shape.layers):
+                layer_done(layer)
+            return
+        sizes = [job.placement.n_tokens for job in jobs]
+        staging = self._staging_for(sum(sizes), pool.device)
+        slots = torch.cat([job.slots for job in jobs]) if len(jobs) > 1 else jobs[0].slots
+        starts = [0]
+        for size in sizes:
+            starts.append(starts[-1] + size)
+        for layer in range(self.shape.layers):
+            for job_views, start, end in zip(views, starts, starts[1:]):
+                host = job_views[layer]
+                staging[0, start:end].copy_(host[0], non_blocking=non_blocking)
+                staging[1, start:end].copy_(host[1], non_blocking=non_blocking)
+            kernels.scatter_to_pages(staging, pool.layer(layer), slots)
+            layer_done(layer)
+
     def extent_elements(self, n_tokens: int) -> list[int]:
         return [n_tokens * self.shape.elements_per_token_layer] * self.shape.layers
 
@@ -165,12 +216,8 @@ class HybridLayout(HostLayout):
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         return [self._token_block(n_tokens)] * self.shape.layers
 
-    def prepare_load(self, job, device):
-        n = job.placement.n_tokens
-        job.staging = [torch.empty((self.shape.layers, *self._token_block(n)), dtype=self.shape.dtype, device=device)]
-
     def load_layer(self, layer, job, views, pool, non_blocking):
-        staging = job.staging[0][layer]
+        staging = self._staging_for(job.placement.n_tokens, pool.device)
         staging.copy_(views[layer], non_blocking=non_blocking)
         kernels.scatter_to_pages(staging, pool.layer(layer), job.slots)
 

@@ -7,10 +7,12 @@ Per batch, the replay engine calls, in order:
    stream with one event per layer) and returns a `BatchPlan`.
 2. `refresh(plan)` just before the batch computes: a planned miss whose key the previous batch
    admitted meanwhile becomes a GPU hit; failed or timed-out loads fall back to recomputing.
-3. `prefix(plan, rows, layer)` inside the cached forward: waits (device-side) on layer `layer` of the
-   loads those rows need, then returns a `kernels.PagedPrefix` straight over the pool.
-4. `admit(plan, rows, static_kv)` after the full forward of the misses: K/V go into fresh pool pages
-   (scatter), then, in tiered mode, are written through to the host on the write-back stream.
+3. `prefix(plan, rows, layer)` inside the batch's ONE cached forward (hits and misses together):
+   waits (device-side) on layer `layer` of the loads the batch needs, then returns a
+   `kernels.PagedPrefix` straight over the pool (hits: their pages; misses: length 0).
+4. `admit(plan, rows, k, v, offsets)` after that forward, with the misses' freshly computed static
+   K/V: they go into fresh pool pages (one scatter per layer), then, in tiered mode, are written
+   through to the host on the write-back stream.
 5. `release(plan)`: unpins, drops stale entries that were in flight, fences the side streams.
 
 Hierarchy: inclusive write-through. Every entry admitted to the GPU is copied to the host (off the
@@ -32,7 +34,7 @@ import kernels
 from mtbench.cache.host import HostArena
 from mtbench.cache.layouts import HostPlacement, TransferJob, make_layout
 from mtbench.cache.policies import make_policy
-from mtbench.cache.pool import KVShape, PagedKVPool
+from mtbench.cache.pool import KVShape, PagedKVPool, to_device_async
 from mtbench.cache.transfer import FaultHook, LoadHandle, TransferEngine, WritebackHandle
 from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
@@ -154,6 +156,7 @@ class CacheManager:
         _require_fits("GPU cache (--gpu-cache)", config.gpu_capacity, largest, max_entry_tokens)
         self.gpu_policy = make_policy(config.policy, config.gpu_capacity)
         self.pool = PagedKVPool(shape, config.gpu_capacity, self.device)
+        self.table_width = shape.pages_for(max_entry_tokens)
         self.layout = make_layout(config.layout, shape)
         if config.mode == "tiered":
             _require_fits("host cache (--host-cache)", config.host_capacity, largest, max_entry_tokens)
@@ -334,31 +337,42 @@ class CacheManager:
 
     # ------------------------------------------------------------------ 3. prefix
     def prefix(self, plan: BatchPlan, rows: Sequence[int], layer: int) -> kernels.PagedPrefix:
-        """Layer `layer`'s cached K/V of the requests `rows` of the plan, as pool pages."""
+        """Layer `layer`'s cached K/V of the plan's requests `rows` (the forward's requests, in order),
+        as pool pages: a hit's row lists its pages and has length n_static; any other row has length 0
+        (the forward computes its static tokens). The table has one fixed width (`table_width`) and
+        is built once per plan; table and lengths are int32 on the pool's device."""
         for handle in plan.waits:
             handle.wait_layer(layer, plan.stalls)
-        entries = [self.gpu[plan.requests[i].key] for i in rows]
+        table, lengths = self._batch_table(plan, rows)
         pool_layer = self.pool.layer(layer)
-        return kernels.PagedPrefix(pool_layer[:, 0], pool_layer[:, 1], self._page_table(plan, rows, entries),
-                                   self._lengths(plan, rows, entries))
+        return kernels.PagedPrefix(pool_layer[:, 0], pool_layer[:, 1], table, lengths)
 
-    def _page_table(self, plan: BatchPlan, rows: Sequence[int], entries: list[GpuEntry]) -> torch.Tensor:
+    def _batch_table(self, plan: BatchPlan, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         cache = plan.__dict__.setdefault("_tables", {})
-        return cache.setdefault(tuple(rows), self.pool.page_table([e.pages for e in entries]))
-
-    def _lengths(self, plan: BatchPlan, rows: Sequence[int], entries: list[GpuEntry]) -> torch.Tensor:
-        cache = plan.__dict__.setdefault("_lengths", {})
-        lengths = torch.tensor([e.n_tokens for e in entries], dtype=torch.long)
-        return cache.setdefault(tuple(rows), lengths.to(self.device, non_blocking=True))
+        key = tuple(rows)
+        if key not in cache:
+            pages, lengths = [], []
+            for i in rows:
+                hit = plan.outcomes[i] in ("gpu_hit", "host_hit")
+                entry = self.gpu[plan.requests[i].key] if hit else None
+                pages.append(entry.pages if entry is not None else [])
+                lengths.append(entry.n_tokens if entry is not None else 0)
+            table = self.pool.page_table(pages, width=self.table_width)
+            cache[key] = (table, to_device_async(torch.tensor(lengths, dtype=torch.int32), self.device))
+        return cache[key]
 
     # ------------------------------------------------------------------ 4. admit
     def admit(self, plan: BatchPlan, rows: Sequence[int], static_k: Sequence[torch.Tensor],
-              static_v: Sequence[torch.Tensor], offsets: torch.Tensor) -> None:
-        """Store the freshly computed prefixes of `rows` (their K/V jagged by `offsets`, row order)."""
+              static_v: Sequence[torch.Tensor], offsets: torch.Tensor | Sequence[int]) -> None:
+        """Store the freshly computed prefixes of `rows`: row rows[j]'s K/V are rows
+        offsets[j]:offsets[j+1] of static_k[l] / static_v[l] (pass host offsets to avoid a device sync).
+        One scatter per layer moves every admitted entry into its fresh pool pages."""
         if self.pool is None:
             return
-        offsets_list = offsets.tolist()
+        bounds = offsets.tolist() if isinstance(offsets, torch.Tensor) else list(offsets)
         admitted: list[tuple[Key, GpuEntry]] = []
+        token_ranges: list[tuple[int, int]] = []
+        slots: list[torch.Tensor] = []
         for position, i in enumerate(rows):
             request = plan.requests[i]
             key = request.key
@@ -367,17 +381,33 @@ class CacheManager:
             entry = self._allocate_gpu(key, request.n_static, plan.first_index + i)
             if entry is None:
                 continue
-            slots = self.pool.slots(entry.pages, entry.n_tokens)
-            start, end = offsets_list[position], offsets_list[position + 1]
-            for layer in range(self.shape.layers):
-                src = torch.stack([static_k[layer][start:end], static_v[layer][start:end]])
-                kernels.scatter_to_pages(src, self.pool.layer(layer), slots)
+            token_ranges.append((bounds[position], bounds[position + 1]))
+            slots.append(self.pool.host_slots(entry.pages, entry.n_tokens))
             admitted.append((key, entry))
+        if not admitted:
+            return
+        self._scatter_admitted(static_k, static_v, token_ranges, torch.cat(slots))
         if self.host_policy is None or not admitted:
             return
         written = _record_event(self.device)
         for key, entry in admitted:
             self._write_through(key, entry, written, plan.first_index)
+
+    def _scatter_admitted(self, static_k: Sequence[torch.Tensor], static_v: Sequence[torch.Tensor],
+                          token_ranges: list[tuple[int, int]], host_slots: torch.Tensor) -> None:
+        contiguous = all(a[1] == b[0] for a, b in zip(token_ranges, token_ranges[1:]))
+        first, last = token_ranges[0][0], token_ranges[-1][1]
+        token_index = None
+        if not contiguous:
+            token_index = to_device_async(torch.cat([torch.arange(a, b) for a, b in token_ranges]), self.device)
+        slots = to_device_async(host_slots, self.device)
+        for layer in range(self.shape.layers):
+            k, v = static_k[layer], static_v[layer]
+            if token_index is None:
+                k, v = k[first:last], v[first:last]
+            else:
+                k, v = k.index_select(0, token_index), v.index_select(0, token_index)
+            kernels.scatter_to_pages(torch.stack([k, v]), self.pool.layer(layer), slots)
 
     def _write_through(self, key: Key, entry: GpuEntry, after: torch.cuda.Event | None, now: int) -> None:
         if key in self.host:

@@ -123,19 +123,41 @@ class PagedKVPool:
         self._allocated[index] = False
         self._free.extend(reversed(pages))
 
-    def slots(self, pages: list[int], n_tokens: int) -> torch.Tensor:
-        """Flat slot (page * P + position) of each of an entry's n_tokens, int64 on the pool's device."""
+    def host_slots(self, pages: list[int], n_tokens: int) -> torch.Tensor:
+        """Flat slot (page * P + position) of each of an entry's n_tokens, int64 on the host."""
         page_tokens = self.shape.page_tokens
         page_index = torch.as_tensor(pages, dtype=torch.long)
         positions = torch.arange(n_tokens)
-        slots = page_index[positions // page_tokens] * page_tokens + positions % page_tokens
-        return slots.to(self.device, non_blocking=True)
+        return page_index[positions // page_tokens] * page_tokens + positions % page_tokens
 
-    def page_table(self, entries_pages: list[list[int]]) -> torch.Tensor:
-        """int32 `[B, max_pages]` table for a batch (unused slots hold 0), on the pool's device."""
-        width = max((len(p) for p in entries_pages), default=0)
-        table = torch.zeros((len(entries_pages), max(width, 1)), dtype=torch.int32)
+    def slots(self, pages: list[int], n_tokens: int) -> torch.Tensor:
+        """`host_slots` on the pool's device (copied without stalling the host)."""
+        return to_device_async(self.host_slots(pages, n_tokens), self.device)
+
+    def page_table(self, entries_pages: list[list[int]], width: int | None = None) -> torch.Tensor:
+        """int32 `[B, width]` table for a batch (unused slots hold 0), on the pool's device.
+
+        `width` defaults to the longest entry; the replay passes one fixed width for every batch so
+        the attention kernel always sees the same table stride (no recompilation for a new stride).
+        """
+        longest = max((len(p) for p in entries_pages), default=0)
+        width = max(longest, 1) if width is None else width
+        if longest > width:
+            raise ValueError(f"page table width {width} is smaller than an entry of {longest} pages")
+        table = torch.zeros((len(entries_pages), width), dtype=torch.int32)
         for row, pages in enumerate(entries_pages):
             if pages:
                 table[row, : len(pages)] = torch.as_tensor(pages, dtype=torch.int32)
-        return table.to(self.device, non_blocking=True)
+        return to_device_async(table, self.device)
+
+
+def to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`host` on `device`; on CUDA through pinned memory with a non-blocking copy.
+
+    A copy from pageable memory makes the host wait until the GPU drained the stream, which would
+    serialise the replay loop's host work with the device; pinned blocks come from PyTorch's caching
+    host allocator, which keeps a block until the copy that reads it has completed.
+    """
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)

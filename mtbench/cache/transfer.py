@@ -133,12 +133,13 @@ class TransferEngine:
             events = [torch.cuda.Event() for _ in range(layers)] if self.asynchronous else None
             for job, job_views in zip(ready, views):
                 self.layout.begin_load(job, job_views, non_blocking)
-            for layer in range(layers):
-                for job, job_views in zip(ready, views):
-                    self.layout.load_layer(layer, job, job_views, self.pool, non_blocking)
+
+            def layer_done(layer: int) -> None:
                 if events is not None:
                     events[layer].record(self.load_stream)
                 self._synchronize_copies()
+
+            self.layout.load_layers(ready, views, self.pool, non_blocking, layer_done)
         moved = sum(self.pool.shape.bytes_per_token * job.placement.n_tokens for job in ready)
         return LoadHandle(jobs=ready, failed=failed, layer_ready=events, bytes_moved=moved,
                           issue_seconds=time.perf_counter() - started)

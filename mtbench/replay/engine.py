@@ -4,13 +4,24 @@ Per batch (`_BatchRunner.run`):
 1. (lookahead) plan the NEXT batch now: its keys are pinned and its host hits start loading on the
    load stream, so those copies overlap this batch's compute;
 2. `refresh` this batch's plan (late GPU hits, load fallbacks);
-3. forward in three groups: GPU hits (cached forward; no waiting), host hits (cached forward that
-   waits on layer l's load event inside `prefix_for_layer(l)`), misses (full forward capturing the
-   U+S K/V, which `admit` scatters into the pool and writes through to the host);
+3. ONE forward for the whole batch: hits (GPU and host; n_cached = n_static, prefix pages in the
+   pool) and misses (n_cached = 0) together in `forward_cached(..., capture_new_static=True)`; the
+   host hits' rows wait on layer l's load event inside `prefix_for_layer(l)`; the misses' captured
+   U+S K/V go to `admit` (scatter into the pool, write-through to the host). Without a cache
+   (mode none) the plain forward. The forward's cost is mostly host launch overhead on the GPU, so
+   one forward per batch (not one per outcome group) is what makes caching pay.
 4. `release` (unpin, stale drops, stream fences).
-Every batch and group is timed with CUDA events on CUDA (resolved lazily, two batches behind, so the
-host never stalls the pipeline) and with the wall clock on the CPU. Warm-up batches (those starting
+Latency: every request of a batch completes with its batch, so a request's latency is its batch's
+(start of the batch's cache work to the end of its release, device time); "host-hit latency" and
+"GPU-hit latency" in the summary are therefore the latencies of the batches those requests were in.
+Every batch is timed with CUDA events on CUDA (resolved lazily, two batches behind, so the host
+never stalls the pipeline) and with the wall clock on the CPU. Warm-up batches (those starting
 before request `warmup`) run through the cache but are left out of every figure.
+
+Nothing compiles or allocates inside the timed region: on CUDA, `_prewarm` first runs one tiny
+forward per Triton specialisation the replay's batches will hit (batch-size class, token-count
+class), the page scatter/gather per token-count class and one host load/store, and grows the load
+staging buffer; batch index tensors travel in one pinned, non-blocking copy (`batch_to_device`).
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ from mtbench.cache.pool import KVShape
 from mtbench.cache.transfer import FaultHook
 from mtbench.model import MTGR, RequestSpec, build_batch
 from mtbench.replay.batching import TraceBatch, iter_batches
+from mtbench.replay.device_batch import batch_to_device
+from mtbench.replay.prewarm import prewarm
 from mtbench.trace import Trace
 
 PCIE_GBPS = 52.0  # DESIGN.md section 7: one large pinned copy, either direction
@@ -70,13 +83,6 @@ class RunResult:
 
 
 @dataclass
-class _Group:
-    outcome_kind: str  # "gpu_hit", "host_hit" or "miss"
-    rows: list[int]
-    end_marker: object = None
-
-
-@dataclass
 class _BatchTiming:
     """Markers of one batch; resolved to milliseconds once the device finished it."""
 
@@ -84,7 +90,6 @@ class _BatchTiming:
     plan: BatchPlan
     warmup: bool
     start: object
-    groups: list[_Group]
     end: object
     used_bytes: tuple[int, int]
     forward_seconds: float  # host wall time of the forwards (CPU compute time)
@@ -135,9 +140,6 @@ class _Recorder:
 
     def resolve(self, timing: _BatchTiming) -> None:
         clock, batch, plan = self.clock, timing.batch, timing.plan
-        latency = np.zeros(len(batch))
-        for group in timing.groups:
-            latency[group.rows] = clock.ms(timing.start, group.end_marker)
         batch_ms = clock.ms(timing.start, timing.end)
         if not timing.warmup:
             self.batch_ms.append(batch_ms)
@@ -155,7 +157,7 @@ class _Recorder:
                 "run": self.label, "request_index": int(batch.request_index[i]), "ts": float(batch.ts[i]),
                 "user_id": int(batch.user_id[i]), "static_version": int(batch.static_version[i]),
                 "outcome": plan.outcomes[i], "n_static": int(batch.n_static[i]), "n_rt": int(batch.n_rt[i]),
-                "n_cand": int(batch.n_cand[i]), "latency_ms": float(latency[i]), "batch_index": batch.index,
+                "n_cand": int(batch.n_cand[i]), "latency_ms": batch_ms, "batch_index": batch.index,
                 "gpu_used_bytes": timing.used_bytes[0], "host_used_bytes": timing.used_bytes[1],
                 "warmup": timing.warmup,
             })
@@ -198,6 +200,8 @@ class _BatchRunner:
         """Replay every batch; returns (measured seconds, timed requests, timed candidates)."""
         batches = iter_batches(self.trace, self.options.batch_size, self.options.window, self.options.max_requests)
         lookahead = not self.cache_config.sync
+        if self.device.type == "cuda":
+            prewarm(self.model, self.manager, self.trace, self.options)
         current = next(batches, None)
         plan = self._plan(current) if current is not None else None
         wall_start, timed_requests, timed_candidates = None, 0, 0
@@ -241,19 +245,13 @@ class _BatchRunner:
     def _execute(self, batch: TraceBatch, plan: BatchPlan, warmup: bool, start: object) -> None:
         manager = self.manager
         self._cache_call(manager.refresh, plan)
-        groups = [_Group(kind, rows) for kind, rows in (
-            ("gpu_hit", plan.rows("gpu_hit")), ("host_hit", plan.rows("host_hit")), ("miss", plan.rows("miss", "stale")))
-            if rows]
-        forward_seconds = 0.0
-        for group in groups:
-            started = time.perf_counter()
-            self._forward(batch, plan, group)
-            forward_seconds += time.perf_counter() - started
-            group.end_marker = self.clock.mark()
+        started = time.perf_counter()
+        self._forward(batch, plan)
+        forward_seconds = time.perf_counter() - started
         self._cache_call(manager.release, plan)
         end = self.clock.mark()
         host_seconds, self._host_cache_seconds = self._host_cache_seconds, 0.0
-        timing = _BatchTiming(batch, plan, warmup, start, groups, end,
+        timing = _BatchTiming(batch, plan, warmup, start, end,
                               (manager.gpu_used_bytes, manager.host_used_bytes), forward_seconds, host_seconds)
         self._pending.append(timing)
         self._resolve_finished()
@@ -265,37 +263,41 @@ class _BatchRunner:
             self.clock.wait(timing.end)
             self.recorder.resolve(timing)
 
-    def _forward(self, batch: TraceBatch, plan: BatchPlan, group: _Group) -> None:
-        hit = group.outcome_kind in HIT_OUTCOMES
+    def _forward(self, batch: TraceBatch, plan: BatchPlan) -> None:
+        """The batch's one forward (see the module docstring) and the admission of its misses."""
+        rows = list(range(len(batch)))
+        hits = [outcome in HIT_OUTCOMES for outcome in plan.outcomes]
         specs = [RequestSpec(int(batch.user_id[i]), int(batch.static_version[i]), int(batch.request_index[i]),
                              int(batch.n_static[i]), int(batch.n_rt[i]), int(batch.n_cand[i]),
-                             n_cached=int(batch.n_static[i]) if hit else 0) for i in group.rows]
-        model_batch = build_batch(specs, self.model.cfg, self.device)
-        if hit:
-            scores = self.model.forward_cached(
-                model_batch, lambda layer: self.manager.prefix(plan, group.rows, layer),
-                check_prefix=not self.clock.cuda)
-        elif self.manager.pool is None:
+                             n_cached=int(batch.n_static[i]) if hits[i] else 0) for i in rows]
+        model_batch = batch_to_device(build_batch(specs, self.model.cfg, "cpu"), self.device)
+        if self.manager.pool is None:
             scores = self.model(model_batch)
         else:
-            scores, static_kv = self.model(model_batch, capture_prefix=True)
-            self._cache_call(self.manager.admit, plan, group.rows, static_kv.k, static_kv.v, static_kv.offsets)
-        self._sample(batch, plan, group, specs, scores)
+            scores, new_static = self.model.forward_cached(
+                model_batch, lambda layer: self.manager.prefix(plan, rows, layer), capture_new_static=True,
+                check_prefix=not self.clock.cuda)
+            misses = [i for i in rows if not hits[i]]
+            if misses:
+                # Captured rows are the misses' static tokens, request after request (hits compute none).
+                bounds = np.concatenate([[0], np.cumsum(batch.n_static[misses])]).tolist()
+                self._cache_call(self.manager.admit, plan, misses, new_static.k, new_static.v, bounds)
+        self._sample(batch, plan, specs, scores)
 
     # ---------------------------------------------------------------- scores kept for verification
-    def _sample(self, batch: TraceBatch, plan: BatchPlan, group: _Group, specs: list[RequestSpec], scores) -> None:
+    def _sample(self, batch: TraceBatch, plan: BatchPlan, specs: list[RequestSpec], scores) -> None:
         options = self.options
         if not options.keep_all_scores and not options.verify_sample:
             return
         # Candidate offsets from the specs (host side), so sampling never syncs with the device.
         offsets = np.concatenate([[0], np.cumsum([spec.n_cand for spec in specs])]).tolist()
-        for position, i in enumerate(group.rows):
+        for i in range(len(batch)):
             index = int(batch.request_index[i])
             warmup = batch.first_index < options.warmup
             if not options.keep_all_scores and not self._reservoir_slot(plan.outcomes[i], warmup):
                 continue
-            start, end = offsets[position], offsets[position + 1]
-            self.samples[index] = ScoreSample(specs[position], plan.outcomes[i],
+            start, end = offsets[i], offsets[i + 1]
+            self.samples[index] = ScoreSample(specs[i], plan.outcomes[i],
                                               scores.ctr[start:end].clone(), scores.ctcvr[start:end].clone())
 
     def _reservoir_slot(self, outcome: str, warmup: bool) -> bool:

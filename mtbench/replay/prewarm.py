@@ -1,0 +1,115 @@
+"""Run every kernel variant a replay will need once, before anything is timed.
+
+Triton compiles one kernel per specialisation of its integer arguments (== 1, divisible by 16, other)
+and constexprs (CHUNK_B follows the batch size's power of two), so a batch of a new size class or a
+token count of a new class compiles (seconds) the first time it is seen. `prewarm` derives the
+batch-size classes from the replay's own batches and runs, per class and token-count class, one
+tiny forward through the path the replay takes (plain forward without a cache; mixed hit/miss
+`forward_cached` with a paged prefix over the pool otherwise), then the page scatter and gather per
+token-count class, one host load and store, and grows the load staging buffer to its largest use.
+It only writes free pool pages and free host extents, and leaves the cache state as it found it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+import kernels
+from mtbench.cache.layouts import HostPlacement, TransferJob
+from mtbench.cache.manager import CacheManager
+from mtbench.model import MTGR, RequestSpec, build_batch
+from mtbench.replay.batching import iter_batches
+from mtbench.replay.device_batch import batch_to_device
+from mtbench.trace import Trace
+
+TOKEN_CLASSES = (16, 21)  # one count divisible by 16, one not (counts of 1 never reach the kernels here)
+WARM_USER = 1 << 50  # feature ids of warm-up requests (never a trace user)
+
+
+def _int_class(n: int) -> tuple[bool, bool]:
+    return n == 1, n % 16 == 0
+
+
+def batch_size_classes(trace: Trace, batch_size: int, window: float | None, max_requests: int | None) -> list[int]:
+    """One representative size per (== 1, divisible by 16, next power of two) class of the replay's batches."""
+    representatives: dict[tuple, int] = {}
+    for batch in iter_batches(trace, batch_size, window, max_requests):
+        size = len(batch)
+        key = (*_int_class(size), max(16, 1 << (size - 1).bit_length()))
+        representatives.setdefault(key, size)
+    return sorted(representatives.values())
+
+
+def _warm_specs(model: MTGR, size: int, residue: int, page_tokens: int) -> list[RequestSpec]:
+    """`size` requests, the first a whole-prefix hit of one page, whose computed rows total
+    `residue` modulo 16 (misses: 2 static + 1 candidate rows each)."""
+    cfg = model.cfg
+    hit_static = min(page_tokens, cfg.max_static)
+    cand = (residue - 3 * (size - 1)) % 16 or 16
+    specs = [RequestSpec(WARM_USER, 0, WARM_USER, hit_static, 0, min(cand, cfg.max_cand), n_cached=hit_static)]
+    specs += [RequestSpec(WARM_USER + b, 0, WARM_USER + b, 2, 0, 1) for b in range(1, size)]
+    return specs
+
+
+def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_tokens: int) -> None:
+    device = model.device
+    for size in sizes:
+        for residue in (0, 5):
+            specs = _warm_specs(model, size, residue, page_tokens)
+            if manager.pool is None:
+                model(batch_to_device(build_batch([replace(s, n_cached=0) for s in specs], model.cfg, "cpu"), device))
+                continue
+            table = torch.zeros((size, manager.table_width), dtype=torch.int32, device=device)
+            lengths = torch.tensor([s.n_cached for s in specs], dtype=torch.int32, device=device)
+
+            def prefix(layer: int) -> kernels.PagedPrefix:
+                pool_layer = manager.pool.layer(layer)
+                return kernels.PagedPrefix(pool_layer[:, 0], pool_layer[:, 1], table, lengths)
+
+            batch = batch_to_device(build_batch(specs, model.cfg, "cpu"), device)
+            model.forward_cached(batch, prefix, capture_new_static=True, check_prefix=False)
+
+
+def _warm_page_copies(manager: CacheManager) -> None:
+    pool = manager.pool
+    for n_tokens in TOKEN_CLASSES:
+        pages = pool.allocate(n_tokens)
+        if pages is None:
+            continue
+        slots = pool.slots(pages, n_tokens)
+        block = kernels.gather_from_pages(pool.layer(0), slots)
+        kernels.scatter_to_pages(block, pool.layer(0), slots)
+        if manager.arena is not None:
+            _warm_transfers(manager, pages, slots, n_tokens)
+        pool.free(pages)
+
+
+def _warm_transfers(manager: CacheManager, pages: list[int], slots: torch.Tensor, n_tokens: int) -> None:
+    offsets = [manager.arena.allocate(size) for size in manager.layout.extent_elements(n_tokens)]
+    if all(offset is not None for offset in offsets):
+        job = TransferJob((-1, -1), HostPlacement(offsets, n_tokens), pages, slots)
+        handle = manager.engine.store(job)
+        if handle is not None and handle.event is not None:
+            handle.event.synchronize()
+        loaded = manager.engine.load([TransferJob((-1, -1), job.placement, pages, slots)])
+        if loaded.layer_ready is not None:
+            loaded.layer_ready[-1].synchronize()
+    for offset in offsets:
+        if offset is not None:
+            manager.arena.free(offset)
+
+
+def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options) -> None:
+    """See the module docstring; `options` is the replay's `ReplayOptions`."""
+    sizes = batch_size_classes(trace, options.batch_size, options.window, options.max_requests)
+    _warm_forwards(model, manager, sizes, options.page_tokens)
+    if manager.pool is not None:
+        _warm_page_copies(manager)
+        largest_batch_tokens = int(np.sort(trace.arrays(["n_static"])["n_static"])[-options.batch_size:].sum())
+        pool_tokens = manager.pool.num_pages * manager.shape.page_tokens
+        manager.layout.reserve(min(largest_batch_tokens, pool_tokens), manager.device)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
