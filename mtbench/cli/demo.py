@@ -3,8 +3,8 @@
 1. the model: parameters, KV bytes per user and FLOPs of a miss vs a hit (MTGR-large);
 2. the MovieLens-derived sample trace: users, reuse, working set;
 3. `compare-policies` on it (fast simulator, every policy and OPT, three GPU capacities);
-4. `replay` of the synthetic sample through the real two-tier cache with real MTGR-small forward
-   passes, the no-cache / GPU-only / sync baselines, and a verify of cached vs recomputed scores.
+4. `replay` of the synthetic sample through the real two-tier cache with real forward passes of
+   MTGR-mini (the paper's token layout at CPU size), the no-cache / GPU-only / sync baselines, and a verify of cached vs recomputed scores.
 Both runs leave a report directory (records, summary.json, summary.md, plots) under reports/runs/demo/.
 """
 
@@ -28,9 +28,9 @@ def demo(out: Path = typer.Option(Path("reports/runs/demo"), "--out", "-o", help
         ("policies", ["compare-policies", str(movielens), "--policies", "lru,arc,s3fifo,sieve,gdsf,mtserve,opt",
                       "--gpu-cache", "64MiB,256MiB,1GiB", "--host-cache", "8GiB", "--model", "large",
                       "-o", str(out / "policies")]),
-        ("replay", ["replay", str(synthetic), "--model", "small", "--device", "cpu", "--dtype", "fp32",
-                    "--gpu-cache", "160MiB", "--host-cache", "2GiB", "--batch-size", "16", "--max-requests", "320",
-                    "--warmup", "32", "--baseline", "--verify", "8", "-o", str(out / "replay")]),
+        ("replay", ["replay", str(synthetic), "--model", "mini", "--device", "cpu", "--dtype", "fp32",
+                    "--gpu-cache", "8MiB", "--host-cache", "128MiB", "--batch-size", "16", "--max-requests", "320",
+                    "--warmup", "48", "--baseline", "--verify", "8", "-o", str(out / "replay")]),
     ]
     for name, args in steps:
         console.rule(f"[bold]demo: {name}[/]  mtbench {' '.join(args)}")

@@ -137,6 +137,9 @@ _PAPER_TABLES = dict(embed_dim=64, mlp_hidden=1024, table_size=1 << 17, user_tab
 PRESETS: dict[str, MTGRConfig] = {
     "tiny": MTGRConfig(name="tiny", n_layers=2, d_model=32, n_heads=2, n_user_tokens=4, max_seq=1000,
                        max_rt=100, max_cand=1024),
+    # CPU-sized, with the paper's U=32 token layout so it reads the same traces (demo, CPU replays).
+    "mini": MTGRConfig(name="mini", n_layers=2, d_model=64, n_heads=2, n_user_tokens=32, embed_dim=16,
+                       mlp_hidden=64, table_size=4096, user_table_size=64),
     "small": MTGRConfig(name="small", n_layers=3, d_model=512, n_heads=2, n_user_tokens=32, **_PAPER_TABLES),
     "medium": MTGRConfig(name="medium", n_layers=5, d_model=768, n_heads=3, n_user_tokens=32, **_PAPER_TABLES),
     "large": MTGRConfig(name="large", n_layers=15, d_model=768, n_heads=3, n_user_tokens=32, **_PAPER_TABLES),
