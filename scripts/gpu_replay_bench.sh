@@ -26,12 +26,13 @@ OUT=${OUT:-reports/gpu-bench}
 MAX_REQUESTS=${MAX_REQUESTS:-12000}
 WARMUP=${WARMUP:-3000}
 BATCH=${BATCH:-128}
-SYNTH_USERS=${SYNTH_USERS:-3000}
-SYNTH_REQUESTS=${SYNTH_REQUESTS:-40000}
-GPU_SHARE=${GPU_SHARE:-0.20}
+SYNTH_USERS=${SYNTH_USERS:-400}
+SYNTH_REQUESTS=${SYNTH_REQUESTS:-60000}
+GPU_SHARE=${GPU_SHARE:-0.10}  # >= 10x more active users than the GPU tier holds
 VERIFY=${VERIFY:-32}
-MODEL=large
-DTYPE=bf16
+MODEL=${MODEL:-large}
+DTYPE=${DTYPE:-bf16}
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MODEL=mini DTYPE=fp32 with small sizes: a dry run of this script without a GPU
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 export MPLBACKEND=Agg
@@ -53,16 +54,16 @@ timeout 120 $PY -m mtbench trace synth --users "$SYNTH_USERS" --requests "$SYNTH
 
 # 2. capacities: active users in the replayed prefix, their KV bytes at whole pages
 capacities() {  # trace -> "GPU_BYTES HOST_BYTES ACTIVE_USERS ACTIVE_USERS_PER_GPU_ENTRY"
-  $PY - "$1" "$MAX_REQUESTS" "$GPU_SHARE" <<'PY'
+  $PY - "$1" "$MAX_REQUESTS" "$GPU_SHARE" "$MODEL" "$DTYPE" <<'PY'
 import sys
 import numpy as np
 from mtbench.model import get_config
 from mtbench.model.config import parse_dtype
 from mtbench.trace import open_trace
-path, limit, share = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-cfg = get_config("large")
+path, limit, share, model, dtype = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+cfg = get_config(model)
 a = open_trace(path).arrays(["user_id", "static_version", "n_static"])
-per_token = cfg.kv_bytes_per_token(parse_dtype("bf16"))
+per_token = cfg.kv_bytes_per_token(parse_dtype(dtype))
 # the replay refuses a tier that cannot hold the trace's largest entry (whole trace, not just the prefix)
 largest = int(-(-int(a["n_static"].max()) // 32) * 32 * per_token)
 a = {k: v[:limit] for k, v in a.items()}
@@ -80,7 +81,7 @@ run_trace() {  # name trace
   local name=$1 trace=$2
   read -r GPU HOST USERS RATIO < <(capacities "$trace")
   log "$name: $USERS active users in the replayed requests ($RATIO x what the GPU tier holds); GPU tier $GPU B, host tier $HOST B"
-  timeout 150 $PY -m mtbench replay "$trace" --model $MODEL --dtype $DTYPE --device cuda --policy lru \
+  timeout 150 $PY -m mtbench replay "$trace" --model $MODEL --dtype $DTYPE --device "$DEVICE" --policy lru \
     --cache tiered --layouts hybrid,user,paged --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
     --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --baseline --verify "$VERIFY" -o "$WORK/replay-$name" \
     2>&1 | tee -a "$OUT/bench.log"
@@ -89,7 +90,7 @@ run_trace() {  # name trace
 
 # 3. calibration (+ simulator vs measured on MovieLens)
 read -r GPU HOST USERS RATIO < <(capacities "$ML")
-timeout 150 $PY -m mtbench calibrate --model $MODEL --device cuda --dtype $DTYPE -o "$OUT/costmodel.json" \
+timeout 150 $PY -m mtbench calibrate --model $MODEL --device "$DEVICE" --dtype $DTYPE -o "$OUT/costmodel.json" \
   --compare-trace "$ML" --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
   --max-requests "$MAX_REQUESTS" --report "$WORK/calibrate-movielens" 2>&1 | tee -a "$OUT/bench.log"
 cp "$WORK/calibrate-movielens/summary.json" "$OUT/calibrate_summary.json"
