@@ -44,7 +44,8 @@ class HostPlacement:
 class TransferJob:
     """One entry moving between its host placement and its pool pages.
 
-    `staging` holds device buffers the job needs alive until its copies complete.
+    `staging` holds device buffers the job needs alive until its copies complete. `slots` are given on
+    the host; the transfer engine copies them to the device on the stream that reads them.
     """
 
     key: tuple[int, int]

@@ -300,7 +300,7 @@ class CacheManager:
 
     def _load(self, promotions: list[tuple[Key, GpuEntry, HostEntry]]) -> LoadHandle:
         jobs = [TransferJob(key, host_entry.placement, gpu_entry.pages,
-                            self.pool.slots(gpu_entry.pages, gpu_entry.n_tokens))
+                            self.pool.host_slots(gpu_entry.pages, gpu_entry.n_tokens))
                 for key, gpu_entry, host_entry in promotions]
         handle = self.engine.load(jobs)
         for job in handle.jobs:
@@ -424,7 +424,7 @@ class CacheManager:
             self.host_policy.remove(key)
             self.stats.host_admission_failures += 1
             return
-        job = TransferJob(key, placement, entry.pages, self.pool.slots(entry.pages, entry.n_tokens))
+        job = TransferJob(key, placement, entry.pages, self.pool.host_slots(entry.pages, entry.n_tokens))
         handle = self.engine.store(job, after=after)
         if handle is None:
             for offset in placement.offsets:

@@ -27,7 +27,7 @@ import torch
 
 from mtbench.cache.host import HostArena
 from mtbench.cache.layouts import HostLayout, TransferJob
-from mtbench.cache.pool import PagedKVPool
+from mtbench.cache.pool import PagedKVPool, to_device_async
 
 
 class TransferFailed(RuntimeError):
@@ -109,9 +109,16 @@ class TransferEngine:
             torch.cuda.current_stream().synchronize()
 
     def _prepared(self, jobs: Sequence[TransferJob], direction: str) -> tuple[list[TransferJob], list[TransferJob]]:
+        """Jobs whose buffers are ready on the current (side) stream, and those that failed.
+
+        Host-side slot indices are copied to the device here, on the stream that will read them: a copy
+        issued on the compute stream would sit behind the batch being computed while the side stream
+        already scatters with the not-yet-written indices."""
         ready, failed = [], []
         for job in jobs:
             try:
+                if job.slots.device != self.pool.device:
+                    job.slots = to_device_async(job.slots, self.pool.device)
                 if self.fault_hook is not None:
                     self.fault_hook(job, direction)
                 if direction == "load":
@@ -146,10 +153,10 @@ class TransferEngine:
 
     def store(self, job: TransferJob, after: torch.cuda.Event | None = None) -> WritebackHandle | None:
         """Issue the pool->host copy of one entry (after `after`); None when it could not be issued."""
-        ready, _ = self._prepared([job], "store")
-        if not ready:
-            return None
         with self._stream_context(self.writeback_stream):
+            ready, _ = self._prepared([job], "store")
+            if not ready:
+                return None
             if after is not None and self.asynchronous:
                 self.writeback_stream.wait_event(after)
             self.layout.store(job, self.layout.views(self.arena, job.placement), self.pool, self.asynchronous)

@@ -83,7 +83,7 @@ def _warm_page_copies(manager: CacheManager) -> None:
         block = kernels.gather_from_pages(pool.layer(0), slots)
         kernels.scatter_to_pages(block, pool.layer(0), slots)
         if manager.arena is not None:
-            _warm_transfers(manager, pages, slots, n_tokens)
+            _warm_transfers(manager, pages, pool.host_slots(pages, n_tokens), n_tokens)
         pool.free(pages)
 
 
