@@ -1,0 +1,58 @@
+"""Where does a replay's time go on the GPU? Host-side Python profile (cProfile) of one replay run per
+cache mode, next to its measured time per batch. Guides work on the replay's host overheads.
+
+    python3 scripts/gpu_profile_replay.py TRACE [--model large] [--requests 3000] [--batch 128]
+"""
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+import torch
+
+from mtbench.cache.manager import CacheConfig
+from mtbench.model import get_config
+from mtbench.replay.engine import ReplayOptions, replay_run
+from mtbench.replay.runner import build_model
+from mtbench.trace import open_trace
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("trace")
+    parser.add_argument("--model", default="large")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--gpu-cache", type=float, default=2.0, help="GiB")
+    parser.add_argument("--host-cache", type=float, default=16.0, help="GiB")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    model = build_model(get_config(args.model), device, torch.bfloat16, seed=0)
+    trace = open_trace(args.trace, get_config(args.model).limits())
+    options = ReplayOptions(batch_size=args.batch, max_requests=args.requests, warmup=args.requests // 4)
+    gib = 1 << 30
+    configs = {
+        "none": CacheConfig(mode="none"),
+        "gpu": CacheConfig(mode="gpu", gpu_capacity=int(args.gpu_cache * gib)),
+        "tiered/user": CacheConfig(mode="tiered", gpu_capacity=int(args.gpu_cache * gib),
+                                   host_capacity=int(args.host_cache * gib), layout="user"),
+    }
+    for label, config in configs.items():
+        profiler = cProfile.Profile()
+        began = time.perf_counter()
+        profiler.enable()
+        result = replay_run(model, trace, config, options, label)
+        profiler.disable()
+        row = result.row
+        print(f"== {label}: {time.perf_counter() - began:.1f} s wall; batch p50 {row['batch_p50_ms']:.2f} ms; "
+              f"hit {row['hit_ratio']:.3f} (gpu {row['gpu_hit_ratio']:.3f}); compute {row['compute_ms']:.0f} ms; "
+              f"bookkeeping {row['bookkeeping_ms']:.0f} ms; measured {row['measured_ms']:.0f} ms")
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
+        print("\n".join(line[:150] for line in text.getvalue().splitlines()[6:32]))
+
+
+if __name__ == "__main__":
+    main()
