@@ -27,9 +27,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--gpu-cache", type=float, default=2.0, help="GiB")
     parser.add_argument("--host-cache", type=float, default=16.0, help="GiB")
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    device = torch.device("cuda")
-    model = build_model(get_config(args.model), device, torch.bfloat16, seed=0)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = build_model(get_config(args.model), device, dtype, seed=0)
     trace = open_trace(args.trace, get_config(args.model).limits())
     options = ReplayOptions(batch_size=args.batch, max_requests=args.requests, warmup=args.requests // 4)
     gib = 1 << 30

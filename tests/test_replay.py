@@ -253,7 +253,7 @@ def test_bad_configurations_exit_2_without_a_report(tmp_path: Path) -> None:
     ]
     for index, (args, needle) in enumerate(cases):
         out = tmp_path / f"out{index}"
-        done = _run_cli("replay", *args, "-o", str(out))
+        done = _run_cli("replay", *args, "--model", "tiny", "-o", str(out))
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1

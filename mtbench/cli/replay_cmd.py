@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -25,9 +26,18 @@ def _progress() -> Progress:
                     console=Console(stderr=True))
 
 
+def _resolve_auto(device: str, dtype: str) -> tuple[str, str]:
+    """"auto" device: cuda when a GPU is present; "auto" dtype: bf16 on cuda, fp32 on the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bf16" if device == "cuda" else "fp32"
+    return device, dtype
+
+
 def replay(
     trace: Path = typer.Argument(..., help="Trace parquet file (see traces/README.md)."),
-    model: str = typer.Option("tiny", "--model", help="Model preset: tiny, small, medium, large."),
+    model: str = typer.Option("large", "--model", help="Model preset: tiny, mini, small, medium, large."),
     policy: str = typer.Option("lru", "--policy", help="Replacement policy of both tiers (as compare-policies)."),
     layout: str = typer.Option("hybrid", "--layout", help="Host layout: paged, user or hybrid."),
     layouts: Optional[str] = typer.Option(None, "--layouts", help="Compare several layouts: paged,user,hybrid."),
@@ -36,8 +46,8 @@ def replay(
     host_cache: str = typer.Option("256MiB", "--host-cache", help="Host tier capacity."),
     batch_size: int = typer.Option(16, "--batch-size", help="Most requests per batch."),
     window: Optional[float] = typer.Option(None, "--window", help="Batch only requests arriving within SECONDS."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    dtype: str = typer.Option("fp32", "--dtype", help="bf16 or fp32."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when a GPU is present)."),
+    dtype: str = typer.Option("auto", "--dtype", help="bf16, fp32, or auto (bf16 on cuda, fp32 on cpu)."),
     sync: bool = typer.Option(False, "--sync", help="Blocking copies, no lookahead (the synchronous baseline)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also run no-cache, GPU-only and --sync baselines."),
     verify: int = typer.Option(0, "--verify", help="Re-run N sampled requests with the full forward and check."),
@@ -52,6 +62,7 @@ def replay(
     from mtbench.replay.engine import ReplayOptions
     from mtbench.replay.runner import ReplaySetup, run_replay
 
+    device, dtype = _resolve_auto(device, dtype)
     chosen_layouts = tuple(p.strip() for p in (layouts or layout).split(",") if p.strip())
     if not chosen_layouts:
         raise MtbenchError("--layouts: no layout given")
