@@ -9,17 +9,14 @@ first", the classic heuristic bound (libCacheSim's Belady, not its sampled Belad
 
 from __future__ import annotations
 
-import heapq
-import itertools
-
 from mtbench.cache.policies.base import NEVER, Key, ReplacementPolicy
+from mtbench.cache.policies.lazy_heap import LazyHeap
 
 
 class OPT(ReplacementPolicy):
     """Belady's farthest-next-use eviction with a lazy max-heap.
 
-    `_next_use[key]`: next-use time of each resident key; `_heap`: entries (-next_use, stamp, key),
-    valid only while `_stamp[key] == stamp` (every update pushes a new entry and bumps the stamp);
+    `_heap`: resident keys by -next_use (a LazyHeap, so the farthest next use pops first);
     `_pending`: the next use announced by `set_next_use` for the request being served.
     """
 
@@ -28,10 +25,7 @@ class OPT(ReplacementPolicy):
 
     def __init__(self, capacity: int) -> None:
         super().__init__(capacity)
-        self._next_use: dict[Key, int] = {}
-        self._stamp: dict[Key, int] = {}
-        self._heap: list[tuple[int, int, Key]] = []
-        self._counter = itertools.count()
+        self._heap = LazyHeap()
         self._pending: dict[Key, int] = {}
 
     def set_next_use(self, key: Key, next_use: int) -> None:
@@ -45,31 +39,12 @@ class OPT(ReplacementPolicy):
 
     def _schedule(self, key: Key) -> None:
         next_use = self._pending.pop(key, NEVER)
-        stamp = next(self._counter)
-        self._next_use[key] = next_use
-        self._stamp[key] = stamp
-        heapq.heappush(self._heap, (-next_use, stamp, key))
-        if len(self._heap) > 4 * len(self._stamp) + 64:
-            self._heap = [(-self._next_use[k], s, k) for k, s in self._stamp.items()]
-            heapq.heapify(self._heap)
+        self._heap.push(key, -next_use)
 
     def _pop_victim(self, incoming: Key | None) -> Key:
-        heap, stamps, pins = self._heap, self._stamp, self._pins
-        skipped: list[tuple[int, int, Key]] = []
-        while True:
-            entry = heapq.heappop(heap)
-            key = entry[2]
-            if stamps.get(key) != entry[1]:
-                continue
-            if key in pins:
-                skipped.append(entry)
-                continue
-            break
-        for entry in skipped:
-            heapq.heappush(heap, entry)
+        key, _ = self._heap.pop_min(self._pins)
         self._on_remove(key)
         return key
 
     def _on_remove(self, key: Key) -> None:
-        del self._stamp[key]
-        del self._next_use[key]
+        self._heap.remove(key)
