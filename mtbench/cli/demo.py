@@ -2,9 +2,10 @@
 
 1. the model: parameters, KV bytes per user and FLOPs of a miss vs a hit (MTGR-large);
 2. the MovieLens-derived sample trace: users, reuse, working set;
-3. `compare-policies` on it (fast simulator, every policy and OPT, three GPU capacities);
+3. `compare-policies` on the synthetic sample (fast simulator, every policy and OPT, three GPU capacities);
 4. `replay` of the synthetic sample through the real two-tier cache with real forward passes of
-   MTGR-mini (the paper's token layout at CPU size), the no-cache / GPU-only / sync baselines, and a verify of cached vs recomputed scores.
+   MTGR-mini (the paper's token layout at CPU size), the no-cache / GPU-only / sync baselines, and a
+   verify of cached vs recomputed scores.
 Both runs leave a report directory (records, summary.json, summary.md, plots) under reports/runs/demo/.
 """
 
@@ -25,8 +26,8 @@ def demo(out: Path = typer.Option(Path("reports/runs/demo"), "--out", "-o", help
     steps = [
         ("model", ["model", "info", "--preset", "large"]),
         ("trace", ["trace", "stats", str(movielens), "--model", "large"]),
-        ("policies", ["compare-policies", str(movielens), "--policies", "lru,arc,s3fifo,sieve,gdsf,mtserve,opt",
-                      "--gpu-cache", "64MiB,256MiB,1GiB", "--host-cache", "8GiB", "--model", "large",
+        ("policies", ["compare-policies", str(synthetic), "--policies", "lru,arc,s3fifo,sieve,gdsf,mtserve,opt",
+                      "--gpu-cache", "256MiB,1GiB,4GiB", "--host-cache", "8GiB", "--model", "large",
                       "-o", str(out / "policies")]),
         ("replay", ["replay", str(synthetic), "--model", "mini", "--device", "cpu", "--dtype", "fp32",
                     "--gpu-cache", "8MiB", "--host-cache", "128MiB", "--batch-size", "16", "--max-requests", "320",
