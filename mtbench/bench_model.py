@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from rich.progress import Progress
 
+from mtbench.device import resolve_device
 from mtbench.errors import MtbenchError
 from mtbench.model import (
     MTGR,
@@ -78,17 +79,6 @@ class ModelBenchRow:
     cached_vs_fp32_err: float
     plain_vs_fp32_err: float
     precision_ok: bool
-
-
-def resolve_device(name: str) -> torch.device:
-    """torch device from a name; MtbenchError when CUDA is asked for but missing."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise MtbenchError(f"--device: cannot use {name!r} ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MtbenchError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
-    return device
 
 
 def bench_config(preset: str, settings: ModelBenchSettings, kernel_impl: str) -> MTGRConfig:

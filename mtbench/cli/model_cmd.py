@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mtbench.bench_model import FP32_RTOL, ModelBenchRow, ModelBenchSettings, bench_json, median_ms, resolve_device, run_model_bench, validate
+from mtbench.device import resolve_device
+from mtbench.bench_model import FP32_RTOL, ModelBenchRow, ModelBenchSettings, bench_json, median_ms, run_model_bench, validate
 from mtbench.errors import MtbenchError
 from mtbench.model import (
     MTGR,

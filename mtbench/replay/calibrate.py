@@ -34,7 +34,9 @@ from mtbench.errors import MtbenchError
 from mtbench.model import MTGR, RequestSpec, build_batch
 from mtbench.model.config import get_config
 from mtbench.replay.device_batch import batch_to_device
-from mtbench.replay.runner import build_model, resolve_device, resolve_dtype
+from mtbench.device import resolve_device
+from mtbench.model.config import parse_dtype
+from mtbench.replay.runner import build_model
 from mtbench.sim.costmodel import CostModel
 
 GAP_LIMIT = 0.15
@@ -151,7 +153,7 @@ def run_calibrate(model: str, device: str, dtype: str, out: Path, compare_trace:
                   host_capacity: int, policy: str, batch_size: int, max_requests: int | None, report: Path | None,
                   console: Console) -> CostModel:
     """Measure, save the cost model, and (with compare_trace) compare simulated and measured speedups."""
-    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    torch_device, torch_dtype = resolve_device(device), parse_dtype(dtype)
     cfg = get_config(model)
     if out.exists() and out.is_dir():
         raise MtbenchError(f"-o {out} is a directory; give a JSON file name")
@@ -214,7 +216,7 @@ def simulate_like_replay(setup, cost: CostModel) -> dict:
     columns = trace.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
     if options.max_requests is not None:
         columns = {k: v[: options.max_requests] for k, v in columns.items()}
-    sizer = EntrySizer(cfg.kv_bytes_per_token(resolve_dtype(setup.dtype)), options.page_tokens)
+    sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype(setup.dtype)), options.page_tokens)
     workload = Workload.from_columns(columns, sizer)
     settings = TierSettings(write_back=False, inclusive=True, lookahead=options.batch_size)
     sim, recomputed = simulate(workload, setup.policy, setup.gpu_capacity, setup.host_capacity, settings, cost=cost,

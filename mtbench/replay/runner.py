@@ -20,14 +20,14 @@ import torch
 from mtbench.cache.manager import CACHE_MODES, CacheConfig
 from mtbench.cache.layouts import LAYOUT_NAMES
 from mtbench.cache.policies import POLICY_NAMES
+from mtbench.device import resolve_device
 from mtbench.errors import MtbenchError
 from mtbench.model import MTGR, MTGRConfig, get_config
+from mtbench.model.config import parse_dtype
 from mtbench.replay.engine import ReplayOptions, RunResult, replay_run
 from mtbench.replay.verify import VerifyResult, verify_samples
 from mtbench.trace import Trace, open_trace
 from mtbench.units import format_bytes
-
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -61,23 +61,9 @@ class ReplaySetup:
         }
 
 
-def resolve_device(name: str) -> torch.device:
-    if name not in ("cpu", "cuda"):
-        raise MtbenchError(f"--device must be cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MtbenchError("--device cuda: no CUDA GPU is available on this machine (use --device cpu)")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise MtbenchError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
-    return DTYPES[name]
-
-
 def validate_setup(setup: ReplaySetup) -> tuple[MTGRConfig, Trace, torch.device, torch.dtype]:
     """Check every option and the trace before anything runs or is written."""
-    device, dtype = resolve_device(setup.device), resolve_dtype(setup.dtype)
+    device, dtype = resolve_device(setup.device), parse_dtype(setup.dtype)
     cfg = get_config(setup.model)
     if setup.cache not in CACHE_MODES:
         raise MtbenchError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {setup.cache!r}")
