@@ -15,7 +15,11 @@ from mtbench.units import parse_size
 
 
 def _progress_factory(progress: Progress):
+    """Tasks for `progress`, which starts with the first one: nothing is drawn while the setup is
+    validated, so a bad option ends with the error line alone."""
     def make(label: str, total: int):
+        if not progress.live.is_started:
+            progress.start()
         task = progress.add_task(f"replay {label}", total=total)
         return lambda n: progress.advance(task, n)
     return make
@@ -76,8 +80,12 @@ def replay(
     if out is not None:
         validate_out_dir(out)
     console = Console()
-    with _progress() as progress:
+    progress = _progress()
+    try:
         outcome = run_replay(setup, _progress_factory(progress))
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     report_dir = write_report(out, outcome.summary, outcome.records, "replay")
     print_summary(outcome.summary, console)
     console.print(f"report: {report_dir}")
