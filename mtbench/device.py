@@ -6,7 +6,10 @@ from mtbench.errors import MtbenchError
 
 
 def resolve_device(name: str) -> torch.device:
-    """torch device from a name (cpu, cuda, cuda:N); MtbenchError when CUDA is asked for but missing."""
+    """torch device from a name (cpu, cuda, cuda:N, or auto: cuda when a GPU is present, else cpu);
+    MtbenchError when CUDA is asked for but missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:

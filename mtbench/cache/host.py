@@ -50,10 +50,6 @@ class ExtentAllocator:
     def largest_free(self) -> int:
         return max(self._lengths, default=0)
 
-    @property
-    def num_free_extents(self) -> int:
-        return len(self._starts)
-
     def fragmentation(self) -> float:
         """1 - largest free extent / total free (0 when free space is one extent or none)."""
         free = self.free_total

@@ -59,8 +59,6 @@ class HostLayout(ABC):
     """How an entry is laid out on the host and copied to/from pool pages (see module docstring)."""
 
     name: str = "base"
-    layer_wise: bool = True
-    """True when layer l of a load is complete before later layers are copied (layer-wise overlap)."""
 
     def __init__(self, shape: KVShape) -> None:
         self.shape = shape
@@ -68,10 +66,6 @@ class HostLayout(ABC):
     @abstractmethod
     def extent_elements(self, n_tokens: int) -> list[int]:
         """Element count of each host extent an entry of n_tokens needs."""
-
-    @abstractmethod
-    def copies_per_load(self, n_tokens: int) -> int:
-        """Host<->device copies one entry's transfer issues."""
 
     def _token_block(self, n_tokens: int) -> tuple[int, int, int, int]:
         return (2, n_tokens, self.shape.heads, self.shape.head_dim)
@@ -117,9 +111,6 @@ class PagedLayout(HostLayout):
         return [self.shape.layers * self.shape.pages_for(n_tokens) * self.shape.page_tokens
                 * self.shape.elements_per_token_layer]
 
-    def copies_per_load(self, n_tokens: int) -> int:
-        return self.shape.layers * self.shape.pages_for(n_tokens)
-
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         s = self.shape
         return [(s.layers, s.pages_for(n_tokens), 2, s.page_tokens, s.heads, s.head_dim)]
@@ -138,13 +129,9 @@ class PagedLayout(HostLayout):
 
 class UserLayout(HostLayout):
     name = "user"
-    layer_wise = False
 
     def extent_elements(self, n_tokens: int) -> list[int]:
         return [self.shape.layers * n_tokens * self.shape.elements_per_token_layer]
-
-    def copies_per_load(self, n_tokens: int) -> int:
-        return 1
 
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         return [(self.shape.layers, *self._token_block(n_tokens))]
@@ -210,9 +197,6 @@ class HybridLayout(HostLayout):
 
     def extent_elements(self, n_tokens: int) -> list[int]:
         return [n_tokens * self.shape.elements_per_token_layer] * self.shape.layers
-
-    def copies_per_load(self, n_tokens: int) -> int:
-        return self.shape.layers
 
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         return [self._token_block(n_tokens)] * self.shape.layers

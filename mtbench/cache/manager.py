@@ -40,7 +40,6 @@ from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
 
 CACHE_MODES = ("none", "gpu", "tiered")
-OUTCOMES = ("gpu_hit", "host_hit", "miss", "stale")
 Key = tuple[int, int]
 
 

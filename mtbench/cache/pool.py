@@ -102,9 +102,6 @@ class PagedKVPool:
         """`[pages, 2, P, H, D]` view of one layer."""
         return self.kv[layer]
 
-    def can_allocate(self, n_tokens: int) -> bool:
-        return self.shape.pages_for(n_tokens) <= len(self._free)
-
     def allocate(self, n_tokens: int) -> list[int] | None:
         """Pages for an entry of n_tokens, or None (nothing taken) when too few pages are free."""
         count = self.shape.pages_for(n_tokens)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mtbench.device import resolve_device
 from mtbench.errors import MtbenchError
 from mtbench.units import parse_size
 
@@ -31,12 +31,12 @@ def _progress() -> Progress:
 
 
 def _resolve_auto(device: str, dtype: str) -> tuple[str, str]:
-    """"auto" device: cuda when a GPU is present; "auto" dtype: bf16 on cuda, fp32 on the CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    """Device and dtype names with "auto" resolved: the device by `resolve_device`, the dtype to bf16
+    on CUDA and fp32 on the CPU."""
+    torch_device = resolve_device(device)
     if dtype == "auto":
-        dtype = "bf16" if device == "cuda" else "fp32"
-    return device, dtype
+        dtype = "bf16" if torch_device.type == "cuda" else "fp32"
+    return str(torch_device), dtype
 
 
 def replay(

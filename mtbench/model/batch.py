@@ -45,11 +45,6 @@ class RequestSpec:
     def n_new_static(self) -> int:
         return self.n_static - self.n_cached
 
-    @property
-    def n_computed(self) -> int:
-        """Rows the forward computes for this request."""
-        return self.n_new_static + self.n_rt + self.n_cand
-
 
 @dataclass(frozen=True)
 class GroupFeatures:
@@ -97,10 +92,6 @@ class RequestBatch:
     @property
     def any_cached(self) -> bool:
         return any(r.n_cached for r in self.requests)
-
-    def rows_of_group(self, group: int) -> torch.Tensor:
-        """Indices of the computed rows of one group (GROUP_U .. GROUP_C)."""
-        return (self.group_ids == group).nonzero().flatten()
 
     def request_rows(self) -> torch.Tensor:
         """Indices of the R and C rows, request after request: the same list whatever is cached."""

@@ -75,10 +75,6 @@ class StaticKV:
     def as_prefix(self, layer: int) -> ContiguousPrefix:
         return ContiguousPrefix(self.k[layer], self.v[layer], self.offsets)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
-
 
 @dataclass(frozen=True)
 class _RowLayout:

@@ -21,11 +21,8 @@ import pyarrow.parquet as pq
 import mtbench
 from mtbench.errors import MtbenchError
 from mtbench.report.summary import render_markdown
-from mtbench.report.writer import INCOMPLETE_MARKER, ReportWriter, default_report_dir
+from mtbench.report.writer import INCOMPLETE_MARKER, RECORDS_FILE, SUMMARY_FILE, ReportWriter, default_report_dir
 
-SUMMARY_FILE = "summary.json"
-RECORDS_FILE = "records.parquet"
-MARKDOWN_FILE = "summary.md"
 SUMMARY_KEY_ORDER = ("kind", "trace", "model", "dtype", "config", "rows")
 
 
@@ -77,7 +74,7 @@ def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.Data
     table = _records_table(records)
     target = default_report_dir(kind) if out_dir is None else validate_out_dir(out_dir)
     with ReportWriter(target) as writer:
-        pq.write_table(table, writer.staging / RECORDS_FILE)
+        writer.write_records(table)
         writer.write_summary(full_summary)
         outcome = draw_plots([Report(None, full_summary, records)], writer.plots_dir, strict=False)
         writer.write_markdown(render_markdown(full_summary, outcome.written, outcome.skipped))

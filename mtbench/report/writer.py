@@ -14,10 +14,15 @@ from types import TracebackType
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mtbench.errors import MtbenchError
 
 INCOMPLETE_MARKER = "INCOMPLETE"
+SUMMARY_FILE = "summary.json"
+RECORDS_FILE = "records.parquet"
+MARKDOWN_FILE = "summary.md"
 
 
 def default_report_dir(kind: str, root: Path = Path("reports/runs")) -> Path:
@@ -54,18 +59,21 @@ class ReportWriter:
         (self.staging / INCOMPLETE_MARKER).write_text("run in progress\n")
         return self
 
-    def write_records(self, records: pd.DataFrame) -> Path:
-        path = self.staging / "records.parquet"
-        records.to_parquet(path, index=False)
+    def write_records(self, records: pd.DataFrame | pa.Table) -> Path:
+        path = self.staging / RECORDS_FILE
+        if isinstance(records, pa.Table):
+            pq.write_table(records, path)
+        else:
+            records.to_parquet(path, index=False)
         return path
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
-        path = self.staging / "summary.json"
+        path = self.staging / SUMMARY_FILE
         path.write_text(json.dumps(summary, indent=2, sort_keys=False, default=_json_default) + "\n")
         return path
 
     def write_markdown(self, text: str) -> Path:
-        path = self.staging / "summary.md"
+        path = self.staging / MARKDOWN_FILE
         path.write_text(text)
         return path
 
@@ -78,11 +86,6 @@ class ReportWriter:
             return
         reason = "interrupted (Ctrl-C)" if exc_type is KeyboardInterrupt else f"failed: {exc_type.__name__}: {exc}"
         (self.staging / INCOMPLETE_MARKER).write_text(f"run {reason}\n")
-
-
-def is_complete(report_dir: Path) -> bool:
-    report_dir = Path(report_dir)
-    return (report_dir / "summary.json").is_file() and not (report_dir / INCOMPLETE_MARKER).exists()
 
 
 def _json_default(value: Any) -> Any:

@@ -17,9 +17,3 @@ def lru_hit_counts(keys: np.ndarray, capacities: np.ndarray | list[int]) -> np.n
     distances = reuse_distances(np.asarray(keys))
     reused = np.sort(distances[distances >= 0])
     return np.searchsorted(reused, np.asarray(capacities, dtype=np.int64), side="left").astype(np.int64)
-
-
-def lru_miss_ratio_curve(keys: np.ndarray, capacities: np.ndarray | list[int]) -> np.ndarray:
-    """Miss ratio of a unit-size LRU cache at each capacity."""
-    n = max(int(np.asarray(keys).shape[0]), 1)
-    return 1.0 - lru_hit_counts(keys, capacities) / n

@@ -35,7 +35,6 @@ from mtbench.sim.oracle import dense_ids, next_use_indices
 from mtbench.sim.sizes import EntrySizer
 
 GPU_HIT, HOST_HIT, MISS, STALE = 0, 1, 2, 3
-OUTCOME_NAMES = ("gpu_hit", "host_hit", "miss", "stale")
 
 
 @dataclass(frozen=True)
@@ -304,12 +303,12 @@ class _TwoTierRun:
             return GPU_HIT, self._reuse(gpu, k, n_static, size, t)
         if host is not None and host.access(k, t):
             self.h2d += self.key_size[k]
-            promoted = self._admit_gpu(k, self.key_size[k], t, from_host=True)
+            promoted = self._admit_gpu(k, self.key_size[k], t)
             if promoted and not self.settings.inclusive:
                 host.remove(k)
             return HOST_HIT, self._reuse(gpu if promoted else host, k, n_static, size, t)
         self.key_size[k], self.key_tokens[k] = size, n_static
-        self._admit_gpu(k, size, t, from_host=False)
+        self._admit_gpu(k, size, t)
         if host is not None and not self.settings.write_back and k not in host:
             self._admit_host(k, size, t)
         return MISS, n_static
@@ -327,7 +326,7 @@ class _TwoTierRun:
             self.key_size[k], self.key_tokens[k] = size, n_static
         return n_static - cached
 
-    def _admit_gpu(self, k: int, size: int, t: float, from_host: bool) -> bool:
+    def _admit_gpu(self, k: int, size: int, t: float) -> bool:
         evicted = self.gpu.admit(k, size, t)
         if evicted is None:
             return False
