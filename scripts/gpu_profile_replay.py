@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--gpu-cache", type=float, default=2.0, help="GiB")
     parser.add_argument("--host-cache", type=float, default=16.0, help="GiB")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--modes", default="none,gpu,tiered/user", help="Which runs to profile.")
+    parser.add_argument("--kernels", action="store_true", help="Also print the device-time table of GPU kernels.")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -41,11 +43,17 @@ def main() -> None:
         "tiered/user": CacheConfig(mode="tiered", gpu_capacity=int(args.gpu_cache * gib),
                                    host_capacity=int(args.host_cache * gib), layout="user"),
     }
-    for label, config in configs.items():
+    for label in args.modes.split(","):
+        config = configs[label]
         profiler = cProfile.Profile()
         began = time.perf_counter()
         profiler.enable()
-        result = replay_run(model, trace, config, options, label)
+        if args.kernels and device.type == "cuda":
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as kernel_profile:
+                result = replay_run(model, trace, config, options, label)
+        else:
+            kernel_profile = None
+            result = replay_run(model, trace, config, options, label)
         profiler.disable()
         row = result.row
         print(f"== {label}: {time.perf_counter() - began:.1f} s wall; batch p50 {row['batch_p50_ms']:.2f} ms; "
@@ -54,6 +62,9 @@ def main() -> None:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
         print("\n".join(line[:150] for line in text.getvalue().splitlines()[6:32]))
+        if kernel_profile is not None:
+            table = kernel_profile.key_averages().table(sort_by="self_device_time_total", row_limit=25)
+            print("\n".join(line[:170] for line in table.splitlines()))
 
 
 if __name__ == "__main__":
