@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mtbench.errors import MtbenchError
+from mtbench.trace.candidates import CandidateDist
 from mtbench.trace import TraceLimits, open_trace
 from mtbench.trace.events import EventRules
 from mtbench.trace.fit import fit_profile
@@ -154,3 +155,128 @@ def test_write_synth_streams_row_groups(tmp_path: Path, monkeypatch: pytest.Monk
     trace = open_trace(out)
     assert trace._parquet.metadata.num_row_groups == 5
     assert [len(f) for f in trace.iter_frames(batch_rows=1000)] == [1000] * 4 + [500]
+
+
+def synth_cli(out: Path, monkeypatch: pytest.MonkeyPatch, *extra: str, users: int = 2000, requests: int = 20_000,
+              seed: int = 5) -> dict[str, np.ndarray]:
+    """Run `trace synth` in process; the written trace's columns."""
+    argv = ["trace", "synth", "--users", str(users), "--requests", str(requests), "--duration", "5d",
+            "--seed", str(seed), "-o", str(out), *extra]
+    assert run_in_process(argv, monkeypatch) == 0
+    return open_trace(out, LARGE).arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
+
+
+def first_version_history(columns: dict[str, np.ndarray], user_tokens: int) -> np.ndarray:
+    """S tokens of each user's first version, per user, after checking every later version's S: the first
+    version's plus the user's requests of earlier versions (history_growth 1.0), capped at max_seq."""
+    import pandas as pd
+
+    frame = pd.DataFrame({name: columns[name] for name in ("user_id", "static_version", "n_static")})
+    frame["s"] = frame["n_static"] - user_tokens
+    entries = frame.groupby(["user_id", "static_version"]).agg(k=("s", "size"), s=("s", "first"), s_max=("s", "max"))
+    assert (entries["s"] == entries["s_max"]).all()  # S is fixed within a version
+    entries["earlier"] = entries.groupby(level="user_id")["k"].cumsum() - entries["k"]
+    initial = entries.groupby(level="user_id")["s"].first()
+    expected = np.minimum(initial.reindex(entries.index.get_level_values("user_id")).to_numpy() + entries["earlier"].to_numpy(),
+                          LARGE.max_static - user_tokens)
+    np.testing.assert_array_equal(entries["s"].to_numpy(), expected)
+    return initial.to_numpy()
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_history_dist_fixed_and_uniform_set_first_versions(case: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(100 + case)
+    user_tokens = int(rng.integers(1, 64))
+    max_seq = LARGE.max_static - user_tokens
+    fixed = int(rng.integers(0, max_seq + 1)) if case else 0  # case 0: users without any S token yet
+    lo = int(rng.integers(0, max_seq - 50))
+    hi = int(rng.integers(lo + 40, max_seq + 1))
+    base = ("--user-tokens", str(user_tokens))
+    initial = first_version_history(synth_cli(tmp_path / "f.parquet", monkeypatch, *base, "--history-dist", str(fixed),
+                                                 seed=case), user_tokens)
+    assert np.all(initial == fixed)
+    initial = first_version_history(synth_cli(tmp_path / "u.parquet", monkeypatch, *base, "--history-dist",
+                                                 f"uniform:{lo}:{hi}", seed=case), user_tokens)
+    assert initial.min() >= lo and initial.max() <= hi
+    edge = 0.03 * (hi - lo) + 1
+    assert initial.min() <= lo + edge and initial.max() >= hi - edge  # spans the range
+    assert abs(np.median(initial) - (lo + hi) / 2) < 0.1 * (hi - lo) + 1
+
+
+def test_history_dist_lognormal_median_and_clipping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    import re
+    from statistics import NormalDist
+
+    initial = first_version_history(synth_cli(tmp_path / "l.parquet", monkeypatch, "--history-dist", "lognormal:300:0.6",
+                                                 users=5000, requests=40_000), 32)
+    assert initial.size > 3000 and abs(np.median(initial) / 300 - 1) < 0.08
+    above_cap = 1 - NormalDist().cdf(np.log(1000 / 300) / 0.6)  # 2.2%
+    clipped = re.search(r"history clipped to max_seq 1000\W+([\d.]+)% of users", capsys.readouterr().out)
+    assert clipped is not None and abs(float(clipped.group(1)) / 100 - above_cap) < 0.005
+    assert initial.max() == 1000 and abs(np.mean(initial == 1000) - above_cap) < 0.01
+    initial = first_version_history(synth_cli(tmp_path / "c.parquet", monkeypatch, "--history-dist", "uniform:800:1500",
+                                                 users=4000, requests=30_000), 32)
+    out = capsys.readouterr().out
+    assert "history clipped to max_seq 1000" in out and "71." in out  # 501 of 701 values lie above 1000
+    assert initial.max() == 1000 and abs(np.mean(initial == 1000) - 501 / 701) < 0.05 and initial.min() >= 800
+    synth_cli(tmp_path / "n.parquet", monkeypatch, "--history-dist", "uniform:800:1000")
+    assert "history clipped" not in capsys.readouterr().out
+
+
+def test_history_dist_changes_only_n_static_and_default_is_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = synth_cli(tmp_path / "plain.parquet", monkeypatch, seed=11)
+    library = synthesize(TraceProfile.default(2000, 20_000, 5 * DAY, max_seq=1000), SynthRequest(2000, 20_000, 5 * DAY, 11))
+    for name, values in plain.items():  # no option: exactly the built-in default profile
+        np.testing.assert_array_equal(values, library[name], err_msg=name)
+    first_version_history(plain, 32)
+    shaped = synth_cli(tmp_path / "a.parquet", monkeypatch, "--history-dist", "uniform:800:1000", seed=11)
+    again = synth_cli(tmp_path / "b.parquet", monkeypatch, "--history-dist", "uniform:800:1000", seed=11)
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    for name in ("ts", "user_id", "static_version", "n_rt", "n_cand"):
+        np.testing.assert_array_equal(shaped[name], plain[name], err_msg=name)
+    assert not np.array_equal(shaped["n_static"], plain["n_static"]) and np.array_equal(shaped["n_static"], again["n_static"])
+
+
+def test_history_dist_overrides_a_fitted_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = TraceProfile.default(800, 9000, 3 * DAY, user_tokens=20, max_seq=1012)
+    profile.quantiles["initial_history"] = [5.0] * len(profile.quantiles["initial_history"])
+    path = profile.save(tmp_path / "p.json")
+    out = tmp_path / "like.parquet"
+    assert run_in_process(["trace", "synth", "--like", str(path), "--history-dist", "640", "-o", str(out)], monkeypatch) == 0
+    initial = first_version_history(open_trace(out, LARGE).arrays(["user_id", "static_version", "n_static"]), 20)
+    assert initial.size > 500 and np.all(initial == 640)
+    assert run_in_process(["trace", "synth", "--like", str(path), "--history-dist", "1013", "-o", str(out)], monkeypatch) == 2
+
+
+def test_history_count_distributions_allow_zero_and_name_the_option() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        lo = int(rng.integers(0, 500))
+        hi = lo + int(rng.integers(0, 500))
+        for text in (str(lo), f"fixed:{hi}", f"uniform:{lo}:{hi}", f"lognormal:{hi + 1}:{rng.uniform(0, 2):.3f}"):
+            dist = CandidateDist.parse(text, what="--history-dist", minimum=0)
+            draws = dist.sample(3000, np.random.default_rng(lo), max_cand=700)
+            np.testing.assert_array_equal(draws, dist.sample(3000, np.random.default_rng(lo), max_cand=700))
+            assert draws.min() >= 0 and draws.max() <= 700
+    assert CandidateDist.parse("lognormal:1:3", what="--history-dist", minimum=0).sample(5000, rng).min() == 0
+    for bad in ("", "-1", "uniform:-1:5", "uniform:9:3", "zipf:1:2", "lognormal:0:1", "lognormal:5:-1", "inf", "1e30", "4:5"):
+        with pytest.raises(MtbenchError, match="^--history-dist: "):
+            CandidateDist.parse(bad, what="--history-dist", minimum=0)
+    with pytest.raises(MtbenchError, match="^--cand-dist: "):
+        CandidateDist.parse("0")  # a request needs a candidate
+
+
+@pytest.mark.parametrize("value, message", [("uniform:10", "cannot read"), ("uniform:1001:1200", "exceed max_seq 1000"),
+                                            ("-3", "count >= 0")])
+def test_bad_history_dist_exits_2_naming_the_option(value: str, message: str, tmp_path: Path) -> None:
+    import subprocess
+
+    out = tmp_path / "t.parquet"
+    result = subprocess.run([sys.executable, "-m", "mtbench", "trace", "synth", "--users", "10", "--requests", "100",
+                             "--duration", "1d", "--history-dist", value, "-o", str(out)],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --history-dist") and message in lines[0]
+    assert not out.exists() and not list(tmp_path.iterdir())

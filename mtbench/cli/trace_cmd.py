@@ -30,6 +30,9 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output parquet trace 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random draw (same seed, same file).")]
 CandOpt = Annotated[Optional[int], typer.Option("--cand", help="Candidates per request (fixed count).")]
 CandDistOpt = Annotated[Optional[str], typer.Option("--cand-dist", help="Candidate distribution: N, lognormal:MEDIAN:SIGMA or uniform:LO:HI.")]
+HistoryDistOpt = Annotated[Optional[str], typer.Option(
+    "--history-dist", help="S tokens of each user's first version (U excluded): N, lognormal:MEDIAN:SIGMA or uniform:LO:HI; "
+                           "clipped to max_seq (default: lognormal:200:1.0; with --like: the profile's).")]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhdw]?)\s*$")
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -62,6 +65,22 @@ def _candidates(cand: int | None, cand_dist: str | None, max_cand: int) -> Candi
     if dist.kind == "fixed" and dist.params[0] > max_cand or dist.kind == "uniform" and dist.params[1] > max_cand:
         raise MtbenchError(f"candidates {dist} exceed the model's max_cand {max_cand}")
     return dist
+
+
+def _history(history_dist: str, max_seq: int) -> CandidateDist:
+    """Parse --history-dist; reject a distribution whose every draw would exceed max_seq (S tokens)."""
+    dist = CandidateDist.parse(history_dist, what="--history-dist", minimum=0)
+    lowest = dist.params[0] if dist.kind in ("fixed", "uniform") else 0.0
+    if lowest > max_seq:
+        raise MtbenchError(f"--history-dist: {history_dist!r}: {lowest:g} S tokens exceed max_seq {max_seq}")
+    return dist
+
+
+def _history_quantiles(dist: CandidateDist, max_seq: int) -> tuple[list[float], float]:
+    """The QUANTILE_LEVELS quantiles of 20,001 draws clipped to [0, max_seq], and the fraction clipped."""
+    draws = dist.sample(20_001, np.random.default_rng(0))
+    quantiles = np.quantile(np.minimum(draws, max_seq), QUANTILE_LEVELS)
+    return [float(v) for v in quantiles], float(np.mean(draws > max_seq))
 
 
 def _check_limits(columns: dict[str, np.ndarray], limits: TraceLimits, source: str) -> None:
@@ -153,8 +172,10 @@ def import_cmd(
 
 
 def _scaled_profile(like: Path | None, users: int | None, requests: int | None, duration: str | None,
-                    cfg, user_tokens: int, cands: CandidateDist | None) -> tuple[TraceProfile, int, int, float]:
-    """The profile to draw from (fitted or default, capped to the model) and the scale to generate at."""
+                    cfg, user_tokens: int, cands: CandidateDist | None, history_dist: str | None,
+                    ) -> tuple[TraceProfile, int, int, float, list[tuple[str, str]]]:
+    """The profile to draw from (fitted or default, capped to the model), the scale to generate at and
+    summary rows about --history-dist (empty without it)."""
     if like is not None:
         profile = TraceProfile.load(like)
         n_users = users if users is not None else profile.users
@@ -172,9 +193,18 @@ def _scaled_profile(like: Path | None, users: int | None, requests: int | None, 
     if cands is not None:
         quantiles["n_cand"] = [float(v) for v in np.quantile(cands.sample(20_001, np.random.default_rng(0), cfg.max_cand), QUANTILE_LEVELS)]
     quantiles["n_cand"] = [min(v, float(cfg.max_cand)) for v in quantiles["n_cand"]]
-    profile = replace(profile, quantiles=quantiles, max_static=min(profile.max_static, cfg.max_static),
-                      user_tokens=min(profile.user_tokens, cfg.max_static - 1), max_rt=min(profile.max_rt, cfg.max_rt))
-    return profile, n_users, n_requests, seconds
+    max_static, u_tokens = min(profile.max_static, cfg.max_static), min(profile.user_tokens, cfg.max_static - 1)
+    notes: list[tuple[str, str]] = []
+    if history_dist is not None:
+        max_seq = max_static - u_tokens  # the S room the model leaves next to this profile's U
+        history = _history(history_dist, max_seq)
+        quantiles["initial_history"], clipped = _history_quantiles(history, max_seq)
+        notes.append(("initial history (S tokens)", str(history)))
+        if clipped > 0:
+            notes.append((f"history clipped to max_seq {max_seq}", f"{clipped:.1%} of users"))
+    profile = replace(profile, quantiles=quantiles, max_static=max_static, user_tokens=u_tokens,
+                      max_rt=min(profile.max_rt, cfg.max_rt))
+    return profile, n_users, n_requests, seconds, notes
 
 
 def synth_cmd(
@@ -187,6 +217,7 @@ def synth_cmd(
     user_tokens: Annotated[int, typer.Option(help="U tokens (without --like).")] = 32,
     cand: CandOpt = None,
     cand_dist: CandDistOpt = None,
+    history_dist: HistoryDistOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
     """Generate a synthetic trace: heavy-tailed activity, bursty sessions, daily cycle and version bump."""
@@ -194,7 +225,8 @@ def synth_cmd(
 
     cfg = _model(model)
     cands = None if cand is None and cand_dist is None else _candidates(cand, cand_dist, cfg.max_cand)
-    profile, n_users, n_requests, seconds = _scaled_profile(like, users, requests, duration, cfg, user_tokens, cands)
+    profile, n_users, n_requests, seconds, history_notes = _scaled_profile(like, users, requests, duration, cfg,
+                                                                           user_tokens, cands, history_dist)
     spec = SynthRequest(users=n_users, requests=n_requests, duration=seconds, seed=seed)
     started = time.perf_counter()
     with console.status(f"generating {n_requests:,} requests for {n_users:,} users"):
@@ -203,7 +235,7 @@ def synth_cmd(
     elapsed = time.perf_counter() - started
     rows = [("output", str(out)), ("requests", f"{n_requests:,}"), ("users", f"{n_users:,}"),
             ("duration", f"{seconds:,.0f} s"), ("seconds", f"{elapsed:.2f}"), ("rows/s", f"{n_requests / elapsed:,.0f}")]
-    console.print(_summary_table("trace synth", rows))
+    console.print(_summary_table("trace synth", rows + history_notes))
 
 
 def fit_cmd(
