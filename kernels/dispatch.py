@@ -13,6 +13,7 @@ from types import ModuleType
 
 import torch
 
+from kernels.copy_rows_ref import copy_rows_reference
 from kernels.group_layernorm_ref import group_layernorm_reference
 from kernels.hstu_attention_ref import AttentionSpec, Prefix, hstu_attention_reference
 from kernels.page_copy_ref import gather_from_pages_reference, scatter_to_pages_reference
@@ -70,3 +71,15 @@ def gather_from_pages(pool_layer: torch.Tensor, slots: torch.Tensor, out: torch.
     if _use_triton(pool_layer, impl):
         return _triton_module("page_copy_triton").gather_from_pages_triton(pool_layer, slots, out)
     return gather_from_pages_reference(pool_layer, slots, out)
+
+
+def copy_rows(src: torch.Tensor, src_rows: torch.Tensor, dst: torch.Tensor, dst_rows: torch.Tensor, impl: str = "auto") -> None:
+    """dst[dst_rows[i]] = src[src_rows[i]] where both indices are >= 0; see copy_rows_ref.py.
+
+    "auto" runs Triton when either tensor is on CUDA (the other may be pinned host memory: zero-copy).
+    """
+    cuda_side = dst if dst.is_cuda else src
+    if _use_triton(cuda_side, impl, supported=src.dtype in (torch.float16, torch.bfloat16, torch.float32)):
+        _triton_module("copy_rows_triton").copy_rows_triton(src, src_rows, dst, dst_rows)
+    else:
+        copy_rows_reference(src, src_rows, dst, dst_rows)

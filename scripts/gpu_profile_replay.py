@@ -40,9 +40,10 @@ def main() -> None:
     configs = {
         "none": CacheConfig(mode="none"),
         "gpu": CacheConfig(mode="gpu", gpu_capacity=int(args.gpu_cache * gib)),
-        "tiered/user": CacheConfig(mode="tiered", gpu_capacity=int(args.gpu_cache * gib),
-                                   host_capacity=int(args.host_cache * gib), layout="user"),
     }
+    for layout in ("user", "hybrid", "paged", "zerocopy"):
+        configs[f"tiered/{layout}"] = CacheConfig(mode="tiered", gpu_capacity=int(args.gpu_cache * gib),
+                                                  host_capacity=int(args.host_cache * gib), layout=layout)
     for label in args.modes.split(","):
         config = configs[label]
         profiler = cProfile.Profile()
@@ -62,6 +63,9 @@ def main() -> None:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
         print("\n".join(line[:150] for line in text.getvalue().splitlines()[6:32]))
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(40)
+        print("\n".join(line[:150] for line in text.getvalue().splitlines()[6:54]))
         if kernel_profile is not None:
             table = kernel_profile.key_averages().table(sort_by="self_device_time_total", row_limit=25)
             print("\n".join(line[:170] for line in table.splitlines()))

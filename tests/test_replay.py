@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import kernels
 from mtbench.cache.manager import CacheConfig, CacheManager, RequestKey
 from mtbench.cache.pool import KVShape
 from mtbench.cache.transfer import TransferFailed
@@ -60,15 +62,18 @@ def test_cached_scores_equal_recomputed_for_every_request(tmp_path: Path, model:
     options = ReplayOptions(batch_size=6, keep_all_scores=True)
     reference = replay_run(model, trace, _cache("none"), options, "none")
     assert reference.row["misses"] == trace.num_rows
-    runs = [("gpu", "hybrid", "lru"), ("tiered", "hybrid", "lru"), ("tiered", "paged", "sieve"),
-            ("tiered", "user", "arc")]
-    for mode, layout, policy in runs:
-        result = replay_run(model, trace, _cache(mode, layout, policy=policy), options, f"{mode}/{layout}")
+    runs = [("gpu", "hybrid", "lru", "all"), ("tiered", "hybrid", "lru", "all"), ("tiered", "paged", "sieve", "all"),
+            ("tiered", "user", "arc", "all"), ("tiered", "zerocopy", "lru", "all"),
+            ("tiered", "hybrid", "lru", SHAPE.entry_bytes(64))]
+    for mode, layout, policy, budget in runs:
+        run_options = replace(options, load_budget=budget)
+        result = replay_run(model, trace, _cache(mode, layout, policy=policy), run_options, f"{mode}/{layout}")
         row = result.row
         assert row["gpu_hits"] + row["host_hits"] > 0, f"{mode}/{layout} never hit: the test would prove nothing"
         if mode == "tiered":
             assert row["host_hits"] > 0 and row["bytes_h2d"] > 0 and row["bytes_d2h"] > 0
-        assert row["requests"] == row["gpu_hits"] + row["host_hits"] + row["misses"] + row["stale"] == trace.num_rows
+        outcomes = row["gpu_hits"] + row["host_hits"] + row["host_recomputes"] + row["misses"] + row["stale"]
+        assert row["requests"] == outcomes == trace.num_rows
         assert set(result.samples) == set(reference.samples) == set(range(trace.num_rows))
         for index, sample in result.samples.items():
             expected = reference.samples[index]
@@ -92,12 +97,31 @@ def test_stale_entries_are_never_served(tmp_path: Path, model: MTGR) -> None:
     assert not first_of_version["outcome"].isin(["gpu_hit", "host_hit"]).any()
 
 
-def _fake_kv(n_tokens: list[int], seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+def _fake_forward(manager: CacheManager, plan, seed: int) -> dict[tuple[int, int], torch.Tensor]:
+    """What the forward does to the pool: random K/V [layers, 2, n, H, D] into each entry the batch computes."""
     gen = torch.Generator().manual_seed(seed)
-    total = sum(n_tokens)
-    k = [torch.randn(total, SHAPE.heads, SHAPE.head_dim, generator=gen) for _ in range(SHAPE.layers)]
-    v = [torch.randn(total, SHAPE.heads, SHAPE.head_dim, generator=gen) for _ in range(SHAPE.layers)]
-    return k, v, torch.tensor(np.concatenate([[0], np.cumsum(n_tokens)]))
+    _, _, stores = manager.pool_inputs(plan)
+    written = {}
+    for i, pages in enumerate(stores):
+        if pages is None:
+            continue
+        request = plan.requests[i]
+        kv = torch.randn(SHAPE.layers, 2, request.n_static, SHAPE.heads, SHAPE.head_dim, generator=gen)
+        slots = manager.pool.host_slots(pages, request.n_static)
+        for layer in range(SHAPE.layers):
+            kernels.scatter_to_pages(kv[layer], manager.pool.layer(layer), slots)
+        written[request.key] = kv
+    return written
+
+
+def _read_entry(manager: CacheManager, plan, row: int) -> torch.Tensor:
+    """[layers, 2, n, H, D] of request `row`'s prefix, read through the batch's page table."""
+    table, lengths, _ = manager.pool_inputs(plan)
+    n = int(lengths[row])
+    slots = torch.arange(n)
+    pages = torch.as_tensor(table[row]).long()[slots // SHAPE.page_tokens]
+    return torch.stack([manager.pool.layer(layer)[pages, :, slots % SHAPE.page_tokens].transpose(0, 1)
+                        for layer in range(SHAPE.layers)])
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -114,9 +138,7 @@ def test_in_flight_entries_are_never_evicted(seed: int) -> None:
         if plan is not None:
             in_flight = {r.key for r in plan.requests} | {r.key for r in next_plan.requests}
             manager.refresh(plan)
-            misses = plan.rows("miss", "stale")
-            k, v, offsets = _fake_kv([plan.requests[i].n_static for i in misses], index)
-            manager.admit(plan, misses, k, v, offsets)
+            _fake_forward(manager, plan, index)
             for i in plan.rows("gpu_hit", "host_hit"):
                 assert plan.requests[i].key in manager.gpu, "a hit of the batch in flight was evicted"
             for key in in_flight:
@@ -129,30 +151,44 @@ def test_in_flight_entries_are_never_evicted(seed: int) -> None:
 
 
 def test_host_round_trip_through_manager_is_exact() -> None:
-    """Admit -> evict from GPU (host keeps it) -> host hit reloads exactly the same K/V."""
+    """Computed into the pool -> evicted from the GPU (host keeps it) -> a host hit reloads the same K/V."""
     manager = CacheManager(_cache("tiered", gpu_pages=2, host_pages=10), SHAPE, "cpu", max_entry_tokens=64)
     first = [RequestKey(1, 0, 50)]
     plan = manager.plan(first, 0)
     manager.refresh(plan)
-    k, v, offsets = _fake_kv([50], 7)
-    manager.admit(plan, [0], k, v, offsets)
+    written = _fake_forward(manager, plan, 7)
     manager.release(plan)
     evictor = manager.plan([RequestKey(2, 0, 60)], 1)
     manager.refresh(evictor)
-    manager.admit(evictor, [0], *_fake_kv([60], 8))
+    _fake_forward(manager, evictor, 8)
     manager.release(evictor)
     assert (1, 0) not in manager.gpu and (1, 0) in manager.host
     plan = manager.plan(first, 2)
-    assert plan.outcomes == ["host_hit"]
+    assert plan.outcomes == ["host_hit"] and not plan.stores
     manager.refresh(plan)
-    for layer in range(SHAPE.layers):
-        prefix = manager.prefix(plan, [0], layer)
-        pages = prefix.page_table[0].long()
-        slots = torch.arange(50)
-        k_read = prefix.k_pages[pages[slots // 32], slots % 32]
-        v_read = prefix.v_pages[pages[slots // 32], slots % 32]
-        assert torch.equal(k_read, k[layer]) and torch.equal(v_read, v[layer])
+    assert torch.equal(_read_entry(manager, plan, 0), written[(1, 0)])
     manager.release(plan)
+
+
+def test_load_budget_recomputes_host_hits_into_the_pool() -> None:
+    """A host entry over the load budget is recomputed (and stored in the pool), not loaded; the
+    entry asked for most often in the batch is the one loaded."""
+    manager = CacheManager(_cache("tiered", gpu_pages=4, host_pages=12), SHAPE, "cpu", max_entry_tokens=64)
+    for index, user in enumerate((1, 2, 3, 4)):  # 2 pages each: users 1 and 2 end up on the host only
+        plan = manager.plan([RequestKey(user, 0, 40)], index)
+        manager.refresh(plan)
+        _fake_forward(manager, plan, index)
+        manager.release(plan)
+    assert {(1, 0), (2, 0)} <= set(manager.host) and not {(1, 0), (2, 0)} & set(manager.gpu)
+    requests = [RequestKey(1, 0, 40), RequestKey(2, 0, 40), RequestKey(2, 0, 40)]
+    plan = manager.plan(requests, 10, load_budget_bytes=SHAPE.entry_bytes(40))
+    assert plan.outcomes == ["host_recompute", "host_hit", "host_hit"]
+    assert set(plan.stores) == {0} and plan.load is not None and len(plan.load.jobs) == 1
+    manager.refresh(plan)
+    _fake_forward(manager, plan, 11)
+    manager.release(plan)
+    assert manager.stats.host_recomputes == 1 and manager.stats.host_hits == 2
+    manager.check_invariants()
 
 
 def test_failed_transfers_fall_back_and_are_counted(tmp_path: Path, model: MTGR) -> None:
@@ -227,7 +263,7 @@ def test_replay_command_writes_documented_report(tmp_path: Path) -> None:
     records = pd.read_parquet(out / "records.parquet")
     assert all(column in records.columns for column in RECORD_COLUMNS)
     assert len(records) == 60 * len(labels)
-    assert set(records["outcome"]) <= {"gpu_hit", "host_hit", "miss", "stale"}
+    assert set(records["outcome"]) <= {"gpu_hit", "host_hit", "host_recompute", "miss", "stale"}
     assert (out / "summary.md").is_file()
 
 

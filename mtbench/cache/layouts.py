@@ -13,6 +13,9 @@ copies a transfer takes (small copies are launch-bound, DESIGN.md section 7):
   of an entry are one copy each), then ONE `scatter_to_pages` per layer moves the whole batch into
   its pages; layer l is usable as soon as its copies and scatter finish (layer-wise overlap with the
   forward). Launches per batch: 2 * entries + 1 per layer, no allocation once the buffer is grown.
+- `zerocopy`: `hybrid`'s placement, moved by a kernel (`kernels.copy_rows`) that reads or writes the
+  pinned host extents directly over PCIe (unified addressing): ONE launch per layer for every entry
+  of a batch, straight into / out of pool pages, no staging buffer and no copy-engine calls.
 
 A load is issued layer-major for a whole batch (`load_layers` calls `layer_done(l)` once layer l of
 every job is issued), so per-layer events cover every entry of the batch.
@@ -28,7 +31,7 @@ import torch
 
 import kernels
 from mtbench.cache.host import HostArena
-from mtbench.cache.pool import KVShape, PagedKVPool
+from mtbench.cache.pool import KVShape, PagedKVPool, to_device_async
 from mtbench.errors import MtbenchError
 
 
@@ -59,9 +62,11 @@ class HostLayout(ABC):
     """How an entry is laid out on the host and copied to/from pool pages (see module docstring)."""
 
     name: str = "base"
+    needs_device_slots = True  # the copies read TransferJob.slots on the device
 
     def __init__(self, shape: KVShape) -> None:
         self.shape = shape
+        self.arena: HostArena | None = None  # set by the TransferEngine that uses this layout
 
     @abstractmethod
     def extent_elements(self, n_tokens: int) -> list[int]:
@@ -102,6 +107,12 @@ class HostLayout(ABC):
     @abstractmethod
     def store(self, job: TransferJob, views: list[torch.Tensor], pool: PagedKVPool, non_blocking: bool) -> None:
         """Copy the entry from its pool pages into its host extents (all layers)."""
+
+    def store_many(self, jobs: list[TransferJob], views: list[list[torch.Tensor]], pool: PagedKVPool,
+                   non_blocking: bool) -> None:
+        """`store` of several entries (layouts that can batch them override this)."""
+        for job, job_views in zip(jobs, views):
+            self.store(job, job_views, pool, non_blocking)
 
 
 class PagedLayout(HostLayout):
@@ -215,7 +226,60 @@ class HybridLayout(HostLayout):
         job.staging = [staging]
 
 
-LAYOUTS: dict[str, type[HostLayout]] = {cls.name: cls for cls in (PagedLayout, UserLayout, HybridLayout)}
+class ZeroCopyLayout(HybridLayout):
+    """`hybrid`'s host placement, moved by a kernel instead of the copy engine: `kernels.copy_rows` reads
+    (loads) or writes (stores) the pinned host extents directly through unified addressing, one launch
+    per layer for every entry of a batch, straight into / out of pool pages (no staging buffer)."""
+
+    name = "zerocopy"
+    needs_device_slots = False
+
+    def _rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        width = self.shape.heads * self.shape.head_dim
+        return tensor[: tensor.numel() // width * width].view(-1, width)
+
+    def _indices(self, jobs: list[TransferJob], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(host rows [layers, R], pool rows [R]) of every K and V token of `jobs`, in rows of H * D
+        elements of the arena and of one pool layer; on `device` in one copy per tensor."""
+        width, page_tokens = self.shape.heads * self.shape.head_dim, self.shape.page_tokens
+        host_rows, pool_rows = [], []
+        for job in jobs:
+            n = job.placement.n_tokens
+            bases = torch.tensor(job.placement.offsets, dtype=torch.long)
+            if bool((bases % width).any()):
+                raise RuntimeError(f"host extent offsets {job.placement.offsets} are not whole rows of {width} elements")
+            within = torch.arange(2 * n)
+            host_rows.append(bases[:, None] // width + within[None, :])
+            position = torch.arange(n)
+            pages = torch.as_tensor(job.pages, dtype=torch.long)[position // page_tokens]
+            k_rows = pages * (2 * page_tokens) + position % page_tokens
+            pool_rows.append(torch.cat([k_rows, k_rows + page_tokens]))
+        host = torch.cat(host_rows, dim=1)
+        dtype = torch.int32 if int(host.max()) < 2**31 else torch.long
+        return to_device_async(host.to(dtype), device), to_device_async(torch.cat(pool_rows).to(dtype), device)
+
+    def load_layers(self, jobs, views, pool, non_blocking, layer_done):
+        if not jobs:
+            for layer in range(self.shape.layers):
+                layer_done(layer)
+            return
+        host_rows, pool_rows = self._indices(jobs, pool.device)
+        arena_rows = self._rows(self.arena.buffer)
+        for layer in range(self.shape.layers):
+            kernels.copy_rows(arena_rows, host_rows[layer], self._rows(pool.layer(layer)), pool_rows)
+            layer_done(layer)
+
+    def store(self, job, views, pool, non_blocking):
+        self.store_many([job], [views], pool, non_blocking)
+
+    def store_many(self, jobs, views, pool, non_blocking):
+        host_rows, pool_rows = self._indices(jobs, pool.device)
+        arena_rows = self._rows(self.arena.buffer)
+        for layer in range(self.shape.layers):
+            kernels.copy_rows(self._rows(pool.layer(layer)), pool_rows, arena_rows, host_rows[layer])
+
+
+LAYOUTS: dict[str, type[HostLayout]] = {cls.name: cls for cls in (PagedLayout, UserLayout, HybridLayout, ZeroCopyLayout)}
 LAYOUT_NAMES: tuple[str, ...] = tuple(LAYOUTS)
 
 

@@ -1,19 +1,26 @@
 """The two-tier KV cache: GPU paged pool + host arena, each with a replacement policy.
 
 Per batch, the replay engine calls, in order:
-1. `plan(requests, first_index)` (for the *queued* batch when the pipeline looks ahead): pins every
-   key of the batch in both policies, classifies each request (gpu_hit / host_hit / miss / stale),
-   promotes host hits (GPU pages allocated, evicting unpinned entries; loads issued on the load
-   stream with one event per layer) and returns a `BatchPlan`.
-2. `refresh(plan)` just before the batch computes: a planned miss whose key the previous batch
-   admitted meanwhile becomes a GPU hit; failed or timed-out loads fall back to recomputing.
-3. `prefix(plan, rows, layer)` inside the batch's ONE cached forward (hits and misses together):
-   waits (device-side) on layer `layer` of the loads the batch needs, then returns a
-   `kernels.PagedPrefix` straight over the pool (hits: their pages; misses: length 0).
-4. `admit(plan, rows, k, v, offsets)` after that forward, with the misses' freshly computed static
-   K/V: they go into fresh pool pages (one scatter per layer), then, in tiered mode, are written
-   through to the host on the write-back stream.
-5. `release(plan)`: unpins, drops stale entries that were in flight, fences the side streams.
+1. `plan(requests, first_index, next_uses, load_budget_bytes)` (for the *queued* batch when the
+   pipeline looks ahead): pins every key of the batch in both policies and classifies each request:
+   - gpu_hit: the entry is in the pool;
+   - host_hit: the entry is on the host and is loaded into fresh pool pages (loads issued now on the
+     load stream, one event per layer);
+   - host_recompute: the entry is on the host, but loading it would exceed the batch's load budget
+     (bytes the link moves while the GPU computes a batch), so the forward recomputes the prefix and
+     stores it into fresh pool pages instead; the copy stays on the host;
+   - miss / stale (stale: an older static version of the user was cached): the forward computes the
+     prefix and stores it into fresh pool pages, when the GPU policy admits it.
+   Pool pages of every entry the batch computes are allocated here, so the forward writes K/V straight
+   into them (`MTGR.forward_pooled`); `BatchPlan.stores` lists them.
+2. `refresh(plan)` just before the batch computes: failed or timed-out loads fall back to recomputing;
+   collects the loads (this or earlier batches) the batch's hits must wait for.
+3. `pool_inputs(plan)`: the batch's page table and prefix lengths (hits read their pages, the rest
+   length 0) and the pages each computed entry is stored into; `wait_layer(plan, l)` inside the
+   forward makes the compute stream wait for layer l of those loads.
+4. `release(plan)` once the forward is issued: writes the batch's new entries through to the host (on
+   the write-back stream, after the forward), counts outcomes, unpins, drops stale entries that were
+   in flight and fences the side streams.
 
 Hierarchy: inclusive write-through. Every entry admitted to the GPU is copied to the host (off the
 critical path); GPU eviction ("demotion") then costs no copy. An entry counts as on the host only
@@ -40,6 +47,7 @@ from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
 
 CACHE_MODES = ("none", "gpu", "tiered")
+HIT_OUTCOMES = ("gpu_hit", "host_hit")  # the forward reads the prefix from the pool
 Key = tuple[int, int]
 
 
@@ -101,6 +109,7 @@ class CacheStats:
     requests: int = 0
     gpu_hits: int = 0
     host_hits: int = 0
+    host_recomputes: int = 0
     misses: int = 0
     stale: int = 0
     static_tokens: int = 0
@@ -123,6 +132,7 @@ class BatchPlan:
     first_index: int
     outcomes: list[str]
     load: LoadHandle | None = None
+    stores: dict[int, "GpuEntry"] = field(default_factory=dict)  # request row -> entry its forward computes
     waits: list[LoadHandle] = field(default_factory=list)  # loads (this or earlier batches) hits depend on
     stalls: list = field(default_factory=list)  # (before, after) CUDA events around each device-side wait
     load_seconds: float = 0.0  # host time issuing this batch's loads (the copies themselves on the CPU)
@@ -178,8 +188,8 @@ class CacheManager:
 
     # ------------------------------------------------------------------ 1. plan
     def plan(self, requests: Sequence[RequestKey], first_index: int,
-             next_uses: Sequence[int] | None = None) -> BatchPlan:
-        """Classify and pin a batch, promoting its host hits (loads issued now)."""
+             next_uses: Sequence[int] | None = None, load_budget_bytes: int | None = None) -> BatchPlan:
+        """Classify and pin a batch, promote the host hits it loads and allocate what it computes."""
         plan = BatchPlan(list(requests), first_index, ["miss"] * len(requests))
         if self.pool is None:
             return plan
@@ -189,27 +199,51 @@ class CacheManager:
             for key in keys:
                 policy.pin(key)
             policy.hint_upcoming(keys, first_index)
+        if next_uses is not None:
+            for policy in self._policies():
+                if policy.uses_next_use:
+                    for key, next_use in zip(keys, next_uses):
+                        policy.set_next_use(key, int(next_use))
+        loads = self._loads_within_budget(requests, load_budget_bytes)
         seen: dict[Key, str] = {}
         promotions: list[tuple[Key, GpuEntry, HostEntry]] = []
         for i, request in enumerate(requests):
             key, now = request.key, first_index + i
-            if next_uses is not None:
-                for policy in self._policies():
-                    if policy.uses_next_use:
-                        policy.set_next_use(key, int(next_uses[i]))
             if key in seen:
-                plan.outcomes[i] = "miss" if seen[key] in ("miss", "stale") else seen[key]
+                plan.outcomes[i] = seen[key] if seen[key] in HIT_OUTCOMES else "miss"
                 self._touch(key, now)
                 continue
             stale = self._drop_other_versions(request)
-            outcome = self._classify(key, now, promotions)
+            outcome, store = self._classify(key, now, promotions, loads is None or key in loads)
             if outcome == "miss" and stale:
                 outcome = "stale"
+            if store and key not in self._doomed:
+                entry = self._allocate_gpu(key, request.n_static, now)
+                if entry is not None:
+                    plan.stores[i] = entry
             plan.outcomes[i] = seen[key] = outcome
         if promotions:
             plan.load = self._load(promotions)
             plan.load_seconds = plan.load.issue_seconds
         return plan
+
+    def _loads_within_budget(self, requests: Sequence[RequestKey], budget: int | None) -> set[Key] | None:
+        """Host entries of the batch worth loading: all of them without a budget; otherwise the ones
+        asked for most often in the batch (a recompute recomputes every request of the key) while
+        their bytes fit the budget. None = no limit."""
+        if budget is None or self.host_policy is None:
+            return None
+        counts: dict[Key, int] = {}
+        for request in requests:
+            if request.key not in self.gpu and request.key in self.host:
+                counts[request.key] = counts.get(request.key, 0) + 1
+        chosen: set[Key] = set()
+        for key in sorted(counts, key=lambda k: -counts[k]):
+            size = self.shape.entry_bytes(self.host[key].placement.n_tokens)
+            if size <= budget:
+                chosen.add(key)
+                budget -= size
+        return chosen
 
     def _policies(self) -> list:
         return [p for p in (self.gpu_policy, self.host_policy) if p is not None]
@@ -218,21 +252,24 @@ class CacheManager:
         for policy in self._policies():
             policy.access(key, now)
 
-    def _classify(self, key: Key, now: int, promotions: list) -> str:
+    def _classify(self, key: Key, now: int, promotions: list, load: bool) -> tuple[str, bool]:
+        """(outcome, whether the forward should compute the entry into fresh pool pages)."""
         if key in self.gpu:
             self.gpu_policy.access(key, now)
             if self.host_policy is not None:
                 self.host_policy.access(key, now)
-            return "gpu_hit"
+            return "gpu_hit", False
         host_entry = self.host.get(key)
         if host_entry is None or not host_entry.ready:
-            return "miss"
+            return "miss", True
         self.host_policy.access(key, now)
+        if not load:
+            return "host_recompute", True
         gpu_entry = self._allocate_gpu(key, host_entry.placement.n_tokens, now)
         if gpu_entry is None:
-            return "miss"
+            return "host_recompute", False  # no room in the pool: recomputed, not stored
         promotions.append((key, gpu_entry, host_entry))
-        return "host_hit"
+        return "host_hit", False
 
     def _drop_other_versions(self, request: RequestKey) -> bool:
         """Remove other static versions of the user (deferred while in flight); True if any existed."""
@@ -318,12 +355,9 @@ class CacheManager:
         failed = {job.key for job in plan.load.failed} if plan.load is not None else set()
         timed_out = self._timed_out(plan)
         for i, request in enumerate(plan.requests):
-            key = request.key
-            if plan.outcomes[i] == "host_hit" and (key in failed or key in timed_out):
+            if plan.outcomes[i] == "host_hit" and (request.key in failed or request.key in timed_out):
                 plan.outcomes[i] = "miss"
                 self.stats.transfer_fallbacks += 1
-            elif plan.outcomes[i] in ("miss", "stale") and key in self.gpu and key not in failed:
-                plan.outcomes[i] = "gpu_hit"
         waits = {id(e.load): e.load for k in {r.key for r in plan.requests} if (e := self.gpu.get(k)) and e.load}
         plan.waits = [h for h in waits.values() if not h.done()]
 
@@ -334,111 +368,70 @@ class CacheManager:
         # The copies still land later; the entries stay (with their pending load) for later batches.
         return {job.key for job in plan.load.jobs}
 
-    # ------------------------------------------------------------------ 3. prefix
-    def prefix(self, plan: BatchPlan, rows: Sequence[int], layer: int) -> kernels.PagedPrefix:
-        """Layer `layer`'s cached K/V of the plan's requests `rows` (the forward's requests, in order),
-        as pool pages: a hit's row lists its pages and has length n_static; any other row has length 0
-        (the forward computes its static tokens). The table has one fixed width (`table_width`) and
-        is built once per plan; table and lengths are int32 on the pool's device."""
+    # ------------------------------------------------------------------ 3. pool inputs
+    def pool_inputs(self, plan: BatchPlan) -> tuple[np.ndarray, np.ndarray, list[list[int] | None]]:
+        """(page_table int32 [B, table_width], lengths int32 [B], pages each request's computed prefix is
+        stored into or None): a hit reads its n_static tokens from its pages; every other request reads
+        nothing, and the first request of each entry the batch computes stores it."""
+        table = np.zeros((len(plan.requests), self.table_width), dtype=np.int32)
+        lengths = np.zeros(len(plan.requests), dtype=np.int32)
+        stores: list[list[int] | None] = [None] * len(plan.requests)
+        for i, request in enumerate(plan.requests):
+            if plan.outcomes[i] in HIT_OUTCOMES:
+                entry = self.gpu[request.key]
+                table[i, : len(entry.pages)] = entry.pages
+                lengths[i] = entry.n_tokens
+        for i, entry in plan.stores.items():
+            if plan.outcomes[i] not in HIT_OUTCOMES:
+                stores[i] = entry.pages
+        return table, lengths, stores
+
+    def wait_layer(self, plan: BatchPlan, layer: int) -> None:
+        """Make the compute stream wait (device-side) for layer `layer` of the loads the batch reads."""
         for handle in plan.waits:
             handle.wait_layer(layer, plan.stalls)
-        table, lengths = self._batch_table(plan, rows)
-        pool_layer = self.pool.layer(layer)
-        return kernels.PagedPrefix(pool_layer[:, 0], pool_layer[:, 1], table, lengths)
 
-    def _batch_table(self, plan: BatchPlan, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        cache = plan.__dict__.setdefault("_tables", {})
-        key = tuple(rows)
-        if key not in cache:
-            pages, lengths = [], []
-            for i in rows:
-                hit = plan.outcomes[i] in ("gpu_hit", "host_hit")
-                entry = self.gpu[plan.requests[i].key] if hit else None
-                pages.append(entry.pages if entry is not None else [])
-                lengths.append(entry.n_tokens if entry is not None else 0)
-            table = self.pool.page_table(pages, width=self.table_width)
-            cache[key] = (table, to_device_async(torch.tensor(lengths, dtype=torch.int32), self.device))
-        return cache[key]
-
-    # ------------------------------------------------------------------ 4. admit
-    def admit(self, plan: BatchPlan, rows: Sequence[int], static_k: Sequence[torch.Tensor],
-              static_v: Sequence[torch.Tensor], offsets: torch.Tensor | Sequence[int]) -> None:
-        """Store the freshly computed prefixes of `rows`: row rows[j]'s K/V are rows
-        offsets[j]:offsets[j+1] of static_k[l] / static_v[l] (pass host offsets to avoid a device sync).
-        One scatter per layer moves every admitted entry into its fresh pool pages."""
-        if self.pool is None:
+    def _write_through(self, entries: list[tuple[Key, GpuEntry, int]], after: torch.cuda.Event | None) -> None:
+        """Copy new entries (key, pool entry, request index) to the host, all in one transfer."""
+        jobs: list[tuple[TransferJob, GpuEntry]] = []
+        for key, entry, now in entries:
+            placement = self._admit_host(key, entry.n_tokens, now)
+            if placement is not None:
+                jobs.append((TransferJob(key, placement, entry.pages, self.pool.host_slots(entry.pages, entry.n_tokens)), entry))
+        if not jobs:
             return
-        bounds = offsets.tolist() if isinstance(offsets, torch.Tensor) else list(offsets)
-        admitted: list[tuple[Key, GpuEntry]] = []
-        token_ranges: list[tuple[int, int]] = []
-        slots: list[torch.Tensor] = []
-        for position, i in enumerate(rows):
-            request = plan.requests[i]
-            key = request.key
-            if key in self.gpu or key in self._doomed:
+        handles = self.engine.store_many([job for job, _ in jobs], after=after)
+        for (job, entry), handle in zip(jobs, handles):
+            if handle is None:
+                for offset in job.placement.offsets:
+                    self.arena.free(offset)
+                self.host_policy.remove(job.key)
+                self.stats.writeback_failures += 1
                 continue
-            entry = self._allocate_gpu(key, request.n_static, plan.first_index + i)
-            if entry is None:
-                continue
-            token_ranges.append((bounds[position], bounds[position + 1]))
-            slots.append(self.pool.host_slots(entry.pages, entry.n_tokens))
-            admitted.append((key, entry))
-        if not admitted:
-            return
-        self._scatter_admitted(static_k, static_v, token_ranges, torch.cat(slots))
-        if self.host_policy is None or not admitted:
-            return
-        written = _record_event(self.device)
-        for key, entry in admitted:
-            self._write_through(key, entry, written, plan.first_index)
+            self.stats.bytes_d2h += handle.bytes_moved
+            self.host[job.key] = HostEntry(job.placement, writeback=handle)
+            self._note_version(job.key)
+            entry.writeback = handle
+            self._pending_writebacks.append(job.key)
+            if handle.done():
+                self._finish_writeback(job.key)
 
-    def _scatter_admitted(self, static_k: Sequence[torch.Tensor], static_v: Sequence[torch.Tensor],
-                          token_ranges: list[tuple[int, int]], host_slots: torch.Tensor) -> None:
-        contiguous = all(a[1] == b[0] for a, b in zip(token_ranges, token_ranges[1:]))
-        first, last = token_ranges[0][0], token_ranges[-1][1]
-        token_index = None
-        if not contiguous:
-            token_index = to_device_async(torch.cat([torch.arange(a, b) for a, b in token_ranges]), self.device)
-        slots = to_device_async(host_slots, self.device)
-        for layer in range(self.shape.layers):
-            k, v = static_k[layer], static_v[layer]
-            if token_index is None:
-                k, v = k[first:last], v[first:last]
-            else:
-                k, v = k.index_select(0, token_index), v.index_select(0, token_index)
-            kernels.scatter_to_pages(torch.stack([k, v]), self.pool.layer(layer), slots)
-
-    def _write_through(self, key: Key, entry: GpuEntry, after: torch.cuda.Event | None, now: int) -> None:
+    def _admit_host(self, key: Key, n_tokens: int, now: int) -> HostPlacement | None:
+        """Room in the host policy and an extent in the arena for a new entry; None when not stored."""
         if key in self.host:
-            return
-        evicted = self.host_policy.admit(key, self.shape.entry_bytes(entry.n_tokens), now)
+            return None
+        evicted = self.host_policy.admit(key, self.shape.entry_bytes(n_tokens), now)
         if evicted is None:
             self.stats.host_admission_failures += 1
-            return
+            return None
         for victim in evicted:
             self._free_host(victim)
             self.stats.host_evictions += 1
-        placement = self._allocate_host(entry.n_tokens)
+        placement = self._allocate_host(n_tokens)
         if placement is None:  # fragmentation: the policy had room, the arena has no extent
             self.host_policy.remove(key)
             self.stats.host_admission_failures += 1
-            return
-        job = TransferJob(key, placement, entry.pages, self.pool.host_slots(entry.pages, entry.n_tokens))
-        handle = self.engine.store(job, after=after)
-        if handle is None:
-            for offset in placement.offsets:
-                self.arena.free(offset)
-            self.host_policy.remove(key)
-            self.stats.writeback_failures += 1
-            return
-        self.stats.bytes_d2h += handle.bytes_moved
-        host_entry = HostEntry(placement, writeback=handle)
-        self.host[key] = host_entry
-        self._note_version(key)
-        entry.writeback = handle
-        self._pending_writebacks.append(key)
-        if handle.done():
-            self._finish_writeback(key)
+        return placement
 
     def _allocate_host(self, n_tokens: int) -> HostPlacement | None:
         offsets: list[int] = []
@@ -473,10 +466,14 @@ class CacheManager:
 
     # ------------------------------------------------------------------ 5. release
     def release(self, plan: BatchPlan) -> None:
-        """The batch is issued: count its outcomes, unpin its keys, drop stale entries, fence copies."""
+        """The batch's forward is issued: write its new entries through to the host, count its outcomes,
+        unpin its keys, drop stale entries, fence copies."""
         self._count(plan)
         if self.pool is None:
             return
+        if self.host_policy is not None and plan.stores:
+            new = [(plan.requests[i].key, entry, plan.first_index + i) for i, entry in plan.stores.items()]
+            self._write_through(new, _record_event(self.device))
         for policy in self._policies():
             for request in plan.requests:
                 policy.unpin(request.key)
@@ -500,6 +497,8 @@ class CacheManager:
             elif outcome == "host_hit":
                 stats.host_hits += 1
                 stats.hit_tokens += request.n_static
+            elif outcome == "host_recompute":
+                stats.host_recomputes += 1
             elif outcome == "stale":
                 stats.stale += 1
             else:

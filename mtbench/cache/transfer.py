@@ -88,6 +88,7 @@ class TransferEngine:
     def __init__(self, pool: PagedKVPool, arena: HostArena, layout: HostLayout, sync: bool = False,
                  fault_hook: FaultHook | None = None) -> None:
         self.pool, self.arena, self.layout = pool, arena, layout
+        layout.arena = arena
         self.sync = sync
         self.fault_hook = fault_hook
         self.asynchronous = pool.device.type == "cuda" and not sync
@@ -117,7 +118,7 @@ class TransferEngine:
         ready, failed = [], []
         for job in jobs:
             try:
-                if job.slots.device != self.pool.device:
+                if self.layout.needs_device_slots and job.slots.device != self.pool.device:
                     job.slots = to_device_async(job.slots, self.pool.device)
                 if self.fault_hook is not None:
                     self.fault_hook(job, direction)
@@ -151,21 +152,30 @@ class TransferEngine:
         return LoadHandle(jobs=ready, failed=failed, layer_ready=events, bytes_moved=moved,
                           issue_seconds=time.perf_counter() - started)
 
-    def store(self, job: TransferJob, after: torch.cuda.Event | None = None) -> WritebackHandle | None:
-        """Issue the pool->host copy of one entry (after `after`); None when it could not be issued."""
+    def store_many(self, jobs: Sequence[TransferJob], after: torch.cuda.Event | None = None) -> list[WritebackHandle | None]:
+        """Issue the pool->host copies of several entries (after `after`), as one batched transfer where
+        the layout allows it; one handle per job, None for a job that could not be issued."""
         with self._stream_context(self.writeback_stream):
-            ready, _ = self._prepared([job], "store")
+            ready, _ = self._prepared(jobs, "store")
             if not ready:
-                return None
+                return [None] * len(jobs)
             if after is not None and self.asynchronous:
                 self.writeback_stream.wait_event(after)
-            self.layout.store(job, self.layout.views(self.arena, job.placement), self.pool, self.asynchronous)
+            views = [self.layout.views(self.arena, job.placement) for job in ready]
+            self.layout.store_many(ready, views, self.pool, self.asynchronous)
             event = None
             if self.asynchronous:
                 event = torch.cuda.Event()
                 event.record(self.writeback_stream)
             self._synchronize_copies()
-        return WritebackHandle(job=job, event=event, bytes_moved=self.pool.shape.bytes_per_token * job.placement.n_tokens)
+        per_token = self.pool.shape.bytes_per_token
+        handles = {id(job): WritebackHandle(job=job, event=event, bytes_moved=per_token * job.placement.n_tokens)
+                   for job in ready}
+        return [handles.get(id(job)) for job in jobs]
+
+    def store(self, job: TransferJob, after: torch.cuda.Event | None = None) -> WritebackHandle | None:
+        """`store_many` of one job."""
+        return self.store_many([job], after)[0]
 
 
 class _NullContext:

@@ -39,12 +39,18 @@ def _resolve_auto(device: str, dtype: str) -> tuple[str, str]:
     return str(torch_device), dtype
 
 
+def _load_budget(text: str) -> str | int:
+    if text in ("auto", "all"):
+        return text
+    return parse_size(text, "--load-budget (auto, all or a size)")
+
+
 def replay(
     trace: Path = typer.Argument(..., help="Trace parquet file (see traces/README.md)."),
     model: str = typer.Option("large", "--model", help="Model preset: tiny, mini, small, medium, large."),
     policy: str = typer.Option("lru", "--policy", help="Replacement policy of both tiers (as compare-policies)."),
-    layout: str = typer.Option("hybrid", "--layout", help="Host layout: paged, user or hybrid."),
-    layouts: Optional[str] = typer.Option(None, "--layouts", help="Compare several layouts: paged,user,hybrid."),
+    layout: str = typer.Option("hybrid", "--layout", help="Host layout: paged, user, hybrid or zerocopy."),
+    layouts: Optional[str] = typer.Option(None, "--layouts", help="Compare several layouts: paged,user,hybrid,zerocopy."),
     cache: str = typer.Option("tiered", "--cache", help="none | gpu | tiered."),
     gpu_cache: str = typer.Option("64MiB", "--gpu-cache", help="GPU tier capacity (4GiB, 512MB, ...)."),
     host_cache: str = typer.Option("256MiB", "--host-cache", help="Host tier capacity."),
@@ -59,6 +65,11 @@ def replay(
     warmup: int = typer.Option(0, "--warmup", help="Leave the batches of the first N requests out of the figures."),
     page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU pool page."),
     seed: int = typer.Option(0, "--seed", help="Model weights and verify sampling seed."),
+    load_budget: str = typer.Option("auto", "--load-budget",
+                                    help="Host-hit bytes loaded per batch: auto (what PCIe moves while the GPU computes "
+                                         "a batch; the rest are recomputed), all, or a size (2GiB)."),
+    cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs",
+                                     help="Replay the cached forward's layers as CUDA graphs (CUDA only)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default reports/runs/replay-<time>)."),
 ) -> None:
     """Replay a trace through the real GPU/host KV cache and MTGR, and write a report directory."""
@@ -75,7 +86,8 @@ def replay(
         gpu_capacity=parse_size(gpu_cache, "--gpu-cache"), host_capacity=parse_size(host_cache, "--host-cache"),
         sync=sync, baseline=baseline, verify=verify,
         options=ReplayOptions(batch_size=batch_size, window=window, max_requests=max_requests, warmup=warmup,
-                              page_tokens=page_tokens, seed=seed),
+                              page_tokens=page_tokens, seed=seed, cuda_graphs=cuda_graphs,
+                              load_budget=_load_budget(load_budget)),
     )
     if out is not None:
         validate_out_dir(out)

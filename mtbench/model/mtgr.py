@@ -32,6 +32,7 @@ from mtbench.errors import MtbenchError
 from mtbench.model.batch import N_GROUPS, RequestBatch
 from mtbench.model.config import MTGRConfig
 
+
 PrefixForLayer = Callable[[int], Prefix | None]
 
 
@@ -77,7 +78,26 @@ class StaticKV:
 
 
 @dataclass(frozen=True)
-class _RowLayout:
+class PoolIO:
+    """How a serving forward (`forward_pooled`) reads cached prefixes from, and stores new ones into,
+    a GPU page pool `kv` [layers, pages, 2, P, H, D].
+
+    Request b's first lengths[b] static tokens are read at every layer from pages page_table[b]
+    (int32 [B, W]; a hit has lengths[b] = n_static, a miss 0). Computed row t's K and V are written at
+    every layer l to rows store_k_rows[t] and store_v_rows[t] of `kv[l].view(-1, H * D)` (int32 [T]; -1 =
+    not stored); `src_rows` is arange(T) (int32), the rows being read. Every tensor lives on kv's device.
+    """
+
+    kv: torch.Tensor
+    page_table: torch.Tensor
+    lengths: torch.Tensor
+    store_k_rows: torch.Tensor
+    store_v_rows: torch.Tensor
+    src_rows: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RowLayout:
     """What attention and GLN need to know about the computed rows of one pass."""
 
     offsets: torch.Tensor
@@ -88,7 +108,7 @@ class _RowLayout:
 
     @classmethod
     def kernel_ready(cls, offsets: torch.Tensor, n_new_static: torch.Tensor, n_rt: torch.Tensor,
-                     group_ids: torch.Tensor, row_scale: torch.Tensor | None) -> "_RowLayout":
+                     group_ids: torch.Tensor, row_scale: torch.Tensor | None) -> "RowLayout":
         """Counts as int32 once per forward: the kernels take int32, and converting them in every layer
         would add a few launches per layer to a forward that is bound by launch overhead on the GPU."""
         as_int32 = (lambda t: t.to(torch.int32))
@@ -127,7 +147,7 @@ class HSTULayer(nn.Module):
         self.impl = cfg.kernel_impl
 
     def forward(
-        self, x: torch.Tensor, rows: _RowLayout, spec: AttentionSpec, get_prefix: Callable[[], Prefix | None],
+        self, x: torch.Tensor, rows: RowLayout, spec: AttentionSpec, get_prefix: Callable[[], Prefix | None],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [T, d] -> (new x [T, d], k [T, H, D], v [T, H, D])."""
         heads = (self.n_heads, self.head_dim)
@@ -214,8 +234,8 @@ class MTGR(nn.Module):
         if capture_prefix:
             self._require_cache_safe("forward(capture_prefix=True)")
         rows = self._row_layout(batch, total_normaliser=self.cfg.normalizer == "total")
-        hidden, captured = self._run(self._embed(batch), rows, batch, None, capture=capture_prefix)
-        scores = self._score(hidden, batch)
+        hidden, captured = self._run(self.embed(batch), rows, batch, None, capture=capture_prefix)
+        scores = self.score(hidden, batch)
         return (scores, captured) if capture_prefix else scores
 
     @torch.no_grad()
@@ -226,9 +246,9 @@ class MTGR(nn.Module):
             raise MtbenchError("MTGR.encode_prefix encodes whole prefixes but the batch has cached static tokens; "
                                "use forward_cached(..., capture_new_static=True) to extend a prefix")
         static = batch.static_rows
-        rows = _RowLayout.kernel_ready(batch.new_static_offsets, batch.n_new_static, torch.zeros_like(batch.n_rt),
+        rows = RowLayout.kernel_ready(batch.new_static_offsets, batch.n_new_static, torch.zeros_like(batch.n_rt),
                                        batch.group_ids[static], None)
-        _, captured = self._run(self._embed(batch)[static], rows, batch, None, capture=True, capture_all=True)
+        _, captured = self._run(self.embed(batch)[static], rows, batch, None, capture=True, capture_all=True)
         return captured
 
     @torch.no_grad()
@@ -247,10 +267,37 @@ class MTGR(nn.Module):
         self._require_cache_safe("forward_cached")
         self._require_exact_prefix(batch)
         rows = self._row_layout(batch, total_normaliser=False)
-        hidden, captured = self._run(self._embed(batch), rows, batch, prefix_for_layer, capture=capture_new_static,
+        hidden, captured = self._run(self.embed(batch), rows, batch, prefix_for_layer, capture=capture_new_static,
                                      check_prefix=check_prefix)
-        scores = self._score(hidden, batch)
+        scores = self.score(hidden, batch)
         return (scores, captured) if capture_new_static else scores
+
+    @torch.no_grad()
+    def forward_pooled(self, batch: RequestBatch, rows: "RowLayout", pool: PoolIO,
+                       before_layer: Callable[[int], None] | None = None) -> Scores:
+        """The serving forward: hits read their prefix from the pool, misses compute theirs and store its
+        K/V into the pool rows `pool` names, layer by layer, inside the same pass (no capture, no copy
+        afterwards). `rows` is the batch's row layout on the device (`mtbench.model.pooled` builds it and
+        `pool` in one upload); `before_layer(l)` runs just before layer l (the cache makes the stream
+        wait there for layer l's host loads)."""
+        self._require_cache_safe("forward_pooled")
+        self._require_exact_prefix(batch)
+        hidden = self.embed(batch)
+        for index in range(len(self.layers)):
+            if before_layer is not None:
+                before_layer(index)
+            hidden = self.pooled_layer(index, hidden, rows, pool)
+        return self.score(hidden, batch)
+
+    def pooled_layer(self, index: int, x: torch.Tensor, rows: "RowLayout", pool: PoolIO) -> torch.Tensor:
+        """Layer `index` of `forward_pooled`: attention over the pool prefix, then the stores of new K/V."""
+        layer_kv = pool.kv[index]
+        prefix = PagedPrefix(layer_kv[:, 0], layer_kv[:, 1], pool.page_table, pool.lengths)
+        x, k, v = self.layers[index](x, rows, self.attention_spec, lambda: prefix)
+        token_rows = layer_kv.view(-1, self.cfg.n_heads * self.cfg.head_dim)
+        kernels.copy_rows(k.flatten(1), pool.src_rows, token_rows, pool.store_k_rows)
+        kernels.copy_rows(v.flatten(1), pool.src_rows, token_rows, pool.store_v_rows)
+        return x
 
     # ---- internals -------------------------------------------------------------------------------
 
@@ -270,17 +317,17 @@ class MTGR(nn.Module):
                     f"n_static={r.n_static}; with bidirectional history every static token sees all static tokens, "
                     "so a partial prefix is not exact (cache the whole prefix, or use history='causal')")
 
-    def _row_layout(self, batch: RequestBatch, total_normaliser: bool) -> _RowLayout:
+    def _row_layout(self, batch: RequestBatch, total_normaliser: bool) -> RowLayout:
         row_scale = None
         if total_normaliser:
             total = (batch.n_static + batch.n_rt + batch.n_cand).to(self.dtype)
             lengths = batch.offsets[1:] - batch.offsets[:-1]
             row_scale = total.reciprocal().repeat_interleave(lengths, output_size=batch.num_rows)[:, None, None]
-        return _RowLayout.kernel_ready(batch.offsets, batch.n_new_static, batch.n_rt, batch.group_ids, row_scale)
+        return RowLayout.kernel_ready(batch.offsets, batch.n_new_static, batch.n_rt, batch.group_ids, row_scale)
 
-    def _embed(self, batch: RequestBatch) -> torch.Tensor:
-        """Token embeddings [T, d_model] of every computed row."""
-        x = torch.empty(batch.num_rows, self.cfg.d_model, dtype=self.dtype, device=self.device)
+    def embed(self, batch: RequestBatch, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings [T, d_model] of every computed row (written into `out` when given)."""
+        x = out if out is not None else torch.empty(batch.num_rows, self.cfg.d_model, dtype=self.dtype, device=self.device)
         x.index_copy_(0, batch.user.rows, self.user_proj(self.user_table(batch.user.ids[:, 0])))
         for group, mlp in ((batch.static_seq, self.static_mlp), (batch.realtime, self.rt_mlp)):
             ids = group.ids
@@ -294,7 +341,7 @@ class MTGR(nn.Module):
         return x
 
     def _run(
-        self, x: torch.Tensor, rows: _RowLayout, batch: RequestBatch, prefix_for_layer: PrefixForLayer | None,
+        self, x: torch.Tensor, rows: RowLayout, batch: RequestBatch, prefix_for_layer: PrefixForLayer | None,
         capture: bool, capture_all: bool = False, check_prefix: bool = False,
     ) -> tuple[torch.Tensor, StaticKV | None]:
         """All layers over rows `x`; captures K/V of the static rows (all rows when capture_all)."""
@@ -332,7 +379,7 @@ class MTGR(nn.Module):
         if check_lengths and not torch.equal(lengths.to(batch.device, torch.long), batch.n_cached):
             raise MtbenchError(f"{where} has lengths {lengths.tolist()} but the batch caches {batch.n_cached.tolist()}")
 
-    def _score(self, hidden: torch.Tensor, batch: RequestBatch) -> Scores:
+    def score(self, hidden: torch.Tensor, batch: RequestBatch) -> Scores:
         logits = self.head(self.head_norm(hidden[batch.cand.rows]))
         probs = torch.sigmoid(logits.float())
         ctr = probs[:, 0]

@@ -35,17 +35,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtbench.cache.manager import BatchPlan, CacheConfig, CacheManager, CacheStats, RequestKey, next_use_indices
+from mtbench.cache.manager import (
+    HIT_OUTCOMES, BatchPlan, CacheConfig, CacheManager, CacheStats, RequestKey, next_use_indices,
+)
 from mtbench.cache.pool import KVShape
 from mtbench.cache.transfer import FaultHook
-from mtbench.model import MTGR, RequestSpec, build_batch
+from mtbench.model import MTGR, RequestBatch, RequestSpec, build_batch
+from mtbench.model.pooled import DeviceArange, LayerGraphs, PooledInputs, graphs_supported, pooled_forward
 from mtbench.replay.batching import TraceBatch, iter_batches
 from mtbench.replay.device_batch import batch_to_device
 from mtbench.replay.prewarm import prewarm
 from mtbench.trace import Trace
 
 PCIE_GBPS = 52.0  # DESIGN.md section 7: one large pinned copy, either direction
-HIT_OUTCOMES = ("gpu_hit", "host_hit")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class ReplayOptions:
     verify_sample: int = 0  # cached scores of this many requests are kept for --verify
     keep_all_scores: bool = False  # tests: keep every request's scores
     seed: int = 0
+    cuda_graphs: bool = True  # graph the cached forward's layer stack on CUDA (mtbench.model.pooled)
+    # Host hits loaded per batch: "auto" = the bytes the link moves (PCIE_GBPS) while the GPU computes
+    # one batch (recent batches' device time), the rest are recomputed; "all" = load every host hit;
+    # or a fixed byte budget per batch.
+    load_budget: str | int = "auto"
 
 
 @dataclass
@@ -137,10 +144,16 @@ class _Recorder:
         self.compute_ms = 0.0
         self.load_ms = 0.0
         self.cache_ms = 0.0
+        self.recent_compute_ms: float | None = None  # moving average of batches' device time, stalls excluded
 
     def resolve(self, timing: _BatchTiming) -> None:
         clock, batch, plan = self.clock, timing.batch, timing.plan
         batch_ms = clock.ms(timing.start, timing.end)
+        if clock.cuda:
+            stall = sum(before.elapsed_time(after) for before, after in plan.stalls)
+            compute = batch_ms - stall
+            previous = self.recent_compute_ms
+            self.recent_compute_ms = compute if previous is None else 0.8 * previous + 0.2 * compute
         if not timing.warmup:
             self.batch_ms.append(batch_ms)
             if clock.cuda:
@@ -187,6 +200,9 @@ class _BatchRunner:
         self._warm_stats: CacheStats | None = None
         self._pending: list[_BatchTiming] = []
         self._host_cache_seconds = 0.0
+        self.arange = DeviceArange()
+        use_graphs = options.cuda_graphs and self.manager.pool is not None and graphs_supported(model)
+        self.graphs = LayerGraphs(options.batch_size) if use_graphs else None
 
     def _next_uses(self) -> np.ndarray | None:
         policies = [p for p in (getattr(self.manager, "gpu_policy", None), getattr(self.manager, "host_policy", None)) if p]
@@ -240,7 +256,19 @@ class _BatchRunner:
     def _plan(self, batch: TraceBatch) -> BatchPlan:
         requests = [RequestKey(int(u), int(v), int(n)) for u, v, n in zip(batch.user_id, batch.static_version, batch.n_static)]
         next_uses = self.next_uses[batch.request_index] if self.next_uses is not None else None
-        return self._cache_call(self.manager.plan, requests, batch.first_index, next_uses)
+        return self._cache_call(self.manager.plan, requests, batch.first_index, next_uses, self._load_budget())
+
+    def _load_budget(self) -> int | None:
+        """Bytes of host hits the next batch may load (see ReplayOptions.load_budget); None = all."""
+        budget = self.options.load_budget
+        if budget == "all" or self.manager.arena is None:
+            return None
+        if budget != "auto":
+            return int(budget)
+        recent = self.recorder.recent_compute_ms
+        if not self.clock.cuda or self.cache_config.sync or recent is None:
+            return None
+        return int(PCIE_GBPS * 1e6 * recent)
 
     def _execute(self, batch: TraceBatch, plan: BatchPlan, warmup: bool, start: object) -> None:
         manager = self.manager
@@ -264,25 +292,39 @@ class _BatchRunner:
             self.recorder.resolve(timing)
 
     def _forward(self, batch: TraceBatch, plan: BatchPlan) -> None:
-        """The batch's one forward (see the module docstring) and the admission of its misses."""
-        rows = list(range(len(batch)))
-        hits = [outcome in HIT_OUTCOMES for outcome in plan.outcomes]
+        """The batch's one forward (see the module docstring); misses store their prefix as they go."""
         specs = [RequestSpec(int(batch.user_id[i]), int(batch.static_version[i]), int(batch.request_index[i]),
                              int(batch.n_static[i]), int(batch.n_rt[i]), int(batch.n_cand[i]),
-                             n_cached=int(batch.n_static[i]) if hits[i] else 0) for i in rows]
-        model_batch = batch_to_device(build_batch(specs, self.model.cfg, "cpu"), self.device)
+                             n_cached=int(batch.n_static[i]) if plan.outcomes[i] in HIT_OUTCOMES else 0)
+                 for i in range(len(batch))]
+        host_batch = build_batch(specs, self.model.cfg, "cpu")
+        model_batch = batch_to_device(host_batch, self.device)
         if self.manager.pool is None:
             scores = self.model(model_batch)
         else:
-            scores, new_static = self.model.forward_cached(
-                model_batch, lambda layer: self.manager.prefix(plan, rows, layer), capture_new_static=True,
-                check_prefix=not self.clock.cuda)
-            misses = [i for i in rows if not hits[i]]
-            if misses:
-                # Captured rows are the misses' static tokens, request after request (hits compute none).
-                bounds = np.concatenate([[0], np.cumsum(batch.n_static[misses])]).tolist()
-                self._cache_call(self.manager.admit, plan, misses, new_static.k, new_static.v, bounds)
+            inputs = self._pooled_inputs(host_batch, plan)
+            scores = pooled_forward(self.model, model_batch, inputs, self.arange,
+                                    lambda layer: self.manager.wait_layer(plan, layer), self.graphs)
         self._sample(batch, plan, specs, scores)
+
+    def _pooled_inputs(self, host_batch: RequestBatch, plan: BatchPlan) -> PooledInputs:
+        """The cache's page table, prefix lengths and store rows for the batch's computed rows."""
+        table, lengths, stores = self._cache_call(self.manager.pool_inputs, plan)
+        if not np.array_equal(lengths, host_batch.n_cached.numpy()):
+            raise RuntimeError(f"cache and batch disagree on cached prefixes: {lengths.tolist()} vs "
+                               f"{host_batch.n_cached.tolist()}")
+        offsets = host_batch.offsets.numpy()
+        store_k = np.full(int(offsets[-1]), -1, dtype=np.int32)
+        page_tokens = self.manager.shape.page_tokens
+        for i, pages in enumerate(stores):
+            if pages is not None:
+                position = np.arange(host_batch.requests[i].n_static)
+                rows = np.asarray(pages, dtype=np.int32)[position // page_tokens] * (2 * page_tokens) + position % page_tokens
+                store_k[offsets[i]: offsets[i] + len(position)] = rows
+        store_v = np.where(store_k >= 0, store_k + page_tokens, -1).astype(np.int32)
+        as32 = (lambda t: t.numpy().astype(np.int32))
+        return PooledInputs(self.manager.pool.kv, as32(host_batch.offsets), as32(host_batch.n_new_static),
+                            as32(host_batch.n_rt), lengths, table, as32(host_batch.group_ids), store_k, store_v)
 
     # ---------------------------------------------------------------- scores kept for verification
     def _sample(self, batch: TraceBatch, plan: BatchPlan, specs: list[RequestSpec], scores) -> None:
@@ -332,6 +374,8 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     timed = records[~records["warmup"]] if len(records) else records
     row = _summary_row(label, cache, stats, timed, recorder, seconds, requests, candidates)
     row["host_fragmentation"] = runner.manager.host_fragmentation()
+    row["graph_captures"] = runner.graphs.captures if runner.graphs is not None else 0
+    row["graphed_batches"] = runner.graphs.replays if runner.graphs is not None else 0
     samples = {index: replace(s, ctr=s.ctr.float().cpu(), ctcvr=s.ctcvr.float().cpu()) for index, s in runner.samples.items()}
     return RunResult(label, cache, records, row, samples, stats)
 
@@ -358,8 +402,9 @@ def _summary_row(label: str, cache: CacheConfig, stats: CacheStats, timed: pd.Da
         "gpu_capacity": cache.gpu_capacity if cache.mode != "none" else 0,
         "host_capacity": cache.host_capacity if cache.mode == "tiered" else 0,
         "requests": stats.requests, "gpu_hits": stats.gpu_hits, "host_hits": stats.host_hits,
-        "misses": stats.misses, "stale": stats.stale,
+        "host_recomputes": stats.host_recomputes, "misses": stats.misses, "stale": stats.stale,
         "hit_ratio": ratio(stats.gpu_hits + stats.host_hits, stats.requests),
+        "lookup_hit_ratio": ratio(stats.gpu_hits + stats.host_hits + stats.host_recomputes, stats.requests),
         "gpu_hit_ratio": ratio(stats.gpu_hits, stats.requests),
         "token_hit_ratio": ratio(stats.hit_tokens, stats.static_tokens),
         "bytes_h2d": stats.bytes_h2d, "bytes_d2h": stats.bytes_d2h,

@@ -4,8 +4,8 @@ Triton compiles one kernel per specialisation of its integer arguments (== 1, di
 and constexprs (CHUNK_B follows the batch size's power of two), so a batch of a new size class or a
 token count of a new class compiles (seconds) the first time it is seen. `prewarm` derives the
 batch-size classes from the replay's own batches and runs, per class and token-count class, one
-tiny forward through the path the replay takes (plain forward without a cache; mixed hit/miss
-`forward_cached` with a paged prefix over the pool otherwise), then the page scatter and gather per
+tiny forward through the path the replay takes (plain forward without a cache; the eager pooled
+forward with a mixed hit/miss batch otherwise; graphed buckets compile nothing new), then the page scatter and gather per
 token-count class, one host load and store, and grows the load staging buffer to its largest use.
 It only writes free pool pages and free host extents, and leaves the cache state as it found it.
 """
@@ -21,6 +21,7 @@ import kernels
 from mtbench.cache.layouts import HostPlacement, TransferJob
 from mtbench.cache.manager import CacheManager
 from mtbench.model import MTGR, RequestSpec, build_batch
+from mtbench.model.pooled import DeviceArange, PooledInputs, pooled_forward
 from mtbench.replay.batching import iter_batches
 from mtbench.replay.device_batch import batch_to_device
 from mtbench.trace import Trace
@@ -62,15 +63,14 @@ def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_to
             if manager.pool is None:
                 model(batch_to_device(build_batch([replace(s, n_cached=0) for s in specs], model.cfg, "cpu"), device))
                 continue
-            table = torch.zeros((size, manager.table_width), dtype=torch.int32, device=device)
-            lengths = torch.tensor([s.n_cached for s in specs], dtype=torch.int32, device=device)
-
-            def prefix(layer: int) -> kernels.PagedPrefix:
-                pool_layer = manager.pool.layer(layer)
-                return kernels.PagedPrefix(pool_layer[:, 0], pool_layer[:, 1], table, lengths)
-
-            batch = batch_to_device(build_batch(specs, model.cfg, "cpu"), device)
-            model.forward_cached(batch, prefix, capture_new_static=True, check_prefix=False)
+            host_batch = build_batch(specs, model.cfg, "cpu")
+            as32 = (lambda t: t.numpy().astype(np.int32))
+            no_store = np.full(host_batch.num_rows, -1, dtype=np.int32)
+            inputs = PooledInputs(manager.pool.kv, as32(host_batch.offsets), as32(host_batch.n_new_static),
+                                  as32(host_batch.n_rt), as32(host_batch.n_cached),
+                                  np.zeros((size, manager.table_width), dtype=np.int32), as32(host_batch.group_ids),
+                                  no_store, no_store)
+            pooled_forward(model, batch_to_device(host_batch, device), inputs, DeviceArange())
 
 
 def _warm_page_copies(manager: CacheManager) -> None:

@@ -56,7 +56,8 @@ class ReplaySetup:
             "gpu_cache": self.gpu_capacity, "host_cache": self.host_capacity, "sync": self.sync,
             "baseline": self.baseline, "verify": self.verify, "batch_size": options.batch_size,
             "window": options.window, "max_requests": options.max_requests, "warmup": options.warmup,
-            "page_tokens": options.page_tokens, "seed": options.seed,
+            "page_tokens": options.page_tokens, "seed": options.seed, "cuda_graphs": options.cuda_graphs,
+            "load_budget": options.load_budget,
             "hierarchy": "inclusive write-through", "lookahead": not self.sync,
         }
 

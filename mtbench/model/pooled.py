@@ -1,0 +1,214 @@
+"""Serving plumbing around `MTGR.forward_pooled`: one upload of a batch's int32 inputs, and CUDA graphs.
+
+`PooledInputs` is what the cache decides for one batch, on the host (numpy int32): the batch's row
+layout (offsets, n_new_static, n_rt, group_ids) and its pool reads and writes (page_table, lengths,
+store_k_rows, store_v_rows; see `PoolIO`). `pooled_forward` runs the batch:
+
+- eager: the arrays travel to the device in ONE pinned, non-blocking copy (`PooledInputs.upload`),
+  then `MTGR.forward_pooled` launches the layers one op at a time;
+- graphed (`LayerGraphs`, CUDA only): the layer stack is captured once per padded shape as one CUDA
+  graph per layer, so a batch costs one graph launch per layer instead of ~10 kernel launches and
+  their Python overhead (the cached forward is otherwise bound by the host, not the GPU). Shapes are
+  padded: requests to `max_requests + 1`, rows up to a multiple of `row_bucket`. The padding rows
+  form one extra request of candidates with no history and no prefix, so every padding row attends
+  only to itself and no real row ever sees one; the other padding requests have no rows. Host loads
+  are still waited for layer by layer: `before_layer(l)` runs before graph l is launched.
+
+Exactness: graphs replay the very kernels the eager path launches, on the same rows; only the GEMMs
+see a few more (padding) rows, which changes no real row's result beyond bf16 rounding of the GEMM
+algorithm choice. The replay's `--verify` checks the precision rule on graphed batches like any other.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mtbench.model.batch import GROUP_C, RequestBatch
+from mtbench.model.mtgr import MTGR, PoolIO, RowLayout, Scores
+
+_FIELDS = ("offsets", "n_new_static", "n_rt", "lengths", "page_table", "group_ids", "store_k_rows", "store_v_rows")
+
+
+@dataclass(frozen=True)
+class PooledInputs:
+    """One batch's int32 inputs on the host: B requests, T computed rows, page tables W pages wide."""
+
+    kv: torch.Tensor
+    offsets: np.ndarray  # [B + 1]
+    n_new_static: np.ndarray  # [B]
+    n_rt: np.ndarray  # [B]
+    lengths: np.ndarray  # [B] cached static tokens read from the pool
+    page_table: np.ndarray  # [B, W]
+    group_ids: np.ndarray  # [T]
+    store_k_rows: np.ndarray  # [T], -1 = not stored
+    store_v_rows: np.ndarray  # [T]
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.offsets[-1])
+
+    def padded(self, requests: int, rows: int) -> "PooledInputs":
+        """The same batch padded to `requests` requests and `rows` rows (see the module docstring)."""
+        extra_requests, extra_rows = requests - self.num_requests, rows - self.num_rows
+        if extra_requests < 1 or extra_rows < 0:
+            raise ValueError(f"cannot pad {self.num_requests} requests / {self.num_rows} rows to {requests} / {rows}")
+        offsets = np.concatenate([self.offsets, np.full(extra_requests, self.num_rows, np.int32)])
+        offsets[-1] = rows
+        zeros, minus = np.zeros(extra_requests, np.int32), np.full(extra_rows, -1, np.int32)
+        table = np.zeros((requests, self.page_table.shape[1]), np.int32)
+        table[: self.num_requests] = self.page_table
+        return PooledInputs(
+            self.kv, offsets, np.concatenate([self.n_new_static, zeros]), np.concatenate([self.n_rt, zeros]),
+            np.concatenate([self.lengths, zeros]), table,
+            np.concatenate([self.group_ids, np.full(extra_rows, GROUP_C, np.int32)]),
+            np.concatenate([self.store_k_rows, minus]), np.concatenate([self.store_v_rows, minus]))
+
+    def packed(self) -> np.ndarray:
+        return np.concatenate([np.ascontiguousarray(getattr(self, name), dtype=np.int32).reshape(-1) for name in _FIELDS])
+
+    def views(self, packed: torch.Tensor, src_rows: torch.Tensor) -> tuple[RowLayout, PoolIO]:
+        """Row layout and pool IO as views into `packed` (a device copy of `packed()`)."""
+        sizes = [getattr(self, name).size for name in _FIELDS]
+        parts = dict(zip(_FIELDS, packed.split(sizes)))
+        rows = RowLayout(parts["offsets"], parts["n_new_static"], parts["n_rt"], parts["group_ids"], None)
+        pool = PoolIO(self.kv, parts["page_table"].view(self.page_table.shape), parts["lengths"],
+                      parts["store_k_rows"], parts["store_v_rows"], src_rows[: self.num_rows])
+        return rows, pool
+
+    def upload(self, arange: "DeviceArange") -> tuple[RowLayout, PoolIO]:
+        """Everything on kv's device in one copy (pinned and non-blocking on CUDA)."""
+        host = torch.from_numpy(self.packed())
+        device = self.kv.device
+        packed = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+        return self.views(packed, arange.get(self.num_rows, device))
+
+
+class DeviceArange:
+    """A cached int32 arange on the device (the source rows of the K/V stores), grown on demand."""
+
+    def __init__(self) -> None:
+        self._values: torch.Tensor | None = None
+
+    def get(self, n: int, device: torch.device) -> torch.Tensor:
+        if self._values is None or self._values.numel() < n or self._values.device != device:
+            self._values = torch.arange(max(n, 1024) * 2, dtype=torch.int32, device=device)
+        return self._values[:n]
+
+
+@dataclass
+class _Bucket:
+    """Static buffers and graphs of one padded shape; graphs[l] reads x_in (l = 0) or the previous
+    graph's output and writes the next; `hidden` is the last layer's output."""
+
+    inputs_shape: tuple[int, int, int]
+    packed: torch.Tensor
+    x_in: torch.Tensor
+    rows: RowLayout
+    pool: PoolIO
+    graphs: list[torch.cuda.CUDAGraph]
+    hidden: torch.Tensor
+
+
+class LayerGraphs:
+    """CUDA graphs of an MTGR layer stack, one bucket per padded (rows, table width) shape.
+
+    Invariants: buckets are keyed by (rows, width) with rows a multiple of `row_bucket` and at most
+    `max_rows`; every bucket pads requests to `max_requests + 1`; at most `max_buckets` are kept
+    (least recently used dropped first). A bucket is captured the first time a batch needs it: one
+    eager pass (which computes that batch), then one capture per layer into one shared memory pool
+    (graphs replay in capture order, so later layers may reuse earlier layers' temporaries).
+    """
+
+    def __init__(self, max_requests: int, row_bucket: int = 1024, max_rows: int = 32768, max_buckets: int = 12) -> None:
+        self.max_requests, self.row_bucket, self.max_rows, self.max_buckets = max_requests, row_bucket, max_rows, max_buckets
+        self._buckets: OrderedDict[tuple[int, int], _Bucket] = OrderedDict()
+        self._arange = DeviceArange()
+        self.captures = 0
+        self.replays = 0
+
+    def padded_rows(self, rows: int) -> int:
+        return max(1, -(-rows // self.row_bucket)) * self.row_bucket
+
+    def accepts(self, inputs: PooledInputs) -> bool:
+        return (inputs.kv.is_cuda and inputs.num_requests <= self.max_requests
+                and self.padded_rows(inputs.num_rows) <= self.max_rows)
+
+    def run(self, model: MTGR, batch: RequestBatch, inputs: PooledInputs,
+            before_layer: Callable[[int], None] | None) -> Scores:
+        padded = inputs.padded(self.max_requests + 1, self.padded_rows(inputs.num_rows))
+        key = (padded.num_rows, padded.page_table.shape[1])
+        bucket = self._buckets.get(key)
+        if bucket is not None and bucket.pool.kv.data_ptr() != inputs.kv.data_ptr():
+            bucket = None  # another pool (a new replay run): recapture
+        host = torch.from_numpy(padded.packed())
+        if bucket is None:
+            bucket = self._new_bucket(key, padded)
+            bucket.packed.copy_(host.pin_memory(), non_blocking=True)
+            model.embed(batch, out=bucket.x_in[: inputs.num_rows])
+            self._capture(model, bucket, before_layer)
+        else:
+            self._buckets.move_to_end(key)
+            bucket.packed.copy_(host.pin_memory(), non_blocking=True)
+            model.embed(batch, out=bucket.x_in[: inputs.num_rows])
+        for index, graph in enumerate(bucket.graphs):
+            if before_layer is not None:
+                before_layer(index)
+            graph.replay()
+        self.replays += 1
+        return model.score(bucket.hidden[: inputs.num_rows], batch)
+
+    def _new_bucket(self, key: tuple[int, int], padded: PooledInputs) -> _Bucket:
+        while len(self._buckets) >= self.max_buckets:
+            self._buckets.popitem(last=False)
+        device, kv = padded.kv.device, padded.kv
+        packed = torch.zeros(padded.packed().size, dtype=torch.int32, device=device)
+        rows, pool = padded.views(packed, self._arange.get(padded.num_rows, device))
+        d_model = kv.shape[-1] * kv.shape[-2]
+        x_in = torch.zeros((padded.num_rows, d_model), dtype=kv.dtype, device=device)
+        bucket = _Bucket(key, packed, x_in, rows, pool, [], x_in)
+        self._buckets[key] = bucket
+        return bucket
+
+    def _capture(self, model: MTGR, bucket: _Bucket, before_layer: Callable[[int], None] | None) -> None:
+        """Eager pass first (compiles and autotunes outside the capture), then one graph per layer."""
+        x = bucket.x_in
+        for index in range(len(model.layers)):
+            if before_layer is not None:
+                before_layer(index)
+            x = model.pooled_layer(index, x, bucket.rows, bucket.pool)
+        memory = torch.cuda.graph_pool_handle()
+        x = bucket.x_in
+        for index in range(len(model.layers)):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=memory):
+                x = model.pooled_layer(index, x, bucket.rows, bucket.pool)
+            bucket.graphs.append(graph)
+        bucket.hidden = x
+        self.captures += 1
+
+
+def pooled_forward(model: MTGR, batch: RequestBatch, inputs: PooledInputs, arange: DeviceArange,
+                   before_layer: Callable[[int], None] | None = None, graphs: LayerGraphs | None = None) -> Scores:
+    """`batch` (already on the device) through the pool: graphed when `graphs` takes it, else eager."""
+    if graphs is not None and graphs.accepts(inputs):
+        model._require_cache_safe("forward_pooled")
+        model._require_exact_prefix(batch)
+        return graphs.run(model, batch, inputs, before_layer)
+    rows, pool = inputs.upload(arange)
+    return model.forward_pooled(batch, rows, pool, before_layer)
+
+
+def graphs_supported(model: MTGR) -> bool:
+    """Graphs need kernels that never sync with the host: the Triton path (CUDA, not forced to reference)."""
+    forced_reference = model.cfg.kernel_impl == "reference" or os.environ.get("MTBENCH_KERNELS") == "reference"
+    return model.device.type == "cuda" and not forced_reference
