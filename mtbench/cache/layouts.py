@@ -92,13 +92,11 @@ class HostLayout(ABC):
         """Copies that precede the per-layer work (the `user` layout's single copy)."""
 
     @abstractmethod
-    def load_layer(self, layer: int, job: TransferJob, views: list[torch.Tensor], pool: PagedKVPool,
-                   non_blocking: bool) -> None:
-        """Make layer `layer` of the job's entry present in its pool pages."""
-
     def load_layers(self, jobs: list[TransferJob], views: list[list[torch.Tensor]], pool: PagedKVPool,
                     non_blocking: bool, layer_done: Callable[[int], None]) -> None:
         """Every layer of every job, layer-major; `layer_done(l)` after layer l of all jobs is issued."""
+
+    def _per_job_layers(self, jobs, views, pool, non_blocking, layer_done) -> None:
         for layer in range(self.shape.layers):
             for job, job_views in zip(jobs, views):
                 self.load_layer(layer, job, job_views, pool, non_blocking)
@@ -125,6 +123,8 @@ class PagedLayout(HostLayout):
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         s = self.shape
         return [(s.layers, s.pages_for(n_tokens), 2, s.page_tokens, s.heads, s.head_dim)]
+
+    load_layers = HostLayout._per_job_layers
 
     def load_layer(self, layer, job, views, pool, non_blocking):
         host_layer, pool_layer = views[0][layer], pool.layer(layer)
@@ -154,6 +154,8 @@ class UserLayout(HostLayout):
     def begin_load(self, job, views, non_blocking):
         job.staging[0].copy_(views[0], non_blocking=non_blocking)
 
+    load_layers = HostLayout._per_job_layers
+
     def load_layer(self, layer, job, views, pool, non_blocking):
         kernels.scatter_to_pages(job.staging[0][layer], pool.layer(layer), job.slots)
 
@@ -171,39 +173,40 @@ class HybridLayout(HostLayout):
 
     def __init__(self, shape: KVShape) -> None:
         super().__init__(shape)
-        self._staging: torch.Tensor | None = None  # [2, capacity, H, D], reused by every batched load
+        self._staging: torch.Tensor | None = None  # [capacity rows, H * D], reused by every batched load
 
-    def _staging_for(self, n_tokens: int, device: torch.device) -> torch.Tensor:
-        """`[2, n_tokens, H, D]` view of the reused staging buffer (grown to a power of two when short).
+    def _staging_rows(self, n_rows: int, device: torch.device) -> torch.Tensor:
+        """The first `n_rows` rows of the reused staging buffer (grown to a power of two when short).
 
         Reuse is safe: every load is issued on the same stream, so a batch's copies into the buffer
         run after the previous batch's scatter out of it."""
-        if self._staging is None or self._staging.shape[1] < n_tokens or self._staging.device != device:
-            capacity = 1 << max(int(n_tokens) - 1, 0).bit_length()
-            self._staging = torch.empty((2, capacity, self.shape.heads, self.shape.head_dim),
+        if self._staging is None or self._staging.shape[0] < n_rows or self._staging.device != device:
+            capacity = 1 << max(int(n_rows) - 1, 0).bit_length()
+            self._staging = torch.empty((capacity, self.shape.heads * self.shape.head_dim),
                                         dtype=self.shape.dtype, device=device)
-        return self._staging[:, :n_tokens]
+        return self._staging[:n_rows]
 
     def reserve(self, n_tokens, device):
-        self._staging_for(n_tokens, device)
+        self._staging_rows(2 * n_tokens, device)
 
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
+        """Per layer: one copy per entry of its K and V rows into the staging rows, then ONE
+        `copy_rows` from the staging rows into every entry's pool rows."""
         if not jobs:
             for layer in range(self.shape.layers):
                 layer_done(layer)
             return
-        sizes = [job.placement.n_tokens for job in jobs]
-        staging = self._staging_for(sum(sizes), pool.device)
-        slots = torch.cat([job.slots for job in jobs]) if len(jobs) > 1 else jobs[0].slots
+        width = self.shape.heads * self.shape.head_dim
+        pool_rows = to_device_async(torch.cat([_pool_rows(job, self.shape.page_tokens) for job in jobs]), pool.device)
+        staging = self._staging_rows(pool_rows.numel(), pool.device)
+        staging_rows = torch.arange(pool_rows.numel(), dtype=torch.int32, device=pool.device)
         starts = [0]
-        for size in sizes:
-            starts.append(starts[-1] + size)
+        for job in jobs:
+            starts.append(starts[-1] + 2 * job.placement.n_tokens)
         for layer in range(self.shape.layers):
             for job_views, start, end in zip(views, starts, starts[1:]):
-                host = job_views[layer]
-                staging[0, start:end].copy_(host[0], non_blocking=non_blocking)
-                staging[1, start:end].copy_(host[1], non_blocking=non_blocking)
-            kernels.scatter_to_pages(staging, pool.layer(layer), slots)
+                staging[start:end].copy_(job_views[layer].view(-1, width), non_blocking=non_blocking)
+            kernels.copy_rows(staging, staging_rows, pool.layer(layer).view(-1, width), pool_rows)
             layer_done(layer)
 
     def extent_elements(self, n_tokens: int) -> list[int]:
@@ -211,11 +214,6 @@ class HybridLayout(HostLayout):
 
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         return [self._token_block(n_tokens)] * self.shape.layers
-
-    def load_layer(self, layer, job, views, pool, non_blocking):
-        staging = self._staging_for(job.placement.n_tokens, pool.device)
-        staging.copy_(views[layer], non_blocking=non_blocking)
-        kernels.scatter_to_pages(staging, pool.layer(layer), job.slots)
 
     def store(self, job, views, pool, non_blocking):
         n = job.placement.n_tokens
@@ -226,6 +224,14 @@ class HybridLayout(HostLayout):
         job.staging = [staging]
 
 
+def _pool_rows(job: TransferJob, page_tokens: int) -> torch.Tensor:
+    """int32 rows of the job's K then V tokens in one pool layer viewed as [pages * 2 * P, H * D]."""
+    position = torch.arange(job.placement.n_tokens)
+    pages = torch.as_tensor(job.pages, dtype=torch.long)[position // page_tokens]
+    k_rows = pages * (2 * page_tokens) + position % page_tokens
+    return torch.cat([k_rows, k_rows + page_tokens]).to(torch.int32)
+
+
 class ZeroCopyLayout(HybridLayout):
     """`hybrid`'s host placement, moved by a kernel instead of the copy engine: `kernels.copy_rows` reads
     (loads) or writes (stores) the pinned host extents directly through unified addressing, one launch
@@ -233,6 +239,9 @@ class ZeroCopyLayout(HybridLayout):
 
     name = "zerocopy"
     needs_device_slots = False
+
+    def reserve(self, n_tokens, device):
+        """Nothing to reserve: no staging buffer."""
 
     def _rows(self, tensor: torch.Tensor) -> torch.Tensor:
         width = self.shape.heads * self.shape.head_dim
@@ -250,10 +259,7 @@ class ZeroCopyLayout(HybridLayout):
                 raise RuntimeError(f"host extent offsets {job.placement.offsets} are not whole rows of {width} elements")
             within = torch.arange(2 * n)
             host_rows.append(bases[:, None] // width + within[None, :])
-            position = torch.arange(n)
-            pages = torch.as_tensor(job.pages, dtype=torch.long)[position // page_tokens]
-            k_rows = pages * (2 * page_tokens) + position % page_tokens
-            pool_rows.append(torch.cat([k_rows, k_rows + page_tokens]))
+            pool_rows.append(_pool_rows(job, page_tokens).long())
         host = torch.cat(host_rows, dim=1)
         dtype = torch.int32 if int(host.max()) < 2**31 else torch.long
         return to_device_async(host.to(dtype), device), to_device_async(torch.cat(pool_rows).to(dtype), device)

@@ -129,7 +129,7 @@ class LayerGraphs:
     (graphs replay in capture order, so later layers may reuse earlier layers' temporaries).
     """
 
-    def __init__(self, max_requests: int, row_bucket: int = 1024, max_rows: int = 32768, max_buckets: int = 12) -> None:
+    def __init__(self, max_requests: int, row_bucket: int = 2048, max_rows: int = 32768, max_buckets: int = 16) -> None:
         self.max_requests, self.row_bucket, self.max_rows, self.max_buckets = max_requests, row_bucket, max_rows, max_buckets
         self._buckets: OrderedDict[tuple[int, int], _Bucket] = OrderedDict()
         self._arange = DeviceArange()
