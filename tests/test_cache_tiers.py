@@ -172,7 +172,7 @@ def test_layout_round_trip_is_exact(layout_name: str, seed: int) -> None:
         rng.shuffle(pages)
         originals.append(_fill_entry(pool, pages, n_tokens, gen))
         offsets = [arena.allocate(size) for size in layout.extent_elements(n_tokens)]
-        jobs.append(TransferJob((index, 0), HostPlacement(offsets, n_tokens), pages, pool.slots(pages, n_tokens)))
+        jobs.append(TransferJob((index, 0), HostPlacement(offsets, n_tokens), pages))
     # odd seeds store the entries one by one, even seeds in one batched transfer
     handles = [engine.store(job) for job in jobs] if seed % 2 else engine.store_many(jobs)
     assert all(handle is not None and handle.done() for handle in handles)
@@ -183,7 +183,7 @@ def test_layout_round_trip_is_exact(layout_name: str, seed: int) -> None:
     for job in jobs:
         pages = pool.allocate(job.placement.n_tokens)
         rng.shuffle(pages)
-        reloads.append(TransferJob(job.key, job.placement, pages, pool.slots(pages, job.placement.n_tokens)))
+        reloads.append(TransferJob(job.key, job.placement, pages))
     handle = engine.load(reloads)
     assert not handle.failed and handle.done()
     for original, job in zip(originals, reloads):
@@ -207,7 +207,7 @@ def test_load_fault_is_reported_and_other_jobs_still_load() -> None:
         pages = pool.allocate(6)
         originals.append(_fill_entry(pool, pages, 6, gen))
         placement = HostPlacement([arena.allocate(s) for s in layout.extent_elements(6)], 6)
-        job = TransferJob((user, 0), placement, pages, pool.slots(pages, 6))
+        job = TransferJob((user, 0), placement, pages)
         engine.store(job)
         jobs.append(job)
     pool.kv.zero_()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -47,26 +47,35 @@ class HostPlacement:
 class TransferJob:
     """One entry moving between its host placement and its pool pages.
 
-    `staging` holds device buffers the job needs alive until its copies complete. `slots` are given on
-    the host; the transfer engine copies them to the device on the stream that reads them.
+    Index tensors are built from `pages` on the host and copied on the stream that reads them (a copy
+    issued on the compute stream would sit behind the batch being computed).
     """
 
     key: tuple[int, int]
     placement: HostPlacement
     pages: list[int]
-    slots: torch.Tensor
-    staging: list[torch.Tensor] = field(default_factory=list)
 
 
 class HostLayout(ABC):
     """How an entry is laid out on the host and copied to/from pool pages (see module docstring)."""
 
     name: str = "base"
-    needs_device_slots = True  # the copies read TransferJob.slots on the device
 
     def __init__(self, shape: KVShape) -> None:
         self.shape = shape
         self.arena: HostArena | None = None  # set by the TransferEngine that uses this layout
+        self._staging: dict[bool, torch.Tensor] = {}  # store? -> [capacity rows, H * D] device buffer
+
+    def _staging_rows(self, n_rows: int, device: torch.device, store: bool = False) -> torch.Tensor:
+        """The first `n_rows` rows of a reused device staging buffer, one for loads and one for stores
+        (grown to a power of two when short). Reuse is safe: all loads run on one stream and all stores
+        on another, so a batch's copies into a buffer run after the previous batch's copies out of it."""
+        buffer = self._staging.get(store)
+        if buffer is None or buffer.shape[0] < n_rows or buffer.device != device:
+            capacity = 1 << max(int(n_rows) - 1, 0).bit_length()
+            buffer = torch.empty((capacity, self.shape.heads * self.shape.head_dim), dtype=self.shape.dtype, device=device)
+            self._staging[store] = buffer
+        return buffer[:n_rows]
 
     @abstractmethod
     def extent_elements(self, n_tokens: int) -> list[int]:
@@ -83,13 +92,8 @@ class HostLayout(ABC):
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]: ...
 
     def reserve(self, n_tokens: int, device: torch.device) -> None:
-        """Pre-allocate whatever a batched load of up to n_tokens needs (nothing for most layouts)."""
-
-    def prepare_load(self, job: TransferJob, device: torch.device) -> None:
-        """Allocate the job's staging buffers (on the current stream); may raise (out of memory)."""
-
-    def begin_load(self, job: TransferJob, views: list[torch.Tensor], non_blocking: bool) -> None:
-        """Copies that precede the per-layer work (the `user` layout's single copy)."""
+        """Pre-allocate the load staging rows a batched load of up to n_tokens needs."""
+        self._staging_rows(2 * n_tokens * self.shape.layers, device)
 
     @abstractmethod
     def load_layers(self, jobs: list[TransferJob], views: list[list[torch.Tensor]], pool: PagedKVPool,
@@ -147,44 +151,49 @@ class UserLayout(HostLayout):
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         return [(self.shape.layers, *self._token_block(n_tokens))]
 
-    def prepare_load(self, job, device):
-        n = job.placement.n_tokens
-        job.staging = [torch.empty((self.shape.layers, *self._token_block(n)), dtype=self.shape.dtype, device=device)]
+    def _staging_rows_of(self, jobs: list[TransferJob], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(staging rows [layers, R] of every job's K then V rows per layer, pool rows [R], each job's first
+        staging row): job j's whole extent sits at staging rows starts[j]:starts[j + 1], layer-major."""
+        starts, staging_rows = [0], []
+        for job in jobs:
+            per_layer = 2 * job.placement.n_tokens
+            layer_base = starts[-1] + per_layer * torch.arange(self.shape.layers)
+            staging_rows.append(layer_base[:, None] + torch.arange(per_layer)[None, :])
+            starts.append(starts[-1] + per_layer * self.shape.layers)
+        pool_rows = torch.cat([_pool_rows(job, self.shape.page_tokens) for job in jobs])
+        rows = torch.cat(staging_rows, dim=1).to(torch.int32)
+        return to_device_async(rows, device), to_device_async(pool_rows, device), starts
 
-    def begin_load(self, job, views, non_blocking):
-        job.staging[0].copy_(views[0], non_blocking=non_blocking)
-
-    load_layers = HostLayout._per_job_layers
-
-    def load_layer(self, layer, job, views, pool, non_blocking):
-        kernels.scatter_to_pages(job.staging[0][layer], pool.layer(layer), job.slots)
+    def load_layers(self, jobs, views, pool, non_blocking, layer_done):
+        """ONE copy per entry (all layers) into the staging rows, then one `copy_rows` per layer from the
+        staging rows into every entry's pool rows (no layer-wise overlap: every layer needs every copy)."""
+        width = self.shape.heads * self.shape.head_dim
+        if jobs:
+            staging_rows, pool_rows, starts = self._staging_rows_of(jobs, pool.device)
+            staging = self._staging_rows(starts[-1], pool.device)
+            for job_views, start, end in zip(views, starts, starts[1:]):
+                staging[start:end].copy_(job_views[0].view(-1, width), non_blocking=non_blocking)
+        for layer in range(self.shape.layers):
+            if jobs:
+                kernels.copy_rows(staging, staging_rows[layer], pool.layer(layer).view(-1, width), pool_rows)
+            layer_done(layer)
 
     def store(self, job, views, pool, non_blocking):
-        n = job.placement.n_tokens
-        staging = torch.empty((self.shape.layers, *self._token_block(n)), dtype=self.shape.dtype, device=pool.device)
+        self.store_many([job], [views], pool, non_blocking)
+
+    def store_many(self, jobs, views, pool, non_blocking):
+        """One `copy_rows` per layer gathers every entry into the store staging rows, then ONE copy per entry."""
+        width = self.shape.heads * self.shape.head_dim
+        staging_rows, pool_rows, starts = self._staging_rows_of(jobs, pool.device)
+        staging = self._staging_rows(starts[-1], pool.device, store=True)
         for layer in range(self.shape.layers):
-            kernels.gather_from_pages(pool.layer(layer), job.slots, out=staging[layer])
-        views[0].copy_(staging, non_blocking=non_blocking)
-        job.staging = [staging]
+            kernels.copy_rows(pool.layer(layer).view(-1, width), pool_rows, staging, staging_rows[layer])
+        for job_views, start, end in zip(views, starts, starts[1:]):
+            job_views[0].view(-1, width).copy_(staging[start:end], non_blocking=non_blocking)
 
 
 class HybridLayout(HostLayout):
     name = "hybrid"
-
-    def __init__(self, shape: KVShape) -> None:
-        super().__init__(shape)
-        self._staging: torch.Tensor | None = None  # [capacity rows, H * D], reused by every batched load
-
-    def _staging_rows(self, n_rows: int, device: torch.device) -> torch.Tensor:
-        """The first `n_rows` rows of the reused staging buffer (grown to a power of two when short).
-
-        Reuse is safe: every load is issued on the same stream, so a batch's copies into the buffer
-        run after the previous batch's scatter out of it."""
-        if self._staging is None or self._staging.shape[0] < n_rows or self._staging.device != device:
-            capacity = 1 << max(int(n_rows) - 1, 0).bit_length()
-            self._staging = torch.empty((capacity, self.shape.heads * self.shape.head_dim),
-                                        dtype=self.shape.dtype, device=device)
-        return self._staging[:n_rows]
 
     def reserve(self, n_tokens, device):
         self._staging_rows(2 * n_tokens, device)
@@ -216,12 +225,23 @@ class HybridLayout(HostLayout):
         return [self._token_block(n_tokens)] * self.shape.layers
 
     def store(self, job, views, pool, non_blocking):
-        n = job.placement.n_tokens
-        staging = torch.empty((self.shape.layers, *self._token_block(n)), dtype=self.shape.dtype, device=pool.device)
+        self.store_many([job], [views], pool, non_blocking)
+
+    def store_many(self, jobs, views, pool, non_blocking):
+        """Per layer: ONE `copy_rows` gathers every entry's K and V rows into the store staging rows, then
+        one copy per entry into its extent of that layer."""
+        width = self.shape.heads * self.shape.head_dim
+        pool_rows = to_device_async(torch.cat([_pool_rows(job, self.shape.page_tokens) for job in jobs]), pool.device)
+        staging = self._staging_rows(self.shape.layers * pool_rows.numel(), pool.device, store=True)
+        staging_rows = torch.arange(staging.shape[0], dtype=torch.int32, device=pool.device).view(self.shape.layers, -1)
+        starts = [0]
+        for job in jobs:
+            starts.append(starts[-1] + 2 * job.placement.n_tokens)
         for layer in range(self.shape.layers):
-            kernels.gather_from_pages(pool.layer(layer), job.slots, out=staging[layer])
-            views[layer].copy_(staging[layer], non_blocking=non_blocking)
-        job.staging = [staging]
+            kernels.copy_rows(pool.layer(layer).view(-1, width), pool_rows, staging, staging_rows[layer])
+            layer_rows = staging[layer * pool_rows.numel(): (layer + 1) * pool_rows.numel()]
+            for job_views, start, end in zip(views, starts, starts[1:]):
+                job_views[layer].view(-1, width).copy_(layer_rows[start:end], non_blocking=non_blocking)
 
 
 def _pool_rows(job: TransferJob, page_tokens: int) -> torch.Tensor:
@@ -238,7 +258,6 @@ class ZeroCopyLayout(HybridLayout):
     per layer for every entry of a batch, straight into / out of pool pages (no staging buffer)."""
 
     name = "zerocopy"
-    needs_device_slots = False
 
     def reserve(self, n_tokens, device):
         """Nothing to reserve: no staging buffer."""

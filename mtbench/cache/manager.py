@@ -37,11 +37,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-import kernels
 from mtbench.cache.host import HostArena
 from mtbench.cache.layouts import HostPlacement, TransferJob, make_layout
 from mtbench.cache.policies import make_policy
-from mtbench.cache.pool import KVShape, PagedKVPool, to_device_async
+from mtbench.cache.pool import KVShape, PagedKVPool
 from mtbench.cache.transfer import FaultHook, LoadHandle, TransferEngine, WritebackHandle
 from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
@@ -335,9 +334,7 @@ class CacheManager:
         self._forget_version(key)
 
     def _load(self, promotions: list[tuple[Key, GpuEntry, HostEntry]]) -> LoadHandle:
-        jobs = [TransferJob(key, host_entry.placement, gpu_entry.pages,
-                            self.pool.host_slots(gpu_entry.pages, gpu_entry.n_tokens))
-                for key, gpu_entry, host_entry in promotions]
+        jobs = [TransferJob(key, host_entry.placement, gpu_entry.pages) for key, gpu_entry, host_entry in promotions]
         handle = self.engine.load(jobs)
         for job in handle.jobs:
             self.gpu[job.key].load = handle
@@ -397,7 +394,7 @@ class CacheManager:
         for key, entry, now in entries:
             placement = self._admit_host(key, entry.n_tokens, now)
             if placement is not None:
-                jobs.append((TransferJob(key, placement, entry.pages, self.pool.host_slots(entry.pages, entry.n_tokens)), entry))
+                jobs.append((TransferJob(key, placement, entry.pages), entry))
         if not jobs:
             return
         handles = self.engine.store_many([job for job, _ in jobs], after=after)

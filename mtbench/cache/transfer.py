@@ -27,7 +27,7 @@ import torch
 
 from mtbench.cache.host import HostArena
 from mtbench.cache.layouts import HostLayout, TransferJob
-from mtbench.cache.pool import PagedKVPool, to_device_async
+from mtbench.cache.pool import PagedKVPool
 
 
 class TransferFailed(RuntimeError):
@@ -110,23 +110,14 @@ class TransferEngine:
             torch.cuda.current_stream().synchronize()
 
     def _prepared(self, jobs: Sequence[TransferJob], direction: str) -> tuple[list[TransferJob], list[TransferJob]]:
-        """Jobs whose buffers are ready on the current (side) stream, and those that failed.
-
-        Host-side slot indices are copied to the device here, on the stream that will read them: a copy
-        issued on the compute stream would sit behind the batch being computed while the side stream
-        already scatters with the not-yet-written indices."""
+        """Jobs that may be issued, and those that failed (the fault hook refused them)."""
         ready, failed = [], []
         for job in jobs:
             try:
-                if self.layout.needs_device_slots and job.slots.device != self.pool.device:
-                    job.slots = to_device_async(job.slots, self.pool.device)
                 if self.fault_hook is not None:
                     self.fault_hook(job, direction)
-                if direction == "load":
-                    self.layout.prepare_load(job, self.pool.device)
                 ready.append(job)
             except (TransferFailed, RuntimeError):
-                job.staging = []
                 failed.append(job)
         return ready, failed
 
@@ -139,8 +130,6 @@ class TransferEngine:
             ready, failed = self._prepared(jobs, "load")
             views = [self.layout.views(self.arena, job.placement) for job in ready]
             events = [torch.cuda.Event() for _ in range(layers)] if self.asynchronous else None
-            for job, job_views in zip(ready, views):
-                self.layout.begin_load(job, job_views, non_blocking)
 
             def layer_done(layer: int) -> None:
                 if events is not None:

@@ -2,11 +2,11 @@
 
 Measured in steady state (warm-up calls first, then back-to-back calls between two CUDA events, or
 the wall clock on the CPU), at the replay's batch size:
-- `new_token_ms`, `request_overhead_ms`: cached forwards (prefix from the pool, as in replay) of a
-  batch with two different R+C lengths; the per-request time is linear in R+C tokens: slope and
+- `new_token_ms`, `request_overhead_ms`: cached forwards (prefix from the pool, through the replay's
+  pooled forward and its CUDA graphs) of a batch with two different R+C lengths; the per-request time is linear in R+C tokens: slope and
   intercept.
 - `static_token_ms`: (full forward - cached forward) per request / static tokens.
-- `h2d_GBps`: host-tier loads through the hybrid layout (pinned extents -> staging -> pages);
+- `h2d_GBps`: host-tier loads through the hybrid layout (pinned extents -> staging rows -> pages);
   `d2h_GBps`: write-backs the other way.
 `--compare-trace T` then replays T (tiered/hybrid and the baselines; the first quarter of the
 requests is warm-up), simulates the same requests with the replay's batching and warm-up
@@ -33,6 +33,7 @@ from mtbench.cache.transfer import TransferEngine
 from mtbench.errors import MtbenchError
 from mtbench.model import MTGR, RequestSpec, build_batch
 from mtbench.model.config import get_config
+from mtbench.model.pooled import DeviceArange, LayerGraphs, PooledInputs, graphs_supported, pooled_forward
 from mtbench.replay.device_batch import batch_to_device
 from mtbench.device import resolve_device
 from mtbench.model.config import parse_dtype
@@ -67,7 +68,7 @@ def _time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmu
 
 
 def _paged(model: MTGR, specs: list[RequestSpec], page_tokens: int):
-    """Encode the specs' prefixes into a pool; returns (pool, page table, lengths)."""
+    """Encode the specs' prefixes into a pool; returns (pool, host page table int32 [B, W])."""
     cfg = model.cfg
     shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, model.dtype, page_tokens)
     pages_needed = sum(shape.pages_for(s.n_static) for s in specs)
@@ -82,30 +83,35 @@ def _paged(model: MTGR, specs: list[RequestSpec], page_tokens: int):
             src = torch.stack([static_kv.k[layer][offsets[b]:offsets[b + 1]], static_kv.v[layer][offsets[b]:offsets[b + 1]]])
             pool.layer(layer)[slots // page_tokens, :, slots % page_tokens] = src.transpose(0, 1)
         tables.append(pages)
-    lengths = torch.tensor([s.n_static for s in specs], dtype=torch.int32, device=model.device)
-    return pool, pool.page_table(tables), lengths
+    width = max(len(pages) for pages in tables)
+    table = np.zeros((len(specs), width), dtype=np.int32)
+    for row, pages in enumerate(tables):
+        table[row, : len(pages)] = pages
+    return pool, table
 
 
 def measure_compute(model: MTGR, batch_size: int, n_static: int, new_tokens: tuple[int, int], repeats: int,
                     page_tokens: int = 32) -> dict[str, float]:
-    """static_token_ms, new_token_ms and request_overhead_ms of `model` on its device."""
-    import kernels
-
+    """static_token_ms, new_token_ms and request_overhead_ms of `model` on its device, through the
+    replay's own paths: the pooled forward (CUDA graphs where the replay uses them) for hits, the plain
+    forward for misses."""
     cfg = model.cfg
+    graphs = LayerGraphs(batch_size) if graphs_supported(model) else None
+    arange = DeviceArange()
     per_request = {}
     full_ms = None
     for n_new in new_tokens:
         n_rt = min(cfg.max_rt, n_new // 3)
         n_cand = min(cfg.max_cand, n_new - n_rt)
         specs = [RequestSpec(u, 0, u, n_static, n_rt, n_cand, n_cached=n_static) for u in range(batch_size)]
-        pool, table, lengths = _paged(model, specs, page_tokens)
-        batch = batch_to_device(build_batch(specs, cfg, "cpu"), model.device)
-
-        def prefix(layer: int):
-            pool_layer = pool.layer(layer)
-            return kernels.PagedPrefix(pool_layer[:, 0], pool_layer[:, 1], table, lengths)
-
-        per_request[n_new] = _time_ms(lambda: model.forward_cached(batch, prefix, check_prefix=False),
+        pool, table = _paged(model, specs, page_tokens)
+        host_batch = build_batch(specs, cfg, "cpu")
+        batch = batch_to_device(host_batch, model.device)
+        as32 = (lambda t: t.numpy().astype(np.int32))
+        no_store = np.full(host_batch.num_rows, -1, dtype=np.int32)
+        inputs = PooledInputs(pool.kv, as32(host_batch.offsets), as32(host_batch.n_new_static), as32(host_batch.n_rt),
+                              as32(host_batch.n_cached), table, as32(host_batch.group_ids), no_store, no_store)
+        per_request[n_new] = _time_ms(lambda: pooled_forward(model, batch, inputs, arange, None, graphs),
                                       model.device, repeats) / batch_size
         if n_new == new_tokens[-1]:
             full = batch_to_device(build_batch([replace(s, n_cached=0) for s in specs], cfg, "cpu"), model.device)
@@ -130,7 +136,7 @@ def measure_bandwidth(cfg, dtype: torch.dtype, device: torch.device, entries: in
     for user in range(entries):
         pages = pool.allocate(n_static)
         offsets = [arena.allocate(size) for size in layout.extent_elements(n_static)]
-        jobs.append(TransferJob((user, 0), HostPlacement(offsets, n_static), pages, pool.slots(pages, n_static)))
+        jobs.append(TransferJob((user, 0), HostPlacement(offsets, n_static), pages))
     moved = entries * n_static * shape.bytes_per_token
 
     def load() -> None:

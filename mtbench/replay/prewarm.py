@@ -5,8 +5,8 @@ and constexprs (CHUNK_B follows the batch size's power of two), so a batch of a 
 token count of a new class compiles (seconds) the first time it is seen. `prewarm` derives the
 batch-size classes from the replay's own batches and runs, per class and token-count class, one
 tiny forward through the path the replay takes (plain forward without a cache; the eager pooled
-forward with a mixed hit/miss batch otherwise; graphed buckets compile nothing new), then the page scatter and gather per
-token-count class, one host load and store, and grows the load staging buffer to its largest use.
+forward with a mixed hit/miss batch otherwise), one host store and load per token-count class, and
+grows the load staging buffer to its largest use.
 It only writes free pool pages and free host extents, and leaves the cache state as it found it.
 """
 
@@ -17,7 +17,6 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-import kernels
 from mtbench.cache.layouts import HostPlacement, TransferJob
 from mtbench.cache.manager import CacheManager
 from mtbench.model import MTGR, RequestSpec, build_batch
@@ -73,41 +72,35 @@ def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_to
             pooled_forward(model, batch_to_device(host_batch, device), inputs, DeviceArange())
 
 
-def _warm_page_copies(manager: CacheManager) -> None:
+def _warm_transfers(manager: CacheManager) -> None:
+    """One host store and load per token-count class (compiles the row-copy kernels they launch)."""
     pool = manager.pool
     for n_tokens in TOKEN_CLASSES:
         pages = pool.allocate(n_tokens)
         if pages is None:
             continue
-        slots = pool.slots(pages, n_tokens)
-        block = kernels.gather_from_pages(pool.layer(0), slots)
-        kernels.scatter_to_pages(block, pool.layer(0), slots)
-        if manager.arena is not None:
-            _warm_transfers(manager, pages, pool.host_slots(pages, n_tokens), n_tokens)
+        offsets = [manager.arena.allocate(size) for size in manager.layout.extent_elements(n_tokens)]
+        if all(offset is not None for offset in offsets):
+            job = TransferJob((-1, -1), HostPlacement(offsets, n_tokens), pages)
+            handle = manager.engine.store(job)
+            if handle is not None and handle.event is not None:
+                handle.event.synchronize()
+            loaded = manager.engine.load([job])
+            if loaded.layer_ready is not None:
+                loaded.layer_ready[-1].synchronize()
+        for offset in offsets:
+            if offset is not None:
+                manager.arena.free(offset)
         pool.free(pages)
-
-
-def _warm_transfers(manager: CacheManager, pages: list[int], slots: torch.Tensor, n_tokens: int) -> None:
-    offsets = [manager.arena.allocate(size) for size in manager.layout.extent_elements(n_tokens)]
-    if all(offset is not None for offset in offsets):
-        job = TransferJob((-1, -1), HostPlacement(offsets, n_tokens), pages, slots)
-        handle = manager.engine.store(job)
-        if handle is not None and handle.event is not None:
-            handle.event.synchronize()
-        loaded = manager.engine.load([TransferJob((-1, -1), job.placement, pages, slots)])
-        if loaded.layer_ready is not None:
-            loaded.layer_ready[-1].synchronize()
-    for offset in offsets:
-        if offset is not None:
-            manager.arena.free(offset)
 
 
 def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options) -> None:
     """See the module docstring; `options` is the replay's `ReplayOptions`."""
     sizes = batch_size_classes(trace, options.batch_size, options.window, options.max_requests)
     _warm_forwards(model, manager, sizes, options.page_tokens)
+    if manager.arena is not None:
+        _warm_transfers(manager)
     if manager.pool is not None:
-        _warm_page_copies(manager)
         largest_batch_tokens = int(np.sort(trace.arrays(["n_static"])["n_static"])[-options.batch_size:].sum())
         pool_tokens = manager.pool.num_pages * manager.shape.page_tokens
         manager.layout.reserve(min(largest_batch_tokens, pool_tokens), manager.device)
