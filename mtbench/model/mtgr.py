@@ -13,7 +13,9 @@ Caching. U and S rows never see R or C, so their K/V at every layer depend on U+
 returns them (`StaticKV`) and `forward_cached` computes only the remaining rows against them, exactly,
 provided the normaliser does not depend on the request ("visible" or "constant", not the paper's "total").
 With history="causal" a cached prefix may hold only the first n_cached static tokens: the rest are
-computed against it and can be captured for appending.
+computed against it and can be captured for appending. `forward_pooled` is the serving form of the same
+pass: prefixes are read from a GPU page pool and newly computed static K/V are stored into it as each
+layer produces them (`PoolIO`; `mtbench.model.pooled` adds one-copy uploads and CUDA graphs).
 """
 
 from __future__ import annotations

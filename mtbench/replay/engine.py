@@ -1,16 +1,22 @@
 """Replay a trace through the real cache and the real model, one batch at a time.
 
 Per batch (`_BatchRunner.run`):
-1. (lookahead) plan the NEXT batch now: its keys are pinned and its host hits start loading on the
-   load stream, so those copies overlap this batch's compute;
-2. `refresh` this batch's plan (late GPU hits, load fallbacks);
-3. ONE forward for the whole batch: hits (GPU and host; n_cached = n_static, prefix pages in the
-   pool) and misses (n_cached = 0) together in `forward_cached(..., capture_new_static=True)`; the
-   host hits' rows wait on layer l's load event inside `prefix_for_layer(l)`; the misses' captured
-   U+S K/V go to `admit` (scatter into the pool, write-through to the host). Without a cache
-   (mode none) the plain forward. The forward's cost is mostly host launch overhead on the GPU, so
-   one forward per batch (not one per outcome group) is what makes caching pay.
-4. `release` (unpin, stale drops, stream fences).
+1. (lookahead) plan the NEXT batch now: its keys are pinned, its host hits start loading on the
+   load stream (so those copies overlap this batch's compute) up to the load budget, and pool pages
+   are allocated for every entry it will compute;
+2. `refresh` this batch's plan (load fallbacks, the loads its hits wait for);
+3. ONE forward for the whole batch (`mtbench.model.pooled.pooled_forward`): hits (GPU and host;
+   n_cached = n_static) read their prefix from the pool, the rest compute theirs and store its K/V
+   straight into their fresh pages, layer by layer; the stream waits for layer l's loads just before
+   layer l. On CUDA the layer stack replays CUDA graphs captured per padded batch shape (the cached
+   forward is otherwise bound by the host's kernel launches). Without a cache (mode none) the plain
+   forward.
+4. `release`: write the new entries through to the host (write-back stream), unpin, drop stale
+   entries, fence the side streams.
+Load budget (`ReplayOptions.load_budget`): a host hit costs PCIe time (46 KB per token for MTGR-large
+in bf16, about 1 ms per 1000-token user) while recomputing the prefix costs GPU time; "auto" loads
+what the link moves while the GPU computes one batch (recent batches' device time x PCIE_GBPS) and
+recomputes the rest of the batch's host hits (outcome `host_recompute`), storing them in the pool.
 Latency: every request of a batch completes with its batch, so a request's latency is its batch's
 (start of the batch's cache work to the end of its release, device time); "host-hit latency" and
 "GPU-hit latency" in the summary are therefore the latencies of the batches those requests were in.
@@ -18,10 +24,11 @@ Every batch is timed with CUDA events on CUDA (resolved lazily, two batches behi
 never stalls the pipeline) and with the wall clock on the CPU. Warm-up batches (those starting
 before request `warmup`) run through the cache but are left out of every figure.
 
-Nothing compiles or allocates inside the timed region: on CUDA, `_prewarm` first runs one tiny
-forward per Triton specialisation the replay's batches will hit (batch-size class, token-count
-class), the page scatter/gather per token-count class and one host load/store, and grows the load
-staging buffer; batch index tensors travel in one pinned, non-blocking copy (`batch_to_device`).
+Before anything is timed, on CUDA `prewarm` runs one tiny forward per Triton specialisation the
+replay's batches will hit (batch-size class, token-count class) and one host load/store, and grows
+the load staging buffer; a CUDA-graph bucket is captured the first time a batch needs it (usually
+during warm-up; `graph_captures` in the summary counts them). Batch index tensors travel in one
+pinned, non-blocking copy (`batch_to_device`, `PooledInputs.upload`).
 """
 
 from __future__ import annotations
