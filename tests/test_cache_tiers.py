@@ -221,3 +221,28 @@ def test_load_fault_is_reported_and_other_jobs_still_load() -> None:
 def test_unknown_layout_is_refused() -> None:
     with pytest.raises(MtbenchError, match="hybrid"):
         make_layout("columnar", SHAPE)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pool_scratch_pages_are_apart_from_the_capacity(seed: int) -> None:
+    rng = random.Random(seed)
+    pool = PagedKVPool(SHAPE, 6 * SHAPE.page_bytes, "cpu", scratch_pages=5)
+    assert pool.capacity_bytes == 6 * SHAPE.page_bytes and pool.kv.shape[1] == 11
+    held = []
+    for _ in range(60):
+        if held and rng.random() < 0.4:
+            pool.free(held.pop(rng.randrange(len(held))))
+            continue
+        scratch = rng.random() < 0.5
+        pages = (pool.allocate_scratch if scratch else pool.allocate)(rng.randint(1, 3 * SHAPE.page_tokens))
+        if pages is not None:
+            assert all((page >= 6) == scratch for page in pages)
+            held.append(pages)
+        in_use = [p for pages in held for p in pages]
+        assert len(in_use) == len(set(in_use))
+        assert pool.num_free_pages == 6 - sum(p < 6 for p in in_use)
+        assert pool.num_free_scratch_pages == 5 - sum(p >= 6 for p in in_use)
+    for pages in held:
+        pool.free(pages)
+    with pytest.raises(RuntimeError):
+        pool.free([7])

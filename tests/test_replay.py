@@ -315,3 +315,27 @@ def test_prewarm_leaves_the_cache_as_it_found_it(tmp_path: Path, model: MTGR, mo
     if manager.arena is not None:
         assert manager.arena.used_bytes == 0
     manager.check_invariants()
+
+
+def test_scratch_pages_serve_what_the_gpu_tier_cannot_keep() -> None:
+    """A GPU tier of one entry, a batch of three: the hit that cannot be promoted is loaded into scratch
+    pages (exactly), the misses the tier cannot keep still reach the host, and scratch is freed after."""
+    manager = CacheManager(_cache("tiered", gpu_pages=2, host_pages=20), SHAPE, "cpu", max_entry_tokens=64,
+                           scratch_entries=3)
+    scratch = manager.pool.num_free_scratch_pages
+    first = [RequestKey(user, 0, 40) for user in (1, 2, 3)]
+    plan = manager.plan(first, 0)
+    assert plan.outcomes == ["miss"] * 3 and len(plan.stores) == 3 and len(plan.transient) == 2
+    manager.refresh(plan)
+    written = _fake_forward(manager, plan, 3)
+    manager.release(plan)
+    assert {(1, 0), (2, 0), (3, 0)} <= set(manager.host), "misses kept only in scratch must still reach the host"
+    plan = manager.plan(first, 3)
+    assert plan.outcomes.count("host_hit") == 2 and plan.outcomes.count("gpu_hit") == 1 and plan.transient
+    manager.refresh(plan)
+    for row, request in enumerate(first):
+        assert torch.equal(_read_entry(manager, plan, row), written[request.key])
+    manager.release(plan)
+    manager.plan([], 6)  # polls copies: released scratch pages come back
+    assert manager.pool.num_free_scratch_pages == scratch
+    manager.check_invariants()

@@ -132,6 +132,7 @@ class BatchPlan:
     outcomes: list[str]
     load: LoadHandle | None = None
     stores: dict[int, "GpuEntry"] = field(default_factory=dict)  # request row -> entry its forward computes
+    transient: dict[Key, "GpuEntry"] = field(default_factory=dict)  # entries in scratch pages, this batch only
     waits: list[LoadHandle] = field(default_factory=list)  # loads (this or earlier batches) hits depend on
     stalls: list = field(default_factory=list)  # (before, after) CUDA events around each device-side wait
     load_seconds: float = 0.0  # host time issuing this batch's loads (the copies themselves on the CPU)
@@ -144,7 +145,7 @@ class CacheManager:
     """GPU + host tiers with their policies; see the module docstring for the call protocol."""
 
     def __init__(self, config: CacheConfig, shape: KVShape, device: torch.device | str,
-                 max_entry_tokens: int, fault_hook: FaultHook | None = None) -> None:
+                 max_entry_tokens: int, fault_hook: FaultHook | None = None, scratch_entries: int = 0) -> None:
         self.config = config
         self.shape = shape
         self.device = torch.device(device)
@@ -154,6 +155,7 @@ class CacheManager:
         self._versions: dict[int, set[int]] = {}
         self._doomed: set[Key] = set()
         self._pending_writebacks: list[Key] = []
+        self._scratch_in_use: list[GpuEntry] = []  # released scratch entries whose copies are still running
         self.pool: PagedKVPool | None = None
         self.engine: TransferEngine | None = None
         self.gpu_policy = self.host_policy = None
@@ -163,8 +165,9 @@ class CacheManager:
         largest = shape.entry_bytes(max_entry_tokens)
         _require_fits("GPU cache (--gpu-cache)", config.gpu_capacity, largest, max_entry_tokens)
         self.gpu_policy = make_policy(config.policy, config.gpu_capacity)
-        self.pool = PagedKVPool(shape, config.gpu_capacity, self.device)
         self.table_width = shape.pages_for(max_entry_tokens)
+        scratch = scratch_entries * self.table_width if config.mode == "tiered" else 0
+        self.pool = PagedKVPool(shape, config.gpu_capacity, self.device, scratch_pages=scratch)
         self.layout = make_layout(config.layout, shape)
         if config.mode == "tiered":
             _require_fits("host cache (--host-cache)", config.host_capacity, largest, max_entry_tokens)
@@ -213,16 +216,18 @@ class CacheManager:
                 self._touch(key, now)
                 continue
             stale = self._drop_other_versions(request)
-            outcome, store = self._classify(key, now, promotions, loads is None or key in loads)
+            outcome, store = self._classify(plan, key, now, promotions, loads is None or key in loads)
             if outcome == "miss" and stale:
                 outcome = "stale"
             if store and key not in self._doomed:
                 entry = self._allocate_gpu(key, request.n_static, now)
+                if entry is None and self.host_policy is not None:
+                    entry = self._allocate_scratch(plan, key, request.n_static)  # computed, kept on the host only
                 if entry is not None:
                     plan.stores[i] = entry
             plan.outcomes[i] = seen[key] = outcome
         if promotions:
-            plan.load = self._load(promotions)
+            plan.load = self._load(plan, promotions)
             plan.load_seconds = plan.load.issue_seconds
         return plan
 
@@ -251,7 +256,7 @@ class CacheManager:
         for policy in self._policies():
             policy.access(key, now)
 
-    def _classify(self, key: Key, now: int, promotions: list, load: bool) -> tuple[str, bool]:
+    def _classify(self, plan: BatchPlan, key: Key, now: int, promotions: list, load: bool) -> tuple[str, bool]:
         """(outcome, whether the forward should compute the entry into fresh pool pages)."""
         if key in self.gpu:
             self.gpu_policy.access(key, now)
@@ -265,8 +270,10 @@ class CacheManager:
         if not load:
             return "host_recompute", True
         gpu_entry = self._allocate_gpu(key, host_entry.placement.n_tokens, now)
+        if gpu_entry is None:  # no room among the unpinned entries: served from scratch pages this once
+            gpu_entry = self._allocate_scratch(plan, key, host_entry.placement.n_tokens)
         if gpu_entry is None:
-            return "host_recompute", False  # no room in the pool: recomputed, not stored
+            return "host_recompute", False
         promotions.append((key, gpu_entry, host_entry))
         return "host_hit", False
 
@@ -318,6 +325,14 @@ class CacheManager:
         self._note_version(key)
         return entry
 
+    def _allocate_scratch(self, plan: BatchPlan, key: Key, n_tokens: int) -> GpuEntry | None:
+        """Scratch pages for an entry only this batch uses (see `PagedKVPool`); None when none are free."""
+        pages = self.pool.allocate_scratch(n_tokens)
+        if pages is None:
+            return None
+        entry = plan.transient[key] = GpuEntry(n_tokens, pages)
+        return entry
+
     def _free_gpu(self, key: Key) -> None:
         entry = self.gpu.pop(key)
         if entry.writeback is not None and not entry.writeback.done() and entry.writeback.event is not None:
@@ -333,14 +348,18 @@ class CacheManager:
             self.arena.free(offset)
         self._forget_version(key)
 
-    def _load(self, promotions: list[tuple[Key, GpuEntry, HostEntry]]) -> LoadHandle:
+    def _load(self, plan: BatchPlan, promotions: list[tuple[Key, GpuEntry, HostEntry]]) -> LoadHandle:
         jobs = [TransferJob(key, host_entry.placement, gpu_entry.pages) for key, gpu_entry, host_entry in promotions]
+        entries = {key: gpu_entry for key, gpu_entry, _ in promotions}
         handle = self.engine.load(jobs)
         for job in handle.jobs:
-            self.gpu[job.key].load = handle
+            entries[job.key].load = handle
         for job in handle.failed:
-            self.gpu_policy.remove(job.key)
-            self._free_gpu(job.key)
+            if job.key in plan.transient:
+                self.pool.free(plan.transient.pop(job.key).pages)
+            else:
+                self.gpu_policy.remove(job.key)
+                self._free_gpu(job.key)
         self.stats.bytes_h2d += handle.bytes_moved
         return handle
 
@@ -355,7 +374,8 @@ class CacheManager:
             if plan.outcomes[i] == "host_hit" and (request.key in failed or request.key in timed_out):
                 plan.outcomes[i] = "miss"
                 self.stats.transfer_fallbacks += 1
-        waits = {id(e.load): e.load for k in {r.key for r in plan.requests} if (e := self.gpu.get(k)) and e.load}
+        waits = {id(e.load): e.load for k in {r.key for r in plan.requests}
+                 if (e := self.gpu.get(k) or plan.transient.get(k)) and e.load}
         plan.waits = [h for h in waits.values() if not h.done()]
 
     def _timed_out(self, plan: BatchPlan) -> set[Key]:
@@ -375,7 +395,7 @@ class CacheManager:
         stores: list[list[int] | None] = [None] * len(plan.requests)
         for i, request in enumerate(plan.requests):
             if plan.outcomes[i] in HIT_OUTCOMES:
-                entry = self.gpu[request.key]
+                entry = self.gpu.get(request.key) or plan.transient[request.key]
                 table[i, : len(entry.pages)] = entry.pages
                 lengths[i] = entry.n_tokens
         for i, entry in plan.stores.items():
@@ -449,7 +469,19 @@ class CacheManager:
         if gpu_entry is not None:
             gpu_entry.writeback = None
 
+    def _free_idle_scratch(self) -> None:
+        """Free the scratch pages of released batches once no copy reads or writes them any more (their
+        compute-stream users are ordered before later loads by the stream fence of `release`)."""
+        busy = []
+        for entry in self._scratch_in_use:
+            if (entry.writeback is not None and not entry.writeback.done()) or (entry.load is not None and not entry.load.done()):
+                busy.append(entry)
+            else:
+                self.pool.free(entry.pages)
+        self._scratch_in_use = busy
+
     def _poll_writebacks(self) -> None:
+        self._free_idle_scratch()
         still_pending = []
         for key in self._pending_writebacks:
             entry = self.host.get(key)
@@ -471,6 +503,8 @@ class CacheManager:
         if self.host_policy is not None and plan.stores:
             new = [(plan.requests[i].key, entry, plan.first_index + i) for i, entry in plan.stores.items()]
             self._write_through(new, _record_event(self.device))
+        self._scratch_in_use.extend(plan.transient.values())
+        self._free_idle_scratch()
         for policy in self._policies():
             for request in plan.requests:
                 policy.unpin(request.key)

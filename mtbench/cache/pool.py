@@ -7,9 +7,13 @@ Data structures:
   `kernels.scatter_to_pages` take. A page holds P tokens of ONE entry at EVERY layer, so an entry
   has one page list (its page table) shared by all layers.
 
-Invariants: every page is either free (in `_free`) or owned by exactly one allocation; `allocate`
-is all-or-nothing; freeing a page that is not allocated raises (a double free is a bug, never
-silently ignored).
+Pages [0, num_pages) are the cache's (its byte capacity); pages [num_pages, num_pages + scratch_pages)
+are scratch: room for entries a batch in flight reads or computes but the cache does not keep (the
+replay's working memory, outside the capacity the policies manage).
+
+Invariants: every page is either free (in `_free` or `_scratch_free`, by range) or owned by exactly
+one allocation; `allocate` / `allocate_scratch` are all-or-nothing; freeing a page that is not
+allocated raises (a double free is a bug, never silently ignored).
 """
 
 from __future__ import annotations
@@ -62,25 +66,28 @@ class KVShape:
 class PagedKVPool:
     """A byte-capacity pool of pages in device memory (HBM on CUDA, plain memory on the CPU)."""
 
-    def __init__(self, shape: KVShape, capacity_bytes: int, device: torch.device | str) -> None:
+    def __init__(self, shape: KVShape, capacity_bytes: int, device: torch.device | str, scratch_pages: int = 0) -> None:
         self.shape = shape
         self.num_pages = int(capacity_bytes) // shape.page_bytes
+        self.scratch_pages = int(scratch_pages)
         if self.num_pages < 1:
             raise MtbenchError(
                 f"GPU cache capacity {format_bytes(capacity_bytes)} is smaller than one page "
                 f"({format_bytes(shape.page_bytes)} = {shape.page_tokens} tokens x {shape.bytes_per_token} B)"
             )
-        size = (shape.layers, self.num_pages, 2, shape.page_tokens, shape.heads, shape.head_dim)
+        total = self.num_pages + self.scratch_pages
+        size = (shape.layers, total, 2, shape.page_tokens, shape.heads, shape.head_dim)
         try:
             self.kv = torch.zeros(size, dtype=shape.dtype, device=device)
         except RuntimeError as err:  # CUDA out of memory
             raise MtbenchError(
-                f"cannot allocate the GPU cache pool of {format_bytes(self.num_pages * shape.page_bytes)} "
+                f"cannot allocate the GPU cache pool of {format_bytes(total * shape.page_bytes)} "
                 f"on {device}: {str(err).splitlines()[0]}"
             ) from None
         # A stack: pop() hands out the lowest page first, which keeps a fresh pool's tables ordered.
         self._free: list[int] = list(range(self.num_pages - 1, -1, -1))
-        self._allocated = torch.zeros(self.num_pages, dtype=torch.bool)
+        self._scratch_free: list[int] = list(range(total - 1, self.num_pages - 1, -1))
+        self._allocated = torch.zeros(total, dtype=torch.bool)
 
     @property
     def device(self) -> torch.device:
@@ -111,14 +118,28 @@ class PagedKVPool:
         self._allocated[pages] = True
         return pages
 
+    def allocate_scratch(self, n_tokens: int) -> list[int] | None:
+        """Scratch pages for n_tokens, or None (nothing taken) when too few are free."""
+        count = self.shape.pages_for(n_tokens)
+        if count > len(self._scratch_free):
+            return None
+        pages = [self._scratch_free.pop() for _ in range(count)]
+        self._allocated[pages] = True
+        return pages
+
+    @property
+    def num_free_scratch_pages(self) -> int:
+        return len(self._scratch_free)
+
     def free(self, pages: list[int]) -> None:
         """Give pages back; every one must currently be allocated, and listed once."""
         index = torch.as_tensor(pages, dtype=torch.long)
-        in_range = all(0 <= page < self.num_pages for page in pages)
+        in_range = all(0 <= page < self.num_pages + self.scratch_pages for page in pages)
         if not in_range or len(set(pages)) != len(pages) or not bool(self._allocated[index].all()):
             raise RuntimeError(f"freeing pages that are not allocated (double free?): {pages}")
         self._allocated[index] = False
-        self._free.extend(reversed(pages))
+        for page in reversed(pages):
+            (self._free if page < self.num_pages else self._scratch_free).append(page)
 
     def host_slots(self, pages: list[int], n_tokens: int) -> torch.Tensor:
         """Flat slot (page * P + position) of each of an entry's n_tokens, int64 on the host."""

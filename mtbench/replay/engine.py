@@ -198,7 +198,9 @@ class _BatchRunner:
         self.clock = _Clock(self.device)
         shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, model.dtype, options.page_tokens)
         max_static = int(trace.arrays(["n_static"])["n_static"].max()) if trace.num_rows else 1
-        self.manager = CacheManager(cache, shape, self.device, max_static, fault_hook)
+        # Scratch pages for one batch of the longest entries: host hits that cannot be promoted while two
+        # batches are pinned, and misses the GPU tier cannot keep (written through to the host from there).
+        self.manager = CacheManager(cache, shape, self.device, max_static, fault_hook, scratch_entries=options.batch_size)
         self.recorder = _Recorder(label, self.clock)
         self.next_uses = self._next_uses()
         self.samples: dict[int, ScoreSample] = {}
@@ -381,6 +383,8 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     timed = records[~records["warmup"]] if len(records) else records
     row = _summary_row(label, cache, stats, timed, recorder, seconds, requests, candidates)
     row["host_fragmentation"] = runner.manager.host_fragmentation()
+    pool = runner.manager.pool
+    row["scratch_bytes"] = pool.scratch_pages * pool.shape.page_bytes if pool is not None else 0
     row["graph_captures"] = runner.graphs.captures if runner.graphs is not None else 0
     row["graphed_batches"] = runner.graphs.replays if runner.graphs is not None else 0
     samples = {index: replace(s, ctr=s.ctr.float().cpu(), ctcvr=s.ctcvr.float().cpu()) for index, s in runner.samples.items()}
