@@ -151,6 +151,7 @@ class _Recorder:
         self.compute_ms = 0.0
         self.load_ms = 0.0
         self.cache_ms = 0.0
+        self.forward_host_ms = 0.0  # host time issuing the forwards (batch assembly, uploads, launches)
         self.recent_compute_ms: float | None = None  # moving average of batches' device time, stalls excluded
 
     def resolve(self, timing: _BatchTiming) -> None:
@@ -163,6 +164,7 @@ class _Recorder:
             self.recent_compute_ms = compute if previous is None else 0.8 * previous + 0.2 * compute
         if not timing.warmup:
             self.batch_ms.append(batch_ms)
+            self.forward_host_ms += timing.forward_seconds * 1e3
             if clock.cuda:
                 stall = sum(before.elapsed_time(after) for before, after in plan.stalls)
                 self.stall_ms += stall
@@ -429,7 +431,7 @@ def _summary_row(label: str, cache: CacheConfig, stats: CacheStats, timed: pd.Da
         "requests_per_s": ratio(requests, seconds), "candidates_per_s": ratio(candidates, seconds),
         "h2d_GBps": ratio(stats.bytes_h2d / 1e9, seconds), "d2h_GBps": ratio(stats.bytes_d2h / 1e9, seconds),
         "compute_ms": recorder.compute_ms, "transfer_wait_ms": recorder.transfer_wait_ms,
-        "bookkeeping_ms": recorder.cache_ms,
+        "bookkeeping_ms": recorder.cache_ms, "forward_host_ms": recorder.forward_host_ms,
         "pipeline_efficiency": ratio(max(recorder.compute_ms, bytes_floor_ms), measured_ms),
         "transfer_fallbacks": stats.transfer_fallbacks, "writeback_failures": stats.writeback_failures,
         "gpu_admission_failures": stats.gpu_admission_failures,
