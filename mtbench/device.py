@@ -17,3 +17,46 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MtbenchError(f"--device {name}: no CUDA GPU is available on this machine (use --device cpu)")
     return device
+
+
+class PinnedStaging:
+    """Reused pinned host buffers for the replay's small per-batch host->device uploads.
+
+    `Tensor.pin_memory()` takes a block from PyTorch's caching host allocator, and a size it has not
+    served yet pins fresh memory (cudaHostAlloc), which can stall the host for milliseconds in the
+    middle of a batch. Here a ring of `slots` buffers, each grown to the largest upload it carried, is
+    used in turn; a slot is overwritten only once the copy that last read it completed (its event), so
+    with enough slots the host never waits.
+    """
+
+    def __init__(self, slots: int = 32) -> None:
+        self._buffers: list[torch.Tensor | None] = [None] * slots
+        self._events: list[torch.cuda.Event | None] = [None] * slots
+        self._next = 0
+
+    def upload(self, host: torch.Tensor, device: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`host` copied to `device` (into `out` when given) without blocking, on the current stream."""
+        if device.type != "cuda":
+            return host if out is None else out.copy_(host)
+        slot = self._next
+        self._next = (slot + 1) % len(self._buffers)
+        if self._events[slot] is not None:
+            self._events[slot].synchronize()
+        host = host.contiguous()
+        size = host.numel() * host.element_size()
+        buffer = self._buffers[slot]
+        if buffer is None or buffer.numel() < size:
+            buffer = self._buffers[slot] = torch.empty(max(2 * size, 1 << 16), dtype=torch.uint8, pin_memory=True)
+        staged = buffer[:size].view(host.dtype).view(host.shape)
+        staged.copy_(host)
+        if out is None:
+            out = staged.to(device, non_blocking=True)
+        else:
+            out.copy_(staged, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(device))
+        self._events[slot] = event
+        return out
+
+
+PINNED_STAGING = PinnedStaging()  # one per process: the replay issues uploads from one thread

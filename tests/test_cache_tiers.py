@@ -246,3 +246,15 @@ def test_pool_scratch_pages_are_apart_from_the_capacity(seed: int) -> None:
         pool.free(pages)
     with pytest.raises(RuntimeError):
         pool.free([7])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pinned staging)")
+def test_pinned_staging_uploads_survive_slot_reuse() -> None:
+    from mtbench.device import PinnedStaging
+
+    staging = PinnedStaging(slots=2)
+    gen = torch.Generator().manual_seed(0)
+    sources = [torch.randint(0, 1 << 30, (int(n),), generator=gen) for n in torch.randint(1, 50_000, (12,), generator=gen)]
+    uploaded = [staging.upload(source, torch.device("cuda")) for source in sources]
+    for source, device_copy in zip(sources, uploaded):
+        assert torch.equal(device_copy.cpu(), source)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mtbench.device import PINNED_STAGING
 from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
 
@@ -173,9 +174,9 @@ def to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """`host` on `device`; on CUDA through pinned memory with a non-blocking copy.
 
     A copy from pageable memory makes the host wait until the GPU drained the stream, which would
-    serialise the replay loop's host work with the device; pinned blocks come from PyTorch's caching
-    host allocator, which keeps a block until the copy that reads it has completed.
+    serialise the replay loop's host work with the device; the pinned buffers are reused ones
+    (`mtbench.device.PinnedStaging`), never freshly pinned per call.
     """
     if device.type != "cuda":
         return host
-    return host.pin_memory().to(device, non_blocking=True)
+    return PINNED_STAGING.upload(host, device)

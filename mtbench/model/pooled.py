@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mtbench.device import PINNED_STAGING
 from mtbench.model.batch import GROUP_C, RequestBatch
 from mtbench.model.mtgr import MTGR, PoolIO, RowLayout, Scores
 
@@ -89,7 +90,7 @@ class PooledInputs:
         """Everything on kv's device in one copy (pinned and non-blocking on CUDA)."""
         host = torch.from_numpy(self.packed())
         device = self.kv.device
-        packed = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
+        packed = PINNED_STAGING.upload(host, device)
         return self.views(packed, arange.get(self.num_rows, device))
 
 
@@ -153,12 +154,12 @@ class LayerGraphs:
         host = torch.from_numpy(padded.packed())
         if bucket is None:
             bucket = self._new_bucket(key, padded)
-            bucket.packed.copy_(host.pin_memory(), non_blocking=True)
+            PINNED_STAGING.upload(host, bucket.packed.device, out=bucket.packed)
             model.embed(batch, out=bucket.x_in[: inputs.num_rows])
             self._capture(model, bucket, before_layer)
         else:
             self._buckets.move_to_end(key)
-            bucket.packed.copy_(host.pin_memory(), non_blocking=True)
+            PINNED_STAGING.upload(host, bucket.packed.device, out=bucket.packed)
             model.embed(batch, out=bucket.x_in[: inputs.num_rows])
         for index, graph in enumerate(bucket.graphs):
             if before_layer is not None:

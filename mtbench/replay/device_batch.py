@@ -12,6 +12,7 @@ from dataclasses import fields, replace
 
 import torch
 
+from mtbench.device import PINNED_STAGING
 from mtbench.model.batch import GroupFeatures, RequestBatch
 
 
@@ -35,7 +36,7 @@ def batch_to_device(batch: RequestBatch, device: torch.device) -> RequestBatch:
     moved: dict[int, torch.Tensor] = {}
     for dtype in {tensor.dtype for _, _, tensor in slots}:
         group = [(index, tensor) for index, (_, _, tensor) in enumerate(slots) if tensor.dtype == dtype]
-        packed = torch.cat([tensor.reshape(-1) for _, tensor in group]).pin_memory().to(device, non_blocking=True)
+        packed = PINNED_STAGING.upload(torch.cat([tensor.reshape(-1) for _, tensor in group]), device)
         pieces = packed.split([tensor.numel() for _, tensor in group])
         for (index, tensor), piece in zip(group, pieces):
             moved[index] = piece.view(tensor.shape)
