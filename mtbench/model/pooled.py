@@ -146,27 +146,41 @@ class LayerGraphs:
 
     def run(self, model: MTGR, batch: RequestBatch, inputs: PooledInputs,
             before_layer: Callable[[int], None] | None) -> Scores:
-        padded = inputs.padded(self.max_requests + 1, self.padded_rows(inputs.num_rows))
-        key = (padded.num_rows, padded.page_table.shape[1])
-        bucket = self._buckets.get(key)
-        if bucket is not None and bucket.pool.kv.data_ptr() != inputs.kv.data_ptr():
-            bucket = None  # another pool (a new replay run): recapture
-        host = torch.from_numpy(padded.packed())
-        if bucket is None:
-            bucket = self._new_bucket(key, padded)
-            PINNED_STAGING.upload(host, bucket.packed.device, out=bucket.packed)
-            model.embed(batch, out=bucket.x_in[: inputs.num_rows])
-            self._capture(model, bucket, before_layer)
-        else:
-            self._buckets.move_to_end(key)
-            PINNED_STAGING.upload(host, bucket.packed.device, out=bucket.packed)
-            model.embed(batch, out=bucket.x_in[: inputs.num_rows])
+        bucket = self._prepare(model, batch, inputs, self.padded_rows(inputs.num_rows), before_layer)
         for index, graph in enumerate(bucket.graphs):
             if before_layer is not None:
                 before_layer(index)
             graph.replay()
         self.replays += 1
         return model.score(bucket.hidden[: inputs.num_rows], batch)
+
+    def capture_buckets(self, model: MTGR, batch: RequestBatch, inputs: PooledInputs, smallest_rows: int) -> None:
+        """Capture every bucket from the one holding `smallest_rows` rows up to `max_rows` now, with
+        `batch` (which must store nothing) padded to each size: captures then never fall inside a
+        timed batch. Buckets that do not fit in `max_buckets` are left to be captured on first use."""
+        rows = self.padded_rows(max(smallest_rows, inputs.num_rows))
+        while rows <= self.max_rows and len(self._buckets) < self.max_buckets:
+            self._prepare(model, batch, inputs, rows, None)
+            rows += self.row_bucket
+
+    def _prepare(self, model: MTGR, batch: RequestBatch, inputs: PooledInputs, rows: int,
+                 before_layer: Callable[[int], None] | None) -> _Bucket:
+        """The bucket of `rows` padded rows with this batch's inputs and embeddings in its static
+        buffers (captured first when new: its eager pass computes the batch)."""
+        padded = inputs.padded(self.max_requests + 1, rows)
+        key = (padded.num_rows, padded.page_table.shape[1])
+        bucket = self._buckets.get(key)
+        if bucket is not None and bucket.pool.kv.data_ptr() != inputs.kv.data_ptr():
+            bucket = None  # another pool (a new replay run): recapture
+        if bucket is None:
+            bucket = self._new_bucket(key, padded)
+        else:
+            self._buckets.move_to_end(key)
+        PINNED_STAGING.upload(torch.from_numpy(padded.packed()), bucket.packed.device, out=bucket.packed)
+        model.embed(batch, out=bucket.x_in[: inputs.num_rows])
+        if not bucket.graphs:
+            self._capture(model, bucket, before_layer)
+        return bucket
 
     def _new_bucket(self, key: tuple[int, int], padded: PooledInputs) -> _Bucket:
         while len(self._buckets) >= self.max_buckets:

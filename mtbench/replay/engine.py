@@ -25,9 +25,9 @@ never stalls the pipeline) and with the wall clock on the CPU. Warm-up batches (
 before request `warmup`) run through the cache but are left out of every figure.
 
 Before anything is timed, on CUDA `prewarm` runs one tiny forward per Triton specialisation the
-replay's batches will hit (batch-size class, token-count class) and one host load/store, and grows
-the load staging buffer; a CUDA-graph bucket is captured the first time a batch needs it (usually
-during warm-up; `graph_captures` in the summary counts them). Batch index tensors travel in one
+replay's batches will hit (batch-size class, token-count class), captures the CUDA-graph buckets
+from the smallest all-hit batch up (a bigger one is captured when a batch first needs it;
+`graph_captures` counts them all), runs one host load/store, and grows the load staging buffer. Batch index tensors travel in one
 pinned, non-blocking copy (`batch_to_device`, `PooledInputs.upload`).
 """
 
@@ -228,7 +228,7 @@ class _BatchRunner:
         batches = iter_batches(self.trace, self.options.batch_size, self.options.window, self.options.max_requests)
         lookahead = not self.cache_config.sync
         if self.device.type == "cuda":
-            prewarm(self.model, self.manager, self.trace, self.options)
+            prewarm(self.model, self.manager, self.trace, self.options, self.graphs)
         current = next(batches, None)
         plan = self._plan(current) if current is not None else None
         wall_start, timed_requests, timed_candidates = None, 0, 0

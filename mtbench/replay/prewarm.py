@@ -5,7 +5,8 @@ and constexprs (CHUNK_B follows the batch size's power of two), so a batch of a 
 token count of a new class compiles (seconds) the first time it is seen. `prewarm` derives the
 batch-size classes from the replay's own batches and runs, per class and token-count class, one
 tiny forward through the path the replay takes (plain forward without a cache; the eager pooled
-forward with a mixed hit/miss batch otherwise), one host store and load per token-count class, and
+forward with a mixed hit/miss batch otherwise), captures the CUDA-graph buckets the replay's batches
+can use (from the smallest all-hit batch up), runs one host store and load per token-count class, and
 grows the load staging buffer to its largest use.
 It only writes free pool pages and free host extents, and leaves the cache state as it found it.
 """
@@ -20,7 +21,7 @@ import torch
 from mtbench.cache.layouts import HostPlacement, TransferJob
 from mtbench.cache.manager import CacheManager
 from mtbench.model import MTGR, RequestSpec, build_batch
-from mtbench.model.pooled import DeviceArange, PooledInputs, pooled_forward
+from mtbench.model.pooled import DeviceArange, LayerGraphs, PooledInputs, pooled_forward
 from mtbench.replay.batching import iter_batches
 from mtbench.replay.device_batch import batch_to_device
 from mtbench.trace import Trace
@@ -63,13 +64,26 @@ def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_to
                 model(batch_to_device(build_batch([replace(s, n_cached=0) for s in specs], model.cfg, "cpu"), device))
                 continue
             host_batch = build_batch(specs, model.cfg, "cpu")
-            as32 = (lambda t: t.numpy().astype(np.int32))
-            no_store = np.full(host_batch.num_rows, -1, dtype=np.int32)
-            inputs = PooledInputs(manager.pool.kv, as32(host_batch.offsets), as32(host_batch.n_new_static),
-                                  as32(host_batch.n_rt), as32(host_batch.n_cached),
-                                  np.zeros((size, manager.table_width), dtype=np.int32), as32(host_batch.group_ids),
-                                  no_store, no_store)
-            pooled_forward(model, batch_to_device(host_batch, device), inputs, DeviceArange())
+            pooled_forward(model, batch_to_device(host_batch, device), _warm_inputs(manager, host_batch), DeviceArange())
+
+
+def _warm_inputs(manager: CacheManager, host_batch) -> PooledInputs:
+    """Pool inputs of a warm-up batch: prefixes read from page 0 (whatever it holds), nothing stored."""
+    as32 = (lambda t: t.numpy().astype(np.int32))
+    no_store = np.full(host_batch.num_rows, -1, dtype=np.int32)
+    table = np.zeros((host_batch.batch_size, manager.table_width), dtype=np.int32)
+    return PooledInputs(manager.pool.kv, as32(host_batch.offsets), as32(host_batch.n_new_static), as32(host_batch.n_rt),
+                        as32(host_batch.n_cached), table, as32(host_batch.group_ids), no_store, no_store)
+
+
+def _capture_graphs(model: MTGR, manager: CacheManager, graphs: LayerGraphs, trace: Trace, options) -> None:
+    """Capture the CUDA-graph buckets the replay's batches can use, from the smallest all-hit batch
+    (batch_size requests with the trace's fewest R+C rows) up."""
+    columns = trace.arrays(["n_rt", "n_cand"])
+    fewest = int((columns["n_rt"] + columns["n_cand"]).min())
+    host_batch = build_batch(_warm_specs(model, options.batch_size, 0, options.page_tokens), model.cfg, "cpu")
+    graphs.capture_buckets(model, batch_to_device(host_batch, model.device), _warm_inputs(manager, host_batch),
+                           options.batch_size * fewest)
 
 
 def _warm_transfers(manager: CacheManager) -> None:
@@ -94,10 +108,12 @@ def _warm_transfers(manager: CacheManager) -> None:
         pool.free(pages)
 
 
-def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options) -> None:
+def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options, graphs: LayerGraphs | None = None) -> None:
     """See the module docstring; `options` is the replay's `ReplayOptions`."""
     sizes = batch_size_classes(trace, options.batch_size, options.window, options.max_requests)
     _warm_forwards(model, manager, sizes, options.page_tokens)
+    if graphs is not None:
+        _capture_graphs(model, manager, graphs, trace, options)
     if manager.arena is not None:
         _warm_transfers(manager)
     if manager.pool is not None:
