@@ -26,10 +26,12 @@ class PinnedStaging:
     served yet pins fresh memory (cudaHostAlloc), which can stall the host for milliseconds in the
     middle of a batch. Here a ring of `slots` buffers, each grown to the largest upload it carried, is
     used in turn; a slot is overwritten only once the copy that last read it completed (its event), so
-    with enough slots the host never waits.
+    with enough slots the host never waits. Slots start at `min_bytes` (most uploads fit), so pinning
+    happens during the first few batches (warm-up), not later.
     """
 
-    def __init__(self, slots: int = 32) -> None:
+    def __init__(self, slots: int = 16, min_bytes: int = 8 << 20) -> None:
+        self.min_bytes = min_bytes
         self._buffers: list[torch.Tensor | None] = [None] * slots
         self._events: list[torch.cuda.Event | None] = [None] * slots
         self._next = 0
@@ -46,7 +48,7 @@ class PinnedStaging:
         size = host.numel() * host.element_size()
         buffer = self._buffers[slot]
         if buffer is None or buffer.numel() < size:
-            buffer = self._buffers[slot] = torch.empty(max(2 * size, 1 << 16), dtype=torch.uint8, pin_memory=True)
+            buffer = self._buffers[slot] = torch.empty(max(2 * size, self.min_bytes), dtype=torch.uint8, pin_memory=True)
         staged = buffer[:size].view(host.dtype).view(host.shape)
         staged.copy_(host)
         if out is None:
