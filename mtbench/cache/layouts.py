@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 import kernels
@@ -246,10 +247,9 @@ class HybridLayout(HostLayout):
 
 def _pool_rows(job: TransferJob, page_tokens: int) -> torch.Tensor:
     """int32 rows of the job's K then V tokens in one pool layer viewed as [pages * 2 * P, H * D]."""
-    position = torch.arange(job.placement.n_tokens)
-    pages = torch.as_tensor(job.pages, dtype=torch.long)[position // page_tokens]
-    k_rows = pages * (2 * page_tokens) + position % page_tokens
-    return torch.cat([k_rows, k_rows + page_tokens]).to(torch.int32)
+    position = np.arange(job.placement.n_tokens, dtype=np.int32)
+    k_rows = np.asarray(job.pages, dtype=np.int32)[position // page_tokens] * (2 * page_tokens) + position % page_tokens
+    return torch.from_numpy(np.concatenate([k_rows, k_rows + page_tokens]))
 
 
 class ZeroCopyLayout(HybridLayout):

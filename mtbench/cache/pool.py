@@ -88,7 +88,7 @@ class PagedKVPool:
         # A stack: pop() hands out the lowest page first, which keeps a fresh pool's tables ordered.
         self._free: list[int] = list(range(self.num_pages - 1, -1, -1))
         self._scratch_free: list[int] = list(range(total - 1, self.num_pages - 1, -1))
-        self._allocated = torch.zeros(total, dtype=torch.bool)
+        self._allocated = bytearray(total)  # 1 = allocated (a Python bytearray: cheap per-page updates)
 
     @property
     def device(self) -> torch.device:
@@ -116,7 +116,8 @@ class PagedKVPool:
         if count > len(self._free):
             return None
         pages = [self._free.pop() for _ in range(count)]
-        self._allocated[pages] = True
+        for page in pages:
+            self._allocated[page] = 1
         return pages
 
     def allocate_scratch(self, n_tokens: int) -> list[int] | None:
@@ -125,7 +126,8 @@ class PagedKVPool:
         if count > len(self._scratch_free):
             return None
         pages = [self._scratch_free.pop() for _ in range(count)]
-        self._allocated[pages] = True
+        for page in pages:
+            self._allocated[page] = 1
         return pages
 
     @property
@@ -134,11 +136,11 @@ class PagedKVPool:
 
     def free(self, pages: list[int]) -> None:
         """Give pages back; every one must currently be allocated, and listed once."""
-        index = torch.as_tensor(pages, dtype=torch.long)
-        in_range = all(0 <= page < self.num_pages + self.scratch_pages for page in pages)
-        if not in_range or len(set(pages)) != len(pages) or not bool(self._allocated[index].all()):
+        allocated = self._allocated
+        if len(set(pages)) != len(pages) or not all(0 <= page < len(allocated) and allocated[page] for page in pages):
             raise RuntimeError(f"freeing pages that are not allocated (double free?): {pages}")
-        self._allocated[index] = False
+        for page in pages:
+            allocated[page] = 0
         for page in reversed(pages):
             (self._free if page < self.num_pages else self._scratch_free).append(page)
 

@@ -211,6 +211,8 @@ class _BatchRunner:
         self._warm_stats: CacheStats | None = None
         self._pending: list[_BatchTiming] = []
         self._host_cache_seconds = 0.0
+        self._mallocs_at_start = 0
+        self.timed_device_mallocs = 0  # cudaMalloc calls (each may synchronise the device) in timed batches
         self.arange = DeviceArange()
         use_graphs = options.cuda_graphs and self.manager.pool is not None and graphs_supported(model)
         self.graphs = LayerGraphs(options.batch_size) if use_graphs else None
@@ -237,6 +239,7 @@ class _BatchRunner:
             if not warmup and wall_start is None:
                 self.clock.synchronize()
                 self._warm_stats = replace(self.manager.stats)
+                self._mallocs_at_start = _device_mallocs(self.device)
                 wall_start = time.perf_counter()
             if not warmup:
                 timed_requests += len(current)
@@ -255,6 +258,7 @@ class _BatchRunner:
         for timing in self._pending:
             self.recorder.resolve(timing)
         self._pending.clear()
+        self.timed_device_mallocs = _device_mallocs(self.device) - self._mallocs_at_start
         return seconds, timed_requests, timed_candidates
 
     def _cache_call(self, fn: Callable, *args):
@@ -388,9 +392,17 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     pool = runner.manager.pool
     row["scratch_bytes"] = pool.scratch_pages * pool.shape.page_bytes if pool is not None else 0
     row["graph_captures"] = runner.graphs.captures if runner.graphs is not None else 0
+    row["device_mallocs"] = runner.timed_device_mallocs
     row["graphed_batches"] = runner.graphs.replays if runner.graphs is not None else 0
     samples = {index: replace(s, ctr=s.ctr.float().cpu(), ctcvr=s.ctcvr.float().cpu()) for index, s in runner.samples.items()}
     return RunResult(label, cache, records, row, samples, stats)
+
+
+def _device_mallocs(device: torch.device) -> int:
+    """Device memory segments PyTorch's caching allocator has requested so far (0 off CUDA)."""
+    if device.type != "cuda":
+        return 0
+    return int(torch.cuda.memory_stats(device).get("segment.all.allocated", 0))
 
 
 def _diff(total: CacheStats, warm: CacheStats | None) -> CacheStats:
