@@ -6,13 +6,14 @@ copies a transfer takes (small copies are launch-bound, DESIGN.md section 7):
 - `paged`: host pages shaped like the GPU's. One extent `[layers, n_pages, 2, P, H, D]`; a load is
   one page-sized copy per page per layer, straight into the pool page (no staging).
 - `user`: one contiguous extent per entry for all layers, `[layers, 2, n, H, D]`; a load is ONE copy
-  into a device staging buffer, then one `scatter_to_pages` per layer. Every layer waits for the
-  whole copy, so there is no layer-wise overlap.
-- `hybrid` (default): one contiguous extent per entry PER LAYER, `[2, n, H, D]` each; a load copies
-  layer l of every entry of the batch into one reused device staging buffer `[2, T, H, D]` (K and V
-  of an entry are one copy each), then ONE `scatter_to_pages` per layer moves the whole batch into
-  its pages; layer l is usable as soon as its copies and scatter finish (layer-wise overlap with the
-  forward). Launches per batch: 2 * entries + 1 per layer, no allocation once the buffer is grown.
+  per entry into reused device staging rows, then one `kernels.copy_rows` per layer moves every
+  entry of the batch into its pool pages. Every layer waits for all the copies (no layer-wise
+  overlap). Stores: one `copy_rows` per layer into the store staging rows, then one copy per entry.
+- `hybrid` (default): one contiguous extent per entry PER LAYER, `[2, n, H, D]` each; per layer, a
+  load copies every entry's K and V rows (one copy per entry) into the staging rows, then ONE
+  `copy_rows` moves the whole batch into its pages; layer l is usable as soon as its copies finish
+  (layer-wise overlap with the forward). Launches per batch: entries + 1 per layer; stores the same
+  way in reverse. No allocation once the staging rows have grown.
 - `zerocopy`: `hybrid`'s placement, moved by a kernel (`kernels.copy_rows`) that reads or writes the
   pinned host extents directly over PCIe (unified addressing): ONE launch per layer for every entry
   of a batch, straight into / out of pool pages, no staging buffer and no copy-engine calls.
@@ -101,12 +102,6 @@ class HostLayout(ABC):
                     non_blocking: bool, layer_done: Callable[[int], None]) -> None:
         """Every layer of every job, layer-major; `layer_done(l)` after layer l of all jobs is issued."""
 
-    def _per_job_layers(self, jobs, views, pool, non_blocking, layer_done) -> None:
-        for layer in range(self.shape.layers):
-            for job, job_views in zip(jobs, views):
-                self.load_layer(layer, job, job_views, pool, non_blocking)
-            layer_done(layer)
-
     @abstractmethod
     def store(self, job: TransferJob, views: list[torch.Tensor], pool: PagedKVPool, non_blocking: bool) -> None:
         """Copy the entry from its pool pages into its host extents (all layers)."""
@@ -129,12 +124,14 @@ class PagedLayout(HostLayout):
         s = self.shape
         return [(s.layers, s.pages_for(n_tokens), 2, s.page_tokens, s.heads, s.head_dim)]
 
-    load_layers = HostLayout._per_job_layers
-
-    def load_layer(self, layer, job, views, pool, non_blocking):
-        host_layer, pool_layer = views[0][layer], pool.layer(layer)
-        for index, page in enumerate(job.pages):
-            pool_layer[page].copy_(host_layer[index], non_blocking=non_blocking)
+    def load_layers(self, jobs, views, pool, non_blocking, layer_done):
+        """One copy per page per layer, straight into the pool page."""
+        for layer in range(self.shape.layers):
+            pool_layer = pool.layer(layer)
+            for job, job_views in zip(jobs, views):
+                for index, page in enumerate(job.pages):
+                    pool_layer[page].copy_(job_views[0][layer][index], non_blocking=non_blocking)
+            layer_done(layer)
 
     def store(self, job, views, pool, non_blocking):
         for layer in range(self.shape.layers):

@@ -10,9 +10,15 @@ Per batch, the replay engine calls, in order:
      (bytes the link moves while the GPU computes a batch), so the forward recomputes the prefix and
      stores it into fresh pool pages instead; the copy stays on the host;
    - miss / stale (stale: an older static version of the user was cached): the forward computes the
-     prefix and stores it into fresh pool pages, when the GPU policy admits it.
+     prefix and stores it into fresh pool pages.
    Pool pages of every entry the batch computes are allocated here, so the forward writes K/V straight
    into them (`MTGR.forward_pooled`); `BatchPlan.stores` lists them.
+   Scratch pages: while two batches are pinned, a small GPU tier may have no unpinned entry left to
+   evict. A host hit that cannot be promoted is then loaded into scratch pages (outside the tier's
+   capacity, `PagedKVPool`), and a miss the tier cannot keep is computed into scratch pages and
+   written through to the host from there; `BatchPlan.transient` lists them and they are freed once
+   the batch and its copies are done. Without them such a miss would never reach the host and would
+   miss again on every later request of its user.
 2. `refresh(plan)` just before the batch computes: failed or timed-out loads fall back to recomputing;
    collects the loads (this or earlier batches) the batch's hits must wait for.
 3. `pool_inputs(plan)`: the batch's page table and prefix lengths (hits read their pages, the rest
