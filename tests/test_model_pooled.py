@@ -1,0 +1,124 @@
+"""The serving forward (`MTGR.forward_pooled`, `mtbench.model.pooled`) on the CPU: stores into the pool,
+reads from it, and the padding the CUDA graphs rely on (graph replay itself needs CUDA)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from mtbench.model import MTGR, build_batch, get_config, sample_requests
+from mtbench.model.pooled import DeviceArange, LayerGraphs, PooledInputs
+
+CFG = get_config("tiny")
+PAGE = 8
+
+
+@pytest.fixture(scope="module")
+def model() -> MTGR:
+    return MTGR(CFG).eval()
+
+
+def _pool(pages: int) -> torch.Tensor:
+    return torch.zeros(CFG.n_layers, pages, 2, PAGE, CFG.n_heads, CFG.head_dim)
+
+
+def _inputs(kv: torch.Tensor, host_batch, table: np.ndarray, stores: list[list[int] | None]) -> PooledInputs:
+    """Inputs of `host_batch`: hits read pages `table[b]`; request b stores its static rows into `stores[b]`."""
+    as32 = (lambda t: t.numpy().astype(np.int32))
+    offsets = host_batch.offsets.numpy()
+    store_k = np.full(host_batch.num_rows, -1, dtype=np.int32)
+    for b, pages in enumerate(stores):
+        if pages is not None:
+            position = np.arange(host_batch.requests[b].n_static)
+            store_k[offsets[b]: offsets[b] + len(position)] = (np.asarray(pages)[position // PAGE] * 2 * PAGE
+                                                               + position % PAGE)
+    store_v = np.where(store_k >= 0, store_k + PAGE, -1).astype(np.int32)
+    return PooledInputs(kv, as32(host_batch.offsets), as32(host_batch.n_new_static), as32(host_batch.n_rt),
+                        as32(host_batch.n_cached), table, as32(host_batch.group_ids), store_k, store_v)
+
+
+def _forward(model: MTGR, host_batch, inputs: PooledInputs, rows: int | None = None, requests: int | None = None):
+    """forward_pooled's hidden rows, eagerly, on `inputs` padded to (requests, rows) when given."""
+    if rows is None:
+        layout, pool = inputs.upload(DeviceArange())
+        return model.forward_pooled(host_batch, layout, pool).hidden
+    padded = inputs.padded(requests, rows)
+    layout, pool = padded.upload(DeviceArange())
+    x = torch.full((rows, CFG.d_model), 7.0)  # padding rows hold junk: no real row may see it
+    model.embed(host_batch, out=x[: inputs.num_rows])
+    for layer in range(CFG.n_layers):
+        x = model.pooled_layer(layer, x, layout, pool)
+    return x[: inputs.num_rows]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_misses_store_their_prefix_and_hits_read_it_back(model: MTGR, seed: int) -> None:
+    """Batch 1 computes every prefix into random pool pages; batch 2 (other R/C, same users) reads them:
+    its scores equal the full forward's, and the pool holds exactly what encode_prefix computes."""
+    specs = sample_requests(CFG, 5, seed=seed)
+    pages_for = [-(-s.n_static // PAGE) for s in specs]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(sum(pages_for) + 3).tolist()
+    pages = [order[sum(pages_for[:b]): sum(pages_for[: b + 1])] for b in range(len(specs))]
+    kv = _pool(len(order))
+    width = max(pages_for)
+    misses = build_batch(specs, CFG)
+    _forward(model, misses, _inputs(kv, misses, np.zeros((len(specs), width), np.int32), pages))
+    static = model.encode_prefix(misses)
+    for b, spec in enumerate(specs):
+        position = torch.arange(spec.n_static)
+        page = torch.tensor(pages[b])[position // PAGE]
+        start = int(static.offsets[b])
+        for layer in range(CFG.n_layers):
+            assert torch.allclose(kv[layer, page, 0, position % PAGE], static.k[layer][start: start + spec.n_static], atol=1e-6)
+            assert torch.allclose(kv[layer, page, 1, position % PAGE], static.v[layer][start: start + spec.n_static], atol=1e-6)
+    later = [replace(s, request_key=s.request_key + 1, n_cached=s.n_static) for s in specs]
+    hits = build_batch(later, CFG)
+    table = np.zeros((len(specs), width), np.int32)
+    for b, request_pages in enumerate(pages):
+        table[b, : len(request_pages)] = request_pages
+    cached = model.score(_forward(model, hits, _inputs(kv, hits, table, [None] * len(specs))), hits)
+    full_batch = build_batch([replace(s, n_cached=0) for s in later], CFG)
+    full = model(full_batch)
+    assert torch.allclose(cached.ctr, full.ctr, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_padding_changes_no_real_row(model: MTGR, seed: int) -> None:
+    """The graphs' padding (an extra request owning junk rows, empty extra requests) leaves every real
+    row as the unpadded forward computes it, for a random mix of hits and misses and any padding."""
+    rng = np.random.default_rng(seed)
+    specs = sample_requests(CFG, 5, seed=seed)
+    pages_for = [-(-s.n_static // PAGE) for s in specs]
+    pages = [list(range(sum(pages_for[:b]), sum(pages_for[: b + 1]))) for b in range(len(specs))]
+    kv, width = _pool(sum(pages_for)), max(pages_for)
+    first = build_batch(specs, CFG)
+    _forward(model, first, _inputs(kv, first, np.zeros((len(specs), width), np.int32), pages))
+    hit = rng.random(len(specs)) < 0.5
+    mixed = [replace(s, request_key=s.request_key + 1, n_cached=s.n_static if h else 0) for s, h in zip(specs, hit)]
+    host_batch = build_batch(mixed, CFG)
+    table = np.zeros((len(specs), width), np.int32)
+    for b in np.flatnonzero(hit):
+        table[b, : len(pages[b])] = pages[b]
+    inputs = _inputs(kv, host_batch, table, [None] * len(specs))
+    reference = _forward(model, host_batch, inputs)
+    padded = _forward(model, host_batch, inputs, rows=inputs.num_rows + int(rng.integers(0, 50)),
+                      requests=len(specs) + int(rng.integers(1, 5)))
+    assert torch.allclose(padded, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_and_bucket_sizes() -> None:
+    graphs = LayerGraphs(max_requests=4, row_bucket=16, max_rows=64)
+    assert [graphs.padded_rows(n) for n in (0, 1, 16, 17, 64)] == [16, 16, 16, 32, 64]
+    host_batch = build_batch(sample_requests(CFG, 3, seed=0), CFG)
+    inputs = _inputs(_pool(8), host_batch, np.zeros((3, 2), np.int32), [None] * 3)
+    padded = inputs.padded(5, inputs.num_rows + 9)
+    assert padded.num_requests == 5 and padded.num_rows == inputs.num_rows + 9
+    assert padded.offsets.tolist() == inputs.offsets.tolist() + [inputs.num_rows, inputs.num_rows + 9]
+    assert (padded.store_k_rows[inputs.num_rows:] == -1).all() and (padded.lengths[3:] == 0).all()
+    assert not graphs.accepts(inputs), "CPU tensors never take the graph path"
+    with pytest.raises(ValueError):
+        inputs.padded(3, inputs.num_rows)  # no room for the padding request
