@@ -339,3 +339,26 @@ def test_scratch_pages_serve_what_the_gpu_tier_cannot_keep() -> None:
     manager.plan([], 6)  # polls copies: released scratch pages come back
     assert manager.pool.num_free_scratch_pages == scratch
     manager.check_invariants()
+
+
+def test_calibrate_writes_a_cost_model_and_compares_with_the_simulator(tmp_path: Path) -> None:
+    """`mtbench calibrate` on the CPU: every cost field measured and valid, and --compare-trace writes
+    the replay report with the simulator-vs-measured comparison (the GPU figures are in BENCHMARKS.md)."""
+    from mtbench.sim.costmodel import CostModel
+
+    trace = make_trace(tmp_path / "t.parquet", 9, requests=80)
+    cost_file, report = tmp_path / "cost.json", tmp_path / "cal"
+    result = CliRunner().invoke(app, [
+        "calibrate", "--model", "tiny", "--device", "cpu", "--dtype", "fp32", "-o", str(cost_file),
+        "--compare-trace", str(trace), "--gpu-cache", f"{8 * SHAPE.page_bytes}", "--host-cache", "1MiB",
+        "--batch-size", "8", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    cost = CostModel.load(cost_file)
+    assert cost.new_token_ms > 0 and cost.h2d_GBps > 0 and cost.d2h_GBps > 0 and "calibrated on cpu" in cost.source
+    calibration = json.loads((report / "summary.json").read_text())["calibration"]
+    # warm-up: the first quarter (20 requests), in whole batches of 8: batches starting at 0, 8 and 16
+    assert calibration["timed_requests"] == 80 - 24
+    assert calibration["measured_speedup"] > 0 and calibration["estimated_speedup"] > 0
+    assert calibration["gap"] == pytest.approx(abs(calibration["estimated_speedup"] - calibration["measured_speedup"])
+                                               / calibration["measured_speedup"])
+    assert 0 < calibration["measured_host_ms_per_request"] <= calibration["measured_ms_per_request"] * 1.5

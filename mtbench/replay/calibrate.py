@@ -265,10 +265,13 @@ def compare_with_simulator(setup, cost: CostModel, report: Path | None, console:
     measured = main.get("speedup_vs_none")
     estimated = estimate["est_speedup"]
     gap = abs(estimated - measured) / measured if measured else float("nan")
+    host_ms = (main["bookkeeping_ms"] + main["forward_host_ms"]) / max(main["requests"], 1)
     comparison = {"measured_speedup": measured, "estimated_speedup": estimated, "gap": gap,
                   "within_limit": bool(gap <= GAP_LIMIT), "measured_hit_ratio": main["hit_ratio"],
                   "simulated_hit_ratio": estimate["hit_ratio"], "timed_requests": estimate["requests"],
-                  "warmup": setup.options.warmup}
+                  "warmup": setup.options.warmup, "measured_ms_per_request": main["ms_per_request"],
+                  "measured_host_ms_per_request": host_ms,
+                  "estimated_ms_per_request": estimate["est_ms_per_request"]}
     sim_row = estimate
     table = Table(title=f"simulator vs measured on {setup.trace.name} ({setup.policy})")
     for column in ("", "hit ratio", "speedup vs no cache"):
@@ -277,6 +280,9 @@ def compare_with_simulator(setup, cost: CostModel, report: Path | None, console:
     table.add_row("estimated (simulator)", f"{sim_row['hit_ratio']:.4f}", f"{estimated:.3f}x")
     console.print(table)
     console.print(f"gap {gap:.1%} ({'within' if comparison['within_limit'] else 'OUTSIDE'} the {GAP_LIMIT:.0%} limit)")
+    console.print(f"per request: measured {main['ms_per_request']:.4f} ms, of which {host_ms:.4f} ms of host work "
+                  f"(cache manager + issuing the forward; on the CPU that includes the compute); the simulator's "
+                  f"cost model (device time, no host term) {estimate['est_ms_per_request']:.4f} ms")
     if report is not None:
         from mtbench.report import write_report
 
