@@ -112,20 +112,17 @@ class PagedKVPool:
 
     def allocate(self, n_tokens: int) -> list[int] | None:
         """Pages for an entry of n_tokens, or None (nothing taken) when too few pages are free."""
-        count = self.shape.pages_for(n_tokens)
-        if count > len(self._free):
-            return None
-        pages = [self._free.pop() for _ in range(count)]
-        for page in pages:
-            self._allocated[page] = 1
-        return pages
+        return self._take(self._free, n_tokens)
 
     def allocate_scratch(self, n_tokens: int) -> list[int] | None:
         """Scratch pages for n_tokens, or None (nothing taken) when too few are free."""
+        return self._take(self._scratch_free, n_tokens)
+
+    def _take(self, free: list[int], n_tokens: int) -> list[int] | None:
         count = self.shape.pages_for(n_tokens)
-        if count > len(self._scratch_free):
+        if count > len(free):
             return None
-        pages = [self._scratch_free.pop() for _ in range(count)]
+        pages = [free.pop() for _ in range(count)]
         for page in pages:
             self._allocated[page] = 1
         return pages
