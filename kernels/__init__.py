@@ -3,10 +3,12 @@
 Set MTBENCH_KERNELS=reference to force the PyTorch references everywhere.
 """
 
-from kernels.dispatch import copy_rows, gather_from_pages, group_layernorm, hstu_attention, scatter_to_pages
+from kernels.dispatch import (
+    copy_rows, gather_from_pages, group_layernorm, hstu_attention, scatter_to_pages, uses_triton,
+)
 from kernels.hstu_attention_ref import AttentionSpec, ContiguousPrefix, PagedPrefix, Prefix
 
 __all__ = [
     "AttentionSpec", "ContiguousPrefix", "PagedPrefix", "Prefix",
-    "hstu_attention", "group_layernorm", "scatter_to_pages", "gather_from_pages", "copy_rows",
+    "hstu_attention", "group_layernorm", "scatter_to_pages", "gather_from_pages", "copy_rows", "uses_triton",
 ]

@@ -35,6 +35,11 @@ def _use_triton(t: torch.Tensor, impl: str, supported: bool = True) -> bool:
     return impl == "triton" or (t.is_cuda and supported)
 
 
+def uses_triton(t: torch.Tensor, impl: str = "auto") -> bool:
+    """Whether ops on tensors like `t` dispatch to the Triton kernels (the rule every op below follows)."""
+    return _use_triton(t, impl)
+
+
 def hstu_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor,
     n_new_static: torch.Tensor, n_rt: torch.Tensor, spec: AttentionSpec,

@@ -1,27 +1,20 @@
 """Triton HSTU attention vs the PyTorch reference on random jagged batches.
 
-Without CUDA the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set below before the
-kernel module is imported) at small sizes; with CUDA the same checks run compiled, plus real MTGR sizes.
+Without CUDA the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set by conftest.py before
+any kernel module is imported) at small sizes; with CUDA the same checks run compiled, plus real MTGR sizes.
 """
 
-import importlib
-import os
-import sys
 import zlib
 
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-    if "kernels.hstu_attention_triton" in sys.modules:  # imported compiled by an earlier test module
-        importlib.reload(sys.modules["kernels.hstu_attention_triton"])
 
-from kernels import AttentionSpec, ContiguousPrefix, hstu_attention  # noqa: E402
-from kernels.hstu_attention_ref import hstu_attention_reference  # noqa: E402
-from kernels.hstu_attention_triton import AttentionConfig, hstu_attention_triton  # noqa: E402
-from kernels.testing import AttentionCase, random_case, relative_error  # noqa: E402
+from kernels import AttentionSpec, ContiguousPrefix, hstu_attention
+from kernels.hstu_attention_ref import hstu_attention_reference
+from kernels.hstu_attention_triton import AttentionConfig, hstu_attention_triton
+from kernels.testing import AttentionCase, random_case, relative_error
 
 DEVICE = "cuda" if CUDA else "cpu"
 SMALL_TILES = AttentionConfig(block_m=16, block_n=16, num_warps=4, num_stages=1)

@@ -1,22 +1,15 @@
 """kernels.copy_rows: Triton (CPU interpreter, or CUDA when present) == reference == a plain Python loop."""
 
-import importlib
-import os
-import sys
 
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
-    if "kernels.copy_rows_triton" in sys.modules:  # imported compiled by an earlier test module
-        importlib.reload(sys.modules["kernels.copy_rows_triton"])
 
-from kernels import copy_rows  # noqa: E402
-from kernels.copy_rows_ref import copy_rows_reference  # noqa: E402
-from kernels.copy_rows_triton import copy_rows_blocks  # noqa: E402
-from kernels.triton_support import triton_device_problem  # noqa: E402
+from kernels import copy_rows
+from kernels.copy_rows_ref import copy_rows_reference
+from kernels.copy_rows_triton import copy_rows_blocks
+from kernels.triton_support import triton_device_problem
 
 DEVICE = "cuda" if CUDA else "cpu"
 CPU, GPU = torch.device("cpu"), torch.device("cuda")

@@ -27,7 +27,6 @@ def _pool(pages: int) -> torch.Tensor:
 
 def _inputs(kv: torch.Tensor, host_batch, table: np.ndarray, stores: list[list[int] | None]) -> PooledInputs:
     """Inputs of `host_batch`: hits read pages `table[b]`; request b stores its static rows into `stores[b]`."""
-    as32 = (lambda t: t.numpy().astype(np.int32))
     offsets = host_batch.offsets.numpy()
     store_k = np.full(host_batch.num_rows, -1, dtype=np.int32)
     for b, pages in enumerate(stores):
@@ -35,9 +34,7 @@ def _inputs(kv: torch.Tensor, host_batch, table: np.ndarray, stores: list[list[i
             position = np.arange(host_batch.requests[b].n_static)
             store_k[offsets[b]: offsets[b] + len(position)] = (np.asarray(pages)[position // PAGE] * 2 * PAGE
                                                                + position % PAGE)
-    store_v = np.where(store_k >= 0, store_k + PAGE, -1).astype(np.int32)
-    return PooledInputs(kv, as32(host_batch.offsets), as32(host_batch.n_new_static), as32(host_batch.n_rt),
-                        as32(host_batch.n_cached), table, as32(host_batch.group_ids), store_k, store_v)
+    return PooledInputs.from_batch(kv, host_batch, table, store_k)
 
 
 def _forward(model: MTGR, host_batch, inputs: PooledInputs, rows: int | None = None, requests: int | None = None):

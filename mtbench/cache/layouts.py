@@ -103,14 +103,9 @@ class HostLayout(ABC):
         """Every layer of every job, layer-major; `layer_done(l)` after layer l of all jobs is issued."""
 
     @abstractmethod
-    def store(self, job: TransferJob, views: list[torch.Tensor], pool: PagedKVPool, non_blocking: bool) -> None:
-        """Copy the entry from its pool pages into its host extents (all layers)."""
-
     def store_many(self, jobs: list[TransferJob], views: list[list[torch.Tensor]], pool: PagedKVPool,
                    non_blocking: bool) -> None:
-        """`store` of several entries (layouts that can batch them override this)."""
-        for job, job_views in zip(jobs, views):
-            self.store(job, job_views, pool, non_blocking)
+        """Copy every job's entry from its pool pages into its host extents (all layers)."""
 
 
 class PagedLayout(HostLayout):
@@ -133,11 +128,13 @@ class PagedLayout(HostLayout):
                     pool_layer[page].copy_(job_views[0][layer][index], non_blocking=non_blocking)
             layer_done(layer)
 
-    def store(self, job, views, pool, non_blocking):
+    def store_many(self, jobs, views, pool, non_blocking):
+        """One copy per page per layer, straight out of the pool page."""
         for layer in range(self.shape.layers):
-            host_layer, pool_layer = views[0][layer], pool.layer(layer)
-            for index, page in enumerate(job.pages):
-                host_layer[index].copy_(pool_layer[page], non_blocking=non_blocking)
+            pool_layer = pool.layer(layer)
+            for job, job_views in zip(jobs, views):
+                for index, page in enumerate(job.pages):
+                    job_views[0][layer][index].copy_(pool_layer[page], non_blocking=non_blocking)
 
 
 class UserLayout(HostLayout):
@@ -158,7 +155,7 @@ class UserLayout(HostLayout):
             layer_base = starts[-1] + per_layer * torch.arange(self.shape.layers)
             staging_rows.append(layer_base[:, None] + torch.arange(per_layer)[None, :])
             starts.append(starts[-1] + per_layer * self.shape.layers)
-        pool_rows = torch.cat([_pool_rows(job, self.shape.page_tokens) for job in jobs])
+        pool_rows = torch.cat([_pool_rows(job, self.shape) for job in jobs])
         rows = torch.cat(staging_rows, dim=1).to(torch.int32)
         return to_device_async(rows, device), to_device_async(pool_rows, device), starts
 
@@ -175,9 +172,6 @@ class UserLayout(HostLayout):
             if jobs:
                 kernels.copy_rows(staging, staging_rows[layer], pool.layer(layer).view(-1, width), pool_rows)
             layer_done(layer)
-
-    def store(self, job, views, pool, non_blocking):
-        self.store_many([job], [views], pool, non_blocking)
 
     def store_many(self, jobs, views, pool, non_blocking):
         """One `copy_rows` per layer gathers every entry into the store staging rows, then ONE copy per entry."""
@@ -204,7 +198,7 @@ class HybridLayout(HostLayout):
                 layer_done(layer)
             return
         width = self.shape.heads * self.shape.head_dim
-        pool_rows = to_device_async(torch.cat([_pool_rows(job, self.shape.page_tokens) for job in jobs]), pool.device)
+        pool_rows = to_device_async(torch.cat([_pool_rows(job, self.shape) for job in jobs]), pool.device)
         staging = self._staging_rows(pool_rows.numel(), pool.device)
         staging_rows = torch.arange(pool_rows.numel(), dtype=torch.int32, device=pool.device)
         starts = [0]
@@ -222,14 +216,11 @@ class HybridLayout(HostLayout):
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         return [self._token_block(n_tokens)] * self.shape.layers
 
-    def store(self, job, views, pool, non_blocking):
-        self.store_many([job], [views], pool, non_blocking)
-
     def store_many(self, jobs, views, pool, non_blocking):
         """Per layer: ONE `copy_rows` gathers every entry's K and V rows into the store staging rows, then
         one copy per entry into its extent of that layer."""
         width = self.shape.heads * self.shape.head_dim
-        pool_rows = to_device_async(torch.cat([_pool_rows(job, self.shape.page_tokens) for job in jobs]), pool.device)
+        pool_rows = to_device_async(torch.cat([_pool_rows(job, self.shape) for job in jobs]), pool.device)
         staging = self._staging_rows(self.shape.layers * pool_rows.numel(), pool.device, store=True)
         staging_rows = torch.arange(staging.shape[0], dtype=torch.int32, device=pool.device).view(self.shape.layers, -1)
         starts = [0]
@@ -242,11 +233,10 @@ class HybridLayout(HostLayout):
                 job_views[layer].view(-1, width).copy_(layer_rows[start:end], non_blocking=non_blocking)
 
 
-def _pool_rows(job: TransferJob, page_tokens: int) -> torch.Tensor:
+def _pool_rows(job: TransferJob, shape: KVShape) -> torch.Tensor:
     """int32 rows of the job's K then V tokens in one pool layer viewed as [pages * 2 * P, H * D]."""
-    position = np.arange(job.placement.n_tokens, dtype=np.int32)
-    k_rows = np.asarray(job.pages, dtype=np.int32)[position // page_tokens] * (2 * page_tokens) + position % page_tokens
-    return torch.from_numpy(np.concatenate([k_rows, k_rows + page_tokens]))
+    k_rows = shape.k_rows(job.pages, job.placement.n_tokens)
+    return torch.from_numpy(np.concatenate([k_rows, k_rows + shape.page_tokens]))
 
 
 class ZeroCopyLayout(HybridLayout):
@@ -266,7 +256,7 @@ class ZeroCopyLayout(HybridLayout):
     def _indices(self, jobs: list[TransferJob], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(host rows [layers, R], pool rows [R]) of every K and V token of `jobs`, in rows of H * D
         elements of the arena and of one pool layer; on `device` in one copy per tensor."""
-        width, page_tokens = self.shape.heads * self.shape.head_dim, self.shape.page_tokens
+        width = self.shape.heads * self.shape.head_dim
         host_rows, pool_rows = [], []
         for job in jobs:
             n = job.placement.n_tokens
@@ -275,7 +265,7 @@ class ZeroCopyLayout(HybridLayout):
                 raise RuntimeError(f"host extent offsets {job.placement.offsets} are not whole rows of {width} elements")
             within = torch.arange(2 * n)
             host_rows.append(bases[:, None] // width + within[None, :])
-            pool_rows.append(_pool_rows(job, page_tokens).long())
+            pool_rows.append(_pool_rows(job, self.shape).long())
         host = torch.cat(host_rows, dim=1)
         dtype = torch.int32 if int(host.max()) < 2**31 else torch.long
         return to_device_async(host.to(dtype), device), to_device_async(torch.cat(pool_rows).to(dtype), device)
@@ -290,9 +280,6 @@ class ZeroCopyLayout(HybridLayout):
         for layer in range(self.shape.layers):
             kernels.copy_rows(arena_rows, host_rows[layer], self._rows(pool.layer(layer)), pool_rows)
             layer_done(layer)
-
-    def store(self, job, views, pool, non_blocking):
-        self.store_many([job], [views], pool, non_blocking)
 
     def store_many(self, jobs, views, pool, non_blocking):
         host_rows, pool_rows = self._indices(jobs, pool.device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from mtbench.device import PINNED_STAGING
@@ -58,6 +59,14 @@ class KVShape:
 
     def pages_for(self, n_tokens: int) -> int:
         return -(-int(n_tokens) // self.page_tokens)
+
+    def k_rows(self, pages: list[int], n_tokens: int) -> np.ndarray:
+        """int32 rows of an entry's first n_tokens K tokens in one pool layer viewed as rows of H * D
+        (`kv[l].view(-1, H * D)`: page p holds K rows p*2P .. p*2P+P-1, then its V rows); V rows are
+        these + P."""
+        position = np.arange(n_tokens, dtype=np.int32)
+        pages = np.asarray(pages, dtype=np.int32)[position // self.page_tokens]
+        return pages * (2 * self.page_tokens) + position % self.page_tokens
 
     def entry_bytes(self, n_tokens: int) -> int:
         """Bytes an entry of n_tokens is charged in either tier: whole pages, as the GPU pool stores it."""

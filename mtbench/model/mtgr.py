@@ -282,14 +282,18 @@ class MTGR(nn.Module):
         afterwards). `rows` is the batch's row layout on the device (`mtbench.model.pooled` builds it and
         `pool` in one upload); `before_layer(l)` runs just before layer l (the cache makes the stream
         wait there for layer l's host loads)."""
-        self._require_cache_safe("forward_pooled")
-        self._require_exact_prefix(batch)
+        self.require_poolable(batch)
         hidden = self.embed(batch)
         for index in range(len(self.layers)):
             if before_layer is not None:
                 before_layer(index)
             hidden = self.pooled_layer(index, hidden, rows, pool)
         return self.score(hidden, batch)
+
+    def require_poolable(self, batch: RequestBatch) -> None:
+        """MtbenchError unless the model and `batch` may use cached prefixes (what forward_pooled checks)."""
+        self._require_cache_safe("forward_pooled")
+        self._require_exact_prefix(batch)
 
     def pooled_layer(self, index: int, x: torch.Tensor, rows: "RowLayout", pool: PoolIO) -> torch.Tensor:
         """Layer `index` of `forward_pooled`: attention over the pool prefix, then the stores of new K/V."""

@@ -21,7 +21,6 @@ algorithm choice. The replay's `--verify` checks the precision rule on graphed b
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import kernels
 from mtbench.device import PINNED_STAGING
 from mtbench.model.batch import GROUP_C, RequestBatch
 from mtbench.model.mtgr import MTGR, PoolIO, RowLayout, Scores
@@ -49,6 +49,19 @@ class PooledInputs:
     group_ids: np.ndarray  # [T]
     store_k_rows: np.ndarray  # [T], -1 = not stored
     store_v_rows: np.ndarray  # [T]
+
+    @classmethod
+    def from_batch(cls, kv: torch.Tensor, host_batch: RequestBatch, page_table: np.ndarray,
+                   store_k_rows: np.ndarray | None = None) -> "PooledInputs":
+        """Inputs of `host_batch` (on the host): request b reads its n_cached prefix tokens from pages
+        page_table[b]; computed row t stores its K at row store_k_rows[t] of each pool layer (-1 or None:
+        nothing stored) and its V one page-half (P rows) further."""
+        as32 = (lambda t: t.numpy().astype(np.int32))
+        if store_k_rows is None:
+            store_k_rows = np.full(host_batch.num_rows, -1, dtype=np.int32)
+        store_v_rows = np.where(store_k_rows >= 0, store_k_rows + kv.shape[3], -1).astype(np.int32)
+        return cls(kv, as32(host_batch.offsets), as32(host_batch.n_new_static), as32(host_batch.n_rt),
+                   as32(host_batch.n_cached), page_table, as32(host_batch.group_ids), store_k_rows, store_v_rows)
 
     @property
     def num_requests(self) -> int:
@@ -111,7 +124,6 @@ class _Bucket:
     """Static buffers and graphs of one padded shape; graphs[l] reads x_in (l = 0) or the previous
     graph's output and writes the next; `hidden` is the last layer's output."""
 
-    inputs_shape: tuple[int, int, int]
     packed: torch.Tensor
     x_in: torch.Tensor
     rows: RowLayout
@@ -190,7 +202,7 @@ class LayerGraphs:
         rows, pool = padded.views(packed, self._arange.get(padded.num_rows, device))
         d_model = kv.shape[-1] * kv.shape[-2]
         x_in = torch.zeros((padded.num_rows, d_model), dtype=kv.dtype, device=device)
-        bucket = _Bucket(key, packed, x_in, rows, pool, [], x_in)
+        bucket = _Bucket(packed, x_in, rows, pool, [], x_in)
         self._buckets[key] = bucket
         return bucket
 
@@ -216,14 +228,12 @@ def pooled_forward(model: MTGR, batch: RequestBatch, inputs: PooledInputs, arang
                    before_layer: Callable[[int], None] | None = None, graphs: LayerGraphs | None = None) -> Scores:
     """`batch` (already on the device) through the pool: graphed when `graphs` takes it, else eager."""
     if graphs is not None and graphs.accepts(inputs):
-        model._require_cache_safe("forward_pooled")
-        model._require_exact_prefix(batch)
+        model.require_poolable(batch)
         return graphs.run(model, batch, inputs, before_layer)
     rows, pool = inputs.upload(arange)
     return model.forward_pooled(batch, rows, pool, before_layer)
 
 
 def graphs_supported(model: MTGR) -> bool:
-    """Graphs need kernels that never sync with the host: the Triton path (CUDA, not forced to reference)."""
-    forced_reference = model.cfg.kernel_impl == "reference" or os.environ.get("MTBENCH_KERNELS") == "reference"
-    return model.device.type == "cuda" and not forced_reference
+    """Graphs need kernels that never sync with the host: the Triton path on CUDA."""
+    return model.device.type == "cuda" and kernels.uses_triton(model.head.weight, model.cfg.kernel_impl)

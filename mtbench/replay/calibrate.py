@@ -3,8 +3,8 @@
 Measured in steady state (warm-up calls first, then back-to-back calls between two CUDA events, or
 the wall clock on the CPU), at the replay's batch size:
 - `new_token_ms`, `request_overhead_ms`: cached forwards (prefix from the pool, through the replay's
-  pooled forward and its CUDA graphs) of a batch with two different R+C lengths; the per-request time is linear in R+C tokens: slope and
-  intercept.
+  pooled forward and its CUDA graphs) of a batch with two different R+C lengths; the per-request
+  time is linear in R+C tokens: slope and intercept.
 - `static_token_ms`: (full forward - cached forward) per request / static tokens.
 - `h2d_GBps`: host-tier loads through the hybrid layout (pinned extents -> staging rows -> pages);
   `d2h_GBps`: write-backs the other way.
@@ -107,10 +107,7 @@ def measure_compute(model: MTGR, batch_size: int, n_static: int, new_tokens: tup
         pool, table = _paged(model, specs, page_tokens)
         host_batch = build_batch(specs, cfg, "cpu")
         batch = batch_to_device(host_batch, model.device)
-        as32 = (lambda t: t.numpy().astype(np.int32))
-        no_store = np.full(host_batch.num_rows, -1, dtype=np.int32)
-        inputs = PooledInputs(pool.kv, as32(host_batch.offsets), as32(host_batch.n_new_static), as32(host_batch.n_rt),
-                              as32(host_batch.n_cached), table, as32(host_batch.group_ids), no_store, no_store)
+        inputs = PooledInputs.from_batch(pool.kv, host_batch, table)
         per_request[n_new] = _time_ms(lambda: pooled_forward(model, batch, inputs, arange, None, graphs),
                                       model.device, repeats) / batch_size
         if n_new == new_tokens[-1]:

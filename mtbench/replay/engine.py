@@ -27,8 +27,8 @@ before request `warmup`) run through the cache but are left out of every figure.
 Before anything is timed, on CUDA `prewarm` runs one tiny forward per Triton specialisation the
 replay's batches will hit (batch-size class, token-count class), captures the CUDA-graph buckets
 from the smallest all-hit batch up (a bigger one is captured when a batch first needs it;
-`graph_captures` counts them all), runs one host load/store, and grows the load staging buffer. Batch index tensors travel in one
-pinned, non-blocking copy (`batch_to_device`, `PooledInputs.upload`).
+`graph_captures` counts them all), runs one host load/store, and grows the load staging buffer.
+Batch index tensors travel in one pinned, non-blocking copy (`batch_to_device`, `PooledInputs.upload`).
 """
 
 from __future__ import annotations
@@ -157,16 +157,14 @@ class _Recorder:
     def resolve(self, timing: _BatchTiming) -> None:
         clock, batch, plan = self.clock, timing.batch, timing.plan
         batch_ms = clock.ms(timing.start, timing.end)
+        stall = sum(before.elapsed_time(after) for before, after in plan.stalls) if clock.cuda else 0.0
         if clock.cuda:
-            stall = sum(before.elapsed_time(after) for before, after in plan.stalls)
-            compute = batch_ms - stall
-            previous = self.recent_compute_ms
+            compute, previous = batch_ms - stall, self.recent_compute_ms
             self.recent_compute_ms = compute if previous is None else 0.8 * previous + 0.2 * compute
         if not timing.warmup:
             self.batch_ms.append(batch_ms)
             self.forward_host_ms += timing.forward_seconds * 1e3
             if clock.cuda:
-                stall = sum(before.elapsed_time(after) for before, after in plan.stalls)
                 self.stall_ms += stall
                 self.compute_ms += batch_ms - stall
                 self.cache_ms += timing.host_cache_seconds * 1e3
@@ -330,16 +328,11 @@ class _BatchRunner:
                                f"{host_batch.n_cached.tolist()}")
         offsets = host_batch.offsets.numpy()
         store_k = np.full(int(offsets[-1]), -1, dtype=np.int32)
-        page_tokens = self.manager.shape.page_tokens
         for i, pages in enumerate(stores):
             if pages is not None:
-                position = np.arange(host_batch.requests[i].n_static)
-                rows = np.asarray(pages, dtype=np.int32)[position // page_tokens] * (2 * page_tokens) + position % page_tokens
-                store_k[offsets[i]: offsets[i] + len(position)] = rows
-        store_v = np.where(store_k >= 0, store_k + page_tokens, -1).astype(np.int32)
-        as32 = (lambda t: t.numpy().astype(np.int32))
-        return PooledInputs(self.manager.pool.kv, as32(host_batch.offsets), as32(host_batch.n_new_static),
-                            as32(host_batch.n_rt), lengths, table, as32(host_batch.group_ids), store_k, store_v)
+                n_static = host_batch.requests[i].n_static
+                store_k[offsets[i]: offsets[i] + n_static] = self.manager.shape.k_rows(pages, n_static)
+        return PooledInputs.from_batch(self.manager.pool.kv, host_batch, table, store_k)
 
     # ---------------------------------------------------------------- scores kept for verification
     def _sample(self, batch: TraceBatch, plan: BatchPlan, specs: list[RequestSpec], scores) -> None:

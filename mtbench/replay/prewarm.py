@@ -69,11 +69,8 @@ def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_to
 
 def _warm_inputs(manager: CacheManager, host_batch) -> PooledInputs:
     """Pool inputs of a warm-up batch: prefixes read from page 0 (whatever it holds), nothing stored."""
-    as32 = (lambda t: t.numpy().astype(np.int32))
-    no_store = np.full(host_batch.num_rows, -1, dtype=np.int32)
     table = np.zeros((host_batch.batch_size, manager.table_width), dtype=np.int32)
-    return PooledInputs(manager.pool.kv, as32(host_batch.offsets), as32(host_batch.n_new_static), as32(host_batch.n_rt),
-                        as32(host_batch.n_cached), table, as32(host_batch.group_ids), no_store, no_store)
+    return PooledInputs.from_batch(manager.pool.kv, host_batch, table)
 
 
 def _capture_graphs(model: MTGR, manager: CacheManager, graphs: LayerGraphs, trace: Trace, options) -> None:
