@@ -7,6 +7,7 @@ MTBENCH_KERNELS=reference in the environment forces the references everywhere.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from types import ModuleType
@@ -21,9 +22,11 @@ from kernels.page_copy_ref import gather_from_pages_reference, scatter_to_pages_
 IMPLS = ("auto", "triton", "reference")
 
 
+@functools.cache
 def _triton_module(name: str) -> ModuleType:
     # Imported on first use: Triton reads TRITON_INTERPRET when a kernel module is imported, so a
-    # CPU test can still switch the interpreter on after `kernels` itself was imported.
+    # CPU test can still switch the interpreter on after `kernels` itself was imported. Cached: the
+    # import machinery costs microseconds per launch, and the replay launches these in its hot loop.
     return importlib.import_module(f"kernels.{name}")
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtbench.model import MTGR, build_batch, get_config, sample_requests
-from mtbench.model.pooled import DeviceArange, LayerGraphs, PooledInputs
+from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, forward_stage
 
 CFG = get_config("tiny")
 PAGE = 8
@@ -38,17 +38,18 @@ def _inputs(kv: torch.Tensor, host_batch, table: np.ndarray, stores: list[list[i
 
 
 def _forward(model: MTGR, host_batch, inputs: PooledInputs, rows: int | None = None, requests: int | None = None):
-    """forward_pooled's hidden rows, eagerly, on `inputs` padded to (requests, rows) when given."""
+    """forward_pooled's (hidden rows, candidates' logits), eagerly; with (requests, rows) given, the
+    graphed forward's stages (`forward_stage`) run eagerly on `inputs` padded to that size instead."""
     if rows is None:
-        layout, pool = inputs.upload(DeviceArange())
-        return model.forward_pooled(host_batch, layout, pool).hidden
-    padded = inputs.padded(requests, rows)
-    layout, pool = padded.upload(DeviceArange())
-    x = torch.full((rows, CFG.d_model), 7.0)  # padding rows hold junk: no real row may see it
-    model.embed(host_batch, out=x[: inputs.num_rows])
-    for layer in range(CFG.n_layers):
-        x = model.pooled_layer(layer, x, layout, pool)
-    return x[: inputs.num_rows]
+        layout, pool, _ = inputs.upload(DeviceArange())
+        scores = model.forward_pooled(host_batch, layout, pool)
+        return scores.hidden, scores.logits
+    layout, pool, row_ids = inputs.padded(requests, rows).upload(DeviceArange())
+    x = None
+    for stage in range(len(model.layers) + 2):
+        hidden = x
+        x = forward_stage(model, stage, x, layout, pool, row_ids)
+    return hidden[: inputs.num_rows], x[host_batch.cand.rows]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -77,7 +78,7 @@ def test_misses_store_their_prefix_and_hits_read_it_back(model: MTGR, seed: int)
     table = np.zeros((len(specs), width), np.int32)
     for b, request_pages in enumerate(pages):
         table[b, : len(request_pages)] = request_pages
-    cached = model.score(_forward(model, hits, _inputs(kv, hits, table, [None] * len(specs))), hits)
+    cached = model.score(_forward(model, hits, _inputs(kv, hits, table, [None] * len(specs)))[0], hits)
     full_batch = build_batch([replace(s, n_cached=0) for s in later], CFG)
     full = model(full_batch)
     assert torch.allclose(cached.ctr, full.ctr, rtol=1e-5, atol=1e-6)
@@ -85,8 +86,10 @@ def test_misses_store_their_prefix_and_hits_read_it_back(model: MTGR, seed: int)
 
 @pytest.mark.parametrize("seed", range(4))
 def test_padding_changes_no_real_row(model: MTGR, seed: int) -> None:
-    """The graphs' padding (an extra request owning junk rows, empty extra requests) leaves every real
-    row as the unpadded forward computes it, for a random mix of hits and misses and any padding."""
+    """The graphed forward's stages on padded inputs (an extra request owning the padding rows, empty
+    extra requests; every row through every token MLP) give every real row's hidden state and
+    candidate logits as the unpadded eager forward computes them, for a random mix of hits and misses
+    and any padding."""
     rng = np.random.default_rng(seed)
     specs = sample_requests(CFG, 5, seed=seed)
     pages_for = [-(-s.n_static // PAGE) for s in specs]
@@ -104,11 +107,23 @@ def test_padding_changes_no_real_row(model: MTGR, seed: int) -> None:
     reference = _forward(model, host_batch, inputs)
     padded = _forward(model, host_batch, inputs, rows=inputs.num_rows + int(rng.integers(0, 50)),
                       requests=len(specs) + int(rng.integers(1, 5)))
-    assert torch.allclose(padded, reference, rtol=1e-5, atol=1e-6)
+    for graphed, eager in zip(padded, reference):
+        assert torch.allclose(graphed, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_embed_rows_equals_embed(model: MTGR, seed: int) -> None:
+    """Every row through every group's MLP, keeping its own group's result, is the per-group embedding."""
+    rng = np.random.default_rng(seed)
+    specs = [replace(s, n_cached=int(rng.integers(0, 2)) * s.n_static) for s in sample_requests(CFG, 6, seed=seed)]
+    host_batch = build_batch(specs, CFG)
+    inputs = _inputs(_pool(1), host_batch, np.zeros((len(specs), 1), np.int32), [None] * len(specs))
+    rows = model.embed_rows(torch.from_numpy(inputs.group_ids), torch.from_numpy(inputs.row_ids))
+    assert torch.allclose(rows, model.embed(host_batch), rtol=1e-6, atol=1e-6)
 
 
 def test_padding_and_bucket_sizes() -> None:
-    graphs = LayerGraphs(max_requests=4, row_bucket=16, max_rows=64)
+    graphs = ForwardGraphs(max_requests=4, row_bucket=16, max_rows=64)
     assert [graphs.padded_rows(n) for n in (0, 1, 16, 17, 64)] == [16, 16, 16, 32, 64]
     host_batch = build_batch(sample_requests(CFG, 3, seed=0), CFG)
     inputs = _inputs(_pool(8), host_batch, np.zeros((3, 2), np.int32), [None] * 3)
@@ -116,6 +131,7 @@ def test_padding_and_bucket_sizes() -> None:
     assert padded.num_requests == 5 and padded.num_rows == inputs.num_rows + 9
     assert padded.offsets.tolist() == inputs.offsets.tolist() + [inputs.num_rows, inputs.num_rows + 9]
     assert (padded.store_k_rows[inputs.num_rows:] == -1).all() and (padded.lengths[3:] == 0).all()
+    assert padded.row_ids.shape == (inputs.num_rows + 9, 4) and (padded.row_ids[inputs.num_rows:] == 0).all()
     assert not graphs.accepts(inputs), "CPU tensors never take the graph path"
     with pytest.raises(ValueError):
         inputs.padded(3, inputs.num_rows)  # no room for the padding request

@@ -6,12 +6,12 @@ copies a transfer takes (small copies are launch-bound, DESIGN.md section 7):
 - `paged`: host pages shaped like the GPU's. One extent `[layers, n_pages, 2, P, H, D]`; a load is
   one page-sized copy per page per layer, straight into the pool page (no staging).
 - `user`: one contiguous extent per entry for all layers, `[layers, 2, n, H, D]`; a load is ONE copy
-  per entry into reused device staging rows, then one `kernels.copy_rows` per layer moves every
-  entry of the batch into its pool pages. Every layer waits for all the copies (no layer-wise
-  overlap). Stores: one `copy_rows` per layer into the store staging rows, then one copy per entry.
+  per entry into reused device staging rows, then ONE index copy moves every entry of the batch, all
+  layers, into its pool pages. Every layer waits for all the copies (no layer-wise overlap). Stores:
+  one index copy into the store staging rows, then one copy per entry.
 - `hybrid` (default): one contiguous extent per entry PER LAYER, `[2, n, H, D]` each; per layer, a
-  load copies every entry's K and V rows (one copy per entry) into the staging rows, then ONE
-  `copy_rows` moves the whole batch into its pages; layer l is usable as soon as its copies finish
+  load copies every entry's K and V rows (one copy per entry) into the staging rows, then ONE index
+  copy moves the whole batch into its pages; layer l is usable as soon as its copies finish
   (layer-wise overlap with the forward). Launches per batch: entries + 1 per layer; stores the same
   way in reverse. No allocation once the staging rows have grown.
 - `zerocopy`: `hybrid`'s placement, moved by a kernel (`kernels.copy_rows`) that reads or writes the
@@ -19,14 +19,16 @@ copies a transfer takes (small copies are launch-bound, DESIGN.md section 7):
   of a batch, straight into / out of pool pages, no staging buffer and no copy-engine calls.
 
 A load is issued layer-major for a whole batch (`load_layers` calls `layer_done(l)` once layer l of
-every job is issued), so per-layer events cover every entry of the batch.
+every job is issued), so per-layer events cover every entry of the batch. The per-entry copies of one
+layer are issued in one call (`torch._foreach_copy_`), and index copies use PyTorch's own kernels: the
+host issues a batch's transfers in a few dozen calls, off the replay's critical path.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -39,10 +41,12 @@ from mtbench.errors import MtbenchError
 
 @dataclass
 class HostPlacement:
-    """Where one entry lives in the host arena: extent offsets (elements) and token count."""
+    """Where one entry lives in the host arena: extent offsets (elements) and token count; `rows` caches
+    its extents as row views (`HostLayout.row_views`)."""
 
     offsets: list[int]
     n_tokens: int
+    rows: list[torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class HostLayout(ABC):
 
     def __init__(self, shape: KVShape) -> None:
         self.shape = shape
+        self.width = shape.heads * shape.head_dim  # elements of one K or V row (one token, one layer)
         self.arena: HostArena | None = None  # set by the TransferEngine that uses this layout
         self._staging: dict[bool, torch.Tensor] = {}  # store? -> [capacity rows, H * D] device buffer
 
@@ -75,7 +80,7 @@ class HostLayout(ABC):
         buffer = self._staging.get(store)
         if buffer is None or buffer.shape[0] < n_rows or buffer.device != device:
             capacity = 1 << max(int(n_rows) - 1, 0).bit_length()
-            buffer = torch.empty((capacity, self.shape.heads * self.shape.head_dim), dtype=self.shape.dtype, device=device)
+            buffer = torch.empty((capacity, self.width), dtype=self.shape.dtype, device=device)
             self._staging[store] = buffer
         return buffer[:n_rows]
 
@@ -90,6 +95,12 @@ class HostLayout(ABC):
         """Typed tensors over the entry's extents (shapes as in the module docstring)."""
         return [arena.view(offset, shape) for offset, shape in zip(placement.offsets, self._view_shapes(placement.n_tokens))]
 
+    def row_views(self, arena: HostArena, placement: HostPlacement) -> list[torch.Tensor]:
+        """The entry's extents as [rows, H * D] tensors (cached on the placement: views are built once)."""
+        if placement.rows is None:
+            placement.rows = [view.view(-1, self.width) for view in self.views(arena, placement)]
+        return placement.rows
+
     @abstractmethod
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]: ...
 
@@ -100,12 +111,23 @@ class HostLayout(ABC):
     @abstractmethod
     def load_layers(self, jobs: list[TransferJob], views: list[list[torch.Tensor]], pool: PagedKVPool,
                     non_blocking: bool, layer_done: Callable[[int], None]) -> None:
-        """Every layer of every job, layer-major; `layer_done(l)` after layer l of all jobs is issued."""
+        """Every layer of every job, layer-major; `layer_done(l)` after layer l of all jobs is issued.
+        `views[j]` are job j's `row_views`."""
 
     @abstractmethod
     def store_many(self, jobs: list[TransferJob], views: list[list[torch.Tensor]], pool: PagedKVPool,
                    non_blocking: bool) -> None:
         """Copy every job's entry from its pool pages into its host extents (all layers)."""
+
+    def _pool_rows(self, jobs: list[TransferJob], device: torch.device) -> torch.Tensor:
+        """int64 rows, on `device` in one copy, of every job's K then V tokens in one pool layer viewed as
+        [pages * 2 * P, H * D], job after job."""
+        return to_device_async(torch.from_numpy(np.concatenate([_pool_rows(job, self.shape) for job in jobs])), device)
+
+    def _slices(self, staging: torch.Tensor, jobs: list[TransferJob], rows_per_token: int) -> list[torch.Tensor]:
+        """Consecutive slices of `staging`, `rows_per_token * n_tokens` rows per job."""
+        sizes = [rows_per_token * job.placement.n_tokens for job in jobs]
+        return list(staging.split(sizes))
 
 
 class PagedLayout(HostLayout):
@@ -119,22 +141,28 @@ class PagedLayout(HostLayout):
         s = self.shape
         return [(s.layers, s.pages_for(n_tokens), 2, s.page_tokens, s.heads, s.head_dim)]
 
+    def _pages(self, view: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """A row view of the extent as [layers, pages, 2 * P * H * D] (one element row per page)."""
+        return view.view(self.shape.layers, self.shape.pages_for(n_tokens), -1)
+
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
         """One copy per page per layer, straight into the pool page."""
         for layer in range(self.shape.layers):
-            pool_layer = pool.layer(layer)
+            pool_layer = pool.layer(layer).flatten(1)
             for job, job_views in zip(jobs, views):
+                host_pages = self._pages(job_views[0], job.placement.n_tokens)[layer]
                 for index, page in enumerate(job.pages):
-                    pool_layer[page].copy_(job_views[0][layer][index], non_blocking=non_blocking)
+                    pool_layer[page].copy_(host_pages[index], non_blocking=non_blocking)
             layer_done(layer)
 
     def store_many(self, jobs, views, pool, non_blocking):
         """One copy per page per layer, straight out of the pool page."""
         for layer in range(self.shape.layers):
-            pool_layer = pool.layer(layer)
+            pool_layer = pool.layer(layer).flatten(1)
             for job, job_views in zip(jobs, views):
+                host_pages = self._pages(job_views[0], job.placement.n_tokens)[layer]
                 for index, page in enumerate(job.pages):
-                    job_views[0][layer][index].copy_(pool_layer[page], non_blocking=non_blocking)
+                    host_pages[index].copy_(pool_layer[page], non_blocking=non_blocking)
 
 
 class UserLayout(HostLayout):
@@ -146,42 +174,33 @@ class UserLayout(HostLayout):
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         return [(self.shape.layers, *self._token_block(n_tokens))]
 
-    def _staging_rows_of(self, jobs: list[TransferJob], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """(staging rows [layers, R] of every job's K then V rows per layer, pool rows [R], each job's first
-        staging row): job j's whole extent sits at staging rows starts[j]:starts[j + 1], layer-major."""
-        starts, staging_rows = [0], []
-        for job in jobs:
-            per_layer = 2 * job.placement.n_tokens
-            layer_base = starts[-1] + per_layer * torch.arange(self.shape.layers)
-            staging_rows.append(layer_base[:, None] + torch.arange(per_layer)[None, :])
-            starts.append(starts[-1] + per_layer * self.shape.layers)
-        pool_rows = torch.cat([_pool_rows(job, self.shape) for job in jobs])
-        rows = torch.cat(staging_rows, dim=1).to(torch.int32)
-        return to_device_async(rows, device), to_device_async(pool_rows, device), starts
+    def _all_layer_rows(self, jobs: list[TransferJob], pool: PagedKVPool) -> torch.Tensor:
+        """int64 rows of `pool.kv.view(-1, H * D)` (every layer) in the order of the jobs' extents laid end
+        to end: job after job, layer after layer, K then V tokens; on the pool's device in one copy."""
+        layer_stride = pool.kv[0].numel() // self.width
+        layer_base = (np.arange(self.shape.layers, dtype=np.int64) * layer_stride)[:, None]
+        rows = np.concatenate([(layer_base + _pool_rows(job, self.shape)[None, :]).reshape(-1) for job in jobs])
+        return to_device_async(torch.from_numpy(rows), pool.device)
 
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
-        """ONE copy per entry (all layers) into the staging rows, then one `copy_rows` per layer from the
-        staging rows into every entry's pool rows (no layer-wise overlap: every layer needs every copy)."""
-        width = self.shape.heads * self.shape.head_dim
+        """ONE copy per entry (all layers) into the staging rows, then ONE index copy from the staging rows
+        into every layer's pool rows (no layer-wise overlap: every layer waits for every copy)."""
         if jobs:
-            staging_rows, pool_rows, starts = self._staging_rows_of(jobs, pool.device)
-            staging = self._staging_rows(starts[-1], pool.device)
-            for job_views, start, end in zip(views, starts, starts[1:]):
-                staging[start:end].copy_(job_views[0].view(-1, width), non_blocking=non_blocking)
+            rows = self._all_layer_rows(jobs, pool)
+            staging = self._staging_rows(rows.numel(), pool.device)
+            torch._foreach_copy_(self._slices(staging, jobs, 2 * self.shape.layers), [v[0] for v in views],
+                                 non_blocking=non_blocking)
+            pool.kv.view(-1, self.width).index_copy_(0, rows, staging)
         for layer in range(self.shape.layers):
-            if jobs:
-                kernels.copy_rows(staging, staging_rows[layer], pool.layer(layer).view(-1, width), pool_rows)
             layer_done(layer)
 
     def store_many(self, jobs, views, pool, non_blocking):
-        """One `copy_rows` per layer gathers every entry into the store staging rows, then ONE copy per entry."""
-        width = self.shape.heads * self.shape.head_dim
-        staging_rows, pool_rows, starts = self._staging_rows_of(jobs, pool.device)
-        staging = self._staging_rows(starts[-1], pool.device, store=True)
-        for layer in range(self.shape.layers):
-            kernels.copy_rows(pool.layer(layer).view(-1, width), pool_rows, staging, staging_rows[layer])
-        for job_views, start, end in zip(views, starts, starts[1:]):
-            job_views[0].view(-1, width).copy_(staging[start:end], non_blocking=non_blocking)
+        """ONE index copy gathers every entry (all layers) into the store staging rows, then ONE copy per entry."""
+        rows = self._all_layer_rows(jobs, pool)
+        staging = self._staging_rows(rows.numel(), pool.device, store=True)
+        torch.index_select(pool.kv.view(-1, self.width), 0, rows, out=staging)
+        torch._foreach_copy_([v[0] for v in views], self._slices(staging, jobs, 2 * self.shape.layers),
+                             non_blocking=non_blocking)
 
 
 class HybridLayout(HostLayout):
@@ -191,23 +210,18 @@ class HybridLayout(HostLayout):
         self._staging_rows(2 * n_tokens, device)
 
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
-        """Per layer: one copy per entry of its K and V rows into the staging rows, then ONE
-        `copy_rows` from the staging rows into every entry's pool rows."""
+        """Per layer: one copy per entry of its K and V rows into the staging rows, then ONE index copy
+        from the staging rows into every entry's pool rows."""
         if not jobs:
             for layer in range(self.shape.layers):
                 layer_done(layer)
             return
-        width = self.shape.heads * self.shape.head_dim
-        pool_rows = to_device_async(torch.cat([_pool_rows(job, self.shape) for job in jobs]), pool.device)
+        pool_rows = self._pool_rows(jobs, pool.device)
         staging = self._staging_rows(pool_rows.numel(), pool.device)
-        staging_rows = torch.arange(pool_rows.numel(), dtype=torch.int32, device=pool.device)
-        starts = [0]
-        for job in jobs:
-            starts.append(starts[-1] + 2 * job.placement.n_tokens)
+        slices = self._slices(staging, jobs, 2)
         for layer in range(self.shape.layers):
-            for job_views, start, end in zip(views, starts, starts[1:]):
-                staging[start:end].copy_(job_views[layer].view(-1, width), non_blocking=non_blocking)
-            kernels.copy_rows(staging, staging_rows, pool.layer(layer).view(-1, width), pool_rows)
+            torch._foreach_copy_(slices, [v[layer] for v in views], non_blocking=non_blocking)
+            pool.layer(layer).view(-1, self.width).index_copy_(0, pool_rows, staging)
             layer_done(layer)
 
     def extent_elements(self, n_tokens: int) -> list[int]:
@@ -217,26 +231,19 @@ class HybridLayout(HostLayout):
         return [self._token_block(n_tokens)] * self.shape.layers
 
     def store_many(self, jobs, views, pool, non_blocking):
-        """Per layer: ONE `copy_rows` gathers every entry's K and V rows into the store staging rows, then
+        """Per layer: ONE index copy gathers every entry's K and V rows into the store staging rows, then
         one copy per entry into its extent of that layer."""
-        width = self.shape.heads * self.shape.head_dim
-        pool_rows = to_device_async(torch.cat([_pool_rows(job, self.shape) for job in jobs]), pool.device)
+        pool_rows = self._pool_rows(jobs, pool.device)
         staging = self._staging_rows(self.shape.layers * pool_rows.numel(), pool.device, store=True)
-        staging_rows = torch.arange(staging.shape[0], dtype=torch.int32, device=pool.device).view(self.shape.layers, -1)
-        starts = [0]
-        for job in jobs:
-            starts.append(starts[-1] + 2 * job.placement.n_tokens)
-        for layer in range(self.shape.layers):
-            kernels.copy_rows(pool.layer(layer).view(-1, width), pool_rows, staging, staging_rows[layer])
-            layer_rows = staging[layer * pool_rows.numel(): (layer + 1) * pool_rows.numel()]
-            for job_views, start, end in zip(views, starts, starts[1:]):
-                job_views[layer].view(-1, width).copy_(layer_rows[start:end], non_blocking=non_blocking)
+        for layer, layer_rows in enumerate(staging.split(pool_rows.numel())):
+            torch.index_select(pool.layer(layer).view(-1, self.width), 0, pool_rows, out=layer_rows)
+            torch._foreach_copy_([v[layer] for v in views], self._slices(layer_rows, jobs, 2), non_blocking=non_blocking)
 
 
-def _pool_rows(job: TransferJob, shape: KVShape) -> torch.Tensor:
-    """int32 rows of the job's K then V tokens in one pool layer viewed as [pages * 2 * P, H * D]."""
-    k_rows = shape.k_rows(job.pages, job.placement.n_tokens)
-    return torch.from_numpy(np.concatenate([k_rows, k_rows + shape.page_tokens]))
+def _pool_rows(job: TransferJob, shape: KVShape) -> np.ndarray:
+    """int64 rows of the job's K then V tokens in one pool layer viewed as [pages * 2 * P, H * D]."""
+    k_rows = shape.k_rows(job.pages, job.placement.n_tokens).astype(np.int64)
+    return np.concatenate([k_rows, k_rows + shape.page_tokens])
 
 
 class ZeroCopyLayout(HybridLayout):
@@ -250,25 +257,22 @@ class ZeroCopyLayout(HybridLayout):
         """Nothing to reserve: no staging buffer."""
 
     def _rows(self, tensor: torch.Tensor) -> torch.Tensor:
-        width = self.shape.heads * self.shape.head_dim
-        return tensor[: tensor.numel() // width * width].view(-1, width)
+        return tensor[: tensor.numel() // self.width * self.width].view(-1, self.width)
 
     def _indices(self, jobs: list[TransferJob], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(host rows [layers, R], pool rows [R]) of every K and V token of `jobs`, in rows of H * D
         elements of the arena and of one pool layer; on `device` in one copy per tensor."""
-        width = self.shape.heads * self.shape.head_dim
         host_rows, pool_rows = [], []
         for job in jobs:
-            n = job.placement.n_tokens
-            bases = torch.tensor(job.placement.offsets, dtype=torch.long)
-            if bool((bases % width).any()):
-                raise RuntimeError(f"host extent offsets {job.placement.offsets} are not whole rows of {width} elements")
-            within = torch.arange(2 * n)
-            host_rows.append(bases[:, None] // width + within[None, :])
-            pool_rows.append(_pool_rows(job, self.shape).long())
-        host = torch.cat(host_rows, dim=1)
-        dtype = torch.int32 if int(host.max()) < 2**31 else torch.long
-        return to_device_async(host.to(dtype), device), to_device_async(torch.cat(pool_rows).to(dtype), device)
+            bases = np.asarray(job.placement.offsets, dtype=np.int64)
+            if (bases % self.width).any():
+                raise RuntimeError(f"host extent offsets {job.placement.offsets} are not whole rows of {self.width} elements")
+            host_rows.append(bases[:, None] // self.width + np.arange(2 * job.placement.n_tokens)[None, :])
+            pool_rows.append(_pool_rows(job, self.shape))
+        host = np.concatenate(host_rows, axis=1)
+        dtype = np.int32 if int(host.max()) < 2**31 else np.int64
+        return (to_device_async(torch.from_numpy(host.astype(dtype)), device),
+                to_device_async(torch.from_numpy(np.concatenate(pool_rows).astype(dtype)), device))
 
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
         if not jobs:

@@ -128,7 +128,7 @@ class TransferEngine:
         started = time.perf_counter()
         with self._stream_context(self.load_stream):
             ready, failed = self._prepared(jobs, "load")
-            views = [self.layout.views(self.arena, job.placement) for job in ready]
+            views = [self.layout.row_views(self.arena, job.placement) for job in ready]
             events = [torch.cuda.Event() for _ in range(layers)] if self.asynchronous else None
 
             def layer_done(layer: int) -> None:
@@ -150,7 +150,7 @@ class TransferEngine:
                 return [None] * len(jobs)
             if after is not None and self.asynchronous:
                 self.writeback_stream.wait_event(after)
-            views = [self.layout.views(self.arena, job.placement) for job in ready]
+            views = [self.layout.row_views(self.arena, job.placement) for job in ready]
             self.layout.store_many(ready, views, self.pool, self.asynchronous)
             event = None
             if self.asynchronous:

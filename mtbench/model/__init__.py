@@ -4,7 +4,7 @@ Public API (others code against it):
 - `get_config(name, **overrides) -> MTGRConfig`, `PRESET_NAMES`
 - `RequestSpec`, `build_batch(requests, cfg, device) -> RequestBatch`, `sample_requests(cfg, batch_size, ...)`
 - `MTGR(cfg)`: `forward`, `encode_prefix`, `forward_cached`, `forward_pooled`; outputs `Scores`, `StaticKV`
-- `mtbench.model.pooled`: `PooledInputs`, `pooled_forward`, `LayerGraphs` (the replay's serving path)
+- `mtbench.model.pooled`: `PooledInputs`, `pooled_forward`, `ForwardGraphs` (the replay's serving path)
 - `page_static_kv(kv, page_tokens) -> PagedKV` (pool-shaped paged copy, `.prefix(layer)`)
 - `request_flops`, `miss_and_hit_flops`, `attention_pairs`, `FlopCount`
 """

@@ -21,6 +21,8 @@ import numpy as np
 
 from mtbench.model.config import MTGRConfig
 
+FEATURE_COLUMNS = 4  # id columns of the widest group (S, R, C); U uses the first
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)

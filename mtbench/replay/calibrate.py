@@ -33,7 +33,7 @@ from mtbench.cache.transfer import TransferEngine
 from mtbench.errors import MtbenchError
 from mtbench.model import MTGR, RequestSpec, build_batch
 from mtbench.model.config import get_config
-from mtbench.model.pooled import DeviceArange, LayerGraphs, PooledInputs, graphs_supported, pooled_forward
+from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, graphs_supported, pooled_forward
 from mtbench.replay.device_batch import batch_to_device
 from mtbench.device import resolve_device
 from mtbench.model.config import parse_dtype
@@ -96,7 +96,7 @@ def measure_compute(model: MTGR, batch_size: int, n_static: int, new_tokens: tup
     replay's own paths: the pooled forward (CUDA graphs where the replay uses them) for hits, the plain
     forward for misses."""
     cfg = model.cfg
-    graphs = LayerGraphs(batch_size) if graphs_supported(model) else None
+    graphs = ForwardGraphs(batch_size) if graphs_supported(model) else None
     arange = DeviceArange()
     per_request = {}
     full_ms = None

@@ -48,7 +48,7 @@ from mtbench.cache.manager import (
 from mtbench.cache.pool import KVShape
 from mtbench.cache.transfer import FaultHook
 from mtbench.model import MTGR, RequestBatch, RequestSpec, build_batch
-from mtbench.model.pooled import DeviceArange, LayerGraphs, PooledInputs, graphs_supported, pooled_forward
+from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, graphs_supported, pooled_forward
 from mtbench.replay.batching import TraceBatch, iter_batches
 from mtbench.replay.device_batch import batch_to_device
 from mtbench.replay.prewarm import prewarm
@@ -213,7 +213,7 @@ class _BatchRunner:
         self.timed_device_mallocs = 0  # cudaMalloc calls (each may synchronise the device) in timed batches
         self.arange = DeviceArange()
         use_graphs = options.cuda_graphs and self.manager.pool is not None and graphs_supported(model)
-        self.graphs = LayerGraphs(options.batch_size) if use_graphs else None
+        self.graphs = ForwardGraphs(options.batch_size) if use_graphs else None
 
     def _next_uses(self) -> np.ndarray | None:
         policies = [p for p in (getattr(self.manager, "gpu_policy", None), getattr(self.manager, "host_policy", None)) if p]

@@ -21,7 +21,7 @@ import torch
 from mtbench.cache.layouts import HostPlacement, TransferJob
 from mtbench.cache.manager import CacheManager
 from mtbench.model import MTGR, RequestSpec, build_batch
-from mtbench.model.pooled import DeviceArange, LayerGraphs, PooledInputs, pooled_forward
+from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, pooled_forward
 from mtbench.replay.batching import iter_batches
 from mtbench.replay.device_batch import batch_to_device
 from mtbench.trace import Trace
@@ -73,14 +73,13 @@ def _warm_inputs(manager: CacheManager, host_batch) -> PooledInputs:
     return PooledInputs.from_batch(manager.pool.kv, host_batch, table)
 
 
-def _capture_graphs(model: MTGR, manager: CacheManager, graphs: LayerGraphs, trace: Trace, options) -> None:
+def _capture_graphs(model: MTGR, manager: CacheManager, graphs: ForwardGraphs, trace: Trace, options) -> None:
     """Capture the CUDA-graph buckets the replay's batches can use, from the smallest all-hit batch
     (batch_size requests with the trace's fewest R+C rows) up."""
     columns = trace.arrays(["n_rt", "n_cand"])
     fewest = int((columns["n_rt"] + columns["n_cand"]).min())
     host_batch = build_batch(_warm_specs(model, options.batch_size, 0, options.page_tokens), model.cfg, "cpu")
-    graphs.capture_buckets(model, batch_to_device(host_batch, model.device), _warm_inputs(manager, host_batch),
-                           options.batch_size * fewest)
+    graphs.capture_buckets(model, _warm_inputs(manager, host_batch), options.batch_size * fewest)
 
 
 def _warm_transfers(manager: CacheManager) -> None:
@@ -105,7 +104,7 @@ def _warm_transfers(manager: CacheManager) -> None:
         pool.free(pages)
 
 
-def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options, graphs: LayerGraphs | None = None) -> None:
+def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options, graphs: ForwardGraphs | None = None) -> None:
     """See the module docstring; `options` is the replay's `ReplayOptions`."""
     sizes = batch_size_classes(trace, options.batch_size, options.window, options.max_requests)
     _warm_forwards(model, manager, sizes, options.page_tokens)
