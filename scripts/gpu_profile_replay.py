@@ -165,6 +165,14 @@ PHASES = (  # (module, attribute path) of the functions `phases` times; nested o
     ("mtbench.cache.manager", "CacheManager.release"), ("mtbench.cache.manager", "CacheManager.pool_inputs"),
     ("mtbench.cache.manager", "CacheManager.wait_layer"), ("mtbench.cache.manager", "CacheManager._write_through"),
     ("mtbench.cache.transfer", "TransferEngine.load"), ("mtbench.cache.transfer", "TransferEngine.store_many"),
+    ("mtbench.cache.layouts", "HybridLayout.load_layers"), ("mtbench.cache.layouts", "HybridLayout.store_many"),
+    ("mtbench.cache.layouts", "HostLayout.row_views"), ("mtbench.cache.manager", "CacheManager._admit_host"),
+    ("mtbench.cache.manager", "CacheManager._classify"), ("mtbench.cache.manager", "CacheManager._loads_within_budget"),
+    ("mtbench.cache.manager", "CacheManager._poll_writebacks"), ("mtbench.cache.manager", "CacheManager._count"),
+    ("mtbench.cache.manager", "CacheManager._drop_other_versions"), ("mtbench.cache.manager", "CacheManager._allocate_gpu"),
+    ("mtbench.cache.host", "ExtentAllocator.allocate"), ("mtbench.cache.host", "ExtentAllocator.free"),
+    ("mtbench.device", "PinnedStaging.upload"), ("mtbench.replay.engine", "_Recorder.resolve"),
+    ("mtbench.model.pooled", "ForwardGraphs.run"), ("mtbench.model.mtgr", "MTGR.require_poolable"),
 )
 
 

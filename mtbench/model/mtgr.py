@@ -407,17 +407,17 @@ class MTGR(nn.Module):
             raise MtbenchError(f"{where} has lengths {lengths.tolist()} but the batch caches {batch.n_cached.tolist()}")
 
     def score(self, hidden: torch.Tensor, batch: RequestBatch) -> Scores:
-        return self.scores(self.head_logits(hidden[batch.cand.rows]), batch, hidden)
+        return self.scores(self.head_logits(hidden[batch.cand.rows]), batch.cand_offsets, hidden)
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, 2] (ctr, cvr) logits of hidden rows [n, d_model]."""
         return self.head(self.head_norm(hidden))
 
-    def scores(self, logits: torch.Tensor, batch: RequestBatch, hidden: torch.Tensor) -> Scores:
-        """Scores from the candidates' logits (request after request)."""
+    def scores(self, logits: torch.Tensor, offsets: torch.Tensor, hidden: torch.Tensor) -> Scores:
+        """Scores from the candidates' logits (request after request; `offsets` as `Scores.offsets`)."""
         probs = torch.sigmoid(logits.float())
         ctr = probs[:, 0]
-        return Scores(ctr=ctr, ctcvr=ctr * probs[:, 1], logits=logits, offsets=batch.cand_offsets, hidden=hidden)
+        return Scores(ctr=ctr, ctcvr=ctr * probs[:, 1], logits=logits, offsets=offsets, hidden=hidden)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import torch
 import kernels
 from mtbench.device import PINNED_STAGING
 from mtbench.model.batch import GROUP_C, RequestBatch
+from mtbench.model.device_batch import batch_to_device
 from mtbench.model.features import FEATURE_COLUMNS
 from mtbench.model.mtgr import MTGR, PoolIO, RowLayout, Scores
 
@@ -185,6 +186,9 @@ class ForwardGraphs:
 
     def run(self, model: MTGR, batch: RequestBatch, inputs: PooledInputs,
             before_layer: Callable[[int], None] | None) -> Scores:
+        """`batch` (on the host) through its bucket's graphs; only the candidates' rows and offsets travel
+        besides the bucket's inputs. The scores are views of the bucket's outputs: valid until the next
+        batch runs in this bucket (the replay copies what it keeps)."""
         bucket = self._prepare(model, inputs, self.padded_rows(inputs.num_rows), before_layer)
         embed, *layers, head = bucket.graphs
         embed.replay()
@@ -194,7 +198,9 @@ class ForwardGraphs:
             graph.replay()
         head.replay()
         self.replays += 1
-        return model.scores(bucket.logits[batch.cand.rows], batch, bucket.hidden[: inputs.num_rows])
+        candidates = PINNED_STAGING.upload(torch.cat([batch.cand.rows, batch.cand_offsets]), bucket.packed.device)
+        rows, offsets = candidates.split([batch.cand.rows.numel(), batch.cand_offsets.numel()])
+        return model.scores(bucket.logits.index_select(0, rows), offsets, bucket.hidden[: inputs.num_rows])
 
     def capture_buckets(self, model: MTGR, inputs: PooledInputs, smallest_rows: int) -> None:
         """Capture every bucket from the one holding `smallest_rows` rows up to `max_rows` now, with
@@ -254,12 +260,12 @@ class ForwardGraphs:
 
 def pooled_forward(model: MTGR, batch: RequestBatch, inputs: PooledInputs, arange: DeviceArange,
                    before_layer: Callable[[int], None] | None = None, graphs: ForwardGraphs | None = None) -> Scores:
-    """`batch` (already on the device) through the pool: graphed when `graphs` takes it, else eager."""
+    """`batch` (built on the host) through the pool: graphed when `graphs` takes it, else eager."""
     if graphs is not None and graphs.accepts(inputs):
         model.require_poolable(batch)
         return graphs.run(model, batch, inputs, before_layer)
     rows, pool, _ = inputs.upload(arange)
-    return model.forward_pooled(batch, rows, pool, before_layer)
+    return model.forward_pooled(batch_to_device(batch, inputs.kv.device), rows, pool, before_layer)
 
 
 def graphs_supported(model: MTGR) -> bool:

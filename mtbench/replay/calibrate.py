@@ -34,7 +34,7 @@ from mtbench.errors import MtbenchError
 from mtbench.model import MTGR, RequestSpec, build_batch
 from mtbench.model.config import get_config
 from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, graphs_supported, pooled_forward
-from mtbench.replay.device_batch import batch_to_device
+from mtbench.model.device_batch import batch_to_device
 from mtbench.device import resolve_device
 from mtbench.model.config import parse_dtype
 from mtbench.replay.runner import build_model
@@ -106,9 +106,8 @@ def measure_compute(model: MTGR, batch_size: int, n_static: int, new_tokens: tup
         specs = [RequestSpec(u, 0, u, n_static, n_rt, n_cand, n_cached=n_static) for u in range(batch_size)]
         pool, table = _paged(model, specs, page_tokens)
         host_batch = build_batch(specs, cfg, "cpu")
-        batch = batch_to_device(host_batch, model.device)
         inputs = PooledInputs.from_batch(pool.kv, host_batch, table)
-        per_request[n_new] = _time_ms(lambda: pooled_forward(model, batch, inputs, arange, None, graphs),
+        per_request[n_new] = _time_ms(lambda: pooled_forward(model, host_batch, inputs, arange, None, graphs),
                                       model.device, repeats) / batch_size
         if n_new == new_tokens[-1]:
             full = batch_to_device(build_batch([replace(s, n_cached=0) for s in specs], cfg, "cpu"), model.device)

@@ -28,7 +28,8 @@ Before anything is timed, on CUDA `prewarm` runs one tiny forward per Triton spe
 replay's batches will hit (batch-size class, token-count class), captures the CUDA-graph buckets
 from the smallest all-hit batch up (a bigger one is captured when a batch first needs it;
 `graph_captures` counts them all), runs one host load/store, and grows the load staging buffer.
-Batch index tensors travel in one pinned, non-blocking copy (`batch_to_device`, `PooledInputs.upload`).
+Batch index tensors travel in one pinned, non-blocking copy (`PooledInputs.upload`, or `batch_to_device`
+for the forwards that are not graphed).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from mtbench.cache.transfer import FaultHook
 from mtbench.model import MTGR, RequestBatch, RequestSpec, build_batch
 from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, graphs_supported, pooled_forward
 from mtbench.replay.batching import TraceBatch, iter_batches
-from mtbench.replay.device_batch import batch_to_device
+from mtbench.model.device_batch import batch_to_device
 from mtbench.replay.prewarm import prewarm
 from mtbench.trace import Trace
 
@@ -145,7 +146,7 @@ class _Recorder:
 
     def __init__(self, label: str, clock: _Clock) -> None:
         self.label, self.clock = label, clock
-        self.records: list[dict] = []
+        self.batches: list[dict] = []  # per batch: its requests' record columns
         self.batch_ms: list[float] = []
         self.stall_ms = 0.0
         self.compute_ms = 0.0
@@ -172,15 +173,24 @@ class _Recorder:
                 self.load_ms += plan.load_seconds * 1e3
                 self.compute_ms += timing.forward_seconds * 1e3
                 self.cache_ms += (timing.host_cache_seconds - plan.load_seconds) * 1e3
-        for i in range(len(batch)):
-            self.records.append({
-                "run": self.label, "request_index": int(batch.request_index[i]), "ts": float(batch.ts[i]),
-                "user_id": int(batch.user_id[i]), "static_version": int(batch.static_version[i]),
-                "outcome": plan.outcomes[i], "n_static": int(batch.n_static[i]), "n_rt": int(batch.n_rt[i]),
-                "n_cand": int(batch.n_cand[i]), "latency_ms": batch_ms, "batch_index": batch.index,
-                "gpu_used_bytes": timing.used_bytes[0], "host_used_bytes": timing.used_bytes[1],
-                "warmup": timing.warmup,
-            })
+        n = len(batch)
+        self.batches.append({
+            "run": [self.label] * n, "request_index": batch.request_index, "ts": batch.ts, "user_id": batch.user_id,
+            "static_version": batch.static_version, "outcome": plan.outcomes, "n_static": batch.n_static,
+            "n_rt": batch.n_rt, "n_cand": batch.n_cand, "latency_ms": np.full(n, batch_ms), "batch_index": np.full(n, batch.index),
+            "gpu_used_bytes": np.full(n, timing.used_bytes[0]), "host_used_bytes": np.full(n, timing.used_bytes[1]),
+            "warmup": np.full(n, timing.warmup),
+        })
+
+    def records(self) -> pd.DataFrame:
+        """One row per replayed request (warm-up included, flagged)."""
+        if not self.batches:
+            return pd.DataFrame()
+        columns = {name: np.concatenate([np.asarray(batch[name]) for batch in self.batches]) for name in self.batches[0]}
+        types = {"request_index": np.int64, "ts": np.float64, "user_id": np.int64, "static_version": np.int64,
+                 "n_static": np.int64, "n_rt": np.int64, "n_cand": np.int64, "batch_index": np.int64,
+                 "gpu_used_bytes": np.int64, "host_used_bytes": np.int64, "warmup": bool, "latency_ms": np.float64}
+        return pd.DataFrame({name: values.astype(types[name]) if name in types else values for name, values in columns.items()})
 
     @property
     def transfer_wait_ms(self) -> float:
@@ -311,12 +321,11 @@ class _BatchRunner:
                              n_cached=int(batch.n_static[i]) if plan.outcomes[i] in HIT_OUTCOMES else 0)
                  for i in range(len(batch))]
         host_batch = build_batch(specs, self.model.cfg, "cpu")
-        model_batch = batch_to_device(host_batch, self.device)
         if self.manager.pool is None:
-            scores = self.model(model_batch)
+            scores = self.model(batch_to_device(host_batch, self.device))
         else:
             inputs = self._pooled_inputs(host_batch, plan)
-            scores = pooled_forward(self.model, model_batch, inputs, self.arange,
+            scores = pooled_forward(self.model, host_batch, inputs, self.arange,
                                     lambda layer: self.manager.wait_layer(plan, layer), self.graphs)
         self._sample(batch, plan, specs, scores)
 
@@ -378,7 +387,7 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     seconds, requests, candidates = runner.run(progress)
     stats = _diff(runner.manager.stats, runner._warm_stats)
     recorder = runner.recorder
-    records = pd.DataFrame.from_records(recorder.records)
+    records = recorder.records()
     timed = records[~records["warmup"]] if len(records) else records
     row = _summary_row(label, cache, stats, timed, recorder, seconds, requests, candidates)
     row["host_fragmentation"] = runner.manager.host_fragmentation()

@@ -23,7 +23,7 @@ from mtbench.cache.manager import CacheManager
 from mtbench.model import MTGR, RequestSpec, build_batch
 from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, pooled_forward
 from mtbench.replay.batching import iter_batches
-from mtbench.replay.device_batch import batch_to_device
+from mtbench.model.device_batch import batch_to_device
 from mtbench.trace import Trace
 
 TOKEN_CLASSES = (16, 21)  # one count divisible by 16, one not (counts of 1 never reach the kernels here)
@@ -64,7 +64,7 @@ def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_to
                 model(batch_to_device(build_batch([replace(s, n_cached=0) for s in specs], model.cfg, "cpu"), device))
                 continue
             host_batch = build_batch(specs, model.cfg, "cpu")
-            pooled_forward(model, batch_to_device(host_batch, device), _warm_inputs(manager, host_batch), DeviceArange())
+            pooled_forward(model, host_batch, _warm_inputs(manager, host_batch), DeviceArange())
 
 
 def _warm_inputs(manager: CacheManager, host_batch) -> PooledInputs:
