@@ -1,5 +1,7 @@
 """Which torch device a command runs on."""
 
+import threading
+
 import torch
 
 from mtbench.errors import MtbenchError
@@ -35,11 +37,16 @@ class PinnedStaging:
         self._buffers: list[torch.Tensor | None] = [None] * slots
         self._events: list[torch.cuda.Event | None] = [None] * slots
         self._next = 0
+        self._lock = threading.Lock()
 
     def upload(self, host: torch.Tensor, device: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
         """`host` copied to `device` (into `out` when given) without blocking, on the current stream."""
         if device.type != "cuda":
             return host if out is None else out.copy_(host)
+        with self._lock:  # the replay's loader thread uploads too
+            return self._upload(host, device, out)
+
+    def _upload(self, host: torch.Tensor, device: torch.device, out: torch.Tensor | None) -> torch.Tensor:
         slot = self._next
         self._next = (slot + 1) % len(self._buffers)
         if self._events[slot] is not None:
@@ -61,4 +68,4 @@ class PinnedStaging:
         return out
 
 
-PINNED_STAGING = PinnedStaging()  # one per process: the replay issues uploads from one thread
+PINNED_STAGING = PinnedStaging()  # one per process, shared by the replay's main and loader threads

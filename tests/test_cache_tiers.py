@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 import torch
@@ -158,13 +159,14 @@ def _read_entry(pool: PagedKVPool, pages: list[int], n_tokens: int) -> torch.Ten
 @pytest.mark.parametrize("layout_name", LAYOUT_NAMES)
 @pytest.mark.parametrize("seed", range(4))
 def test_layout_round_trip_is_exact(layout_name: str, seed: int) -> None:
-    """GPU pages -> host (store) -> other GPU pages (load) reproduces every byte, for random lengths."""
+    """GPU pages -> host (store) -> other GPU pages (load) reproduces every byte, for random lengths;
+    odd seeds issue the load from the loader thread."""
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     pool = PagedKVPool(SHAPE, 64 * SHAPE.page_bytes, "cpu")
     arena = HostArena(64 * SHAPE.page_bytes, SHAPE.dtype, pin=False, fit=rng.choice(["first", "best"]))
     layout = make_layout(layout_name, SHAPE)
-    engine = TransferEngine(pool, arena, layout)
+    engine = TransferEngine(pool, arena, layout, load_thread=bool(seed % 2))
     originals, jobs = [], []
     for index in range(5):
         n_tokens = rng.randint(1, 17)
@@ -185,6 +187,7 @@ def test_layout_round_trip_is_exact(layout_name: str, seed: int) -> None:
         rng.shuffle(pages)
         reloads.append(TransferJob(job.key, job.placement, pages))
     handle = engine.load(reloads)
+    handle.synchronize()
     assert not handle.failed and handle.done()
     for original, job in zip(originals, reloads):
         assert torch.equal(_read_entry(pool, job.pages, job.placement.n_tokens), original)
@@ -258,3 +261,37 @@ def test_pinned_staging_uploads_survive_slot_reuse() -> None:
     uploaded = [staging.upload(source, torch.device("cuda")) for source in sources]
     for source, device_copy in zip(sources, uploaded):
         assert torch.equal(device_copy.cpu(), source)
+
+
+def test_loader_thread_reports_issued_layers_and_errors() -> None:
+    """A handle from the loader thread is done only once every layer was issued; waiting on a layer
+    blocks until it is; a failure inside the thread reaches whoever waits, as an error."""
+    pool = PagedKVPool(SHAPE, 16 * SHAPE.page_bytes, "cpu")
+    arena = HostArena(16 * SHAPE.page_bytes, SHAPE.dtype, pin=False)
+    layout = make_layout("hybrid", SHAPE)
+    engine = TransferEngine(pool, arena, layout, load_thread=True)
+    pages = pool.allocate(5)
+    job = TransferJob((0, 0), HostPlacement([arena.allocate(size) for size in layout.extent_elements(5)], 5), pages)
+    release = threading.Event()
+    original = layout.load_layers
+
+    def gated(*args, **kwargs):
+        release.wait(timeout=10)
+        return original(*args, **kwargs)
+
+    layout.load_layers = gated
+    handle = engine.load([job])
+    assert handle.issued is not None and not handle.done(), "done before the thread issued anything"
+    release.set()
+    handle.wait_layer(SHAPE.layers - 1, [])
+    assert handle.done()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("copy engine on fire")
+
+    layout.load_layers = broken
+    failing = engine.load([job])
+    with pytest.raises(RuntimeError, match="issuing host->GPU loads failed"):
+        failing.wait_layer(0, [])
+    with pytest.raises(RuntimeError, match="copy engine on fire"):
+        engine.finish_issuing()

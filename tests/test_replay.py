@@ -62,12 +62,14 @@ def test_cached_scores_equal_recomputed_for_every_request(tmp_path: Path, model:
     options = ReplayOptions(batch_size=6, keep_all_scores=True)
     reference = replay_run(model, trace, _cache("none"), options, "none")
     assert reference.row["misses"] == trace.num_rows
-    runs = [("gpu", "hybrid", "lru", "all"), ("tiered", "hybrid", "lru", "all"), ("tiered", "paged", "sieve", "all"),
-            ("tiered", "user", "arc", "all"), ("tiered", "zerocopy", "lru", "all"),
-            ("tiered", "hybrid", "lru", SHAPE.entry_bytes(64))]
-    for mode, layout, policy, budget in runs:
+    runs = [("gpu", "hybrid", "lru", "all", None), ("tiered", "hybrid", "lru", "all", None),
+            ("tiered", "paged", "sieve", "all", None), ("tiered", "user", "arc", "all", None),
+            ("tiered", "zerocopy", "lru", "all", None), ("tiered", "hybrid", "lru", SHAPE.entry_bytes(64), None),
+            ("tiered", "hybrid", "lru", "all", True)]  # loads issued by the loader thread, as on CUDA
+    for mode, layout, policy, budget, thread in runs:
         run_options = replace(options, load_budget=budget)
-        result = replay_run(model, trace, _cache(mode, layout, policy=policy), run_options, f"{mode}/{layout}")
+        config = _cache(mode, layout, policy=policy, load_thread=thread)
+        result = replay_run(model, trace, config, run_options, f"{mode}/{layout}")
         row = result.row
         assert row["gpu_hits"] + row["host_hits"] > 0, f"{mode}/{layout} never hit: the test would prove nothing"
         if mode == "tiered":

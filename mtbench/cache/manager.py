@@ -68,6 +68,7 @@ class CacheConfig:
     sync: bool = False
     host_fit: str = "first"
     transfer_timeout_s: float | None = None
+    load_thread: bool | None = None  # issue loads from a loader thread (None: on CUDA unless sync); see transfer.py
 
     def __post_init__(self) -> None:
         if self.mode not in CACHE_MODES:
@@ -180,7 +181,8 @@ class CacheManager:
             self.host_policy = make_policy(config.policy, config.host_capacity)
             self.arena = HostArena(config.host_capacity, shape.dtype, pin=self.device.type == "cuda",
                                    fit=config.host_fit)
-        self.engine = TransferEngine(self.pool, self.arena, self.layout, sync=config.sync, fault_hook=fault_hook)
+        self.engine = TransferEngine(self.pool, self.arena, self.layout, sync=config.sync, fault_hook=fault_hook,
+                                     load_thread=config.load_thread)
 
     # ------------------------------------------------------------------ occupancy
     @property

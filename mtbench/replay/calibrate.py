@@ -136,9 +136,7 @@ def measure_bandwidth(cfg, dtype: torch.dtype, device: torch.device, entries: in
     moved = entries * n_static * shape.bytes_per_token
 
     def load() -> None:
-        handle = engine.load(jobs)
-        if handle.layer_ready is not None:
-            handle.layer_ready[-1].synchronize()
+        engine.load(jobs).synchronize()
 
     def store() -> None:
         for job in jobs:

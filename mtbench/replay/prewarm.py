@@ -95,9 +95,7 @@ def _warm_transfers(manager: CacheManager) -> None:
             handle = manager.engine.store(job)
             if handle is not None and handle.event is not None:
                 handle.event.synchronize()
-            loaded = manager.engine.load([job])
-            if loaded.layer_ready is not None:
-                loaded.layer_ready[-1].synchronize()
+            manager.engine.load([job]).synchronize()
         for offset in offsets:
             if offset is not None:
                 manager.arena.free(offset)
