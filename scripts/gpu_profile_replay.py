@@ -1,5 +1,6 @@
 """Where does a replay's time go on the GPU? One replay run per cache mode, each with one of:
 
+- `--what plain`: no profiler, only the run's own figures (`--row-bucket` tries another graph bucketing);
 - `--what python` (default): cProfile of the host's Python, next to the run's measured figures;
 - `--what api`: torch.profiler with CPU and CUDA activities: host time per op and per CUDA runtime
   call (cudaLaunchKernel, cudaMemcpyAsync, cudaMalloc, ...) and device time per kernel;
@@ -16,13 +17,17 @@
 
 import argparse
 import cProfile
+import functools
+import importlib
 import io
+import json
 import pstats
 import time
 from collections import Counter
 
 import torch
 
+import mtbench.replay.engine as engine
 from mtbench.cache.manager import CacheConfig
 from mtbench.model import get_config
 from mtbench.replay.engine import ReplayOptions, replay_run
@@ -96,9 +101,6 @@ def segment_profile(run) -> tuple[dict, str]:
 def timeline_profile(run) -> tuple[dict, str]:
     """Trace only the timed batches: the profiler starts and stops where the engine samples the
     allocator (`_device_mallocs`, called once at the first timed batch and once at the end)."""
-    import json
-    import mtbench.replay.engine as engine
-
     sample = engine._device_mallocs
     profile = torch.profiler.profile(activities=[ACTIVITY])
     calls = []
@@ -177,8 +179,6 @@ PHASES = (  # (module, attribute path) of the functions `phases` times; nested o
 
 
 def phase_profile(run) -> tuple[dict, str]:
-    import importlib
-
     totals: Counter = Counter()
     calls: Counter = Counter()
     restore = []
@@ -239,9 +239,6 @@ def main() -> None:
     options = ReplayOptions(batch_size=args.batch, max_requests=args.requests, warmup=args.warmup)
     configs = cache_configs(args.gpu_cache_bytes, args.host_cache_bytes)
     if args.row_bucket is not None:
-        import functools
-        import mtbench.replay.engine as engine
-
         engine.ForwardGraphs = functools.partial(engine.ForwardGraphs, row_bucket=args.row_bucket,
                                                  max_buckets=32768 // args.row_bucket)
     for label in args.modes.split(","):

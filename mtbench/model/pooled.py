@@ -184,6 +184,7 @@ class ForwardGraphs:
         return (inputs.kv.is_cuda and inputs.num_requests <= self.max_requests
                 and self.padded_rows(inputs.num_rows) <= self.max_rows)
 
+    @torch.no_grad()
     def run(self, model: MTGR, batch: RequestBatch, inputs: PooledInputs,
             before_layer: Callable[[int], None] | None) -> Scores:
         """`batch` (on the host) through its bucket's graphs; only the candidates' rows and offsets travel
@@ -211,6 +212,7 @@ class ForwardGraphs:
             self._prepare(model, inputs, rows, None)
             rows += self.row_bucket
 
+    @torch.no_grad()
     def _prepare(self, model: MTGR, inputs: PooledInputs, rows: int,
                  before_layer: Callable[[int], None] | None) -> _Bucket:
         """The bucket of `rows` padded rows with these inputs in its static buffers (captured first when

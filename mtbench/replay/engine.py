@@ -8,9 +8,9 @@ Per batch (`_BatchRunner.run`):
 3. ONE forward for the whole batch (`mtbench.model.pooled.pooled_forward`): hits (GPU and host;
    n_cached = n_static) read their prefix from the pool, the rest compute theirs and store its K/V
    straight into their fresh pages, layer by layer; the stream waits for layer l's loads just before
-   layer l. On CUDA the layer stack replays CUDA graphs captured per padded batch shape (the cached
-   forward is otherwise bound by the host's kernel launches). Without a cache (mode none) the plain
-   forward.
+   layer l. On CUDA the whole forward replays CUDA graphs captured per padded batch shape
+   (`ForwardGraphs`: embeddings, one graph per layer, heads; the cached forward is otherwise bound by
+   the host's kernel launches). Without a cache (mode none) the plain forward.
 4. `release`: write the new entries through to the host (write-back stream), unpin, drop stale
    entries, fence the side streams.
 Load budget (`ReplayOptions.load_budget`): a host hit costs PCIe time (46 KB per token for MTGR-large
@@ -70,7 +70,7 @@ class ReplayOptions:
     verify_sample: int = 0  # cached scores of this many requests are kept for --verify
     keep_all_scores: bool = False  # tests: keep every request's scores
     seed: int = 0
-    cuda_graphs: bool = True  # graph the cached forward's layer stack on CUDA (mtbench.model.pooled)
+    cuda_graphs: bool = True  # graph the cached forward on CUDA (mtbench.model.pooled.ForwardGraphs)
     # Host hits loaded per batch: "auto" = the bytes the link moves (PCIE_GBPS) while the GPU computes
     # one batch (recent batches' device time), the rest are recomputed; "all" = load every host hit;
     # or a fixed byte budget per batch.
