@@ -145,24 +145,26 @@ class PagedLayout(HostLayout):
         """A row view of the extent as [layers, pages, 2 * P * H * D] (one element row per page)."""
         return view.view(self.shape.layers, self.shape.pages_for(n_tokens), -1)
 
+    def _page_pairs(self, jobs: list[TransferJob], views: list[list[torch.Tensor]], pool: PagedKVPool, layer: int):
+        """(pool page, host page) of every page of every job at `layer`, each as one row of elements."""
+        pool_layer = pool.layer(layer).flatten(1)
+        for job, job_views in zip(jobs, views):
+            host_pages = self._pages(job_views[0], job.placement.n_tokens)[layer]
+            for index, page in enumerate(job.pages):
+                yield pool_layer[page], host_pages[index]
+
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
         """One copy per page per layer, straight into the pool page."""
         for layer in range(self.shape.layers):
-            pool_layer = pool.layer(layer).flatten(1)
-            for job, job_views in zip(jobs, views):
-                host_pages = self._pages(job_views[0], job.placement.n_tokens)[layer]
-                for index, page in enumerate(job.pages):
-                    pool_layer[page].copy_(host_pages[index], non_blocking=non_blocking)
+            for pool_page, host_page in self._page_pairs(jobs, views, pool, layer):
+                pool_page.copy_(host_page, non_blocking=non_blocking)
             layer_done(layer)
 
     def store_many(self, jobs, views, pool, non_blocking):
         """One copy per page per layer, straight out of the pool page."""
         for layer in range(self.shape.layers):
-            pool_layer = pool.layer(layer).flatten(1)
-            for job, job_views in zip(jobs, views):
-                host_pages = self._pages(job_views[0], job.placement.n_tokens)[layer]
-                for index, page in enumerate(job.pages):
-                    host_pages[index].copy_(pool_layer[page], non_blocking=non_blocking)
+            for pool_page, host_page in self._page_pairs(jobs, views, pool, layer):
+                host_page.copy_(pool_page, non_blocking=non_blocking)
 
 
 class UserLayout(HostLayout):
