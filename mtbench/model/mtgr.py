@@ -345,17 +345,13 @@ class MTGR(nn.Module):
         in column 0): every row goes through every group's tables and MLP and keeps its own group's
         result, so no shape depends on the batch's mix of groups (what a CUDA graph needs). Costs the
         token MLPs on every row (~5% of MTGR-large's GEMM work) instead of on their own group's rows."""
-        group = group_ids[:, None]
-
-        def own(*groups: int) -> torch.Tensor:
-            mine = (group == groups[0]) if len(groups) == 1 else (group == groups[0]) | (group == groups[1])
-            return torch.where(mine, row_ids, 0)
-
-        behaviour = self._behaviour_side(own(GROUP_S, GROUP_R))
-        x = self.cand_mlp(self._candidate_side(own(GROUP_C)))
-        x = torch.where(group == GROUP_U, self.user_proj(self.user_table(own(GROUP_U)[:, 0])), x)
-        x = torch.where(group == GROUP_S, self.static_mlp(behaviour), x)
-        return torch.where(group == GROUP_R, self.rt_mlp(behaviour), x)
+        is_user, is_static, is_rt, is_cand = (group_ids[:, None] == g for g in (GROUP_U, GROUP_S, GROUP_R, GROUP_C))
+        own = (lambda mine: torch.where(mine, row_ids, 0))  # other rows look up row 0 (in range), then drop it
+        behaviour = self._behaviour_side(own(is_static | is_rt))
+        x = self.cand_mlp(self._candidate_side(own(is_cand)))
+        x = torch.where(is_user, self.user_proj(self.user_table(own(is_user)[:, 0])), x)
+        x = torch.where(is_static, self.static_mlp(behaviour), x)
+        return torch.where(is_rt, self.rt_mlp(behaviour), x)
 
     def _behaviour_side(self, ids: torch.Tensor) -> torch.Tensor:
         """S and R tokens' concatenated (item, category, action, time bucket) embeddings."""

@@ -188,8 +188,8 @@ class ForwardGraphs:
     def run(self, model: MTGR, batch: RequestBatch, inputs: PooledInputs,
             before_layer: Callable[[int], None] | None) -> Scores:
         """`batch` (on the host) through its bucket's graphs; only the candidates' rows and offsets travel
-        besides the bucket's inputs. The scores are views of the bucket's outputs: valid until the next
-        batch runs in this bucket (the replay copies what it keeps)."""
+        besides the bucket's inputs. `Scores.hidden` is a view of the bucket's buffer: valid until the
+        next batch runs in this bucket."""
         bucket = self._prepare(model, inputs, self.padded_rows(inputs.num_rows), before_layer)
         embed, *layers, head = bucket.graphs
         embed.replay()
