@@ -39,7 +39,7 @@ def test_exact_hit_counts_on_a_known_trace() -> None:
     got = {}
     for policy in ("mtserve", "lru"):
         for gpu, host in ((2_000_000, 0), (5_000_000, 0), (2_000_000, 8_000_000)):
-            result, _ = simulate(w, policy, gpu, host, TierSettings(), COST, 1 / SIZER.bytes_per_token)
+            result, _ = simulate(w, policy, gpu, host, TierSettings(), COST)
             got[policy, gpu, host] = (result.gpu_hits, result.host_hits, result.misses, result.stale)
     assert got == EXPECTED_HITS
 

@@ -48,11 +48,11 @@ def test_two_tier_accounting(seed: int, policy: str) -> None:
     w = Workload.from_columns(columns, SIZER)
     gpu, host = 3_000_000, 20_000_000
     for settings in (TierSettings(), TierSettings(write_back=False, inclusive=False, lookahead=4)):
-        result, recomputed = simulate(w, policy, gpu, host, settings, COST, 1 / SIZER.bytes_per_token, keep_outcomes=True)
+        result, recomputed = simulate(w, policy, gpu, host, settings, COST, keep_outcomes=True)
         outcomes = result.outcomes
         assert result.gpu_hits + result.host_hits + result.misses + result.stale == w.n_requests
-        # bytes moved host->GPU are exactly the entries of host hits
-        assert result.bytes_h2d == int(w.size[outcomes == HOST_HIT].sum())
+        # bytes moved host->GPU are exactly the tokens of host hits (copies move tokens, not page padding)
+        assert result.bytes_h2d == int(w.n_static[outcomes == HOST_HIT].sum()) * SIZER.bytes_per_token
         assert (recomputed[outcomes == GPU_HIT] == 0).all() and (recomputed[outcomes == HOST_HIT] == 0).all()
         assert (recomputed[(outcomes == MISS) | (outcomes == STALE)] == w.n_static[(outcomes == MISS) | (outcomes == STALE)]).all()
         first_use = np.zeros(w.n_requests, dtype=bool)

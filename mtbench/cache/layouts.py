@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import kernels
+from mtbench.cache.extents import extent_lengths
 from mtbench.cache.host import HostArena
 from mtbench.cache.pool import KVShape, PagedKVPool, to_device_async
 from mtbench.errors import MtbenchError
@@ -84,9 +85,10 @@ class HostLayout(ABC):
             self._staging[store] = buffer
         return buffer[:n_rows]
 
-    @abstractmethod
     def extent_elements(self, n_tokens: int) -> list[int]:
-        """Element count of each host extent an entry of n_tokens needs."""
+        """Element count of each host extent an entry of n_tokens needs (`cache.extents.extent_lengths`)."""
+        s = self.shape
+        return extent_lengths(self.name, s.layers, s.elements_per_token_layer, s.page_tokens, n_tokens)
 
     def _token_block(self, n_tokens: int) -> tuple[int, int, int, int]:
         return (2, n_tokens, self.shape.heads, self.shape.head_dim)
@@ -133,9 +135,6 @@ class HostLayout(ABC):
 class PagedLayout(HostLayout):
     name = "paged"
 
-    def extent_elements(self, n_tokens: int) -> list[int]:
-        return [self.shape.layers * self.shape.pages_for(n_tokens) * self.shape.page_tokens
-                * self.shape.elements_per_token_layer]
 
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         s = self.shape
@@ -170,8 +169,6 @@ class PagedLayout(HostLayout):
 class UserLayout(HostLayout):
     name = "user"
 
-    def extent_elements(self, n_tokens: int) -> list[int]:
-        return [self.shape.layers * n_tokens * self.shape.elements_per_token_layer]
 
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         return [(self.shape.layers, *self._token_block(n_tokens))]
@@ -226,8 +223,6 @@ class HybridLayout(HostLayout):
             pool.layer(layer).view(-1, self.width).index_copy_(0, pool_rows, staging)
             layer_done(layer)
 
-    def extent_elements(self, n_tokens: int) -> list[int]:
-        return [n_tokens * self.shape.elements_per_token_layer] * self.shape.layers
 
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
         return [self._token_block(n_tokens)] * self.shape.layers

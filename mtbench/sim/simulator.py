@@ -1,22 +1,15 @@
-"""The fast two-tier cache simulator: trace requests through a GPU tier and a host tier, no tensors.
+"""The fast cache simulator: a trace's requests through the control plane, no tensors.
 
-Per request for entry key k = (user_id, static_version) of `size` bytes (whole pages, `sizes.py`):
-1. stale: if the user's previous entry has another version and is still cached (either tier), it is
-   dropped from both tiers and the request counts as *stale* (a miss caused by the new version);
-2. GPU hit: served from the GPU tier;
-3. host hit: copied host->GPU (`bytes_h2d`), promoted into the GPU tier; exclusive tiers drop the
-   host copy, inclusive ones keep it;
-4. miss: the prefix is recomputed and inserted into the GPU tier; write-through also copies it to
-   the host at once (`bytes_d2h`).
-Whenever the GPU tier evicts an entry that the host does not hold, it is demoted: copied GPU->host
-(`bytes_d2h`) and admitted by the host policy (write-back). The host tier's own evictions drop
-entries for good. `host_capacity == 0` means a single tier.
+Every tier decision (outcomes, admission, promotion, demotion, write-through / write-back,
+inclusive / exclusive, stale drops, pins, hints, load budget, append growth) is made by
+`mtbench.cache.control.ControlPlane`, the same code the real tiers run; the simulator adds only the
+cost model's clock. Requests go through in batches of `TierSettings.batch_size` (1 by default: per
+request, as libCacheSim), planned `lookahead` batches ahead of the one being released, exactly as the
+replay drives its `CacheManager` (batch size B, lookahead 1), so the two decide identically.
+Entry sizes are whole pages (`mtbench.cache.sizes`); `host_capacity == 0` means a single tier.
 
-Lookahead (`lookahead = W > 0`): the keys of the next W queued requests are pinned in both tiers
-(never evicted, the real tiers do the same for requests in flight) and announced to the policies
-through `hint_upcoming` (mtserve uses it). Append variant (`append=True`, causal histories): an
-entry of m tokens serves a request of n static tokens partially: min(m, n) tokens are reused and
-the rest recomputed, and the entry grows to n tokens; without it a length mismatch is stale.
+Fast path: one tier, unit sizes, no lookahead, no append, no version changes: the policy's
+`unit_hit_mask` (libCacheSim speed), which the tests hold equal to the generic path.
 
 The run's estimated time comes from `CostModel.total_ms`; `est_speedup` divides the time of
 recomputing every prefix (no cache) by it.
@@ -28,23 +21,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mtbench.cache.policies import ReplacementPolicy, make_policy, policy_class
+from mtbench.cache.control import (
+    CacheStats, ControlConfig, ControlPlane, Outcome, Request, TierSettings, run_batches,
+)
+from mtbench.cache.extents import HostGeometry
+from mtbench.cache.policies import policy_class
+from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.oracle import dense_ids, next_use_indices
-from mtbench.sim.sizes import EntrySizer
 
-GPU_HIT, HOST_HIT, MISS, STALE = 0, 1, 2, 3
-
-
-@dataclass(frozen=True)
-class TierSettings:
-    """How the two tiers behave (everything except policy and capacities)."""
-
-    write_back: bool = True
-    inclusive: bool = True
-    lookahead: int = 0
-    append: bool = False
+GPU_HIT, HOST_HIT, MISS, STALE, HOST_RECOMPUTE, PARTIAL_HIT = (int(o) for o in Outcome)
+__all__ = ["GPU_HIT", "HOST_HIT", "HOST_RECOMPUTE", "MISS", "PARTIAL_HIT", "STALE", "SimResult", "TierSettings",
+           "Workload", "simulate"]
 
 
 @dataclass
@@ -54,7 +43,8 @@ class Workload:
     Per request i: `key[i]` dense id of (user, version); `user[i]` dense user id; `version[i]`;
     `ts[i]` seconds; `n_static`, `n_rt`, `n_cand`; `size[i]` entry bytes (units in unit mode);
     `next_use[i]` index of the next request for the same key (NEVER if none); `prev_key[i]` key of
-    the same user's previous request (-1 if none).
+    the same user's previous request (-1 if none); per dense key k: `key_user[k]` its user_id and
+    `key_version[k]` its static_version (the control plane's keys are these pairs).
     """
 
     key: np.ndarray
@@ -67,9 +57,13 @@ class Workload:
     size: np.ndarray
     next_use: np.ndarray
     prev_key: np.ndarray
-    unit: bool = False
+    sizer: EntrySizer = EntrySizer(1, 1, unit=True)
     key_user: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     key_version: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+    @property
+    def unit(self) -> bool:
+        return self.sizer.unit
 
     @property
     def n_requests(self) -> int:
@@ -96,8 +90,8 @@ class Workload:
             key=key, user=user, version=version, ts=np.asarray(columns["ts"], dtype=np.float64),
             n_static=n_static, n_rt=np.asarray(columns["n_rt"], dtype=np.int64),
             n_cand=np.asarray(columns["n_cand"], dtype=np.int64), size=sizer.entry_bytes(n_static),
-            next_use=next_use_indices(key), prev_key=prev_key.astype(np.int64), unit=sizer.unit,
-            key_user=dense_ids(uniques[:, 0])[0] if len(uniques) else np.empty(0, dtype=np.int64),
+            next_use=next_use_indices(key), prev_key=prev_key.astype(np.int64), sizer=sizer,
+            key_user=uniques[:, 0].astype(np.int64) if len(uniques) else np.empty(0, dtype=np.int64),
             key_version=uniques[:, 1].astype(np.int64) if len(uniques) else np.empty(0, dtype=np.int64),
         )
 
@@ -122,7 +116,7 @@ class Workload:
         return cls(key=key, user=key, version=np.zeros(n, dtype=np.int64), ts=np.arange(n, dtype=np.float64),
                    n_static=ones, n_rt=np.zeros(n, dtype=np.int64), n_cand=ones, size=ones,
                    next_use=next_use_indices(key), prev_key=np.where(_previous_of_group(key) >= 0, key, -1),
-                   unit=True, key_user=np.arange(int(key.max(initial=-1)) + 1, dtype=np.int64),
+                   key_user=np.arange(int(key.max(initial=-1)) + 1, dtype=np.int64),
                    key_version=np.zeros(int(key.max(initial=-1)) + 1, dtype=np.int64))
 
 
@@ -137,72 +131,51 @@ def _previous_of_group(group: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class SimResult:
-    """Counters of one run (one policy, one pair of capacities)."""
+class SimResult(CacheStats):
+    """The control plane's counters of one run (one policy, one pair of capacities)."""
 
-    policy: str
-    gpu_capacity: int
-    host_capacity: int
-    requests: int = 0
-    gpu_hits: int = 0
-    host_hits: int = 0
-    misses: int = 0
-    stale: int = 0
-    static_tokens: int = 0
-    reused_tokens: int = 0
-    recomputed_tokens: int = 0
-    bytes_h2d: int = 0
-    bytes_d2h: int = 0
-    gpu_evictions: int = 0
-    host_evictions: int = 0
+    policy: str = ""
+    gpu_capacity: int = 0
+    host_capacity: int = 0
     outcomes: np.ndarray | None = None
 
+    @property
+    def reused_tokens(self) -> int:
+        return self.hit_tokens
+
+    @property
+    def recomputed_tokens(self) -> int:
+        return self.static_tokens - self.hit_tokens
+
     def row(self, cost: CostModel, workload: Workload, recomputed: np.ndarray) -> dict:
-        """The summary row (field names of shared_schemas' compare-policies rows)."""
-        n = max(self.requests, 1)
+        """The summary row (field names of the README's compare-policies row table)."""
+        s = self
+        n = max(s.requests, 1)
         n_new = workload.n_rt + workload.n_cand
-        total_ms, exposed_ms = cost.total_ms(n_new, recomputed, float(self.bytes_h2d))
+        total_ms, exposed_ms = cost.total_ms(n_new, recomputed, float(s.bytes_h2d))
         baseline_ms, _ = cost.total_ms(n_new, workload.n_static, 0.0)
+        hits = s.gpu_hits + s.host_hits + s.partial_hits
         return {
             "policy": self.policy, "gpu_capacity": self.gpu_capacity, "host_capacity": self.host_capacity,
-            "requests": self.requests, "gpu_hits": self.gpu_hits, "host_hits": self.host_hits,
-            "misses": self.misses, "stale": self.stale,
-            "hit_ratio": (self.gpu_hits + self.host_hits) / n, "gpu_hit_ratio": self.gpu_hits / n,
-            "token_hit_ratio": self.reused_tokens / max(self.static_tokens, 1),
-            "bytes_h2d": self.bytes_h2d, "bytes_d2h": self.bytes_d2h,
-            "gpu_evictions": self.gpu_evictions, "host_evictions": self.host_evictions,
+            "requests": s.requests, "gpu_hits": s.gpu_hits, "host_hits": s.host_hits, "partial_hits": s.partial_hits,
+            "host_recomputes": s.host_recomputes, "misses": s.misses, "stale": s.stale,
+            "hit_ratio": hits / n, "gpu_hit_ratio": s.gpu_hits / n,
+            "token_hit_ratio": s.hit_tokens / max(s.static_tokens, 1), **s.miss_columns(),
+            "bytes_h2d": s.bytes_h2d, "bytes_d2h": s.bytes_d2h,
+            "gpu_evictions": s.gpu_evictions, "host_evictions": s.host_evictions,
             "est_ms_per_request": total_ms / n, "est_transfer_exposed_ms": exposed_ms / n,
             "est_speedup": baseline_ms / total_ms if total_ms > 0 else float("nan"),
         }
 
 
-def build_policy(name: str, capacity: int, workload: Workload, cost: CostModel | None, reload: str,
-                 tokens_per_byte: float) -> ReplacementPolicy:
-    """A policy for one tier; cost-aware policies get what bringing an entry back costs in this tier.
-
-    reload: "recompute" (host tier, or a GPU tier whose evictions are lost) or "h2d" (a GPU tier backed
-    by a host tier). `tokens_per_byte` converts entry sizes back to tokens for the recompute cost.
-    """
-    options: dict = {}
-    if name in ("mtserve", "gdsf") and cost is not None and not workload.unit:
-        if reload == "h2d":
-            def reload_ms(size: int) -> float:
-                return float(cost.h2d_ms(size))
-        else:
-            def reload_ms(size: int) -> float:
-                return float(cost.recompute_ms(size * tokens_per_byte))
-        options["reload_ms" if name == "mtserve" else "cost_of"] = reload_ms
-    if name == "mtserve":
-        key_user, key_version = workload.key_user, workload.key_version
-        options["user_of"] = key_user.__getitem__
-        options["version_of"] = key_version.__getitem__
-    return make_policy(name, capacity, **options)
-
-
 def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: int = 0,
-             settings: TierSettings = TierSettings(), cost: CostModel | None = None,
-             tokens_per_byte: float = 0.0, keep_outcomes: bool = False) -> tuple[SimResult, np.ndarray]:
-    """Run one policy at one pair of capacities; returns (counters, recomputed static tokens per request)."""
+             settings: TierSettings = TierSettings(), cost: CostModel | None = None, keep_outcomes: bool = False,
+             host_geometry: HostGeometry | None = None) -> tuple[SimResult, np.ndarray]:
+    """Run one policy at one pair of capacities; returns (counters, recomputed static tokens per request).
+
+    `cost` gives the cost-aware policies (mtserve, gdsf) their reload costs; `host_geometry` makes host
+    admissions need a free extent, as in the real host arena.
+    """
     policy_class(policy)
     workload.check_static_lengths(settings.append)
     result = SimResult(policy=policy, gpu_capacity=int(gpu_capacity), host_capacity=int(host_capacity))
@@ -210,138 +183,48 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
             and not workload.has_versions)
     mask = policy_class(policy).unit_hit_mask(workload.key.tolist(), int(gpu_capacity)) if fast else None
     if mask is not None:
-        outcomes = np.where(mask, GPU_HIT, MISS).astype(np.int8)
+        _count_unit_hits(result, workload, mask, int(gpu_capacity))
         recomputed = np.where(mask, 0, workload.n_static)
-        _count(result, workload, outcomes, recomputed)
-        result.gpu_evictions = int(max(0, np.count_nonzero(~mask) - gpu_capacity))
-        result.outcomes = outcomes if keep_outcomes else None
+        result.outcomes = np.where(mask, GPU_HIT, MISS).astype(np.int8) if keep_outcomes else None
         return result, recomputed
-    return _TwoTierRun(workload, policy, int(gpu_capacity), int(host_capacity), settings, cost,
-                       tokens_per_byte).run(result, keep_outcomes)
+    config = ControlConfig(policy, int(gpu_capacity), int(host_capacity), workload.sizer, settings,
+                           host_geometry if host_capacity else None, cost)
+    plane = ControlPlane(config)
+    outcomes = np.empty(workload.n_requests, dtype=np.int8)
+    cached = np.zeros(workload.n_requests, dtype=np.int64)
+    position = 0
+
+    def released(plan) -> None:
+        nonlocal position
+        end = position + len(plan.outcomes)
+        outcomes[position:end] = plan.outcomes
+        cached[position:end] = plan.cached
+        position = end
+
+    run_batches(plane, _batches(workload, settings.batch_size), released)
+    result = SimResult(**vars(plane.stats), policy=policy, gpu_capacity=int(gpu_capacity),
+                       host_capacity=int(host_capacity), outcomes=outcomes if keep_outcomes else None)
+    return result, workload.n_static - cached
 
 
-def _count(result: SimResult, workload: Workload, outcomes: np.ndarray, recomputed: np.ndarray) -> None:
-    counts = np.bincount(outcomes, minlength=4)
-    result.requests = workload.n_requests
-    result.gpu_hits, result.host_hits, result.misses, result.stale = (int(c) for c in counts[:4])
-    result.static_tokens = int(workload.n_static.sum())
-    result.recomputed_tokens = int(recomputed.sum())
-    result.reused_tokens = result.static_tokens - result.recomputed_tokens
+def _batches(workload: Workload, batch_size: int):
+    """The workload's requests as control-plane batches, in order."""
+    pairs = list(zip(workload.key_user.tolist(), workload.key_version.tolist()))
+    keys, n_static, ts, next_use = (workload.key.tolist(), workload.n_static.tolist(), workload.ts.tolist(),
+                                    workload.next_use.tolist())
+    for start in range(0, len(keys), batch_size):
+        yield [Request(pairs[keys[i]], n_static[i], ts[i], next_use[i])
+               for i in range(start, min(start + batch_size, len(keys)))]
 
 
-class _TwoTierRun:
-    """State of one simulation run: the two policies plus per-key sizes/tokens (see module doc)."""
-
-    def __init__(self, workload: Workload, policy: str, gpu_capacity: int, host_capacity: int,
-                 settings: TierSettings, cost: CostModel | None, tokens_per_byte: float) -> None:
-        self.w = workload
-        self.settings = settings
-        self.gpu = build_policy(policy, gpu_capacity, workload, cost, "h2d" if host_capacity else "recompute",
-                                tokens_per_byte)
-        self.host = build_policy(policy, host_capacity, workload, cost, "recompute", tokens_per_byte) if host_capacity else None
-        n_keys = int(workload.key.max(initial=-1)) + 1
-        self.key_size = [0] * n_keys
-        self.key_tokens = [0] * n_keys
-        self.key_next = [0] * n_keys
-        self.d2h = self.h2d = self.gpu_evictions = self.host_evictions = 0
-
-    def run(self, result: SimResult, keep_outcomes: bool) -> tuple[SimResult, np.ndarray]:
-        w, gpu, host, settings = self.w, self.gpu, self.host, self.settings
-        keys, ts, n_static, sizes = w.key.tolist(), w.ts.tolist(), w.n_static.tolist(), w.size.tolist()
-        next_use, prev_key = w.next_use.tolist(), w.prev_key.tolist()
-        n = len(keys)
-        outcomes = np.empty(n, dtype=np.int8)
-        recomputed = np.zeros(n, dtype=np.int64)
-        oracle = gpu.uses_next_use
-        lookahead = settings.lookahead
-        tiers = (gpu,) if host is None else (gpu, host)
-        hints = lookahead > 0 and type(gpu).hint_upcoming is not ReplacementPolicy.hint_upcoming
-        for j in range(min(lookahead, n)):
-            for tier in tiers:
-                tier.pin(keys[j])
-        for i in range(n):
-            k, t = keys[i], ts[i]
-            if lookahead:
-                if i + lookahead < n:
-                    for tier in tiers:
-                        tier.pin(keys[i + lookahead])
-                if hints:
-                    upcoming = keys[i + 1:i + 1 + lookahead]
-                    for tier in tiers:
-                        tier.hint_upcoming(upcoming, t)
-            self.key_next[k] = next_use[i]
-            if oracle:
-                for tier in tiers:
-                    tier.set_next_use(k, next_use[i])
-            stale = False
-            old = prev_key[i]
-            if old >= 0 and old != k and (old in gpu or (host is not None and old in host)):
-                gpu.remove(old)
-                if host is not None:
-                    host.remove(old)
-                stale = True
-            outcome, redo = self._serve(k, n_static[i], sizes[i], t)
-            if stale and outcome == MISS:
-                outcome = STALE
-            outcomes[i] = outcome
-            recomputed[i] = redo
-            if lookahead:
-                for tier in tiers:
-                    tier.unpin(k)
-        _count(result, w, outcomes, recomputed)
-        result.bytes_h2d, result.bytes_d2h = self.h2d, self.d2h
-        result.gpu_evictions, result.host_evictions = self.gpu_evictions, self.host_evictions
-        result.outcomes = outcomes if keep_outcomes else None
-        return result, recomputed
-
-    def _serve(self, k: int, n_static: int, size: int, t: float) -> tuple[int, int]:
-        """Serve one request; returns (outcome, static tokens recomputed)."""
-        gpu, host = self.gpu, self.host
-        if gpu.access(k, t):
-            if host is not None:
-                host.access(k, t)
-            return GPU_HIT, self._reuse(gpu, k, n_static, size, t)
-        if host is not None and host.access(k, t):
-            self.h2d += self.key_size[k]
-            promoted = self._admit_gpu(k, self.key_size[k], t)
-            if promoted and not self.settings.inclusive:
-                host.remove(k)
-            return HOST_HIT, self._reuse(gpu if promoted else host, k, n_static, size, t)
-        self.key_size[k], self.key_tokens[k] = size, n_static
-        self._admit_gpu(k, size, t)
-        if host is not None and not self.settings.write_back and k not in host:
-            self._admit_host(k, size, t)
-        return MISS, n_static
-
-    def _reuse(self, tier: ReplacementPolicy, k: int, n_static: int, size: int, t: float) -> int:
-        """Static tokens recomputed on a hit; the append variant grows the entry to the request's prefix."""
-        cached = self.key_tokens[k]
-        if n_static <= cached:  # check_static_lengths made them equal unless the variant is append
-            return 0
-        old_size = self.key_size[k]
-        tier.remove(k)
-        if tier.admit(k, size, t) is None:
-            tier.admit(k, old_size, t)
-        else:
-            self.key_size[k], self.key_tokens[k] = size, n_static
-        return n_static - cached
-
-    def _admit_gpu(self, k: int, size: int, t: float) -> bool:
-        evicted = self.gpu.admit(k, size, t)
-        if evicted is None:
-            return False
-        self.gpu_evictions += len(evicted)
-        host = self.host
-        if host is not None:
-            for victim in evicted:
-                if victim not in host:
-                    if host.uses_next_use:
-                        host.set_next_use(victim, self.key_next[victim])
-                    self._admit_host(victim, self.key_size[victim], t)
-        return True
-
-    def _admit_host(self, k: int, size: int, t: float) -> None:
-        evicted = self.host.admit(k, size, t)
-        if evicted is not None:
-            self.d2h += size
-            self.host_evictions += len(evicted)
+def _count_unit_hits(stats: CacheStats, workload: Workload, mask: np.ndarray, capacity: int) -> None:
+    """Counters of a fast-path run (one tier, no versions: every miss of a key after its first is a
+    capacity miss)."""
+    n = workload.n_requests
+    hits = int(np.count_nonzero(mask))
+    keys = int(np.unique(workload.key).shape[0]) if n else 0
+    stats.requests, stats.gpu_hits, stats.misses = n, hits, n - hits
+    stats.misses_compulsory, stats.misses_capacity = keys, n - hits - keys
+    stats.static_tokens = int(workload.n_static.sum())
+    stats.hit_tokens = int(workload.n_static[mask].sum())
+    stats.gpu_evictions = int(max(0, (n - hits) - capacity))

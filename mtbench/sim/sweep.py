@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from mtbench.cache.extents import HostGeometry
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, simulate
 
@@ -21,26 +22,26 @@ class SweepPoint:
 _WORKER_STATE: dict = {}
 
 
-def _init_worker(workload: Workload, settings: TierSettings, cost: CostModel, tokens_per_byte: float) -> None:
-    _WORKER_STATE.update(workload=workload, settings=settings, cost=cost, tokens_per_byte=tokens_per_byte)
+def _init_worker(workload: Workload, settings: TierSettings, cost: CostModel, host_geometry: HostGeometry | None) -> None:
+    _WORKER_STATE.update(workload=workload, settings=settings, cost=cost, host_geometry=host_geometry)
 
 
 def _run_point(point: SweepPoint) -> dict:
     state = _WORKER_STATE
     result, recomputed = simulate(state["workload"], point.policy, point.gpu_capacity, point.host_capacity,
-                                  state["settings"], state["cost"], state["tokens_per_byte"])
+                                  state["settings"], state["cost"], host_geometry=state["host_geometry"])
     return result.row(state["cost"], state["workload"], recomputed)
 
 
 def run_sweep(workload: Workload, points: Sequence[SweepPoint], settings: TierSettings, cost: CostModel,
-              tokens_per_byte: float, workers: int | None = None,
+              host_geometry: HostGeometry | None, workers: int | None = None,
               on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """Rows of every point, in the order of `points`; `on_done(row)` is called as each finishes.
 
     workers: processes to use (None: every core); 1 runs in this process.
     """
     workers = max(1, min(workers or os.cpu_count() or 1, len(points)))
-    _init_worker(workload, settings, cost, tokens_per_byte)
+    _init_worker(workload, settings, cost, host_geometry)
     rows: list[dict | None] = [None] * len(points)
     if workers == 1:
         for index, point in enumerate(points):
@@ -49,7 +50,7 @@ def run_sweep(workload: Workload, points: Sequence[SweepPoint], settings: TierSe
                 on_done(rows[index])
         return rows  # type: ignore[return-value]
     with ProcessPoolExecutor(workers, initializer=_init_worker,
-                             initargs=(workload, settings, cost, tokens_per_byte)) as pool:
+                             initargs=(workload, settings, cost, host_geometry)) as pool:
         futures = {pool.submit(_run_point, point): index for index, point in enumerate(points)}
         for future in as_completed(futures):
             rows[futures[future]] = future.result()

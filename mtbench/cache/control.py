@@ -1,0 +1,692 @@
+"""The cache control plane: every tier decision of the GPU + host hierarchy, on keys and sizes only.
+
+ONE implementation serves the simulator (`mtbench.sim.simulator`, null data plane, cost-model clock)
+and the real tiers (`mtbench.cache.manager`, whose data plane moves pool pages and host extents).
+Both drive it the same way, batch by batch:
+
+    plan = plane.plan(requests, load_budget)   # classify, pin, admit, promote, demote, evict
+    ...                                        # (pipelined: the next batch may be planned here)
+    plane.release(plan)                        # write to the host, unpin, drop stale, count
+
+State: two replacement policies (`gpu`, `host`; host is None for a single tier) over keys
+`(user_id, static_version)` sized by `EntrySizer.size_of` (page-rounded bytes); per resident key its
+token count in each tier (`gpu_tokens`, `host_tokens`); the host extents of each host key
+(`host_offsets`, placed by `ExtentAllocator` when a `HostGeometry` is given, so host fragmentation is
+part of the host capacity check); the cached versions of each user; stale keys whose drop waits for
+their pins (`doomed`). Invariants: `set(gpu_tokens) == set(gpu)`, `set(host_tokens) == set(host)`;
+a pinned key is never evicted; the clock `now` (trace seconds, the request's `ts`) never goes back.
+
+Per request of a batch (first request of a key; repeats of a key in the batch reuse its decision):
+1. pins: every key of the batch is pinned in both tiers until `release`; the batch's keys are
+   hinted to the policies (`hint_upcoming`) and OPT gets each request's next use (`set_next_use`).
+2. stale: other versions of the user are dropped from both tiers (later, at `release`, while
+   pinned); the request is STALE if it then misses.
+3. lookup: GPU hit (PARTIAL_HIT when an append-variant entry is shorter than the request: the cached
+   tokens are reused, the rest computed and the entry grows); else a host hit: loaded into a new GPU
+   entry (promotion; exclusive tiers drop the host copy at `release`), or into scratch pages when the
+   GPU tier has no unpinned room, or not at all when the batch's load budget is spent
+   (HOST_RECOMPUTE: computed into a new GPU entry instead); else MISS: computed into a new GPU entry,
+   or into scratch pages when the GPU tier refuses it and a host tier exists.
+4. GPU evictions: a victim the host lacks (or holds shorter) is copied to the host first (demotion;
+   with write-through this only happens for entries the host refused earlier).
+5. `release`: entries the batch computed are copied to the host when the host lacks them: all of
+   them with write-through, the scratch ones (refused by the GPU tier) with write-back, so a host
+   tier with room never loses an entry.
+Asynchrony never changes a decision: a host copy counts as on the host from the moment it is
+decided (the data plane orders the copies), and transfer faults are the data plane's fallbacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field, fields
+from enum import IntEnum
+from typing import Any, Protocol
+
+from mtbench.cache.extents import ExtentAllocator, HostGeometry
+from mtbench.cache.policies import ReplacementPolicy, make_policy, policy_class
+from mtbench.cache.policies.base import NEVER
+from mtbench.cache.sizes import EntrySizer
+from mtbench.errors import MtbenchError
+from mtbench.units import format_bytes
+
+Key = tuple[int, int]
+
+
+class Outcome(IntEnum):
+    """What a request got from the cache (`label` is the name records and reports use)."""
+
+    GPU_HIT = 0
+    HOST_HIT = 1
+    MISS = 2
+    STALE = 3
+    HOST_RECOMPUTE = 4
+    PARTIAL_HIT = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+OUTCOME_LABELS: tuple[str, ...] = tuple(outcome.label for outcome in Outcome)
+READS_CACHE = frozenset({Outcome.GPU_HIT, Outcome.HOST_HIT, Outcome.PARTIAL_HIT})
+
+
+class MissKind(IntEnum):
+    """Why a MISS / STALE request missed: first request of its user (compulsory), first request of a
+    new version of a known user (stale), or its key was requested in an earlier batch (capacity: an
+    unlimited host tier would have served it)."""
+
+    COMPULSORY = 0
+    STALE = 1
+    CAPACITY = 2
+
+
+@dataclass(frozen=True)
+class TierSettings:
+    """How the two tiers behave, besides policy and capacities.
+
+    write_back: copy an entry to the host when the GPU evicts it (False: write-through, copy every
+    new entry at once); inclusive: a promoted entry keeps its host copy; lookahead: batches planned
+    before the oldest planned one is released (the replay pipelines one batch; with batch size 1 it
+    is the number of queued requests in flight); append: prefixes may grow (partial hits);
+    batch_size: requests per planned batch (the simulator's; the replay batches by itself);
+    load_budget: bytes of host hits a batch may load (None: all; the rest are recomputed).
+    """
+
+    write_back: bool = True
+    inclusive: bool = True
+    lookahead: int = 0
+    append: bool = False
+    batch_size: int = 1
+    load_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lookahead < 0:
+            raise MtbenchError(f"lookahead must be >= 0, got {self.lookahead}")
+        if self.batch_size < 1:
+            raise MtbenchError(f"batch size must be >= 1, got {self.batch_size}")
+
+
+class ReloadCosts(Protocol):
+    """What bringing an entry back costs (`mtbench.sim.costmodel.CostModel` is one)."""
+
+    def h2d_ms(self, n_bytes: float) -> Any: ...
+
+    def recompute_ms(self, n_static: float) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """Everything that decides how the tiers behave (picklable: sweeps send it to worker processes).
+
+    host_geometry: the host arena's extent geometry; when given, a host admission also needs a free
+    extent (the real tiers always give it; the simulator gives the replay's default layout).
+    costs: reload costs for the cost-aware policies (mtserve, gdsf); None leaves them cost-blind.
+    """
+
+    policy: str
+    gpu_capacity: int
+    host_capacity: int = 0
+    sizer: EntrySizer = EntrySizer(1, 1, unit=True)
+    settings: TierSettings = TierSettings()
+    host_geometry: HostGeometry | None = None
+    costs: ReloadCosts | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the control plane needs of one request."""
+
+    key: Key
+    n_static: int
+    ts: float
+    next_use: int = NEVER  # index of the next request for the key (OPT only)
+
+
+@dataclass
+class CacheStats:
+    """Counters over the released requests (tiers) plus the data plane's own (transfers)."""
+
+    requests: int = 0
+    gpu_hits: int = 0
+    host_hits: int = 0
+    partial_hits: int = 0
+    host_recomputes: int = 0
+    misses: int = 0
+    stale: int = 0
+    misses_compulsory: int = 0
+    misses_stale: int = 0
+    misses_capacity: int = 0
+    static_tokens: int = 0
+    hit_tokens: int = 0
+    bytes_h2d: int = 0
+    bytes_d2h: int = 0
+    gpu_evictions: int = 0
+    host_evictions: int = 0
+    gpu_admission_failures: int = 0
+    host_admission_failures: int = 0
+    transfer_fallbacks: int = 0
+    writeback_failures: int = 0
+
+    def minus(self, earlier: "CacheStats") -> "CacheStats":
+        return CacheStats(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)})
+
+    def miss_columns(self) -> dict[str, float | int]:
+        """The miss classification of a report row: counts, the cold-miss limit (best hit ratio any
+        cache reaches on these requests) and the hit ratio an unlimited host tier would add."""
+        n = max(self.requests, 1)
+        return {"misses_compulsory": self.misses_compulsory, "misses_stale": self.misses_stale,
+                "misses_capacity": self.misses_capacity,
+                "cold_miss_limit": 1.0 - (self.misses_compulsory + self.misses_stale) / n,
+                "unlimited_host_gain": self.misses_capacity / n}
+
+
+@dataclass
+class StoreDecision:
+    """A request row whose forward computes tokens [first, n_tokens) of its entry into pages: the
+    entry's GPU pages, or scratch pages (`scratch`) when no tier keeps it on the GPU."""
+
+    key: Key
+    first: int
+    n_tokens: int
+    scratch: bool
+
+
+@dataclass
+class BatchDecisions:
+    """The control plane's decisions for one batch; row i is request i."""
+
+    serial: int
+    requests: list[Request]
+    outcomes: list[Outcome]
+    cached: list[int]  # tokens each request reads from its pages (0 unless READS_CACHE)
+    kinds: list[MissKind | None]
+    stores: dict[int, StoreDecision] = field(default_factory=dict)
+    promoted: list[Key] = field(default_factory=list)  # host hits moved to the GPU (exclusive drops them)
+    loaded: set[Key] = field(default_factory=set)  # host hits loaded (into GPU entries or scratch pages)
+
+    @property
+    def labels(self) -> list[str]:
+        return [outcome.label for outcome in self.outcomes]
+
+
+class DataPlane(Protocol):
+    """What carries out the decisions (the real tiers' pages and extents); called in decision order.
+
+    GPU entries: `gpu_admit` (new pages for key), `gpu_grow` (more pages, same key), `gpu_evict`
+    (after any `host_store` of it). `scratch` gives pages outside the GPU tier for one batch. `load`
+    copies a host entry into the key's GPU pages or scratch pages. `host_store` copies the key's GPU
+    (or the batch's scratch) pages into new host extents at `offsets`; `host_evict` drops a copy.
+    """
+
+    def gpu_admit(self, key: Key, n_tokens: int) -> None: ...
+
+    def gpu_grow(self, key: Key, n_tokens: int) -> None: ...
+
+    def gpu_evict(self, key: Key) -> None: ...
+
+    def scratch(self, key: Key, n_tokens: int) -> None: ...
+
+    def load(self, key: Key, n_tokens: int, scratch: bool) -> None: ...
+
+    def host_store(self, key: Key, n_tokens: int, offsets: list[int], scratch: bool) -> None: ...
+
+    def host_evict(self, key: Key) -> None: ...
+
+
+class NullDataPlane:
+    """The simulator's data plane: nothing to move."""
+
+    def gpu_admit(self, key: Key, n_tokens: int) -> None:
+        pass
+
+    def gpu_grow(self, key: Key, n_tokens: int) -> None:
+        pass
+
+    def gpu_evict(self, key: Key) -> None:
+        pass
+
+    def scratch(self, key: Key, n_tokens: int) -> None:
+        pass
+
+    def load(self, key: Key, n_tokens: int, scratch: bool) -> None:
+        pass
+
+    def host_store(self, key: Key, n_tokens: int, offsets: list[int], scratch: bool) -> None:
+        pass
+
+    def host_evict(self, key: Key) -> None:
+        pass
+
+
+def require_fits(what: str, capacity: int, largest: int, tokens: int) -> None:
+    """The one capacity check: a tier must hold the largest entry (MtbenchError otherwise)."""
+    if capacity < largest:
+        raise MtbenchError(f"{what} of {format_bytes(capacity)} cannot hold one entry: the largest request needs "
+                           f"{format_bytes(largest)} ({tokens} static tokens)")
+
+
+def policy_options(name: str, reload: str, costs: ReloadCosts | None, sizer: EntrySizer) -> dict[str, Any]:
+    """Constructor options of policy `name` for one tier: what bringing an entry back costs there.
+
+    reload: "h2d" (a GPU tier backed by a host tier) or "recompute" (a host tier, or a lone GPU tier).
+    Keys are (user_id, static_version) tuples, which mtserve reads by default (user_of, version_of).
+    """
+    if name not in ("mtserve", "gdsf") or costs is None or sizer.unit:
+        return {}
+    if reload == "h2d":
+        def reload_ms(size: int) -> float:
+            return float(costs.h2d_ms(size))
+    else:
+        def reload_ms(size: int) -> float:
+            return float(costs.recompute_ms(size / sizer.bytes_per_token))
+    return {"reload_ms" if name == "mtserve" else "cost_of": reload_ms}
+
+
+class ControlPlane:
+    """One replica's GPU + host tiers (see the module docstring); no global state."""
+
+    def __init__(self, config: ControlConfig, data: DataPlane | None = None) -> None:
+        name = policy_class(config.policy).name
+        self.config = config
+        self.settings = settings = config.settings
+        self.sizer = sizer = config.sizer
+        self.data: DataPlane = data if data is not None else NullDataPlane()
+        two_tiers = config.host_capacity > 0
+        self.gpu: ReplacementPolicy = make_policy(
+            name, config.gpu_capacity, **policy_options(name, "h2d" if two_tiers else "recompute", config.costs, sizer))
+        self.host: ReplacementPolicy | None = make_policy(
+            name, config.host_capacity, **policy_options(name, "recompute", config.costs, sizer)) if two_tiers else None
+        self.extents: ExtentAllocator | None = (config.host_geometry.allocator()
+                                                if two_tiers and config.host_geometry is not None else None)
+        self._tiers = (self.gpu,) if self.host is None else (self.gpu, self.host)
+        self._oracle = self.gpu.uses_next_use
+        self._hints = type(self.gpu).hint_upcoming is not ReplacementPolicy.hint_upcoming
+        self.gpu_tokens: dict[Key, int] = {}
+        self.host_tokens: dict[Key, int] = {}
+        self.host_offsets: dict[Key, list[int]] = {}
+        self.stats = CacheStats()
+        self.now = float("-inf")
+        self._versions: dict[Hashable, set[int]] = {}
+        self._doomed: set[Key] = set()
+        self._in_flight: dict[Hashable, dict[int, int]] = {}  # user -> version -> requests planned, not released
+        self._next_use: dict[Key, int] = {}
+        self._first_batch: dict[Key, int] = {}
+        self._user_first_key: dict[Hashable, Key] = {}
+        self._serial = 0
+
+    # ------------------------------------------------------------------ queries
+    def gpu_keys(self) -> set[Key]:
+        return set(self.gpu_tokens)
+
+    def host_keys(self) -> set[Key]:
+        return set(self.host_tokens)
+
+    @property
+    def gpu_used_bytes(self) -> int:
+        return self.gpu.used
+
+    @property
+    def host_used_bytes(self) -> int:
+        return self.host.used if self.host is not None else 0
+
+    def host_fragmentation(self) -> float:
+        return self.extents.fragmentation() if self.extents is not None else 0.0
+
+    def in_gpu(self, key: Key) -> bool:
+        return key in self.gpu_tokens
+
+    def on_host(self, key: Key) -> bool:
+        return key in self.host_tokens
+
+    def is_pinned(self, key: Key) -> bool:
+        return self.gpu.is_pinned(key)
+
+    # ------------------------------------------------------------------ 1. plan
+    def plan(self, requests: Sequence[Request], load_budget: int | None = None) -> BatchDecisions:
+        """Decide a batch (see the module docstring); `load_budget` overrides the settings' budget."""
+        budget = load_budget if load_budget is not None else self.settings.load_budget
+        serial = self._serial = self._serial + 1
+        n = len(requests)
+        plan = BatchDecisions(serial, list(requests), [Outcome.MISS] * n, [0] * n, [None] * n)
+        if not n:
+            return plan
+        keys = [r.key for r in requests]
+        tiers = self._tiers
+        for tier in tiers:
+            for key in keys:
+                tier.pin(key)
+        for user, version in keys:
+            versions = self._in_flight.setdefault(user, {})
+            versions[version] = versions.get(version, 0) + 1
+        now = self._tick(requests[0].ts)
+        if self._hints:
+            for tier in tiers:
+                tier.hint_upcoming(keys, now)
+        loads = self._loads_within_budget(keys, budget)
+        first_row: dict[Key, int] = {}
+        for i, request in enumerate(requests):
+            key = request.key
+            now = self._tick(request.ts)
+            if self._oracle:
+                self._next_use[key] = request.next_use
+                for tier in tiers:
+                    tier.set_next_use(key, request.next_use)
+            row = first_row.get(key)
+            if row is not None:
+                self._repeat(plan, i, row, now)
+                continue
+            first_row[key] = i
+            plan.kinds[i] = self._miss_kind(key, serial)
+            stale = self._drop_other_versions(key)
+            outcome = self._lookup(plan, i, request, now, loads is None or key in loads)
+            plan.outcomes[i] = Outcome.STALE if outcome is Outcome.MISS and stale else outcome
+        return plan
+
+    def _tick(self, ts: float) -> float:
+        if ts > self.now:
+            self.now = float(ts)
+        return self.now
+
+    def _loads_within_budget(self, keys: list[Key], budget: int | None) -> set[Key] | None:
+        """Host entries of the batch worth loading: all without a budget; otherwise the ones asked for
+        most often in the batch (a recompute recomputes every request of the key), in order of first
+        request, while their bytes fit the budget. None = no limit."""
+        if budget is None or self.host is None:
+            return None
+        counts: dict[Key, int] = {}
+        for key in keys:
+            if key not in self.gpu_tokens and key in self.host_tokens:
+                counts[key] = counts.get(key, 0) + 1
+        chosen: set[Key] = set()
+        for key in sorted(counts, key=lambda k: -counts[k]):
+            moved = self.sizer.moved_bytes(self.host_tokens[key])
+            if moved <= budget:
+                chosen.add(key)
+                budget -= moved
+        return chosen
+
+    def _miss_kind(self, key: Key, serial: int) -> MissKind:
+        """Why this request would miss: its key was first requested in an earlier batch (capacity), or it
+        is the user's first key (compulsory), or a new version of the user (stale)."""
+        if self._first_batch.setdefault(key, serial) != serial:
+            return MissKind.CAPACITY
+        return MissKind.COMPULSORY if self._user_first_key.setdefault(key[0], key) == key else MissKind.STALE
+
+    def _repeat(self, plan: BatchDecisions, i: int, row: int, now: float) -> None:
+        """A later request of a key the batch already decided: it reads what the first one read (the
+        forward computes the entry once) and computes the rest without storing it."""
+        request = plan.requests[i]
+        for tier in self._tiers:
+            tier.access(request.key, now)
+        if plan.outcomes[row] in READS_CACHE:
+            cached = plan.cached[i] = min(plan.cached[row], request.n_static)
+            if cached < request.n_static:
+                plan.outcomes[i] = Outcome.PARTIAL_HIT
+            else:
+                plan.outcomes[i] = Outcome.HOST_HIT if request.key in plan.loaded else Outcome.GPU_HIT
+        else:
+            plan.outcomes[i] = Outcome.MISS
+            plan.kinds[i] = plan.kinds[row]
+
+    def _lookup(self, plan: BatchDecisions, i: int, request: Request, now: float, load: bool) -> Outcome:
+        key, n = request.key, request.n_static
+        gpu, host = self.gpu, self.host
+        if gpu.access(key, now):
+            if host is not None:
+                host.access(key, now)
+            cached = self.gpu_tokens[key]
+            plan.cached[i] = min(cached, n)
+            if n <= cached:
+                return Outcome.GPU_HIT
+            self._grow(plan, i, key, cached, n, now)
+            return Outcome.PARTIAL_HIT
+        if host is not None and host.access(key, now):
+            host_tokens = self.host_tokens[key]
+            if not load:
+                self._compute(plan, i, key, 0, n, now, keep_scratch=False)
+                return Outcome.HOST_RECOMPUTE
+            self.stats.bytes_h2d += self.sizer.moved_bytes(host_tokens)
+            promoted = self._admit_gpu(key, host_tokens, now)
+            if promoted:
+                self.data.gpu_admit(key, host_tokens)
+                plan.promoted.append(key)
+            else:
+                self.data.scratch(key, max(host_tokens, n))
+            self.data.load(key, host_tokens, scratch=not promoted)
+            plan.loaded.add(key)
+            plan.cached[i] = min(host_tokens, n)
+            if n <= host_tokens:
+                return Outcome.HOST_HIT
+            if promoted:
+                self._grow(plan, i, key, host_tokens, n, now)
+            else:
+                plan.stores[i] = StoreDecision(key, host_tokens, n, scratch=True)
+            return Outcome.PARTIAL_HIT
+        self._compute(plan, i, key, 0, n, now, keep_scratch=host is not None)
+        return Outcome.MISS
+
+    def _compute(self, plan: BatchDecisions, i: int, key: Key, first: int, n: int, now: float, keep_scratch: bool) -> None:
+        """Room for an entry the batch computes: a new GPU entry, else scratch pages whose copy goes
+        to the host at `release` (`keep_scratch`), else nothing (the forward computes and drops it)."""
+        if key in self._doomed:
+            return
+        if self._admit_gpu(key, n, now):
+            self.data.gpu_admit(key, n)
+            plan.stores[i] = StoreDecision(key, first, n, scratch=False)
+        elif keep_scratch:
+            self.data.scratch(key, n)
+            plan.stores[i] = StoreDecision(key, first, n, scratch=True)
+
+    def _grow(self, plan: BatchDecisions, i: int, key: Key, cached: int, n: int, now: float) -> None:
+        """Append variant: the GPU entry of `key` (cached tokens) grows to n tokens; when the GPU tier
+        has no room for the larger entry it keeps the old one and the new tokens are not stored."""
+        old_size, new_size = self.sizer.size_of(cached), self.sizer.size_of(n)
+        if new_size != old_size:
+            gpu = self.gpu
+            gpu.remove(key)
+            evicted = gpu.admit(key, new_size, now)
+            if evicted is None:
+                evicted = gpu.admit(key, old_size, now)
+                if evicted is None:  # cannot happen: the old size fitted and nothing else moved
+                    raise RuntimeError(f"GPU tier lost {key} while growing it")
+                self._evicted_from_gpu(evicted, now)
+                self.stats.gpu_admission_failures += 1
+                return
+            self._evicted_from_gpu(evicted, now)
+        self.gpu_tokens[key] = n
+        self.data.gpu_grow(key, n)
+        plan.stores[i] = StoreDecision(key, cached, n, scratch=False)
+
+    def _admit_gpu(self, key: Key, n_tokens: int, now: float) -> bool:
+        """Admit `key` to the GPU tier, demoting and evicting victims; False when it does not fit."""
+        evicted = self.gpu.admit(key, self.sizer.size_of(n_tokens), now)
+        if evicted is None:
+            self.stats.gpu_admission_failures += 1
+            return False
+        self._evicted_from_gpu(evicted, now)
+        self.gpu_tokens[key] = n_tokens
+        self._note_version(key)
+        return True
+
+    def _evicted_from_gpu(self, evicted: list[Key], now: float) -> None:
+        for victim in evicted:
+            self.stats.gpu_evictions += 1
+            tokens = self.gpu_tokens.pop(victim)
+            if self.host is not None and self.host_tokens.get(victim, -1) < tokens:
+                self._store_host(victim, tokens, now, scratch=False)
+            self.data.gpu_evict(victim)
+            self._forget_version(victim)
+
+    def _store_host(self, key: Key, n_tokens: int, now: float, scratch: bool) -> bool:
+        """Copy an entry to the host tier (a shorter copy there is replaced); False when it does not fit."""
+        host = self.host
+        if key in self.host_tokens:
+            self._drop_host(key)
+        if host.uses_next_use:
+            host.set_next_use(key, self._next_use.get(key, NEVER))
+        evicted = host.admit(key, self.sizer.size_of(n_tokens), now)
+        if evicted is None:
+            self.stats.host_admission_failures += 1
+            return False
+        for victim in evicted:
+            self.stats.host_evictions += 1
+            self._free_host(victim)
+        offsets: list[int] = []
+        if self.extents is not None:
+            placed = self.extents.place(self.config.host_geometry.lengths(n_tokens))
+            if placed is None:  # fragmentation: the policy had room, the arena has no extent
+                host.remove(key)
+                self.stats.host_admission_failures += 1
+                return False
+            offsets = placed
+        self.host_tokens[key] = n_tokens
+        self.host_offsets[key] = offsets
+        self._note_version(key)
+        self.stats.bytes_d2h += self.sizer.moved_bytes(n_tokens)
+        self.data.host_store(key, n_tokens, offsets, scratch)
+        return True
+
+    def _drop_host(self, key: Key) -> None:
+        self.host.remove(key)
+        self._free_host(key)
+
+    def _free_host(self, key: Key) -> None:
+        """Bookkeeping of a key that just left the host policy."""
+        del self.host_tokens[key]
+        offsets = self.host_offsets.pop(key)
+        if self.extents is not None:
+            for offset in offsets:
+                self.extents.free(offset)
+        self.data.host_evict(key)
+        self._forget_version(key)
+
+    # ------------------------------------------------------------------ versions
+    def _note_version(self, key: Key) -> None:
+        self._versions.setdefault(key[0], set()).add(key[1])
+
+    def _forget_version(self, key: Key) -> None:
+        if key not in self.gpu_tokens and key not in self.host_tokens:
+            versions = self._versions.get(key[0])
+            if versions is not None:
+                versions.discard(key[1])
+                if not versions:
+                    del self._versions[key[0]]
+
+    def _drop_other_versions(self, key: Key) -> bool:
+        """Remove the user's other versions: cached ones now, those of batches in flight once released
+        (they are then never written to the host). True if a cached one was still live (not already
+        waiting for its drop)."""
+        user, version = key
+        cached = self._versions.get(user, ())
+        flying = self._in_flight.get(user, {})
+        stale = False
+        for other in sorted(set(cached) | set(flying)):
+            old = (user, other)
+            if other == version or old in self._doomed:
+                continue
+            stale = stale or other in cached
+            if other in flying:
+                self._doomed.add(old)
+            else:
+                self._remove(old)
+        return stale
+
+    def _remove(self, key: Key) -> None:
+        if key in self.gpu_tokens:
+            self.gpu.remove(key)
+            del self.gpu_tokens[key]
+            self.data.gpu_evict(key)
+            self._forget_version(key)
+        if key in self.host_tokens:
+            self._drop_host(key)
+
+    # ------------------------------------------------------------------ 2. release
+    def release(self, plan: BatchDecisions) -> None:
+        """The batch's forward is issued: copy what the host lacks, drop exclusive copies, count,
+        unpin, drop stale versions that were in flight."""
+        now = self.now
+        if self.host is not None:
+            write_through = not self.settings.write_back
+            for store in plan.stores.values():
+                if ((store.scratch or write_through) and store.key not in self._doomed
+                        and self.host_tokens.get(store.key, -1) < store.n_tokens):
+                    self._store_host(store.key, store.n_tokens, now, scratch=store.scratch)
+            if not self.settings.inclusive:
+                for key in plan.promoted:
+                    if key in self.host_tokens and key in self.gpu_tokens:
+                        self._drop_host(key)
+        self._count(plan)
+        for tier in self._tiers:
+            for request in plan.requests:
+                tier.unpin(request.key)
+        for user, version in (request.key for request in plan.requests):
+            versions = self._in_flight[user]
+            versions[version] -= 1
+            if not versions[version]:
+                del versions[version]
+                if not versions:
+                    del self._in_flight[user]
+        if self._doomed:
+            for key in sorted(self._doomed):
+                if key[1] not in self._in_flight.get(key[0], ()):
+                    self._doomed.discard(key)
+                    self._remove(key)
+
+    def _count(self, plan: BatchDecisions) -> None:
+        stats = self.stats
+        for request, outcome, cached, kind in zip(plan.requests, plan.outcomes, plan.cached, plan.kinds):
+            stats.requests += 1
+            stats.static_tokens += request.n_static
+            if outcome in READS_CACHE:
+                stats.hit_tokens += cached
+            if outcome is Outcome.GPU_HIT:
+                stats.gpu_hits += 1
+            elif outcome is Outcome.HOST_HIT:
+                stats.host_hits += 1
+            elif outcome is Outcome.PARTIAL_HIT:
+                stats.partial_hits += 1
+            elif outcome is Outcome.HOST_RECOMPUTE:
+                stats.host_recomputes += 1
+            else:
+                if outcome is Outcome.STALE:
+                    stats.stale += 1
+                else:
+                    stats.misses += 1
+                if kind is MissKind.COMPULSORY:
+                    stats.misses_compulsory += 1
+                elif kind is MissKind.STALE:
+                    stats.misses_stale += 1
+                else:
+                    stats.misses_capacity += 1
+
+    # ------------------------------------------------------------------ data-plane faults
+    def forget_host(self, key: Key) -> None:
+        """The data plane could not write the host copy of `key` (a store fault): drop it."""
+        if key in self.host_tokens:
+            self._drop_host(key)
+
+    def check_invariants(self) -> None:
+        assert set(self.gpu_tokens) == set(self.gpu), "GPU token counts differ from the GPU policy's keys"
+        if self.host is not None:
+            assert set(self.host_tokens) == set(self.host), "host token counts differ from the host policy's keys"
+
+
+def run_batches(plane: ControlPlane, batches: Sequence[Sequence[Request]] | Any,
+                on_release: Callable[[BatchDecisions], None] | None = None) -> None:
+    """Drive `plane` over batches the way the replay does: plan up to `settings.lookahead` batches
+    ahead of the oldest one, release in order."""
+    depth = plane.settings.lookahead
+    pending: list[BatchDecisions] = []
+    for batch in batches:
+        pending.append(plane.plan(batch))
+        if len(pending) > depth:
+            released = pending.pop(0)
+            plane.release(released)
+            if on_release is not None:
+                on_release(released)
+    for released in pending:
+        plane.release(released)
+        if on_release is not None:
+            on_release(released)
