@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mtbench.cache.sizes import EntrySizer
 from mtbench.device import PINNED_STAGING
 from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
@@ -68,9 +69,14 @@ class KVShape:
         pages = np.asarray(pages, dtype=np.int32)[position // self.page_tokens]
         return pages * (2 * self.page_tokens) + position % self.page_tokens
 
+    @property
+    def sizer(self) -> EntrySizer:
+        """The entry-size function of this geometry (the one both planes charge entries by)."""
+        return EntrySizer(self.bytes_per_token, self.page_tokens)
+
     def entry_bytes(self, n_tokens: int) -> int:
-        """Bytes an entry of n_tokens is charged in either tier: whole pages, as the GPU pool stores it."""
-        return self.pages_for(n_tokens) * self.page_bytes
+        """Bytes an entry of n_tokens is charged in either tier (`EntrySizer.size_of`)."""
+        return self.sizer.size_of(n_tokens)
 
 
 class PagedKVPool:

@@ -152,9 +152,10 @@ class TransferEngine:
                 failed.append(job)
         return ready, failed
 
-    def load(self, jobs: Sequence[TransferJob]) -> LoadHandle:
+    def load(self, jobs: Sequence[TransferJob], after: Sequence[torch.cuda.Event] = ()) -> LoadHandle:
         """Issue the host->pool copies of a batch, layer-major, recording one event per layer (from the
-        loader thread when there is one: the handle's `issued` tells when)."""
+        loader thread when there is one: the handle's `issued` tells when), after the events `after`
+        (copies still writing the host extents or reading the pages)."""
         layers = self.pool.shape.layers
         started = time.perf_counter()
         ready, failed = self._prepared(jobs, "load")
@@ -162,10 +163,13 @@ class TransferEngine:
         events = [torch.cuda.Event() for _ in range(layers)] if self.asynchronous else None
         moved = sum(self.pool.shape.bytes_per_token * job.placement.n_tokens for job in ready)
         handle = LoadHandle(jobs=ready, failed=failed, layer_ready=events, bytes_moved=moved)
+        if self.asynchronous:
+            self.finish_issuing()  # one batch's loads at a time, in order on the load stream
+            for event in after:
+                self.load_stream.wait_event(event)
         if self._loader is None:
             self._issue(handle, views)
         else:
-            self.finish_issuing()  # one batch's loads at a time, in order on the load stream
             handle.issued = [threading.Event() for _ in range(layers)]
             self._issuing = self._loader.submit(self._issue, handle, views)
         handle.issue_seconds = time.perf_counter() - started

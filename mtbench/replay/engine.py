@@ -11,8 +11,9 @@ Per batch (`_BatchRunner.run`):
    layer l. On CUDA the whole forward replays CUDA graphs captured per padded batch shape
    (`ForwardGraphs`: embeddings, one graph per layer, heads; the cached forward is otherwise bound by
    the host's kernel launches). Without a cache (mode none) the plain forward.
-4. `release`: write the new entries through to the host (write-back stream), unpin, drop stale
-   entries, fence the side streams.
+4. `release`: the control plane's host copies (write-back stream), unpin, drop stale entries, fence
+   the side streams. Every tier decision is the control plane's (`mtbench.cache.control`), the same
+   code `compare-policies` simulates with.
 Load budget (`ReplayOptions.load_budget`): a host hit costs PCIe time (46 KB per token for MTGR-large
 in bf16, about 1 ms per 1000-token user) while recomputing the prefix costs GPU time; "auto" loads
 what the link moves while the GPU computes one batch (recent batches' device time x PCIE_GBPS) and
@@ -43,9 +44,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mtbench.cache.manager import (
-    HIT_OUTCOMES, BatchPlan, CacheConfig, CacheManager, CacheStats, RequestKey, next_use_indices,
-)
+from mtbench.cache.control import CacheStats, Request
+from mtbench.cache.policies import NEVER
+from mtbench.cache.manager import HIT_OUTCOMES, BatchPlan, CacheConfig, CacheManager
 from mtbench.cache.pool import KVShape
 from mtbench.cache.transfer import FaultHook
 from mtbench.model import MTGR, RequestBatch, RequestSpec, build_batch
@@ -53,9 +54,12 @@ from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, grap
 from mtbench.replay.batching import TraceBatch, iter_batches
 from mtbench.model.device_batch import batch_to_device
 from mtbench.replay.prewarm import prewarm
+from mtbench.sim.costmodel import CostModel
+from mtbench.sim.oracle import next_use_indices
 from mtbench.trace import Trace
 
 PCIE_GBPS = 52.0  # DESIGN.md section 7: one large pinned copy, either direction
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,9 @@ class _BatchRunner:
         max_static = int(trace.arrays(["n_static"])["n_static"].max()) if trace.num_rows else 1
         # Scratch pages for one batch of the longest entries: host hits that cannot be promoted while two
         # batches are pinned, and misses the GPU tier cannot keep (written through to the host from there).
-        self.manager = CacheManager(cache, shape, self.device, max_static, fault_hook, scratch_entries=options.batch_size)
+        costs = CostModel.default(cfg, _DTYPE_NAMES.get(model.dtype, "bf16"))  # what compare-policies gives mtserve/gdsf
+        self.manager = CacheManager(cache, shape, self.device, max_static, fault_hook, scratch_entries=options.batch_size,
+                                    costs=costs)
         self.recorder = _Recorder(label, self.clock)
         self.next_uses = self._next_uses()
         self.samples: dict[int, ScoreSample] = {}
@@ -222,15 +228,15 @@ class _BatchRunner:
         self._mallocs_at_start = 0
         self.timed_device_mallocs = 0  # cudaMalloc calls (each may synchronise the device) in timed batches
         self.arange = DeviceArange()
-        use_graphs = options.cuda_graphs and self.manager.pool is not None and graphs_supported(model)
+        use_graphs = options.cuda_graphs and self.manager.enabled and graphs_supported(model)
         self.graphs = ForwardGraphs(options.batch_size) if use_graphs else None
 
     def _next_uses(self) -> np.ndarray | None:
-        policies = [p for p in (getattr(self.manager, "gpu_policy", None), getattr(self.manager, "host_policy", None)) if p]
-        if not any(p.uses_next_use for p in policies):
+        if not self.manager.needs_next_use:
             return None
         arrays = self.trace.arrays(["user_id", "static_version"])
-        return next_use_indices(arrays["user_id"], arrays["static_version"])
+        _, keys = np.unique(np.stack([arrays["user_id"], arrays["static_version"]], axis=1), axis=0, return_inverse=True)
+        return next_use_indices(keys.reshape(-1))
 
     # ---------------------------------------------------------------- the loop
     def run(self, progress: Callable[[int], None] | None) -> tuple[float, int, int]:
@@ -277,14 +283,16 @@ class _BatchRunner:
             self._host_cache_seconds += time.perf_counter() - started
 
     def _plan(self, batch: TraceBatch) -> BatchPlan:
-        requests = [RequestKey(int(u), int(v), int(n)) for u, v, n in zip(batch.user_id, batch.static_version, batch.n_static)]
-        next_uses = self.next_uses[batch.request_index] if self.next_uses is not None else None
-        return self._cache_call(self.manager.plan, requests, batch.first_index, next_uses, self._load_budget())
+        next_uses = self.next_uses[batch.request_index].tolist() if self.next_uses is not None else [NEVER] * len(batch)
+        requests = [Request((u, v), n, t, next_use) for u, v, n, t, next_use in
+                    zip(batch.user_id.tolist(), batch.static_version.tolist(), batch.n_static.tolist(), batch.ts.tolist(),
+                        next_uses)]
+        return self._cache_call(self.manager.plan, requests, self._load_budget())
 
     def _load_budget(self) -> int | None:
         """Bytes of host hits the next batch may load (see ReplayOptions.load_budget); None = all."""
         budget = self.options.load_budget
-        if budget == "all" or self.manager.arena is None:
+        if budget == "all" or not self.manager.tiered:
             return None
         if budget != "auto":
             return int(budget)
@@ -318,10 +326,10 @@ class _BatchRunner:
         """The batch's one forward (see the module docstring); misses store their prefix as they go."""
         specs = [RequestSpec(int(batch.user_id[i]), int(batch.static_version[i]), int(batch.request_index[i]),
                              int(batch.n_static[i]), int(batch.n_rt[i]), int(batch.n_cand[i]),
-                             n_cached=int(batch.n_static[i]) if plan.outcomes[i] in HIT_OUTCOMES else 0)
+                             n_cached=int(plan.cached[i]))
                  for i in range(len(batch))]
         host_batch = build_batch(specs, self.model.cfg, "cpu")
-        if self.manager.pool is None:
+        if not self.manager.enabled:
             scores = self.model(batch_to_device(host_batch, self.device))
         else:
             inputs = self._pooled_inputs(host_batch, plan)
@@ -331,17 +339,11 @@ class _BatchRunner:
 
     def _pooled_inputs(self, host_batch: RequestBatch, plan: BatchPlan) -> PooledInputs:
         """The cache's page table, prefix lengths and store rows for the batch's computed rows."""
-        table, lengths, stores = self._cache_call(self.manager.pool_inputs, plan)
-        if not np.array_equal(lengths, host_batch.n_cached.numpy()):
-            raise RuntimeError(f"cache and batch disagree on cached prefixes: {lengths.tolist()} vs "
+        reads = self._cache_call(self.manager.pool_inputs, plan, host_batch.offsets.numpy())
+        if not np.array_equal(reads.lengths, host_batch.n_cached.numpy()):
+            raise RuntimeError(f"cache and batch disagree on cached prefixes: {reads.lengths.tolist()} vs "
                                f"{host_batch.n_cached.tolist()}")
-        offsets = host_batch.offsets.numpy()
-        store_k = np.full(int(offsets[-1]), -1, dtype=np.int32)
-        for i, pages in enumerate(stores):
-            if pages is not None:
-                n_static = host_batch.requests[i].n_static
-                store_k[offsets[i]: offsets[i] + n_static] = self.manager.shape.k_rows(pages, n_static)
-        return PooledInputs.from_batch(self.manager.pool.kv, host_batch, table, store_k)
+        return PooledInputs.from_batch(reads.kv, host_batch, reads.page_table, reads.store_k_rows)
 
     # ---------------------------------------------------------------- scores kept for verification
     def _sample(self, batch: TraceBatch, plan: BatchPlan, specs: list[RequestSpec], scores) -> None:
@@ -391,8 +393,7 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     timed = records[~records["warmup"]] if len(records) else records
     row = _summary_row(label, cache, stats, timed, recorder, seconds, requests, candidates)
     row["host_fragmentation"] = runner.manager.host_fragmentation()
-    pool = runner.manager.pool
-    row["scratch_bytes"] = pool.scratch_pages * pool.shape.page_bytes if pool is not None else 0
+    row["scratch_bytes"] = runner.manager.scratch_bytes
     row["graph_captures"] = runner.graphs.captures if runner.graphs is not None else 0
     row["device_mallocs"] = runner.timed_device_mallocs
     row["graphed_batches"] = runner.graphs.replays if runner.graphs is not None else 0
@@ -408,9 +409,7 @@ def _device_mallocs(device: torch.device) -> int:
 
 
 def _diff(total: CacheStats, warm: CacheStats | None) -> CacheStats:
-    if warm is None:
-        return CacheStats()
-    return CacheStats(**{name: getattr(total, name) - getattr(warm, name) for name in total.__dataclass_fields__})
+    return total.minus(warm) if warm is not None else CacheStats()
 
 
 def _quantile(values, q: float) -> float | None:
@@ -428,10 +427,14 @@ def _summary_row(label: str, cache: CacheConfig, stats: CacheStats, timed: pd.Da
         "layout": cache.layout if cache.mode == "tiered" else None, "sync": cache.sync,
         "gpu_capacity": cache.gpu_capacity if cache.mode != "none" else 0,
         "host_capacity": cache.host_capacity if cache.mode == "tiered" else 0,
+        "write_back": cache.write_back, "inclusive": cache.inclusive,
         "requests": stats.requests, "gpu_hits": stats.gpu_hits, "host_hits": stats.host_hits,
-        "host_recomputes": stats.host_recomputes, "misses": stats.misses, "stale": stats.stale,
-        "hit_ratio": ratio(stats.gpu_hits + stats.host_hits, stats.requests),
-        "lookup_hit_ratio": ratio(stats.gpu_hits + stats.host_hits + stats.host_recomputes, stats.requests),
+        "partial_hits": stats.partial_hits, "host_recomputes": stats.host_recomputes, "misses": stats.misses,
+        "stale": stats.stale,
+        "hit_ratio": ratio(stats.gpu_hits + stats.host_hits + stats.partial_hits, stats.requests),
+        "lookup_hit_ratio": ratio(stats.gpu_hits + stats.host_hits + stats.partial_hits + stats.host_recomputes,
+                                  stats.requests),
+        **(stats.miss_columns() if stats.requests else {}),
         "gpu_hit_ratio": ratio(stats.gpu_hits, stats.requests),
         "token_hit_ratio": ratio(stats.hit_tokens, stats.static_tokens),
         "bytes_h2d": stats.bytes_h2d, "bytes_d2h": stats.bytes_d2h,

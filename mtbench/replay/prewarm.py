@@ -18,7 +18,6 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from mtbench.cache.layouts import HostPlacement, TransferJob
 from mtbench.cache.manager import CacheManager
 from mtbench.model import MTGR, RequestSpec, build_batch
 from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, pooled_forward
@@ -60,7 +59,7 @@ def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_to
     for size in sizes:
         for residue in (0, 5):
             specs = _warm_specs(model, size, residue, page_tokens)
-            if manager.pool is None:
+            if not manager.enabled:
                 model(batch_to_device(build_batch([replace(s, n_cached=0) for s in specs], model.cfg, "cpu"), device))
                 continue
             host_batch = build_batch(specs, model.cfg, "cpu")
@@ -69,8 +68,8 @@ def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_to
 
 def _warm_inputs(manager: CacheManager, host_batch) -> PooledInputs:
     """Pool inputs of a warm-up batch: prefixes read from page 0 (whatever it holds), nothing stored."""
-    table = np.zeros((host_batch.batch_size, manager.table_width), dtype=np.int32)
-    return PooledInputs.from_batch(manager.pool.kv, host_batch, table)
+    reads = manager.blank_reads(host_batch.batch_size)
+    return PooledInputs.from_batch(reads.kv, host_batch, reads.page_table)
 
 
 def _capture_graphs(model: MTGR, manager: CacheManager, graphs: ForwardGraphs, trace: Trace, options) -> None:
@@ -82,37 +81,14 @@ def _capture_graphs(model: MTGR, manager: CacheManager, graphs: ForwardGraphs, t
     graphs.capture_buckets(model, _warm_inputs(manager, host_batch), options.batch_size * fewest)
 
 
-def _warm_transfers(manager: CacheManager) -> None:
-    """One host store and load per token-count class (compiles the row-copy kernels they launch)."""
-    pool = manager.pool
-    for n_tokens in TOKEN_CLASSES:
-        pages = pool.allocate(n_tokens)
-        if pages is None:
-            continue
-        offsets = [manager.arena.allocate(size) for size in manager.layout.extent_elements(n_tokens)]
-        if all(offset is not None for offset in offsets):
-            job = TransferJob((-1, -1), HostPlacement(offsets, n_tokens), pages)
-            handle = manager.engine.store(job)
-            if handle is not None and handle.event is not None:
-                handle.event.synchronize()
-            manager.engine.load([job]).synchronize()
-        for offset in offsets:
-            if offset is not None:
-                manager.arena.free(offset)
-        pool.free(pages)
-
-
 def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options, graphs: ForwardGraphs | None = None) -> None:
     """See the module docstring; `options` is the replay's `ReplayOptions`."""
     sizes = batch_size_classes(trace, options.batch_size, options.window, options.max_requests)
     _warm_forwards(model, manager, sizes, options.page_tokens)
     if graphs is not None:
         _capture_graphs(model, manager, graphs, trace, options)
-    if manager.arena is not None:
-        _warm_transfers(manager)
-    if manager.pool is not None:
-        largest_batch_tokens = int(np.sort(trace.arrays(["n_static"])["n_static"])[-options.batch_size:].sum())
-        pool_tokens = manager.pool.num_pages * manager.shape.page_tokens
-        manager.layout.reserve(min(largest_batch_tokens, pool_tokens), manager.device)
+    manager.prewarm_transfers(TOKEN_CLASSES)
+    if manager.enabled:
+        manager.reserve_staging(int(np.sort(trace.arrays(["n_static"])["n_static"])[-options.batch_size:].sum()))
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)

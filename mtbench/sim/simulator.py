@@ -17,6 +17,7 @@ recomputing every prefix (no cache) by it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +34,7 @@ from mtbench.sim.oracle import dense_ids, next_use_indices
 
 GPU_HIT, HOST_HIT, MISS, STALE, HOST_RECOMPUTE, PARTIAL_HIT = (int(o) for o in Outcome)
 __all__ = ["GPU_HIT", "HOST_HIT", "HOST_RECOMPUTE", "MISS", "PARTIAL_HIT", "STALE", "SimResult", "TierSettings",
-           "Workload", "simulate"]
+           "Workload", "control_config", "request_batches", "simulate"]
 
 
 @dataclass
@@ -187,9 +188,7 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
         recomputed = np.where(mask, 0, workload.n_static)
         result.outcomes = np.where(mask, GPU_HIT, MISS).astype(np.int8) if keep_outcomes else None
         return result, recomputed
-    config = ControlConfig(policy, int(gpu_capacity), int(host_capacity), workload.sizer, settings,
-                           host_geometry if host_capacity else None, cost)
-    plane = ControlPlane(config)
+    plane = ControlPlane(control_config(workload, policy, gpu_capacity, host_capacity, settings, cost, host_geometry))
     outcomes = np.empty(workload.n_requests, dtype=np.int8)
     cached = np.zeros(workload.n_requests, dtype=np.int64)
     position = 0
@@ -201,14 +200,23 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
         cached[position:end] = plan.cached
         position = end
 
-    run_batches(plane, _batches(workload, settings.batch_size), released)
+    run_batches(plane, request_batches(workload, settings.batch_size), released)
     result = SimResult(**vars(plane.stats), policy=policy, gpu_capacity=int(gpu_capacity),
                        host_capacity=int(host_capacity), outcomes=outcomes if keep_outcomes else None)
     return result, workload.n_static - cached
 
 
-def _batches(workload: Workload, batch_size: int):
-    """The workload's requests as control-plane batches, in order."""
+def control_config(workload: Workload, policy: str, gpu_capacity: int, host_capacity: int = 0,
+                   settings: TierSettings = TierSettings(), cost: CostModel | None = None,
+                   host_geometry: HostGeometry | None = None) -> ControlConfig:
+    """The control plane's configuration of one simulated run."""
+    return ControlConfig(policy, int(gpu_capacity), int(host_capacity), workload.sizer, settings,
+                         host_geometry if host_capacity else None, cost)
+
+
+def request_batches(workload: Workload, batch_size: int) -> Iterator[list[Request]]:
+    """The workload's requests as control-plane batches of `batch_size`, in order; keys are
+    (user_id, static_version) pairs, as the real tiers use."""
     pairs = list(zip(workload.key_user.tolist(), workload.key_version.tolist()))
     keys, n_static, ts, next_use = (workload.key.tolist(), workload.n_static.tolist(), workload.ts.tolist(),
                                     workload.next_use.tolist())
