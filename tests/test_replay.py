@@ -15,7 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 import kernels
-from mtbench.cache.manager import CacheConfig, CacheManager, RequestKey
+from mtbench.cache.control import Request
+from mtbench.cache.manager import CacheConfig, CacheManager
 from mtbench.cache.pool import KVShape
 from mtbench.cache.transfer import TransferFailed
 from mtbench.cli import app
@@ -99,30 +100,38 @@ def test_stale_entries_are_never_served(tmp_path: Path, model: MTGR) -> None:
     assert not first_of_version["outcome"].isin(["gpu_hit", "host_hit"]).any()
 
 
+def _computed_rows(plan) -> np.ndarray:
+    """Row offsets of a batch whose requests compute only their uncached static tokens."""
+    return np.concatenate([[0], np.cumsum([r.n_static - c for r, c in zip(plan.requests, plan.cached)])])
+
+
 def _fake_forward(manager: CacheManager, plan, seed: int) -> dict[tuple[int, int], torch.Tensor]:
-    """What the forward does to the pool: random K/V [layers, 2, n, H, D] into each entry the batch computes."""
+    """What the forward does to the pool: random K/V [layers, 2, n, H, D] into the rows `pool_inputs`
+    says each computed entry is stored into."""
     gen = torch.Generator().manual_seed(seed)
-    _, _, stores = manager.pool_inputs(plan)
+    offsets = _computed_rows(plan)
+    reads = manager.pool_inputs(plan, offsets)
     written = {}
-    for i, pages in enumerate(stores):
-        if pages is None:
+    for i, request in enumerate(plan.requests):
+        rows = torch.as_tensor(reads.store_k_rows[offsets[i]:offsets[i + 1]]).long()
+        if not len(rows) or (rows < 0).all():
             continue
-        request = plan.requests[i]
-        kv = torch.randn(SHAPE.layers, 2, request.n_static, SHAPE.heads, SHAPE.head_dim, generator=gen)
-        slots = manager.pool.host_slots(pages, request.n_static)
+        kv = torch.randn(SHAPE.layers, 2, len(rows), SHAPE.heads, SHAPE.head_dim, generator=gen)
         for layer in range(SHAPE.layers):
-            kernels.scatter_to_pages(kv[layer], manager.pool.layer(layer), slots)
+            flat = reads.kv[layer].view(-1, SHAPE.heads * SHAPE.head_dim)
+            flat[rows] = kv[layer, 0].flatten(1)
+            flat[rows + SHAPE.page_tokens] = kv[layer, 1].flatten(1)
         written[request.key] = kv
     return written
 
 
 def _read_entry(manager: CacheManager, plan, row: int) -> torch.Tensor:
     """[layers, 2, n, H, D] of request `row`'s prefix, read through the batch's page table."""
-    table, lengths, _ = manager.pool_inputs(plan)
-    n = int(lengths[row])
+    reads = manager.pool_inputs(plan, _computed_rows(plan))
+    n = int(reads.lengths[row])
     slots = torch.arange(n)
-    pages = torch.as_tensor(table[row]).long()[slots // SHAPE.page_tokens]
-    return torch.stack([manager.pool.layer(layer)[pages, :, slots % SHAPE.page_tokens].transpose(0, 1)
+    pages = torch.as_tensor(reads.page_table[row]).long()[slots // SHAPE.page_tokens]
+    return torch.stack([reads.kv[layer][pages, :, slots % SHAPE.page_tokens].transpose(0, 1)
                         for layer in range(SHAPE.layers)])
 
 
@@ -130,22 +139,24 @@ def _read_entry(manager: CacheManager, plan, row: int) -> torch.Tensor:
 def test_in_flight_entries_are_never_evicted(seed: int) -> None:
     """Random batches through the manager alone: pinned keys (current + queued batch) stay resident."""
     rng = np.random.default_rng(seed)
-    manager = CacheManager(_cache("tiered", gpu_pages=6, host_pages=14), SHAPE, "cpu", max_entry_tokens=64)
+    manager = CacheManager(_cache("tiered", gpu_pages=6, host_pages=14), SHAPE, "cpu", max_entry_tokens=64,
+                           scratch_entries=3)
     plan = None
     index = 0
     for _ in range(30):
-        requests = [RequestKey(int(u), 0, 20 + int(u) * 3) for u in rng.integers(0, 12, 3)]
-        next_plan = manager.plan(requests, index)
+        requests = [Request((int(u), 0), 20 + int(u) * 3, float(index)) for u in rng.integers(0, 12, 3)]
+        next_plan = manager.plan(requests)
         index += len(requests)
         if plan is not None:
             in_flight = {r.key for r in plan.requests} | {r.key for r in next_plan.requests}
             manager.refresh(plan)
             _fake_forward(manager, plan, index)
             for i in plan.rows("gpu_hit", "host_hit"):
-                assert plan.requests[i].key in manager.gpu, "a hit of the batch in flight was evicted"
+                key = plan.requests[i].key
+                assert key in manager.gpu or key in plan.transient, "a hit of the batch in flight was evicted"
             for key in in_flight:
                 if key in manager.gpu:
-                    assert manager.gpu_policy.is_pinned(key)
+                    assert manager.plane.is_pinned(key)
             manager.release(plan)
             manager.check_invariants()
         plan = next_plan
@@ -155,18 +166,18 @@ def test_in_flight_entries_are_never_evicted(seed: int) -> None:
 def test_host_round_trip_through_manager_is_exact() -> None:
     """Computed into the pool -> evicted from the GPU (host keeps it) -> a host hit reloads the same K/V."""
     manager = CacheManager(_cache("tiered", gpu_pages=2, host_pages=10), SHAPE, "cpu", max_entry_tokens=64)
-    first = [RequestKey(1, 0, 50)]
-    plan = manager.plan(first, 0)
+    first = [Request((1, 0), 50, 0.0)]
+    plan = manager.plan(first)
     manager.refresh(plan)
     written = _fake_forward(manager, plan, 7)
     manager.release(plan)
-    evictor = manager.plan([RequestKey(2, 0, 60)], 1)
+    evictor = manager.plan([Request((2, 0), 60, 1.0)])
     manager.refresh(evictor)
     _fake_forward(manager, evictor, 8)
     manager.release(evictor)
     assert (1, 0) not in manager.gpu and (1, 0) in manager.host
-    plan = manager.plan(first, 2)
-    assert plan.outcomes == ["host_hit"] and not plan.stores
+    plan = manager.plan(first)
+    assert plan.outcomes == ["host_hit"] and not plan.decisions.stores
     manager.refresh(plan)
     assert torch.equal(_read_entry(manager, plan, 0), written[(1, 0)])
     manager.release(plan)
@@ -177,15 +188,15 @@ def test_load_budget_recomputes_host_hits_into_the_pool() -> None:
     entry asked for most often in the batch is the one loaded."""
     manager = CacheManager(_cache("tiered", gpu_pages=4, host_pages=12), SHAPE, "cpu", max_entry_tokens=64)
     for index, user in enumerate((1, 2, 3, 4)):  # 2 pages each: users 1 and 2 end up on the host only
-        plan = manager.plan([RequestKey(user, 0, 40)], index)
+        plan = manager.plan([Request((user, 0), 40, float(index))])
         manager.refresh(plan)
         _fake_forward(manager, plan, index)
         manager.release(plan)
     assert {(1, 0), (2, 0)} <= set(manager.host) and not {(1, 0), (2, 0)} & set(manager.gpu)
-    requests = [RequestKey(1, 0, 40), RequestKey(2, 0, 40), RequestKey(2, 0, 40)]
-    plan = manager.plan(requests, 10, load_budget_bytes=SHAPE.entry_bytes(40))
+    requests = [Request((1, 0), 40, 0.0), Request((2, 0), 40, 0.0), Request((2, 0), 40, 0.0)]
+    plan = manager.plan(requests, load_budget_bytes=SHAPE.entry_bytes(40))
     assert plan.outcomes == ["host_recompute", "host_hit", "host_hit"]
-    assert set(plan.stores) == {0} and plan.load is not None and len(plan.load.jobs) == 1
+    assert set(plan.decisions.stores) == {0} and plan.load is not None and len(plan.load.jobs) == 1
     manager.refresh(plan)
     _fake_forward(manager, plan, 11)
     manager.release(plan)
@@ -307,16 +318,14 @@ def test_prewarm_leaves_the_cache_as_it_found_it(tmp_path: Path, model: MTGR, mo
     trace = open_trace(make_trace(tmp_path / "t.parquet", 9, requests=70), CFG.limits())
     options = ReplayOptions(batch_size=16, max_requests=65)
     manager = CacheManager(_cache(mode), SHAPE, "cpu", max_entry_tokens=int(trace.arrays(["n_static"])["n_static"].max()))
-    free_pages = manager.pool.num_free_pages if manager.pool is not None else None
+    extents = manager.plane.extents.free_extents() if manager.tiered else None
     prewarm(model, manager, trace, options)
     assert batch_size_classes(trace, 16, None, 65) == [1, 16]  # 4 batches of 16, one of 1
     assert batch_size_classes(trace, 6, None, 65) == [6]  # sizes 6 and 5: one Triton class
-    if manager.pool is not None:
-        assert manager.pool.num_free_pages == free_pages and not manager.gpu and not manager.host
-        assert manager.gpu_policy.used == 0
-    if manager.arena is not None:
-        assert manager.arena.used_bytes == 0
+    assert not manager.gpu and not manager.host and manager.gpu_used_bytes == 0  # and every page free:
     manager.check_invariants()
+    if manager.tiered:
+        assert manager.plane.extents.free_extents() == extents
 
 
 def test_scratch_pages_serve_what_the_gpu_tier_cannot_keep() -> None:
@@ -324,22 +333,23 @@ def test_scratch_pages_serve_what_the_gpu_tier_cannot_keep() -> None:
     pages (exactly), the misses the tier cannot keep still reach the host, and scratch is freed after."""
     manager = CacheManager(_cache("tiered", gpu_pages=2, host_pages=20), SHAPE, "cpu", max_entry_tokens=64,
                            scratch_entries=3)
-    scratch = manager.pool.num_free_scratch_pages
-    first = [RequestKey(user, 0, 40) for user in (1, 2, 3)]
-    plan = manager.plan(first, 0)
-    assert plan.outcomes == ["miss"] * 3 and len(plan.stores) == 3 and len(plan.transient) == 2
+    scratch = manager.free_scratch_pages
+    first = [Request((user, 0), 40, 0.0) for user in (1, 2, 3)]
+    plan = manager.plan(first)
+    assert plan.outcomes == ["miss"] * 3 and len(plan.decisions.stores) == 3 and len(plan.transient) == 2
     manager.refresh(plan)
     written = _fake_forward(manager, plan, 3)
     manager.release(plan)
-    assert {(1, 0), (2, 0), (3, 0)} <= set(manager.host), "misses kept only in scratch must still reach the host"
-    plan = manager.plan(first, 3)
+    # write-back: the entry the GPU keeps goes to the host when evicted; those it refused go at once
+    assert (1, 0) in manager.gpu and {(2, 0), (3, 0)} <= set(manager.host), "scratch misses must reach the host"
+    plan = manager.plan(first)
     assert plan.outcomes.count("host_hit") == 2 and plan.outcomes.count("gpu_hit") == 1 and plan.transient
     manager.refresh(plan)
     for row, request in enumerate(first):
         assert torch.equal(_read_entry(manager, plan, row), written[request.key])
     manager.release(plan)
-    manager.plan([], 6)  # polls copies: released scratch pages come back
-    assert manager.pool.num_free_scratch_pages == scratch
+    manager.plan([])  # polls copies: released scratch pages come back
+    assert manager.free_scratch_pages == scratch
     manager.check_invariants()
 
 

@@ -38,7 +38,7 @@ decided (the data plane orders the copies), and transfer faults are the data pla
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any, Protocol
@@ -673,20 +673,23 @@ class ControlPlane:
             assert set(self.host_tokens) == set(self.host), "host token counts differ from the host policy's keys"
 
 
-def run_batches(plane: ControlPlane, batches: Sequence[Sequence[Request]] | Any,
-                on_release: Callable[[BatchDecisions], None] | None = None) -> None:
+def run_batches(plane: ControlPlane, batches: Iterable[Sequence[Request]],
+                on_release: Callable[[BatchDecisions], None] | None = None,
+                budgets: Sequence[int | None] | None = None) -> None:
     """Drive `plane` over batches the way the replay does: plan up to `settings.lookahead` batches
-    ahead of the oldest one, release in order."""
+    ahead of the oldest one, release in order; `budgets[b]` is batch b's load budget (default: the
+    settings')."""
     depth = plane.settings.lookahead
     pending: list[BatchDecisions] = []
-    for batch in batches:
-        pending.append(plane.plan(batch))
+    for index, batch in enumerate(batches):
+        pending.append(plane.plan(batch, budgets[index] if budgets is not None else None))
         if len(pending) > depth:
-            released = pending.pop(0)
-            plane.release(released)
-            if on_release is not None:
-                on_release(released)
-    for released in pending:
-        plane.release(released)
-        if on_release is not None:
-            on_release(released)
+            _release(plane, pending.pop(0), on_release)
+    for plan in pending:
+        _release(plane, plan, on_release)
+
+
+def _release(plane: ControlPlane, plan: BatchDecisions, on_release: Callable[[BatchDecisions], None] | None) -> None:
+    plane.release(plan)
+    if on_release is not None:
+        on_release(plan)

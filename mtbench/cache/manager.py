@@ -125,6 +125,7 @@ class BatchPlan:
     page_waits: list = field(default_factory=list)  # copies reading pages this batch writes (CUDA events)
     stalls: list = field(default_factory=list)  # (before, after) CUDA events around each device-side wait
     load_seconds: float = 0.0  # host time issuing this batch's loads (the copies themselves on the CPU)
+    load_budget: int | None = None  # the budget the batch was planned with (None: load every host hit)
     _loads: list[TransferJob] = field(default_factory=list)
     _load_after: list = field(default_factory=list)
 
@@ -221,6 +222,10 @@ class CacheManager:
     def scratch_bytes(self) -> int:
         return self._pool.scratch_pages * self._shape.page_bytes if self._pool is not None else 0
 
+    @property
+    def free_scratch_pages(self) -> int:
+        return self._pool.num_free_scratch_pages if self._pool is not None else 0
+
     def host_fragmentation(self) -> float:
         return self.plane.host_fragmentation() if self.plane is not None else 0.0
 
@@ -236,6 +241,7 @@ class CacheManager:
             plan.decisions = self.plane.plan(requests, load_budget_bytes)
         finally:
             self._building = None
+        plan.load_budget = load_budget_bytes
         demoted = self._issue_stores(self._demotions, [])
         self._demotions = []
         if demoted is not None:

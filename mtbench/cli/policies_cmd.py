@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,7 +15,6 @@ from rich.table import Table
 from mtbench.errors import MtbenchError
 
 DEFAULT_POLICIES = "lru,arc,s3fifo,sieve,gdsf,mtserve,opt"
-OBJECT_SIZES = ("bytes", "unit")
 
 
 def compare_policies(
@@ -30,87 +28,43 @@ def compare_policies(
     write_back: bool = typer.Option(True, "--write-back/--write-through", help="Copy to host on GPU eviction, or at once."),
     inclusive: bool = typer.Option(True, "--inclusive/--exclusive", help="Keep the host copy of an entry promoted to the GPU."),
     object_size: str = typer.Option("bytes", "--object-size", help="bytes, or unit (every entry 1; capacities are entry counts)."),
-    lookahead: int = typer.Option(0, "--lookahead", help="Queued requests whose entries are pinned and hinted to the policy."),
+    lookahead: int = typer.Option(0, "--lookahead", help="Batches planned (pinned, hinted, loading) while the oldest computes; the replay uses 1."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Requests per batch (1: per request, as libCacheSim; the replay's batch size to match it)."),
     append: bool = typer.Option(False, "--append", help="Causal (append) variant: prefixes may grow, partial hits."),
     cost_model: Optional[Path] = typer.Option(None, "--cost-model", help="Calibration JSON from `mtbench calibrate`."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: every core)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default: reports/runs/compare-policies-<time>)."),
 ) -> None:
     """Simulate every policy at every GPU capacity (two tiers, no tensors) and write a report."""
-    from mtbench.cache.policies import parse_policy_list
-    from mtbench.model import get_config
-    from mtbench.model.config import parse_dtype
-    from mtbench.report import print_summary, trace_fingerprint, validate_out_dir, write_report
-    from mtbench.sim.costmodel import CostModel
-    from mtbench.sim.simulator import TierSettings, Workload
-    from mtbench.sim.sizes import EntrySizer
-    from mtbench.sim.sweep import SweepPoint, run_sweep
-    from mtbench.trace import open_trace
+    from mtbench.cache.control import TierSettings
+    from mtbench.report import print_summary, validate_out_dir, write_report
+    from mtbench.sim.runner import PolicySweep, run_compare_policies
     from mtbench.units import parse_size, parse_size_list
 
-    names = parse_policy_list(policies)
-    if object_size not in OBJECT_SIZES:
-        raise MtbenchError(f"--object-size: expected one of {', '.join(OBJECT_SIZES)}, got {object_size!r}")
-    unit = object_size == "unit"
-    gpu_capacities = parse_size_list(gpu_cache, "--gpu-cache")
-    host_capacity = parse_size(host_cache, "--host-cache")
-    cfg = get_config(model)
-    kv_dtype = parse_dtype(dtype)
     if lookahead < 0:
         raise MtbenchError(f"--lookahead must be >= 0, got {lookahead}")
-    if workers is not None and workers < 1:
-        raise MtbenchError(f"--workers must be >= 1, got {workers}")
-    sizer = EntrySizer(cfg.kv_bytes_per_token(kv_dtype), page_tokens, unit)
-    cost = CostModel.load(cost_model) if cost_model is not None else CostModel.default(cfg, dtype)
+    if batch_size < 1:
+        raise MtbenchError(f"--batch-size must be >= 1, got {batch_size}")
+    setup = PolicySweep(
+        trace=trace, policies=policies, gpu_capacities=tuple(parse_size_list(gpu_cache, "--gpu-cache")),
+        host_capacity=parse_size(host_cache, "--host-cache"), model=model, dtype=dtype, page_tokens=page_tokens,
+        settings=TierSettings(write_back=write_back, inclusive=inclusive, lookahead=lookahead, append=append,
+                              batch_size=batch_size),
+        object_size=object_size, cost_model=cost_model, workers=workers)
     if out is not None:
         validate_out_dir(out)
-    opened = open_trace(trace, limits=cfg.limits())
-    columns = opened.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
-    workload = Workload.from_columns(columns, sizer)
-    settings = TierSettings(write_back=write_back, inclusive=inclusive, lookahead=lookahead, append=append)
-    workload.check_static_lengths(append)
-    _check_capacities(workload, gpu_capacities, host_capacity, unit)
-
-    points = [SweepPoint(name, cap, host_capacity) for name in names for cap in gpu_capacities]
     console = Console()
     with Progress(TextColumn("[bold]compare-policies"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=False) as progress:
-        task = progress.add_task("", total=len(points))
 
-        def done(row: dict) -> None:
-            progress.update(task, advance=1, description=f"{row['policy']} @ {row['gpu_capacity']}")
+        def start(total: int):
+            task = progress.add_task("", total=total)
+            return lambda row: progress.update(task, advance=1, description=f"{row['policy']} @ {row['gpu_capacity']}")
 
-        rows = run_sweep(workload, points, settings, cost, 1.0 / sizer.bytes_per_token if not unit else 1.0,
-                         workers, done)
-    summary = {
-        "kind": "compare-policies",
-        "trace": trace_fingerprint(trace, opened.num_rows),
-        "model": model, "dtype": dtype,
-        "config": {"policies": names, "gpu_cache": gpu_capacities, "host_cache": host_capacity,
-                   "page_tokens": page_tokens, "write_back": write_back, "inclusive": inclusive,
-                   "object_size": object_size, "lookahead": lookahead, "append": append,
-                   "cost_model": cost.to_dict(), "workers": workers,
-                   "entry_bytes_mean": float(workload.size.mean()) if workload.n_requests else 0.0},
-        "rows": rows,
-    }
-    target = write_report(out, summary, pd.DataFrame(rows), "compare-policies")
-    print_summary(summary, console)
+        outcome = run_compare_policies(setup, start)
+    target = write_report(out, outcome.summary, outcome.rows, "compare-policies")
+    print_summary(outcome.summary, console)
     console.print(f"report: {target}")
-
-
-def _check_capacities(workload, gpu_capacities: list[int], host_capacity: int, unit: bool) -> None:
-    """Every GPU capacity (and a non-zero host capacity) must hold the largest entry of the trace."""
-    from mtbench.units import format_bytes
-
-    largest = int(workload.size.max(initial=1))
-    what = (lambda n: f"{n} entries") if unit else (lambda n: f"{format_bytes(n)} ({n} bytes)")
-    for capacity in gpu_capacities:
-        if capacity < largest:
-            raise MtbenchError(f"--gpu-cache {what(capacity)} cannot hold one entry: the largest entry of the trace "
-                               f"needs {what(largest)}")
-    if host_capacity and host_capacity < largest:
-        raise MtbenchError(f"--host-cache {what(host_capacity)} cannot hold one entry: the largest entry needs "
-                           f"{what(largest)} (use 0 for a single tier)")
 
 
 def bench_sim(

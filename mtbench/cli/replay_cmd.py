@@ -59,6 +59,9 @@ def replay(
     device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (cuda when a GPU is present)."),
     dtype: str = typer.Option("auto", "--dtype", help="bf16, fp32, or auto (bf16 on cuda, fp32 on cpu)."),
     sync: bool = typer.Option(False, "--sync", help="Blocking copies, no lookahead (the synchronous baseline)."),
+    write_back: bool = typer.Option(True, "--write-back/--write-through",
+                                    help="Copy an entry to the host when the GPU evicts it, or as soon as it is computed."),
+    inclusive: bool = typer.Option(True, "--inclusive/--exclusive", help="Keep the host copy of an entry promoted to the GPU."),
     baseline: bool = typer.Option(False, "--baseline", help="Also run no-cache, GPU-only and --sync baselines."),
     verify: int = typer.Option(0, "--verify", help="Re-run N sampled requests with the full forward and check."),
     max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Replay only the first N requests."),
@@ -84,7 +87,7 @@ def replay(
     setup = ReplaySetup(
         trace=trace, model=model, dtype=dtype, device=device, cache=cache, policy=policy, layouts=chosen_layouts,
         gpu_capacity=parse_size(gpu_cache, "--gpu-cache"), host_capacity=parse_size(host_cache, "--host-cache"),
-        sync=sync, baseline=baseline, verify=verify,
+        sync=sync, write_back=write_back, inclusive=inclusive, baseline=baseline, verify=verify,
         options=ReplayOptions(batch_size=batch_size, window=window, max_requests=max_requests, warmup=warmup,
                               page_tokens=page_tokens, seed=seed, cuda_graphs=cuda_graphs,
                               load_budget=_load_budget(load_budget)),

@@ -9,9 +9,9 @@ the wall clock on the CPU), at the replay's batch size:
 - `h2d_GBps`: host-tier loads through the hybrid layout (pinned extents -> staging rows -> pages);
   `d2h_GBps`: write-backs the other way.
 `--compare-trace T` then replays T (tiered/hybrid and the baselines; the first quarter of the
-requests is warm-up), simulates the same requests with the replay's batching and warm-up
-(`simulate_like_replay`) and the measured cost model, and prints measured vs estimated speedup (the
-gap should be within 15%).
+requests is warm-up), runs the same requests through the same control plane in the same batches
+(`simulate_replay`: every decision equal to the replay's) with the measured cost model, and prints
+measured vs estimated speedup (the gap should be within 15%).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from mtbench.cache.control import READS_CACHE
 from mtbench.cache.host import HostArena
 from mtbench.cache.layouts import HostPlacement, TransferJob, make_layout
 from mtbench.cache.pool import KVShape, PagedKVPool
@@ -197,17 +199,18 @@ def compare_warmup(trace_path: Path, max_requests: int | None) -> int:
     return (rows if max_requests is None else min(rows, max_requests)) // 4
 
 
-def simulate_like_replay(setup, cost: CostModel) -> dict:
-    """The simulator's estimate of exactly what the replay measures.
+def simulate_replay(setup, cost: CostModel, records: pd.DataFrame, label: str) -> dict:
+    """The simulator's estimate of exactly what the replay measured.
 
-    Same requests, capacities, policy and lookahead (one batch) as the replay; the same batches
-    (`iter_batches`), so a request whose key missed earlier in the SAME batch recomputes too (the
-    replay's one forward computes the entry for both, the simulator alone would count a hit); and
-    only the requests of the timed batches (warm-up batches excluded) enter the estimate.
+    The replay's requests go through the same control plane (`cache.control`) in the replay's batches,
+    planned one batch ahead (none with --sync), each batch with the load budget the replay planned it
+    with (recorded per request), so every decision equals the replay's (`decisions_equal`); the cost
+    model then prices the timed batches (warm-up batches excluded).
     """
+    from mtbench.cache.control import ControlPlane, Outcome, Request, run_batches
     from mtbench.replay.batching import iter_batches
-    from mtbench.sim.simulator import HOST_HIT, TierSettings, Workload, simulate
-    from mtbench.sim.sizes import EntrySizer
+    from mtbench.replay.runner import planned_runs
+    from mtbench.sim.simulator import Workload
     from mtbench.trace import open_trace
 
     cfg = get_config(setup.model)
@@ -216,31 +219,45 @@ def simulate_like_replay(setup, cost: CostModel) -> dict:
     columns = trace.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
     if options.max_requests is not None:
         columns = {k: v[: options.max_requests] for k, v in columns.items()}
-    sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype(setup.dtype)), options.page_tokens)
-    workload = Workload.from_columns(columns, sizer)
-    settings = TierSettings(write_back=False, inclusive=True, lookahead=options.batch_size)
-    sim, recomputed = simulate(workload, setup.policy, setup.gpu_capacity, setup.host_capacity, settings, cost=cost,
-                               tokens_per_byte=1.0 / sizer.bytes_per_token, keep_outcomes=True)
-    recomputed = recomputed.copy()
-    first_timed = len(recomputed)
+    config = dict(planned_runs(setup))[label]
+    shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, parse_dtype(setup.dtype), options.page_tokens)
+    control = config.control(shape, cost)
+    plane = ControlPlane(replace(control, settings=replace(control.settings, lookahead=0 if config.sync else 1)))
+    workload = Workload.from_columns(columns, shape.sizer)
+    measured = records[records["run"] == label].sort_values("request_index")
+    budgets = measured["load_budget"].to_numpy()
+    batches, first_timed = [], len(measured)
     for batch in iter_batches(trace, options.batch_size, options.window, options.max_requests):
         if batch.first_index >= options.warmup:
             first_timed = min(first_timed, batch.first_index)
-        missed: set[int] = set()
-        for i in batch.request_index:
-            key = int(workload.key[i])
-            if recomputed[i] > 0:
-                missed.add(key)
-            elif key in missed:
-                recomputed[i] = workload.n_static[i]
+        requests = [Request((int(columns["user_id"][i]), int(columns["static_version"][i])), int(columns["n_static"][i]),
+                            float(columns["ts"][i]), int(workload.next_use[i])) for i in batch.request_index]
+        budget = int(budgets[batch.first_index])
+        batches.append((requests, None if budget < 0 else budget))
+    outcomes: list[Outcome] = []
+    cached: list[int] = []
+    h2d_bytes = [0.0]
+
+    def released(plan) -> None:
+        seen: set = set()
+        for request, outcome, tokens in zip(plan.requests, plan.outcomes, plan.cached):
+            if len(outcomes) >= first_timed and outcome is Outcome.HOST_HIT and request.key not in seen:
+                h2d_bytes[0] += shape.sizer.moved_bytes(tokens)
+            seen.add(request.key)
+            outcomes.append(outcome)
+            cached.append(tokens)
+
+    run_batches(plane, [requests for requests, _ in batches], released, [budget for _, budget in batches])
+    labels = [outcome.label for outcome in outcomes]
+    recomputed = workload.n_static - np.asarray(cached, dtype=np.int64)
     timed = slice(first_timed, len(recomputed))
     n_new = (workload.n_rt + workload.n_cand)[timed]
-    host_hits = sim.outcomes[timed] == HOST_HIT
-    h2d_bytes = float(workload.size[timed][host_hits & (recomputed[timed] == 0)].sum())
-    total_ms, exposed_ms = cost.total_ms(n_new, recomputed[timed], h2d_bytes)
+    total_ms, exposed_ms = cost.total_ms(n_new, recomputed[timed], h2d_bytes[0])
     baseline_ms, _ = cost.total_ms(n_new, workload.n_static[timed], 0.0)
     requests = max(len(n_new), 1)
-    return {"requests": len(n_new), "hit_ratio": float(np.mean(recomputed[timed] == 0)) if len(n_new) else 0.0,
+    hits = np.isin(np.asarray(outcomes[timed], dtype=np.int64), [int(o) for o in READS_CACHE])
+    return {"requests": len(n_new), "hit_ratio": float(hits.mean()) if len(n_new) else 0.0,
+            "decisions_equal": labels == measured["outcome"].tolist(),
             "est_ms_per_request": total_ms / requests, "est_transfer_exposed_ms": exposed_ms / requests,
             "est_speedup": baseline_ms / total_ms if total_ms > 0 else float("nan")}
 
@@ -253,9 +270,9 @@ def compare_with_simulator(setup, cost: CostModel, report: Path | None, console:
     """Replay (tiered + no-cache) and simulate the same trace; print and return the speedup gap."""
     from mtbench.replay.runner import run_replay
 
-    outcome = run_replay(setup)
+    outcome = run_replay(replace(setup, options=replace(setup.options, policy_costs=cost)))
     main = outcome.summary["rows"][0]
-    estimate = simulate_like_replay(setup, cost)
+    estimate = simulate_replay(setup, cost, outcome.records, main["run"])
     measured = main.get("speedup_vs_none")
     estimated = estimate["est_speedup"]
     gap = abs(estimated - measured) / measured if measured else float("nan")
@@ -263,6 +280,7 @@ def compare_with_simulator(setup, cost: CostModel, report: Path | None, console:
     comparison = {"measured_speedup": measured, "estimated_speedup": estimated, "gap": gap,
                   "within_limit": bool(gap <= GAP_LIMIT), "measured_hit_ratio": main["hit_ratio"],
                   "simulated_hit_ratio": estimate["hit_ratio"], "timed_requests": estimate["requests"],
+                  "decisions_equal": estimate["decisions_equal"],
                   "warmup": setup.options.warmup, "measured_ms_per_request": main["ms_per_request"],
                   "measured_host_ms_per_request": host_ms,
                   "estimated_ms_per_request": estimate["est_ms_per_request"]}
@@ -273,7 +291,8 @@ def compare_with_simulator(setup, cost: CostModel, report: Path | None, console:
     table.add_row("measured (replay)", f"{main['hit_ratio']:.4f}", f"{measured:.3f}x" if measured else "—")
     table.add_row("estimated (simulator)", f"{sim_row['hit_ratio']:.4f}", f"{estimated:.3f}x")
     console.print(table)
-    console.print(f"gap {gap:.1%} ({'within' if comparison['within_limit'] else 'OUTSIDE'} the {GAP_LIMIT:.0%} limit)")
+    console.print(f"gap {gap:.1%} ({'within' if comparison['within_limit'] else 'OUTSIDE'} the {GAP_LIMIT:.0%} limit); "
+                  f"simulated decisions {'equal' if estimate['decisions_equal'] else 'DIFFER from'} the replay's")
     console.print(f"per request: measured {main['ms_per_request']:.4f} ms, of which {host_ms:.4f} ms of host work "
                   f"(cache manager + issuing the forward; on the CPU that includes the compute); the simulator's "
                   f"cost model (device time, no host term) {estimate['est_ms_per_request']:.4f} ms")

@@ -79,6 +79,9 @@ class ReplayOptions:
     # one batch (recent batches' device time), the rest are recomputed; "all" = load every host hit;
     # or a fixed byte budget per batch.
     load_budget: str | int = "auto"
+    # Reload costs mtserve / gdsf weigh entries by (None: CostModel.default of the model and dtype, as
+    # compare-policies); calibrate passes the measured model so its simulation decides identically.
+    policy_costs: CostModel | None = None
 
 
 @dataclass
@@ -181,6 +184,7 @@ class _Recorder:
         self.batches.append({
             "run": [self.label] * n, "request_index": batch.request_index, "ts": batch.ts, "user_id": batch.user_id,
             "static_version": batch.static_version, "outcome": plan.outcomes, "n_static": batch.n_static,
+            "n_cached": plan.cached, "load_budget": np.full(n, -1 if plan.load_budget is None else plan.load_budget),
             "n_rt": batch.n_rt, "n_cand": batch.n_cand, "latency_ms": np.full(n, batch_ms), "batch_index": np.full(n, batch.index),
             "gpu_used_bytes": np.full(n, timing.used_bytes[0]), "host_used_bytes": np.full(n, timing.used_bytes[1]),
             "warmup": np.full(n, timing.warmup),
@@ -192,6 +196,7 @@ class _Recorder:
             return pd.DataFrame()
         columns = {name: np.concatenate([np.asarray(batch[name]) for batch in self.batches]) for name in self.batches[0]}
         types = {"request_index": np.int64, "ts": np.float64, "user_id": np.int64, "static_version": np.int64,
+                 "n_cached": np.int64, "load_budget": np.int64,
                  "n_static": np.int64, "n_rt": np.int64, "n_cand": np.int64, "batch_index": np.int64,
                  "gpu_used_bytes": np.int64, "host_used_bytes": np.int64, "warmup": bool, "latency_ms": np.float64}
         return pd.DataFrame({name: values.astype(types[name]) if name in types else values for name, values in columns.items()})
@@ -214,7 +219,7 @@ class _BatchRunner:
         max_static = int(trace.arrays(["n_static"])["n_static"].max()) if trace.num_rows else 1
         # Scratch pages for one batch of the longest entries: host hits that cannot be promoted while two
         # batches are pinned, and misses the GPU tier cannot keep (written through to the host from there).
-        costs = CostModel.default(cfg, _DTYPE_NAMES.get(model.dtype, "bf16"))  # what compare-policies gives mtserve/gdsf
+        costs = options.policy_costs or CostModel.default(cfg, _DTYPE_NAMES.get(model.dtype, "bf16"))
         self.manager = CacheManager(cache, shape, self.device, max_static, fault_hook, scratch_entries=options.batch_size,
                                     costs=costs)
         self.recorder = _Recorder(label, self.clock)

@@ -17,7 +17,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mtbench.cache.control import require_fits
 from mtbench.cache.manager import CACHE_MODES, CacheConfig
+from mtbench.cache.sizes import EntrySizer
 from mtbench.cache.layouts import LAYOUT_NAMES
 from mtbench.cache.policies import POLICY_NAMES
 from mtbench.device import resolve_device
@@ -27,7 +29,6 @@ from mtbench.model.config import parse_dtype
 from mtbench.replay.engine import ReplayOptions, RunResult, replay_run
 from mtbench.replay.verify import VerifyResult, verify_samples
 from mtbench.trace import Trace, open_trace
-from mtbench.units import format_bytes
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class ReplaySetup:
     gpu_capacity: int = 0
     host_capacity: int = 0
     sync: bool = False
+    write_back: bool = True
+    inclusive: bool = True
     baseline: bool = False
     verify: int = 0
     options: ReplayOptions = ReplayOptions()
@@ -58,7 +61,7 @@ class ReplaySetup:
             "window": options.window, "max_requests": options.max_requests, "warmup": options.warmup,
             "page_tokens": options.page_tokens, "seed": options.seed, "cuda_graphs": options.cuda_graphs,
             "load_budget": options.load_budget,
-            "hierarchy": "inclusive write-through", "lookahead": not self.sync,
+            "write_back": self.write_back, "inclusive": self.inclusive, "lookahead": not self.sync,
         }
 
 
@@ -87,25 +90,19 @@ def validate_setup(setup: ReplaySetup) -> tuple[MTGRConfig, Trace, torch.device,
 
 
 def _check_capacities(setup: ReplaySetup, cfg: MTGRConfig, dtype: torch.dtype, trace: Trace) -> None:
-    page = setup.options.page_tokens
     largest_tokens = int(trace.arrays(["n_static"])["n_static"].max())
-    largest = cfg.kv_bytes_per_token(dtype) * (-(-largest_tokens // page) * page)
-    tiers = []
+    largest = EntrySizer(cfg.kv_bytes_per_token(dtype), setup.options.page_tokens).size_of(largest_tokens)
     if setup.cache != "none" or setup.baseline:
-        tiers.append(("--gpu-cache", setup.gpu_capacity))
+        require_fits("--gpu-cache", setup.gpu_capacity, largest, largest_tokens)
     if setup.cache == "tiered":
-        tiers.append(("--host-cache", setup.host_capacity))
-    for option, capacity in tiers:
-        if capacity < largest:
-            raise MtbenchError(
-                f"{option} {format_bytes(capacity)} cannot hold one entry: the trace's largest request has "
-                f"{largest_tokens} static tokens = {format_bytes(largest)} for model {setup.model} ({setup.dtype})")
+        require_fits("--host-cache", setup.host_capacity, largest, largest_tokens)
 
 
 def planned_runs(setup: ReplaySetup) -> list[tuple[str, CacheConfig]]:
     """(label, cache config) of every run, main runs first."""
     base = CacheConfig(mode=setup.cache, policy=setup.policy, gpu_capacity=setup.gpu_capacity,
-                       host_capacity=setup.host_capacity, layout=setup.layouts[0], sync=setup.sync)
+                       host_capacity=setup.host_capacity, layout=setup.layouts[0], sync=setup.sync,
+                       write_back=setup.write_back, inclusive=setup.inclusive)
     runs: list[tuple[str, CacheConfig]] = []
     if setup.cache == "tiered":
         for layout in setup.layouts:

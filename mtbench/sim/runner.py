@@ -1,0 +1,111 @@
+"""`mtbench compare-policies` end to end: validate the setup, sweep policy x GPU capacity through the
+simulator (the shared control plane, `mtbench.cache.control`), and assemble the report's summary.
+
+The host tier is placed as the replay's default host layout places it (`hybrid` extents in the host
+arena, `cache.extents`), so host fragmentation counts here exactly as in `mtbench replay`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mtbench.cache.control import TierSettings, require_fits
+from mtbench.cache.extents import HostGeometry
+from mtbench.cache.policies import parse_policy_list
+from mtbench.cache.sizes import EntrySizer
+from mtbench.errors import MtbenchError
+from mtbench.sim.costmodel import CostModel
+from mtbench.sim.simulator import Workload
+from mtbench.sim.sweep import SweepPoint, run_sweep
+
+OBJECT_SIZES = ("bytes", "unit")
+HOST_LAYOUT = "hybrid"  # the replay's default host layout
+
+
+@dataclass(frozen=True)
+class PolicySweep:
+    """Everything `mtbench compare-policies` was asked to do (also written as the summary's `config`)."""
+
+    trace: Path
+    policies: str
+    gpu_capacities: tuple[int, ...]
+    host_capacity: int
+    model: str = "large"
+    dtype: str = "bf16"
+    page_tokens: int = 32
+    settings: TierSettings = TierSettings()
+    object_size: str = "bytes"
+    cost_model: Path | None = None
+    workers: int | None = None
+
+
+@dataclass
+class SweepOutcome:
+    summary: dict
+    rows: pd.DataFrame
+
+
+def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[[dict], None]] | None = None
+                         ) -> SweepOutcome:
+    """Validate, simulate every (policy, GPU capacity) point and return the report's summary and rows.
+    `on_start(total)` returns the callback called as each point finishes (progress)."""
+    from mtbench.model import get_config
+    from mtbench.model.config import parse_dtype
+    from mtbench.report import trace_fingerprint
+    from mtbench.trace import open_trace
+
+    names = parse_policy_list(setup.policies)
+    if setup.object_size not in OBJECT_SIZES:
+        raise MtbenchError(f"--object-size: expected one of {', '.join(OBJECT_SIZES)}, got {setup.object_size!r}")
+    if setup.workers is not None and setup.workers < 1:
+        raise MtbenchError(f"--workers must be >= 1, got {setup.workers}")
+    unit = setup.object_size == "unit"
+    cfg = get_config(setup.model)
+    kv_dtype = parse_dtype(setup.dtype)
+    sizer = EntrySizer(cfg.kv_bytes_per_token(kv_dtype), setup.page_tokens, unit)
+    cost = CostModel.load(setup.cost_model) if setup.cost_model is not None else CostModel.default(cfg, setup.dtype)
+    opened = open_trace(setup.trace, limits=cfg.limits())
+    columns = opened.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
+    workload = Workload.from_columns(columns, sizer)
+    workload.check_static_lengths(setup.settings.append)
+    _check_capacities(workload, setup.gpu_capacities, setup.host_capacity, unit)
+    geometry = None if unit or not setup.host_capacity else HostGeometry(
+        HOST_LAYOUT, cfg.n_layers, 2 * cfg.n_heads * cfg.head_dim, setup.page_tokens, kv_dtype.itemsize,
+        setup.host_capacity)
+    points = [SweepPoint(name, cap, setup.host_capacity) for name in names for cap in setup.gpu_capacities]
+    done = on_start(len(points)) if on_start is not None else None
+    rows = run_sweep(workload, points, setup.settings, cost, geometry, setup.workers, done)
+    settings = setup.settings
+    summary = {
+        "kind": "compare-policies",
+        "trace": trace_fingerprint(setup.trace, opened.num_rows),
+        "model": setup.model, "dtype": setup.dtype,
+        "config": {"policies": names, "gpu_cache": list(setup.gpu_capacities), "host_cache": setup.host_capacity,
+                   "page_tokens": setup.page_tokens, "write_back": settings.write_back,
+                   "inclusive": settings.inclusive, "object_size": setup.object_size,
+                   "lookahead": settings.lookahead, "batch_size": settings.batch_size, "append": settings.append,
+                   "host_layout": HOST_LAYOUT if geometry is not None else None,
+                   "cost_model": cost.to_dict(), "workers": setup.workers,
+                   "entry_bytes_mean": float(workload.size.mean()) if workload.n_requests else 0.0},
+        "rows": rows,
+    }
+    return SweepOutcome(summary, pd.DataFrame(rows))
+
+
+def _check_capacities(workload: Workload, gpu_capacities: tuple[int, ...], host_capacity: int, unit: bool) -> None:
+    """Every GPU capacity (and a non-zero host capacity) must hold the largest entry of the trace."""
+    if unit:
+        for capacity in gpu_capacities:
+            if capacity < 1:
+                raise MtbenchError(f"--gpu-cache {capacity} entries cannot hold one entry")
+        return
+    largest = int(workload.size.max(initial=1))
+    tokens = int(workload.n_static.max(initial=1))
+    for capacity in gpu_capacities:
+        require_fits("--gpu-cache", capacity, largest, tokens)
+    if host_capacity:
+        require_fits("--host-cache (use 0 for a single tier)", host_capacity, largest, tokens)
