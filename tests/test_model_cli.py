@@ -7,7 +7,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from mtbench.bench_model import ModelBenchSettings, run_model_bench
+from mtbench.bench.model import ModelBenchSettings, run_model_bench
 from mtbench.cli import app, main
 
 runner = CliRunner()

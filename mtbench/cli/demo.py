@@ -17,10 +17,10 @@ from rich.console import Console
 SAMPLES = Path(__file__).resolve().parents[2] / "traces"
 
 
-def demo(out: Path = typer.Option(Path("reports/runs/demo"), "--out", "-o", help="Where the two report directories go.")) -> None:
+def demo(ctx: typer.Context,
+         out: Path = typer.Option(Path("reports/runs/demo"), "--out", "-o", help="Where the two report directories go.")) -> None:
     """Run the main job on the embedded sample traces (CPU, about a minute)."""
-    from mtbench.cli import app
-
+    app = ctx.find_root().command  # the whole `mtbench` command (no import of mtbench.cli: no circle)
     console = Console()
     movielens, synthetic = SAMPLES / "movielens-small.parquet", SAMPLES / "synth-small.parquet"
     steps = [
@@ -35,7 +35,7 @@ def demo(out: Path = typer.Option(Path("reports/runs/demo"), "--out", "-o", help
     ]
     for name, args in steps:
         console.rule(f"[bold]demo: {name}[/]  mtbench {' '.join(args)}")
-        app(args, standalone_mode=False)
+        app.main(args, standalone_mode=False)
     console.print(f"\nReports: {out / 'policies'} and {out / 'replay'} (plots in each plots/ folder). "
                   "Next: `mtbench plot DIR`, `mtbench report DIR`, or replay on a GPU with --device cuda --dtype bf16.")
 

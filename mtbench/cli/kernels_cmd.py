@@ -69,7 +69,7 @@ def bench_kernels(
 
     import torch
 
-    from mtbench.bench_kernels import rows_as_dicts, run_kernel_bench, sweep_attention_configs
+    from mtbench.bench.kernels import rows_as_dicts, run_kernel_bench, sweep_attention_configs
     from mtbench.model import get_config
 
     console = Console()

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mtbench.device import resolve_device
-from mtbench.bench_model import FP32_RTOL, ModelBenchRow, ModelBenchSettings, bench_json, median_ms, run_model_bench, validate
+from mtbench.bench.model import FP32_RTOL, ModelBenchRow, ModelBenchSettings, bench_json, median_ms, run_model_bench, validate
 from mtbench.errors import MtbenchError
 from mtbench.model import (
     MTGR,

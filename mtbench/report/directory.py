@@ -1,4 +1,4 @@
-"""Writing and reading report directories (layout in FORMAT.md).
+"""Reading report directories and checking what goes into one (layout in FORMAT.md); `output.py` writes them.
 
 A report directory holds records.parquet, summary.json, summary.md and plots/*.png. It is written
 through `ReportWriter`, so it exists only when complete; an interrupted write leaves DIR.partial/ with
@@ -20,8 +20,7 @@ import pyarrow.parquet as pq
 
 import mtbench
 from mtbench.errors import MtbenchError
-from mtbench.report.summary import render_markdown
-from mtbench.report.writer import INCOMPLETE_MARKER, RECORDS_FILE, SUMMARY_FILE, ReportWriter, default_report_dir
+from mtbench.report.writer import INCOMPLETE_MARKER, RECORDS_FILE, SUMMARY_FILE, default_report_dir
 
 SUMMARY_KEY_ORDER = ("kind", "trace", "model", "dtype", "config", "rows")
 
@@ -62,25 +61,6 @@ class Report:
         return pq.read_table(self.path / RECORDS_FILE, columns=wanted).to_pandas()
 
 
-def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.DataFrame, kind: str) -> Path:
-    """Write records.parquet, summary.json, summary.md and plots/*.png atomically; return the directory.
-
-    Fills in `kind`, `mtbench_version`, `torch_version` and `created_utc`. Everything is validated
-    (JSON-able summary, parquet-able records, a usable directory) before anything is written.
-    """
-    from mtbench.report.plots import draw_plots
-
-    full_summary = complete_summary(summary, kind)
-    table = _records_table(records)
-    target = default_report_dir(kind) if out_dir is None else validate_out_dir(out_dir)
-    with ReportWriter(target) as writer:
-        writer.write_records(table)
-        writer.write_summary(full_summary)
-        outcome = draw_plots([Report(None, full_summary, records)], writer.plots_dir, strict=False)
-        writer.write_markdown(render_markdown(full_summary, outcome.written, outcome.skipped))
-    return target
-
-
 def complete_summary(summary: dict[str, Any], kind: str) -> dict[str, Any]:
     """A JSON-clean copy of `summary` with kind, versions and creation time filled in, keys in order."""
     if not isinstance(summary, dict):
@@ -119,7 +99,7 @@ def _json_clean(value: Any, where: str = "summary") -> Any:
     raise MtbenchError(f"report summary: {where} is a {type(value).__name__}, which JSON cannot hold")
 
 
-def _records_table(records: pd.DataFrame) -> pa.Table:
+def records_table(records: pd.DataFrame) -> pa.Table:
     if not isinstance(records, pd.DataFrame):
         raise MtbenchError(f"report records must be a pandas DataFrame, got {type(records).__name__}")
     try:

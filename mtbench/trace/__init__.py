@@ -9,8 +9,7 @@ from mtbench.trace.loader import (
     REQUIRED_COLUMNS,
     Trace,
     TraceLimits,
-    model_limits,
     open_trace,
 )
 
-__all__ = ["CANONICAL_DTYPES", "REQUIRED_COLUMNS", "Trace", "TraceLimits", "model_limits", "open_trace"]
+__all__ = ["CANONICAL_DTYPES", "REQUIRED_COLUMNS", "Trace", "TraceLimits", "open_trace"]

@@ -54,13 +54,6 @@ class TraceLimits:
         return {column: limit for column, limit in pairs.items() if limit is not None}
 
 
-def model_limits(preset: str) -> TraceLimits:
-    """The trace limits of model preset `preset` (`mtbench.model.get_config(preset).limits()`)."""
-    from mtbench.model import get_config  # the model area owns presets; imported lazily to keep traces light
-
-    return get_config(preset).limits()
-
-
 def _bad(path: Path, message: str) -> MtbenchError:
     return MtbenchError(f"{path}: {message}")
 

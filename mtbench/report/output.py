@@ -1,0 +1,31 @@
+"""Writing a report directory: records, summary, markdown and plots, atomically (`ReportWriter`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mtbench.report.directory import Report, complete_summary, records_table, validate_out_dir
+from mtbench.report.summary import render_markdown
+from mtbench.report.writer import ReportWriter, default_report_dir
+
+
+def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.DataFrame, kind: str) -> Path:
+    """Write records.parquet, summary.json, summary.md and plots/*.png atomically; return the directory.
+
+    Fills in `kind`, `mtbench_version`, `torch_version` and `created_utc`. Everything is validated
+    (JSON-able summary, parquet-able records, a usable directory) before anything is written.
+    """
+    from mtbench.report.plots import draw_plots  # matplotlib only when a report is written
+
+    full_summary = complete_summary(summary, kind)
+    table = records_table(records)
+    target = default_report_dir(kind) if out_dir is None else validate_out_dir(out_dir)
+    with ReportWriter(target) as writer:
+        writer.write_records(table)
+        writer.write_summary(full_summary)
+        outcome = draw_plots([Report(None, full_summary, records)], writer.plots_dir, strict=False)
+        writer.write_markdown(render_markdown(full_summary, outcome.written, outcome.skipped))
+    return target
