@@ -33,6 +33,8 @@ _GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {
         ("Hit ratios and estimated cost", ["hit_ratio", "gpu_hit_ratio", "token_hit_ratio",
                                            "est_ms_per_request", "est_speedup"]),
         ("Traffic between tiers", ["bytes_h2d", "bytes_d2h", "gpu_evictions", "host_evictions"]),
+        ("Why requests missed", ["misses_compulsory", "misses_stale", "misses_capacity", "cold_miss_limit",
+                                 "unlimited_host_gain"]),
     ],
     "replay": [
         ("Setup and outcomes", ["policy", "cache_mode", "layout", "sync", "requests", "gpu_hits", "host_hits",
@@ -45,6 +47,8 @@ _GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {
                                           "transfer_fallbacks", "host_fragmentation"]),
         ("Speedups and checks", ["speedup_vs_none", "speedup_vs_gpu", "speedup_vs_sync", "est_speedup",
                                  "verify_max_rel_err"]),
+        ("Why requests missed", ["misses_compulsory", "misses_stale", "misses_capacity", "cold_miss_limit",
+                                 "unlimited_host_gain"]),
     ],
 }
 _IDENTITY_COLUMN_BY_KIND = {"compare-policies": "policy", "replay": "run"}
@@ -292,6 +296,25 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     console = console or Console()
     for table in summary_tables(summary):
         console.print(table)
+    note = cold_limit_note(summary)
+    if note:
+        console.print(note)
+
+
+def cold_limit_note(summary: dict[str, Any]) -> str | None:
+    """One line naming the rows whose hit ratio reached the trace's cold-miss limit (no cache can do
+    better: every miss left is the first request of its key), or None."""
+    identity = _IDENTITY_COLUMN_BY_KIND.get(str(summary.get("kind")), "policy")
+    unit = capacity_unit(summary)
+    at_limit = [row for row in summary.get("rows", []) if isinstance(row.get("hit_ratio"), (int, float))
+                and isinstance(row.get("cold_miss_limit"), (int, float)) and row["requests"]
+                and row["hit_ratio"] >= row["cold_miss_limit"] - 0.5 / row["requests"]]
+    if not at_limit:
+        return None
+    names = ", ".join(f"{row.get(identity)}" + (f" @ {format_value('gpu_capacity', row['gpu_capacity'], unit)}"
+                                                 if identity == "policy" else "") for row in at_limit)
+    limit = at_limit[0]["cold_miss_limit"]
+    return (f"At the cold-miss limit (hit ratio {limit:.4f}; every miss left is a key's first request): {names}")
 
 
 def render_markdown(summary: dict[str, Any], plot_files: list[str] | None = None,
@@ -304,6 +327,9 @@ def render_markdown(summary: dict[str, Any], plot_files: list[str] | None = None
         lines += ["", "## Configuration", "", markdown_table(["option", "value"], [list(i) for i in config])]
     for spec in table_specs(summary):
         lines += ["", f"## {spec.title}", "", markdown_table(spec.header, spec.body)]
+    note = cold_limit_note(summary)
+    if note:
+        lines += ["", _md(note)]
     if plot_files or skipped_plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(name).stem}](plots/{name})" for name in plot_files or []]
