@@ -14,7 +14,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import kernels
 from mtbench.cache.control import Request
 from mtbench.cache.manager import CacheConfig, CacheManager
 from mtbench.cache.pool import KVShape

@@ -357,13 +357,14 @@ class _BatchRunner:
             return
         # Candidate offsets from the specs (host side), so sampling never syncs with the device.
         offsets = np.concatenate([[0], np.cumsum([spec.n_cand for spec in specs])]).tolist()
+        outcomes = plan.outcomes
         for i in range(len(batch)):
             index = int(batch.request_index[i])
             warmup = batch.first_index < options.warmup
-            if not options.keep_all_scores and not self._reservoir_slot(plan.outcomes[i], warmup):
+            if not options.keep_all_scores and not self._reservoir_slot(outcomes[i], warmup):
                 continue
             start, end = offsets[i], offsets[i + 1]
-            self.samples[index] = ScoreSample(specs[i], plan.outcomes[i],
+            self.samples[index] = ScoreSample(specs[i], outcomes[i],
                                               scores.ctr[start:end].clone(), scores.ctcvr[start:end].clone())
 
     def _reservoir_slot(self, outcome: str, warmup: bool) -> bool:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 import mtbench
 from mtbench.errors import MtbenchError
-from mtbench.report.writer import INCOMPLETE_MARKER, RECORDS_FILE, SUMMARY_FILE, default_report_dir
+from mtbench.report.writer import INCOMPLETE_MARKER, RECORDS_FILE, SUMMARY_FILE
 
 SUMMARY_KEY_ORDER = ("kind", "trace", "model", "dtype", "config", "rows")
 

@@ -230,7 +230,7 @@ def _count_unit_hits(stats: CacheStats, workload: Workload, mask: np.ndarray, ca
     capacity miss)."""
     n = workload.n_requests
     hits = int(np.count_nonzero(mask))
-    keys = int(np.unique(workload.key).shape[0]) if n else 0
+    keys = int(workload.key.max(initial=-1)) + 1  # keys are dense ids: every id in range is used
     stats.requests, stats.gpu_hits, stats.misses = n, hits, n - hits
     stats.misses_compulsory, stats.misses_capacity = keys, n - hits - keys
     stats.static_tokens = int(workload.n_static.sum())
