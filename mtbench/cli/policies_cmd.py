@@ -15,8 +15,9 @@ from rich.table import Table
 
 from mtbench.errors import MtbenchError
 
+from mtbench.units import OBJECT_SIZES, format_bytes, format_capacity
+
 DEFAULT_POLICIES = "lru,arc,s3fifo,sieve,gdsf,mtserve,opt"
-OBJECT_SIZES = ("bytes", "unit")
 
 
 def compare_policies(
@@ -69,7 +70,7 @@ def compare_policies(
     workload = Workload.from_columns(columns, sizer)
     settings = TierSettings(write_back=write_back, inclusive=inclusive, lookahead=lookahead, append=append)
     workload.check_static_lengths(append)
-    _check_capacities(workload, gpu_capacities, host_capacity, unit)
+    _check_capacities(workload, gpu_capacities, host_capacity, object_size)
 
     points = [SweepPoint(name, cap, host_capacity) for name in names for cap in gpu_capacities]
     console = Console()
@@ -78,7 +79,7 @@ def compare_policies(
         task = progress.add_task("", total=len(points))
 
         def done(row: dict) -> None:
-            progress.update(task, advance=1, description=f"{row['policy']} @ {row['gpu_capacity']}")
+            progress.update(task, advance=1, description=f"{row['policy']} @ {format_capacity(row['gpu_capacity'], object_size)}")
 
         rows = run_sweep(workload, points, settings, cost, 1.0 / sizer.bytes_per_token if not unit else 1.0,
                          workers, done)
@@ -98,12 +99,10 @@ def compare_policies(
     console.print(f"report: {target}")
 
 
-def _check_capacities(workload, gpu_capacities: list[int], host_capacity: int, unit: bool) -> None:
+def _check_capacities(workload, gpu_capacities: list[int], host_capacity: int, object_size: str) -> None:
     """Every GPU capacity (and a non-zero host capacity) must hold the largest entry of the trace."""
-    from mtbench.units import format_bytes
-
     largest = int(workload.size.max(initial=1))
-    what = (lambda n: f"{n} entries") if unit else (lambda n: f"{format_bytes(n)} ({n} bytes)")
+    what = (lambda n: format_capacity(n, object_size)) if object_size == "unit" else (lambda n: f"{format_bytes(n)} ({n} bytes)")
     for capacity in gpu_capacities:
         if capacity < largest:
             raise MtbenchError(f"--gpu-cache {what(capacity)} cannot hold one entry: the largest entry of the trace "
