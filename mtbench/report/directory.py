@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 import mtbench
 from mtbench.errors import MtbenchError
+from mtbench.paths import ensure_writable
 from mtbench.report.summary import render_markdown
 from mtbench.report.writer import INCOMPLETE_MARKER, RECORDS_FILE, SUMMARY_FILE, ReportWriter, default_report_dir
 
@@ -51,7 +52,10 @@ class Report:
     def record_columns(self) -> list[str]:
         if self.frame is not None:
             return [str(c) for c in self.frame.columns]
-        return list(pq.read_schema(self.path / RECORDS_FILE).names)
+        try:
+            return list(pq.read_schema(self.path / RECORDS_FILE).names)
+        except (pa.ArrowException, OSError) as err:
+            raise _corrupt_records(self.path, err) from None
 
     def records(self, columns: list[str] | None = None) -> pd.DataFrame:
         """records.parquet (only `columns` that exist, when given)."""
@@ -59,20 +63,30 @@ class Report:
         wanted = available if columns is None else [c for c in columns if c in available]
         if self.frame is not None:
             return self.frame[wanted]
-        return pq.read_table(self.path / RECORDS_FILE, columns=wanted).to_pandas()
+        try:
+            return pq.read_table(self.path / RECORDS_FILE, columns=wanted).to_pandas()
+        except (pa.ArrowException, OSError) as err:
+            raise _corrupt_records(self.path, err) from None
 
 
-def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.DataFrame, kind: str) -> Path:
+def _corrupt_records(path: Path, err: Exception) -> MtbenchError:
+    return MtbenchError(f"{path / RECORDS_FILE}: unreadable or corrupt ({str(err).splitlines()[0]}); rerun the command "
+                        "that wrote the report")
+
+
+def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.DataFrame, kind: str,
+                 force: bool = False) -> Path:
     """Write records.parquet, summary.json, summary.md and plots/*.png atomically; return the directory.
 
     Fills in `kind`, `mtbench_version`, `torch_version` and `created_utc`. Everything is validated
-    (JSON-able summary, parquet-able records, a usable directory) before anything is written.
+    (JSON-able summary, parquet-able records, a usable directory) before anything is written; an
+    existing report at `out_dir` is replaced only with `force`.
     """
     from mtbench.report.plots import draw_plots
 
     full_summary = complete_summary(summary, kind)
     table = _records_table(records)
-    target = default_report_dir(kind) if out_dir is None else validate_out_dir(out_dir)
+    target = validate_out_dir(out_dir, force, kind)
     with ReportWriter(target) as writer:
         writer.write_records(table)
         writer.write_summary(full_summary)
@@ -128,25 +142,33 @@ def _records_table(records: pd.DataFrame) -> pa.Table:
         raise MtbenchError(f"report records cannot be stored as parquet: {err}") from err
 
 
-def validate_out_dir(out_dir: Path | str) -> Path:
-    """Check that `out_dir` may become a report directory; call it before a long run starts.
+def validate_out_dir(out_dir: Path | str | None, force: bool = False, kind: str = "run") -> Path:
+    """Check that `out_dir` may become a report directory; call it before a long run starts. None
+    stands for the default directory of a `kind` run (reports/runs/KIND-TIME), which is checked too.
 
-    Allowed: a path that does not exist, an empty directory, or an earlier complete report directory
-    (replaced). Refused: a file, a `.partial` staging name, or a non-empty directory that is not a report.
+    Allowed: a path that does not exist, an empty directory, or (with `force`, which replaces it) an
+    earlier complete report directory. Refused: a file, a `.partial` staging name, a non-empty directory
+    that is not a report, an existing report without `force`, and a place this process cannot write.
     """
-    out_dir = Path(out_dir)
+    out_dir = default_report_dir(kind) if out_dir is None else Path(out_dir)
     if out_dir.name.endswith(".partial"):
         raise MtbenchError(f"report directory {out_dir}: names ending in .partial are reserved for unfinished runs")
     if out_dir.exists() and not out_dir.is_dir():
         raise MtbenchError(f"report directory {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SUMMARY_FILE).is_file():
         raise MtbenchError(f"report directory {out_dir} exists, is not empty and is not a report; pick another --out")
+    if (out_dir / SUMMARY_FILE).is_file() and not force:
+        raise MtbenchError(f"report directory {out_dir} already holds a report; pass --force to replace it, "
+                           "or pick another --out")
+    ensure_writable(out_dir, "--out")
     return out_dir
 
 
 def load_report(path: Path | str) -> Report:
     """Read a complete report directory; incomplete, missing or malformed ones raise MtbenchError."""
     path = Path(path)
+    if not path.name:  # "." or "/": name the directory itself
+        path = path.resolve()
     staging = path.with_name(path.name + ".partial")
     if path.name.endswith(".partial") or (path / INCOMPLETE_MARKER).exists():
         marker = path / INCOMPLETE_MARKER
