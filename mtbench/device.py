@@ -1,10 +1,47 @@
-"""Which torch device a command runs on."""
+"""Which torch device a command runs on, and whether cache tiers of a given size fit on this machine."""
 
+import os
 import threading
 
 import torch
 
 from mtbench.errors import MtbenchError
+from mtbench.units import format_bytes
+
+MEMORY_HEADROOM = 0.9  # a cache may take at most this share of the memory available now
+
+
+def available_host_memory() -> int | None:
+    """Bytes of host memory available now: MemAvailable from /proc/meminfo (Linux), else the free
+    physical pages (os.sysconf); None when neither is known."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_cache_memory(device: torch.device, gpu_bytes: int, host_bytes: int) -> None:
+    """Refuse tiers this machine cannot hold, before any is allocated. On the CPU both tiers live in
+    host memory; on CUDA the GPU tier must fit the device's free memory, and the host tier, which is
+    pinned (page-locked, never swapped), the host memory available now."""
+    host_need = host_bytes + (gpu_bytes if device.type != "cuda" else 0)
+    available = available_host_memory()
+    if available is not None and host_need > MEMORY_HEADROOM * available:
+        tiers = "--host-cache" + (" + --gpu-cache (both in host memory on the CPU)" if device.type != "cuda" else " (pinned)")
+        raise MtbenchError(f"{tiers} {format_bytes(host_need)} does not fit: this machine has {format_bytes(available)} "
+                           f"of memory available, so at most about {format_bytes(MEMORY_HEADROOM * available)} fits")
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if gpu_bytes > MEMORY_HEADROOM * free:
+            raise MtbenchError(f"--gpu-cache {format_bytes(gpu_bytes)} does not fit: {device} has {format_bytes(free)} free, "
+                               f"so at most about {format_bytes(MEMORY_HEADROOM * free)} fits next to the model")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -214,9 +214,12 @@ def test_interrupt_during_plotting_keeps_previous_report_and_marks_partial(tmp_p
     def interrupted(*_args: Any, **_kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mtbench.report.plots.draw_plots", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(MtbenchError, match="pass --force"):
         write_report(final, summary, records, "compare-policies")
+    monkeypatch.setattr("mtbench.report.plots.draw_plots", interrupted)
+    with pytest.raises(KeyboardInterrupt) as interruption:
+        write_report(final, summary, records, "compare-policies", force=True)
+    assert interruption.value.partial == tmp_path / "run.partial"  # main() names it in its one line
     assert (final / "summary.json").read_text() == before
     assert (tmp_path / "run.partial" / INCOMPLETE_MARKER).is_file()
 

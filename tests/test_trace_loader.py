@@ -75,7 +75,8 @@ def bad_cases() -> list[tuple[str, object, str]]:
     return [
         ("missing", lambda f: f.drop(columns=["n_rt"]), "column 'n_rt' is missing"),
         ("dtype", lambda f: f.assign(user_id=f["user_id"].astype(str)), "column 'user_id' has dtype"),
-        ("float_int", lambda f: f.assign(n_cand=f["n_cand"].astype(float)), "column 'n_cand' has dtype double"),
+        ("fraction", lambda f: f.assign(n_cand=f["n_cand"].astype(float).where(f.index != 6, 2.5)), "column 'n_cand', row 6: value 2.5 is not an integer"),
+        ("nan_int", lambda f: f.assign(n_rt=f["n_rt"].astype(float).where(f.index != 8, np.nan)), "column 'n_rt', row 8: is null/NaN"),
         ("nan", lambda f: f.assign(ts=f["ts"].where(f.index != 7, np.nan)), "column 'ts', row 7: is null/NaN"),
         ("null", lambda f: f.assign(n_static=f["n_static"].astype("Int64").mask(f.index == 9)), "column 'n_static', row 9: is null/NaN"),
         ("negative_len", lambda f: f.assign(n_rt=f["n_rt"].where(f.index != 11, -3)), "column 'n_rt', row 11: value -3 is below"),
@@ -97,6 +98,15 @@ def test_every_validation_error_names_file_column_and_row(tmp_path: Path, name: 
         open_trace(path, TraceLimits(max_static=1032, max_rt=100, max_cand=1024))
     text = str(err.value)
     assert str(path) in text and message in text and "\n" not in text
+
+
+def test_integer_columns_stored_as_whole_floats_are_read_as_int64(tmp_path: Path) -> None:
+    columns = random_trace(np.random.default_rng(5), 30)
+    frame = pd.DataFrame(columns).assign(n_rt=lambda f: f["n_rt"].astype(float), n_cand=lambda f: f["n_cand"].astype(np.float32))
+    arrays = open_trace(write_frame(tmp_path / "floats.parquet", frame)).arrays(list(REQUIRED_COLUMNS))
+    assert arrays["n_rt"].dtype == np.int64 and arrays["n_cand"].dtype == np.int64
+    np.testing.assert_array_equal(arrays["n_rt"], columns["n_rt"])
+    np.testing.assert_array_equal(arrays["n_cand"], columns["n_cand"])
 
 
 def test_unsorted_error_in_a_later_batch_reports_the_global_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

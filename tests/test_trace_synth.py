@@ -95,7 +95,7 @@ def test_profile_save_load_round_trip_and_bad_profiles(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def movielens_trace(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    columns, _ = import_events("movielens", [shared_data / "movielens-latest-small" / "ratings.csv"], EventRules())
+    columns, _, _ = import_events("movielens", [shared_data / "movielens-latest-small" / "ratings.csv"], EventRules())
     return write_trace(columns, tmp_path_factory.mktemp("ml") / "ml.parquet")
 
 

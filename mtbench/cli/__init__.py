@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import typer
 from rich.console import Console
 
-from mtbench.errors import MtbenchError
+from mtbench.cli.options import AliasGroup
+from mtbench.errors import Interrupted, MtbenchError
 
 app = typer.Typer(
     name="mtbench",
@@ -16,6 +19,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=AliasGroup,
 )
 bench_app = typer.Typer(help="Benchmarks that print a table (run on the GPU for GPU claims).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -31,10 +35,25 @@ def _register_all() -> None:
 _register_all()
 
 
+def _on_sigint(signum: int, frame: object) -> None:
+    """First Ctrl-C: raise `Interrupted` where the main thread is (cleanup runs); a second one while
+    that cleanup runs ends the process at once."""
+    signal.signal(signal.SIGINT, lambda *_: os._exit(Interrupted.exit_code))
+    raise Interrupted
+
+
 def main() -> None:
-    """Console entry point: bad input becomes one line on stderr and exit code 2, never a traceback."""
+    """Console entry point: bad input becomes one line on stderr and exit code 2, Ctrl-C one line and
+    exit code 130; never a traceback. Worker pools (`mtbench.sim.sweep`) ignore SIGINT and are
+    terminated by the process that received it."""
+    signal.signal(signal.SIGINT, _on_sigint)
+    stderr = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         app()
     except MtbenchError as err:
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {err}")
         sys.exit(err.exit_code)
+    except (Interrupted, KeyboardInterrupt) as err:
+        partial = getattr(err, "partial", None)
+        stderr.print("interrupted; " + (f"partial output kept in {partial}" if partial else "nothing written"))
+        sys.exit(Interrupted.exit_code)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from mtbench.cli.options import ModelListOpt
 from mtbench.errors import MtbenchError
 from mtbench.model import PRESET_NAMES
+from mtbench.model.config import DTYPES
+from mtbench.paths import check_output_file, write_text_atomic
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+KERNEL_DTYPES = ("bf16", "fp16")  # the Triton kernels' input types (of the model's DTYPES)
 
 
 def _parse_list(text: str, option: str) -> list[str]:
@@ -25,9 +27,9 @@ def _parse_list(text: str, option: str) -> list[str]:
 
 def _parse_batches(text: str) -> list[int]:
     batches = []
-    for item in _parse_list(text, "--batch"):
+    for item in _parse_list(text, "--batch-size"):
         if not item.isdigit() or int(item) < 1:
-            raise MtbenchError(f"--batch: {item!r} is not a positive integer")
+            raise MtbenchError(f"--batch-size: {item!r} is not a positive integer")
         batches.append(int(item))
     return batches
 
@@ -47,33 +49,43 @@ def _table(rows: list, env: dict) -> Table:
 
 
 def bench_kernels(
-    presets: str = typer.Option("medium,large", help="Model presets whose attention shapes to use (comma-separated)."),
-    batch: str = typer.Option("16,64", help="Batch sizes (requests per batch), comma-separated."),
-    dtype: str = typer.Option("bf16", help="Input dtype: bf16 or fp16."),
+    presets: ModelListOpt = "medium,large",
+    batch: str = typer.Option("16,64", "--batch-size", help="Batch sizes (requests per batch), comma-separated."),
+    dtype: str = typer.Option("bf16", help=f"Input dtype: {' or '.join(KERNEL_DTYPES)}."),
     input_sets: int = typer.Option(3, min=1, help="Input sets rotated between timed calls."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     reference: bool = typer.Option(True, help="Also time the padded PyTorch references (speedup column)."),
     model: bool = typer.Option(True, help="Also time the whole MTGR forward, full vs cached, Triton vs reference."),
     sweep: bool = typer.Option(False, help="Also time several attention tile configs (largest batch, first preset)."),
 ) -> None:
-    """Time the Triton kernels (attention full/cached, Group LayerNorm, page copy) against the PyTorch references."""
-    preset_list = _parse_list(presets, "--presets")
+    """Time the Triton kernels (attention full/cached, Group LayerNorm, page copy) against the PyTorch references.
+
+    Needs a CUDA GPU.
+
+    Examples:
+
+      mtbench bench kernels --model medium,large --batch-size 16,64 \\
+        --json kernels.json  # needs a CUDA GPU
+    """
+    import torch
+
+    preset_list = _parse_list(presets, "--model")
     unknown = [p for p in preset_list if p not in PRESET_NAMES]
     if unknown:
-        raise MtbenchError(f"--presets: unknown preset {unknown[0]!r} (choose from {', '.join(PRESET_NAMES)})")
+        raise MtbenchError(f"--model: unknown preset {unknown[0]!r} (choose from {', '.join(PRESET_NAMES)})")
     batches = _parse_batches(batch)
-    if dtype not in DTYPES:
-        raise MtbenchError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-    if json_path is not None and not json_path.parent.is_dir():
-        raise MtbenchError(f"--json: folder {json_path.parent} does not exist")
-
-    import torch
+    if dtype not in KERNEL_DTYPES:
+        raise MtbenchError(f"--dtype: {dtype!r} is not one of {', '.join(KERNEL_DTYPES)}")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
+    if not torch.cuda.is_available():
+        raise MtbenchError("bench kernels times the Triton kernels on a CUDA GPU, and this machine has none")
 
     from mtbench.bench.kernels import rows_as_dicts, run_kernel_bench, sweep_attention_configs
     from mtbench.model import get_config
 
     console = Console()
-    torch_dtype = getattr(torch, DTYPES[dtype])
+    torch_dtype = DTYPES[dtype]
     with console.status("benchmarking kernels") as status:
         rows, env = run_kernel_bench(preset_list, batches, torch_dtype, input_sets, reference, model,
                                      progress=lambda text: status.update(f"benchmarking kernels: {text}"))
@@ -83,9 +95,7 @@ def bench_kernels(
             rows += sweep_attention_configs(max(batches), cfg.n_heads, cfg.head_dim, torch_dtype)
     console.print(_table(rows, env))
     if json_path is not None:
-        partial = json_path.with_name(json_path.name + ".partial")
-        partial.write_text(json.dumps({"environment": env, "rows": rows_as_dicts(rows)}, indent=1))
-        os.replace(partial, json_path)
+        write_text_atomic(json_path, json.dumps({"environment": env, "rows": rows_as_dicts(rows)}, indent=1))
         console.print(f"wrote {json_path}")
 
 

@@ -11,12 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mtbench.cli.options import DeviceOpt, DtypeOpt, KvDtypeOpt, ModelListOpt, ModelOpt, resolve_device_dtype
 from mtbench.device import resolve_device
 from mtbench.bench.model import FP32_RTOL, ModelBenchRow, ModelBenchSettings, bench_json, median_ms, run_model_bench, validate
 from mtbench.errors import MtbenchError
 from mtbench.model import (
     MTGR,
-    PRESET_NAMES,
     build_batch,
     count_parameters,
     get_config,
@@ -26,6 +26,7 @@ from mtbench.model import (
     sample_requests,
 )
 from mtbench.model.config import PAPER_GFLOPS
+from mtbench.paths import check_output_file, write_text_atomic
 from mtbench.units import format_bytes
 
 model_app = typer.Typer(help="The MTGR model: shapes, sizes, FLOPs, a sample forward.", no_args_is_help=True)
@@ -44,14 +45,21 @@ def _flops(n: float) -> str:
 
 
 def model_info(
-    preset: str = typer.Option("large", help=f"model preset ({', '.join(PRESET_NAMES)})"),
+    preset: ModelOpt = "large",
     n_static: int | None = typer.Option(None, help="U+S tokens per request (default: the preset's maximum)"),
     n_rt: int | None = typer.Option(None, help="R tokens per request (default: the preset's maximum)"),
     n_cand: int = typer.Option(200, help="candidates per request"),
-    dtype: str = typer.Option("bf16", help="dtype of the cached K/V (fp32, bf16, fp16)"),
+    dtype: KvDtypeOpt = "bf16",
     history: str = typer.Option("bidirectional", help="bidirectional (MTGR) or causal (append) history"),
 ) -> None:
-    """Parameters, KV bytes per static token and per user, FLOPs per request for a miss vs a hit."""
+    """Parameters, KV bytes per static token and per user, FLOPs per request for a miss vs a hit.
+
+    Examples:
+
+      mtbench model info --model large
+
+      mtbench model info --model mini --dtype fp32 --n-static 132 --n-rt 20
+    """
     cfg = get_config(preset, history=history)
     torch_dtype = parse_dtype(dtype)
     n_static = cfg.max_static if n_static is None else n_static
@@ -88,21 +96,32 @@ def model_info(
 
 
 def model_forward(
-    preset: str = typer.Option("tiny", help=f"model preset ({', '.join(PRESET_NAMES)})"),
-    batch: int = typer.Option(4, help="requests in the sample batch"),
+    preset: ModelOpt = "tiny",
+    batch: int = typer.Option(4, "--batch-size", help="requests in the sample batch"),
     n_static: int | None = typer.Option(None, help="U+S tokens per request (default: random per request)"),
     n_rt: int | None = typer.Option(None, help="R tokens per request (default: random per request)"),
     n_cand: int | None = typer.Option(None, help="candidates per request (default: random per request)"),
-    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
     seed: int = typer.Option(0, help="seed of the sample batch"),
     iters: int = typer.Option(3, help="timed runs per forward (median)"),
 ) -> None:
-    """Run a full and a cached forward on a sample batch; print scores, timing and max |cached - full|."""
+    """Run a full and a cached forward on a sample batch; print scores, timing and max |cached - full|.
+
+    Examples:
+
+      mtbench model forward --model tiny --device cpu --batch-size 2 --n-static 64 \\
+        --n-rt 8 --n-cand 16
+
+      mtbench model forward --model large --device cuda --dtype bf16  # needs a CUDA GPU
+    """
     cfg = get_config(preset)
+    device, dtype = resolve_device_dtype(device, dtype)
     torch_dtype, torch_device = parse_dtype(dtype), resolve_device(device)
     if iters < 1:
         raise MtbenchError(f"--iters must be >= 1, got {iters}")
+    if batch < 1:
+        raise MtbenchError(f"--batch-size must be >= 1, got {batch}")
     requests = sample_requests(cfg, batch, n_static=n_static, n_rt=n_rt, n_cand=n_cand, seed=seed)
     miss = build_batch(requests, cfg, torch_device)
     hit = build_batch([replace(r, n_cached=r.n_static) for r in requests], cfg, torch_device)
@@ -141,35 +160,46 @@ def model_forward(
 
 
 def bench_model(
-    presets: str = typer.Option("small,medium,large", help="comma-separated model presets"),
-    batch: int = typer.Option(16, help="requests per batch"),
+    presets: ModelListOpt = "small,medium,large",
+    batch: int = typer.Option(16, "--batch-size", help="requests per batch"),
     n_user: int = typer.Option(32, help="U tokens per request"),
     n_seq: int = typer.Option(1000, help="S tokens per request"),
     n_rt: int = typer.Option(100, help="R tokens per request"),
     n_cand: int = typer.Option(200, help="candidates per request"),
-    dtype: str = typer.Option("bf16", help="fp32, bf16 or fp16"),
-    device: str = typer.Option("cuda", help="cuda or cpu (use small shapes on the CPU)"),
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
     kernels: str = typer.Option("auto", help="auto (Triton on CUDA) or reference (PyTorch)"),
     iters: int = typer.Option(10, help="timed iterations (median)"),
     warmup: int = typer.Option(3, help="untimed warm-up iterations"),
     json_path: Path | None = typer.Option(None, "--json", help="also write the numbers to this JSON file"),
 ) -> None:
-    """Forward time of MTGR, full vs cached (paged prefix), per preset, with a precision check."""
+    """Forward time of MTGR, full vs cached (paged prefix), per preset, with a precision check.
+
+    Use small shapes on the CPU; the figures mean something on the GPU.
+
+    Examples:
+
+      mtbench bench model --model tiny --device cpu --batch-size 2 --n-seq 64 \\
+        --n-rt 8 --n-cand 16 --iters 1 --warmup 0
+
+      mtbench bench model --model medium,large --device cuda  # needs a CUDA GPU
+    """
+    device, dtype = resolve_device_dtype(device, dtype)
     settings = ModelBenchSettings(
         presets=tuple(p.strip() for p in presets.split(",") if p.strip()), batch=batch, n_user=n_user,
         n_seq=n_seq, n_rt=n_rt, n_cand=n_cand, dtype=dtype, device=device, kernels=kernels, iters=iters,
         warmup=warmup)
     if not settings.presets:
-        raise MtbenchError("--presets: no preset given")
+        raise MtbenchError("--model: no preset given")
     validate(settings)
-    if json_path is not None and not json_path.parent.is_dir():
-        raise MtbenchError(f"--json: folder {json_path.parent} does not exist")
+    if json_path is not None:
+        check_output_file(json_path, "--json")
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress:
         rows = run_model_bench(settings, progress)
     for table in _bench_tables(rows):
         console.print(table)
     if json_path is not None:
-        json_path.write_text(json.dumps(bench_json(settings, rows), indent=2) + "\n")
+        write_text_atomic(json_path, json.dumps(bench_json(settings, rows), indent=2) + "\n")
         console.print(f"wrote {json_path}")
 
 

@@ -12,30 +12,56 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mtbench.cache.policies import POLICY_NAMES
+from mtbench.cli.options import ForceOpt, KvDtypeOpt, MaxRequestsOpt, ModelOpt, SortOpt
 from mtbench.errors import MtbenchError
+from mtbench.units import OBJECT_SIZES, format_bytes, format_capacity
 
 DEFAULT_POLICIES = "lru,arc,s3fifo,sieve,gdsf,mtserve,opt"
 
 
 def compare_policies(
     trace: Path = typer.Argument(..., help="Request trace (parquet)."),
-    policies: str = typer.Option(DEFAULT_POLICIES, "--policies", help="Comma-separated policy names."),
+    policies: str = typer.Option(DEFAULT_POLICIES, "--policies", help=f"Comma-separated, from: {', '.join(POLICY_NAMES)}."),
     gpu_cache: str = typer.Option("2GiB,4GiB,8GiB,16GiB", "--gpu-cache", help="GPU tier capacities (bytes; entries with --object-size unit)."),
     host_cache: str = typer.Option("64GiB", "--host-cache", help="Host tier capacity; 0 = single tier."),
-    model: str = typer.Option("large", "--model", help="Model preset: sets the bytes per cached token."),
-    dtype: str = typer.Option("bf16", "--dtype", help="KV dtype: bf16, fp16, fp32."),
+    model: ModelOpt = "large",
+    dtype: KvDtypeOpt = "bf16",
     page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU page; entries round up to whole pages."),
     write_back: bool = typer.Option(True, "--write-back/--write-through", help="Copy to host on GPU eviction, or at once."),
     inclusive: bool = typer.Option(True, "--inclusive/--exclusive", help="Keep the host copy of an entry promoted to the GPU."),
-    object_size: str = typer.Option("bytes", "--object-size", help="bytes, or unit (every entry 1; capacities are entry counts)."),
+    object_size: str = typer.Option("bytes", "--object-size", help=f"{' or '.join(OBJECT_SIZES)}: entries take their bytes, or "
+                                                                   "count 1 each (capacities are then entry counts)."),
     lookahead: int = typer.Option(0, "--lookahead", help="Batches planned (pinned, hinted, loading) while the oldest computes; the replay uses 1."),
     batch_size: int = typer.Option(1, "--batch-size", help="Requests per batch (1: per request, as libCacheSim; the replay's batch size to match it)."),
     append: bool = typer.Option(False, "--append", help="Causal (append) variant: prefixes may grow, partial hits."),
     cost_model: Optional[Path] = typer.Option(None, "--cost-model", help="Calibration JSON from `mtbench calibrate`."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: every core)."),
+    max_requests: MaxRequestsOpt = None,
+    sort: SortOpt = False,
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default: reports/runs/compare-policies-<time>)."),
+    force: ForceOpt = False,
 ) -> None:
-    """Simulate every policy at every GPU capacity (two tiers, no tensors) and write a report."""
+    """Simulate every policy at every GPU capacity (two tiers, no tensors) and write a report.
+
+    A policy can only matter between the trace's cold-miss limit (every first use of a key misses,
+    whatever the capacity) and the capacity that holds its whole working set (`mtbench trace stats`
+    prints both); capacities outside that range give the same row for every policy.
+
+    Examples:
+
+      mtbench compare-policies traces/synth-small.parquet --max-requests 5000 \\
+        --policies lru,s3fifo,mtserve,opt --gpu-cache 64MiB,256MiB --host-cache 1GiB \\
+        -o runs/policies
+
+      mtbench compare-policies traces/synth-small.parquet --max-requests 5000 \\
+        --policies lru,opt --gpu-cache 64MiB,256MiB --host-cache 1GiB --write-through \\
+        -o runs/policies-wt
+
+      mtbench compare-policies traces/movielens-small.parquet --max-requests 5000 \\
+        --object-size unit --gpu-cache 20,50 --host-cache 0 --policies lru,arc,opt \\
+        -o runs/policies-unit
+    """
     from mtbench.cache.control import TierSettings
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.sim.runner import PolicySweep, run_compare_policies
@@ -45,24 +71,26 @@ def compare_policies(
         raise MtbenchError(f"--lookahead must be >= 0, got {lookahead}")
     if batch_size < 1:
         raise MtbenchError(f"--batch-size must be >= 1, got {batch_size}")
+    if max_requests is not None and max_requests < 1:
+        raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
     setup = PolicySweep(
         trace=trace, policies=policies, gpu_capacities=tuple(parse_size_list(gpu_cache, "--gpu-cache")),
         host_capacity=parse_size(host_cache, "--host-cache"), model=model, dtype=dtype, page_tokens=page_tokens,
         settings=TierSettings(write_back=write_back, inclusive=inclusive, lookahead=lookahead, append=append,
                               batch_size=batch_size),
-        object_size=object_size, cost_model=cost_model, workers=workers)
-    if out is not None:
-        validate_out_dir(out)
+        object_size=object_size, cost_model=cost_model, workers=workers, max_requests=max_requests, sort=sort)
+    out = validate_out_dir(out, force, "compare-policies")
     console = Console()
     with Progress(TextColumn("[bold]compare-policies"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=False) as progress:
 
         def start(total: int):
             task = progress.add_task("", total=total)
-            return lambda row: progress.update(task, advance=1, description=f"{row['policy']} @ {row['gpu_capacity']}")
+            return lambda row: progress.update(
+                task, advance=1, description=f"{row['policy']} @ {format_capacity(row['gpu_capacity'], object_size)}")
 
         outcome = run_compare_policies(setup, start)
-    target = write_report(out, outcome.summary, outcome.rows, "compare-policies")
+    target = write_report(out, outcome.summary, outcome.rows, "compare-policies", force)
     print_summary(outcome.summary, console)
     console.print(f"report: {target}")
 
@@ -70,20 +98,31 @@ def compare_policies(
 def bench_sim(
     trace: Optional[Path] = typer.Argument(None, help="Request trace (parquet); keys = (user_id, static_version)."),
     arc: bool = typer.Option(False, "--arc", help="Use the ARC OLTP trace from ../shared/data instead."),
-    policies: str = typer.Option("lru,fifo,s3fifo", "--policies", help="Policies to time."),
-    capacity: str = typer.Option("1000,10000", "--capacity", help="Cache sizes in entries (unit size, one tier)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N requests."),
+    policies: str = typer.Option("lru,fifo,s3fifo", "--policies", help=f"Policies to time, from: {', '.join(POLICY_NAMES)}."),
+    gpu_cache: str = typer.Option("1000,10000", "--gpu-cache", help="Cache sizes in entries (unit size, one tier), comma-separated."),
+    max_requests: MaxRequestsOpt = None,
+    sort: SortOpt = False,
 ) -> None:
-    """Requests/s of our single-tier unit-size simulator vs libCacheSim's on the same trace."""
+    """Requests/s of our single-tier unit-size simulator vs libCacheSim's on the same trace.
+
+    Needs the libcachesim Python package (pip install libcachesim); the other commands do not.
+
+    Examples:
+
+      mtbench bench sim traces/movielens-small.parquet --policies lru,fifo \\
+        --gpu-cache 50,200 --max-requests 20000
+    """
     from mtbench.cache.policies import parse_policy_list
     from mtbench.sim.peer import PeerTrace
     from mtbench.sim.simulator import Workload, simulate
 
     names = parse_policy_list(policies)
-    capacities = [int(c) for c in _int_list(capacity, "--capacity")]
-    keys = _bench_keys(trace, arc)
-    if limit is not None:
-        keys = keys[:limit]
+    capacities = [int(c) for c in _int_list(gpu_cache, "--gpu-cache")]
+    if max_requests is not None and max_requests < 1:
+        raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
+    keys = _bench_keys(trace, arc, sort)
+    if max_requests is not None:
+        keys = keys[:max_requests]
     workload = Workload.from_keys(keys)
     table = Table(title=f"simulator speed, {workload.n_requests:,} requests, unit size, one tier")
     for column in ("policy", "capacity", "hits (ours)", "hits (libCacheSim)", "ours req/s", "libCacheSim req/s"):
@@ -110,7 +149,7 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def _bench_keys(trace: Path | None, arc: bool) -> np.ndarray:
+def _bench_keys(trace: Path | None, arc: bool, sort: bool) -> np.ndarray:
     if arc == (trace is not None):
         raise MtbenchError("bench sim: give a trace file or --arc (exactly one)")
     if arc:
@@ -122,7 +161,7 @@ def _bench_keys(trace: Path | None, arc: bool) -> np.ndarray:
         return read_arc(path).key
     from mtbench.trace import open_trace
 
-    columns = open_trace(trace).arrays(["user_id", "static_version"])
+    columns = open_trace(trace, sort=sort).arrays(["user_id", "static_version"])
     return columns["user_id"] * (int(columns["static_version"].max(initial=0)) + 1) + columns["static_version"]
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mtbench.errors import MtbenchError
+from mtbench.paths import check_output_dir
 from mtbench.report import default_report_dir, load_report, print_summary, render_markdown
 from mtbench.report.compare import comparison_json, comparison_markdown, compare_reports, print_comparison
 from mtbench.report.plots import PLOTS, draw_plots
@@ -27,12 +28,20 @@ def plot(
     out: Path | None = typer.Option(None, "--out", "-o",
                                     help="Where to write the PNGs (default: DIR/plots, or a new reports/plots/overlay-* dir)."),
 ) -> None:
-    """Draw miss-ratio curves, outcome bars, latency CDFs, speedups, bytes moved and tier occupancy."""
+    """Draw miss-ratio curves, outcome bars, latency CDFs, speedups, bytes moved and tier occupancy.
+
+    Examples:
+
+      mtbench plot runs/policies
+
+      mtbench plot runs/policies runs/policies-wt -o runs/overlay
+    """
     reports = [load_report(path) for path in report_dirs]
+    for report in reports:
+        report.record_columns()  # a corrupt records.parquet stops here, before anything is drawn
     if out is None:
         out = reports[0].path / "plots" if len(reports) == 1 else default_report_dir("overlay", Path("reports/plots"))
-    if out.exists() and not out.is_dir():
-        raise MtbenchError(f"plot output {out} exists and is not a directory")
+    check_output_dir(out, "--out")
     console = Console()
     with console.status(f"drawing {len(PLOTS)} plots from {len(reports)} report(s)"):
         outcome = draw_plots(reports, out)
@@ -47,10 +56,18 @@ def plot(
 
 def report(
     report_dirs: list[Path] = typer.Argument(..., help="A report directory, or two to compare side by side."),
-    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="table, md or json."),
+    output_format: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f",
+                                               help=f"{', '.join(f.value for f in OutputFormat)}."),
     all_fields: bool = typer.Option(False, "--all-fields", help="When comparing, show every numeric field, not only the headline ones."),
 ) -> None:
-    """Print a report's summary again, or compare two reports (rows matched by policy/capacity or run)."""
+    """Print a report's summary again, or compare two reports (rows matched by policy/capacity or run).
+
+    Examples:
+
+      mtbench report runs/replay
+
+      mtbench report runs/policies runs/policies-wt --format md
+    """
     if len(report_dirs) > 2:
         raise MtbenchError(f"report takes one directory, or two to compare; got {len(report_dirs)}")
     reports = [load_report(path) for path in report_dirs]

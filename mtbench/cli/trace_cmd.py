@@ -13,7 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mtbench.cli.options import KvDtypeOpt, ModelOpt, SortOpt
+from mtbench.model import PRESET_NAMES
 from mtbench.errors import MtbenchError
+from mtbench.paths import check_output_file
 from mtbench.trace.candidates import CandidateDist
 from mtbench.trace.events import EventRules
 from mtbench.trace.importers import BEHAVIOUR_KINDS, KINDS, CacheRules, CsvColumns, cache_to_requests, import_accesses, import_events
@@ -24,8 +27,6 @@ from mtbench.trace.writer import write_trace
 trace_app = typer.Typer(help="Request traces: import, synth, fit, stats, validate.", no_args_is_help=True)
 console = Console()
 
-ModelOpt = Annotated[str, typer.Option("--model", help="Model preset whose limits the trace must meet (tiny, small, medium, large).")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="KV element type for bytes per token: bf16, fp16, fp32.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output parquet trace (written atomically).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random draw (same seed, same file).")]
 CandOpt = Annotated[Optional[int], typer.Option("--cand", help="Candidates per request (fixed count).")]
@@ -118,7 +119,7 @@ def import_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Input file(s); behaviour logs may be several files of one log.")],
     out: OutOpt,
     model: ModelOpt = "large",
-    dtype: DtypeOpt = "bf16",
+    dtype: KvDtypeOpt = "bf16",
     user_tokens: Annotated[int, typer.Option(help="U: profile tokens per request (behaviour logs).")] = 32,
     max_seq: Annotated[Optional[int], typer.Option(help="Cap on S tokens (default: the model's max_seq).")] = None,
     session_gap: Annotated[Optional[float], typer.Option(help="One request per visit: events at most this many seconds apart form a visit.")] = None,
@@ -135,10 +136,21 @@ def import_cmd(
     cand: CandOpt = None,
     cand_dist: CandDistOpt = None,
     seed: SeedOpt = 0,
+    drop_invalid: Annotated[bool, typer.Option("--drop-invalid", help="Skip rows with a bad value (not a number, "
+                                               "negative, a date before 1970) and report how many, instead of stopping.")] = False,
 ) -> None:
-    """Import a behaviour log or cache trace as a request trace (see traces/README.md for the rules)."""
+    """Import a behaviour log or cache trace as a request trace (see traces/README.md for the rules).
+
+    Examples:
+
+      mtbench trace import movielens traces/movielens-ratings-sample.csv -o ml.parquet
+
+      mtbench trace import movielens traces/movielens-ratings-sample.csv \\
+        --session-gap 1800 --drop-invalid -o ml-visits.parquet
+    """
     if kind not in KINDS:
         raise MtbenchError(f"unknown import kind {kind!r} (choose from {', '.join(KINDS)})")
+    check_output_file(out, "--out")
     cfg = _model(model)
     limits = cfg.limits()
     cands = _candidates(cand, cand_dist, cfg.max_cand)
@@ -150,21 +162,23 @@ def import_cmd(
         seq_cap = min(max_seq if max_seq is not None else cfg.max_seq, cfg.max_static - user_tokens)
         rules = EventRules(user_tokens=user_tokens, max_seq=seq_cap, max_rt=cfg.max_rt, session_gap=session_gap,
                            cand=cands, max_cand=cfg.max_cand, seed=seed)
-        columns, epoch = import_events(kind, paths, rules, clicks_only)
+        columns, epoch, dropped = import_events(kind, paths, rules, clicks_only, drop_invalid)
         metadata["mtbench.epoch_unix"] = f"{epoch:.0f}"
-        notes: list[tuple[str, str]] = []
+        notes: list[tuple[str, str]] = [("invalid rows dropped", f"{dropped:,}")] if drop_invalid else []
     else:
         if len(paths) != 1:
             raise MtbenchError(f"{kind}: give exactly one input file, got {len(paths)}")
         if n_static is not None and not 1 <= n_static <= cfg.max_static:
             raise MtbenchError(f"--n-static {n_static} must be in [1, {cfg.max_static}] for model {model}")
         csv = CsvColumns(key=key_col, time=time_col, size=size_col, header=header, delimiter=delimiter, time_unit=time_unit)
-        accesses = import_accesses(kind, paths[0], csv, fmt)
+        accesses = import_accesses(kind, paths[0], csv, fmt, drop_invalid)
         rules = CacheRules(max_static=cfg.max_static, bytes_per_token=_bytes_per_token(model, dtype), fixed_static=n_static,
                            n_rt=n_rt, cand=cands, max_cand=cfg.max_cand, seed=seed)
         columns, counters = cache_to_requests(accesses, rules)
         notes = [("rows re-sorted by time", f"{counters['reordered_rows']:,}"),
                  ("rows with n_static clipped to [1, max_static]", f"{counters['clipped_rows']:,}")]
+        if drop_invalid:
+            notes.append(("invalid rows dropped", f"{accesses.dropped:,}"))
     _check_limits(columns, limits, str(paths[0]))
     write_trace(columns, out, metadata)
     open_trace(out, limits)
@@ -220,9 +234,20 @@ def synth_cmd(
     history_dist: HistoryDistOpt = None,
     seed: SeedOpt = 0,
 ) -> None:
-    """Generate a synthetic trace: heavy-tailed activity, bursty sessions, daily cycle and version bump."""
+    """Generate a synthetic trace: heavy-tailed activity, bursty sessions, daily cycle and version bump.
+
+    Memory stays bounded at any size: the trace is generated and written a slice of users at a time.
+
+    Examples:
+
+      mtbench trace synth --users 200 --requests 5000 --duration 7d --model mini \\
+        -o synth.parquet
+
+      mtbench trace synth --like profile.json --users 100 -o like-movielens.parquet
+    """
     from mtbench.trace.synth import SynthRequest, write_synth
 
+    check_output_file(out, "--out")
     cfg = _model(model)
     cands = None if cand is None and cand_dist is None else _candidates(cand, cand_dist, cfg.max_cand)
     profile, n_users, n_requests, seconds, history_notes = _scaled_profile(like, users, requests, duration, cfg,
@@ -243,11 +268,17 @@ def fit_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Profile JSON to write.")],
     session_gap: Annotated[float, typer.Option(help="A gap longer than this (seconds) ends a session.")] = 1800.0,
     version_period: Annotated[float, typer.Option(help="Seconds between static version bumps in generated traces.")] = 86400.0,
-    sort: Annotated[bool, typer.Option(help="Sort an unsorted trace by ts instead of failing.")] = False,
+    sort: SortOpt = False,
 ) -> None:
-    """Estimate the generator's distributions from a real trace (for `trace synth --like`)."""
+    """Estimate the generator's distributions from a real trace (for `trace synth --like`).
+
+    Examples:
+
+      mtbench trace fit traces/movielens-small.parquet -o profile.json
+    """
     from mtbench.trace.fit import fit_profile
 
+    check_output_file(out, "--out")
     profile = fit_profile(open_trace(trace_path, sort=sort), session_gap, version_period)
     profile.save(out)
     q = profile.quantiles
@@ -265,10 +296,17 @@ def fit_cmd(
 def stats_cmd(
     trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace (parquet).")],
     model: ModelOpt = "large",
-    dtype: DtypeOpt = "bf16",
-    sort: Annotated[bool, typer.Option(help="Sort an unsorted trace by ts instead of failing.")] = False,
+    dtype: KvDtypeOpt = "bf16",
+    sort: SortOpt = False,
 ) -> None:
-    """Users, requests, time span, requests per user, reuse distances, working set, unique KV bytes."""
+    """Users, requests, time span, requests per user, reuse distances, working set, unique KV bytes.
+
+    Examples:
+
+      mtbench trace stats traces/movielens-small.parquet --model large
+
+      mtbench trace stats traces/synth-small.parquet --model mini --dtype fp32
+    """
     from mtbench.trace.stats import trace_stats
 
     bytes_per_token = _bytes_per_token(model, dtype)
@@ -285,11 +323,17 @@ def stats_cmd(
 
 def validate_cmd(
     trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace (parquet).")],
-    model: Annotated[Optional[str], typer.Option("--model", help="Also check this preset's length limits.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help=f"Also check this preset's length limits: {', '.join(PRESET_NAMES)}.")] = None,
+    sort: Annotated[bool, typer.Option("--sort", help="Accept an unsorted trace, as commands run with --sort do.")] = False,
 ) -> None:
-    """Check a trace (schema, dtypes, NaN, negatives, order, limits); exit 2 with the first problem."""
+    """Check a trace (schema, dtypes, NaN, negatives, order, limits); exit 2 with the first problem.
+
+    Examples:
+
+      mtbench trace validate traces/synth-small.parquet --model mini
+    """
     limits = _model(model).limits() if model is not None else TraceLimits()
-    trace = open_trace(trace_path, limits)
+    trace = open_trace(trace_path, limits, sort=sort)
     console.print(f"[green]ok[/] {trace_path}: {trace.num_rows:,} requests" + (f", within model {model}'s limits" if model else ""))
 
 

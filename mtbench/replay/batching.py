@@ -39,13 +39,21 @@ class TraceBatch:
         return int(self.request_index[0])
 
 
+def check_batching(batch_size: int, window: float | None, max_requests: int | None) -> None:
+    """The batching options a replay accepts: a batch holds a request, a window is not negative, and
+    at least one request is replayed."""
+    if batch_size < 1:
+        raise MtbenchError(f"--batch-size must be >= 1, got {batch_size}")
+    if window is not None and not window >= 0:
+        raise MtbenchError(f"--window must be >= 0 seconds, got {window}")
+    if max_requests is not None and max_requests < 1:
+        raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
+
+
 def iter_batches(trace: Trace, batch_size: int, window: float | None = None,
                  max_requests: int | None = None) -> Iterator[TraceBatch]:
     """Stream the trace and cut it into batches (see module docstring); stops after max_requests."""
-    if batch_size < 1:
-        raise MtbenchError(f"--batch-size must be >= 1, got {batch_size}")
-    if window is not None and window < 0:
-        raise MtbenchError(f"--window must be >= 0 seconds, got {window}")
+    check_batching(batch_size, window, max_requests)
     next_row, batch_number = 0, 0
     limit = trace.num_rows if max_requests is None else min(trace.num_rows, max_requests)
     carry: dict[str, np.ndarray] | None = None

@@ -32,7 +32,7 @@ from mtbench.cache.host import HostArena
 from mtbench.cache.layouts import HostPlacement, TransferJob, make_layout
 from mtbench.cache.pool import KVShape, PagedKVPool
 from mtbench.cache.transfer import TransferEngine
-from mtbench.errors import MtbenchError
+from mtbench.paths import check_output_file
 from mtbench.model import MTGR, RequestSpec, build_batch
 from mtbench.model.config import get_config
 from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, graphs_supported, pooled_forward
@@ -153,12 +153,11 @@ def measure_bandwidth(cfg, dtype: torch.dtype, device: torch.device, entries: in
 
 def run_calibrate(model: str, device: str, dtype: str, out: Path, compare_trace: Path | None, gpu_capacity: int,
                   host_capacity: int, policy: str, batch_size: int, max_requests: int | None, report: Path | None,
-                  console: Console) -> CostModel:
+                  console: Console, sort: bool = False, force: bool = False) -> CostModel:
     """Measure, save the cost model, and (with compare_trace) compare simulated and measured speedups."""
     torch_device, torch_dtype = resolve_device(device), parse_dtype(dtype)
     cfg = get_config(model)
-    if out.exists() and out.is_dir():
-        raise MtbenchError(f"-o {out} is a directory; give a JSON file name")
+    check_output_file(out, "--out")
     setup = None
     if compare_trace is not None:
         from mtbench.replay.engine import ReplayOptions
@@ -166,8 +165,8 @@ def run_calibrate(model: str, device: str, dtype: str, out: Path, compare_trace:
 
         setup = ReplaySetup(trace=compare_trace, model=model, dtype=dtype, device=device, cache="tiered",
                             policy=policy, gpu_capacity=gpu_capacity, host_capacity=host_capacity, baseline=True,
-                            options=ReplayOptions(batch_size=batch_size, max_requests=max_requests,
-                                                  warmup=compare_warmup(compare_trace, max_requests)))
+                            sort=sort, options=ReplayOptions(batch_size=batch_size, max_requests=max_requests,
+                                                             warmup=compare_warmup(compare_trace, max_requests, sort)))
         validate_setup(setup)
     small = torch_device.type == "cpu"
     net = build_model(cfg, torch_device, torch_dtype, seed=0)
@@ -187,15 +186,15 @@ def run_calibrate(model: str, device: str, dtype: str, out: Path, compare_trace:
     console.print(table)
     console.print(f"wrote {out}")
     if setup is not None:
-        compare_with_simulator(setup, cost, report, console)
+        compare_with_simulator(setup, cost, report, console, force)
     return cost
 
 
-def compare_warmup(trace_path: Path, max_requests: int | None) -> int:
+def compare_warmup(trace_path: Path, max_requests: int | None, sort: bool = False) -> int:
     """Warm-up requests of the --compare-trace replay: a quarter of the replayed requests."""
     from mtbench.trace import open_trace
 
-    rows = open_trace(trace_path).num_rows
+    rows = open_trace(trace_path, sort=sort).num_rows
     return (rows if max_requests is None else min(rows, max_requests)) // 4
 
 
@@ -215,7 +214,7 @@ def simulate_replay(setup, cost: CostModel, records: pd.DataFrame, label: str) -
 
     cfg = get_config(setup.model)
     options = setup.options
-    trace = open_trace(setup.trace, limits=cfg.limits())
+    trace = open_trace(setup.trace, limits=cfg.limits(), sort=setup.sort)
     columns = trace.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
     if options.max_requests is not None:
         columns = {k: v[: options.max_requests] for k, v in columns.items()}
@@ -266,7 +265,7 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def compare_with_simulator(setup, cost: CostModel, report: Path | None, console: Console) -> dict:
+def compare_with_simulator(setup, cost: CostModel, report: Path | None, console: Console, force: bool = False) -> dict:
     """Replay (tiered + no-cache) and simulate the same trace; print and return the speedup gap."""
     from mtbench.replay.runner import run_replay
 
@@ -302,6 +301,6 @@ def compare_with_simulator(setup, cost: CostModel, report: Path | None, console:
         summary = dict(outcome.summary)
         summary["config"] = {**summary["config"], "cost_model": cost.to_dict()}
         summary["calibration"] = {**comparison, "simulated_row": sim_row}
-        write_report(report, summary, outcome.records, "replay")
+        write_report(report, summary, outcome.records, "replay", force)
         console.print(f"report: {report}")
     return comparison

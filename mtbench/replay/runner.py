@@ -22,10 +22,11 @@ from mtbench.cache.manager import CACHE_MODES, CacheConfig
 from mtbench.cache.sizes import EntrySizer
 from mtbench.cache.layouts import LAYOUT_NAMES
 from mtbench.cache.policies import POLICY_NAMES
-from mtbench.device import resolve_device
+from mtbench.device import check_cache_memory, resolve_device
 from mtbench.errors import MtbenchError
 from mtbench.model import MTGR, MTGRConfig, get_config
 from mtbench.model.config import parse_dtype
+from mtbench.replay.batching import check_batching
 from mtbench.replay.engine import ReplayOptions, RunResult, replay_run
 from mtbench.replay.verify import VerifyResult, verify_samples
 from mtbench.trace import Trace, open_trace
@@ -49,6 +50,7 @@ class ReplaySetup:
     inclusive: bool = True
     baseline: bool = False
     verify: int = 0
+    sort: bool = False  # sort an unsorted trace by ts in memory instead of refusing it
     options: ReplayOptions = ReplayOptions()
 
     def config_dict(self) -> dict:
@@ -60,7 +62,7 @@ class ReplaySetup:
             "baseline": self.baseline, "verify": self.verify, "batch_size": options.batch_size,
             "window": options.window, "max_requests": options.max_requests, "warmup": options.warmup,
             "page_tokens": options.page_tokens, "seed": options.seed, "cuda_graphs": options.cuda_graphs,
-            "load_budget": options.load_budget,
+            "load_budget": options.load_budget, "sort": self.sort,
             "write_back": self.write_back, "inclusive": self.inclusive, "lookahead": not self.sync,
         }
 
@@ -82,10 +84,15 @@ def validate_setup(setup: ReplaySetup) -> tuple[MTGRConfig, Trace, torch.device,
         raise MtbenchError("--verify and --warmup must be >= 0")
     if setup.options.page_tokens < 1:
         raise MtbenchError(f"--page-tokens must be >= 1, got {setup.options.page_tokens}")
-    trace = open_trace(setup.trace, limits=cfg.limits())
-    if trace.num_rows == 0:
-        raise MtbenchError(f"{setup.trace}: the trace has no requests")
+    check_batching(setup.options.batch_size, setup.options.window, setup.options.max_requests)
+    trace = open_trace(setup.trace, limits=cfg.limits(), sort=setup.sort)
+    replayed = min(trace.num_rows, setup.options.max_requests or trace.num_rows)
+    if setup.options.warmup >= replayed:
+        raise MtbenchError(f"--warmup {setup.options.warmup} covers all {replayed} replayed requests, so nothing would "
+                           "be measured; lower --warmup or raise --max-requests")
     _check_capacities(setup, cfg, dtype, trace)
+    check_cache_memory(device, setup.gpu_capacity if setup.cache != "none" or setup.baseline else 0,
+                       setup.host_capacity if setup.cache == "tiered" else 0)
     return cfg, trace, device, dtype
 
 
@@ -149,6 +156,9 @@ def run_replay(setup: ReplaySetup, progress_factory: Callable[[str, int], Callab
         options = replace(setup.options, verify_sample=setup.verify if index == 0 else 0)
         progress = progress_factory(label, total) if progress_factory else None
         results.append(replay_run(model, trace, config, options, label, progress))
+        if results[0].row["requests"] == 0:
+            raise MtbenchError(f"--warmup {setup.options.warmup} covers every batch (the last one starts before request "
+                               f"{setup.options.warmup}), so nothing was measured; lower --warmup")
     verify = verify_samples(model, results[0].samples) if setup.verify else None
     rows = [r.row for r in results]
     add_speedups(rows)

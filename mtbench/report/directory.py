@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 import mtbench
 from mtbench.errors import MtbenchError
-from mtbench.report.writer import INCOMPLETE_MARKER, RECORDS_FILE, SUMMARY_FILE
+from mtbench.paths import ensure_writable
+from mtbench.report.writer import INCOMPLETE_MARKER, RECORDS_FILE, SUMMARY_FILE, default_report_dir
 
 SUMMARY_KEY_ORDER = ("kind", "trace", "model", "dtype", "config", "rows")
 
@@ -50,7 +51,10 @@ class Report:
     def record_columns(self) -> list[str]:
         if self.frame is not None:
             return [str(c) for c in self.frame.columns]
-        return list(pq.read_schema(self.path / RECORDS_FILE).names)
+        try:
+            return list(pq.read_schema(self.path / RECORDS_FILE).names)
+        except (pa.ArrowException, OSError) as err:
+            raise _corrupt_records(self.path, err) from None
 
     def records(self, columns: list[str] | None = None) -> pd.DataFrame:
         """records.parquet (only `columns` that exist, when given)."""
@@ -58,7 +62,15 @@ class Report:
         wanted = available if columns is None else [c for c in columns if c in available]
         if self.frame is not None:
             return self.frame[wanted]
-        return pq.read_table(self.path / RECORDS_FILE, columns=wanted).to_pandas()
+        try:
+            return pq.read_table(self.path / RECORDS_FILE, columns=wanted).to_pandas()
+        except (pa.ArrowException, OSError) as err:
+            raise _corrupt_records(self.path, err) from None
+
+
+def _corrupt_records(path: Path, err: Exception) -> MtbenchError:
+    return MtbenchError(f"{path / RECORDS_FILE}: unreadable or corrupt ({str(err).splitlines()[0]}); rerun the command "
+                        "that wrote the report")
 
 
 def complete_summary(summary: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -108,25 +120,33 @@ def records_table(records: pd.DataFrame) -> pa.Table:
         raise MtbenchError(f"report records cannot be stored as parquet: {err}") from err
 
 
-def validate_out_dir(out_dir: Path | str) -> Path:
-    """Check that `out_dir` may become a report directory; call it before a long run starts.
+def validate_out_dir(out_dir: Path | str | None, force: bool = False, kind: str = "run") -> Path:
+    """Check that `out_dir` may become a report directory; call it before a long run starts. None
+    stands for the default directory of a `kind` run (reports/runs/KIND-TIME), which is checked too.
 
-    Allowed: a path that does not exist, an empty directory, or an earlier complete report directory
-    (replaced). Refused: a file, a `.partial` staging name, or a non-empty directory that is not a report.
+    Allowed: a path that does not exist, an empty directory, or (with `force`, which replaces it) an
+    earlier complete report directory. Refused: a file, a `.partial` staging name, a non-empty directory
+    that is not a report, an existing report without `force`, and a place this process cannot write.
     """
-    out_dir = Path(out_dir)
+    out_dir = default_report_dir(kind) if out_dir is None else Path(out_dir)
     if out_dir.name.endswith(".partial"):
         raise MtbenchError(f"report directory {out_dir}: names ending in .partial are reserved for unfinished runs")
     if out_dir.exists() and not out_dir.is_dir():
         raise MtbenchError(f"report directory {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SUMMARY_FILE).is_file():
         raise MtbenchError(f"report directory {out_dir} exists, is not empty and is not a report; pick another --out")
+    if (out_dir / SUMMARY_FILE).is_file() and not force:
+        raise MtbenchError(f"report directory {out_dir} already holds a report; pass --force to replace it, "
+                           "or pick another --out")
+    ensure_writable(out_dir, "--out")
     return out_dir
 
 
 def load_report(path: Path | str) -> Report:
     """Read a complete report directory; incomplete, missing or malformed ones raise MtbenchError."""
     path = Path(path)
+    if not path.name:  # "." or "/": name the directory itself
+        path = path.resolve()
     staging = path.with_name(path.name + ".partial")
     if path.name.endswith(".partial") or (path / INCOMPLETE_MARKER).exists():
         marker = path / INCOMPLETE_MARKER

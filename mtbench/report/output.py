@@ -9,20 +9,22 @@ import pandas as pd
 
 from mtbench.report.directory import Report, complete_summary, records_table, validate_out_dir
 from mtbench.report.summary import render_markdown
-from mtbench.report.writer import ReportWriter, default_report_dir
+from mtbench.report.writer import ReportWriter
 
 
-def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.DataFrame, kind: str) -> Path:
+def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.DataFrame, kind: str,
+                 force: bool = False) -> Path:
     """Write records.parquet, summary.json, summary.md and plots/*.png atomically; return the directory.
 
     Fills in `kind`, `mtbench_version`, `torch_version` and `created_utc`. Everything is validated
-    (JSON-able summary, parquet-able records, a usable directory) before anything is written.
+    (JSON-able summary, parquet-able records, a usable directory) before anything is written; an
+    existing report at `out_dir` is replaced only with `force`.
     """
     from mtbench.report.plots import draw_plots  # matplotlib only when a report is written
 
     full_summary = complete_summary(summary, kind)
     table = records_table(records)
-    target = default_report_dir(kind) if out_dir is None else validate_out_dir(out_dir)
+    target = validate_out_dir(out_dir, force, kind)
     with ReportWriter(target) as writer:
         writer.write_records(table)
         writer.write_summary(full_summary)

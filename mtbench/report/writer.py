@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mtbench.errors import MtbenchError
+from mtbench.errors import Interrupted, MtbenchError
 
 INCOMPLETE_MARKER = "INCOMPLETE"
 SUMMARY_FILE = "summary.json"
@@ -84,8 +84,11 @@ class ReportWriter:
                 shutil.rmtree(self.final_dir)
             self.staging.rename(self.final_dir)
             return
-        reason = "interrupted (Ctrl-C)" if exc_type is KeyboardInterrupt else f"failed: {exc_type.__name__}: {exc}"
+        interrupted = issubclass(exc_type, (KeyboardInterrupt, Interrupted))
+        reason = "interrupted (Ctrl-C)" if interrupted else f"failed: {exc_type.__name__}: {exc}"
         (self.staging / INCOMPLETE_MARKER).write_text(f"run {reason}\n")
+        if interrupted:
+            exc.partial = self.staging  # type: ignore[union-attr]  # main() says where it is
 
 
 def _json_default(value: Any) -> Any:

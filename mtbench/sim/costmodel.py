@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mtbench.errors import MtbenchError
+from mtbench.paths import write_text_atomic
 
 DESIGN_H2D_GBPS = 52.0
 DESIGN_D2H_GBPS = 52.0
@@ -102,9 +103,7 @@ class CostModel:
             raise MtbenchError(f"--cost-model: {path}: {err}") from None
 
     def save(self, path: Path | str) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return path
+        return write_text_atomic(Path(path), json.dumps(asdict(self), indent=2) + "\n")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

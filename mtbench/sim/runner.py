@@ -21,8 +21,8 @@ from mtbench.errors import MtbenchError
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import Workload
 from mtbench.sim.sweep import SweepPoint, run_sweep
+from mtbench.units import OBJECT_SIZES, format_capacity
 
-OBJECT_SIZES = ("bytes", "unit")
 HOST_LAYOUT = "hybrid"  # the replay's default host layout
 
 
@@ -41,6 +41,8 @@ class PolicySweep:
     object_size: str = "bytes"
     cost_model: Path | None = None
     workers: int | None = None
+    max_requests: int | None = None
+    sort: bool = False
 
 
 @dataclass
@@ -68,8 +70,10 @@ def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[
     kv_dtype = parse_dtype(setup.dtype)
     sizer = EntrySizer(cfg.kv_bytes_per_token(kv_dtype), setup.page_tokens, unit)
     cost = CostModel.load(setup.cost_model) if setup.cost_model is not None else CostModel.default(cfg, setup.dtype)
-    opened = open_trace(setup.trace, limits=cfg.limits())
+    opened = open_trace(setup.trace, limits=cfg.limits(), sort=setup.sort)
     columns = opened.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
+    if setup.max_requests is not None:
+        columns = {name: values[:setup.max_requests] for name, values in columns.items()}
     workload = Workload.from_columns(columns, sizer)
     workload.check_static_lengths(setup.settings.append)
     _check_capacities(workload, setup.gpu_capacities, setup.host_capacity, unit)
@@ -90,6 +94,7 @@ def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[
                    "lookahead": settings.lookahead, "batch_size": settings.batch_size, "append": settings.append,
                    "host_layout": HOST_LAYOUT if geometry is not None else None,
                    "cost_model": cost.to_dict(), "workers": setup.workers,
+                   "max_requests": setup.max_requests, "sort": setup.sort,
                    "entry_bytes_mean": float(workload.size.mean()) if workload.n_requests else 0.0},
         "rows": rows,
     }
@@ -101,7 +106,7 @@ def _check_capacities(workload: Workload, gpu_capacities: tuple[int, ...], host_
     if unit:
         for capacity in gpu_capacities:
             if capacity < 1:
-                raise MtbenchError(f"--gpu-cache {capacity} entries cannot hold one entry")
+                raise MtbenchError(f"--gpu-cache {format_capacity(capacity, 'unit')} cannot hold one entry")
         return
     largest = int(workload.size.max(initial=1))
     tokens = int(workload.n_static.max(initial=1))

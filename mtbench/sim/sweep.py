@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -24,6 +25,25 @@ _WORKER_STATE: dict = {}
 
 def _init_worker(workload: Workload, settings: TierSettings, cost: CostModel, host_geometry: HostGeometry | None) -> None:
     _WORKER_STATE.update(workload=workload, settings=settings, cost=cost, host_geometry=host_geometry)
+
+
+def _init_pool_worker(*state: object) -> None:
+    """A pool worker leaves Ctrl-C to the parent, which terminates the pool (no worker tracebacks)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(*state)  # type: ignore[arg-type]
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Kill the workers now (they ignore SIGINT and would finish their points first) and cancel the
+    queued points, without waiting. Before Python 3.14 (`terminate_workers`) the executor has no public
+    way to do it; its process table is read before `shutdown`, which clears it."""
+    terminate = getattr(pool, "terminate_workers", None)
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _run_point(point: SweepPoint) -> dict:
@@ -49,11 +69,15 @@ def run_sweep(workload: Workload, points: Sequence[SweepPoint], settings: TierSe
             if on_done:
                 on_done(rows[index])
         return rows  # type: ignore[return-value]
-    with ProcessPoolExecutor(workers, initializer=_init_worker,
-                             initargs=(workload, settings, cost, host_geometry)) as pool:
+    pool = ProcessPoolExecutor(workers, initializer=_init_pool_worker, initargs=(workload, settings, cost, host_geometry))
+    try:
         futures = {pool.submit(_run_point, point): index for index, point in enumerate(points)}
         for future in as_completed(futures):
             rows[futures[future]] = future.result()
             if on_done:
                 on_done(rows[futures[future]])
+    except BaseException:  # Ctrl-C (mtbench.errors.Interrupted), a failed point: stop, do not wait
+        _terminate(pool)
+        raise
+    pool.shutdown()
     return rows  # type: ignore[return-value]

@@ -11,13 +11,16 @@ Cache traces (one key per access) go through `cache_to_requests`:
                 (little-endian records: uint32 time, uint64 obj_id, uint32 size, int64 next_access_vtime)
     arc         ARC .lis lines "start n_blocks ignore req_no", each expanded into pages start..start+n-1
 Any input may be zstd-compressed (name ending in .zst). Every reader is vectorised (pandas C parser
-or numpy), and every bad value raises MtbenchError naming the file, the column and the line.
+or numpy), and every bad value (not a number, negative, a date before 1970 or not a date) raises
+MtbenchError naming the file, the column and the line, or, with `drop_invalid`, drops the row and
+counts it (`Events.dropped`, `Accesses.dropped`). MovieLens files may come with or without a header
+line, separated by commas, tabs or '::'.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,32 +64,61 @@ def _read_table(path: Path, data: bytes, **kwargs: object) -> pd.DataFrame:
         raise MtbenchError(f"{path}: cannot parse ({str(err).splitlines()[0]})") from None
 
 
-def numeric_column(frame: pd.DataFrame, column: str, path: Path, first_line: int, integer: bool = True) -> np.ndarray:
-    """frame[column] as int64/float64; a missing column or a non-numeric/empty cell -> MtbenchError.
+@dataclass
+class RowCheck:
+    """The rows of one table that failed a value check so far.
 
-    `first_line` is the 1-based file line of the frame's first row (2 with a header line).
+    Without `drop` the first failure raises MtbenchError (file, column, line, what is wrong); with it,
+    failing rows are marked in `bad` and dropped together at the end (`keep`). `first_line` is the
+    1-based file line of the table's first row (2 after a header line).
     """
+
+    path: Path
+    first_line: int
+    rows: int
+    drop: bool = False
+    bad: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bad = np.zeros(self.rows, dtype=bool)
+
+    def fail(self, mask: np.ndarray, column: str, describe) -> None:
+        """Rows where `mask` is True are invalid; `describe(row)` says why (for the error message)."""
+        if not mask.any():
+            return
+        if not self.drop:
+            row = int(np.flatnonzero(mask)[0])
+            raise MtbenchError(f"{self.path}: column '{column}', line {self.first_line + row}: {describe(row)} "
+                               "(--drop-invalid skips such rows)")
+        self.bad |= mask
+
+    @property
+    def keep(self) -> np.ndarray:
+        return ~self.bad
+
+    @property
+    def dropped(self) -> int:
+        return int(self.bad.sum())
+
+
+def numeric_column(frame: pd.DataFrame, column: str, check: RowCheck, integer: bool = True) -> np.ndarray:
+    """frame[column] as int64/float64; a missing column -> MtbenchError; a non-numeric/empty cell or (with
+    `integer`) a fraction fails `check` (such rows hold 0)."""
     if column not in frame.columns:
-        raise MtbenchError(f"{path}: column '{column}' is missing (has: {', '.join(map(str, frame.columns))})")
-    values = pd.to_numeric(frame[column], errors="coerce")
-    bad = values.isna().to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise MtbenchError(f"{path}: column '{column}', line {first_line + row}: not a number: {frame[column].iloc[row]!r}")
-    array = values.to_numpy(dtype=np.float64)
+        raise MtbenchError(f"{check.path}: column '{column}' is missing (has: {', '.join(map(str, frame.columns))})")
+    array = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    missing = np.isnan(array)
+    check.fail(missing, column, lambda row: f"not a number: {frame[column].iloc[row]!r}")
+    array = np.where(missing, 0.0, array)
     if integer:
         fractional = array != np.floor(array)
-        if fractional.any():
-            row = int(np.flatnonzero(fractional)[0])
-            raise MtbenchError(f"{path}: column '{column}', line {first_line + row}: not an integer: {array[row]}")
-        return array.astype(np.int64)
+        check.fail(fractional, column, lambda row: f"not an integer: {array[row]}")
+        return np.where(fractional, 0, array).astype(np.int64)
     return array
 
 
-def _non_negative(values: np.ndarray, column: str, path: Path, first_line: int) -> np.ndarray:
-    if (values < 0).any():
-        row = int(np.flatnonzero(values < 0)[0])
-        raise MtbenchError(f"{path}: column '{column}', line {first_line + row}: negative value {values[row]}")
+def _non_negative(values: np.ndarray, column: str, check: RowCheck, what: str = "negative value") -> np.ndarray:
+    check.fail(values < 0, column, lambda row: f"{what} {values[row]}")
     return values
 
 
@@ -95,64 +127,81 @@ def _non_negative(values: np.ndarray, column: str, path: Path, first_line: int) 
 
 @dataclass(frozen=True)
 class Events:
-    """Parallel arrays of one behaviour log: user_id, ts_unix (seconds), item_id."""
+    """Parallel arrays of one behaviour log: user_id, ts_unix (seconds), item_id; `dropped` invalid rows."""
 
     user_id: np.ndarray
     ts_unix: np.ndarray
     item_id: np.ndarray
+    dropped: int = 0
+
+    @classmethod
+    def checked(cls, user: np.ndarray, ts: np.ndarray, item: np.ndarray, check: RowCheck) -> "Events":
+        keep = check.keep
+        return cls(user[keep], ts[keep], item[keep], check.dropped)
 
 
-def read_movielens(path: Path) -> Events:
+BEFORE_1970 = "a time before 1970 (negative Unix time)"
+MOVIELENS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
+
+
+def _movielens_separator(first_line: bytes) -> bytes:
+    return next((sep for sep in (b"::", b"\t") if sep in first_line), b",")
+
+
+def read_movielens(path: Path, drop_invalid: bool = False) -> Events:
+    """ratings.csv, u.data or ratings.dat: fields user, item, rating, time (Unix seconds) in this order,
+    separated by ',', tab or '::', with or without a header line (any names: the order decides)."""
     data = read_bytes(path)
-    first = data.split(b"\n", 1)[0]
-    if first.lower().startswith(b"userid"):
-        frame, first_line, names = _read_table(path, data), 2, ("userId", "movieId", "timestamp")
-    else:
-        if b"::" in first:
-            data = data.replace(b"::", b"\t")
-        cols = ["userId", "movieId", "rating", "timestamp"]
-        frame, first_line, names = _read_table(path, data, sep="\t", header=None, names=cols), 1, tuple(cols[:2] + cols[3:])
-    user, item, ts = (numeric_column(frame, c, path, first_line, integer=(c != "timestamp")) for c in names)
-    return Events(_non_negative(user, names[0], path, first_line), _non_negative(ts, "timestamp", path, first_line), item)
+    first = data.split(b"\n", 1)[0].strip()
+    separator = _movielens_separator(first)
+    if separator == b"::":
+        data, separator = data.replace(b"::", b"\t"), b"\t"
+    first_field = first.replace(b"::", b"\t").split(separator, 1)[0].strip()
+    header = not first_field.lstrip(b"-").replace(b".", b"", 1).isdigit()
+    frame = _read_table(path, data, sep=separator.decode(), header=None, names=list(MOVIELENS_COLUMNS),
+                        skiprows=1 if header else 0, usecols=range(4))
+    check = RowCheck(path, 2 if header else 1, len(frame), drop_invalid)
+    user = _non_negative(numeric_column(frame, "userId", check), "userId", check)
+    item = numeric_column(frame, "movieId", check)
+    ts = _non_negative(numeric_column(frame, "timestamp", check, integer=False), "timestamp", check, BEFORE_1970)
+    return Events.checked(user, ts, item, check)
 
 
-def read_lastfm(path: Path) -> Events:
+def read_lastfm(path: Path, drop_invalid: bool = False) -> Events:
     frame = _read_table(path, read_bytes(path), sep="\t")
-    user = _non_negative(numeric_column(frame, "userID", path, 2), "userID", path, 2)
-    item = numeric_column(frame, "artistID", path, 2)
+    check = RowCheck(path, 2, len(frame), drop_invalid)
+    user = _non_negative(numeric_column(frame, "userID", check), "userID", check)
+    item = numeric_column(frame, "artistID", check)
     if "timestamp" in frame.columns:
-        ts = _non_negative(numeric_column(frame, "timestamp", path, 2, integer=False), "timestamp", path, 2) / 1000.0
-        return Events(user, ts, item)
-    parts = {c: numeric_column(frame, c, path, 2) for c in ("year", "month", "day")}
+        ts = _non_negative(numeric_column(frame, "timestamp", check, integer=False), "timestamp", check, BEFORE_1970) / 1000.0
+        return Events.checked(user, ts, item, check)
+    parts = {c: numeric_column(frame, c, check) for c in ("year", "month", "day")}
     dates = pd.to_datetime(pd.DataFrame(parts), errors="coerce", utc=True)
-    bad = dates.isna().to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise MtbenchError(f"{path}: columns 'day','month','year', line {row + 2}: not a valid date "
-                           f"({parts['day'][row]}/{parts['month'][row]}/{parts['year'][row]})")
-    ts = (dates - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
-    return Events(user, _non_negative(ts, "year", path, 2), item)
+    check.fail(dates.isna().to_numpy(), "day/month/year",
+               lambda row: f"not a valid date ({parts['day'][row]}/{parts['month'][row]}/{parts['year'][row]})")
+    ts = (dates - pd.Timestamp(0, tz="UTC")).dt.total_seconds().fillna(0.0).to_numpy(dtype=np.float64)
+    check.fail(ts < 0, "year", lambda row: f"a date before 1970 ({parts['day'][row]}/{parts['month'][row]}/{parts['year'][row]})")
+    return Events.checked(user, ts, item, check)
 
 
-def read_kuairand(path: Path, clicks_only: bool = False) -> Events:
+def read_kuairand(path: Path, clicks_only: bool = False, drop_invalid: bool = False) -> Events:
     frame = _read_table(path, read_bytes(path))
-    user = _non_negative(numeric_column(frame, "user_id", path, 2), "user_id", path, 2)
-    item = numeric_column(frame, "video_id", path, 2)
+    check = RowCheck(path, 2, len(frame), drop_invalid)
+    user = _non_negative(numeric_column(frame, "user_id", check), "user_id", check)
+    item = numeric_column(frame, "video_id", check)
     if "time_ms" in frame.columns:
-        ts = _non_negative(numeric_column(frame, "time_ms", path, 2, integer=False), "time_ms", path, 2) / 1000.0
+        ts = _non_negative(numeric_column(frame, "time_ms", check, integer=False), "time_ms", check, BEFORE_1970) / 1000.0
     else:
-        date_text = numeric_column(frame, "date", path, 2).astype(str)
+        date_text = numeric_column(frame, "date", check).astype(str)
         date = pd.to_datetime(pd.Series(date_text), format="%Y%m%d", errors="coerce", utc=True)
-        if date.isna().any():
-            row = int(np.flatnonzero(date.isna().to_numpy())[0])
-            raise MtbenchError(f"{path}: column 'date', line {row + 2}: not a YYYYMMDD date: {date_text[row]}")
-        hourmin = _non_negative(numeric_column(frame, "hourmin", path, 2), "hourmin", path, 2)
-        midnight = (date - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+        check.fail(date.isna().to_numpy(), "date", lambda row: f"not a YYYYMMDD date: {date_text[row]}")
+        hourmin = _non_negative(numeric_column(frame, "hourmin", check), "hourmin", check)
+        midnight = (date - pd.Timestamp(0, tz="UTC")).dt.total_seconds().fillna(0.0).to_numpy(dtype=np.float64)
+        check.fail(midnight < 0, "date", lambda row: f"a date before 1970: {date_text[row]}")
         ts = midnight + (hourmin // 100) * 3600.0 + (hourmin % 100) * 60.0
-    if clicks_only:
-        keep = numeric_column(frame, "is_click", path, 2) == 1
-        user, ts, item = user[keep], ts[keep], item[keep]
-    return Events(user, ts, item)
+    clicked = numeric_column(frame, "is_click", check) == 1 if clicks_only else True
+    keep = check.keep & clicked
+    return Events(user[keep], ts[keep], item[keep], check.dropped)
 
 
 # ---------------------------------------------------------------- cache traces -> (key, time | None, size | None)
@@ -160,11 +209,13 @@ def read_kuairand(path: Path, clicks_only: bool = False) -> Events:
 
 @dataclass(frozen=True)
 class Accesses:
-    """Parallel arrays of one cache trace: key (int64 or uint64), time (float seconds or None), size (bytes or None)."""
+    """Parallel arrays of one cache trace: key (int64 or uint64), time (float seconds or None), size (bytes
+    or None); `dropped` invalid rows."""
 
     key: np.ndarray
     time: np.ndarray | None
     size: np.ndarray | None
+    dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,26 +251,29 @@ def _pick(frame: pd.DataFrame, spec: str | None, auto: tuple[str, ...], path: Pa
     return found
 
 
-def read_libcachesim_csv(path: Path, columns: CsvColumns) -> Accesses:
+def read_libcachesim_csv(path: Path, columns: CsvColumns, drop_invalid: bool = False) -> Accesses:
     header = 0 if columns.header else None
     frame = _read_table(path, read_bytes(path), sep=columns.delimiter, header=header)
     if header is None:
         frame.columns = [str(i + 1) for i in range(frame.shape[1])]
-    first_line = 2 if columns.header else 1
+    check = RowCheck(path, 2 if columns.header else 1, len(frame), drop_invalid)
     key_col = _pick(frame, columns.key, _AUTO_KEYS, path, "key", required=True)
     time_col = _pick(frame, columns.time, ("time", "timestamp", "ts"), path, "time", required=False)
     size_col = _pick(frame, columns.size, ("size", "obj_size", "obj-size"), path, "size", required=False)
-    key = _non_negative(numeric_column(frame, key_col, path, first_line), key_col, path, first_line)
+    key = _non_negative(numeric_column(frame, key_col, check), key_col, check)
     time = None
     if time_col is not None:
-        time = numeric_column(frame, time_col, path, first_line, integer=False) * columns.time_unit
-    size = None if size_col is None else _non_negative(numeric_column(frame, size_col, path, first_line), size_col, path, first_line)
-    return Accesses(key, time, size)
+        time = numeric_column(frame, time_col, check, integer=False) * columns.time_unit
+    size = None if size_col is None else _non_negative(numeric_column(frame, size_col, check), size_col, check)
+    keep = check.keep
+    return Accesses(key[keep], None if time is None else time[keep], None if size is None else size[keep], check.dropped)
 
 
-def read_libcachesim_txt(path: Path) -> Accesses:
+def read_libcachesim_txt(path: Path, drop_invalid: bool = False) -> Accesses:
     frame = _read_table(path, read_bytes(path), header=None, names=["key"], sep=",")
-    return Accesses(_non_negative(numeric_column(frame, "key", path, 1), "key", path, 1), None, None)
+    check = RowCheck(path, 1, len(frame), drop_invalid)
+    key = _non_negative(numeric_column(frame, "key", check), "key", check)
+    return Accesses(key[check.keep], None, None, check.dropped)
 
 
 def read_oracle_general(path: Path, time_unit: float = 1.0) -> Accesses:
@@ -233,14 +287,14 @@ def read_oracle_general(path: Path, time_unit: float = 1.0) -> Accesses:
     return Accesses(records["obj_id"].copy(), records["time"].astype(np.float64) * time_unit, records["size"].astype(np.int64))
 
 
-def read_libcachesim(path: Path, columns: CsvColumns, fmt: str = "auto") -> Accesses:
+def read_libcachesim(path: Path, columns: CsvColumns, fmt: str = "auto", drop_invalid: bool = False) -> Accesses:
     """fmt: csv | txt | oracleGeneral | auto (by name: *.bin or *oracleGeneral* -> binary, *.txt -> text)."""
     name = _base_name(path)
     if fmt == "auto":
         fmt = "oracleGeneral" if name.endswith(".bin") or "oracleGeneral" in name else "txt" if name.endswith(".txt") else "csv"
     readers = {
-        "csv": lambda: read_libcachesim_csv(path, columns),
-        "txt": lambda: read_libcachesim_txt(path),
+        "csv": lambda: read_libcachesim_csv(path, columns, drop_invalid),
+        "txt": lambda: read_libcachesim_txt(path, drop_invalid),
         "oracleGeneral": lambda: read_oracle_general(path, columns.time_unit),
     }
     if fmt not in readers:
@@ -329,19 +383,23 @@ def cache_to_requests(accesses: Accesses, rules: CacheRules) -> tuple[dict[str, 
     return {name: values[order] for name, values in columns.items()}, counters
 
 
-def read_events(kind: str, path: Path, clicks_only: bool = False) -> Events:
-    readers = {"movielens": read_movielens, "lastfm": read_lastfm, "kuairand": lambda p: read_kuairand(p, clicks_only)}
-    return readers[kind](path)
+def read_events(kind: str, path: Path, clicks_only: bool = False, drop_invalid: bool = False) -> Events:
+    readers = {"movielens": read_movielens, "lastfm": read_lastfm,
+               "kuairand": lambda p, drop: read_kuairand(p, clicks_only, drop)}
+    return readers[kind](path, drop_invalid)
 
 
-def import_events(kind: str, paths: list[Path], rules: EventRules, clicks_only: bool = False) -> tuple[dict[str, np.ndarray], float]:
-    """Read one or more behaviour logs of `kind` and turn them into trace columns; return (columns, epoch_unix)."""
-    logs = [read_events(kind, path, clicks_only) for path in paths]
+def import_events(kind: str, paths: list[Path], rules: EventRules, clicks_only: bool = False, drop_invalid: bool = False
+                  ) -> tuple[dict[str, np.ndarray], float, int]:
+    """Read one or more behaviour logs of `kind` and turn them into trace columns; return (columns,
+    epoch_unix, invalid rows dropped)."""
+    logs = [read_events(kind, path, clicks_only, drop_invalid) for path in paths]
     user = np.concatenate([log.user_id for log in logs])
     ts = np.concatenate([log.ts_unix for log in logs])
     item = np.concatenate([log.item_id for log in logs])
-    return events_to_requests(user, ts, rules, extra={"item_id": item})
+    columns, epoch = events_to_requests(user, ts, rules, extra={"item_id": item})
+    return columns, epoch, sum(log.dropped for log in logs)
 
 
-def import_accesses(kind: str, path: Path, columns: CsvColumns, fmt: str = "auto") -> Accesses:
-    return read_arc(path) if kind == "arc" else read_libcachesim(path, columns, fmt)
+def import_accesses(kind: str, path: Path, columns: CsvColumns, fmt: str = "auto", drop_invalid: bool = False) -> Accesses:
+    return read_arc(path) if kind == "arc" else read_libcachesim(path, columns, fmt, drop_invalid)

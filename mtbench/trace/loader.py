@@ -9,8 +9,9 @@ Schema (see traces/README.md): required columns
     n_rt            int64    R tokens (>= 0)
     n_cand          int64    candidates (>= 1)
 
-Any other column is optional and kept. Integer columns may be stored in any integer width and `ts`
-in any float or integer type: readers always get the canonical dtypes above.
+Any other column is optional and kept. Integer columns may be stored in any integer width (or as
+floats holding whole numbers, as pandas stores an integer column with a missing value) and `ts` in any
+float or integer type: readers always get the canonical dtypes above.
 
 Invariant of a `Trace`: every row of the file passed validation when `open_trace` returned, so
 consumers never re-check values. Validation streams the file batch by batch, so a trace larger than
@@ -67,8 +68,8 @@ def _check_schema(path: Path, schema: pa.Schema) -> None:
         if column == TS:
             ok = pa.types.is_floating(arrow_type) or pa.types.is_integer(arrow_type)
             expected = "float64"
-        else:
-            ok = pa.types.is_integer(arrow_type) and arrow_type != pa.uint64()
+        else:  # floats are checked value by value: NaN and fractions are reported by row
+            ok = (pa.types.is_integer(arrow_type) and arrow_type != pa.uint64()) or pa.types.is_floating(arrow_type)
             expected = "int64"
         if not ok:
             raise _bad(path, f"column '{column}' has dtype {arrow_type}, expected {expected}")
@@ -102,6 +103,8 @@ class _StreamValidator:
         if column == TS:
             self._check_ts(values.astype(np.float64, copy=False))
             return
+        if values.dtype.kind == "f":
+            self._check_whole(column, values)
         minimum = MIN_VALUES[column]
         if (values < minimum).any():
             row = _first_true(values < minimum)
@@ -110,6 +113,15 @@ class _StreamValidator:
         if maximum is not None and (values > maximum).any():
             row = _first_true(values > maximum)
             raise self._error(column, row, f"value {values[row]} exceeds the model limit {maximum}")
+
+    def _check_whole(self, column: str, values: np.ndarray) -> None:
+        """An integer column stored as floats: every value a whole number that fits int64."""
+        if np.isnan(values).any():
+            raise self._error(column, _first_true(np.isnan(values)), "is NaN (an integer column needs a whole number)")
+        bad = ~np.isfinite(values) | (values != np.floor(values)) | (np.abs(values) >= 2.0**63)
+        if bad.any():
+            row = _first_true(bad)
+            raise self._error(column, row, f"value {values[row]} is not an integer")
 
     def _check_ts(self, ts: np.ndarray) -> None:
         if np.isnan(ts).any():

@@ -26,6 +26,7 @@ from statistics import NormalDist
 import numpy as np
 
 from mtbench.errors import MtbenchError
+from mtbench.paths import write_text_atomic
 
 PROFILE_FORMAT = "mtbench-trace-profile/1"
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 201)
@@ -116,11 +117,7 @@ class TraceProfile:
         )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        temp.replace(path)
-        return path
+        return write_text_atomic(Path(path), json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "TraceProfile":

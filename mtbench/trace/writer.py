@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtbench.errors import MtbenchError
+from mtbench.paths import check_output_file
 from mtbench.trace.loader import CANONICAL_DTYPES, REQUIRED_COLUMNS
 
 ROW_GROUP_ROWS = 1_000_000
@@ -45,7 +46,7 @@ class TraceWriter:
     """
 
     def __init__(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        self.path = Path(path)
+        self.path = check_output_file(Path(path))
         self.metadata = {k.encode(): v.encode() for k, v in (metadata or {}).items()}
         self.temp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self._writer: pq.ParquetWriter | None = None
@@ -72,9 +73,10 @@ class TraceWriter:
         if exc_type is None and self.rows_written == 0:
             self.temp_path.unlink(missing_ok=True)
             raise MtbenchError(f"{self.path}: no rows to write (the input produced an empty trace)")
-        if exc_type is None:
-            os.replace(self.temp_path, self.path)
-        else:
+        try:
+            if exc_type is None:
+                os.replace(self.temp_path, self.path)
+        finally:
             self.temp_path.unlink(missing_ok=True)
 
 
