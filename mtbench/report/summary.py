@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mtbench.errors import MtbenchError
+from mtbench.units import format_capacity
 
 MISSING = "—"
 SHA256_CHUNK_BYTES = 1 << 20
@@ -87,9 +88,22 @@ def trace_fingerprint(path: Path | str, rows: int) -> dict[str, Any]:
 
 
 def capacity_unit(summary: dict[str, Any]) -> str:
-    """"bytes" (default) or "entries" (unit mode), read from summary["config"]["capacity_unit"]."""
-    unit = (summary.get("config") or {}).get("capacity_unit", "bytes")
+    """"bytes" (default) or "entries" (unit mode): summary["config"]["capacity_unit"], or the
+    compare-policies option `object_size` ("unit": every entry counts 1, capacities are entry counts)."""
+    config = summary.get("config") or {}
+    unit = config.get("capacity_unit", config.get("object_size", "bytes"))
     return "entries" if str(unit).lower() in ("entries", "entry", "units", "unit") else "bytes"
+
+
+def format_capacity_cell(value: float, unit: str, with_unit: bool = False) -> str:
+    """A tier capacity: '256 MiB', '1.5 GiB' (bytes, three significant digits, no trailing zeros), or an
+    entry count ('10,000'; '10,000 entries' with `with_unit`, for labels that stand alone)."""
+    if unit == "entries":
+        return format_capacity(value, "unit") if with_unit else f"{int(value):,}"
+    number, _, suffix = format_bytes_precise(value).partition(" ")
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return f"{number} {suffix}"
 
 
 def format_bytes_precise(n: float) -> str:
@@ -118,8 +132,8 @@ def format_value(column: str, value: Any, unit: str = "bytes") -> str:
     if not isinstance(value, (int, float)):
         return json.dumps(value, default=str)
     if _is_bytes_column(column):
-        if column in CAPACITY_COLUMNS and unit == "entries":
-            return f"{int(value):,}"
+        if column in CAPACITY_COLUMNS:
+            return format_capacity_cell(value, unit)
         return format_bytes_precise(value)
     if "speedup" in column:
         return f"{value:.2f}x"
