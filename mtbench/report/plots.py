@@ -104,7 +104,7 @@ def _capacity_text(reports: list[Report], column: str) -> str:
             continue
         show = (lambda v, unit=unit: format_capacity_cell(v, unit, with_unit=True))
         texts.append(show(values[0]) if len(values) == 1 else f"{show(values[0])}–{show(values[-1])} ({len(values)} sizes)")
-    return ", ".join(texts) or "n/a"
+    return ", ".join(texts) or "none"
 
 
 def plot_context(reports: list[Report]) -> str:
@@ -147,8 +147,9 @@ def _byte_scale(max_value: float) -> tuple[float, str]:
 def plot_hit_ratio_curve(reports: list[Report]) -> Figure:
     """Hit ratio (and GPU-tier hit ratio when a host tier exists) vs GPU capacity per policy.
 
-    Each policy has its own open marker, so curves that coincide stay visible; OPT (the bound) is a
-    wide translucent black dashed band drawn beneath them. The log x axis labels every capacity.
+    Each policy has its own open marker, of one of three sizes so that equal points nest: curves that
+    coincide stay visible. OPT (the bound) is a wide translucent black dashed band drawn beneath them.
+    The log x axis labels every capacity.
     """
     units = {capacity_unit(r.summary) for r in reports}
     if len(units) > 1:
@@ -188,9 +189,10 @@ def plot_hit_ratio_curve(reports: list[Report]) -> Figure:
             if is_opt(policy):
                 ax.plot(x, y, color=policy_color(policy), label=label, linestyle="--", linewidth=5, alpha=0.3, zorder=1)
             else:
+                marker = markers[policy_key(policy)]
                 ax.plot(x, y, color=policy_color(policy), label=label, linewidth=1.4, zorder=2,
-                        linestyle=LINESTYLES[variant % len(LINESTYLES)], marker=MARKERS[markers[policy_key(policy)] % len(MARKERS)],
-                        markersize=7, fillstyle="none", markeredgewidth=1.3)
+                        linestyle=LINESTYLES[variant % len(LINESTYLES)], marker=MARKERS[marker % len(MARKERS)],
+                        markersize=11 - 2 * (marker % 3), fillstyle="none", markeredgewidth=1.3)  # nested when equal
         ax.set_xscale("log")
         _fixed_ticks(ax.xaxis, capacities, lambda v: format_capacity_cell(v, unit, with_unit=True))
         ax.set_xlabel("GPU capacity (log scale)")

@@ -240,6 +240,8 @@ def table_specs(summary: dict[str, Any], width: int | None = None) -> list[Table
     groups = column_groups(summary)
     keys = _key_columns(groups)
     for index, group in enumerate(groups):
+        if index == 0 and unit == "entries":
+            group = ColumnGroup(f"{group.title} (capacities in entries: unit object size)", group.columns)
         row_wise = TableSpec(group.title, list(group.columns),
                              [[format_value(c, row.get(c), unit) for c in group.columns] for row in rows])
         if transposed:
