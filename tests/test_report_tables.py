@@ -22,7 +22,6 @@ from mtbench.report.compare import compare_reports, print_comparison
 from mtbench.report.summary import capacity_unit, format_value, table_specs, wrap_header
 
 WIDTH = 80
-MISS_COLUMNS = ("misses_compulsory", "misses_stale", "misses_capacity", "cold_miss_limit", "unlimited_host_gain")
 
 
 def render(print_fn: Any, *args: Any, width: int = WIDTH) -> str:

@@ -182,7 +182,7 @@ def plot_hit_ratio_curve(reports: list[Report]) -> Figure:
             rows = sorted((r for r in rows if isinstance(r.get(column), (int, float))), key=lambda r: r["gpu_capacity"])
             variant = variants[(source, run, host)]
             label = " ".join(p for p in (policy + (" (bound)" if is_opt(policy) else ""), run,
-                                         f"host {format_bytes_precise(host)}" if host is not None else "",
+                                         f"host {format_capacity_cell(host, unit, with_unit=True)}" if host is not None else "",
                                          f"[{source}]" if len(reports) > 1 else "") if p)
             x = [float(r["gpu_capacity"]) for r in rows]
             y = [100 * r[column] for r in rows]

@@ -284,8 +284,8 @@ def _narrow_headers(spec: TableSpec) -> TableSpec:
     HEADER_SLACK longer stays whole), in two lines at most where its pieces allow."""
     header = []
     for index, name in enumerate(spec.header):
-        cells = max((len(cells[index]) for cells in spec.body), default=0)
-        header.append(wrap_header(name, max(cells, -(-len(name) // 2), min(len(name), cells + HEADER_SLACK))))
+        cell_width = max((len(cells[index]) for cells in spec.body), default=0)
+        header.append(wrap_header(name, max(cell_width, -(-len(name) // 2), min(len(name), cell_width + HEADER_SLACK))))
     return TableSpec(spec.title, header, spec.body, spec.transposed)
 
 
