@@ -45,7 +45,7 @@ def test_plot_one_directory_writes_into_its_plots_folder(report_dirs: dict[str, 
     output = _invoke("plot", str(report_dirs["rp_a"]))
     assert {p.name for p in target.glob("*.png")} == {"outcomes.png", "latency_cdf.png", "speedup.png",
                                                       "bytes_moved.png", "occupancy.png"}
-    assert "miss_ratio_curve" in output and "skipped" in output
+    assert "hit_ratio_curve" in output and "skipped" in output
 
 
 def test_plot_several_directories_overlaid(report_dirs: dict[str, Path], tmp_path: Path) -> None:

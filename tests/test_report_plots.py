@@ -11,7 +11,7 @@ import pytest
 from test_report_synthetic import compare_policies_result, replay_result
 
 from mtbench.report import Report
-from mtbench.report.plots import PLOTS, POLICY_COLORS, draw_plots, plot_miss_ratio_curve, plot_outcomes, policy_color
+from mtbench.report.plots import PLOTS, POLICY_COLORS, draw_plots, plot_hit_ratio_curve, plot_outcomes, policy_color
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MIN_PNG_BYTES = 10_000
@@ -49,7 +49,7 @@ def test_only_supported_plots_are_drawn(tmp_path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     single_capacity = _compare_report(seed, capacities_gib=[float(rng.choice([1, 4, 16]))])
     outcome = draw_plots([single_capacity], tmp_path / "one")
-    assert "two or more GPU capacities" in outcome.skipped["miss_ratio_curve"]
+    assert "two or more GPU capacities" in outcome.skipped["hit_ratio_curve"]
     assert "latency_ms" in outcome.skipped["latency_cdf"] and "gpu_used_bytes" in outcome.skipped["occupancy"]
     assert set(outcome.written) == {"outcomes.png", "speedup.png", "bytes_moved.png"}
     replay_gpu_only = _replay_report(seed, requests=200, runs={"none": (None, "none", False), "gpu": ("lru", "gpu", False)})
@@ -63,7 +63,7 @@ def test_only_supported_plots_are_drawn(tmp_path: Path, seed: int) -> None:
 def test_policy_keeps_its_colour_in_every_plot() -> None:
     reports = [_compare_report(3, policies=["lru", "S3-FIFO", "sieve", "opt"], capacities_gib=[1, 4, 16])]
     curve_colours = {line.get_label().split()[0]: line.get_color()
-                     for ax in plot_miss_ratio_curve(reports).axes for line in ax.get_lines()}
+                     for ax in plot_hit_ratio_curve(reports).axes for line in ax.get_lines()}
     assert curve_colours["lru"] == POLICY_COLORS["lru"] and curve_colours["S3-FIFO"] == POLICY_COLORS["s3fifo"]
     assert curve_colours["opt"] == POLICY_COLORS["opt"]
     tick_colours = {tick.get_text(): tick.get_color() for ax in plot_outcomes(reports).axes for tick in ax.get_xticklabels()}
@@ -72,7 +72,7 @@ def test_policy_keeps_its_colour_in_every_plot() -> None:
 
 
 def test_opt_is_drawn_dashed_as_the_bound() -> None:
-    figure = plot_miss_ratio_curve([_compare_report(4, capacities_gib=[1, 2, 4])])
+    figure = plot_hit_ratio_curve([_compare_report(4, capacities_gib=[1, 2, 4])])
     styles = {line.get_label().split()[0]: line.get_linestyle() for line in figure.axes[0].get_lines()}
     assert styles["opt"] == "--" and all(style != "--" for name, style in styles.items() if name != "opt")
 

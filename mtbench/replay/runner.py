@@ -26,10 +26,15 @@ from mtbench.device import check_cache_memory, resolve_device
 from mtbench.errors import MtbenchError
 from mtbench.model import MTGR, MTGRConfig, get_config
 from mtbench.model.config import parse_dtype
+from mtbench.model.pooled import graphs_supported
 from mtbench.replay.batching import check_batching
 from mtbench.replay.engine import ReplayOptions, RunResult, replay_run
 from mtbench.replay.verify import VerifyResult, verify_samples
 from mtbench.trace import Trace, open_trace
+
+
+CPU_TIMING_NOTE = ("timings measured on the CPU say nothing about GPU speed (latencies, throughput and "
+                   "speedups here check the pipeline, not its performance)")
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,11 @@ def run_replay(setup: ReplaySetup, progress_factory: Callable[[str, int], Callab
         rows[0]["verify_checked"] = verify.checked
     summary = {"kind": "replay", "trace": trace.fingerprint(), "model": setup.model, "dtype": setup.dtype,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "config": setup.config_dict(), "rows": rows}
+               # the effective value: graphs are captured only where the forward can be graphed (CUDA)
+               "config": {**setup.config_dict(), "cuda_graphs": setup.options.cuda_graphs and graphs_supported(model)},
+               "rows": rows}
+    if device.type == "cpu":
+        summary["note"] = CPU_TIMING_NOTE
     records = pd.concat([r.records for r in results], ignore_index=True)
     return ReplayOutcome(summary, records, verify)
 

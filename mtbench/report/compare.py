@@ -3,6 +3,8 @@
 Rows are matched by (policy, GPU capacity, host capacity) for compare-policies and by run for
 replay; each matched pair yields, per numeric field, A, B, the delta B - A and the relative change.
 Rows found in one report only are listed as such. Cells use `format_value`, like every other table.
+In the terminal each matched row is a heading line followed by its fields, so the table keeps to
+five narrow columns (80-column terminals); markdown keeps one line per (row, field).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mtbench.errors import MtbenchError
@@ -73,7 +76,9 @@ def compare_reports(a: Report, b: Report) -> Comparison:
         raise MtbenchError(f"cannot compare a {a.kind} report ({a.path}) with a {b.kind} report ({b.path})")
     keys_a = {_row_key(a, row): row for row in a.summary.get("rows") or []}
     keys_b = {_row_key(b, row): row for row in b.summary.get("rows") or []}
-    pairs = [RowPair(_key_label(a, key), keys_a.get(key), keys_b.get(key)) for key in dict.fromkeys([*keys_a, *keys_b])]
+    keys = list(dict.fromkeys([*keys_a, *keys_b]))
+    with_host = a.kind != "replay" and len({key[2] for key in keys}) > 1
+    pairs = [RowPair(_key_label(a, key, with_host), keys_a.get(key), keys_b.get(key)) for key in keys]
     config_a, config_b = a.summary.get("config") or {}, b.summary.get("config") or {}
     differences = {k: (config_a.get(k), config_b.get(k)) for k in dict.fromkeys([*config_a, *config_b])
                    if config_a.get(k) != config_b.get(k)}
@@ -86,11 +91,13 @@ def _row_key(report: Report, row: dict[str, Any]) -> tuple[Any, ...]:
     return (policy_key(row_policy(row)), row.get("gpu_capacity"), row.get("host_capacity"))
 
 
-def _key_label(report: Report, key: tuple[Any, ...]) -> str:
+def _key_label(report: Report, key: tuple[Any, ...], with_host: bool) -> str:
+    """'run', or 'policy @ GPU capacity' (with '/ host capacity' when rows differ in it)."""
     if report.kind == "replay":
         return str(key[0])
     unit = capacity_unit(report.summary)
-    return f"{key[0]} @ {format_value('gpu_capacity', key[1], unit)} / host {format_value('host_capacity', key[2], unit)}"
+    host = f" / host {format_value('host_capacity', key[2], unit)}" if with_host else ""
+    return f"{key[0]} @ {format_value('gpu_capacity', key[1], unit)}{host}"
 
 
 def delta_cells(field: str, a: Any, b: Any, unit: str) -> list[str]:
@@ -143,15 +150,19 @@ def print_comparison(comparison: Comparison, console: Console, all_fields: bool 
         header.add_row(label, text)
     console.print(header)
     table = Table(title="Rows matched by " + ", ".join(_KEY_FIELDS.get(comparison.kind, ("row",))), title_justify="left")
-    for name in _COLUMNS:
-        table.add_column(name, justify="left" if name in ("row", "field") else "right", overflow="fold",
-                         no_wrap=name == "field")
+    table.add_column("row\n  field", justify="left", overflow="fold")
+    for name in _COLUMNS[2:]:
+        table.add_column(name, justify="right", overflow="fold")
     previous = None
-    for label, *cells in comparison_rows(comparison, all_fields):
-        if previous is not None and label != previous:
-            table.add_section()
-        table.add_row(label if label != previous else "", *cells)
-        previous = label
+    for label, field, *cells in comparison_rows(comparison, all_fields):
+        unmatched = not any(cells)  # "only in A/B" stands on the row's heading line
+        if label != previous:
+            if previous is not None:
+                table.add_section()
+            table.add_row(f"[bold]{escape(label)}[/]", field if unmatched else "", "", "", "")
+            previous = label
+        if not unmatched:
+            table.add_row(f"  {field}", *cells)
     console.print(table)
 
 

@@ -5,10 +5,15 @@ reason when the data cannot support it (e.g. one GPU capacity only, no per-reque
 are built without pyplot (Agg canvas, no display, no global state). Colours: a policy always gets the
 colour of `policy_color`; in per-outcome plots the outcome colours of `OUTCOME_COLORS` are used.
 Several reports (or runs of one replay) are told apart by line style, marker and hatch.
+
+Every figure keeps its text readable and inside the image: the title names the data (wrapped to the
+figure width), the legend sits below the axes, log axes label every tick they show (each capacity of a
+capacity axis), and replay records of warm-up requests are left out as in the tables.
 """
 
 from __future__ import annotations
 
+import textwrap
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,10 +24,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
 from mtbench.report.directory import Report
-from mtbench.report.summary import capacity_unit, format_bytes_precise
+from mtbench.report.summary import capacity_unit, format_bytes_precise, format_capacity_cell
 
 POLICY_COLORS = {
     "lru": "#1f77b4", "fifo": "#ff7f0e", "lfu": "#2ca02c", "arc": "#d62728", "s3fifo": "#9467bd",
@@ -38,10 +43,13 @@ OUTCOME_COLORS = {"gpu_hit": "#1b9e77", "host_hit": "#7570b3", "host_recompute":
 OUTCOME_LABELS = {"gpu_hit": "GPU hit", "host_hit": "host hit", "host_recompute": "host, recomputed", "miss": "miss",
                   "stale": "stale"}
 LINESTYLES = ("-", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
-MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo")
 MAX_LINE_POINTS = 2000
 DPI = 110
+TITLE_FONT_SIZE = 10
+TITLE_CHARS_PER_INCH = 12  # characters of a 10 pt title line that fit in one inch of figure width
+LEGEND_CHARS_PER_INCH = 14  # the same for 8 pt legend labels (plus the handle), to choose legend columns
 
 
 class PlotSkipped(Exception):
@@ -94,22 +102,27 @@ def _capacity_text(reports: list[Report], column: str) -> str:
                          for row in _rows(r) if isinstance(row.get(column), (int, float)) and row[column] > 0})
         if not values:
             continue
-        show = (lambda v: format_bytes_precise(v)) if unit == "bytes" else (lambda v: f"{int(v):,} entries")
+        show = (lambda v, unit=unit: format_capacity_cell(v, unit, with_unit=True))
         texts.append(show(values[0]) if len(values) == 1 else f"{show(values[0])}–{show(values[-1])} ({len(values)} sizes)")
-    return ", ".join(texts) or "n/a"
+    return ", ".join(texts) or "none"
 
 
 def plot_context(reports: list[Report]) -> str:
     """'trace X · model M (dtype) · GPU a–b · host c': the title line naming the data of every plot."""
     traces = sorted({Path(str((r.summary.get("trace") or {}).get("path", "?"))).name for r in reports})
     models = sorted({f"{r.summary.get('model', '?')} ({r.summary.get('dtype', '?')})" for r in reports})
+    devices = sorted({str(r.summary["device"]) for r in reports if r.summary.get("device")})
     return (f"trace {', '.join(traces)} · model {', '.join(models)} · "
-            f"GPU {_capacity_text(reports, 'gpu_capacity')} · host {_capacity_text(reports, 'host_capacity')}")
+            + (f"device {', '.join(devices)} · " if devices else "")
+            + f"GPU {_capacity_text(reports, 'gpu_capacity')} · host {_capacity_text(reports, 'host_capacity')}")
 
 
 def _figure(reports: list[Report], what: str, size: tuple[float, float]) -> Figure:
+    """A figure whose title (what, then the data context) is wrapped to fit its width."""
     figure = Figure(figsize=size, dpi=DPI, layout="constrained")
-    figure.suptitle(f"{what}\n{plot_context(reports)}", fontsize=10)
+    width = max(20, int(size[0] * TITLE_CHARS_PER_INCH))
+    lines = [*textwrap.wrap(what, width), *textwrap.wrap(plot_context(reports), width, break_on_hyphens=False)]
+    figure.suptitle("\n".join(lines), fontsize=TITLE_FONT_SIZE)
     return figure
 
 
@@ -120,7 +133,7 @@ def _source_prefix(reports: list[Report], report: Report) -> str:
 def _capacity(report: Report, value: Any) -> str:
     if not isinstance(value, (int, float)):
         return "?"
-    return format_bytes_precise(value) if capacity_unit(report.summary) == "bytes" else f"{int(value):,}"
+    return format_capacity_cell(value, capacity_unit(report.summary), with_unit=True)
 
 
 def _byte_scale(max_value: float) -> tuple[float, str]:
@@ -130,9 +143,14 @@ def _byte_scale(max_value: float) -> tuple[float, str]:
     return 1.0, "B"
 
 
-# -------------------------------------------------------------------------------------- miss-ratio curve
-def plot_miss_ratio_curve(reports: list[Report]) -> Figure:
-    """Hit ratio (and GPU-tier hit ratio when a host tier exists) vs GPU capacity per policy; OPT dashed."""
+# --------------------------------------------------------------------------------------- hit-ratio curve
+def plot_hit_ratio_curve(reports: list[Report]) -> Figure:
+    """Hit ratio (and GPU-tier hit ratio when a host tier exists) vs GPU capacity per policy.
+
+    Each policy has its own open marker, of one of three sizes so that equal points nest: curves that
+    coincide stay visible. OPT (the bound) is a wide translucent black dashed band drawn beneath them.
+    The log x axis labels every capacity.
+    """
     units = {capacity_unit(r.summary) for r in reports}
     if len(units) > 1:
         raise PlotSkipped("the reports mix byte and entry capacities")
@@ -151,47 +169,85 @@ def plot_miss_ratio_curve(reports: list[Report]) -> Figure:
         raise PlotSkipped("needs hit ratios at two or more GPU capacities for one policy")
     with_host = any(r.get("host_hits") for rows in curves.values() for r in rows)
     unit = units.pop()
-    figure = _figure(reports, "Hit ratio vs GPU capacity", (10.5 if with_host else 7.5, 5))
+    figure = _figure(reports, "Hit ratio vs GPU capacity (higher is better)", (10.5 if with_host else 7.5, 5.5))
     axes = figure.subplots(1, 2 if with_host else 1, squeeze=False)[0]
     panels = [("hit_ratio", "hit ratio, GPU + host (%)" if with_host else "hit ratio (%)")]
     if with_host:
         panels.append(("gpu_hit_ratio", "GPU-tier hit ratio (%)"))
     variants = _variant_index([(k[0], k[2], k[3]) for k in curves])
+    markers = _variant_index(sorted({policy_key(k[1]) for k in curves if not is_opt(k[1])}))
+    capacities = sorted({float(r["gpu_capacity"]) for rows in curves.values() for r in rows})
     for ax, (column, ylabel) in zip(axes, panels):
         for (source, policy, run, host), rows in sorted(curves.items(), key=lambda kv: (is_opt(kv[0][1]), kv[0])):
             rows = sorted((r for r in rows if isinstance(r.get(column), (int, float))), key=lambda r: r["gpu_capacity"])
             variant = variants[(source, run, host)]
-            x = np.array([r["gpu_capacity"] for r in rows], dtype=float) / (1024**3 if unit == "bytes" else 1)
             label = " ".join(p for p in (policy + (" (bound)" if is_opt(policy) else ""), run,
-                                         f"host {format_bytes_precise(host)}" if host is not None else "",
+                                         f"host {format_capacity_cell(host, unit, with_unit=True)}" if host is not None else "",
                                          f"[{source}]" if len(reports) > 1 else "") if p)
-            ax.plot(x, [100 * r[column] for r in rows], color=policy_color(policy), label=label,
-                    linestyle="--" if is_opt(policy) else LINESTYLES[variant % len(LINESTYLES)],
-                    marker=MARKERS[variant % len(MARKERS)], markersize=4, linewidth=1.6)
-        _plain_log_x(ax)
-        ax.set_xlabel("GPU capacity (GiB, log scale)" if unit == "bytes" else "GPU capacity (entries, log scale)")
+            x = [float(r["gpu_capacity"]) for r in rows]
+            y = [100 * r[column] for r in rows]
+            if is_opt(policy):
+                ax.plot(x, y, color=policy_color(policy), label=label, linestyle="--", linewidth=5, alpha=0.3, zorder=1)
+            else:
+                marker = markers[policy_key(policy)]
+                ax.plot(x, y, color=policy_color(policy), label=label, linewidth=1.4, zorder=2,
+                        linestyle=LINESTYLES[variant % len(LINESTYLES)], marker=MARKERS[marker % len(MARKERS)],
+                        markersize=11 - 2 * (marker % 3), fillstyle="none", markeredgewidth=1.3)  # nested when equal
+        ax.set_xscale("log")
+        _fixed_ticks(ax.xaxis, capacities, lambda v: format_capacity_cell(v, unit, with_unit=True))
+        ax.set_xlabel("GPU capacity (log scale)")
         ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 100)
-        ax.grid(True, which="both", alpha=0.3)
-    _legend_outside(figure, axes)
+        ax.set_ylim(_ratio_floor(curves, column), 100)
+        ax.grid(True, alpha=0.3)
+    _legend_below(figure, axes)
     return figure
 
 
-def _legend_outside(figure: Figure, axes: Any, title: str | None = None) -> None:
-    """One legend for the figure, right of the axes, each label once."""
+def _ratio_floor(curves: dict[Any, list[dict[str, Any]]], column: str) -> float:
+    """The y axis starts at the ten below the lowest ratio (%), so close curves are told apart."""
+    lowest = min((100 * r[column] for rows in curves.values() for r in rows if _is_number(r.get(column))), default=0.0)
+    return max(0.0, 10 * np.floor(lowest / 10 - 0.25))
+
+
+def _legend_below(figure: Figure, axes: Any, title: str | None = None) -> None:
+    """One legend for the figure, below the axes (clear of the title), each label once."""
     entries: dict[str, Any] = {}
     for ax in np.atleast_1d(axes):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
-    figure.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=8, title=title,
-                  ncols=1 if len(entries) <= 24 else 2)
+    if not entries:
+        return
+    widest = max(len(label) for label in entries) + 4
+    columns = max(1, min(len(entries), int(figure.get_figwidth() * LEGEND_CHARS_PER_INCH) // widest))
+    figure.legend(list(entries.values()), list(entries), loc="outside lower center", fontsize=8, title=title,
+                  title_fontsize=8, ncols=columns)
 
 
-def _plain_log_x(ax: Axes) -> None:
-    """Log x axis with plain tick labels (0.5, 1, 2, 10) instead of powers of ten."""
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+def _fixed_ticks(axis: Any, values: list[float], text: Callable[[float], str], max_labels: int = 12) -> None:
+    """Ticks (and labels) exactly at `values`, thinned evenly to at most `max_labels`; no minor labels."""
+    values = sorted(set(values))
+    if len(values) > max_labels:
+        values = [values[i] for i in np.unique(np.linspace(0, len(values) - 1, max_labels).round().astype(int))]
+    axis.set_major_locator(FixedLocator(values))
+    axis.set_ticklabels([text(v) for v in values])
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+    if len(values) > 6:
+        for label in axis.get_ticklabels():
+            label.set_rotation(30)
+            label.set_horizontalalignment("right")
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """Ticks for a log axis over [low, high]: the sparsest of 1, 1-3, 1-2-5 or 1..9 steps per decade
+    that gives four ticks, so a range of many decades is not crowded and one within a decade is labelled."""
+    low, high = max(low, 1e-9), max(high, low * 1.0001)
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    for steps in ((1,), (1, 3), (1, 2, 5), tuple(range(1, 10))):
+        ticks = [m * 10.0**d for d in decades for m in steps if low <= m * 10.0**d <= high]
+        if len(ticks) >= 4:
+            return ticks
+    return ticks if len(ticks) >= 2 else [low, high]
 
 
 def _variant_index(keys: list[Any]) -> dict[Any, int]:
@@ -235,9 +291,10 @@ def plot_outcomes(reports: list[Report]) -> Figure:
         ax.set_title(key[3], fontsize=9)
     for ax in axes[len(shown):]:
         ax.set_visible(False)
-    for ax in axes[::columns]:
+    for ax in axes[: len(shown)]:
         ax.set_ylabel("share of requests (%)")
-    _legend_outside(figure, axes[: len(shown)], title="outcome")
+        ax.tick_params(labelleft=True)  # shared y, but every panel is read on its own
+    _legend_below(figure, axes[: len(shown)], title="outcome")
     return figure
 
 
@@ -267,12 +324,15 @@ def _outcome_panel(ax: Axes, bars: list[tuple[str, str, dict[str, Any]]]) -> Non
 
 # ----------------------------------------------------------------------------------------- latency CDF
 def plot_latency_cdf(reports: list[Report]) -> Figure:
-    """Per run: the CDF of request latency, one line per outcome plus all requests (replay records)."""
+    """Per run: the CDF of request latency, one line per outcome plus all requests (replay records).
+
+    Warm-up requests are left out, as in the tables; every panel shares one labelled log x range.
+    """
     panels: list[tuple[str, pd.DataFrame]] = []
     for report in reports:
         if not {"latency_ms", "outcome"} <= set(report.record_columns()):
             continue
-        frame = report.records(["run", "latency_ms", "outcome"])
+        frame = _timed_records(report, ["run", "latency_ms", "outcome"])
         frame = frame[np.isfinite(frame["latency_ms"].to_numpy(dtype=float))]
         runs = frame.groupby("run", sort=False) if "run" in frame else [("", frame)]
         panels += [(_source_prefix(reports, report) + str(run), part) for run, part in runs if len(part)]
@@ -280,8 +340,12 @@ def plot_latency_cdf(reports: list[Report]) -> Figure:
         raise PlotSkipped("needs per-request records with latency_ms and outcome (replay reports)")
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
-    figure = _figure(reports, "Request latency CDF by outcome", (4.2 * columns + 1, 3.4 * rows + 1))
+    figure = _figure(reports, "Request latency CDF by outcome (warm-up excluded)", (4.2 * columns + 1, 3.4 * rows + 1))
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    positive = np.concatenate([part["latency_ms"].to_numpy(dtype=float) for _, part in panels])
+    positive = positive[positive > 0]
+    low, high = (float(positive.min()), float(positive.max())) if len(positive) else (0.1, 1.0)
+    ticks = _log_ticks(low, high)
     for ax, (title, part) in zip(axes, panels):
         _cdf_line(ax, part["latency_ms"].to_numpy(dtype=float), f"all ({len(part):,})", "black", "--")
         for outcome, color in OUTCOME_COLORS.items():
@@ -289,15 +353,25 @@ def plot_latency_cdf(reports: list[Report]) -> Figure:
             if len(latencies):
                 _cdf_line(ax, latencies, f"{OUTCOME_LABELS[outcome]} ({len(latencies):,})", color, "-")
         ax.set_title(title, fontsize=9)
-        _plain_log_x(ax)
+        ax.set_xscale("log")
+        ax.set_xlim(min(low, ticks[0]) / 1.1, max(high, ticks[-1]) * 1.1)
+        _fixed_ticks(ax.xaxis, ticks, lambda v: f"{v:g}")
         ax.set_xlabel("latency (ms, log scale)")
         ax.set_ylabel("fraction of requests ≤ latency")
         ax.set_ylim(0, 1.01)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     return figure
+
+
+def _timed_records(report: Report, columns: list[str]) -> pd.DataFrame:
+    """The report's records without the warm-up requests (which no table counts either)."""
+    frame = report.records([*columns, "warmup"])
+    if "warmup" not in frame:
+        return frame
+    return frame.loc[~frame["warmup"].to_numpy(dtype=bool), [c for c in columns if c in frame]]
 
 
 def _cdf_line(ax: Axes, values: np.ndarray, label: str, color: str, linestyle: str) -> None:
@@ -359,7 +433,7 @@ def _bar_panels(figure: Figure, panels: list[tuple[list[Bar], str, str, str]], c
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-    _legend_outside(figure, axes[: len(panels)])
+    _legend_below(figure, axes[: len(panels)])
     return list(axes[: len(panels)])
 
 
@@ -387,13 +461,19 @@ def plot_speedup(reports: list[Report]) -> Figure:
     return figure
 
 
+def _has_host_tier(row: dict[str, Any]) -> bool:
+    """Rows of runs without a host tier (replay's none and gpu baselines) move no bytes between tiers."""
+    return not (row.get("host_capacity") == 0 or row.get("cache_mode") in ("none", "gpu"))
+
+
 def plot_bytes_moved(reports: list[Report]) -> Figure:
     """Bytes copied host->GPU (loads) and GPU->host (write-backs): per policy and capacity, or per run."""
     panels = []
     for column, direction in (("bytes_h2d", "host → GPU (loads)"), ("bytes_d2h", "GPU → host (write-backs)")):
         for replay, xlabel in ((False, "GPU capacity"), (True, "replay report")):
             bars = [_bar(reports, r, row, r.label if replay else _capacity(r, row.get("gpu_capacity")), float(row[column]))
-                    for r in reports if (r.kind == "replay") == replay for row in _rows(r) if _is_number(row.get(column))]
+                    for r in reports if (r.kind == "replay") == replay for row in _rows(r)
+                    if _is_number(row.get(column)) and _has_host_tier(row)]
             if bars:
                 panels.append((bars, direction, xlabel, ""))
     if not any(b.value for bars, *_ in panels for b in bars):
@@ -408,13 +488,17 @@ def plot_bytes_moved(reports: list[Report]) -> Figure:
 
 # ------------------------------------------------------------------------------------------- occupancy
 def plot_occupancy(reports: list[Report]) -> Figure:
-    """GPU and host tier bytes in use over the trace, per run (replay records), capacities dashed."""
+    """GPU and host tier bytes in use over the trace, per run (replay records), capacities dashed.
+
+    Runs that keep nothing in a tier are left out of its panel; runs whose lines coincide stay visible
+    through their markers (spread along the line); the warm-up requests are shaded.
+    """
     lines: list[tuple[Report, str, str, pd.DataFrame]] = []
     for report in reports:
         columns = set(report.record_columns())
         if "gpu_used_bytes" not in columns:
             continue
-        frame = report.records(["run", "ts", "request_index", "gpu_used_bytes", "host_used_bytes"])
+        frame = report.records(["run", "ts", "request_index", "gpu_used_bytes", "host_used_bytes", "warmup"])
         policies = {str(row.get("run")): row_policy(row) for row in _rows(report)}
         for run, part in (frame.groupby("run", sort=False) if "run" in frame else [("", frame)]):
             if len(part):
@@ -432,22 +516,43 @@ def plot_occupancy(reports: list[Report]) -> Figure:
     axes = figure.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
     variants = _variant_index([label for _, label, _, _ in lines])
     use_ts = all("ts" in part for *_, part in lines)
+    warmup_end = _warmup_end(lines, use_ts)
+    start = min(float(part["ts" if use_ts else "request_index"].min()) for *_, part in lines) \
+        if (use_ts or all("request_index" in part for *_, part in lines)) else 0.0
     for ax, (column, capacity_column, title) in zip(axes, panels):
         for report, label, policy, part in lines:
+            used = part[column].fillna(0).to_numpy(dtype=float) if column in part else np.zeros(len(part))
+            if not used.any():
+                continue
             x = part["ts" if use_ts else "request_index"].to_numpy(dtype=float) if (use_ts or "request_index" in part) \
                 else np.arange(len(part), dtype=float)
-            x, y = _binned_max(x, part[column].fillna(0).to_numpy(dtype=float) / scale)
-            ax.plot(x, y, color=policy_color(policy), linestyle=LINESTYLES[variants[label] % len(LINESTYLES)],
-                    label=label, linewidth=1.3)
+            x, y = _binned_max(x, used / scale)
+            variant = variants[label]
+            ax.plot(x, y, color=policy_color(policy), linestyle=LINESTYLES[variant % len(LINESTYLES)], label=label,
+                    linewidth=1.3, marker=MARKERS[variant % len(MARKERS)], fillstyle="none", markersize=6,
+                    markevery=(variant * max(1, len(x) // (8 * len(lines))), max(1, len(x) // 8)))
         for value in sorted({c for c in _capacity_values(lines, capacity_column)}):
             ax.axhline(value / scale, color="#555555", linestyle="--", linewidth=1,
-                       label=f"{title} capacity {format_bytes_precise(value)}")
+                       label=f"{title} capacity {format_capacity_cell(value, 'bytes')}")
+        if warmup_end is not None:
+            ax.axvspan(start, warmup_end, color="#dddddd", alpha=0.6, zorder=0,
+                       label="warm-up (not in the tables)")
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(f"bytes in use ({unit})")
+        ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    axes[-1].set_xlabel("trace time (s)" if use_ts else "request index")
-    _legend_outside(figure, axes)
+        ax.tick_params(labelbottom=True)  # shared x, but every panel is read on its own
+        ax.set_xlabel("trace time (s)" if use_ts else "request index")
+    _legend_below(figure, axes)
     return figure
+
+
+def _warmup_end(lines: list[tuple[Report, str, str, pd.DataFrame]], use_ts: bool) -> float | None:
+    """Where on the x axis the first timed (non warm-up) request of any run is, if there was a warm-up."""
+    ends = [float(part.loc[~part["warmup"].to_numpy(dtype=bool), "ts" if use_ts else "request_index"].min())
+            for *_, part in lines if "warmup" in part and part["warmup"].any() and not part["warmup"].all()
+            and (use_ts or "request_index" in part)]
+    return min(ends) if ends else None
 
 
 def _capacity_values(lines: list[tuple[Report, str, str, pd.DataFrame]], column: str) -> set[float]:
@@ -465,7 +570,7 @@ def _binned_max(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ driver
 PLOTS: dict[str, Callable[[list[Report]], Figure]] = {
-    "miss_ratio_curve": plot_miss_ratio_curve,
+    "hit_ratio_curve": plot_hit_ratio_curve,
     "outcomes": plot_outcomes,
     "latency_cdf": plot_latency_cdf,
     "speedup": plot_speedup,

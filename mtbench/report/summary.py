@@ -6,6 +6,10 @@ groups (outcomes, cost, latency, ...) so a table fits a terminal; each group rep
 that identify a row. Every field of every row appears in exactly one group (unknown fields go to
 "Other fields"), and every cell is produced by `format_value`, so the terminal, the markdown and
 summary.json carry the same numbers.
+
+In a terminal narrower than a group's table, its headers wrap after underscores and, if that is not
+enough, the group is cut into several tables of its columns (each repeating the key columns), so no
+cell is ever folded or cut: `fit_to_width`.
 """
 
 from __future__ import annotations
@@ -18,42 +22,50 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mtbench.errors import MtbenchError
+from mtbench.units import format_capacity
 
 MISSING = "—"
 SHA256_CHUNK_BYTES = 1 << 20
 
 CAPACITY_COLUMNS = ("gpu_capacity", "host_capacity")
 TRANSPOSE_MAX_ROWS = 6
-_GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {
+HEADER_SLACK = 2  # terminal columns a header may add to its cells' width before it is wrapped
+MISS_CAUSES = ("Why requests missed", ["misses_compulsory", "misses_stale", "misses_capacity", "unlimited_host_gain"])
+_GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {  # a group shows only the fields some row has
     "compare-policies": [
         ("Request outcomes", ["requests", "gpu_hits", "host_hits", "misses", "stale"]),
-        ("Hit ratios and estimated cost", ["hit_ratio", "gpu_hit_ratio", "token_hit_ratio",
+        ("Hit ratios and estimated cost", ["hit_ratio", "cold_miss_limit", "gpu_hit_ratio", "token_hit_ratio",
                                            "est_ms_per_request", "est_speedup"]),
-        ("Traffic between tiers", ["bytes_h2d", "bytes_d2h", "gpu_evictions", "host_evictions"]),
-        ("Why requests missed", ["misses_compulsory", "misses_stale", "misses_capacity", "cold_miss_limit",
-                                 "unlimited_host_gain"]),
+        MISS_CAUSES,
+        ("Traffic between tiers", ["bytes_h2d", "bytes_d2h", "gpu_evictions", "host_evictions",
+                                   "est_transfer_exposed_ms"]),
     ],
     "replay": [
         ("Setup and outcomes", ["policy", "cache_mode", "layout", "sync", "requests", "gpu_hits", "host_hits",
-                                "misses", "stale", "hit_ratio", "gpu_hit_ratio", "token_hit_ratio"]),
-        ("Latency and throughput", ["p50_ms", "p99_ms", "batch_p50_ms", "batch_p99_ms", "requests_per_s",
+                                "host_recomputes", "misses", "stale", "hit_ratio", "cold_miss_limit", "lookup_hit_ratio",
+                                "gpu_hit_ratio", "token_hit_ratio"]),
+        MISS_CAUSES,
+        ("Latency and throughput", ["p50_ms", "p99_ms", "gpu_hit_p50_ms", "host_hit_p50_ms", "miss_p50_ms",
+                                    "batch_p50_ms", "batch_p99_ms", "ms_per_request", "measured_ms", "requests_per_s",
                                     "candidates_per_s", "est_ms_per_request"]),
-        ("Time breakdown and transfers", ["compute_ms", "transfer_wait_ms", "bookkeeping_ms",
-                                          "pipeline_efficiency", "bytes_h2d", "bytes_d2h", "h2d_GBps",
-                                          "d2h_GBps", "gpu_evictions", "host_evictions",
-                                          "transfer_fallbacks", "host_fragmentation"]),
+        ("Time breakdown and transfers", ["compute_ms", "transfer_wait_ms", "bookkeeping_ms", "forward_host_ms",
+                                          "pipeline_efficiency", "bytes_h2d", "bytes_d2h", "h2d_GBps", "d2h_GBps",
+                                          "gpu_evictions", "host_evictions"]),
+        ("Fallbacks, memory and graphs", ["transfer_fallbacks", "writeback_failures", "gpu_admission_failures",
+                                          "host_admission_failures", "host_fragmentation", "scratch_bytes",
+                                          "device_mallocs", "graph_captures", "graphed_batches"]),
         ("Speedups and checks", ["speedup_vs_none", "speedup_vs_gpu", "speedup_vs_sync", "est_speedup",
                                  "verify_max_rel_err"]),
-        ("Why requests missed", ["misses_compulsory", "misses_stale", "misses_capacity", "cold_miss_limit",
-                                 "unlimited_host_gain"]),
     ],
 }
-_IDENTITY_COLUMN_BY_KIND = {"compare-policies": "policy", "replay": "run"}
+# Row identity: the first column always opens every table, the others only when they differ between rows.
+_IDENTITY_COLUMNS_BY_KIND = {"compare-policies": ("policy", *CAPACITY_COLUMNS), "replay": ("run",)}
 _TEXT_COLUMNS = ("policy", "run", "cache_mode", "layout", "sync")
-_HEADER_FIELDS = ("kind", "trace", "model", "dtype", "config", "rows")
+_HEADER_FIELDS = ("kind", "trace", "model", "dtype", "config", "rows", "note")  # note: a caveat line of its own
 _VERSION_FIELDS = ("mtbench_version", "torch_version", "created_utc")
 
 
@@ -91,9 +103,22 @@ def trace_fingerprint(path: Path | str, rows: int) -> dict[str, Any]:
 
 
 def capacity_unit(summary: dict[str, Any]) -> str:
-    """"bytes" (default) or "entries" (unit mode), read from summary["config"]["capacity_unit"]."""
-    unit = (summary.get("config") or {}).get("capacity_unit", "bytes")
+    """"bytes" (default) or "entries" (unit mode): summary["config"]["capacity_unit"], or the
+    compare-policies option `object_size` ("unit": every entry counts 1, capacities are entry counts)."""
+    config = summary.get("config") or {}
+    unit = config.get("capacity_unit", config.get("object_size", "bytes"))
     return "entries" if str(unit).lower() in ("entries", "entry", "units", "unit") else "bytes"
+
+
+def format_capacity_cell(value: float, unit: str, with_unit: bool = False) -> str:
+    """A tier capacity: '256 MiB', '1.5 GiB' (bytes, three significant digits, no trailing zeros), or an
+    entry count ('10,000'; '10,000 entries' with `with_unit`, for labels that stand alone)."""
+    if unit == "entries":
+        return format_capacity(value, "unit") if with_unit else f"{int(value):,}"
+    number, _, suffix = format_bytes_precise(value).partition(" ")
+    if "." in number:
+        number = number.rstrip("0").rstrip(".")
+    return f"{number} {suffix}"
 
 
 def format_bytes_precise(n: float) -> str:
@@ -122,8 +147,8 @@ def format_value(column: str, value: Any, unit: str = "bytes") -> str:
     if not isinstance(value, (int, float)):
         return json.dumps(value, default=str)
     if _is_bytes_column(column):
-        if column in CAPACITY_COLUMNS and unit == "entries":
-            return f"{int(value):,}"
+        if column in CAPACITY_COLUMNS:
+            return format_capacity_cell(value, unit)
         return format_bytes_precise(value)
     if "speedup" in column:
         return f"{value:.2f}x"
@@ -154,15 +179,15 @@ def _format_significant(value: float, digits: int) -> str:
 def column_groups(summary: dict[str, Any]) -> list[ColumnGroup]:
     """The tables to show for this summary; only columns that occur in some row are kept.
 
-    Key columns (policy or run, plus each capacity that differs between rows) open every group; a
-    capacity that is the same in every row is shown once, in the first group.
+    Key columns (policy, plus each capacity that differs between rows; or the replay run) open every
+    group; the other capacities are shown once, in the first group.
     """
     rows: list[dict[str, Any]] = summary.get("rows") or []
     present = list(dict.fromkeys(name for row in rows for name in row))
     kind = summary.get("kind", "")
-    identity = _IDENTITY_COLUMN_BY_KIND.get(kind)
-    keys = [identity] if identity in present else []
-    keys += [c for c in CAPACITY_COLUMNS if c in present and len({_hashable(r.get(c)) for r in rows}) > 1]
+    identity = _IDENTITY_COLUMNS_BY_KIND.get(kind, ())
+    keys = [c for i, c in enumerate(identity) if c in present
+            and (i == 0 or len({_hashable(r.get(c)) for r in rows}) > 1)]
     constant = [c for c in CAPACITY_COLUMNS if c in present and c not in keys]
     groups: list[ColumnGroup] = []
     placed = set(keys)
@@ -202,8 +227,11 @@ def row_labels(summary: dict[str, Any]) -> list[str]:
     return [f"{label} #{i}" if label in duplicated else label for i, label in enumerate(labels)]
 
 
-def table_specs(summary: dict[str, Any]) -> list[TableSpec]:
-    """Every result table of the summary as text cells; summaries of few rows are transposed."""
+def table_specs(summary: dict[str, Any], width: int | None = None) -> list[TableSpec]:
+    """Every result table of the summary as text cells; summaries of few rows are transposed.
+
+    With a `width` (terminal columns) every table fits it: see `fit_to_width`.
+    """
     rows = summary.get("rows") or []
     unit = capacity_unit(summary)
     specs = []
@@ -212,15 +240,89 @@ def table_specs(summary: dict[str, Any]) -> list[TableSpec]:
     groups = column_groups(summary)
     keys = _key_columns(groups)
     for index, group in enumerate(groups):
+        if index == 0 and unit == "entries":
+            group = ColumnGroup(f"{group.title} (capacities in entries: unit object size)", group.columns)
+        row_wise = TableSpec(group.title, list(group.columns),
+                             [[format_value(c, row.get(c), unit) for c in group.columns] for row in rows])
         if transposed:
             # runs name the header cells; the other key fields are shown once, in the first table
             columns = [c for c in group.columns if c != "run" and (index == 0 or c not in keys)]
             body = [[column, *(format_value(column, row.get(column), unit) for row in rows)] for column in columns]
-            specs.append(TableSpec(group.title, ["field", *labels], body, transposed=True))
+            spec = TableSpec(group.title, ["field", *labels], body, transposed=True)
+            if width is None or table_width(spec.header, spec.body) <= width:
+                specs.append(spec)
+                continue
+        if width is None:
+            specs.append(row_wise)
         else:
-            body = [[format_value(c, row.get(c), unit) for c in group.columns] for row in rows]
-            specs.append(TableSpec(group.title, list(group.columns), body))
+            specs += fit_to_width(row_wise, len([c for c in group.columns if c in keys]), width)
     return specs
+
+
+def table_width(header: list[str], body: list[list[str]]) -> int:
+    """Terminal columns a rich table (box, one space of padding) needs without folding any line."""
+    widths = [max(len(line) for line in name.split("\n")) for name in header]
+    for cells in body:
+        widths = [max(w, max(len(line) for line in cell.split("\n"))) for w, cell in zip(widths, cells)]
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def wrap_header(name: str, width: int) -> str:
+    """A column name broken after underscores into lines of at most `width` (longer pieces stay whole)."""
+    pieces = [piece + "_" for piece in name.split("_")]
+    pieces[-1] = pieces[-1][:-1]
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
+
+
+def _narrow_headers(spec: TableSpec) -> TableSpec:
+    """The same table with each header wrapped to about the width of its column's cells (a name at most
+    HEADER_SLACK longer stays whole), in two lines at most where its pieces allow."""
+    header = []
+    for index, name in enumerate(spec.header):
+        cell_width = max((len(cells[index]) for cells in spec.body), default=0)
+        header.append(wrap_header(name, max(cell_width, -(-len(name) // 2), min(len(name), cell_width + HEADER_SLACK))))
+    return TableSpec(spec.title, header, spec.body, spec.transposed)
+
+
+def _split_columns(widths: list[int], target: int, limit: int | None = None) -> list[list[int]]:
+    """Consecutive runs of column indices: a run is closed once it reaches `target` columns of width, and
+    never exceeds `limit` (default: `target`); a column wider than that gets a run of its own."""
+    limit = target if limit is None else limit
+    chunks: list[list[int]] = [[]]
+    used = 0
+    for index, width in enumerate(widths):
+        if chunks[-1] and (used >= target or used + width > limit):
+            chunks.append([])
+            used = 0
+        chunks[-1].append(index)
+        used += width
+    return chunks
+
+
+def fit_to_width(spec: TableSpec, n_keys: int, width: int) -> list[TableSpec]:
+    """A row-wise table made to fit `width` terminal columns without folding a cell: as it is; with
+    headers wrapped after underscores; or cut into consecutive tables of its columns, each opening with
+    the first `n_keys` (key) columns and titled "title (i/n)"."""
+    if table_width(spec.header, spec.body) <= width:
+        return [spec]
+    narrow = _narrow_headers(spec)
+    if table_width(narrow.header, narrow.body) <= width:
+        return [narrow]
+    key_width = table_width(narrow.header[:n_keys], [cells[:n_keys] for cells in narrow.body]) - 1
+    needed = [table_width([narrow.header[i]], [[cells[i]] for cells in narrow.body]) - 1
+              for i in range(n_keys, len(narrow.header))]
+    chunks = _split_columns(needed, width - 1 - key_width)
+    chunks = _split_columns(needed, -(-sum(needed) // len(chunks)), width - 1 - key_width)  # even out the tables
+    chunks = [[n_keys + i for i in chunk] for chunk in chunks]
+    keys = list(range(n_keys))
+    return [TableSpec(f"{spec.title} ({number}/{len(chunks)})" if len(chunks) > 1 else spec.title,
+                      [narrow.header[i] for i in keys + chunk], [[cells[i] for i in keys + chunk] for cells in narrow.body])
+            for number, chunk in enumerate(chunks, start=1)]
 
 
 def _hashable(value: Any) -> Any:
@@ -252,7 +354,7 @@ def config_items(summary: dict[str, Any]) -> list[tuple[str, str]]:
     for key, value in (summary.get("config") or {}).items():
         text = _plain(value)
         sizes = value if isinstance(value, list) else [value]
-        is_size = any(word in key for word in ("capacity", "capacities", "bytes")) and not entries
+        is_size = any(word in key for word in ("capacity", "capacities", "bytes", "_cache")) and not entries
         if is_size and sizes and all(isinstance(v, int) and not isinstance(v, bool) for v in sizes):
             text += " (" + ", ".join(format_bytes_precise(v) for v in sizes) + ")"
         items.append((str(key), text))
@@ -263,8 +365,8 @@ def _plain(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
-def summary_tables(summary: dict[str, Any]) -> list[Table]:
-    """Rich tables: the run header, the configuration, then one table per column group."""
+def summary_tables(summary: dict[str, Any], width: int | None = None) -> list[Table]:
+    """Rich tables: the run header, the configuration, then the column groups (fitted to `width`)."""
     header = Table(title=f"mtbench {summary.get('kind', '')} report", show_header=False, title_justify="left")
     header.add_column("field", style="bold")
     header.add_column("value", overflow="fold")
@@ -275,14 +377,14 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
     if config:
         tables.append(_rich_table(TableSpec("Configuration", ["option", "value"], [list(i) for i in config],
                                             transposed=True)))
-    tables += [_rich_table(spec) for spec in table_specs(summary)]
+    tables += [_rich_table(spec) for spec in table_specs(summary, width)]
     return tables
 
 
 def _rich_table(spec: TableSpec) -> Table:
     table = Table(title=spec.title, title_justify="left")
     for index, name in enumerate(spec.header):
-        text = name in _TEXT_COLUMNS or (spec.transposed and index == 0)
+        text = name.replace("\n", "") in _TEXT_COLUMNS or (spec.transposed and index == 0)
         first_of_transposed = spec.transposed and index == 0
         table.add_column(name, justify="left" if text else "right", overflow="fold",
                          style="bold" if first_of_transposed else None, no_wrap=first_of_transposed)
@@ -294,7 +396,11 @@ def _rich_table(spec: TableSpec) -> Table:
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     """Print the run header, configuration and result tables of a summary to `console`."""
     console = console or Console()
-    for table in summary_tables(summary):
+    tables = summary_tables(summary, console.width)
+    console.print(tables[0])
+    if summary.get("note"):
+        console.print(f"[bold]note:[/] {escape(str(summary['note']))}", soft_wrap=True)
+    for table in tables[1:]:
         console.print(table)
     note = cold_limit_note(summary)
     if note:
@@ -304,7 +410,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
 def cold_limit_note(summary: dict[str, Any]) -> str | None:
     """One line naming the rows whose hit ratio reached the trace's cold-miss limit (no cache can do
     better: every miss left is the first request of its key), or None."""
-    identity = _IDENTITY_COLUMN_BY_KIND.get(str(summary.get("kind")), "policy")
+    identity = _IDENTITY_COLUMNS_BY_KIND.get(str(summary.get("kind")), ("policy",))[0]
     unit = capacity_unit(summary)
     at_limit = [row for row in summary.get("rows", []) if isinstance(row.get("hit_ratio"), (int, float))
                 and isinstance(row.get("cold_miss_limit"), (int, float)) and row["requests"]
@@ -322,6 +428,8 @@ def render_markdown(summary: dict[str, Any], plot_files: list[str] | None = None
     """summary.md: the same header, configuration and tables as `print_summary`, plus plot links."""
     lines = [f"# mtbench {summary.get('kind', '')} report", "",
              markdown_table(["field", "value"], [list(item) for item in header_items(summary)])]
+    if summary.get("note"):
+        lines += ["", f"> note: {_md(summary['note'])}"]
     config = config_items(summary)
     if config:
         lines += ["", "## Configuration", "", markdown_table(["option", "value"], [list(i) for i in config])]

@@ -1,0 +1,176 @@
+"""Every figure the reports draw reads well, checked through matplotlib's API after a full draw.
+
+For each plot kind, on compare-policies (bytes and unit-size) and replay reports (seven runs, a
+warm-up) built from random synthetic results, alone and overlaid: both axes of every panel carry
+non-empty tick labels, every text (title, axis titles, tick labels) lies inside the figure, the
+figure legend lies inside the figure and clear of the title and of every panel, and panel legends
+lie inside their panel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
+from test_report_synthetic import compare_policies_result, replay_result
+
+from mtbench.report import Report
+from mtbench.report.plots import PLOTS, PlotSkipped, is_opt, plot_hit_ratio_curve, plot_latency_cdf
+from mtbench.report.summary import format_capacity_cell
+
+SEVEN_RUNS = {  # run -> (policy, cache_mode, sync): four layouts and the three baselines of `replay --baseline`
+    "tiered/paged": ("lru", "tiered", False), "tiered/user": ("lru", "tiered", False),
+    "tiered/hybrid": ("lru", "tiered", False), "tiered/zerocopy": ("lru", "tiered", False),
+    "none": (None, "none", False), "gpu": ("lru", "gpu", False), "tiered/paged/sync": ("lru", "tiered", True),
+}
+SLACK_PX = 1.0  # rounding of text extents
+
+
+def _compare(seed: int, unit: bool = False, **kwargs: Any) -> Report:
+    summary, records = compare_policies_result(np.random.default_rng(seed), **kwargs)
+    if unit:  # --object-size unit: capacities are entry counts, recorded as the CLI records them
+        summary["config"].pop("capacity_unit")
+        summary["config"]["object_size"] = "unit"
+        for row in summary["rows"]:
+            row["gpu_capacity"] = int(row["gpu_capacity"] // 2**20)
+            row["host_capacity"] = int(row["host_capacity"] // 2**20)
+    return Report(None, summary, records)
+
+
+def _replay(seed: int, warmup: int = 0, requests: int = 300, runs: tuple[str, ...] = tuple(SEVEN_RUNS)) -> Report:
+    summary, records = replay_result(np.random.default_rng(seed), requests=requests,
+                                     runs={run: SEVEN_RUNS[run] for run in runs})
+    summary["device"] = "cpu"
+    records["warmup"] = records["request_index"] < warmup
+    return Report(None, summary, records)
+
+
+def _report_sets(seed: int) -> dict[str, list[Report]]:
+    rng = np.random.default_rng(seed)
+    capacities = sorted(float(c) for c in rng.choice([0.25, 0.5, 1, 2, 4, 8, 16, 32, 64], size=5, replace=False))
+    policies = ["lru", "arc", "s3fifo", "sieve", "gdsf", "mtserve", "opt"]
+    return {
+        "compare": [_compare(seed, policies=policies, capacities_gib=capacities)],
+        "compare-unit": [_compare(seed + 1, unit=True, policies=policies, capacities_gib=capacities)],
+        "compare-overlay": [_compare(seed + 2, capacities_gib=capacities[:3]), _compare(seed + 3, capacities_gib=capacities[1:3])],
+        "replay": [_replay(seed + 4, warmup=int(rng.integers(16, 64)))],
+        "replay-overlay": [_replay(seed + 5, runs=("tiered/hybrid", "gpu")),
+                           _replay(seed + 6, warmup=32, runs=("tiered/hybrid", "none", "tiered/paged/sync"))],
+    }
+
+
+def _visible_tick_labels(axis: Any, limits: tuple[float, float]) -> list[Any]:
+    """The major tick labels matplotlib draws: visible, at a tick inside the view limits."""
+    low, high = sorted(limits)
+    return [label for tick, label in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+            if label.get_visible() and low - 1e-9 * abs(low) <= tick <= high + 1e-9 * abs(high)]
+
+
+def _visible_tick_texts(axis: Any, limits: tuple[float, float]) -> list[str]:
+    return [label.get_text() for label in _visible_tick_labels(axis, limits)]
+
+
+def _inside(inner: Bbox, outer: Bbox) -> bool:
+    return (inner.x0 >= outer.x0 - SLACK_PX and inner.y0 >= outer.y0 - SLACK_PX
+            and inner.x1 <= outer.x1 + SLACK_PX and inner.y1 <= outer.y1 + SLACK_PX)
+
+
+def _draw(figure: Figure) -> Any:
+    """Lay out and draw the figure as savefig does (Agg canvas); return the renderer."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def check_figure_reads_well(figure: Figure, name: str) -> None:
+    renderer = _draw(figure)
+    frame = figure.bbox
+    title = figure._suptitle
+    assert title is not None and title.get_text().strip(), f"{name}: no title"
+    title_box = title.get_window_extent(renderer)
+    assert _inside(title_box, frame), f"{name}: title clipped {title_box} vs {frame}"
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert panels, name
+    occupied = [ax.get_window_extent(renderer) for ax in panels]  # frames and every text of the panels
+    for ax in panels:
+        for axis, limits, what in ((ax.xaxis, ax.get_xlim(), "x"), (ax.yaxis, ax.get_ylim(), "y")):
+            texts = _visible_tick_texts(axis, limits)
+            assert len(texts) >= 1 and all(t.strip() for t in texts), f"{name}: {what} tick labels {texts}"
+            if axis.get_scale() == "log" or what == "y":
+                assert len(texts) >= 2, f"{name}: {what} axis has one labelled tick only: {texts}"
+            for label in _visible_tick_labels(axis, limits):
+                if label.get_text():
+                    occupied.append(label.get_window_extent(renderer))
+                    assert _inside(occupied[-1], frame), f"{name}: tick {label.get_text()!r} cut off"
+        for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
+            if text.get_text():
+                occupied.append(text.get_window_extent(renderer))
+                assert _inside(occupied[-1], frame), f"{name}: {text.get_text()!r} cut off"
+                assert not occupied[-1].overlaps(title_box), f"{name}: {text.get_text()!r} under the title"
+        legend = ax.get_legend()
+        if legend is not None:
+            assert _inside(legend.get_window_extent(renderer), ax.get_window_extent(renderer)), f"{name}: panel legend"
+    for legend in figure.legends:
+        box = legend.get_window_extent(renderer)
+        assert _inside(box, frame), f"{name}: legend {box} outside the figure {frame}"
+        assert not box.overlaps(title_box), f"{name}: legend overlaps the title"
+        assert not any(box.overlaps(other) for other in occupied), f"{name}: legend overlaps a panel or its labels"
+
+
+def test_every_plot_of_every_report_kind_reads_well() -> None:
+    drawn = set()
+    for label, reports in _report_sets(int(np.random.default_rng(2026).integers(1000))).items():
+        for name, plot in PLOTS.items():
+            try:
+                figure = plot(reports)
+            except PlotSkipped:
+                continue
+            check_figure_reads_well(figure, f"{label}/{name}")
+            drawn.add(name)
+    assert drawn == set(PLOTS)
+
+
+def test_capacity_axis_labels_every_capacity_in_its_unit() -> None:
+    rng = np.random.default_rng(11)
+    capacities = sorted(float(c) for c in rng.choice([0.25, 0.5, 1, 2, 4, 8, 16], size=4, replace=False))
+    for unit in (False, True):
+        report = _compare(12, unit=unit, capacities_gib=capacities)
+        figure = plot_hit_ratio_curve([report])
+        _draw(figure)
+        values = sorted({row["gpu_capacity"] for row in report.summary["rows"]})
+        expected = [format_capacity_cell(v, "entries" if unit else "bytes", with_unit=True) for v in values]
+        for ax in figure.axes:
+            assert _visible_tick_texts(ax.xaxis, ax.get_xlim()) == expected
+        assert all(("entries" in text) == unit and ("iB" in text) != unit for text in expected)
+
+
+def test_no_curve_hides_under_opt() -> None:
+    """Every policy has its own marker; OPT is the one dashed, wide, translucent line, drawn beneath."""
+    figure = plot_hit_ratio_curve([_compare(13, capacities_gib=[1, 2, 4, 8])])
+    for ax in figure.axes:
+        lines = ax.get_lines()
+        opt = [line for line in lines if is_opt(line.get_label().split()[0])]
+        others = [line for line in lines if line not in opt]
+        assert len(opt) == 1 and opt[0].get_linestyle() == "--"
+        assert all(opt[0].get_zorder() < line.get_zorder() and line.get_linestyle() != "--" for line in others)
+        markers = [line.get_marker() for line in others]
+        assert len(set(markers)) == len(markers) and all(m not in ("", "None", None) for m in markers)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_latency_cdf_leaves_out_warm_up_requests(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    warmup = int(rng.integers(10, 100))
+    report = _replay(20 + seed, warmup=warmup, requests=400)
+    counted = {run: int((~part["warmup"]).sum()) for run, part in report.frame.groupby("run")}
+    figure = plot_latency_cdf([report])
+    for ax in figure.axes:
+        if not ax.get_visible():
+            continue
+        (all_line,) = [line for line in ax.get_lines() if line.get_label().startswith("all (")]
+        assert all_line.get_label() == f"all ({counted[ax.get_title()]:,})"
+        assert len(all_line.get_xdata()) == counted[ax.get_title()] == 400 - warmup
