@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +267,60 @@ EXPECTED_HITS = {  # (gpu_hits, host_hits, misses, stale); computed once by this
     ("lru", 5_000_000, 0): (3344, 0, 603, 53),
     ("lru", 2_000_000, 8_000_000): (2728, 859, 303, 110),
 }
+
+
+# ---------------------------------------------------------------- the real traces (reports/POLICIES.md)
+CLASSICS = ("lru", "fifo", "arc", "s3fifo", "sieve")
+GR_SLICE = 20_000
+MiB, GiB = 1 << 20, 1 << 30
+MTSERVE_ON_BLOCK_TRACES = {"arc-oltp": (32354, 121464, 160280), "cloudphysics": (16540, 19867, 28183)}
+MTSERVE_ON_GR_TRACES = {  # (trace, view, capacity): (gpu_hits, host_hits) over the first GR_SLICE requests
+    ("movielens", "bytes", 48 * MiB): (19486, 0), ("movielens", "bytes", 256 * MiB): (19486, 0),
+    ("movielens", "unit", 2): (19483, 0), ("movielens", "unit", 8): (19486, 0),
+    ("synth-small", "bytes", 256 * MiB): (15424, 2770), ("synth-small", "bytes", GiB): (16939, 1255),
+    ("synth-small", "unit", 20): (15771, 0), ("synth-small", "unit", 100): (17527, 0),
+}
+
+
+def _within_half_a_point_of_the_best(ours: int, classics: dict[str, int], requests: int) -> None:
+    best = max(classics.values())
+    assert ours >= best - 0.005 * requests, (ours, classics)
+
+
+@pytest.mark.parametrize("trace", sorted(MTSERVE_ON_BLOCK_TRACES))
+def test_block_traces_pinned_and_never_half_a_point_below_the_best_classic(trace: str, shared_data) -> None:
+    """Plain keys: mtserve runs S3-FIFO; the classic counts are libCacheSim's (pinned in test_sim_peer)."""
+    from test_sim_peer import CAPACITIES, EXPECTED, _keys
+
+    w = Workload.from_keys(_keys(shared_data, trace))
+    hits = tuple(simulate(w, "mtserve", capacity)[0].gpu_hits for capacity in CAPACITIES)
+    assert hits == MTSERVE_ON_BLOCK_TRACES[trace]
+    for index, ours in enumerate(hits):
+        _within_half_a_point_of_the_best(ours, {p: EXPECTED[trace][p][index] for p in CLASSICS}, w.n_requests)
+
+
+def _gr_cases(shared_data) -> list:
+    from mtbench.sim.policy_table import movielens_columns, parquet_columns, request_cases
+
+    movielens = movielens_columns(shared_data, GR_SLICE)
+    synth = parquet_columns(Path(__file__).resolve().parents[1] / "traces" / "synth-small.parquet", GR_SLICE)
+    return [*request_cases("movielens", movielens, "large", "bf16", (48 * MiB, 256 * MiB), 64 * GiB, (2, 8)),
+            *request_cases("synth-small", synth, "large", "bf16", (256 * MiB, GiB), 64 * GiB, (20, 100))]
+
+
+def test_gr_traces_pinned_and_never_half_a_point_below_the_best_classic(shared_data) -> None:
+    """MovieLens (shared, imported) and synth-small, entry sizes with a host tier and unit size in one tier:
+    mtserve's GPU hits and total hits are within 0.5 points of the best classic policy at every capacity."""
+    got = {}
+    for case in _gr_cases(shared_data):
+        view = "unit" if case.workload.unit else "bytes"
+        for capacity in case.capacities:
+            runs = {policy: simulate(case.workload, policy, capacity, case.host_capacity, TierSettings(), case.cost,
+                                     case.tokens_per_byte)[0] for policy in (*CLASSICS, "mtserve")}
+            ours = runs.pop("mtserve")
+            got[case.title.split(",")[0], view, capacity] = (ours.gpu_hits, ours.host_hits)
+            n = case.workload.n_requests
+            _within_half_a_point_of_the_best(ours.gpu_hits, {p: r.gpu_hits for p, r in runs.items()}, n)
+            _within_half_a_point_of_the_best(ours.gpu_hits + ours.host_hits,
+                                             {p: r.gpu_hits + r.host_hits for p, r in runs.items()}, n)
+    assert got == MTSERVE_ON_GR_TRACES
