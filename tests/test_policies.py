@@ -144,25 +144,3 @@ def test_registry_and_errors() -> None:
         parse_policy_list(" , ")
     with pytest.raises(MtbenchError):
         make_policy("lru", -1)
-
-
-def test_mtserve_prefers_evicting_finished_sessions() -> None:
-    """A user whose burst ended long ago loses to one still inside a burst, even if more recent-ish LRU says otherwise."""
-    policy = make_policy("mtserve", 2, session_gap=600.0)
-    t = 0.0
-    for _ in range(30):  # user 1: bursts of requests 10 s apart, sessions a day apart
-        for key in [(1, 0)]:
-            if not policy.access(key, t):
-                policy.admit(key, 1, t)
-        t += 10.0
-    for _ in range(30):  # user 2: same behaviour, later
-        if not policy.access((2, 0), t):
-            policy.admit((2, 0), 1, t)
-        t += 10.0
-    t += 5.0
-    # user 1 was last seen 300 s ago (30 gaps of 10 s: its session is over), user 2 five seconds ago
-    assert policy.value_density((1, 0), t) < policy.value_density((2, 0), t)
-    assert policy.admit((3, 0), 1, t) == [(1, 0)]
-    # a queued request with a newer version makes the old entry worthless
-    policy.hint_upcoming([(2, 1)], t)
-    assert policy.value_density((2, 0), t) == 0.0

@@ -47,6 +47,11 @@ def parse_duration(text: str, what: str = "--duration") -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+def parse_period(text: str, what: str = "--period") -> float | None:
+    """A feature-rebuild period: a duration ('1h', '1d', '7d', '3600') in seconds, or None for 'never'."""
+    return None if str(text).strip().lower() == "never" else parse_duration(text, what)
+
+
 def _model(preset: str):
     from mtbench.model import get_config
 
@@ -138,6 +143,8 @@ def import_cmd(
     seed: SeedOpt = 0,
     drop_invalid: Annotated[bool, typer.Option("--drop-invalid", help="Skip rows with a bad value (not a number, "
                                                "negative, a date before 1970) and report how many, instead of stopping.")] = False,
+    version_period: Annotated[Optional[str], typer.Option(
+        help="Rebuild static features every PERIOD: 1h, 1d, 7d, never (default: 1d for behaviour logs, never for cache traces).")] = None,
 ) -> None:
     """Import a behaviour log or cache trace as a request trace (see traces/README.md for the rules).
 
@@ -161,7 +168,8 @@ def import_cmd(
             raise MtbenchError(f"--user-tokens {user_tokens} must be in [1, {cfg.max_static - 1}] for model {model}")
         seq_cap = min(max_seq if max_seq is not None else cfg.max_seq, cfg.max_static - user_tokens)
         rules = EventRules(user_tokens=user_tokens, max_seq=seq_cap, max_rt=cfg.max_rt, session_gap=session_gap,
-                           cand=cands, max_cand=cfg.max_cand, seed=seed)
+                           cand=cands, max_cand=cfg.max_cand, seed=seed,
+                           version_period=86_400.0 if version_period is None else parse_period(version_period, "--version-period"))
         columns, epoch, dropped = import_events(kind, paths, rules, clicks_only, drop_invalid)
         metadata["mtbench.epoch_unix"] = f"{epoch:.0f}"
         notes: list[tuple[str, str]] = [("invalid rows dropped", f"{dropped:,}")] if drop_invalid else []
@@ -173,7 +181,8 @@ def import_cmd(
         csv = CsvColumns(key=key_col, time=time_col, size=size_col, header=header, delimiter=delimiter, time_unit=time_unit)
         accesses = import_accesses(kind, paths[0], csv, fmt, drop_invalid)
         rules = CacheRules(max_static=cfg.max_static, bytes_per_token=_bytes_per_token(model, dtype), fixed_static=n_static,
-                           n_rt=n_rt, cand=cands, max_cand=cfg.max_cand, seed=seed)
+                           n_rt=n_rt, cand=cands, max_cand=cfg.max_cand, seed=seed,
+                           version_period=None if version_period is None else parse_period(version_period, "--version-period"))
         columns, counters = cache_to_requests(accesses, rules)
         notes = [("rows re-sorted by time", f"{counters['reordered_rows']:,}"),
                  ("rows with n_static clipped to [1, max_static]", f"{counters['clipped_rows']:,}")]
@@ -337,11 +346,51 @@ def validate_cmd(
     console.print(f"[green]ok[/] {trace_path}: {trace.num_rows:,} requests" + (f", within model {model}'s limits" if model else ""))
 
 
+def reversion_cmd(
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace (parquet) whose ts counts seconds from its epoch.")],
+    period: Annotated[str, typer.Option("--period", help="Rebuild static features every PERIOD: 1h, 1d, 7d, a duration, or never.")],
+    out: OutOpt,
+    history: Annotated[str, typer.Option("--history", help="replace (bidirectional prefix, fixed per version) or causal (append: the prefix grows).")] = "replace",
+    model: ModelOpt = "large",
+) -> None:
+    """Rewrite static_version (and the static / real-time split) as if features were rebuilt every period.
+
+    Examples:
+
+      mtbench trace reversion traces/movielens-small.parquet --period 7d -o ml-7d.parquet
+
+      mtbench trace reversion ml.parquet --period never --history causal -o ml-never-causal.parquet
+    """
+    import pyarrow.parquet as pq
+
+    from mtbench.trace.reversion import reversion
+
+    seconds = parse_period(period)
+    cfg = _model(model)
+    limits = cfg.limits()
+    started = time.perf_counter()
+    trace = open_trace(trace_path, limits)
+    columns = trace.arrays(list(pq.read_schema(trace_path).names))
+    rewritten = reversion(columns, seconds, history, max_static=limits.max_static, max_rt=limits.max_rt)
+    metadata = {k.decode(): v.decode() for k, v in (pq.read_schema(trace_path).metadata or {}).items()
+                if not k.startswith(b"pandas") and not k.startswith(b"ARROW")}
+    metadata.update({"mtbench.version_period": period, "mtbench.history": history})
+    write_trace(rewritten, out, metadata)
+    open_trace(out, limits)
+    keys = np.unique(np.stack([rewritten["user_id"], rewritten["static_version"]], axis=1), axis=0).shape[0]
+    rows = _describe(rewritten, out, time.perf_counter() - started) + [
+        ("period", period), ("history", history), ("(user, version) keys", f"{keys:,}"),
+        ("static tokens, mean", f"{rewritten['n_static'].mean():,.1f}"),
+        ("real-time tokens, mean", f"{rewritten['n_rt'].mean():,.1f}")]
+    console.print(_summary_table("trace reversion", rows))
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add `mtbench trace import|synth|fit|stats|validate`."""
+    """Add `mtbench trace import|synth|fit|stats|validate|reversion`."""
     trace_app.command("import")(import_cmd)
     trace_app.command("synth")(synth_cmd)
     trace_app.command("fit")(fit_cmd)
     trace_app.command("stats")(stats_cmd)
     trace_app.command("validate")(validate_cmd)
+    trace_app.command("reversion")(reversion_cmd)
     app.add_typer(trace_app, name="trace")

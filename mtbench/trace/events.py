@@ -2,13 +2,13 @@
 
 - A request is one event, or, with `session_gap`, one visit: a user's run of events whose gaps are
   at most `session_gap` seconds; the visit's request happens at its first event.
-- Days are UTC calendar days of the event time; `static_version` = day index since the log's first
-  day, and `ts` = seconds since midnight UTC of that first day (the trace epoch, stored in the file
-  metadata as `mtbench.epoch_unix`).
-- S = the user's events on earlier days (most recent first, the newest `max_seq` kept), so
-  `n_static` = U + min(|S|, max_seq); S is fixed for the whole day, which makes (user, day) a valid
-  cache key.
-- R = the user's earlier events of the same day, excluding the request's own visit, capped at
+- `ts` = seconds since midnight UTC of the log's first day (the trace epoch, stored in the file
+  metadata as `mtbench.epoch_unix`); static features are rebuilt every `version_period` seconds
+  (default one day, None = never): `static_version` = `reversion.version_index(ts, version_period)`.
+- S = the user's events of earlier periods (most recent first, the newest `max_seq` kept), so
+  `n_static` = U + min(|S|, max_seq); S is fixed for the whole period, which makes (user, version) a
+  valid cache key.
+- R = the user's earlier events of the same period, excluding the request's own visit, capped at
   `max_rt`. Events with the same timestamp keep their order in the log ("earlier" = earlier line).
 - U = `user_tokens`; candidates come from a `CandidateDist` drawn with `seed`.
 """
@@ -21,6 +21,7 @@ import numpy as np
 
 from mtbench.errors import MtbenchError
 from mtbench.trace.candidates import CandidateDist
+from mtbench.trace.reversion import version_index
 
 SECONDS_PER_DAY = 86_400
 
@@ -36,6 +37,7 @@ class EventRules:
     cand: CandidateDist = CandidateDist("fixed", (128.0,))
     max_cand: int | None = None
     seed: int = 0
+    version_period: float | None = SECONDS_PER_DAY
 
     def __post_init__(self) -> None:
         if self.user_tokens < 1 or self.max_seq < 0 or self.max_rt < 0:
@@ -66,7 +68,7 @@ def events_to_requests(
     ts = ts_unix - epoch
     order = np.lexsort((ts, user_id))  # by user, then time; stable, so equal times keep log order
     user, ts = user_id[order], ts[order]
-    day = np.floor(ts / SECONDS_PER_DAY).astype(np.int64)
+    day = version_index(ts, rules.version_period)
 
     same_user = np.zeros(user.shape[0], dtype=bool)
     same_user[1:] = user[1:] == user[:-1]

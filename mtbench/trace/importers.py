@@ -29,6 +29,7 @@ import pandas as pd
 from mtbench.errors import MtbenchError
 from mtbench.trace.candidates import CandidateDist
 from mtbench.trace.events import EventRules, events_to_requests
+from mtbench.trace.reversion import version_index
 
 BEHAVIOUR_KINDS = ("movielens", "lastfm", "kuairand")
 CACHE_KINDS = ("libcachesim", "arc")
@@ -333,7 +334,8 @@ class CacheRules:
     """How accesses become requests: key -> user_id, static_version 0, ts = time - first time (or the
     access index when there is none; a trace not in time order is stably sorted by time).
     n_static = fixed_static when set, else ceil(size / bytes_per_token) clipped to [1, max_static]
-    when sizes exist, else max_static (a full history)."""
+    when sizes exist, else max_static (a full history). With `version_period` (seconds) the keys get
+    static_version = `reversion.version_index(ts, version_period)` instead of 0."""
 
     max_static: int
     bytes_per_token: int | None = None
@@ -342,6 +344,7 @@ class CacheRules:
     cand: CandidateDist = CandidateDist("fixed", (128.0,))
     max_cand: int | None = None
     seed: int = 0
+    version_period: float | None = None
 
 
 def _keys_as_user_ids(key: np.ndarray) -> np.ndarray:
@@ -373,7 +376,7 @@ def cache_to_requests(accesses: Accesses, rules: CacheRules) -> tuple[dict[str, 
     columns = {
         "ts": ts,
         "user_id": _keys_as_user_ids(accesses.key),
-        "static_version": np.zeros(n, dtype=np.int64),
+        "static_version": version_index(ts, rules.version_period),
         "n_static": n_static,
         "n_rt": np.full(n, rules.n_rt, dtype=np.int64),
         "n_cand": rules.cand.sample(n, np.random.default_rng(rules.seed), rules.max_cand),

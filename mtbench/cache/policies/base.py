@@ -29,8 +29,7 @@ else:
 ```
 `remove(k)` drops an entry explicitly (stale version, exclusive promotion to the other tier);
 `hint_upcoming(keys, t)` tells the policy which keys are queued (lookahead), in arrival order.
-Virtual time `now` is any non-decreasing number (the simulator passes the request index; the tiers
-may pass seconds); policies only compare times with each other.
+Virtual time `now` is the request's trace time in seconds (non-decreasing; the simulator passes `ts`).
 """
 
 from __future__ import annotations

@@ -1,42 +1,49 @@
-"""mtserve: the locality-driven policy, built from what generative-recommender traffic offers.
+"""mtserve: S3-FIFO where keys are all there is; LRU that knows users and versions where there are some.
 
-Design, in the order the victim is chosen (one paragraph the README can quote):
+Design (one paragraph the README and reports/POLICIES.md quote):
 
-    mtserve is LRU that knows when an entry is dead and when a user is done. (1) Dead first: the
-    static version is a feature build, so when the versions of arriving requests behave as a global
-    clock (the newest version seen only grows and new requests carry it), every cached entry older
-    than the newest version is certain to be stale at its user's next request; those go first,
-    oldest version first, least recently used within it. Without a global clock an entry is dead
-    once a request (or a queued one) of its user carries a newer version. (2) Otherwise recency is
-    the backbone: only the `window` least recently used entries are candidates, and mtserve departs
-    from their LRU order only on strong evidence. For each candidate it estimates P(reuse before the
-    stale point): the chance that the user's next request comes within the time left until the next
-    version (the version period is learned online), given how long the user has been idle, from a
-    histogram of the user's own gaps shrunk toward the population's. Its value is that probability
-    times the reload cost per byte (`reload_ms(size) / size`: PCIe when the host keeps a copy,
-    recomputing the prefix when it does not) divided by the size again (a pool of small entries
-    serves more requests; GDSF's rationale). The least recently used candidate whose value is within
-    `TIE_FACTOR` (4x) of the lowest goes. (3) Keys of queued requests (lookahead) are never chosen.
+    mtserve picks its backbone from the structure it sees. (1) *Plain keys* (no user ever changes
+    static version: block traces, or any trace whose keys are its users): S3-FIFO, libCacheSim's
+    variant (a probation FIFO of 10% of the capacity, a main CLOCK with 2-bit counters, a ghost
+    queue of 90%), the best general policy on the ARC and CloudPhysics traces; unlike libCacheSim it
+    admits every entry that fits (S3-FIFO refuses entries as large as its probation queue, which
+    turns most GR entries into misses at small capacities). (2) *Users with versions* (once
+    `USER_MODE_AFTER` arrivals have carried a new version of a known user; the switch is one-way and
+    S3-FIFO's queues drain into LRU order): recency is the backbone, as on every GR trace measured,
+    and three things are added. Dead first: when the versions of arriving requests behave as a
+    global clock (detected online; at most 0.1% of arrivals may disagree) every entry older than the
+    newest version is certain to be stale at its user's next request; those go first, oldest version
+    first. Without a global clock an entry is dead once a request (or a queued one) of its user
+    carries a newer version. Evidence-gated value: among the `window` least recently used entries,
+    mtserve estimates P(reuse before the stale point), the chance that the user's next request comes
+    within the time left until the next version (the version period is learned online), given how
+    long the user has been idle, from a histogram of the user's own gaps shrunk toward the
+    population's; the value of keeping an entry is that probability x the reload cost per byte
+    (`reload_ms(size) / size`: PCIe when the host keeps a copy, recomputing the prefix when not) /
+    size; the least recently used candidate within `TIE_FACTOR` (4x) of the lowest value goes.
+    Lookahead: keys of queued requests are never chosen while another entry can go.
 
-Why these choices (measured on synth-small, a MovieLens-fitted synthetic trace and MovieLens itself,
-see reports/POLICIES.md): a full-cache value ranking lost to LRU by up to 8 points at small capacities
-(the reuse estimates are noisy); a small window with a 4x evidence margin gains 0.1-0.3 points on
-synth-small and never falls below LRU; per-byte size weighting beat a size-neutral value; and the
-learned stale horizon is what makes the estimate useful (without it the policy is LRU-level).
+Memory is O(resident keys + ghost keys + users): per user a 40-bin float32 gap histogram, the last
+arrival time and the newest version; nothing grows with the number of requests. Speed: the unit-size
+fast path is S3-FIFO's loop (no users, no versions); the generic path costs a few dict operations per
+request, and in user mode at most `window` value estimates per eviction.
 
 Gap histograms: half-octave bins of log2(1 + gap seconds), each gap spread over its bin and two on
-either side; P(gap in (a, a+h] | gap > a) is read from the bin counts with linear interpolation inside
-a bin. Keys are `(user_id, static_version)` tuples by
-default; the simulator passes `user_of` / `version_of` for its integer keys.
+either side; P(gap in (a, a+h] | gap > a) is read from the bin counts with linear interpolation
+inside a bin. Keys are `(user_id, static_version)` tuples by default; the simulator passes `user_of` /
+`version_of` for its integer keys.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from array import array
 from collections.abc import Callable, Hashable, Sequence
 
-from mtbench.cache.policies.base import Key, ReplacementPolicy
+import numpy as np
+
+from mtbench.cache.policies.base import Key
+from mtbench.cache.policies.s3fifo import S3FIFO, unit_hits
 
 DEFAULT_HORIZON_S = 86_400.0
 DEFAULT_WINDOW = 16
@@ -45,15 +52,24 @@ TIE_FACTOR = 4.0
 """A candidate more recent than the LRU one is evicted only if the LRU one is worth this many times more."""
 CLOCK_TOLERANCE = 0.001
 """Share of arrivals allowed to carry an older version than the newest seen while versions count as a clock."""
+USER_MODE_AFTER = 8
+"""Arrivals carrying a new version of an already seen user before mtserve switches to user mode."""
 
-_N_BINS = 80
+_N_BINS = 40
 _BIN_EDGES = [2 ** (b / 2) - 1 for b in range(_N_BINS + 1)]
-_KERNEL = tuple((offset, (3 - abs(offset)) / 9) for offset in range(-2, 3))
-"""Each gap is spread over five bins so that a slightly longer idle time than ever seen is not 'never'."""
+_SPREAD = [
+    [(min(max(center + offset, 0), _N_BINS - 1), (3 - abs(offset)) / 9) for offset in range(-2, 3)]
+    for center in range(_N_BINS)
+]
+"""Each gap is spread over its bin and two on either side (weights 1 2 3 2 1 / 9), so that a slightly
+longer idle time than ever seen is not 'never'."""
 
 
 def _gap_bin(gap: float) -> int:
-    return min(_N_BINS - 1, int(2 * math.log2(1.0 + max(gap, 0.0))))
+    if gap <= 0.0:
+        return 0
+    b = int(2 * math.log2(1.0 + gap))
+    return b if b < _N_BINS else _N_BINS - 1
 
 
 def _user_of_tuple(key: Key) -> Hashable:
@@ -65,45 +81,50 @@ def _version_of_tuple(key: Key) -> int:
 
 
 class GapHistogram:
-    """Counts of inter-request gaps in half-octave bins; `tail[b]` = gaps in bins >= b (rebuilt lazily)."""
+    """Counts of inter-request gaps in half-octave bins (float32); `tail[b]` = gaps in bins >= b (lazy).
+
+    40 bins reach 2^20 s (12 days); longer gaps share the last bin.
+    """
 
     __slots__ = ("_counts", "_tail")
 
     def __init__(self) -> None:
-        self._counts = [0.0] * _N_BINS
-        self._tail: list[float] | None = None
+        self._counts = array("f", bytes(4 * _N_BINS))
+        self._tail: array | None = None
 
     def add(self, gap: float) -> None:
         """Count one gap, spread over its bin and two on each side (a factor 2 either way)."""
-        center = _gap_bin(gap)
-        for offset, weight in _KERNEL:
-            self._counts[min(max(center + offset, 0), _N_BINS - 1)] += weight
+        counts = self._counts
+        for b, weight in _SPREAD[_gap_bin(gap)]:
+            counts[b] += weight
         self._tail = None
 
     def longer_than(self, age: float) -> float:
         """Number of recorded gaps longer than `age` (interpolated inside age's bin)."""
         tail = self._tail
         if tail is None:
-            tail = [0.0] * (_N_BINS + 1)
+            tail = array("f", bytes(4 * (_N_BINS + 1)))
+            counts, running = self._counts, 0.0
             for b in range(_N_BINS - 1, -1, -1):
-                tail[b] = tail[b + 1] + self._counts[b]
+                running += counts[b]
+                tail[b] = running
             self._tail = tail
         b = _gap_bin(age)
         low, high = _BIN_EDGES[b], _BIN_EDGES[b + 1]
-        inside = min(1.0, max(0.0, (high - age) / (high - low)))
+        inside = (high - age) / (high - low)
+        inside = 0.0 if inside < 0.0 else 1.0 if inside > 1.0 else inside
         return tail[b + 1] + (tail[b] - tail[b + 1]) * inside
 
 
-class MTServe(ReplacementPolicy):
-    """LRU with dead-version-first eviction and evidence-gated, size- and cost-aware deviations.
+class MTServe(S3FIFO):
+    """S3-FIFO queues (see s3fifo.py) plus user mode: `_main` in LRU order, dead-first, value-gated victims.
 
-    `_order`: resident keys, least recently used first; `_last_use[key]`: time of its last access;
-    `_by_version[v]`: resident keys of version v, least recently used first (dead-entry lookup);
-    `_gaps[user]` / `_population`: GapHistogram of a user's / everyone's gaps; `_last_seen[user]`;
-    `_newest_version[user]`: newest version seen in a request or a queued one; version clock:
-    `_max_version`, `_arrivals`, `_clock_violations`, and the first times versions `_clock_start`
-    and `_max_version` were seen (for the version period); `_upcoming`: keys of queued requests;
-    `_now`: latest time seen.
+    Added state: `_user_mode`; `_last_use[key]` (resident keys); `_by_version[v]`: resident keys of
+    version v (insertion order); per user `_newest_version`, `_last_seen` and (user mode) `_gaps`;
+    `_population`: everyone's gaps; version clock: `_max_version`, `_arrivals`, `_clock_violations`,
+    `_version_changes`, the first times versions `_clock_start` and `_max_version` were seen;
+    `_upcoming`: keys of queued requests; `_now`: latest time seen. In user mode every admitted key
+    enters `_main`, a hit moves it to `_main`'s end, and `_small` only drains (oldest first).
     """
 
     name = "mtserve"
@@ -126,41 +147,54 @@ class MTServe(ReplacementPolicy):
         self._default_horizon = float(session_gap)
         self._window = max(1, int(window))
         self._prior_weight = float(prior_weight)
-        self._order: OrderedDict[Key, None] = OrderedDict()
+        self._user_mode = False
         self._last_use: dict[Key, float] = {}
-        self._by_version: dict[int, OrderedDict[Key, None]] = {}
+        self._by_version: dict[int, dict[Key, None]] = {}
+        self._newest_version: dict[Hashable, int] = {}
+        self._last_seen: dict[Hashable, float] = {}
         self._gaps: dict[Hashable, GapHistogram] = {}
         self._population = GapHistogram()
-        self._last_seen: dict[Hashable, float] = {}
-        self._newest_version: dict[Hashable, int] = {}
         self._max_version = -1
         self._max_version_since = 0.0
         self._clock_start: tuple[int, float] | None = None
         self._arrivals = 0
         self._clock_violations = 0
+        self._version_changes = 0
         self._upcoming: set[Key] = set()
         self._now = 0.0
 
     # ------------------------------------------------------------ learning from arrivals
     def access(self, key: Key, now: float) -> bool:
         self._observe_arrival(key, now)
-        return super().access(key, now)
+        if key not in self._sizes:
+            return False
+        self._count[key] += 1
+        self._last_use[key] = now
+        if self._user_mode and key in self._main:
+            self._main.move_to_end(key)
+        return True
 
     def _observe_arrival(self, key: Key, now: float) -> None:
         """Learn from every request (hit or miss); `access` is called once per request on each tier."""
         user, version = self._user_of(key), self._version_of(key)
-        last = self._last_seen.get(user)
-        if last is not None and now >= last:
-            gaps = self._gaps.get(user)
-            if gaps is None:
-                gaps = self._gaps[user] = GapHistogram()
-            gaps.add(now - last)
-            self._population.add(now - last)
-        self._last_seen[user] = now
+        if self._user_mode:
+            last = self._last_seen.get(user)
+            if last is not None and now >= last:
+                gaps = self._gaps.get(user)
+                if gaps is None:
+                    gaps = self._gaps[user] = GapHistogram()
+                gaps.add(now - last)
+                self._population.add(now - last)
+            self._last_seen[user] = now
         self._now = max(self._now, now)
         self._arrivals += 1
         if version < self._max_version:
             self._clock_violations += 1
+        previous = self._newest_version.get(user)
+        if previous is not None and version != previous and not self._user_mode:
+            self._version_changes += 1
+            if self._version_changes >= USER_MODE_AFTER:
+                self._user_mode = True
         self._raise_versions(user, version, now)
         self._upcoming.discard(key)
 
@@ -178,6 +212,11 @@ class MTServe(ReplacementPolicy):
             self._raise_versions(self._user_of(key), self._version_of(key), now)
 
     @property
+    def user_mode(self) -> bool:
+        """Whether users change versions in this traffic (then LRU + dead-first + value), else S3-FIFO."""
+        return self._user_mode
+
+    @property
     def versions_are_a_clock(self) -> bool:
         """Whether arriving versions behave as one global clock (then older versions are dead)."""
         return self._clock_violations <= CLOCK_TOLERANCE * self._arrivals
@@ -190,19 +229,27 @@ class MTServe(ReplacementPolicy):
         period = (self._max_version_since - start[1]) / (self._max_version - start[0])
         return max(self._max_version_since + period - self._now, 0.05 * period)
 
-    # ------------------------------------------------------------ policy hooks
+    # ------------------------------------------------------------ S3-FIFO hooks
+    def _refuses(self, size: int, was_ghost: bool) -> bool:
+        return False
+
+    def _enters_main(self, key: Key, was_ghost: bool) -> bool:
+        return self._user_mode or super()._enters_main(key, was_ghost)
+
     def _on_hit(self, key: Key, now: float) -> None:
-        self._order.move_to_end(key)
-        self._by_version[self._version_of(key)].move_to_end(key)
+        self._count[key] += 1
         self._last_use[key] = now
 
     def _on_insert(self, key: Key, size: int, now: float) -> None:
-        self._order[key] = None
-        self._by_version.setdefault(self._version_of(key), OrderedDict())[key] = None
+        super()._on_insert(key, size, now)
         self._last_use[key] = now
+        self._by_version.setdefault(self._version_of(key), {})[key] = None
 
     def _on_remove(self, key: Key) -> None:
-        del self._order[key]
+        super()._on_remove(key)
+        self._forget_key(key)
+
+    def _forget_key(self, key: Key) -> None:
         del self._last_use[key]
         version = self._version_of(key)
         bucket = self._by_version[version]
@@ -210,18 +257,26 @@ class MTServe(ReplacementPolicy):
         if not bucket:
             del self._by_version[version]
 
-    def _evictable(self, key: Key) -> bool:
-        return key not in self._pins and key not in self._upcoming
-
     def _pop_victim(self, incoming: Key | None) -> Key:
+        if not self._user_mode:
+            victim = super()._pop_victim(incoming)
+            self._forget_key(victim)
+            return victim
+        self._has_evicted = True
         victim = self._dead_victim() if self.versions_are_a_clock else None
         if victim is None:
             victim = self._live_victim()
         self._on_remove(victim)
         return victim
 
+    # ------------------------------------------------------------ user mode
+    def _evictable(self, key: Key) -> bool:
+        return key not in self._pins and key not in self._upcoming
+
     def _dead_victim(self) -> Key | None:
-        """Least recently used evictable entry of the oldest version older than the newest (clock mode)."""
+        """An evictable entry of the oldest version older than the newest (clock mode)."""
+        if len(self._by_version) == 1 and self._max_version in self._by_version:
+            return None
         for version in sorted(v for v in self._by_version if v < self._max_version):
             for key in self._by_version[version]:
                 if self._evictable(key):
@@ -229,20 +284,23 @@ class MTServe(ReplacementPolicy):
         return None
 
     def _live_victim(self) -> Key:
+        """Small's leftovers first (oldest first), then the value-gated choice among main's LRU end."""
         candidates: list[Key] = []
-        for key in self._order:
-            if self._evictable(key):
-                candidates.append(key)
-                if len(candidates) >= self._window:
-                    break
+        for queue in (self._small, self._main):
+            for key in queue:
+                if self._evictable(key):
+                    if queue is self._small:
+                        return key
+                    candidates.append(key)
+                    if len(candidates) >= self._window:
+                        break
         if not candidates:  # only queued keys are unpinned: the least recent of them goes
-            return next(self._unpinned(self._order))
+            return next(key for queue in (self._small, self._main) for key in self._unpinned(queue))
         now, horizon = self._now, self.stale_horizon()
         values = [self._value(key, now, horizon) for key in candidates]
         floor = min(values) * TIE_FACTOR
         return next(key for key, value in zip(candidates, values) if value <= floor)
 
-    # ------------------------------------------------------------ the model
     def value_density(self, key: Key, now: float) -> float:
         """Value of keeping resident `key` at time `now` (0 for a dead entry; see module doc)."""
         return self._value(key, now, self.stale_horizon())
@@ -266,3 +324,9 @@ class MTServe(ReplacementPolicy):
         longer = gaps.longer_than(age)
         weight = self._prior_weight
         return (longer - gaps.longer_than(age + horizon) + weight * pop_p) / (longer + weight)
+
+    # ------------------------------------------------------------ fast path
+    @classmethod
+    def unit_hit_mask(cls, keys: Sequence[int], capacity: int) -> np.ndarray:
+        """Unit sizes, no pins, plain keys (every key its own user, one version): S3-FIFO admitting every key."""
+        return unit_hits(keys, capacity)

@@ -70,17 +70,23 @@ class S3FIFO(ReplacementPolicy):
         if key in self._sizes:
             raise ValueError(f"admit of a key that is already resident: {key!r}")
         was_ghost = key in self._ghost
-        if not was_ghost and size >= self._small_capacity:
-            return None
-        if not self.can_fit(size):
+        if self._refuses(size, was_ghost) or not self.can_fit(size):
             return None
         if was_ghost:  # before evicting: eviction may push this very key out of the ghost queue
             self._ghost_bytes -= self._ghost.pop(key)
         evicted = self.evict_until_fits(size, incoming=key)
         assert evicted is not None
-        self._to_main = was_ghost or (not self._has_evicted and self._small_bytes >= self._small_capacity)
+        self._to_main = self._enters_main(key, was_ghost)
         self._insert(key, size, now)
         return evicted
+
+    def _refuses(self, size: int, was_ghost: bool) -> bool:
+        """libCacheSim refuses a key that is neither a ghost nor smaller than the small queue."""
+        return not was_ghost and size >= self._small_capacity
+
+    def _enters_main(self, key: Key, was_ghost: bool) -> bool:
+        """Ghosts go to main; so do keys that find small full before the first eviction ever."""
+        return was_ghost or (not self._has_evicted and self._small_bytes >= self._small_capacity)
 
     def _on_insert(self, key: Key, size: int, now: float) -> None:
         self._count[key] = 0
@@ -157,59 +163,66 @@ class S3FIFO(ReplacementPolicy):
     @classmethod
     def unit_hit_mask(cls, keys: Sequence[int], capacity: int) -> np.ndarray:
         """The same algorithm specialised to size 1, no pins: deques instead of OrderedDicts."""
-        hits = bytearray(len(keys))
-        small_capacity = int(capacity * SMALL_RATIO)
-        main_capacity = capacity - small_capacity
-        ghost_capacity = int(capacity * GHOST_RATIO)
-        if small_capacity <= 1:  # every key is refused (see the class docstring), so nothing ever hits
+        if int(capacity * SMALL_RATIO) <= 1:  # every key is refused (see the class docstring), so nothing ever hits
             return np.zeros(len(keys), dtype=bool)
-        count: dict[int, int] = {}
-        small: deque[int] = deque()
-        main: deque[int] = deque()
-        ghost: OrderedDict[int, None] = OrderedDict()
-        pop_oldest_ghost = ghost.popitem
-        threshold = MOVE_TO_MAIN_THRESHOLD
-        has_evicted = False
-        for index, key in enumerate(keys):
-            if key in count:
-                count[key] += 1
-                hits[index] = 1
-                continue
-            was_ghost = key in ghost
-            if was_ghost:
-                del ghost[key]
-            if len(small) + len(main) >= capacity:
-                has_evicted = True
-                evicted = False
-                while not evicted:
-                    if len(main) > main_capacity or not small:
-                        while True:
-                            old = main.popleft()
-                            old_count = count[old]
-                            if old_count >= 1:
-                                count[old] = (old_count if old_count < 3 else 3) - 1
-                                main.append(old)
-                            else:
-                                del count[old]
-                                evicted = True
-                                break
-                    else:
-                        while small:
-                            old = small.popleft()
-                            if count[old] >= threshold:
-                                count[old] = 0
-                                main.append(old)
-                            else:
-                                del count[old]
-                                if ghost_capacity >= 1:
-                                    if len(ghost) >= ghost_capacity:
-                                        pop_oldest_ghost(False)
-                                    ghost[old] = None
-                                evicted = True
-                                break
-            count[key] = 0
-            if was_ghost or (not has_evicted and len(small) >= small_capacity):
-                main.append(key)
-            else:
-                small.append(key)
-        return np.frombuffer(hits, dtype=np.bool_).copy()
+        return unit_hits(keys, capacity)
+
+
+def unit_hits(keys: Sequence[int], capacity: int) -> np.ndarray:
+    """S3-FIFO over unit-size keys, no pins, admitting every key (no refusal; S3FIFO refuses only below 20 entries)."""
+    hits = bytearray(len(keys))
+    small_capacity = int(capacity * SMALL_RATIO)
+    main_capacity = capacity - small_capacity
+    ghost_capacity = int(capacity * GHOST_RATIO)
+    if capacity <= 0:
+        return np.zeros(len(keys), dtype=bool)
+    count: dict[int, int] = {}
+    small: deque[int] = deque()
+    main: deque[int] = deque()
+    ghost: OrderedDict[int, None] = OrderedDict()
+    pop_oldest_ghost = ghost.popitem
+    threshold = MOVE_TO_MAIN_THRESHOLD
+    has_evicted = False
+    for index, key in enumerate(keys):
+        if key in count:
+            count[key] += 1
+            hits[index] = 1
+            continue
+        was_ghost = key in ghost
+        if was_ghost:
+            del ghost[key]
+        if len(small) + len(main) >= capacity:
+            has_evicted = True
+            evicted = False
+            while not evicted:
+                if len(main) > main_capacity or not small:
+                    while True:
+                        old = main.popleft()
+                        old_count = count[old]
+                        if old_count >= 1:
+                            count[old] = (old_count if old_count < 3 else 3) - 1
+                            main.append(old)
+                        else:
+                            del count[old]
+                            evicted = True
+                            break
+                else:
+                    while small:
+                        old = small.popleft()
+                        if count[old] >= threshold:
+                            count[old] = 0
+                            main.append(old)
+                        else:
+                            del count[old]
+                            if ghost_capacity >= 1:
+                                if len(ghost) >= ghost_capacity:
+                                    pop_oldest_ghost(False)
+                                ghost[old] = None
+                            evicted = True
+                            break
+        count[key] = 0
+        if was_ghost or (not has_evicted and len(small) >= small_capacity):
+            main.append(key)
+        else:
+            small.append(key)
+    return np.frombuffer(hits, dtype=np.bool_).copy()
