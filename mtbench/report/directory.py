@@ -69,6 +69,7 @@ def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.Data
     (JSON-able summary, parquet-able records, a usable directory) before anything is written.
     """
     from mtbench.report.plots import draw_plots
+    from mtbench.report.serving_plots import ALL_PLOTS
 
     full_summary = complete_summary(summary, kind)
     table = _records_table(records)
@@ -76,7 +77,7 @@ def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.Data
     with ReportWriter(target) as writer:
         writer.write_records(table)
         writer.write_summary(full_summary)
-        outcome = draw_plots([Report(None, full_summary, records)], writer.plots_dir, strict=False)
+        outcome = draw_plots([Report(None, full_summary, records)], writer.plots_dir, strict=False, plots=ALL_PLOTS)
         writer.write_markdown(render_markdown(full_summary, outcome.written, outcome.skipped))
     return target
 
