@@ -36,8 +36,10 @@ def capacity(
     dtype: str = typer.Option("bf16", "--dtype", help="KV and compute dtype: bf16, fp16, fp32."),
     page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU page."),
     cost_model: Optional[Path] = typer.Option(None, "--cost-model", help="Calibration JSON from `mtbench calibrate`."),
-    batch_overhead_ms: float = typer.Option(0.0, "--batch-overhead-ms",
-                                            help="Fixed cost per batch on top of the cost model's per-request costs."),
+    batch_overhead_ms: str = typer.Option("0", "--batch-overhead-ms",
+                                          help="Fixed ms per batch on top of the cost model's per-request costs, or "
+                                               "auto: measure it per cache mode on --device (closed-loop replays at "
+                                               "two batch sizes; the cost model must be calibrated at --batch-size)."),
     batch_size: int = typer.Option(16, "--batch-size", "--max-batch", help="Most requests per batch."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="A batch closes this long after its first request."),
     max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", help="Token budget per batch."),
@@ -49,6 +51,9 @@ def capacity(
     measure: bool = typer.Option(False, "--measure", help="Check each mode's answer with the real open-loop replay."),
     measure_rates: Optional[str] = typer.Option(None, "--measure-rates",
                                                 help="With --measure: also replay at these rates (r1,r2,...)."),
+    measure_fractions: Optional[str] = typer.Option(None, "--measure-fractions",
+                                                    help="With --measure: also replay at these fractions of each "
+                                                         "mode's simulated saturation (0.2,0.5,...)."),
     device: str = typer.Option("auto", "--device", help="--measure: cpu, cuda, or auto."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default reports/runs/capacity-<time>)."),
 ) -> None:
@@ -60,7 +65,7 @@ def capacity(
     from mtbench.report import validate_out_dir, write_report
     from mtbench.serve.arrivals import ArrivalSpec
     from mtbench.serve.batcher import BatcherConfig
-    from mtbench.serve.capacity import CapacityQuestion, load_workload, plan_capacity
+    from mtbench.serve.capacity import CapacityQuestion, ModeCost, load_workload, plan_capacity
     from mtbench.serve.openloop import ServingOptions
     from mtbench.serve.service import CacheSetting
     from mtbench.sim.costmodel import CostModel
@@ -72,11 +77,11 @@ def capacity(
         raise MtbenchError(f"--cache: expected distinct modes from none, gpu, tiered; got {cache!r}")
     settings = [CacheSetting(mode, policy, parse_size(gpu_cache, "--gpu-cache"), parse_size(host_cache, "--host-cache")).check()
                 for mode in modes]
-    if batch_overhead_ms < 0:
-        raise MtbenchError(f"--batch-overhead-ms must be >= 0, got {batch_overhead_ms}")
-    rates = _rates(measure_rates) if measure_rates else ()
-    if rates and not measure:
-        raise MtbenchError("--measure-rates needs --measure")
+    overhead = _overhead(batch_overhead_ms)
+    rates = _rates(measure_rates, "--measure-rates") if measure_rates else ()
+    fractions = _rates(measure_fractions, "--measure-fractions") if measure_fractions else ()
+    if (rates or fractions) and not measure:
+        raise MtbenchError("--measure-rates and --measure-fractions need --measure")
     serving = ServingOptions(ArrivalSpec(arrivals, rate=1.0, seed=seed), BatcherConfig(batch_size, max_wait_ms, max_batch_tokens),
                              slo_ms)
     CapacityQuestion(serving, percentile, target_qps).check()
@@ -95,11 +100,15 @@ def capacity(
     progress = Progress(TextColumn("[bold]capacity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), console=Console(stderr=True))
     context = _measure_context(trace, model, dtype, device, settings, question, page_tokens, max_requests, seed,
-                               progress) if measure else None
+                               progress) if measure or overhead is None else None
     with progress:
+        if overhead is None:
+            costs = {s.mode: ModeCost.fitted(cost, context.batch_overhead(s.mode), batch_size) for s in settings}
+        else:
+            costs = {s.mode: ModeCost(cost, overhead) for s in settings}
         task = progress.add_task("", total=len(settings) * (3 if measure else 2))
-        outcome = plan_capacity(workload, settings, cost, batch_overhead_ms, question, tokens_per_byte, context, rates,
-                                lambda what: progress.update(task, advance=1, description=what))
+        outcome = plan_capacity(workload, settings, costs, question, tokens_per_byte, context if measure else None,
+                                rates, fractions, lambda what: progress.update(task, advance=1, description=what))
     summary = {
         "kind": "capacity", "trace": fingerprint, "model": model, "dtype": dtype,
         "config": {"slo_ms": slo_ms, "percentile": percentile, "cache": modes, "policy": policy,
@@ -107,8 +116,9 @@ def capacity(
                    "page_tokens": page_tokens, "batch_size": batch_size, "max_wait_ms": max_wait_ms,
                    "max_batch_tokens": max_batch_tokens, "arrivals": arrivals, "seed": seed, "target_qps": target_qps,
                    "max_requests": max_requests, "warmup": question.warmup, "measure": measure,
-                   "measure_rates": list(rates), "device": device if measure else None,
-                   "cost_model": cost.to_dict(), "batch_overhead_ms": batch_overhead_ms,
+                   "measure_rates": list(rates), "measure_fractions": list(fractions),
+                   "device": device if context is not None else None, "cost_model": cost.to_dict(),
+                   "batch_overhead_ms": batch_overhead_ms,
                    "fleet_split": "even by user hash"},
         "result": outcome.result, "rows": outcome.rows,
     }
@@ -119,14 +129,27 @@ def capacity(
     console.print(f"report: {report_dir}")
 
 
-def _rates(text: str) -> tuple[float, ...]:
+def _rates(text: str, option: str) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise MtbenchError(f"--measure-rates: expected comma-separated rates, got {text!r}") from None
+        raise MtbenchError(f"{option}: expected comma-separated positive numbers, got {text!r}") from None
     if not values or min(values) <= 0:
-        raise MtbenchError(f"--measure-rates: rates must be positive, got {text!r}")
+        raise MtbenchError(f"{option}: expected positive numbers, got {text!r}")
     return values
+
+
+def _overhead(text: str) -> float | None:
+    """--batch-overhead-ms: milliseconds, or None for auto (measured)."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise MtbenchError(f"--batch-overhead-ms: expected milliseconds or auto, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise MtbenchError(f"--batch-overhead-ms must be a finite number >= 0, got {text}")
+    return value
 
 
 def _check_entries(workload, settings) -> None:

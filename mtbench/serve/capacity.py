@@ -15,7 +15,10 @@ GPUs by a hash of the user id, so each GPU sees the same traffic shape at 1/N of
 its own users' entries. That is conservative for the cache: a GPU serving 1/N of the users hits at
 least as often with the same tier sizes under recency-based policies. Routers that do better are
 `mtbench.fleet`'s job.
-`MeasureContext.run` checks a simulated point on the device: the real open-loop replay at that rate.
+`MeasureContext` checks simulated points on the device (`run`: the real open-loop replay at a rate;
+`throughput`: closed-loop requests/s). `MeasureContext.batch_overhead` measures what a per-request
+cost model misses: the fixed cost of a batch (launches, host work per batch), per cache mode, from
+closed-loop replays at two batch sizes (ms per request = overhead / batch size + per-request cost).
 """
 
 from __future__ import annotations
@@ -66,18 +69,33 @@ class CapacityQuestion:
         return replace(self.serving.arrivals, rate=rate, speed=None)
 
 
+@dataclass(frozen=True)
+class ModeCost:
+    """A cache mode's cost model and fixed cost per batch (`BatchCost`)."""
+
+    cost: CostModel
+    batch_overhead_ms: float = 0.0
+
+    @classmethod
+    def fitted(cls, cost: CostModel, batch_overhead_ms: float, calibrated_batch: int) -> "ModeCost":
+        """With a measured batch overhead: the cost model's per-request overhead, calibrated at batch size
+        `calibrated_batch`, already holds overhead / calibrated_batch; that share moves to the batch term."""
+        per_request = max(0.0, cost.request_overhead_ms - batch_overhead_ms / calibrated_batch)
+        return cls(replace(cost, request_overhead_ms=per_request), batch_overhead_ms)
+
+
 class ModeServer:
     """One cache mode over one workload: outcomes and costs once, then a DES run per rate.
 
     `saturation_qps` is the closed-loop throughput; `at(rate)` memoises each rate's row.
     """
 
-    def __init__(self, workload: Workload, setting: CacheSetting, cost: CostModel, batch_overhead_ms: float,
-                 question: CapacityQuestion, tokens_per_byte: float) -> None:
-        self.workload, self.setting, self.question = workload, setting, question
+    def __init__(self, workload: Workload, setting: CacheSetting, mode_cost: ModeCost, question: CapacityQuestion,
+                 tokens_per_byte: float) -> None:
+        self.workload, self.setting, self.question, self.mode_cost = workload, setting, question, mode_cost
         max_batch = question.serving.batcher.max_batch
-        self.served: ServedRequests = serve_costs(workload, setting, cost, max_batch, tokens_per_byte)
-        self.batch_cost: BatchCost = self.served.batch_cost(cost, batch_overhead_ms)
+        self.served: ServedRequests = serve_costs(workload, setting, mode_cost.cost, max_batch, tokens_per_byte)
+        self.batch_cost: BatchCost = self.served.batch_cost(mode_cost.cost, mode_cost.batch_overhead_ms)
         self.tokens = workload.n_static + workload.n_rt + workload.n_cand
         self.saturation_qps = closed_loop_rate(workload.n_requests, self.batch_cost, max_batch)
         self._rows: dict[float, dict] = {}
@@ -135,8 +153,45 @@ class MeasureContext:
     def __post_init__(self) -> None:
         from mtbench.replay.runner import build_model, validate_setup
 
+        self._closed: dict[tuple[str, int], float] = {}
         cfg, self.trace, device, dtype = validate_setup(self.setup)
         self.model = build_model(cfg, device, dtype, self.setup.options.seed)
+
+    def _closed_loop_ms(self, mode: str, batch_size: int, requests: int) -> float:
+        """Measured ms per request of a closed-loop replay of `mode` (first quarter warm-up); memoised."""
+        from mtbench.replay.engine import replay_run
+        from mtbench.replay.runner import planned_runs
+
+        if (mode, batch_size) in self._closed:
+            return self._closed[(mode, batch_size)]
+
+        options = replace(self.setup.options, batch_size=batch_size, max_requests=requests, warmup=requests // 4)
+        setup = replace(self.setup, cache=mode, baseline=False, options=options)
+        label, config = planned_runs(setup)[0]
+        progress = self.progress(f"{label} closed loop, batch {batch_size}", requests) if self.progress else None
+        row = replay_run(self.model, self.trace, config, options, label, progress).row
+        self._closed[(mode, batch_size)] = float(row["ms_per_request"])
+        return self._closed[(mode, batch_size)]
+
+    def throughput(self, mode: str) -> float:
+        """Measured closed-loop requests/s of `mode` at the question's batch size."""
+        batch = self.question.serving.batcher.max_batch
+        return 1e3 / self._closed_loop_ms(mode, batch, self._requests(batch))
+
+    def batch_overhead(self, mode: str) -> float:
+        """Fixed ms per batch of `mode`, from closed-loop replays at max_batch / 4 and max_batch."""
+        big = self.question.serving.batcher.max_batch
+        small = max(1, big // 4)
+        if small == big:
+            return 0.0
+        per_small = self._closed_loop_ms(mode, small, self._requests(small))
+        per_big = self._closed_loop_ms(mode, big, self._requests(big))
+        return max(0.0, (per_small - per_big) / (1 / small - 1 / big))
+
+    def _requests(self, batch: int) -> int:
+        """Requests of a closed-loop measurement: 32 timed batches after 8 of warm-up, within the trace."""
+        available = self.trace.num_rows if self.setup.options.max_requests is None else self.setup.options.max_requests
+        return min(available, 40 * batch)
 
     def run(self, mode: str, rate: float) -> dict:
         from mtbench.replay.engine import replay_run
@@ -188,41 +243,57 @@ class CapacityOutcome:
     result: str
 
 
-def plan_capacity(workload: Workload, settings: list[CacheSetting], cost: CostModel, batch_overhead_ms: float,
+def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[str, ModeCost],
                   question: CapacityQuestion, tokens_per_byte: float, measure: MeasureContext | None = None,
-                  measure_rates: tuple[float, ...] = (), step: Callable[[str], None] | None = None
-                  ) -> CapacityOutcome:
-    """Search every mode's SLO rate, draw its latency-vs-load curve, and (with `measure`) check on the device."""
+                  measure_rates: tuple[float, ...] = (), measure_fractions: tuple[float, ...] = (),
+                  step: Callable[[str], None] | None = None) -> CapacityOutcome:
+    """Search every mode's SLO rate, draw its latency-vs-load curve, and (with `measure`) check on the device:
+    each mode at `measure_rates`, at `measure_fractions` of its simulated saturation and at its SLO rate,
+    plus its closed-loop throughput."""
     question.check()
     servers: dict[str, ModeServer] = {}
     max_qps: dict[str, float] = {}
     for setting in settings:
-        servers[setting.mode] = ModeServer(workload, setting, cost, batch_overhead_ms, question, tokens_per_byte)
+        servers[setting.mode] = ModeServer(workload, setting, costs[setting.mode], question, tokens_per_byte)
         max_qps[setting.mode] = servers[setting.mode].search()
         if step:
             step(f"searched {setting.mode}")
     shared = tuple(rate for rate in max_qps.values() if rate > 0) + tuple(measure_rates)
+    measured_at = {mode: sorted(set(measure_rates) | {f * server.saturation_qps for f in measure_fractions}
+                                | ({max_qps[mode]} if max_qps[mode] > 0 else set())) for mode, server in servers.items()}
     points = []
     for mode, server in servers.items():
-        own = [fraction * server.saturation_qps for fraction in CURVE_FRACTIONS]
-        own = [rate for rate in own if all(abs(rate - other) > 0.01 * other for other in shared)]
-        for rate in sorted(set(own) | set(shared)):
+        special = set(shared) | (set(measured_at[mode]) if measure is not None else set())
+        own = [f * server.saturation_qps for f in CURVE_FRACTIONS]
+        own = [rate for rate in own if all(abs(rate - other) > 0.01 * other for other in special)]
+        for rate in sorted(set(own) | special):
             points.append({"source": "simulated", "cache_mode": mode, **server.at(rate)})
         if step:
             step(f"curve {mode}")
     measured: dict[str, dict] = {}
     if measure is not None:
         for mode in servers:
-            for rate in sorted(set(measure_rates) | ({max_qps[mode]} if max_qps[mode] > 0 else set())):
-                row = measure.run(mode, rate)
-                points.append({"source": "measured", "cache_mode": mode, **_point_fields(row)})
-                if rate == max_qps[mode]:
-                    measured[mode] = row
+            runs = [measure.run(mode, rate) for rate in measured_at[mode]]
+            points += [{"source": "measured", "cache_mode": mode, **_point_fields(row)} for row in runs]
+            measured[mode] = _measured_summary(runs, max_qps[mode], measure.throughput(mode))
             if step:
                 step(f"measured {mode}")
     rows = [_mode_row(servers[mode], max_qps[mode], question, measured.get(mode)) for mode in servers]
     _add_speedups(rows)
-    return CapacityOutcome(rows, points, result_line(rows, question))
+    lines = [result_line(rows, question)] + ([result_line(rows, question, "measured_")] if measured else [])
+    return CapacityOutcome(rows, points, "\n".join(lines))
+
+
+def _measured_summary(runs: list[dict], simulated_max: float, throughput: float) -> dict:
+    """The measured check of one mode: its run at the simulated SLO rate, the highest measured rate
+    that met the SLO, and its closed-loop throughput."""
+    at_max = next((row for row in runs if row["rate"] == simulated_max), {})
+    met = [row["rate"] for row in runs if row["meets_slo"]]
+    return {"measured_p50_ms": at_max.get("p50_ms"), "measured_p99_ms": at_max.get("p99_ms"),
+            "measured_latency_at_percentile_ms": at_max.get("latency_at_percentile_ms"),
+            "measured_slo_attainment": at_max.get("slo_attainment"), "measured_meets_slo": at_max.get("meets_slo"),
+            "measured_hit_ratio": at_max.get("hit_ratio"), "measured_max_qps": max(met, default=0.0),
+            "measured_saturation_qps": throughput}
 
 
 POINT_FIELDS = ("rate", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "latency_at_percentile_ms", "meets_slo",
@@ -255,30 +326,36 @@ def _mode_row(server: ModeServer, max_qps: float, question: CapacityQuestion, me
         "slo_attainment": at_capacity.get("slo_attainment"), "goodput": at_capacity.get("goodput"),
         "target_qps": question.target_qps, "gpus_needed": gpus_needed(question.target_qps, max_qps),
     }
-    if measured is not None:
-        row.update({"measured_p50_ms": measured.get("p50_ms"), "measured_p99_ms": measured.get("p99_ms"),
-                    "measured_latency_at_percentile_ms": measured.get("latency_at_percentile_ms"),
-                    "measured_slo_attainment": measured.get("slo_attainment"),
-                    "measured_meets_slo": measured.get("meets_slo"), "measured_hit_ratio": measured.get("hit_ratio")})
+    row["batch_overhead_ms"] = server.mode_cost.batch_overhead_ms
+    row.update(measured or {})
     return row
 
 
 def _add_speedups(rows: list[dict]) -> None:
-    """capacity_speedup = max_qps / no-cache max_qps; throughput_speedup the same for saturation."""
+    """capacity_speedup = max_qps / no-cache max_qps; throughput_speedup the same for saturation; the
+    measured_ ones from the measured fields (when measured)."""
     none = next((row for row in rows if row["cache_mode"] == "none"), None)
+    pairs = [("capacity_speedup", "max_qps"), ("throughput_speedup", "saturation_qps"),
+             ("measured_capacity_speedup", "measured_max_qps"), ("measured_throughput_speedup", "measured_saturation_qps")]
     for row in rows:
-        row["capacity_speedup"] = row["max_qps"] / none["max_qps"] if none and none["max_qps"] > 0 else None
-        row["throughput_speedup"] = row["saturation_qps"] / none["saturation_qps"] if none else None
+        for name, field in pairs:
+            if field in row:
+                base = none.get(field) if none else None
+                row[name] = row[field] / base if base else None
 
 
-def result_line(rows: list[dict], question: CapacityQuestion) -> str:
-    """'max QPS per GPU within p99 <= 50 ms: none X, tiered Y (capacity speedup Y/X); throughput speedup Z'."""
-    percentile = f"p{question.percentile:g}".replace(".", "")
-    parts = ", ".join(f"{row['cache_mode']} {row['max_qps']:,.0f}" for row in rows)
-    line = f"max QPS per GPU within {percentile} <= {question.serving.slo_ms:g} ms: {parts}"
-    best = max((row for row in rows if row["cache_mode"] != "none"), key=lambda row: row["max_qps"], default=None)
-    if best is not None and best.get("capacity_speedup") is not None:
-        line += f" (capacity speedup {best['cache_mode']}/none {best['capacity_speedup']:.2f}x)"
-    if best is not None and best.get("throughput_speedup") is not None:
-        line += f"; throughput speedup {best['throughput_speedup']:.2f}x"
+def result_line(rows: list[dict], question: CapacityQuestion, prefix: str = "") -> str:
+    """'max QPS per GPU within p99 <= 50 ms: none X, tiered Y (capacity speedup Y/X); throughput speedup Z'
+    (simulated; `prefix` "measured_" for the measured fields)."""
+    percentile = f"p{question.percentile:g}"
+    parts = ", ".join(f"{row['cache_mode']} {row[prefix + 'max_qps']:,.0f}" for row in rows)
+    what = "measured" if prefix else "simulated"
+    line = f"{what}: max QPS per GPU within {percentile} <= {question.serving.slo_ms:g} ms: {parts}"
+    best = max((row for row in rows if row["cache_mode"] != "none"), key=lambda row: row[prefix + "max_qps"],
+               default=None)
+    capacity, throughput = (best or {}).get(prefix + "capacity_speedup"), (best or {}).get(prefix + "throughput_speedup")
+    if capacity is not None:
+        line += f" (capacity speedup {best['cache_mode']}/none {capacity:.2f}x)"
+    if throughput is not None:
+        line += f"; throughput speedup {throughput:.2f}x"
     return line
