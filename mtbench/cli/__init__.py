@@ -26,10 +26,12 @@ app.add_typer(bench_app, name="bench")
 
 
 def _register_all() -> None:
-    from mtbench.cli import (bench_policies_cmd, demo, kernels_cmd, model_cmd, policies_cmd, replay_cmd, report_cmd,
-                             trace_cmd)
+    from mtbench.cli import (
+        bench_policies_cmd, capacity_cmd, demo, kernels_cmd, model_cmd, policies_cmd, replay_cmd, report_cmd, trace_cmd,
+    )
 
-    for module in (model_cmd, trace_cmd, policies_cmd, bench_policies_cmd, replay_cmd, report_cmd, kernels_cmd, demo):
+    for module in (model_cmd, trace_cmd, policies_cmd, bench_policies_cmd, replay_cmd, capacity_cmd, report_cmd,
+                   kernels_cmd, demo):
         module.register(app, bench_app)
 
 

@@ -48,7 +48,7 @@ def replay(
     cache: str = typer.Option("tiered", "--cache", help=f"Cache mode: {', '.join(CACHE_MODES)}."),
     gpu_cache: str = typer.Option("64MiB", "--gpu-cache", help="GPU tier capacity (4GiB, 512MB, ...)."),
     host_cache: str = typer.Option("256MiB", "--host-cache", help="Host tier capacity."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Most requests per batch."),
+    batch_size: int = typer.Option(16, "--batch-size", "--max-batch", help="Most requests per batch."),
     window: Optional[float] = typer.Option(None, "--window", help="Batch only requests arriving within SECONDS."),
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -68,10 +68,23 @@ def replay(
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs",
                                      help="Replay the cached forward's layers as CUDA graphs (CUDA only)."),
     sort: SortOpt = False,
+    arrivals: str = typer.Option("closed", "--arrivals",
+                                 help="closed (next batch when the last is done: throughput), or open loop: trace "
+                                      "(the trace's ts, scaled by --speed or to --rate) or poisson (--rate)."),
+    speed: Optional[float] = typer.Option(None, "--speed", help="--arrivals trace: play the trace X times faster."),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Open loop: mean arrival rate in requests/s."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms",
+                                      help="Open loop: a batch closes this long after its first request at the latest."),
+    max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens",
+                                                   help="Open loop: token budget per batch (U+S+R+C tokens)."),
+    slo_ms: float = typer.Option(50.0, "--slo-ms", help="Open loop: latency objective for SLO attainment and goodput."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default reports/runs/replay-<time>)."),
     force: ForceOpt = False,
 ) -> None:
     """Replay a trace through the real GPU/host KV cache and MTGR, and write a report directory.
+
+    With --arrivals trace|poisson requests arrive in real time (open loop) and a dynamic batcher
+    forms batches; latency then runs from a request's arrival to its scores (queueing included).
 
     Examples:
 
@@ -86,7 +99,12 @@ def replay(
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.replay.engine import ReplayOptions
     from mtbench.replay.runner import ReplaySetup, run_replay
+    from mtbench.serve.arrivals import ArrivalSpec
+    from mtbench.serve.batcher import BatcherConfig
+    from mtbench.serve.openloop import ServingOptions, check_open_loop, open_loop_feeds
 
+    serving = ServingOptions(ArrivalSpec(arrivals, speed, rate, seed), BatcherConfig(batch_size, max_wait_ms, max_batch_tokens),
+                             slo_ms).check()
     device, dtype = resolve_device_dtype(device, dtype)
     chosen_layouts = tuple(p.strip() for p in layout.split(",") if p.strip())
     if not chosen_layouts:
@@ -99,11 +117,16 @@ def replay(
                               page_tokens=page_tokens, seed=seed, cuda_graphs=cuda_graphs,
                               load_budget=_load_budget(load_budget)),
     )
+    feeds = open_loop_feeds(serving, setup.options) if serving.arrivals.open_loop else None
+    if feeds is not None:
+        check_open_loop(trace, serving, setup.options.max_requests)
     out = validate_out_dir(out, force, "replay")
     console = Console()
     progress = _progress()
     try:
-        outcome = run_replay(setup, _progress_factory(progress))
+        outcome = run_replay(setup, _progress_factory(progress), feeds)
+        if feeds is not None:
+            outcome.summary["config"].update(serving.config_dict())
     finally:
         if progress.live.is_started:
             progress.stop()

@@ -14,7 +14,8 @@ from mtbench.errors import MtbenchError
 from mtbench.paths import check_output_dir
 from mtbench.report import default_report_dir, load_report, print_summary, render_markdown
 from mtbench.report.compare import comparison_json, comparison_markdown, compare_reports, print_comparison
-from mtbench.report.plots import PLOTS, draw_plots
+from mtbench.report.plots import draw_plots
+from mtbench.report.serving_plots import ALL_PLOTS
 
 
 class OutputFormat(str, Enum):
@@ -43,12 +44,12 @@ def plot(
         out = reports[0].path / "plots" if len(reports) == 1 else default_report_dir("overlay", Path("reports/plots"))
     check_output_dir(out, "--out")
     console = Console()
-    with console.status(f"drawing {len(PLOTS)} plots from {len(reports)} report(s)"):
-        outcome = draw_plots(reports, out)
+    with console.status(f"drawing {len(ALL_PLOTS)} plots from {len(reports)} report(s)"):
+        outcome = draw_plots(reports, out, plots=ALL_PLOTS)
     table = Table(title=f"Plots in {out}", title_justify="left")
     table.add_column("plot", style="bold")
     table.add_column("result", overflow="fold")
-    for name in PLOTS:
+    for name in ALL_PLOTS:
         file = f"{name}.png"
         table.add_row(name, str(out / file) if file in outcome.written else f"skipped: {outcome.skipped[name]}")
     console.print(table)

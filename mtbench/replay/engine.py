@@ -39,6 +39,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -102,6 +103,24 @@ class RunResult:
     row: dict
     samples: dict[int, ScoreSample]  # request_index -> scores
     stats: CacheStats
+
+
+class BatchFeed(Protocol):
+    """Where an open-loop driver (`mtbench.serve.openloop`) feeds the engine instead of the trace.
+
+    `after(done, end)`: the batch `done` was issued and `end` is its end marker (a CUDA event, or the
+    perf_counter time on the CPU); returns the next batch once it closes, None when no requests are
+    left (done = None asks for the first batch). `ahead()`: asked when a batch starts, returns the
+    next batch if it is already closed (the engine then plans it now, so its loads overlap the
+    current batch; `after` then returns that same batch), else None. `finish(result)`: the run's
+    result, to which the driver adds its own records and fields.
+    """
+
+    def ahead(self) -> TraceBatch | None: ...
+
+    def after(self, done: TraceBatch | None, end: object) -> TraceBatch | None: ...
+
+    def finish(self, result: "RunResult") -> None: ...
 
 
 @dataclass
@@ -244,13 +263,14 @@ class _BatchRunner:
         return next_use_indices(keys.reshape(-1))
 
     # ---------------------------------------------------------------- the loop
-    def run(self, progress: Callable[[int], None] | None) -> tuple[float, int, int]:
-        """Replay every batch; returns (measured seconds, timed requests, timed candidates)."""
+    def run(self, progress: Callable[[int], None] | None, feed: BatchFeed | None = None) -> tuple[float, int, int]:
+        """Replay every batch (from the trace, or from `feed`); returns (measured seconds, timed requests,
+        timed candidates)."""
         batches = iter_batches(self.trace, self.options.batch_size, self.options.window, self.options.max_requests)
         lookahead = not self.cache_config.sync
         if self.device.type == "cuda":
             prewarm(self.model, self.manager, self.trace, self.options, self.graphs)
-        current = next(batches, None)
+        current = next(batches, None) if feed is None else feed.after(None, None)
         plan = self._plan(current) if current is not None else None
         wall_start, timed_requests, timed_candidates = None, 0, 0
         while current is not None:
@@ -263,10 +283,12 @@ class _BatchRunner:
             if not warmup:
                 timed_requests += len(current)
                 timed_candidates += int(current.n_cand.sum())
-            upcoming = next(batches, None)
+            upcoming = next(batches, None) if feed is None else feed.ahead()
             start = self.clock.mark()
             next_plan = self._plan(upcoming) if lookahead and upcoming is not None else None
-            self._execute(current, plan, warmup, start)
+            end = self._execute(current, plan, warmup, start)
+            if feed is not None:
+                upcoming = feed.after(current, end)
             if upcoming is not None and next_plan is None:
                 next_plan = self._plan(upcoming)
             if progress is not None:
@@ -306,7 +328,8 @@ class _BatchRunner:
             return None
         return int(PCIE_GBPS * 1e6 * recent)
 
-    def _execute(self, batch: TraceBatch, plan: BatchPlan, warmup: bool, start: object) -> None:
+    def _execute(self, batch: TraceBatch, plan: BatchPlan, warmup: bool, start: object) -> object:
+        """Run the batch; returns its end marker."""
         manager = self.manager
         self._cache_call(manager.refresh, plan)
         started = time.perf_counter()
@@ -319,6 +342,7 @@ class _BatchRunner:
                               (manager.gpu_used_bytes, manager.host_used_bytes), forward_seconds, host_seconds)
         self._pending.append(timing)
         self._resolve_finished()
+        return end
 
     def _resolve_finished(self) -> None:
         """Resolve timings of batches the device finished; keep at most two batches in flight."""
@@ -389,10 +413,12 @@ class _BatchRunner:
 
 
 def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOptions, label: str,
-               progress: Callable[[int], None] | None = None, fault_hook: FaultHook | None = None) -> RunResult:
-    """One replay of `trace` with one cache configuration; returns its records and summary row."""
+               progress: Callable[[int], None] | None = None, fault_hook: FaultHook | None = None,
+               feed: BatchFeed | None = None) -> RunResult:
+    """One replay of `trace` with one cache configuration; returns its records and summary row.
+    With `feed` (open loop) the batches come from it, and it completes the result (`BatchFeed`)."""
     runner = _BatchRunner(model, trace, cache, options, label, fault_hook)
-    seconds, requests, candidates = runner.run(progress)
+    seconds, requests, candidates = runner.run(progress, feed)
     stats = _diff(runner.manager.stats, runner._warm_stats)
     recorder = runner.recorder
     records = recorder.records()
@@ -404,7 +430,10 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     row["device_mallocs"] = runner.timed_device_mallocs
     row["graphed_batches"] = runner.graphs.replays if runner.graphs is not None else 0
     samples = {index: replace(s, ctr=s.ctr.float().cpu(), ctcvr=s.ctcvr.float().cpu()) for index, s in runner.samples.items()}
-    return RunResult(label, cache, records, row, samples, stats)
+    result = RunResult(label, cache, records, row, samples, stats)
+    if feed is not None:
+        feed.finish(result)
+    return result
 
 
 def _device_mallocs(device: torch.device) -> int:

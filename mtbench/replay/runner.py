@@ -28,7 +28,7 @@ from mtbench.model import MTGR, MTGRConfig, get_config
 from mtbench.model.config import parse_dtype
 from mtbench.model.pooled import graphs_supported
 from mtbench.replay.batching import check_batching
-from mtbench.replay.engine import ReplayOptions, RunResult, replay_run
+from mtbench.replay.engine import BatchFeed, ReplayOptions, RunResult, replay_run
 from mtbench.replay.verify import VerifyResult, verify_samples
 from mtbench.trace import Trace, open_trace
 
@@ -150,17 +150,19 @@ class ReplayOutcome:
     verify: VerifyResult | None
 
 
-def run_replay(setup: ReplaySetup, progress_factory: Callable[[str, int], Callable[[int], None]] | None = None
-               ) -> ReplayOutcome:
-    """Validate, run every planned configuration, verify, and return the report's summary and records."""
+def run_replay(setup: ReplaySetup, progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+               feed_factory: Callable[[Trace], BatchFeed] | None = None) -> ReplayOutcome:
+    """Validate, run every planned configuration, verify, and return the report's summary and records.
+    `feed_factory` (open loop, `mtbench.serve.openloop`) makes a fresh batch feed for each run."""
     cfg, trace, device, dtype = validate_setup(setup)
     model = build_model(cfg, device, dtype, setup.options.seed)
     total = trace.num_rows if setup.options.max_requests is None else min(trace.num_rows, setup.options.max_requests)
     results: list[RunResult] = []
     for index, (label, config) in enumerate(planned_runs(setup)):
         options = replace(setup.options, verify_sample=setup.verify if index == 0 else 0)
+        feed = feed_factory(trace) if feed_factory is not None else None
         progress = progress_factory(label, total) if progress_factory else None
-        results.append(replay_run(model, trace, config, options, label, progress))
+        results.append(replay_run(model, trace, config, options, label, progress, feed=feed))
         if results[0].row["requests"] == 0:
             raise MtbenchError(f"--warmup {setup.options.warmup} covers every batch (the last one starts before request "
                                f"{setup.options.warmup}), so nothing was measured; lower --warmup")

@@ -26,8 +26,9 @@ HEADLINE_FIELDS = {
                          "est_speedup"],
     "replay": ["hit_ratio", "p50_ms", "p99_ms", "requests_per_s", "pipeline_efficiency", "speedup_vs_none",
                "speedup_vs_gpu", "speedup_vs_sync"],
+    "capacity": ["hit_ratio", "saturation_qps", "max_qps", "capacity_speedup", "throughput_speedup", "gpus_needed"],
 }
-_KEY_FIELDS = {"compare-policies": ("policy", "gpu_capacity", "host_capacity"), "replay": ("run",)}
+_KEY_FIELDS = {"compare-policies": ("policy", "gpu_capacity", "host_capacity"), "replay": ("run",), "capacity": ("run",)}
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,14 @@ def compare_reports(a: Report, b: Report) -> Comparison:
 
 
 def _row_key(report: Report, row: dict[str, Any]) -> tuple[Any, ...]:
-    if report.kind == "replay":
+    if _KEY_FIELDS.get(report.kind) == ("run",):
         return (str(row.get("run")),)
     return (policy_key(row_policy(row)), row.get("gpu_capacity"), row.get("host_capacity"))
 
 
 def _key_label(report: Report, key: tuple[Any, ...], with_host: bool) -> str:
     """'run', or 'policy @ GPU capacity' (with '/ host capacity' when rows differ in it)."""
-    if report.kind == "replay":
+    if _KEY_FIELDS.get(report.kind) == ("run",):
         return str(key[0])
     unit = capacity_unit(report.summary)
     host = f" / host {format_value('host_capacity', key[2], unit)}" if with_host else ""

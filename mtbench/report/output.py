@@ -21,6 +21,7 @@ def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.Data
     existing report at `out_dir` is replaced only with `force`.
     """
     from mtbench.report.plots import draw_plots  # matplotlib only when a report is written
+    from mtbench.report.serving_plots import ALL_PLOTS
 
     full_summary = complete_summary(summary, kind)
     table = records_table(records)
@@ -28,6 +29,6 @@ def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.Data
     with ReportWriter(target) as writer:
         writer.write_records(table)
         writer.write_summary(full_summary)
-        outcome = draw_plots([Report(None, full_summary, records)], writer.plots_dir, strict=False)
+        outcome = draw_plots([Report(None, full_summary, records)], writer.plots_dir, strict=False, plots=ALL_PLOTS)
         writer.write_markdown(render_markdown(full_summary, outcome.written, outcome.skipped))
     return target

@@ -579,16 +579,18 @@ PLOTS: dict[str, Callable[[list[Report]], Figure]] = {
 }
 
 
-def draw_plots(reports: list[Report], out_dir: Path, strict: bool = True) -> PlotOutcome:
+def draw_plots(reports: list[Report], out_dir: Path, strict: bool = True,
+               plots: dict[str, Callable[[list[Report]], Figure]] | None = None) -> PlotOutcome:
     """Write every plot the data supports as out_dir/<name>.png; the others are listed with the reason.
 
+    `plots` defaults to PLOTS (callers add the serving plots: `mtbench.report.serving_plots.ALL_PLOTS`).
     With strict=False an unexpected error in one plot is listed as a skip instead of raised, so a long
     run's report is never lost to a plotting problem.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome = PlotOutcome()
-    for name, plot in PLOTS.items():
+    for name, plot in (PLOTS if plots is None else plots).items():
         try:
             figure = plot(reports)
         except PlotSkipped as skipped:

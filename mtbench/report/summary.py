@@ -60,10 +60,24 @@ _GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {  # a group shows onl
                                           "device_mallocs", "graph_captures", "graphed_batches"]),
         ("Speedups and checks", ["speedup_vs_none", "speedup_vs_gpu", "speedup_vs_sync", "est_speedup",
                                  "verify_max_rel_err"]),
+        ("Serving under load", ["arrivals", "p90_ms", "p999_ms", "slo_ms", "slo_attainment", "goodput",
+                                "offered_rate", "served_rate", "overloaded", "utilization", "queue_mean", "queue_max",
+                                "queueing_ms_mean", "formation_ms_mean", "service_ms_mean", "gpu_hit_p99_ms",
+                                "host_hit_p99_ms", "miss_p99_ms", "arrival_lag_ms_max"]),
+    ],
+    "capacity": [
+        ("Capacity per GPU within the SLO", ["policy", "requests", "hit_ratio", "gpu_hit_ratio", "saturation_qps",
+                                             "max_qps", "capacity_speedup", "throughput_speedup", "target_qps",
+                                             "gpus_needed"]),
+        ("Latency at the highest rate within the SLO", ["p50_ms", "p99_ms", "latency_at_percentile_ms",
+                                                        "slo_attainment", "goodput", "measured_p50_ms",
+                                                        "measured_p99_ms", "measured_latency_at_percentile_ms",
+                                                        "measured_slo_attainment", "measured_meets_slo",
+                                                        "measured_hit_ratio"]),
     ],
 }
 # Row identity: the first column always opens every table, the others only when they differ between rows.
-_IDENTITY_COLUMNS_BY_KIND = {"compare-policies": ("policy", *CAPACITY_COLUMNS), "replay": ("run",)}
+_IDENTITY_COLUMNS_BY_KIND = {"compare-policies": ("policy", *CAPACITY_COLUMNS), "replay": ("run",), "capacity": ("run",)}
 _TEXT_COLUMNS = ("policy", "run", "cache_mode", "layout", "sync")
 _HEADER_FIELDS = ("kind", "trace", "model", "dtype", "config", "rows", "note")  # note: a caveat line of its own
 _VERSION_FIELDS = ("mtbench_version", "torch_version", "created_utc")

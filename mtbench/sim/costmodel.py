@@ -122,8 +122,12 @@ class CostModel:
     def total_ms(self, n_new: np.ndarray, recomputed: np.ndarray, h2d_bytes: float) -> tuple[float, float]:
         """(total estimated ms of a run, of which copy time not hidden under compute)."""
         compute = float(np.sum(self.compute_ms(n_new, recomputed)))
-        exposed = max(0.0, float(self.h2d_ms(h2d_bytes)) - self.transfer_overlap * compute)
+        exposed = self.exposed_ms(float(self.h2d_ms(h2d_bytes)), compute)
         return compute + exposed, exposed
+
+    def exposed_ms(self, transfer_ms: float, compute_ms: float) -> float:
+        """Copy time not hidden under `compute_ms` of GPU work (see the module docstring)."""
+        return max(0.0, transfer_ms - self.transfer_overlap * compute_ms)
 
     def recompute_ms(self, n_static: np.ndarray | float) -> np.ndarray:
         """What recomputing a prefix of `n_static` tokens costs (a miss's extra work)."""

@@ -1,0 +1,361 @@
+"""Capacity planning: the highest request rate one GPU sustains within a latency SLO, per cache mode,
+and the GPUs a target rate needs.
+
+Per cache mode (`ModeServer`): the cache simulator decides every request's outcome, the cost model
+prices it (`mtbench.serve.service`), and the discrete-event simulator serves the requests at a given
+arrival rate (`serve_queue`). A rate *meets the SLO* when the run is not overloaded and the latency
+at `percentile` (over the requests after warm-up) is at most `slo_ms`. The search:
+- saturation = closed-loop throughput (full batches back to back): no open-loop rate above it is
+  sustainable;
+- the SLO rate is bisected on a log scale between 1% of saturation and saturation (excluded), assuming a rate
+  meets the SLO when a higher one does (tail latency grows with load) until it brackets the answer
+  within `SEARCH_PRECISION`.
+GPUs for a target rate: ceil(target / max rate per GPU), assuming requests are split evenly across
+GPUs by a hash of the user id, so each GPU sees the same traffic shape at 1/N of the rate and keeps
+its own users' entries. That is conservative for the cache: a GPU serving 1/N of the users hits at
+least as often with the same tier sizes under recency-based policies. Routers that do better are
+`mtbench.fleet`'s job.
+`MeasureContext` checks simulated points on the device (`run`: the real open-loop replay at a rate;
+`throughput`: closed-loop requests/s). `MeasureContext.batch_overhead` measures what a per-request
+cost model misses: the fixed cost of a batch (launches, host work per batch), per cache mode, from
+closed-loop replays at two batch sizes (ms per request = overhead / batch size + per-request cost).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from mtbench.errors import MtbenchError
+from mtbench.serve.arrivals import ArrivalSpec, arrival_times
+from mtbench.serve.des import BatchCost, closed_loop_rate, serve_queue
+from mtbench.serve.openloop import ServingOptions
+from mtbench.serve.service import CacheSetting, ServedRequests, serve_costs
+from mtbench.serve.stats import Timeline, serving_stats
+from mtbench.sim.costmodel import CostModel
+from mtbench.sim.simulator import Workload
+
+SEARCH_PRECISION = 0.005  # relative width of the final bracket of the SLO rate
+LOWEST_FRACTION = 0.01  # of saturation: below this the SLO is called unreachable
+CURVE_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0, 1.1)
+
+
+@dataclass(frozen=True)
+class CapacityQuestion:
+    """What `mtbench capacity` asks: SLO, percentile, arrivals, batching, optional target rate."""
+
+    serving: ServingOptions
+    percentile: float = 99.0
+    target_qps: float | None = None
+    warmup: int = 0
+
+    def check(self) -> "CapacityQuestion":
+        self.serving.check()
+        if self.serving.arrivals.mode not in ("poisson", "trace"):
+            raise MtbenchError("capacity: --arrivals must be poisson or trace (open loop)")
+        if not (0 < self.percentile < 100):
+            raise MtbenchError(f"--percentile must be between 0 and 100 (exclusive), got {self.percentile}")
+        if self.target_qps is not None and not (math.isfinite(self.target_qps) and self.target_qps > 0):
+            raise MtbenchError(f"--target-qps must be a positive number of requests/s, got {self.target_qps}")
+        if self.warmup < 0:
+            raise MtbenchError(f"--warmup must be >= 0, got {self.warmup}")
+        return self
+
+    def arrivals_at(self, rate: float) -> ArrivalSpec:
+        return replace(self.serving.arrivals, rate=rate, speed=None)
+
+
+@dataclass(frozen=True)
+class ModeCost:
+    """A cache mode's cost model and fixed cost per batch (`BatchCost`)."""
+
+    cost: CostModel
+    batch_overhead_ms: float = 0.0
+
+    @classmethod
+    def fitted(cls, cost: CostModel, batch_overhead_ms: float, calibrated_batch: int) -> "ModeCost":
+        """With a measured batch overhead: the cost model's per-request overhead, calibrated at batch size
+        `calibrated_batch`, already holds overhead / calibrated_batch; that share moves to the batch term."""
+        per_request = max(0.0, cost.request_overhead_ms - batch_overhead_ms / calibrated_batch)
+        return cls(replace(cost, request_overhead_ms=per_request), batch_overhead_ms)
+
+
+class ModeServer:
+    """One cache mode over one workload: outcomes and costs once, then a DES run per rate.
+
+    `saturation_qps` is the closed-loop throughput; `at(rate)` memoises each rate's row.
+    """
+
+    def __init__(self, workload: Workload, setting: CacheSetting, mode_cost: ModeCost, question: CapacityQuestion,
+                 tokens_per_byte: float) -> None:
+        self.workload, self.setting, self.question, self.mode_cost = workload, setting, question, mode_cost
+        max_batch = question.serving.batcher.max_batch
+        self.served: ServedRequests = serve_costs(workload, setting, mode_cost.cost, max_batch, tokens_per_byte)
+        self.batch_cost: BatchCost = self.served.batch_cost(mode_cost.cost, mode_cost.batch_overhead_ms)
+        self.tokens = workload.n_static + workload.n_rt + workload.n_cand
+        self.saturation_qps = closed_loop_rate(workload.n_requests, self.batch_cost, max_batch)
+        self._rows: dict[float, dict] = {}
+
+    def at(self, rate: float) -> dict:
+        """Serving row at `rate` requests/s (simulated), plus `latency_at_percentile_ms` and `meets_slo`."""
+        if rate not in self._rows:
+            question = self.question
+            arrivals = arrival_times(self.workload.ts, question.arrivals_at(rate))
+            timeline = serve_queue(arrivals, self.batch_cost, question.serving.batcher, self.tokens)
+            self._rows[rate] = point_row(timeline, self.served.outcomes, question, rate)
+        return self._rows[rate]
+
+    def search(self) -> float:
+        """Highest rate meeting the SLO (0.0 when even LOWEST_FRACTION of saturation does not)."""
+        high = self.saturation_qps  # never sustainable: the queue of a server at full load does not settle
+        low = high * LOWEST_FRACTION
+        if not self.at(low)["meets_slo"]:
+            return 0.0
+        while high / low > 1 + SEARCH_PRECISION:
+            middle = math.sqrt(low * high)
+            low, high = (middle, high) if self.at(middle)["meets_slo"] else (low, middle)
+        return low
+
+
+def point_row(timeline: Timeline, outcomes: np.ndarray, question: CapacityQuestion, rate: float) -> dict:
+    """Stats of the requests after warm-up, and whether the SLO holds at `question.percentile`."""
+    keep = slice(min(question.warmup, max(len(timeline.arrival) - 1, 0)), None)
+    timed = Timeline(timeline.arrival[keep], timeline.start[keep], timeline.finish[keep], timeline.server_free[keep])
+    serving = question.serving
+    row = {"rate": rate, **serving_stats(timed, outcomes[keep], serving.slo_ms, serving.batcher.max_batch)}
+    latency = timed.latency_ms
+    at_percentile = float(np.percentile(latency, question.percentile)) if len(latency) else math.inf
+    row["latency_at_percentile_ms"] = None if row["overloaded"] else at_percentile
+    row["meets_slo"] = bool(not row["overloaded"] and at_percentile <= serving.slo_ms)
+    return row
+
+
+def gpus_needed(target_qps: float | None, max_qps: float) -> int | None:
+    """GPUs for `target_qps` split evenly by user hash (module docstring); None without a target or a
+    mode that cannot meet the SLO at all."""
+    if target_qps is None or max_qps <= 0:
+        return None
+    return max(1, math.ceil(target_qps / max_qps))
+
+
+@dataclass
+class MeasureContext:
+    """What the real replays of `--measure` share: one validated setup, one model, the question."""
+
+    setup: object  # mtbench.replay.runner.ReplaySetup
+    question: CapacityQuestion
+    progress: Callable[[str, int], Callable[[int], None]] | None = None
+
+    def __post_init__(self) -> None:
+        from mtbench.replay.runner import build_model, validate_setup
+
+        self._closed: dict[tuple[str, int], float] = {}
+        cfg, self.trace, device, dtype = validate_setup(self.setup)
+        self.model = build_model(cfg, device, dtype, self.setup.options.seed)
+
+    def _closed_loop_ms(self, mode: str, batch_size: int, requests: int) -> float:
+        """Measured ms per request of a closed-loop replay of `mode` (first quarter warm-up); memoised."""
+        from mtbench.replay.engine import replay_run
+        from mtbench.replay.runner import planned_runs
+
+        if (mode, batch_size) in self._closed:
+            return self._closed[(mode, batch_size)]
+
+        options = replace(self.setup.options, batch_size=batch_size, max_requests=requests, warmup=requests // 4)
+        setup = replace(self.setup, cache=mode, baseline=False, options=options)
+        label, config = planned_runs(setup)[0]
+        progress = self.progress(f"{label} closed loop, batch {batch_size}", requests) if self.progress else None
+        row = replay_run(self.model, self.trace, config, options, label, progress).row
+        self._closed[(mode, batch_size)] = float(row["ms_per_request"])
+        return self._closed[(mode, batch_size)]
+
+    def throughput(self, mode: str) -> float:
+        """Measured closed-loop requests/s of `mode` at the question's batch size."""
+        batch = self.question.serving.batcher.max_batch
+        return 1e3 / self._closed_loop_ms(mode, batch, self._requests(batch))
+
+    def batch_overhead(self, mode: str) -> float:
+        """Fixed ms per batch of `mode`, from closed-loop replays at max_batch / 4 and max_batch."""
+        big = self.question.serving.batcher.max_batch
+        small = max(1, big // 4)
+        if small == big:
+            return 0.0
+        per_small = self._closed_loop_ms(mode, small, self._requests(small))
+        per_big = self._closed_loop_ms(mode, big, self._requests(big))
+        return max(0.0, (per_small - per_big) / (1 / small - 1 / big))
+
+    def _requests(self, batch: int) -> int:
+        """Requests of a closed-loop measurement: 32 timed batches after 8 of warm-up, within the trace."""
+        available = self.trace.num_rows if self.setup.options.max_requests is None else self.setup.options.max_requests
+        return min(available, 40 * batch)
+
+    def run(self, mode: str, rate: float) -> dict:
+        from mtbench.replay.engine import replay_run
+        from mtbench.replay.runner import planned_runs
+        from mtbench.serve.openloop import open_loop_feeds
+
+        setup = replace(self.setup, cache=mode, baseline=False)
+        label, config = planned_runs(setup)[0]
+        serving = replace(self.question.serving, arrivals=self.question.arrivals_at(rate))
+        feed = open_loop_feeds(serving, setup.options)(self.trace)
+        total = len(feed.arrivals)
+        progress = self.progress(f"{label} @ {rate:,.0f}/s", total) if self.progress else None
+        result = replay_run(self.model, self.trace, config, setup.options, label, progress, feed=feed)
+        timed = result.records[~result.records["warmup"].to_numpy(dtype=bool)]
+        latency = timed["latency_ms"].to_numpy(dtype=float)
+        row = dict(result.row)
+        at_percentile = float(np.percentile(latency, self.question.percentile)) if len(latency) else math.inf
+        row["rate"] = rate
+        row["latency_at_percentile_ms"] = None if row["overloaded"] else at_percentile
+        row["meets_slo"] = bool(not row["overloaded"] and at_percentile <= self.question.serving.slo_ms)
+        return row
+
+
+def load_workload(trace: Path, model: str, dtype: str, page_tokens: int, max_requests: int | None
+                  ) -> tuple[Workload, float, dict]:
+    """(workload of the first max_requests requests, tokens per byte, trace fingerprint)."""
+    from mtbench.model import get_config
+    from mtbench.model.config import parse_dtype
+    from mtbench.sim.sizes import EntrySizer
+    from mtbench.trace import open_trace
+
+    cfg = get_config(model)
+    opened = open_trace(trace, limits=cfg.limits())
+    columns = opened.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
+    if max_requests is not None:
+        if max_requests < 1:
+            raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
+        columns = {name: values[:max_requests] for name, values in columns.items()}
+    sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype(dtype)), page_tokens)
+    return Workload.from_columns(columns, sizer), 1.0 / sizer.bytes_per_token, opened.fingerprint()
+
+
+@dataclass
+class CapacityOutcome:
+    """The report of a capacity run: one row per cache mode, one record per (source, mode, rate)."""
+
+    rows: list[dict]
+    points: list[dict]
+    result: str
+
+
+def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[str, ModeCost],
+                  question: CapacityQuestion, tokens_per_byte: float, measure: MeasureContext | None = None,
+                  measure_rates: tuple[float, ...] = (), measure_fractions: tuple[float, ...] = (),
+                  step: Callable[[str], None] | None = None) -> CapacityOutcome:
+    """Search every mode's SLO rate, draw its latency-vs-load curve, and (with `measure`) check on the device:
+    each mode at `measure_rates`, at `measure_fractions` of its simulated saturation and at its SLO rate,
+    plus its closed-loop throughput."""
+    question.check()
+    servers: dict[str, ModeServer] = {}
+    max_qps: dict[str, float] = {}
+    for setting in settings:
+        servers[setting.mode] = ModeServer(workload, setting, costs[setting.mode], question, tokens_per_byte)
+        max_qps[setting.mode] = servers[setting.mode].search()
+        if step:
+            step(f"searched {setting.mode}")
+    shared = tuple(rate for rate in max_qps.values() if rate > 0) + tuple(measure_rates)
+    measured_at = {mode: sorted(set(measure_rates) | {f * server.saturation_qps for f in measure_fractions}
+                                | ({max_qps[mode]} if max_qps[mode] > 0 else set())) for mode, server in servers.items()}
+    points = []
+    for mode, server in servers.items():
+        special = set(shared) | (set(measured_at[mode]) if measure is not None else set())
+        own = [f * server.saturation_qps for f in CURVE_FRACTIONS]
+        own = [rate for rate in own if all(abs(rate - other) > 0.01 * other for other in special)]
+        for rate in sorted(set(own) | special):
+            points.append({"source": "simulated", "cache_mode": mode, **server.at(rate)})
+        if step:
+            step(f"curve {mode}")
+    measured: dict[str, dict] = {}
+    if measure is not None:
+        for mode in servers:
+            runs = [measure.run(mode, rate) for rate in measured_at[mode]]
+            points += [{"source": "measured", "cache_mode": mode, **_point_fields(row)} for row in runs]
+            measured[mode] = _measured_summary(runs, max_qps[mode], measure.throughput(mode))
+            if step:
+                step(f"measured {mode}")
+    rows = [_mode_row(servers[mode], max_qps[mode], question, measured.get(mode)) for mode in servers]
+    _add_speedups(rows)
+    lines = [result_line(rows, question)] + ([result_line(rows, question, "measured_")] if measured else [])
+    return CapacityOutcome(rows, points, "\n".join(lines))
+
+
+def _measured_summary(runs: list[dict], simulated_max: float, throughput: float) -> dict:
+    """The measured check of one mode: its run at the simulated SLO rate, the highest measured rate
+    that met the SLO, and its closed-loop throughput."""
+    at_max = next((row for row in runs if row["rate"] == simulated_max), {})
+    met = [row["rate"] for row in runs if row["meets_slo"]]
+    return {"measured_p50_ms": at_max.get("p50_ms"), "measured_p99_ms": at_max.get("p99_ms"),
+            "measured_latency_at_percentile_ms": at_max.get("latency_at_percentile_ms"),
+            "measured_slo_attainment": at_max.get("slo_attainment"), "measured_meets_slo": at_max.get("meets_slo"),
+            "measured_hit_ratio": at_max.get("hit_ratio"), "measured_max_qps": max(met, default=0.0),
+            "measured_saturation_qps": throughput}
+
+
+POINT_FIELDS = ("rate", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "latency_at_percentile_ms", "meets_slo",
+                "slo_attainment", "goodput", "offered_rate", "served_rate", "overloaded", "queue_growth", "queue_max",
+                "queue_mean", "utilization", "queueing_ms_mean", "formation_ms_mean", "service_ms_mean",
+                "gpu_hit_p50_ms", "gpu_hit_p99_ms", "host_hit_p50_ms", "host_hit_p99_ms", "miss_p50_ms", "miss_p99_ms",
+                "hit_ratio", "arrival_lag_ms_max")
+
+
+def _point_fields(row: dict) -> dict:
+    return {name: row.get(name) for name in POINT_FIELDS}
+
+
+def _mode_row(server: ModeServer, max_qps: float, question: CapacityQuestion, measured: dict | None) -> dict:
+    outcomes = server.served.outcomes
+    counts = {name: int(np.count_nonzero(outcomes == name)) for name in ("gpu_hit", "host_hit", "miss", "stale")}
+    n = max(len(outcomes), 1)
+    at_capacity = server.at(max_qps) if max_qps > 0 else {}
+    setting = server.setting
+    row = {
+        "run": setting.mode, "cache_mode": setting.mode, "policy": setting.policy if setting.mode != "none" else "none",
+        "gpu_capacity": setting.gpu_capacity if setting.mode != "none" else 0,
+        "host_capacity": setting.host_capacity if setting.mode == "tiered" else 0,
+        "requests": len(outcomes), "gpu_hits": counts["gpu_hit"], "host_hits": counts["host_hit"],
+        "misses": counts["miss"], "stale": counts["stale"],
+        "hit_ratio": (counts["gpu_hit"] + counts["host_hit"]) / n, "gpu_hit_ratio": counts["gpu_hit"] / n,
+        "saturation_qps": server.saturation_qps, "max_qps": max_qps,
+        "p50_ms": at_capacity.get("p50_ms"), "p99_ms": at_capacity.get("p99_ms"),
+        "latency_at_percentile_ms": at_capacity.get("latency_at_percentile_ms"),
+        "slo_attainment": at_capacity.get("slo_attainment"), "goodput": at_capacity.get("goodput"),
+        "target_qps": question.target_qps, "gpus_needed": gpus_needed(question.target_qps, max_qps),
+    }
+    row["batch_overhead_ms"] = server.mode_cost.batch_overhead_ms
+    row.update(measured or {})
+    return row
+
+
+def _add_speedups(rows: list[dict]) -> None:
+    """capacity_speedup = max_qps / no-cache max_qps; throughput_speedup the same for saturation; the
+    measured_ ones from the measured fields (when measured)."""
+    none = next((row for row in rows if row["cache_mode"] == "none"), None)
+    pairs = [("capacity_speedup", "max_qps"), ("throughput_speedup", "saturation_qps"),
+             ("measured_capacity_speedup", "measured_max_qps"), ("measured_throughput_speedup", "measured_saturation_qps")]
+    for row in rows:
+        for name, field in pairs:
+            if field in row:
+                base = none.get(field) if none else None
+                row[name] = row[field] / base if base else None
+
+
+def result_line(rows: list[dict], question: CapacityQuestion, prefix: str = "") -> str:
+    """'max QPS per GPU within p99 <= 50 ms: none X, tiered Y (capacity speedup Y/X); throughput speedup Z'
+    (simulated; `prefix` "measured_" for the measured fields)."""
+    percentile = f"p{question.percentile:g}"
+    parts = ", ".join(f"{row['cache_mode']} {row[prefix + 'max_qps']:,.0f}" for row in rows)
+    what = "measured" if prefix else "simulated"
+    line = f"{what}: max QPS per GPU within {percentile} <= {question.serving.slo_ms:g} ms: {parts}"
+    best = max((row for row in rows if row["cache_mode"] != "none"), key=lambda row: row[prefix + "max_qps"],
+               default=None)
+    capacity, throughput = (best or {}).get(prefix + "capacity_speedup"), (best or {}).get(prefix + "throughput_speedup")
+    if capacity is not None:
+        line += f" (capacity speedup {best['cache_mode']}/none {capacity:.2f}x)"
+    if throughput is not None:
+        line += f"; throughput speedup {throughput:.2f}x"
+    return line

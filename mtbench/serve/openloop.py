@@ -1,0 +1,212 @@
+"""Open-loop serving on the real cache and model: requests arrive in real time, whether or not the
+GPU is free, and wait in a queue for the dynamic batcher.
+
+- `LoadGenerator`: a thread that releases request i at t0 + arrival[i] on the wall clock; it never
+  waits for the server.
+- `OpenLoopDriver`: the replay engine's `BatchFeed`. When the server is free it closes the next batch
+  with `DynamicBatcher` (the same rules as the simulator) and waits, in real time, until the batch
+  closes and its requests were released; a batch that is already full while the previous one runs is
+  handed out early, so the engine plans it then and its host->GPU loads overlap the running batch
+  (the queue is the cache's lookahead). A batch is finished when its end marker completed: on CUDA
+  the driver synchronises the batch's end event and reads the host clock (the scores are then on
+  the device and their small copy to the host is issued next), on the CPU it is the end time itself.
+- Latency of a request = its batch's finish - its scheduled arrival (so a late load generator never
+  hides queueing); the records get `arrival_s`, `start_s`, `finish_s`, `service_ms` (the batch's
+  device time) and `latency_ms` becomes the open-loop latency; the run's row gets the serving fields
+  of `mtbench.serve.stats` and `arrival_lag_ms_max` (how late the generator released a request).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from mtbench.replay.batching import BATCH_COLUMNS, TraceBatch
+from mtbench.replay.engine import ReplayOptions, RunResult
+from mtbench.serve.arrivals import ArrivalSpec, arrival_times, check_slo
+from mtbench.serve.batcher import BatcherConfig, DynamicBatcher
+from mtbench.serve.stats import Timeline, serving_stats
+from mtbench.trace import Trace, open_trace
+
+POLL_S = 0.05  # longest sleep of the load generator, so a stop request is seen quickly
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """Arrivals, batcher and SLO of a served (open-loop) replay or simulation."""
+
+    arrivals: ArrivalSpec = ArrivalSpec()
+    batcher: BatcherConfig = BatcherConfig()
+    slo_ms: float = 50.0
+
+    def check(self) -> "ServingOptions":
+        self.arrivals.check()
+        self.batcher.check()
+        check_slo(self.slo_ms)
+        return self
+
+    def config_dict(self) -> dict:
+        return {"arrivals": self.arrivals.mode, "speed": self.arrivals.speed, "rate": self.arrivals.rate,
+                "arrival_seed": self.arrivals.seed, "max_wait_ms": self.batcher.max_wait_ms,
+                "max_batch_tokens": self.batcher.max_tokens, "slo_ms": self.slo_ms}
+
+
+class LoadGenerator:
+    """Releases request i at t0 + arrivals[i] (seconds, wall clock) from its own thread.
+
+    `released` counts the requests released so far (a prefix: arrivals are sorted); `lag_s[i]` is how
+    late request i was released. Waiters block on the condition until enough are released.
+    """
+
+    def __init__(self, arrivals: np.ndarray) -> None:
+        self.arrivals = arrivals
+        self.released = 0
+        self.lag_s = np.zeros(len(arrivals))
+        self.t0 = 0.0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mtbench-load-generator", daemon=True)
+
+    def start(self, t0: float) -> None:
+        self.t0 = t0
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        arrivals, n, head = self.arrivals.tolist(), len(self.arrivals), 0
+        while head < n and not self._stop.is_set():
+            now = time.perf_counter() - self.t0
+            if arrivals[head] > now:
+                time.sleep(min(arrivals[head] - now, POLL_S))
+                continue
+            end = bisect.bisect_right(arrivals, now, lo=head)
+            self.lag_s[head:end] = now - self.arrivals[head:end]
+            with self._cond:
+                self.released = end
+                self._cond.notify_all()
+            head = end
+
+    def wait(self, count: int, until: float) -> None:
+        """Block until `count` requests were released and the clock reached t0 + until."""
+        with self._cond:
+            while self.released < count:
+                self._cond.wait(POLL_S)
+        delay = until - (time.perf_counter() - self.t0)
+        if delay > 0:
+            time.sleep(delay)
+
+
+class OpenLoopDriver:
+    """Feeds the replay engine batches of requests that arrive in real time (see module docstring).
+
+    Data: the replayed requests' columns in trace (= FIFO) order, their arrival times, the batcher,
+    and per request `start_s`/`finish_s`/`free_s` (seconds since t0: batch start, finish, server free before it), filled as batches are served.
+    Invariant: batches are handed out in FIFO order, each once; `head` is the first request not yet
+    handed out; `early` is a batch handed out by `ahead` and not yet by `after`.
+    """
+
+    def __init__(self, columns: dict[str, np.ndarray], arrivals: np.ndarray, batcher: BatcherConfig,
+                 slo_ms: float, description: str) -> None:
+        self.columns = columns
+        self.arrivals = arrivals
+        tokens = columns["n_static"] + columns["n_rt"] + columns["n_cand"]
+        self.batcher = DynamicBatcher(arrivals, tokens, batcher)
+        self.config, self.slo_ms, self.description = batcher, slo_ms, description
+        self.generator = LoadGenerator(arrivals)
+        n = len(arrivals)
+        self.start_s, self.finish_s, self.free_s = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        self.head, self.number, self.free_at = 0, 0, 0.0
+        self.early: TraceBatch | None = None
+
+    def _now(self) -> float:
+        return time.perf_counter() - self.generator.t0
+
+    def _take(self, end: int) -> TraceBatch:
+        members = slice(self.head, end)
+        batch = TraceBatch(self.number, np.arange(self.head, end, dtype=np.int64),
+                           *(self.columns[c][members] for c in BATCH_COLUMNS))
+        self.head, self.number = end, self.number + 1
+        return batch
+
+    def ahead(self) -> TraceBatch | None:
+        if self.early is not None or self.head >= self.batcher.n:
+            return None
+        room = self.batcher.room(self.head)
+        if self.generator.released >= room and self.batcher.full_at(self.head, room) <= self._now():
+            self.early = self._take(room)
+        return self.early
+
+    def after(self, done: TraceBatch | None, end: object) -> TraceBatch | None:
+        if done is None:
+            self.generator.start(time.perf_counter())
+        else:
+            self.free_at = self._finished_at(end)
+            self.finish_s[done.request_index] = self.free_at
+        if self.early is not None:
+            batch, self.early = self.early, None
+            began = self.free_at
+        elif self.head < self.batcher.n:
+            last, closes = self.batcher.close(self.head, self._now())
+            self.generator.wait(last, closes)
+            batch, began = self._take(last), self._now()
+        else:
+            self.generator.stop()
+            return None
+        self.start_s[batch.request_index] = began
+        self.free_s[batch.request_index] = self.free_at if done is not None else -np.inf
+        return batch
+
+    def _finished_at(self, end: object) -> float:
+        if isinstance(end, float):  # the CPU clock's marker is the perf_counter time itself
+            return end - self.generator.t0
+        end.synchronize()
+        return self._now()
+
+    def finish(self, result: RunResult) -> None:
+        """Open-loop latency columns in the records and serving fields in the row (module docstring)."""
+        self.generator.stop()
+        records = result.records.sort_values("request_index", kind="stable").reset_index(drop=True)
+        index = records["request_index"].to_numpy()
+        records["service_ms"] = records["latency_ms"]
+        records["arrival_s"] = self.arrivals[index]
+        records["start_s"] = self.start_s[index]
+        records["finish_s"] = self.finish_s[index]
+        records["latency_ms"] = (records["finish_s"] - records["arrival_s"]) * 1e3
+        timed = ~records["warmup"].to_numpy(dtype=bool)
+        timeline = Timeline(*(records[c].to_numpy(dtype=float)[timed] for c in ("arrival_s", "start_s", "finish_s")),
+                            self.free_s[index][timed])
+        result.records = records
+        result.row.update(serving_stats(timeline, records["outcome"].to_numpy()[timed], self.slo_ms,
+                                        self.config.max_batch))
+        result.row["arrivals"] = self.description
+        result.row["arrival_lag_ms_max"] = float(self.generator.lag_s.max() * 1e3) if len(index) else 0.0
+
+
+def open_loop_feeds(serving: ServingOptions, options: ReplayOptions) -> Callable[[Trace], OpenLoopDriver]:
+    """A factory of one fresh driver per replay run (every run sees the same arrival schedule)."""
+    batcher = replace(serving.batcher, max_batch=options.batch_size)
+
+    def make(trace: Trace) -> OpenLoopDriver:
+        columns = trace.arrays(list(BATCH_COLUMNS))
+        if options.max_requests is not None:
+            columns = {name: values[: options.max_requests] for name, values in columns.items()}
+        arrivals = arrival_times(columns["ts"], serving.arrivals)
+        return OpenLoopDriver(columns, arrivals, batcher, serving.slo_ms, serving.arrivals.describe())
+
+    return make
+
+
+def check_open_loop(trace_path: Path, serving: ServingOptions, max_requests: int | None) -> None:
+    """Refuse arrival settings the trace cannot support (e.g. trace arrivals on equal ts) up front."""
+    ts = open_trace(trace_path).arrays(["ts"])["ts"]
+    arrival_times(ts[:max_requests] if max_requests is not None else ts, serving.arrivals)

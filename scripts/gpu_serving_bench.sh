@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# GPU benchmark of issue 13 on one H200: serving under load. MTGR-large bf16, the MTGR-shaped synthetic
+# trace of scripts/gpu_replay_bench.sh, GPU tier 10% of the active users' KV bytes, host tier the rest.
+#
+#   OUT=/some/dir scripts/gpu_serving_bench.sh       (the device tool sets $OUT; one command, < 8 minutes)
+#   SMALL=1 OUT=/tmp/x scripts/gpu_serving_bench.sh  (dry run on the CPU: tiny model, small trace)
+#
+# Steps:
+#  1. the synthetic trace (400 users, 60,000 requests over a day, lifelong sequences of 800-1000 tokens);
+#  2. tier sizes from the replayed requests' active users (GPU = GPU_SHARE of their KV bytes);
+#  3. `mtbench calibrate` at the benchmark's batch size (cost model JSON);
+#  4. `mtbench capacity ... --measure`: per cache mode (none, gpu, tiered) the fixed cost per batch is
+#     measured (closed-loop replays at BATCH/4 and BATCH), the discrete-event simulator draws latency vs
+#     load and finds the highest Poisson rate within p99 <= SLO_MS, and the real open-loop replay runs at
+#     FRACTIONS of each mode's simulated saturation and at its SLO rate (5+ load levels up to saturation),
+#     plus a closed-loop run for its throughput;
+#  5. SERVING.md + serving.json: simulated vs measured p50/p99 per rate and mode, the p99 gap below 80%
+#     of saturation (target 15%), and the one-line result (max QPS per GPU within p99 <= SLO_MS, capacity
+#     speedup, throughput speedup); the capacity report's PNGs are copied to $OUT/plots.
+# Everything lands in $OUT: SERVING.md, serving.json, serving.log, costmodel.json, capacity_summary.json,
+# capacity_points.csv, plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
+# SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-reports/gpu-serving}
+if [ "${SMALL:-0}" = 1 ]; then  # CPU dry run: every step, tiny sizes
+  MODEL=${MODEL:-tiny}; DTYPE=${DTYPE:-fp32}; DEVICE=${DEVICE:-cpu}; SYNTH_USERS=${SYNTH_USERS:-20}
+  SYNTH_REQUESTS=${SYNTH_REQUESTS:-600}; HISTORY=${HISTORY:-uniform:20:60}; USER_TOKENS=${USER_TOKENS:-4}
+  MAX_REQUESTS=${MAX_REQUESTS:-64}; WARMUP=${WARMUP:-16}; BATCH=${BATCH:-4}; SLO_MS=${SLO_MS:-500}
+  FRACTIONS=${FRACTIONS:-0.5,0.9}; GPU_SHARE=${GPU_SHARE:-0.3}
+fi
+MODEL=${MODEL:-large}
+DTYPE=${DTYPE:-bf16}
+DEVICE=${DEVICE:-cuda}
+SYNTH_USERS=${SYNTH_USERS:-400}
+SYNTH_REQUESTS=${SYNTH_REQUESTS:-60000}
+HISTORY=${HISTORY:-uniform:800:1000}
+USER_TOKENS=${USER_TOKENS:-32}
+MAX_REQUESTS=${MAX_REQUESTS:-4000}  # per measured run: WARMUP requests, then the timed ones
+WARMUP=${WARMUP:-1000}
+BATCH=${BATCH:-64}
+MAX_WAIT_MS=${MAX_WAIT_MS:-5}
+SLO_MS=${SLO_MS:-50}
+FRACTIONS=${FRACTIONS:-0.25,0.5,0.7,0.85,1.0}
+GPU_SHARE=${GPU_SHARE:-0.10}
+WORK=$(mktemp -d)
+mkdir -p "$OUT"
+export MPLBACKEND=Agg
+PY=${PYTHON:-python3}
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/serving.log"; }
+
+log "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo no-nvidia-smi)"
+$PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.version.cuda)' | tee -a "$OUT/serving.log"
+
+# 1. trace
+SYN=$WORK/synth.parquet
+timeout 120 $PY -m mtbench trace synth --users "$SYNTH_USERS" --requests "$SYNTH_REQUESTS" --duration 1d \
+  --model "$MODEL" --user-tokens "$USER_TOKENS" --seed 7 --history-dist "$HISTORY" -o "$SYN" | tee -a "$OUT/serving.log"
+
+# 2. tier sizes: active users of the replayed requests, their KV bytes at whole pages
+read -r GPU HOST USERS < <($PY - "$SYN" "$MAX_REQUESTS" "$GPU_SHARE" "$MODEL" "$DTYPE" <<'PY'
+import sys
+import numpy as np
+from mtbench.model import get_config
+from mtbench.model.config import parse_dtype
+from mtbench.trace import open_trace
+path, limit, share, model, dtype = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+a = open_trace(path).arrays(["user_id", "n_static"])
+per_token = get_config(model).kv_bytes_per_token(parse_dtype(dtype))
+largest = int(-(-int(a["n_static"].max()) // 32) * 32 * per_token)
+users, n_static = a["user_id"][:limit], a["n_static"][:limit]
+entry = -(-n_static.astype(np.int64) // 32) * 32 * per_token
+user_bytes = np.array([entry[users == u].max() for u in np.unique(users)])
+total = int(user_bytes.sum())
+print(max(int(share * total), 4 * largest), int(total * 1.05) + 4 * largest, len(user_bytes))
+PY
+)
+log "trace: $USERS active users in the first $MAX_REQUESTS requests; GPU tier $GPU B ($GPU_SHARE of their KV), host tier $HOST B"
+
+# 3. cost model at the benchmark's batch size
+timeout 240 $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" \
+  -o "$OUT/costmodel.json" 2>&1 | tee -a "$OUT/serving.log"
+
+# 4. simulated curves + capacity, checked by the real open-loop replay
+timeout 420 $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
+  --cache none,gpu,tiered --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
+  --max-wait-ms "$MAX_WAIT_MS" --slo-ms "$SLO_MS" --percentile 99 --cost-model "$OUT/costmodel.json" \
+  --batch-overhead-ms auto --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --measure --measure-fractions "$FRACTIONS" \
+  -o "$WORK/capacity" 2>&1 | tee -a "$OUT/serving.log"
+cp "$WORK/capacity/summary.json" "$OUT/capacity_summary.json"
+mkdir -p "$OUT/plots" && cp "$WORK/capacity/plots/"*.png "$OUT/plots/"
+
+# 5. digest: simulated vs measured per rate and mode
+$PY - "$OUT" "$WORK/capacity" <<'PY'
+import json, sys
+from pathlib import Path
+import pandas as pd
+out, report = Path(sys.argv[1]), Path(sys.argv[2])
+summary = json.loads((report / "summary.json").read_text())
+points = pd.read_parquet(report / "records.parquet")
+points.to_csv(out / "capacity_points.csv", index=False)
+config, rows = summary["config"], {row["cache_mode"]: row for row in summary["rows"]}
+fmt = lambda v, f="{:.1f}": "—" if v is None or v != v else f.format(v)
+lines = [f"# Serving under load ({summary['model']}, {summary['dtype']}, {summary.get('device') or config.get('device')})", "",
+         f"Poisson arrivals, dynamic batcher (max batch {config['batch_size']}, max wait {config['max_wait_ms']} ms), "
+         f"SLO p{config['percentile']:g} <= {config['slo_ms']:g} ms; {config['max_requests']} requests per run, the first "
+         f"{config['warmup']} warm-up; GPU tier {config['gpu_cache'] / 2**30:.2f} GiB, host tier "
+         f"{config['host_cache'] / 2**30:.2f} GiB. Simulated: the cache simulator's outcomes, the calibrated cost model "
+         "plus a measured fixed cost per batch, a discrete-event server. Measured: the real open-loop replay "
+         "(latency from arrival to scores, CUDA-synchronised batch ends).", "",
+         "| mode | rate /s | load | sim p50 | meas p50 | sim p99 | meas p99 | p99 gap | sim SLO % | meas SLO % |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+gaps = []
+for mode, part in points.groupby("cache_mode", sort=False):
+    simulated = part[part["source"] == "simulated"].set_index("rate")
+    saturation = rows[mode]["saturation_qps"]
+    for _, real in part[part["source"] == "measured"].sort_values("rate").iterrows():
+        sim = simulated.loc[real["rate"]]
+        load = real["rate"] / saturation
+        gap = None
+        if not real["overloaded"] and not sim["overloaded"] and real["p99_ms"] == real["p99_ms"]:
+            gap = abs(sim["p99_ms"] - real["p99_ms"]) / real["p99_ms"]
+            if load <= 0.8:
+                gaps.append(gap)
+        p99 = lambda r: "overloaded" if r["overloaded"] else fmt(r["p99_ms"])
+        lines.append(f"| {mode} | {real['rate']:,.0f} | {load:.2f} | {fmt(sim['p50_ms'])} | {fmt(real['p50_ms'])} | "
+                     f"{p99(sim)} | {p99(real)} | {fmt(gap, '{:.1%}')} | {fmt(100 * sim['slo_attainment'])} | "
+                     f"{fmt(100 * real['slo_attainment'])} |")
+lines += ["", "| mode | hit ratio (sim / meas) | batch overhead ms | saturation /s (sim / meas) | max /s within SLO (sim / meas) |",
+          "|---|---|---|---|---|"]
+for mode, row in rows.items():
+    lines.append(f"| {mode} | {row['hit_ratio']:.3f} / {fmt(row.get('measured_hit_ratio'), '{:.3f}')} | "
+                 f"{row['batch_overhead_ms']:.2f} | {row['saturation_qps']:,.0f} / {fmt(row.get('measured_saturation_qps'), '{:,.0f}')} | "
+                 f"{row['max_qps']:,.0f} / {fmt(row.get('measured_max_qps'), '{:,.0f}')} |")
+worst = max(gaps, default=None)
+lines += ["", f"Simulated vs measured p99 below 80% of saturation: worst gap {fmt(worst, '{:.1%}')} over {len(gaps)} points "
+          f"(target 15%: {'MET' if worst is not None and worst <= 0.15 else 'MISSED' if worst is not None else 'no points'}).", "",
+          *[f"- {line}" for line in summary["result"].splitlines()], ""]
+(out / "serving.json").write_text(json.dumps({"config": config, "rows": summary["rows"], "p99_gaps_below_80pct": gaps,
+                                              "result": summary["result"]}, indent=2, default=str) + "\n")
+(out / "SERVING.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+rm -rf "$WORK"
+log "done: $OUT/SERVING.md"

@@ -1,0 +1,199 @@
+"""mtbench.serve on the CPU: arrivals, the dynamic batcher's rules, latency accounting, the
+discrete-event simulator against M/D/1 queueing theory, overload detection and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mtbench.errors import MtbenchError
+from mtbench.serve.arrivals import ArrivalSpec, arrival_times, check_slo
+from mtbench.serve.batcher import BatcherConfig, DynamicBatcher
+from mtbench.serve.des import BatchCost, closed_loop_rate, serve_queue
+from mtbench.serve.stats import is_overloaded, queue_length, serving_stats
+from mtbench.sim.costmodel import CostModel
+
+
+def _batches(arrivals, config: BatcherConfig, free_at=None, tokens=None, service_s: float = 0.0):
+    """Every batch as (members, close time), serving each for service_s."""
+    batcher = DynamicBatcher(np.asarray(arrivals, dtype=float), tokens, config)
+    out, head, free = [], 0, -np.inf if free_at is None else free_at
+    while head < batcher.n:
+        end, close = batcher.close(head, free)
+        out.append((list(range(head, end)), close))
+        head, free = end, close + service_s
+    return out
+
+
+# --------------------------------------------------------------------------------------------- batcher
+def test_batch_closes_at_max_batch_when_requests_come_fast() -> None:
+    arrivals = [0.0, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006]
+    batches = _batches(arrivals, BatcherConfig(max_batch=3, max_wait_ms=100.0))
+    assert [b for b, _ in batches] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert batches[0][1] == pytest.approx(0.002)  # full when the third arrives
+    assert batches[1][1] == pytest.approx(0.005)
+    assert batches[2][1] == pytest.approx(0.006 + 0.1)  # the last one waits out max_wait
+
+
+def test_batch_closes_after_max_wait_from_its_first_request() -> None:
+    arrivals = [0.0, 0.004, 0.012, 0.013, 0.030]
+    batches = _batches(arrivals, BatcherConfig(max_batch=8, max_wait_ms=10.0))
+    assert [b for b, _ in batches] == [[0, 1], [2, 3], [4]]
+    assert [c for _, c in batches] == pytest.approx([0.010, 0.022, 0.040])
+
+
+def test_batch_respects_token_budget() -> None:
+    arrivals = [0.0, 0.001, 0.002, 0.003, 0.004]
+    tokens = np.array([40, 50, 30, 100, 10])
+    batches = _batches(arrivals, BatcherConfig(max_batch=8, max_wait_ms=50.0, max_tokens=100), tokens=tokens)
+    assert [b for b, _ in batches] == [[0, 1], [2], [3], [4]]
+    # [0, 1] is full when request 2 (which does not fit) arrives; [3] fills the budget exactly at once
+    assert [c for _, c in batches][:3] == pytest.approx([0.002, 0.003, 0.003])
+    # a single request over the budget still forms a batch of one
+    assert [b for b, _ in _batches([0.0, 0.001], BatcherConfig(4, 5.0, max_tokens=10), tokens=np.array([30, 5]))] \
+        == [[0], [1]]
+
+
+def test_busy_server_takes_what_is_queued_when_free() -> None:
+    arrivals = [0.0, 0.001, 0.002, 0.003]
+    batcher = DynamicBatcher(np.array(arrivals), None, BatcherConfig(max_batch=8, max_wait_ms=1.0))
+    end, close = batcher.close(0, free_at=0.0025)  # first request waited past max_wait: close at once
+    assert (end, close) == (3, 0.0025)
+    end, close = batcher.close(0, free_at=0.0)
+    assert (end, close) == (2, 0.001)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batcher_invariants_on_random_arrivals(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(0.002, 500))
+    tokens = rng.integers(1, 300, 500)
+    config = BatcherConfig(max_batch=int(rng.integers(1, 12)), max_wait_ms=float(rng.uniform(0, 8)), max_tokens=600)
+    service = float(rng.uniform(0.001, 0.01))
+    seen, free = [], -np.inf
+    for members, close in _batches(arrivals, config, tokens=tokens, service_s=service):
+        assert 1 <= len(members) <= config.max_batch
+        assert len(members) == 1 or tokens[members].sum() <= config.max_tokens
+        assert arrivals[members[-1]] <= close + 1e-12
+        assert close >= free and close <= max(free, arrivals[members[0]]) + config.max_wait_ms / 1e3 + 1e-12
+        seen += members
+        free = close + service
+    assert seen == list(range(500))
+
+
+# ----------------------------------------------------------------------------------- latency accounting
+@pytest.mark.parametrize("seed", [0, 1])
+def test_latency_is_never_negative_and_covers_service(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(0.003, 2000))
+    per_request = rng.uniform(0.2, 2.0, 2000)
+    cost = BatchCost(per_request, np.zeros(2000), CostModel(static_token_ms=0.0, new_token_ms=0.0), 0.5)
+    timeline = serve_queue(arrivals, cost, BatcherConfig(max_batch=8, max_wait_ms=2.0))
+    assert np.all(timeline.start >= timeline.arrival)
+    assert np.all(timeline.finish > timeline.arrival)
+    assert np.all(timeline.queueing_ms >= -1e-9) and np.all(timeline.formation_ms >= -1e-9)
+    assert np.all(np.diff(timeline.start) >= 0)  # FIFO
+    np.testing.assert_allclose(timeline.latency_ms,
+                               timeline.queueing_ms + timeline.formation_ms + timeline.service_ms, atol=1e-9)
+    # a batch's service is its overhead + its requests' costs
+    first = np.flatnonzero(np.concatenate([[True], np.diff(timeline.start) > 0]))
+    ends = np.concatenate([first[1:], [2000]])
+    for s, e in zip(first[:50], ends[:50]):
+        assert timeline.service_ms[s] == pytest.approx(0.5 + per_request[s:e].sum())
+
+
+def test_queueing_is_zero_when_the_server_is_idle() -> None:
+    arrivals = np.arange(100) * 0.010  # one request every 10 ms, service 1 ms, no waiting for batches
+    timeline = serve_queue(arrivals, lambda s, e: 1.0, BatcherConfig(max_batch=4, max_wait_ms=0.0))
+    np.testing.assert_allclose(timeline.queueing_ms, 0.0, atol=1e-9)
+    np.testing.assert_allclose(timeline.formation_ms, 0.0, atol=1e-9)
+    np.testing.assert_allclose(timeline.latency_ms, 1.0)
+
+
+def test_transfers_hide_under_compute_as_the_cost_model_says() -> None:
+    cost = CostModel(static_token_ms=0.0, new_token_ms=0.0, transfer_overlap=1.0)
+    batch = BatchCost(np.array([2.0, 2.0]), np.array([3.0, 0.0]), cost)
+    assert batch(0, 2) == pytest.approx(4.0)  # 3 ms of copies under 4 ms of compute
+    assert batch(0, 1) == pytest.approx(3.0)  # 2 ms compute + 1 ms exposed copy
+    assert BatchCost(np.array([2.0]), np.array([3.0]), CostModel(0.0, 0.0, transfer_overlap=0.0))(0, 1) == 5.0
+
+
+# -------------------------------------------------------------------------------------- queueing theory
+@pytest.mark.parametrize("rho", [0.5, 0.8])
+def test_des_matches_md1_waiting_time(rho: float) -> None:
+    """Pollaczek-Khinchine for deterministic service D, batch size 1: Wq = rho D / (2 (1 - rho))."""
+    service_ms = 2.0
+    rate = rho / (service_ms / 1e3)
+    arrivals = arrival_times(np.zeros(300_000), ArrivalSpec("poisson", rate=rate, seed=11))
+    timeline = serve_queue(arrivals, lambda s, e: service_ms, BatcherConfig(max_batch=1, max_wait_ms=0.0))
+    expected = rho * service_ms / (2 * (1 - rho))
+    measured = float(timeline.queueing_ms[1000:].mean())
+    assert measured == pytest.approx(expected, rel=0.05)
+    assert not is_overloaded(timeline, 1)[0]
+
+
+def test_overload_is_detected_and_percentiles_withheld() -> None:
+    arrivals = arrival_times(np.zeros(20_000), ArrivalSpec("poisson", rate=1100.0, seed=3))
+    timeline = serve_queue(arrivals, lambda s, e: 1.0, BatcherConfig(max_batch=1, max_wait_ms=0.0))  # rho 1.1
+    row = serving_stats(timeline, np.full(20_000, "miss"), slo_ms=10.0, max_batch=1)
+    assert row["overloaded"] and row["p99_ms"] is None and row["queue_growth"] > 200
+    stable = serve_queue(arrival_times(np.zeros(20_000), ArrivalSpec("poisson", rate=900.0, seed=3)),
+                         lambda s, e: 1.0, BatcherConfig(max_batch=1, max_wait_ms=0.0))
+    row = serving_stats(stable, np.full(20_000, "miss"), slo_ms=10.0, max_batch=1)
+    assert not row["overloaded"] and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    assert 0 < row["slo_attainment"] <= 1 and row["goodput"] == pytest.approx(
+        row["slo_attainment"] * 20_000 / (stable.finish.max() - stable.arrival.min()))
+
+
+def test_closed_loop_rate_is_batches_back_to_back() -> None:
+    assert closed_loop_rate(100, lambda s, e: 1.0 + (e - s) * 0.5, max_batch=10) == pytest.approx(100 / (10 * 6.0e-3))
+
+
+def test_queue_length_counts_waiting_requests() -> None:
+    arrivals = np.array([0.0, 0.0, 0.0, 0.0])
+    timeline = serve_queue(arrivals, lambda s, e: 10.0, BatcherConfig(max_batch=2, max_wait_ms=0.0))
+    assert queue_length(timeline, np.array([0.0, 0.005, 0.0101])).tolist() == [2, 2, 0]
+
+
+# ---------------------------------------------------------------------------------------------- arrivals
+def test_trace_arrivals_scale_by_speed_or_rate_and_stay_bursty() -> None:
+    rng = np.random.default_rng(0)
+    ts = 100 + np.sort(np.concatenate([rng.uniform(0, 10, 500), rng.uniform(4, 4.1, 500)]))
+    at = arrival_times(ts, ArrivalSpec("trace", speed=2.0))
+    np.testing.assert_allclose(at, (ts - ts[0]) / 2)
+    at = arrival_times(ts, ArrivalSpec("trace", rate=50.0))
+    assert (len(ts) - 1) / at[-1] == pytest.approx(50.0)
+    gaps, original = np.diff(at), np.diff(ts)
+    np.testing.assert_allclose(gaps / gaps.sum(), original / original.sum())  # same shape: bursts kept
+
+
+def test_poisson_arrivals_are_seeded_with_the_requested_rate() -> None:
+    spec = ArrivalSpec("poisson", rate=200.0, seed=5)
+    at = arrival_times(np.zeros(50_000), spec)
+    assert at[0] == 0 and np.all(np.diff(at) >= 0)
+    assert len(at) / at[-1] == pytest.approx(200.0, rel=0.02)
+    np.testing.assert_array_equal(at, arrival_times(np.zeros(50_000), spec))
+    assert arrival_times(np.zeros(5), ArrivalSpec("closed")) is None
+
+
+@pytest.mark.parametrize("spec, message", [
+    (ArrivalSpec("poisson", rate=0.0), "--rate"),
+    (ArrivalSpec("trace", speed=-1.0), "--speed"),
+    (ArrivalSpec("poisson"), "needs --rate"),
+    (ArrivalSpec("trace", speed=2.0, rate=3.0), "not both"),
+    (ArrivalSpec("burst"), "--arrivals"),
+    (ArrivalSpec("closed", rate=5.0), "open-loop"),
+])
+def test_bad_arrival_settings_are_refused(spec: ArrivalSpec, message: str) -> None:
+    with pytest.raises(MtbenchError, match=message):
+        arrival_times(np.arange(10.0), spec)
+
+
+def test_trace_arrivals_need_distinct_times_and_slo_must_be_positive() -> None:
+    with pytest.raises(MtbenchError, match="same ts"):
+        arrival_times(np.full(10, 3.0), ArrivalSpec("trace", speed=1.0))
+    for bad in (0.0, -5.0, float("nan")):
+        with pytest.raises(MtbenchError, match="--slo-ms"):
+            check_slo(bad)
+    with pytest.raises(MtbenchError, match="--max-wait-ms"):
+        BatcherConfig(max_wait_ms=-1.0).check()

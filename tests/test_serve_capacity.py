@@ -1,0 +1,128 @@
+"""Capacity planning on the CPU: the SLO-rate search brackets its answer, GPUs for a target rate,
+`mtbench capacity` writes a report that `mtbench report`/`plot` handle, and its bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mtbench.cli import app
+from mtbench.errors import MtbenchError
+from mtbench.model import get_config
+from mtbench.serve.arrivals import ArrivalSpec
+from mtbench.serve.batcher import BatcherConfig
+from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, gpus_needed
+from mtbench.serve.openloop import ServingOptions
+from mtbench.serve.service import CacheSetting
+from mtbench.sim.costmodel import CostModel
+from mtbench.sim.simulator import Workload
+from mtbench.sim.sizes import EntrySizer
+
+CFG = get_config("tiny")
+
+
+def _columns(seed: int, n: int = 3000, users: int = 60) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, users, n).astype(np.int64)
+    return {"ts": np.sort(rng.random(n) * 100.0), "user_id": user, "static_version": np.zeros(n, dtype=np.int64),
+            "n_static": (CFG.n_user_tokens + 20 + (user * 7) % 40).astype(np.int64),
+            "n_rt": rng.integers(0, 6, n).astype(np.int64), "n_cand": rng.integers(1, 5, n).astype(np.int64)}
+
+
+@pytest.mark.parametrize("seed, mode", [(0, "none"), (1, "gpu"), (2, "tiered")])
+def test_search_brackets_the_highest_rate_within_the_slo(seed: int, mode: str) -> None:
+    sizer = EntrySizer(CFG.kv_bytes_per_token(torch.float32), 32)
+    workload = Workload.from_columns(_columns(seed), sizer)
+    cost = CostModel(static_token_ms=0.02, new_token_ms=0.01, request_overhead_ms=0.05, h2d_GBps=0.05)
+    question = CapacityQuestion(ServingOptions(ArrivalSpec("poisson", rate=1.0, seed=seed), BatcherConfig(8, 2.0), 8.0),
+                                percentile=99.0, warmup=300).check()
+    entry = int(workload.size.max())
+    server = ModeServer(workload, CacheSetting(mode, "lru", 20 * entry, 80 * entry), ModeCost(cost, 0.5), question,
+                        1.0 / sizer.bytes_per_token)
+    best = server.search()
+    assert 0 < best < server.saturation_qps
+    row = server.at(best)
+    assert row["meets_slo"] and row["latency_at_percentile_ms"] <= 8.0 and not row["overloaded"]
+    above = server.at(best * (1 + 2 * SEARCH_PRECISION))
+    assert not above["meets_slo"]
+    if mode != "none":
+        assert float(np.mean(server.served.outcomes != "miss")) > 0.3  # the cache mattered
+
+
+def test_gpus_needed_rounds_up_and_needs_a_target() -> None:
+    assert gpus_needed(1000.0, 300.0) == 4 and gpus_needed(900.0, 300.0) == 3 and gpus_needed(10.0, 300.0) == 1
+    assert gpus_needed(None, 300.0) is None and gpus_needed(100.0, 0.0) is None
+
+
+def _trace(path: Path, seed: int = 0, n: int = 600) -> Path:
+    pd.DataFrame(_columns(seed, n, users=20)).to_parquet(path, index=False)
+    return path
+
+
+def test_capacity_command_report_and_plots(tmp_path: Path) -> None:
+    trace = _trace(tmp_path / "t.parquet")
+    common = ["capacity", str(trace), "--model", "tiny", "--dtype", "fp32", "--gpu-cache", "256KiB", "--host-cache",
+              "2MiB", "--slo-ms", "2", "--max-wait-ms", "0.5", "--batch-size", "8", "--target-qps", "1e6"]
+    runner = CliRunner()
+    result = runner.invoke(app, [*common, "-o", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert "max QPS per GPU within p99 <= 2 ms" in result.output
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["kind"] == "capacity" and [r["run"] for r in summary["rows"]] == ["none", "gpu", "tiered"]
+    for row in summary["rows"]:
+        assert 0 < row["max_qps"] < row["saturation_qps"]
+        assert row["gpus_needed"] == int(np.ceil(1e6 / row["max_qps"]))
+    points = pd.read_parquet(tmp_path / "a" / "records.parquet")
+    assert set(points["cache_mode"]) == {"none", "gpu", "tiered"} and set(points["source"]) == {"simulated"}
+    assert points.groupby("cache_mode").size().min() >= 5
+    plots = {p.name for p in (tmp_path / "a" / "plots").glob("*.png")}
+    assert {"latency_vs_load.png", "slo_attainment.png", "gpu_count.png"} <= plots
+    # report and plot handle the new kind, alone and side by side
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shown = runner.invoke(app, ["report", str(tmp_path / "a")])
+    assert shown.exit_code == 0 and "max_qps" in shown.output
+    compared = runner.invoke(app, ["report", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert compared.exit_code == 0 and "tiered" in compared.output, compared.output
+    drawn = runner.invoke(app, ["plot", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "overlay")])
+    assert drawn.exit_code == 0 and (tmp_path / "overlay" / "latency_vs_load.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--percentile", "100"], "--percentile"),
+    (["--slo-ms", "0"], "--slo-ms"),
+    (["--cache", "none,disk"], "--cache"),
+    (["--target-qps", "-5"], "--target-qps"),
+    (["--measure-rates", "100"], "need --measure"),
+    (["--batch-overhead-ms", "soon"], "--batch-overhead-ms"),
+    (["--arrivals", "closed"], "--arrivals"),
+    (["--gpu-cache", "1KiB"], "cannot hold one entry"),
+])
+def test_capacity_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    trace = _trace(tmp_path / "t.parquet", n=50)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["capacity", str(trace), "--model", "tiny", "--dtype", "fp32", "--gpu-cache",
+                                      "256KiB", "--host-cache", "2MiB", *args, "-o", str(out)])
+    assert isinstance(result.exception, MtbenchError) and message in str(result.exception), result.output
+    assert not out.exists() and not out.with_name("out.partial").exists()
+
+
+def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
+    trace = _trace(tmp_path / "t.parquet", n=40)
+    out = tmp_path / "m"
+    result = CliRunner().invoke(app, ["capacity", str(trace), "--model", "tiny", "--dtype", "fp32", "--gpu-cache",
+                                      "256KiB", "--host-cache", "2MiB", "--cache", "tiered", "--batch-size", "4",
+                                      "--slo-ms", "20", "--measure", "--device", "cpu", "--warmup", "8", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "summary.json").read_text())["rows"][0]
+    assert row["measured_saturation_qps"] > 0 and "measured_max_qps" in row and "measured_meets_slo" in row
+    points = pd.read_parquet(out / "records.parquet")
+    measured = points[points["source"] == "measured"]
+    assert len(measured) == 1 and measured["rate"].iloc[0] == pytest.approx(row["max_qps"])
+    assert "measured: max QPS per GPU" in result.output
