@@ -22,9 +22,11 @@ app.add_typer(bench_app, name="bench")
 
 
 def _register_all() -> None:
-    from mtbench.cli import demo, kernels_cmd, model_cmd, policies_cmd, replay_cmd, report_cmd, trace_cmd
+    from mtbench.cli import (
+        demo, fleet_cmd, kernels_cmd, model_cmd, policies_cmd, replay_cmd, report_cmd, trace_cmd,
+    )
 
-    for module in (model_cmd, trace_cmd, policies_cmd, replay_cmd, report_cmd, kernels_cmd, demo):
+    for module in (model_cmd, trace_cmd, policies_cmd, fleet_cmd, replay_cmd, report_cmd, kernels_cmd, demo):
         module.register(app, bench_app)
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from mtbench.errors import MtbenchError
 from mtbench.report import default_report_dir, load_report, print_summary, render_markdown
 from mtbench.report.compare import comparison_json, comparison_markdown, compare_reports, print_comparison
-from mtbench.report.plots import PLOTS, draw_plots
+from mtbench.report.plots import FLEET_PLOTS, PLOTS, draw_plots
 
 
 class OutputFormat(str, Enum):
@@ -39,9 +39,10 @@ def plot(
     table = Table(title=f"Plots in {out}", title_justify="left")
     table.add_column("plot", style="bold")
     table.add_column("result", overflow="fold")
-    for name in PLOTS:
+    for name in (*PLOTS, *FLEET_PLOTS):
         file = f"{name}.png"
-        table.add_row(name, str(out / file) if file in outcome.written else f"skipped: {outcome.skipped[name]}")
+        if file in outcome.written or name in outcome.skipped:
+            table.add_row(name, str(out / file) if file in outcome.written else f"skipped: {outcome.skipped[name]}")
     console.print(table)
 
 

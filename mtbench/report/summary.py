@@ -46,9 +46,16 @@ _GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {
         ("Speedups and checks", ["speedup_vs_none", "speedup_vs_gpu", "speedup_vs_sync", "est_speedup",
                                  "verify_max_rel_err"]),
     ],
+    "fleet": [
+        ("Hit ratios by tier", ["hit_ratio", "gpu_hit_ratio", "host_hit_ratio"]),
+        ("Misses", ["miss_ratio", "stale_ratio", "token_hit_ratio"]),
+        ("Load balance (max / mean over replicas)", ["imbalance_req", "imbalance_busy", "busy_max_ms"]),
+        ("Closed-loop throughput, latency at the offered rate", ["throughput_rps", "p50_ms", "p99_ms"]),
+        ("Offered load", ["offered_qps", "utilization", "overloaded"]),
+    ],
 }
-_IDENTITY_COLUMN_BY_KIND = {"compare-policies": "policy", "replay": "run"}
-_TEXT_COLUMNS = ("policy", "run", "cache_mode", "layout", "sync")
+_IDENTITY_COLUMNS_BY_KIND = {"compare-policies": ("policy",), "replay": ("run",), "fleet": ("router", "replicas")}
+_TEXT_COLUMNS = ("policy", "run", "cache_mode", "layout", "sync", "router")
 _HEADER_FIELDS = ("kind", "trace", "model", "dtype", "config", "rows")
 _VERSION_FIELDS = ("mtbench_version", "torch_version", "created_utc")
 
@@ -156,8 +163,7 @@ def column_groups(summary: dict[str, Any]) -> list[ColumnGroup]:
     rows: list[dict[str, Any]] = summary.get("rows") or []
     present = list(dict.fromkeys(name for row in rows for name in row))
     kind = summary.get("kind", "")
-    identity = _IDENTITY_COLUMN_BY_KIND.get(kind)
-    keys = [identity] if identity in present else []
+    keys = [c for c in _IDENTITY_COLUMNS_BY_KIND.get(kind, ()) if c in present]
     keys += [c for c in CAPACITY_COLUMNS if c in present and len({_hashable(r.get(c)) for r in rows}) > 1]
     constant = [c for c in CAPACITY_COLUMNS if c in present and c not in keys]
     groups: list[ColumnGroup] = []
@@ -191,6 +197,8 @@ def row_labels(summary: dict[str, Any]) -> list[str]:
     for index, row in enumerate(rows):
         if row.get("run") is not None:
             label = str(row["run"])
+        elif row.get("router") is not None:
+            label = f"{row['router']} x{row.get('replicas')}"
         else:
             label = " @ ".join(format_value(c, row.get(c), unit) for c in ("policy", "gpu_capacity") if c in row)
         labels.append(label or f"row {index}")
