@@ -44,7 +44,7 @@ def fleet(
 ) -> None:
     """Simulate a fleet of cache replicas behind each router: hit ratios, load imbalance, p99, GPUs needed."""
     from mtbench.cache.policies import policy_class
-    from mtbench.fleet.backend import make_backend
+    from mtbench.fleet.backend import check_backend, make_backend
     from mtbench.fleet.replica import ReplicaSpec
     from mtbench.fleet.routers import parse_router_list
     from mtbench.fleet.simulate import (
@@ -74,6 +74,7 @@ def fleet(
     spec = ReplicaSpec(policy, gpu_capacity, host_capacity, tier_settings, cost, 1.0 / sizer.bytes_per_token)
     if "residency" in routers:
         spec.check_stepwise()
+    check_backend(backend, ray_address)
     if out is not None:
         validate_out_dir(out)
     pool = make_backend(backend, workers, ray_address)
@@ -154,6 +155,58 @@ def resources_used(started: float) -> dict:
             "peak_rss_mib_children": round(children, 1)}
 
 
+def bench_stream(
+    trace: Path = typer.Argument(..., help="Request trace (parquet), of any length."),
+    policy: str = typer.Option("lru", "--policy", help="Replacement policy (online: OPT needs the future)."),
+    gpu_cache: str = typer.Option("4GiB", "--gpu-cache", help="GPU tier."),
+    host_cache: str = typer.Option("64GiB", "--host-cache", help="Host tier; 0 = single tier."),
+    model: str = typer.Option("large", "--model", help="Model preset: sets the bytes per cached token."),
+    dtype: str = typer.Option("bf16", "--dtype", help="KV dtype: bf16, fp16, fp32."),
+    page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU page."),
+    batch_rows: int = typer.Option(1 << 20, "--batch-rows", help="Requests read from the file at a time."),
+) -> None:
+    """Stream a trace through one simulated replica in bounded memory; print requests/s and peak RSS."""
+    from rich.table import Table
+
+    from mtbench.fleet.replica import ReplicaSpec
+    from mtbench.fleet.stream import stream_simulate
+    from mtbench.model import get_config
+    from mtbench.model.config import parse_dtype
+    from mtbench.sim.costmodel import CostModel
+    from mtbench.sim.sizes import EntrySizer
+    from mtbench.trace import open_trace
+    from mtbench.units import parse_size
+
+    if batch_rows < 1:
+        raise MtbenchError(f"--batch-rows must be >= 1, got {batch_rows}")
+    started = time.perf_counter()
+    cfg = get_config(model)
+    sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype(dtype)), page_tokens)
+    spec = ReplicaSpec(policy, parse_size(gpu_cache, "--gpu-cache"), parse_size(host_cache, "--host-cache"),
+                       cost=CostModel.default(cfg, dtype), tokens_per_byte=1.0 / sizer.bytes_per_token)
+    spec.check_stepwise()
+    opened = open_trace(trace, limits=cfg.limits())
+    validated = time.perf_counter()
+    console = Console()
+    with Progress(TextColumn("[bold]stream"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        bar = progress.add_task("", total=opened.num_rows)
+        result = stream_simulate(opened, spec, sizer, batch_rows, lambda n: progress.advance(bar, n))
+    simulated = time.perf_counter() - validated
+    used = resources_used(started)
+    table = Table(title=f"streaming simulation, one replica ({policy}, GPU {gpu_cache}, host {host_cache})",
+                  show_header=False, title_justify="left")
+    for label, value in (("requests", f"{result.requests:,}"), ("distinct keys", f"{result.keys:,}"),
+                         ("hit ratio (GPU + host)", f"{result.hit_ratio:.4f}"),
+                         ("GPU / host hits", f"{result.gpu_hits:,} / {result.host_hits:,}"),
+                         ("validation s", f"{validated - started:.1f}"), ("simulation s", f"{simulated:.1f}"),
+                         ("simulated requests/s", f"{result.requests / max(simulated, 1e-9):,.0f}"),
+                         ("wall s", f"{used['wall_s']:.1f}"), ("peak RSS MiB", f"{used['peak_rss_mib']:,.0f}")):
+        table.add_row(label, value)
+    console.print(table)
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add `fleet`."""
+    """Add `fleet` and `bench stream`."""
     app.command("fleet")(fleet)
+    bench.command("stream")(bench_stream)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -34,10 +36,13 @@ def compare_policies(
     append: bool = typer.Option(False, "--append", help="Causal (append) variant: prefixes may grow, partial hits."),
     cost_model: Optional[Path] = typer.Option(None, "--cost-model", help="Calibration JSON from `mtbench calibrate`."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: every core)."),
+    backend: str = typer.Option("local", "--backend", help="local (processes on this machine) or ray."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (host:port); default a local ray.init()."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default: reports/runs/compare-policies-<time>)."),
 ) -> None:
     """Simulate every policy at every GPU capacity (two tiers, no tensors) and write a report."""
     from mtbench.cache.policies import parse_policy_list
+    from mtbench.fleet.backend import check_backend, make_backend
     from mtbench.model import get_config
     from mtbench.model.config import parse_dtype
     from mtbench.report import print_summary, trace_fingerprint, validate_out_dir, write_report
@@ -60,6 +65,7 @@ def compare_policies(
         raise MtbenchError(f"--lookahead must be >= 0, got {lookahead}")
     if workers is not None and workers < 1:
         raise MtbenchError(f"--workers must be >= 1, got {workers}")
+    check_backend(backend, ray_address)
     sizer = EntrySizer(cfg.kv_bytes_per_token(kv_dtype), page_tokens, unit)
     cost = CostModel.load(cost_model) if cost_model is not None else CostModel.default(cfg, dtype)
     if out is not None:
@@ -73,15 +79,17 @@ def compare_policies(
 
     points = [SweepPoint(name, cap, host_capacity) for name in names for cap in gpu_capacities]
     console = Console()
-    with Progress(TextColumn("[bold]compare-policies"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console, transient=False) as progress:
+    pool = make_backend(backend, workers, ray_address) if backend != "local" else None  # local: run_sweep's pool
+    with pool_closed(pool), Progress(TextColumn("[bold]compare-policies"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                                     transient=False) as progress:
         task = progress.add_task("", total=len(points))
 
         def done(row: dict) -> None:
             progress.update(task, advance=1, description=f"{row['policy']} @ {row['gpu_capacity']}")
 
         rows = run_sweep(workload, points, settings, cost, 1.0 / sizer.bytes_per_token if not unit else 1.0,
-                         workers, done)
+                         workers, done, pool)
     summary = {
         "kind": "compare-policies",
         "trace": trace_fingerprint(trace, opened.num_rows),
@@ -89,13 +97,23 @@ def compare_policies(
         "config": {"policies": names, "gpu_cache": gpu_capacities, "host_cache": host_capacity,
                    "page_tokens": page_tokens, "write_back": write_back, "inclusive": inclusive,
                    "object_size": object_size, "lookahead": lookahead, "append": append,
-                   "cost_model": cost.to_dict(), "workers": workers,
+                   "cost_model": cost.to_dict(), "workers": workers, "backend": backend,
                    "entry_bytes_mean": float(workload.size.mean()) if workload.n_requests else 0.0},
         "rows": rows,
     }
     target = write_report(out, summary, pd.DataFrame(rows), "compare-policies")
     print_summary(summary, console)
     console.print(f"report: {target}")
+
+
+@contextmanager
+def pool_closed(pool) -> Iterator[None]:
+    """Close a backend (e.g. shut down the Ray instance it started) when the sweep ends."""
+    try:
+        yield
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def _check_capacities(workload, gpu_capacities: list[int], host_capacity: int, unit: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -70,6 +71,10 @@ def replay(
                                          "a batch; the rest are recomputed), all, or a size (2GiB)."),
     cuda_graphs: bool = typer.Option(True, "--cuda-graphs/--no-cuda-graphs",
                                      help="Replay the cached forward's layers as CUDA graphs (CUDA only)."),
+    router: Optional[str] = typer.Option(None, "--router",
+                                         help="Under torchrun / with --gpus: route requests over the GPUs "
+                                              "(user-hash, round-robin, random, consistent-hash; default user-hash)."),
+    gpus: int = typer.Option(1, "--gpus", help="Launch N processes, one per GPU, through torch.distributed.run."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default reports/runs/replay-<time>)."),
 ) -> None:
     """Replay a trace through the real GPU/host KV cache and MTGR, and write a report directory."""
@@ -91,6 +96,32 @@ def replay(
     )
     if out is not None:
         validate_out_dir(out)
+    # ---- multi-GPU hook (mtbench.fleet.distributed): launch, or run this rank's share and merge on rank 0
+    from mtbench.fleet.distributed import RankInfo, check_router, launch, run_distributed_replay
+
+    if gpus < 1:
+        raise MtbenchError(f"--gpus must be >= 1, got {gpus}")
+    check_router(router or "user-hash")
+    if gpus > 1 and RankInfo.from_env() is None:
+        from mtbench.replay.runner import validate_setup
+
+        validate_setup(setup)  # bad input is one line here, not one per launched rank
+        launch(gpus, _without_gpus_option(sys.argv[1:]))
+        return
+    if RankInfo.from_env() is not None:
+        progress = _progress()
+        try:
+            merged = run_distributed_replay(setup, router or "user-hash", _progress_factory(progress))
+        finally:
+            if progress.live.is_started:
+                progress.stop()
+        if merged is None:
+            return
+        report_dir = write_report(out, merged[0], merged[1], "replay")
+        print_summary(merged[0], Console())
+        Console().print(f"report: {report_dir}")
+        return
+    # ---- single GPU
     console = Console()
     progress = _progress()
     try:
@@ -106,6 +137,19 @@ def replay(
         if not outcome.verify.ok:
             Console(stderr=True).print(f"[bold red]error:[/] {outcome.verify.message()}")
             raise typer.Exit(1)
+
+
+def _without_gpus_option(argv: list[str]) -> list[str]:
+    """The command line with `--gpus N` / `--gpus=N` taken out (what each launched process runs)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            kept.append(arg)
+    return kept
 
 
 def calibrate(

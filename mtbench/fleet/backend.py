@@ -150,12 +150,22 @@ def _check_answers(address: str) -> None:
         raise MtbenchError(f"--ray-address {address}: no Ray cluster answers there ({err})") from None
 
 
+def check_backend(name: str, ray_address: str | None = None) -> None:
+    """Refuse an unknown backend, a Ray that is not installed or an address that does not answer, before
+    any work starts (`make_backend` starts the backend later)."""
+    if name not in BACKEND_NAMES:
+        raise MtbenchError(f"unknown backend {name!r} (choose from {', '.join(BACKEND_NAMES)})")
+    if ray_address is not None and name != "ray":
+        raise MtbenchError("--ray-address needs --backend ray")
+    if name == "ray":
+        import_ray()
+        if ray_address is not None:
+            _check_answers(ray_address)
+
+
 def make_backend(name: str, workers: int | None = None, ray_address: str | None = None) -> Backend:
     """The backend `name` ("local" or "ray"); MtbenchError for an unknown name or an unusable Ray."""
-    if name == "local":
-        if ray_address is not None:
-            raise MtbenchError("--ray-address needs --backend ray")
-        return LocalBackend(workers)
+    check_backend(name, ray_address)
     if name == "ray":
         return RayBackend(ray_address, num_cpus=workers)
-    raise MtbenchError(f"unknown backend {name!r} (choose from {', '.join(BACKEND_NAMES)})")
+    return LocalBackend(workers)

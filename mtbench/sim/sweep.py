@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import Any
 
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, simulate
@@ -32,13 +33,22 @@ def _run_point(point: SweepPoint) -> dict:
     return result.row(state["cost"], state["workload"], recomputed)
 
 
+def _point_row(point: SweepPoint, shared: tuple[Workload, TierSettings, CostModel, float]) -> dict:
+    """One point as a task of `mtbench.fleet.backend.Backend.map` (the workload travels as `shared`)."""
+    _init_worker(*shared)
+    return _run_point(point)
+
+
 def run_sweep(workload: Workload, points: Sequence[SweepPoint], settings: TierSettings, cost: CostModel,
               tokens_per_byte: float, workers: int | None = None,
-              on_done: Callable[[dict], None] | None = None) -> list[dict]:
+              on_done: Callable[[dict], None] | None = None, backend: Any = None) -> list[dict]:
     """Rows of every point, in the order of `points`; `on_done(row)` is called as each finishes.
 
-    workers: processes to use (None: every core); 1 runs in this process.
+    workers: processes to use (None: every core); 1 runs in this process. backend: a
+    `mtbench.fleet.backend.Backend` (e.g. Ray) that runs the points instead of the local pool.
     """
+    if backend is not None:
+        return backend.map(_point_row, list(points), (workload, settings, cost, tokens_per_byte), on_done)
     workers = max(1, min(workers or os.cpu_count() or 1, len(points)))
     _init_worker(workload, settings, cost, tokens_per_byte)
     rows: list[dict | None] = [None] * len(points)
