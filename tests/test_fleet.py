@@ -257,3 +257,27 @@ def test_fleet_bad_input_is_one_line_and_exit_2(small_trace: Path, tmp_path: Pat
     stderr = capsys.readouterr().err
     assert code == 2 and stderr.startswith("error:") and message in stderr and stderr.count("\n") == 1, stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_backend_ray_without_ray_says_how_to_install_it(small_trace: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as where the extra is not installed
+    for command in (("fleet", str(small_trace), "--model", "tiny", "--gpu-cache", "2MiB"),
+                    ("compare-policies", str(small_trace), "--model", "tiny", "--gpu-cache", "2MiB")):
+        code = run_cli(monkeypatch, *command, "--backend", "ray", "-o", str(tmp_path / "never"))
+        stderr = capsys.readouterr().err
+        assert code == 2 and "pip install -e '.[cluster]'" in stderr and stderr.count("\n") == 1, stderr
+
+
+@pytest.mark.parametrize("args,message", [(("--gpus", "0"), "--gpus"), (("--router", "residency"), "residency"),
+                                          (("--router", "nearest"), "unknown router")])
+def test_replay_bad_fleet_options_are_one_line_and_exit_2(small_trace: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture, args: tuple,
+                                                          message: str) -> None:
+    code = run_cli(monkeypatch, "replay", str(small_trace), "--model", "tiny", "--device", "cpu", *args,
+                   "-o", str(tmp_path / "never"))
+    stderr = capsys.readouterr().err
+    assert code == 2 and message in stderr and stderr.count("\n") == 1, stderr
+    assert not (tmp_path / "never").exists()

@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mtbench.errors import MtbenchError
 
@@ -38,5 +39,5 @@ def main() -> None:
     try:
         app()
     except MtbenchError as err:
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {err}", soft_wrap=True)
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         sys.exit(err.exit_code)
