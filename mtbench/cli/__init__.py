@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mtbench.cli.options import AliasGroup
 from mtbench.errors import Interrupted, MtbenchError
@@ -27,11 +28,12 @@ app.add_typer(bench_app, name="bench")
 
 def _register_all() -> None:
     from mtbench.cli import (
-        bench_policies_cmd, capacity_cmd, demo, kernels_cmd, model_cmd, policies_cmd, replay_cmd, report_cmd, trace_cmd,
+        bench_policies_cmd, capacity_cmd, demo, fleet_cmd, kernels_cmd, model_cmd, policies_cmd, replay_cmd, report_cmd,
+        trace_cmd,
     )
 
-    for module in (model_cmd, trace_cmd, policies_cmd, bench_policies_cmd, replay_cmd, capacity_cmd, report_cmd,
-                   kernels_cmd, demo):
+    for module in (model_cmd, trace_cmd, policies_cmd, bench_policies_cmd, fleet_cmd, replay_cmd, capacity_cmd,
+                   report_cmd, kernels_cmd, demo):
         module.register(app, bench_app)
 
 
@@ -54,7 +56,7 @@ def main() -> None:
     try:
         app()
     except MtbenchError as err:
-        stderr.print(f"[bold red]error:[/] {err}")
+        stderr.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(err.exit_code)
     except (Interrupted, KeyboardInterrupt) as err:
         partial = getattr(err, "partial", None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +41,8 @@ def compare_policies(
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: every core)."),
     max_requests: MaxRequestsOpt = None,
     sort: SortOpt = False,
+    backend: str = typer.Option("local", "--backend", help="local (processes on this machine) or ray."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (host:port); default a local ray.init()."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default: reports/runs/compare-policies-<time>)."),
     force: ForceOpt = False,
 ) -> None:
@@ -63,6 +67,7 @@ def compare_policies(
         -o runs/policies-unit
     """
     from mtbench.cache.control import TierSettings
+    from mtbench.fleet.backend import check_backend
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.sim.runner import PolicySweep, run_compare_policies
     from mtbench.units import parse_size, parse_size_list
@@ -73,12 +78,14 @@ def compare_policies(
         raise MtbenchError(f"--batch-size must be >= 1, got {batch_size}")
     if max_requests is not None and max_requests < 1:
         raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
+    check_backend(backend, ray_address)
     setup = PolicySweep(
         trace=trace, policies=policies, gpu_capacities=tuple(parse_size_list(gpu_cache, "--gpu-cache")),
         host_capacity=parse_size(host_cache, "--host-cache"), model=model, dtype=dtype, page_tokens=page_tokens,
         settings=TierSettings(write_back=write_back, inclusive=inclusive, lookahead=lookahead, append=append,
                               batch_size=batch_size),
-        object_size=object_size, cost_model=cost_model, workers=workers, max_requests=max_requests, sort=sort)
+        object_size=object_size, cost_model=cost_model, workers=workers, max_requests=max_requests, sort=sort,
+        backend=backend, ray_address=ray_address)
     out = validate_out_dir(out, force, "compare-policies")
     console = Console()
     with Progress(TextColumn("[bold]compare-policies"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -78,6 +79,10 @@ def replay(
     max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens",
                                                    help="Open loop: token budget per batch (U+S+R+C tokens)."),
     slo_ms: float = typer.Option(50.0, "--slo-ms", help="Open loop: latency objective for SLO attainment and goodput."),
+    router: Optional[str] = typer.Option(None, "--router",
+                                         help="Under torchrun / with --gpus: route requests over the GPUs "
+                                              "(user-hash, round-robin, random, consistent-hash; default user-hash)."),
+    gpus: int = typer.Option(1, "--gpus", help="Launch N processes, one per GPU, through torch.distributed.run."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default reports/runs/replay-<time>)."),
     force: ForceOpt = False,
 ) -> None:
@@ -121,6 +126,32 @@ def replay(
     if feeds is not None:
         check_open_loop(trace, serving, setup.options.max_requests)
     out = validate_out_dir(out, force, "replay")
+    # ---- multi-GPU hook (mtbench.fleet.distributed): launch, or run this rank's share and merge on rank 0
+    from mtbench.fleet.distributed import RankInfo, check_router, launch, run_distributed_replay
+
+    if gpus < 1:
+        raise MtbenchError(f"--gpus must be >= 1, got {gpus}")
+    check_router(router or "user-hash")
+    if gpus > 1 and RankInfo.from_env() is None:
+        from mtbench.replay.runner import validate_setup
+
+        validate_setup(setup)  # bad input is one line here, not one per launched rank
+        launch(gpus, _without_gpus_option(sys.argv[1:]))
+        return
+    if RankInfo.from_env() is not None:
+        progress = _progress()
+        try:
+            merged = run_distributed_replay(setup, router or "user-hash", _progress_factory(progress))
+        finally:
+            if progress.live.is_started:
+                progress.stop()
+        if merged is None:
+            return
+        report_dir = write_report(out, merged[0], merged[1], "replay", force)
+        print_summary(merged[0], Console())
+        Console().print(f"report: {report_dir}")
+        return
+    # ---- single GPU
     console = Console()
     progress = _progress()
     try:
@@ -138,6 +169,19 @@ def replay(
         if not outcome.verify.ok:
             Console(stderr=True).print(f"[bold red]error:[/] {outcome.verify.message()}")
             raise typer.Exit(1)
+
+
+def _without_gpus_option(argv: list[str]) -> list[str]:
+    """The command line with `--gpus N` / `--gpus=N` taken out (what each launched process runs)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            kept.append(arg)
+    return kept
 
 
 def calibrate(

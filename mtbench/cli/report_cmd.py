@@ -51,7 +51,8 @@ def plot(
     table.add_column("result", overflow="fold")
     for name in ALL_PLOTS:
         file = f"{name}.png"
-        table.add_row(name, str(out / file) if file in outcome.written else f"skipped: {outcome.skipped[name]}")
+        if file in outcome.written or name in outcome.skipped:
+            table.add_row(name, str(out / file) if file in outcome.written else f"skipped: {outcome.skipped[name]}")
     console.print(table)
 
 

@@ -78,7 +78,7 @@ def compare_reports(a: Report, b: Report) -> Comparison:
     keys_a = {_row_key(a, row): row for row in a.summary.get("rows") or []}
     keys_b = {_row_key(b, row): row for row in b.summary.get("rows") or []}
     keys = list(dict.fromkeys([*keys_a, *keys_b]))
-    with_host = a.kind != "replay" and len({key[2] for key in keys}) > 1
+    with_host = _KEY_FIELDS.get(a.kind) != ("run",) and len({key[2] for key in keys}) > 1
     pairs = [RowPair(_key_label(a, key, with_host), keys_a.get(key), keys_b.get(key)) for key in keys]
     config_a, config_b = a.summary.get("config") or {}, b.summary.get("config") or {}
     differences = {k: (config_a.get(k), config_b.get(k)) for k in dict.fromkeys([*config_a, *config_b])

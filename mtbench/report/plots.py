@@ -568,6 +568,101 @@ def _binned_max(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[edges[:-1]], np.maximum.reduceat(y, edges[:-1])
 
 
+# ------------------------------------------------------------------------------------------------ fleet
+ROUTER_COLORS = {"round-robin": "#d95f02", "random": "#7570b3", "user-hash": "#1b9e77", "consistent-hash": "#e7298a",
+                 "residency": "#000000"}
+ROUTER_STYLES = {"round-robin": ("o", "-"), "random": ("s", "-."), "user-hash": ("^", "-"),
+                 "consistent-hash": ("x", ":"), "residency": ("D", "-")}
+
+
+def _fleet_series(reports: list[Report]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(report label, router) -> fleet rows sorted by replica count; skipped when no router has two counts."""
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for report in reports:
+        if report.kind != "fleet":
+            continue
+        for row in _rows(report):
+            series.setdefault((report.label, str(row.get("router"))), []).append(row)
+    series = {key: sorted(rows, key=lambda r: r["replicas"]) for key, rows in series.items()
+              if len({r.get("replicas") for r in rows}) >= 2}
+    if not series:
+        raise PlotSkipped("needs fleet reports with two or more replica counts for a router")
+    return series
+
+
+def _fleet_figure(reports: list[Report], what: str, size: tuple[float, float]) -> Figure:
+    """A figure titled with the fleet's trace, model, policy and per-replica tiers."""
+    contexts = []
+    for report in reports:
+        config = report.summary.get("config") or {}
+        trace = Path(str((report.summary.get("trace") or {}).get("path", "?"))).name
+        gpu, host = config.get("gpu_capacity"), config.get("host_capacity")
+        contexts.append(f"trace {trace} · model {report.summary.get('model', '?')} ({report.summary.get('dtype', '?')}) · "
+                        f"{config.get('policy', '?')} · per replica GPU "
+                        f"{format_bytes_precise(gpu) if isinstance(gpu, int) else '?'}, host "
+                        f"{format_bytes_precise(host) if isinstance(host, int) else '?'}")
+    figure = Figure(figsize=size, dpi=DPI, layout="constrained")
+    figure.suptitle(f"{what}\n" + "\n".join(dict.fromkeys(contexts)), fontsize=10)
+    return figure
+
+
+def _router_style(router: str, variant: int) -> dict[str, Any]:
+    """A router's colour, marker and line style; reports after the first get another line style."""
+    marker, linestyle = ROUTER_STYLES.get(router, ("o", "-"))
+    return {"color": ROUTER_COLORS.get(router, policy_color(router)), "marker": marker, "markersize": 5,
+            "linestyle": linestyle if variant == 0 else LINESTYLES[variant % len(LINESTYLES)], "linewidth": 1.6}
+
+
+def _fleet_axes(ax: Axes, ylabel: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("replicas (GPUs, log scale)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_fleet_hit_ratio(reports: list[Report]) -> Figure:
+    """Hit ratio (GPU + host, and GPU tier alone) against the number of replicas, one line per router."""
+    series = _fleet_series(reports)
+    figure = _fleet_figure(reports, "Hit ratio vs replicas", (10.5, 4.6))
+    axes = figure.subplots(1, 2, squeeze=False)[0]
+    variants = _variant_index([source for source, _ in series])
+    for ax, (column, ylabel) in zip(axes, (("hit_ratio", "hit ratio, GPU + host (%)"),
+                                           ("gpu_hit_ratio", "GPU-tier hit ratio (%)"))):
+        for (source, router), rows in series.items():
+            ax.plot([r["replicas"] for r in rows], [100 * r[column] for r in rows],
+                    **_router_style(router, variants[source]), label=router + (f" [{source}]" if len(variants) > 1 else ""))
+        _fleet_axes(ax, ylabel)
+        ax.set_ylim(0, 100)
+    _legend_outside(figure, axes, "router")
+    return figure
+
+
+def plot_fleet_p99(reports: list[Report]) -> Figure:
+    """Estimated p99 latency against the number of replicas at the offered rate; overloaded points omitted."""
+    series = _fleet_series(reports)
+    if not any(isinstance(r.get("p99_ms"), (int, float)) for rows in series.values() for r in rows):
+        raise PlotSkipped("every fleet point is overloaded at the offered rate (no p99)")
+    rates = sorted({r.get("offered_qps") for rows in series.values() for r in rows if r.get("offered_qps")})
+    what = "Estimated p99 latency vs replicas" + (f" at {rates[0]:,.0f} requests/s" if len(rates) == 1 else "")
+    figure = _fleet_figure(reports, what, (10.0, 4.6))
+    ax = figure.subplots()
+    variants = _variant_index([source for source, _ in series])
+    for (source, router), rows in series.items():
+        points = [(r["replicas"], r["p99_ms"]) for r in rows if isinstance(r.get("p99_ms"), (int, float))]
+        if not points:
+            continue
+        ax.plot(*zip(*points), **_router_style(router, variants[source]),
+                label=router + (f" [{source}]" if len(variants) > 1 else ""))
+    _fleet_axes(ax, "p99 latency (ms, log scale; missing = overloaded)")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    _legend_outside(figure, ax, "router")
+    return figure
+
+
 # ------------------------------------------------------------------------------------------------ driver
 PLOTS: dict[str, Callable[[list[Report]], Figure]] = {
     "hit_ratio_curve": plot_hit_ratio_curve,
@@ -577,19 +672,27 @@ PLOTS: dict[str, Callable[[list[Report]], Figure]] = {
     "bytes_moved": plot_bytes_moved,
     "occupancy": plot_occupancy,
 }
+FLEET_PLOTS: dict[str, Callable[[list[Report]], Figure]] = {
+    "fleet_hit_ratio": plot_fleet_hit_ratio,
+    "fleet_p99": plot_fleet_p99,
+}
 
 
 def draw_plots(reports: list[Report], out_dir: Path, strict: bool = True,
                plots: dict[str, Callable[[list[Report]], Figure]] | None = None) -> PlotOutcome:
     """Write every plot the data supports as out_dir/<name>.png; the others are listed with the reason.
 
-    `plots` defaults to PLOTS (callers add the serving plots: `mtbench.report.serving_plots.ALL_PLOTS`).
+    `plots` defaults to PLOTS (callers add the serving plots: `mtbench.report.serving_plots.ALL_PLOTS`);
+    fleet reports (`mtbench fleet`) always get their own plots (`FLEET_PLOTS`).
+
     With strict=False an unexpected error in one plot is listed as a skip instead of raised, so a long
     run's report is never lost to a plotting problem.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome = PlotOutcome()
+    if reports and all(r.kind == "fleet" for r in reports):
+        plots = FLEET_PLOTS
     for name, plot in (PLOTS if plots is None else plots).items():
         try:
             figure = plot(reports)

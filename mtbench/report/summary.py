@@ -75,10 +75,18 @@ _GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {  # a group shows onl
                                                         "measured_slo_attainment", "measured_meets_slo",
                                                         "measured_hit_ratio"]),
     ],
+    "fleet": [
+        ("Hit ratios by tier", ["hit_ratio", "gpu_hit_ratio", "host_hit_ratio"]),
+        ("Misses", ["miss_ratio", "stale_ratio", "token_hit_ratio"]),
+        ("Load balance (max / mean over replicas)", ["imbalance_req", "imbalance_busy", "busy_max_ms"]),
+        ("Closed-loop throughput, latency at the offered rate", ["throughput_rps", "p50_ms", "p99_ms"]),
+        ("Offered load", ["offered_qps", "utilization", "overloaded"]),
+    ],
 }
 # Row identity: the first column always opens every table, the others only when they differ between rows.
-_IDENTITY_COLUMNS_BY_KIND = {"compare-policies": ("policy", *CAPACITY_COLUMNS), "replay": ("run",), "capacity": ("run",)}
-_TEXT_COLUMNS = ("policy", "run", "cache_mode", "layout", "sync")
+_IDENTITY_COLUMNS_BY_KIND = {"compare-policies": ("policy", *CAPACITY_COLUMNS), "replay": ("run",), "capacity": ("run",),
+                             "fleet": ("router", "replicas")}
+_TEXT_COLUMNS = ("policy", "run", "cache_mode", "layout", "sync", "router")
 _HEADER_FIELDS = ("kind", "trace", "model", "dtype", "config", "rows", "note")  # note: a caveat line of its own
 _VERSION_FIELDS = ("mtbench_version", "torch_version", "created_utc")
 
@@ -234,6 +242,8 @@ def row_labels(summary: dict[str, Any]) -> list[str]:
     for index, row in enumerate(rows):
         if row.get("run") is not None:
             label = str(row["run"])
+        elif row.get("router") is not None:
+            label = f"{row['router']} x{row.get('replicas')}"
         else:
             label = " @ ".join(format_value(c, row.get(c), unit) for c in ("policy", "gpu_capacity") if c in row)
         labels.append(label or f"row {index}")

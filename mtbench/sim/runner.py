@@ -43,6 +43,8 @@ class PolicySweep:
     workers: int | None = None
     max_requests: int | None = None
     sort: bool = False
+    backend: str = "local"  # or "ray" (mtbench.fleet.backend)
+    ray_address: str | None = None
 
 
 @dataclass
@@ -82,7 +84,14 @@ def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[
         setup.host_capacity)
     points = [SweepPoint(name, cap, setup.host_capacity) for name in names for cap in setup.gpu_capacities]
     done = on_start(len(points)) if on_start is not None else None
-    rows = run_sweep(workload, points, setup.settings, cost, geometry, setup.workers, done)
+    from mtbench.fleet.backend import make_backend
+
+    backend = make_backend(setup.backend, setup.workers, setup.ray_address) if setup.backend != "local" else None
+    try:
+        rows = run_sweep(workload, points, setup.settings, cost, geometry, setup.workers, done, backend)
+    finally:
+        if backend is not None:
+            backend.close()
     settings = setup.settings
     summary = {
         "kind": "compare-policies",
@@ -94,7 +103,7 @@ def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[
                    "lookahead": settings.lookahead, "batch_size": settings.batch_size, "append": settings.append,
                    "host_layout": HOST_LAYOUT if geometry is not None else None,
                    "cost_model": cost.to_dict(), "workers": setup.workers,
-                   "max_requests": setup.max_requests, "sort": setup.sort,
+                   "max_requests": setup.max_requests, "sort": setup.sort, "backend": setup.backend,
                    "entry_bytes_mean": float(workload.size.mean()) if workload.n_requests else 0.0},
         "rows": rows,
     }

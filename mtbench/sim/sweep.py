@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import Any
 
 from mtbench.cache.extents import HostGeometry
 from mtbench.sim.costmodel import CostModel
@@ -53,13 +54,22 @@ def _run_point(point: SweepPoint) -> dict:
     return result.row(state["cost"], state["workload"], recomputed)
 
 
+def _point_row(point: SweepPoint, shared: tuple[Workload, TierSettings, CostModel, HostGeometry | None]) -> dict:
+    """One point as a task of `mtbench.fleet.backend.Backend.map` (the workload travels as `shared`)."""
+    _init_worker(*shared)
+    return _run_point(point)
+
+
 def run_sweep(workload: Workload, points: Sequence[SweepPoint], settings: TierSettings, cost: CostModel,
               host_geometry: HostGeometry | None, workers: int | None = None,
-              on_done: Callable[[dict], None] | None = None) -> list[dict]:
+              on_done: Callable[[dict], None] | None = None, backend: Any = None) -> list[dict]:
     """Rows of every point, in the order of `points`; `on_done(row)` is called as each finishes.
 
-    workers: processes to use (None: every core); 1 runs in this process.
+    workers: processes to use (None: every core); 1 runs in this process. backend: a
+    `mtbench.fleet.backend.Backend` (e.g. Ray) that runs the points instead of the local pool.
     """
+    if backend is not None:
+        return backend.map(_point_row, list(points), (workload, settings, cost, host_geometry), on_done)
     workers = max(1, min(workers or os.cpu_count() or 1, len(points)))
     _init_worker(workload, settings, cost, host_geometry)
     rows: list[dict | None] = [None] * len(points)
