@@ -26,7 +26,8 @@ the GPU when batch x heads x row blocks is below a few waves (B=16 on 132 SMs).
 Block schedule: program w of axis 0 finds its (request, row block) by a cumulative count of
 ceil(rows_b / BLOCK_M) over the request offsets, inside the kernel (no host sync, no extra launch).
 Axis 0 has floor((T + B * (BLOCK_M - 1)) / BLOCK_M) programs, an upper bound on the real block
-count; the at most B surplus programs find no rows and exit after the lookup. Axis 1 is the head.
+count; the at most B surplus programs find no rows and exit after the lookup. Axis 1 is the head
+(with `heads_inner`, axes 0 and 1 swap: the heads of one row block run side by side), axis 2 the split.
 Accumulation is in fp32; the 1/n_i normaliser is applied once to the accumulator.
 """
 
@@ -57,6 +58,7 @@ class AttentionConfig:
     tma: bool = False  # paged prefix K/V through tensor descriptors (whole page rows, Hopper TMA on CUDA)
     warp_specialize: bool = False  # with tma: Triton's producer/consumer warp split of the prefix loop
     split_k: int = 1  # programs per row block, each over a slice of the prefix; partial sums added atomically
+    heads_inner: bool = False  # launch a row block's heads next to each other (they read the same K/V rows)
 
 
 def default_config(head_dim: int, element_size: int, paged: bool) -> AttentionConfig:
@@ -127,11 +129,14 @@ def _hstu_fwd_kernel(
     CAUSAL_STATIC: tl.constexpr, VISIBLE_NORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_B: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FAST_SILU: tl.constexpr, USE_TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, SPLIT_K: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, SPLIT_K: tl.constexpr, HEADS_INNER: tl.constexpr,
 ):
-    head = tl.program_id(1)
+    if HEADS_INNER:
+        head, work = tl.program_id(0), tl.program_id(1)
+    else:
+        head, work = tl.program_id(1), tl.program_id(0)
     split = tl.program_id(2)  # HSTU rows are plain sums (no softmax): prefix slices add up exactly
-    request, block = _locate_block(offsets_ptr, n_requests, tl.program_id(0), BLOCK_M, CHUNK_B)
+    request, block = _locate_block(offsets_ptr, n_requests, work, BLOCK_M, CHUNK_B)
     in_range = request < n_requests
     b = tl.minimum(request, n_requests - 1)
     row_start = tl.load(offsets_ptr + b)
@@ -338,7 +343,8 @@ def hstu_attention_triton(
     split_k = cfg.split_k if prefix is not None else 1
     if split_k > 1:
         out = torch.zeros(q.shape, dtype=torch.float32, device=device)
-    grid = ((total + n_requests * (cfg.block_m - 1)) // cfg.block_m, heads, split_k)
+    n_blocks = (total + n_requests * (cfg.block_m - 1)) // cfg.block_m
+    grid = (heads, n_blocks, split_k) if cfg.heads_inner else (n_blocks, heads, split_k)
     _hstu_fwd_kernel[grid](
         q, k, v, out,
         offsets32, n_new32, n_rt32,
@@ -353,7 +359,7 @@ def hstu_attention_triton(
         CHUNK_B=min(1024, max(64, triton.next_power_of_2(n_requests))),  # >= 64: one compile for B <= 64
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         FAST_SILU=cfg.fast_silu and q.is_cuda and q.dtype != torch.float32, USE_TMA=use_tma,
-        WARP_SPECIALIZE=use_tma and cfg.warp_specialize, SPLIT_K=split_k,
+        WARP_SPECIALIZE=use_tma and cfg.warp_specialize, SPLIT_K=split_k, HEADS_INNER=cfg.heads_inner,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out if split_k == 1 else out.to(q.dtype)

@@ -52,7 +52,7 @@ def test_descriptor_page_loads_and_split_prefix_match_reference(causal):
     gen = torch.Generator().manual_seed(21 + causal)
     tma = AttentionConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, tma=True)
     tma_split = AttentionConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, tma=True, split_k=3)
-    pointer_split = AttentionConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, split_k=2)
+    pointer_split = AttentionConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, split_k=2, heads_inner=True)
     for config, head_dim, page_tokens, kind in ((tma, 16, 16, "paged"), (tma, 32, 32, "paged"), (tma, 24, 16, "paged"),
                                                 (tma_split, 16, 32, "paged"), (pointer_split, 24, 16, "paged"),
                                                 (pointer_split, 16, 16, "contiguous")):
