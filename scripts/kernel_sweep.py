@@ -67,25 +67,31 @@ def _config(name: str):
 
 
 def _attention_inputs(case_name: str, batch: int, seed: int):
-    """Identical requests of `case_name`'s shape (as mtbench bench kernels), prefix paged in random order."""
-    from kernels import AttentionSpec
-    from kernels.testing import AttentionCase
+    """Identical requests of `case_name`'s shape (as mtbench bench kernels), random values made on the
+    device; the prefix sits in a page pool [pages, 2, P, H, D] with pages in random order."""
+    from kernels import AttentionSpec, PagedPrefix
 
     n_cached, n_new, n_rt, n_cand = CACHED_SHAPES.get(case_name, (0, N_STATIC, N_RT, N_CAND))
     rows = n_new + n_rt + n_cand
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
 
-    def randn(n: int) -> torch.Tensor:
-        return torch.randn(n, HEADS, DIM, generator=gen).to(DEVICE, DTYPE)
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=DEVICE, dtype=torch.float32).to(DTYPE)
 
     def per_request(n: int) -> torch.Tensor:
         return torch.full((batch,), n, dtype=torch.long, device=DEVICE)
 
-    case = AttentionCase(randn(batch * rows), randn(batch * rows), randn(batch * rows),
-                         torch.arange(batch + 1, device=DEVICE) * rows, per_request(n_new), per_request(n_rt),
-                         randn(batch * n_cached), randn(batch * n_cached), per_request(n_cached))
-    prefix = case.paged_prefix(PAGE, gen) if n_cached else None
-    return (case.q, case.k, case.v, case.offsets, case.n_new_static, case.n_rt, AttentionSpec(alpha=DIM ** -0.5), prefix)
+    q, k, v = (randn(batch * rows, HEADS, DIM) for _ in range(3))
+    offsets = torch.arange(batch + 1, device=DEVICE) * rows
+    prefix = None
+    if n_cached:
+        pages_per_request = -(-n_cached // PAGE)
+        n_pages = batch * pages_per_request + 7
+        pool = randn(n_pages, 2, PAGE, HEADS, DIM)
+        order = torch.randperm(n_pages, generator=torch.Generator().manual_seed(seed))[: batch * pages_per_request]
+        table = order.view(batch, pages_per_request).to(DEVICE, torch.int32)
+        prefix = PagedPrefix(pool[:, 0], pool[:, 1], table, per_request(n_cached))
+    return (q, k, v, offsets, per_request(n_new), per_request(n_rt), AttentionSpec(alpha=DIM ** -0.5), prefix)
 
 
 def _warm_here(name: str, case_name: str, batch: int) -> None:
@@ -111,7 +117,7 @@ def _warm(task: tuple[str, str, int]) -> tuple[str, str, int, float, str]:
     return name, case_name, batch, time.perf_counter() - started, err
 
 
-def _bench(fns, warmup_ms: int = 25, rep_ms: int = 200) -> float:
+def _bench(fns, warmup_ms: int = 20, rep_ms: int = 100) -> float:
     """Median ms of one call, rotating over `fns` (do_bench on CUDA; three plain runs on the CPU)."""
     import triton
 
