@@ -53,11 +53,13 @@ ATTENTION_VARIANTS: dict[str, tuple] = {
     "tma 64x32 w4 s2 k2": (64, 32, 4, 2, True, True, False, 2, False),
     "tma 64x32 w4 s4": (64, 32, 4, 4, True, True, False, 1, False),
     "ptr 64x32 w4 s2": (64, 32, 4, 2, True, False, False, 1, False),
+    "ptr 64x32 w4 s2 hi": (64, 32, 4, 2, True, False, False, 1, True),
     "ptr 64x64 w4 s2": (64, 64, 4, 2, True, False, False, 1, False),
     "ptr 64x64 w4 s2 hi": (64, 64, 4, 2, True, False, False, 1, True),
 }
 CACHED_SHAPES = {"cached_cand": (N_STATIC + N_RT, 0, 0, N_CAND), "cached": (N_STATIC, 0, N_RT, N_CAND)}
-DIAGNOSE = ("ptr 128x64 w8 s2", "tma 64x32 w4 s2", "ptr 16x16")
+SCAN_BATCHES: tuple[int, ...] = ()
+DIAGNOSE = ("ptr 128x64 w8 s2", "tma 64x32 w4 s2", "tma 64x32 w4 s2 hi", "ptr 16x16")
 
 
 def _config(name: str):
@@ -132,6 +134,24 @@ def _bench(fns, warmup_ms: int = 20, rep_ms: int = 100) -> float:
     return triton.testing.do_bench(lambda: next(cycle)(), warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
 
+def _synced_ms(fns, repeats: int = 20) -> float:
+    """The harness used before issue 15: CUDA events around one call, host-synchronised after each, so the
+    host's launch time is inside the figure (kept to show how much of the old numbers it was)."""
+    if DEVICE != "cuda":
+        return 0.0
+    for fn in fns:
+        fn()
+    times = []
+    for i in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fns[i % len(fns)]()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
 def _table(title: str, header: list[str], rows: list[list], widths: list[int]) -> None:
     print(f"\n{title}")
     print(" ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
@@ -189,9 +209,14 @@ def attention_section(jobs: int, results: dict) -> None:
     print(f"real-size check (B{small} random lengths, paged): plain {DTYPE} reference error {plain_err:.2e}")
 
     rows = []
+    timed = [("cached_cand", big), ("cached", big), ("cached_cand", small)]
+    header = ["cand B64", "cached B64", "cand B16"]
+    if SCAN_BATCHES:
+        timed = [(case, batch) for case in ("cached_cand", "cached") for batch in SCAN_BATCHES]
+        header = [f"{'cand' if case == 'cached_cand' else 'R+C'} B{batch}" for case, batch in timed]
     for name in ATTENTION_VARIANTS:
         row = [name, "ok" if checks.get(name, 9) <= 2 * plain_err else f"BAD {checks.get(name, float('nan')):.1e}"]
-        for case_name, batch in (("cached_cand", big), ("cached", big), ("cached_cand", small)):
+        for case_name, batch in timed:
             if name in failed:
                 row.append("-")
                 continue
@@ -204,13 +229,19 @@ def attention_section(jobs: int, results: dict) -> None:
             row.append(ms)
             del sets
         rows.append(row)
-    _table("attention (ms; cand = 200 cand vs 1132 paged keys; cached = R+C vs 1032)",
-           ["variant", "check", "cand B64", "cached B64", "cand B16"], rows, [20, 8, 9, 10, 9])
+        if DEVICE == "cuda":  # host time per launch: back-to-back launches, no GPU wait in between
+            inputs = _attention_inputs("cached_cand", small, 0)
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            for _ in range(50):
+                hstu_attention_triton(*inputs, config=config)
+            row.append(1e3 * (time.perf_counter() - started) / 50)
+            torch.cuda.synchronize()
+    _table("attention (ms; cand = 200 cand vs 1132 paged keys; cached/R+C = R+C vs 1032; host = launch ms)",
+           ["variant", "check", *header, "host"], rows, [20, 5] + [9] * (len(header) + 1))
     # Diagnostics on the cand B64 shape: every request reading the SAME pages (K/V stay in L2: how much
     # of the time is HBM traffic), and the launch-inclusive harness of mtbench bench kernels (CUDA events
     # around one host-synchronised call: adds the host's launch time, as the numbers before issue 15 did).
-    from mtbench.bench_kernels import time_cuda
-
     for name in [n for n in DIAGNOSE if n in ATTENTION_VARIANTS and n not in failed]:
         config = _config(name)
         shared = []
@@ -222,7 +253,7 @@ def attention_section(jobs: int, results: dict) -> None:
             shared.append(args)
         shared_ms = _bench([lambda a=a: hstu_attention_triton(*a, config=config) for a in shared])
         sets = [_attention_inputs("cached_cand", big, seed) for seed in range(3)]
-        synced_ms = time_cuda([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets]) if DEVICE == "cuda" else 0.0
+        synced_ms = _synced_ms([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets])
         print(f"{name}: cand B{big} with all requests on the same pages {shared_ms:.3f} ms; "
               f"host-synchronised harness {synced_ms:.3f} ms")
         results.setdefault("diagnostics", []).append({"variant": name, "shared_pages_ms": shared_ms, "synced_ms": synced_ms})
@@ -330,9 +361,7 @@ def page_copy_section(results: dict) -> None:
         results.setdefault("page_copy", []).append({"config": label, "scatter_ms": scatter_ms, "gather_ms": gather_ms,
                                                     "scatter_pct": scatter_pct, "gather_pct": gather_pct})
     if DEVICE == "cuda":
-        from mtbench.bench_kernels import time_cuda
-
-        synced = time_cuda([lambda s=s: gather_from_pages_triton(s[1], s[2], out=s[0]) for s in sets])
+        synced = _synced_ms([lambda s=s: gather_from_pages_triton(s[1], s[2], out=s[0]) for s in sets])
         print(f"default gather, host-synchronised harness: {synced:.3f} ms = {100 * moved / synced / 1e6 / ceiling:.0f}% of D2D")
     _table(f"page copy, {tokens} tokens x K,V x {HEADS * DIM} bf16 ({moved / 1e6:.0f} MB r+w); D2D {ceiling:.0f} GB/s",
            ["config", "check", "scat ms", "%D2D", "gath ms", "%D2D"], rows, [16, 5, 8, 5, 8, 5])
@@ -345,11 +374,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=8, help="parallel compile workers")
     parser.add_argument("--json", default=None)
     parser.add_argument("--warm", default=None, help=argparse.SUPPRESS)  # child: "variant|case|batch"
+    parser.add_argument("--variants", default=None, help="comma-separated attention variant names")
+    parser.add_argument("--scan", default=None, help="time cand and R+C at these batch sizes instead")
     parser.add_argument("--profile", default=None, help="run one attention variant 3 times (for ncu)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test (TRITON_INTERPRET=1, tiny sizes)")
     args = parser.parse_args()
     if args.tiny:
         _tiny()
+    global ATTENTION_VARIANTS, SCAN_BATCHES
+    if args.variants:
+        ATTENTION_VARIANTS = {name: ATTENTION_VARIANTS[name] for name in args.variants.split(",")}
+    if args.scan:
+        SCAN_BATCHES = tuple(int(b) for b in args.scan.split(","))
     if args.profile:  # under ncu: a few launches of one variant on the cand shape
         from kernels.hstu_attention_triton import hstu_attention_triton
 
