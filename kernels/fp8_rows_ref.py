@@ -13,7 +13,7 @@ The exponent comes from amax's fp32 bits: amax = m * 2^E (1 <= m < 2) needs s = 
 m <= 1.75 (448 = 1.75 * 2^8) and 2^(E - 7) otherwise; so kernel and reference agree bit for bit.
 
 Round-trip error bound (per element, any finite input): |dequant(quant(x)) - x| <= 2^-4 |x| + 2^-10 s,
-and s <= amax / 224, so |err| <= |x| / 16 + amax / 229376. The first term is e4m3's rounding of a
+and s <= amax / 224 (for amax >= 2^-118; below, s = 2^-126), so |err| <= |x| / 16 + amax / 229376. The first term is e4m3's rounding of a
 normal number (3 mantissa bits); the second the spacing of its subnormals (2^-9 s), which only
 values below 2^-6 s (< amax / 14336) use. Dequantised values have at most 4 significant bits, so
 they are exact in bf16/fp16 (barring fp16 overflow) and fp32.
