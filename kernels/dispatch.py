@@ -15,6 +15,7 @@ from types import ModuleType
 import torch
 
 from kernels.copy_rows_ref import copy_rows_reference
+from kernels.fp8_rows_ref import dequantize_rows_reference, quantize_rows_reference
 from kernels.group_layernorm_ref import group_layernorm_reference
 from kernels.hstu_attention_ref import AttentionSpec, Prefix, hstu_attention_reference
 from kernels.page_copy_ref import gather_from_pages_reference, scatter_to_pages_reference
@@ -91,3 +92,25 @@ def copy_rows(src: torch.Tensor, src_rows: torch.Tensor, dst: torch.Tensor, dst_
         _triton_module("copy_rows_triton").copy_rows_triton(src, src_rows, dst, dst_rows)
     else:
         copy_rows_reference(src, src_rows, dst, dst_rows)
+
+
+def quantize_rows_fp8(src: torch.Tensor, src_rows: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                      dst_rows: torch.Tensor, impl: str = "auto") -> None:
+    """codes/scales[dst_rows[i]] = e4m3 quantisation of src[src_rows[i]] (one scale per head); see
+    fp8_rows_ref.py. "auto" runs Triton when either side is on CUDA (the fp8 side may be pinned host)."""
+    cuda_side = src if src.is_cuda else codes
+    if _use_triton(cuda_side, impl):
+        _triton_module("fp8_rows_triton").quantize_rows_triton(src, src_rows, codes, scales, dst_rows)
+    else:
+        quantize_rows_reference(src, src_rows, codes, scales, dst_rows)
+
+
+def dequantize_rows_fp8(codes: torch.Tensor, scales: torch.Tensor, src_rows: torch.Tensor, dst: torch.Tensor,
+                        dst_rows: torch.Tensor, impl: str = "auto") -> None:
+    """dst[dst_rows[i]] = dequantised codes/scales[src_rows[i]]; see fp8_rows_ref.py. "auto" runs Triton
+    when either side is on CUDA (the fp8 side may be pinned host memory: the load into the pool)."""
+    cuda_side = dst if dst.is_cuda else codes
+    if _use_triton(cuda_side, impl):
+        _triton_module("fp8_rows_triton").dequantize_rows_triton(codes, scales, src_rows, dst, dst_rows)
+    else:
+        dequantize_rows_reference(codes, scales, src_rows, dst, dst_rows)

@@ -1,15 +1,20 @@
 """The host tier's storage: ONE pinned allocation carved into extents by a coalescing allocator.
 
-`HostArena`: a flat 1-D tensor of `dtype` elements (pinned when CUDA is present) with an
-`ExtentAllocator` (`cache.extents`) over element indices; `view(offset, shape)` returns the extent as
-a tensor. In the cache manager the allocator is the control plane's (it decides placements, the arena
-only holds the bytes).
+Data structures:
+- `HostArena`: a flat 1-D tensor of `dtype` elements (pinned when CUDA is present) with an
+  `ExtentAllocator` (`cache.extents`) over element indices; `view(offset, shape)` returns the extent as
+  a tensor. In the cache manager the allocator is the control plane's (it decides placements, the arena
+  only holds the bytes).
+- `Fp8RowArena`: the fp8 host tier (kernels/fp8_rows_ref.py's row format): one uint8 allocation
+  holding two planes, `codes [rows, H * D]` and `scales [rows, H]`, with an `ExtentAllocator` over
+  ROW indices; an extent [start, start + n) owns codes[start:start + n] and scales[start:start + n].
 """
 
 from __future__ import annotations
 
 import torch
 
+from kernels.fp8_rows_ref import fp8_row_bytes
 from mtbench.cache.extents import ALIGN_BYTES, FIT_STRATEGIES, ExtentAllocator
 from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
@@ -58,6 +63,48 @@ class HostArena:
         for size in shape:
             count *= size
         return self.buffer[offset : offset + count].view(shape)
+
+    def fragmentation(self) -> float:
+        return self.allocator.fragmentation()
+
+
+class Fp8RowArena:
+    """`capacity_bytes` of (pinned when `pin`) host memory as quantised K/V rows, handed out as row extents.
+
+    Rows are whole quantised rows (one token's K or V at one layer): `fp8_row_bytes(H, D)` bytes each.
+    Offsets and lengths given to / returned by `allocate` and `free` count rows, not elements.
+    """
+
+    def __init__(self, capacity_bytes: int, heads: int, head_dim: int, pin: bool, fit: str = "first") -> None:
+        self.width, self.heads = heads * head_dim, heads
+        self.row_bytes = fp8_row_bytes(heads, head_dim)
+        rows = int(capacity_bytes) // self.row_bytes
+        try:
+            buffer = torch.empty(rows * self.row_bytes, dtype=torch.uint8, pin_memory=pin)
+        except RuntimeError as err:
+            raise MtbenchError(
+                f"cannot allocate {format_bytes(capacity_bytes)} ({capacity_bytes} bytes) of "
+                f"{'pinned' if pin else 'plain'} host memory for the fp8 host cache: {str(err).splitlines()[0]}"
+            ) from None
+        self.buffer = buffer
+        self.codes = buffer[: rows * self.width].view(rows, self.width)
+        self.scales = buffer[rows * self.width :].view(rows, heads)
+        self.pinned = pin
+        self.allocator = ExtentAllocator(rows, fit=fit)
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.allocator.total * self.row_bytes
+
+    @property
+    def used_bytes(self) -> int:
+        return self.allocator.used_total * self.row_bytes
+
+    def allocate(self, n_rows: int) -> int | None:
+        return self.allocator.allocate(n_rows)
+
+    def free(self, offset: int) -> None:
+        self.allocator.free(offset)
 
     def fragmentation(self) -> float:
         return self.allocator.fragmentation()

@@ -17,6 +17,9 @@ copies a transfer takes (small copies are launch-bound, DESIGN.md section 7):
 - `zerocopy`: `hybrid`'s placement, moved by a kernel (`kernels.copy_rows`) that reads or writes the
   pinned host extents directly over PCIe (unified addressing): ONE launch per layer for every entry
   of a batch, straight into / out of pool pages, no staging buffer and no copy-engine calls.
+- `zerocopy-fp8` (`Fp8ZeroCopyLayout`, over an `Fp8RowArena`, not yet in `LAYOUTS`): `zerocopy` with
+  the host rows in fp8 (e4m3 + a scale per token and head): loads dequantise and stores quantise in
+  the copy kernel, so PCIe moves half of bf16's bytes. Lossy (kernels/fp8_rows_ref.py).
 
 A load is issued layer-major for a whole batch (`load_layers` calls `layer_done(l)` once layer l of
 every job is issued), so per-layer events cover every entry of the batch. The per-entry copies of one
@@ -34,8 +37,9 @@ import numpy as np
 import torch
 
 import kernels
+from kernels.fp8_rows_ref import fp8_row_bytes
 from mtbench.cache.extents import extent_lengths
-from mtbench.cache.host import HostArena
+from mtbench.cache.host import Fp8RowArena, HostArena
 from mtbench.cache.pool import KVShape, PagedKVPool, to_device_async
 from mtbench.errors import MtbenchError
 
@@ -84,6 +88,11 @@ class HostLayout(ABC):
             buffer = torch.empty((capacity, self.width), dtype=self.shape.dtype, device=device)
             self._staging[store] = buffer
         return buffer[:n_rows]
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Host bytes (= bytes over PCIe) of one token's K and V across all layers."""
+        return self.shape.bytes_per_token
 
     def extent_elements(self, n_tokens: int) -> list[int]:
         """Element count of each host extent an entry of n_tokens needs (`cache.extents.extent_lengths`)."""
@@ -261,15 +270,19 @@ class ZeroCopyLayout(HybridLayout):
         elements of the arena and of one pool layer; on `device` in one copy per tensor."""
         host_rows, pool_rows = [], []
         for job in jobs:
-            bases = np.asarray(job.placement.offsets, dtype=np.int64)
-            if (bases % self.width).any():
-                raise RuntimeError(f"host extent offsets {job.placement.offsets} are not whole rows of {self.width} elements")
-            host_rows.append(bases[:, None] // self.width + np.arange(2 * job.placement.n_tokens)[None, :])
+            host_rows.append(self._first_rows(job.placement)[:, None] + np.arange(2 * job.placement.n_tokens)[None, :])
             pool_rows.append(_pool_rows(job, self.shape))
         host = np.concatenate(host_rows, axis=1)
         dtype = np.int32 if int(host.max()) < 2**31 else np.int64
         return (to_device_async(torch.from_numpy(host.astype(dtype)), device),
                 to_device_async(torch.from_numpy(np.concatenate(pool_rows).astype(dtype)), device))
+
+    def _first_rows(self, placement: HostPlacement) -> np.ndarray:
+        """Arena row (of H * D elements) where each layer's extent starts."""
+        bases = np.asarray(placement.offsets, dtype=np.int64)
+        if (bases % self.width).any():
+            raise RuntimeError(f"host extent offsets {placement.offsets} are not whole rows of {self.width} elements")
+        return bases // self.width
 
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
         if not jobs:
@@ -287,6 +300,50 @@ class ZeroCopyLayout(HybridLayout):
         arena_rows = self._rows(self.arena.buffer)
         for layer in range(self.shape.layers):
             kernels.copy_rows(self._rows(pool.layer(layer)), pool_rows, arena_rows, host_rows[layer])
+
+
+class Fp8ZeroCopyLayout(ZeroCopyLayout):
+    """`zerocopy` over an fp8 host tier (`Fp8RowArena`, row format in kernels/fp8_rows_ref.py): a load
+    dequantises the pinned host rows straight into the bf16 pool pages, a store quantises pool pages
+    straight into host rows, one kernel launch per layer either way. An entry's extent per layer is 2n
+    arena ROWS (K rows, then V rows), so placements hold row offsets. Lossy: error bound in the ref."""
+
+    name = "zerocopy-fp8"
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 2 * self.shape.layers * fp8_row_bytes(self.shape.heads, self.shape.head_dim)
+
+    def extent_elements(self, n_tokens: int) -> list[int]:
+        """Rows (not elements) of each layer's extent in the `Fp8RowArena`."""
+        return [2 * n_tokens] * self.shape.layers
+
+    def row_views(self, arena: Fp8RowArena, placement: HostPlacement) -> list[torch.Tensor]:
+        """Each layer's e4m3 code rows [2n, H * D] (K then V); the scales sit at the same rows of arena.scales."""
+        if placement.rows is None:
+            rows = 2 * placement.n_tokens
+            placement.rows = [arena.codes[offset : offset + rows] for offset in placement.offsets]
+        return placement.rows
+
+    def _first_rows(self, placement: HostPlacement) -> np.ndarray:
+        return np.asarray(placement.offsets, dtype=np.int64)
+
+    def load_layers(self, jobs, views, pool, non_blocking, layer_done):
+        if not jobs:
+            for layer in range(self.shape.layers):
+                layer_done(layer)
+            return
+        host_rows, pool_rows = self._indices(jobs, pool.device)
+        for layer in range(self.shape.layers):
+            kernels.dequantize_rows_fp8(self.arena.codes, self.arena.scales, host_rows[layer],
+                                        self._rows(pool.layer(layer)), pool_rows)
+            layer_done(layer)
+
+    def store_many(self, jobs, views, pool, non_blocking):
+        host_rows, pool_rows = self._indices(jobs, pool.device)
+        for layer in range(self.shape.layers):
+            kernels.quantize_rows_fp8(self._rows(pool.layer(layer)), pool_rows, self.arena.codes, self.arena.scales,
+                                      host_rows[layer])
 
 
 LAYOUTS: dict[str, type[HostLayout]] = {cls.name: cls for cls in (PagedLayout, UserLayout, HybridLayout, ZeroCopyLayout)}

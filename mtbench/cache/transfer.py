@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mtbench.cache.host import HostArena
+from mtbench.cache.host import Fp8RowArena, HostArena
 from mtbench.cache.layouts import HostLayout, TransferJob
 from mtbench.cache.pool import PagedKVPool
 
@@ -111,7 +111,7 @@ class WritebackHandle:
 class TransferEngine:
     """Issues the copies of one layout between one pool and one host arena."""
 
-    def __init__(self, pool: PagedKVPool, arena: HostArena, layout: HostLayout, sync: bool = False,
+    def __init__(self, pool: PagedKVPool, arena: HostArena | Fp8RowArena, layout: HostLayout, sync: bool = False,
                  fault_hook: FaultHook | None = None, load_thread: bool | None = None) -> None:
         """`load_thread`: issue loads from a loader thread (None: when copies are asynchronous, on CUDA)."""
         self.pool, self.arena, self.layout = pool, arena, layout
@@ -161,7 +161,7 @@ class TransferEngine:
         ready, failed = self._prepared(jobs, "load")
         views = [self.layout.row_views(self.arena, job.placement) for job in ready]
         events = [torch.cuda.Event() for _ in range(layers)] if self.asynchronous else None
-        moved = sum(self.pool.shape.bytes_per_token * job.placement.n_tokens for job in ready)
+        moved = sum(self.layout.bytes_per_token * job.placement.n_tokens for job in ready)
         handle = LoadHandle(jobs=ready, failed=failed, layer_ready=events, bytes_moved=moved)
         if self.asynchronous:
             self.finish_issuing()  # one batch's loads at a time, in order on the load stream
@@ -214,7 +214,7 @@ class TransferEngine:
                 event = torch.cuda.Event()
                 event.record(self.writeback_stream)
             self._synchronize_copies()
-        per_token = self.pool.shape.bytes_per_token
+        per_token = self.layout.bytes_per_token
         handles = {id(job): WritebackHandle(job=job, event=event, bytes_moved=per_token * job.placement.n_tokens)
                    for job in ready}
         return [handles.get(id(job)) for job in jobs]

@@ -1,0 +1,423 @@
+"""One GPU call for issue 15's kernels: check correctness at real sizes, then time many variants.
+
+Sections (pick with --what): `attention` (tile / TMA variants of the HSTU kernel on the cached shapes,
+plus the default full forward), `fp8` (fp8 host rows: quantise / dequantise copies against bf16
+zero-copy and the copy engine), `page_copy` (tile variants of scatter / gather against D2D copy).
+Compilation (~20 s per head_dim-256 attention variant) runs first in parallel worker processes that
+share one Triton cache; timing then runs in this process, one kernel at a time:
+triton.testing.do_bench medians, rotating over several input sets.
+
+    PYTHONPATH=$PWD python3 scripts/kernel_sweep.py --what attention,fp8,page_copy --jobs 12 --json $OUT/sweep.json
+
+Needs CUDA; prints compact tables (80 columns) as each section finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+
+import torch
+
+N_STATIC, N_RT, N_CAND, PAGE = 1032, 100, 200, 32
+HEADS, DIM = 3, 256
+BATCHES = (64, 16)
+DEVICE, DTYPE = "cuda", torch.bfloat16
+
+
+def _tiny() -> None:
+    """--tiny: a CPU smoke test of this script under TRITON_INTERPRET=1 (sizes small enough to interpret)."""
+    global N_STATIC, N_RT, N_CAND, PAGE, HEADS, DIM, BATCHES, DEVICE, DTYPE, ATTENTION_VARIANTS, CACHED_SHAPES
+    N_STATIC, N_RT, N_CAND, PAGE, HEADS, DIM, BATCHES, DEVICE = 40, 5, 7, 16, 2, 16, (2, 1), "cpu"
+    DTYPE = torch.float16  # the interpreter's bf16 tl.dot is wrong (numpy has no bf16); compiled bf16 is tested on GPU
+    ATTENTION_VARIANTS = {"ptr 16x16": (16, 16, 4, 1, True, False, False, 1, False),
+                          "tma 16x16 k2 hi": (16, 16, 4, 1, True, True, False, 2, True)}
+    CACHED_SHAPES = {"cached_cand": (N_STATIC + N_RT, 0, 0, N_CAND), "cached": (N_STATIC, 0, N_RT, N_CAND)}
+
+# name -> AttentionConfig fields
+# (block_m, block_n, num_warps, num_stages, fast_silu, tma, warp_specialize, split_k, heads_inner)
+ATTENTION_VARIANTS: dict[str, tuple] = {
+    "ptr 128x64 w8 s2": (128, 64, 8, 2, True, False, False, 1, False),  # the default before issue 15
+    "ptr 128x64 w8 s2 hi": (128, 64, 8, 2, True, False, False, 1, True),
+    "ptr 128x64 w8 s2 k2": (128, 64, 8, 2, True, False, False, 2, False),
+    "tma 128x32 w8 s2 hi": (128, 32, 8, 2, True, True, False, 1, True),
+    "tma 128x32 w8 s3 k2": (128, 32, 8, 3, True, True, False, 2, False),
+    "tma 64x32 w4 s2": (64, 32, 4, 2, True, True, False, 1, False),
+    "tma 64x32 w4 s2 hi": (64, 32, 4, 2, True, True, False, 1, True),
+    "tma 64x32 w4 s2 k2": (64, 32, 4, 2, True, True, False, 2, False),
+    "tma 64x32 w4 s4": (64, 32, 4, 4, True, True, False, 1, False),
+    "ptr 64x32 w4 s2": (64, 32, 4, 2, True, False, False, 1, False),
+    "ptr 64x32 w4 s2 hi": (64, 32, 4, 2, True, False, False, 1, True),
+    "ptr 64x64 w4 s2": (64, 64, 4, 2, True, False, False, 1, False),
+    "ptr 64x64 w4 s2 hi": (64, 64, 4, 2, True, False, False, 1, True),
+}
+CACHED_SHAPES = {"cached_cand": (N_STATIC + N_RT, 0, 0, N_CAND), "cached": (N_STATIC, 0, N_RT, N_CAND)}
+SCAN_BATCHES: tuple[int, ...] = ()
+DIAGNOSE = ("ptr 128x64 w8 s2", "tma 64x32 w4 s2", "tma 64x32 w4 s2 hi", "ptr 16x16")
+
+
+def _config(name: str):
+    from kernels.hstu_attention_triton import AttentionConfig
+
+    return AttentionConfig(*ATTENTION_VARIANTS[name]) if name != "default" else None
+
+
+def _attention_inputs(case_name: str, batch: int, seed: int):
+    """Identical requests of `case_name`'s shape (as mtbench bench kernels), random values made on the
+    device; the prefix sits in a page pool [pages, 2, P, H, D] with pages in random order."""
+    from kernels import AttentionSpec, PagedPrefix
+
+    n_cached, n_new, n_rt, n_cand = CACHED_SHAPES.get(case_name, (0, N_STATIC, N_RT, N_CAND))
+    rows = n_new + n_rt + n_cand
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=DEVICE, dtype=torch.float32).to(DTYPE)
+
+    def per_request(n: int) -> torch.Tensor:
+        return torch.full((batch,), n, dtype=torch.long, device=DEVICE)
+
+    q, k, v = (randn(batch * rows, HEADS, DIM) for _ in range(3))
+    offsets = torch.arange(batch + 1, device=DEVICE) * rows
+    prefix = None
+    if n_cached:
+        pages_per_request = -(-n_cached // PAGE)
+        n_pages = batch * pages_per_request + 7
+        pool = randn(n_pages, 2, PAGE, HEADS, DIM)
+        order = torch.randperm(n_pages, generator=torch.Generator().manual_seed(seed))[: batch * pages_per_request]
+        table = order.view(batch, pages_per_request).to(DEVICE, torch.int32)
+        prefix = PagedPrefix(pool[:, 0], pool[:, 1], table, per_request(n_cached))
+    return (q, k, v, offsets, per_request(n_new), per_request(n_rt), AttentionSpec(alpha=DIM ** -0.5), prefix)
+
+
+def _warm_here(name: str, case_name: str, batch: int) -> None:
+    """Compile and run one (variant, case, batch) once (fills the shared Triton cache)."""
+    from kernels.hstu_attention_triton import hstu_attention_triton
+
+    hstu_attention_triton(*_attention_inputs(case_name, batch, 0), config=_config(name))
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _warm(task: tuple[str, str, int]) -> tuple[str, str, int, float, str]:
+    """`_warm_here` in a child process, so a compiler crash or hang costs that variant only."""
+    name, case_name, batch = task
+    started = time.perf_counter()
+    try:
+        tiny = ["--tiny"] if DEVICE == "cpu" else []
+        done = subprocess.run([sys.executable, __file__, *tiny, "--warm", f"{name}|{case_name}|{batch}"],
+                              capture_output=True, text=True, timeout=300)
+        err = "" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["exit"])[-1][:90]
+    except subprocess.TimeoutExpired:
+        err = "compile timed out"
+    return name, case_name, batch, time.perf_counter() - started, err
+
+
+def _bench(fns, warmup_ms: int = 20, rep_ms: int = 100) -> float:
+    """Median ms of one call, rotating over `fns` (do_bench on CUDA; three plain runs on the CPU)."""
+    import triton
+
+    cycle = itertools.cycle(fns)
+    if DEVICE == "cpu":
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            next(cycle)()
+            times.append(1e3 * (time.perf_counter() - started))
+        return sorted(times)[1]
+    return triton.testing.do_bench(lambda: next(cycle)(), warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def _synced_ms(fns, repeats: int = 20) -> float:
+    """The harness used before issue 15: CUDA events around one call, host-synchronised after each, so the
+    host's launch time is inside the figure (kept to show how much of the old numbers it was)."""
+    if DEVICE != "cuda":
+        return 0.0
+    for fn in fns:
+        fn()
+    times = []
+    for i in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fns[i % len(fns)]()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def _table(title: str, header: list[str], rows: list[list], widths: list[int]) -> None:
+    print(f"\n{title}")
+    print(" ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths))))
+    for row in rows:
+        cells = []
+        for i, (value, w) in enumerate(zip(row, widths)):
+            text = f"{value:.3f}" if isinstance(value, float) else str(value)
+            cells.append(text.rjust(w) if i else text.ljust(w))
+        print(" ".join(cells))
+    sys.stdout.flush()
+
+
+def visible_pairs(n_cached: int, n_new: int, n_rt: int, n_cand: int) -> int:
+    from mtbench.bench_kernels import Shape
+
+    return Shape(n_cached, n_new, n_rt, n_cand).visible_pairs()
+
+
+def attention_section(jobs: int, results: dict) -> None:
+    from kernels.hstu_attention_ref import hstu_attention_reference
+    from kernels.hstu_attention_triton import hstu_attention_triton
+    from kernels.testing import random_case, relative_error
+    from kernels import AttentionSpec
+
+    big, small = BATCHES
+    # One compile per variant serves every batch <= 64 (the kernel's constexprs do not depend on B).
+    tasks = [(name, "cached_cand", big) for name in ATTENTION_VARIANTS] + [("default", "full", big)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        warmed = list(pool.map(_warm, tasks))
+    failed = {n: err for n, c, b, _, err in warmed if err}
+    print(f"compiled {len(tasks)} attention kernels in {time.perf_counter() - started:.0f} s "
+          f"({len(failed)} failed)", flush=True)
+    for name, err in failed.items():
+        print(f"  {name}: {err}")
+
+    # Correctness at real sizes: random lengths, B=16, paged prefix in random page order; bf16 error vs
+    # fp64 within 2x the plain bf16 reference's.
+    gen = torch.Generator().manual_seed(1)
+    case64 = random_case(gen, small, HEADS, DIM, N_STATIC, N_RT, N_CAND, cached=True, dtype=torch.float64, device=DEVICE)
+    spec = AttentionSpec(alpha=DIM ** -0.5)
+    prefix64 = case64.paged_prefix(PAGE, gen)
+    rest = (case64.offsets, case64.n_new_static, case64.n_rt, spec)
+    exact = hstu_attention_reference(case64.q, case64.k, case64.v, *rest, prefix64)
+    low = [t.to(DTYPE) for t in (case64.q, case64.k, case64.v)]
+    prefix_low = type(prefix64)(prefix64.k_pages.to(DTYPE), prefix64.v_pages.to(DTYPE), prefix64.page_table,
+                                prefix64.lengths_)
+    plain_err = relative_error(hstu_attention_reference(*low, *rest, prefix_low), exact)
+    checks = {}
+    for name in ATTENTION_VARIANTS:
+        if name in failed:
+            continue
+        out = hstu_attention_triton(*low, *rest, prefix_low, config=_config(name))
+        checks[name] = relative_error(out, exact)
+    print(f"real-size check (B{small} random lengths, paged): plain {DTYPE} reference error {plain_err:.2e}")
+
+    rows = []
+    timed = [("cached_cand", big), ("cached", big), ("cached_cand", small)]
+    header = ["cand B64", "cached B64", "cand B16"]
+    if SCAN_BATCHES:
+        timed = [(case, batch) for case in ("cached_cand", "cached") for batch in SCAN_BATCHES]
+        header = [f"{'cand' if case == 'cached_cand' else 'R+C'} B{batch}" for case, batch in timed]
+    for name in ATTENTION_VARIANTS:
+        row = [name, "ok" if checks.get(name, 9) <= 2 * plain_err else f"BAD {checks.get(name, float('nan')):.1e}"]
+        for case_name, batch in timed:
+            if name in failed:
+                row.append("-")
+                continue
+            sets = [_attention_inputs(case_name, batch, seed) for seed in range(3)]
+            config = _config(name)
+            ms = _bench([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets])
+            flops = 4 * DIM * HEADS * batch * visible_pairs(*CACHED_SHAPES[case_name])
+            results.setdefault("attention", []).append(
+                {"variant": name, "case": case_name, "batch": batch, "ms": ms, "tflops": flops / ms / 1e9})
+            row.append(ms)
+            del sets
+        rows.append(row)
+        if DEVICE == "cuda":  # host time per launch: back-to-back launches, no GPU wait in between
+            inputs = _attention_inputs("cached_cand", small, 0)
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            for _ in range(50):
+                hstu_attention_triton(*inputs, config=config)
+            row.append(1e3 * (time.perf_counter() - started) / 50)
+            torch.cuda.synchronize()
+    _table("attention (ms; cand = 200 cand vs 1132 paged keys; cached/R+C = R+C vs 1032; host = launch ms)",
+           ["variant", "check", *header, "host"], rows, [20, 5] + [9] * (len(header) + 1))
+    # Diagnostics on the cand B64 shape: every request reading the SAME pages (K/V stay in L2: how much
+    # of the time is HBM traffic), and the launch-inclusive harness of mtbench bench kernels (CUDA events
+    # around one host-synchronised call: adds the host's launch time, as the numbers before issue 15 did).
+    for name in [n for n in DIAGNOSE if n in ATTENTION_VARIANTS and n not in failed]:
+        config = _config(name)
+        shared = []
+        for seed in range(3):
+            args = list(_attention_inputs("cached_cand", big, seed))
+            prefix = args[-1]
+            table = prefix.page_table[:1].expand_as(prefix.page_table).contiguous()
+            args[-1] = type(prefix)(prefix.k_pages, prefix.v_pages, table, prefix.lengths_)
+            shared.append(args)
+        shared_ms = _bench([lambda a=a: hstu_attention_triton(*a, config=config) for a in shared])
+        sets = [_attention_inputs("cached_cand", big, seed) for seed in range(3)]
+        synced_ms = _synced_ms([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets])
+        print(f"{name}: cand B{big} with all requests on the same pages {shared_ms:.3f} ms; "
+              f"host-synchronised harness {synced_ms:.3f} ms")
+        results.setdefault("diagnostics", []).append({"variant": name, "shared_pages_ms": shared_ms, "synced_ms": synced_ms})
+    sets = [_attention_inputs("full", big, seed) for seed in range(2)]
+    ms = _bench([lambda a=a: hstu_attention_triton(*a) for a in sets])
+    flops = 4 * DIM * HEADS * big * visible_pairs(0, N_STATIC, N_RT, N_CAND)
+    results.setdefault("attention", []).append({"variant": "default", "case": "full", "batch": big, "ms": ms,
+                                                "tflops": flops / ms / 1e9})
+    print(f"full forward B64, default tiles: {ms:.3f} ms, {flops / ms / 1e9:.0f} TFLOP/s")
+
+
+def d2d_gbps() -> float:
+    src = torch.randn(256 * 2**20 if DEVICE == "cuda" else 2**16, device=DEVICE)
+    dst = torch.empty_like(src)
+    ms = _bench([lambda: dst.copy_(src)])
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def fp8_section(results: dict) -> None:
+    """One layer of a batch of 64 host hits of 1032 tokens (MTGR-large: 3 x 256), host -> pool and back."""
+    from kernels import copy_rows, dequantize_rows_fp8, quantize_rows_fp8
+    from kernels.fp8_rows_ref import dequantize_rows_reference, quantize_rows_reference
+
+    n_rows, width, heads = BATCHES[0] * 2 * N_STATIC, HEADS * DIM, HEADS
+    pin = DEVICE == "cuda"
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.randn(n_rows + 4096, width, generator=gen).to(DEVICE, torch.bfloat16)
+    pool_rows = torch.randperm(pool.shape[0], generator=gen)[:n_rows].to(DEVICE)
+    host_rows = torch.arange(n_rows, device=DEVICE)
+    host_bf16 = torch.empty(n_rows, width, dtype=torch.bfloat16, pin_memory=pin)
+    codes = torch.empty(n_rows, width, dtype=torch.uint8, pin_memory=pin)
+    scales = torch.empty(n_rows, heads, dtype=torch.uint8, pin_memory=pin)
+    dev_codes = torch.empty(n_rows, width, dtype=torch.uint8, device=DEVICE)
+    dev_scales = torch.empty(n_rows, heads, dtype=torch.uint8, device=DEVICE)
+    impl = "auto" if pin else "triton"
+
+    # Correctness on the GPU: bit-identical to the reference, through pinned host memory too.
+    n_check = min(5000, n_rows)
+    sample = pool_rows[:n_check]
+    quantize_rows_fp8(pool, sample, codes, scales, host_rows[:n_check], impl=impl)
+    if pin:
+        torch.cuda.synchronize()
+    ref_codes = torch.empty(n_check, width, dtype=torch.uint8)
+    ref_scales = torch.empty(n_check, heads, dtype=torch.uint8)
+    quantize_rows_reference(pool.cpu(), sample.cpu(), ref_codes, ref_scales, torch.arange(n_check))
+    exact_q = torch.equal(codes[:n_check], ref_codes) and torch.equal(scales[:n_check], ref_scales)
+    back = torch.zeros_like(pool)
+    dequantize_rows_fp8(codes, scales, host_rows[:n_check], back, sample, impl=impl)
+    ref_back = torch.zeros(pool.shape, dtype=torch.bfloat16)
+    dequantize_rows_reference(ref_codes, ref_scales, torch.arange(n_check), ref_back, sample.cpu())
+    exact_d = torch.equal(back.cpu(), ref_back)
+    print(f"\nfp8 rows on GPU: quantise bit-exact {exact_q}, dequantise bit-exact {exact_d}")
+
+    bf16_bytes, fp8_bytes = n_rows * width * 2, n_rows * (width + heads)
+    cases = {
+        "H2D copy engine, bf16": (lambda: pool[:n_rows].copy_(host_bf16, non_blocking=True), bf16_bytes),
+        "H2D copy engine, fp8": (lambda: dev_codes.copy_(codes, non_blocking=True), n_rows * width),
+        "load bf16 zero-copy": (lambda: copy_rows(host_bf16, host_rows, pool, pool_rows, impl=impl), bf16_bytes),
+        "load fp8 zero-copy+deq": (lambda: dequantize_rows_fp8(codes, scales, host_rows, pool, pool_rows, impl=impl),
+                                   fp8_bytes),
+        "store bf16 zero-copy": (lambda: copy_rows(pool, pool_rows, host_bf16, host_rows, impl=impl), bf16_bytes),
+        "store fp8 quant+zero-copy": (lambda: quantize_rows_fp8(pool, pool_rows, codes, scales, host_rows, impl=impl),
+                                      fp8_bytes),
+        "dequant device->pool": (lambda: dequantize_rows_fp8(dev_codes, dev_scales, host_rows, pool, pool_rows,
+                                                             impl=impl), fp8_bytes + bf16_bytes),
+        "quant pool->device": (lambda: quantize_rows_fp8(pool, pool_rows, dev_codes, dev_scales, host_rows, impl=impl),
+                               fp8_bytes + bf16_bytes),
+    }
+    rows = []
+    for name, (fn, moved) in cases.items():
+        ms = _bench([fn], warmup_ms=20, rep_ms=150)
+        rows.append([name, ms, moved / ms / 1e6, n_rows / 2 / ms / 1e3])
+        results.setdefault("fp8", []).append({"case": name, "ms": ms, "GBps": moved / ms / 1e6})
+    _table("fp8 host rows: one layer of 64 x 1032-token entries (K+V rows of 3x256)",
+           ["case", "ms", "GB/s", "Mtok/s"], rows, [26, 8, 8, 8])
+
+
+def page_copy_section(results: dict) -> None:
+    from kernels.page_copy_ref import gather_from_pages_reference
+    from kernels.page_copy_triton import PageCopyConfig, gather_from_pages_triton, scatter_to_pages_triton
+
+    ceiling = d2d_gbps()
+    tokens = BATCHES[0] * N_STATIC
+    n_pages = tokens // PAGE + BATCHES[0]
+    sets = []
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        pool = torch.randn(n_pages, 2, PAGE, HEADS, DIM, generator=gen).to(DEVICE, torch.bfloat16)
+        pages = torch.randperm(n_pages, generator=gen)
+        slots = (pages[:, None] * PAGE + torch.arange(PAGE)).flatten()[:tokens].to(DEVICE)
+        buffer = torch.randn(2, tokens, HEADS, DIM, generator=gen).to(DEVICE, torch.bfloat16)
+        sets.append((buffer, pool, slots))
+    moved = 2 * sets[0][0].numel() * 2
+    buffer, pool, slots = sets[0]
+    configs = [None] + [PageCopyConfig(*c) for c in ((8, 1024, 4), (16, 1024, 8), (32, 256, 8))]
+    rows = []
+    for config in configs:
+        gather_ok = torch.equal(gather_from_pages_triton(pool, slots, config=config), gather_from_pages_reference(pool, slots))
+        scatter_ms = _bench([lambda s=s: scatter_to_pages_triton(s[0], s[1], s[2], config=config) for s in sets])
+        gather_ms = _bench([lambda s=s: gather_from_pages_triton(s[1], s[2], out=s[0], config=config) for s in sets])
+        label = "default" if config is None else f"t{config.block_t} e{config.block_e} w{config.num_warps}" + (
+            " ef" if config.evict_first else "")
+        scatter_pct, gather_pct = 100 * moved / scatter_ms / 1e6 / ceiling, 100 * moved / gather_ms / 1e6 / ceiling
+        rows.append([label, "ok" if gather_ok else "BAD", scatter_ms, f"{scatter_pct:.0f}%", gather_ms, f"{gather_pct:.0f}%"])
+        results.setdefault("page_copy", []).append({"config": label, "scatter_ms": scatter_ms, "gather_ms": gather_ms,
+                                                    "scatter_pct": scatter_pct, "gather_pct": gather_pct})
+    if DEVICE == "cuda":
+        synced = _synced_ms([lambda s=s: gather_from_pages_triton(s[1], s[2], out=s[0]) for s in sets])
+        print(f"default gather, host-synchronised harness: {synced:.3f} ms = {100 * moved / synced / 1e6 / ceiling:.0f}% of D2D")
+    _table(f"page copy, {tokens} tokens x K,V x {HEADS * DIM} bf16 ({moved / 1e6:.0f} MB r+w); D2D {ceiling:.0f} GB/s",
+           ["config", "check", "scat ms", "%D2D", "gath ms", "%D2D"], rows, [16, 5, 8, 5, 8, 5])
+    results["d2d_GBps"] = ceiling
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--what", default="attention,fp8,page_copy")
+    parser.add_argument("--jobs", type=int, default=8, help="parallel compile workers")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--warm", default=None, help=argparse.SUPPRESS)  # child: "variant|case|batch"
+    parser.add_argument("--variants", default=None, help="comma-separated attention variant names")
+    parser.add_argument("--scan", default=None, help="time cand and R+C at these batch sizes instead")
+    parser.add_argument("--profile", default=None, help="run one attention variant 3 times (for ncu)")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke test (TRITON_INTERPRET=1, tiny sizes)")
+    args = parser.parse_args()
+    if args.tiny:
+        _tiny()
+    global ATTENTION_VARIANTS, SCAN_BATCHES
+    if args.variants:
+        ATTENTION_VARIANTS = {name: ATTENTION_VARIANTS[name] for name in args.variants.split(",")}
+    if args.scan:
+        SCAN_BATCHES = tuple(int(b) for b in args.scan.split(","))
+    if args.profile:  # under ncu: a few launches of one variant on the cand shape
+        from kernels.hstu_attention_triton import hstu_attention_triton
+
+        inputs = _attention_inputs("cached_cand", BATCHES[0], 0)
+        for _ in range(3):
+            hstu_attention_triton(*inputs, config=_config(args.profile))
+        torch.cuda.synchronize()
+        return
+    if args.warm:
+        name, case_name, batch = args.warm.split("|")
+        _warm_here(name, case_name, int(batch))
+        return
+    if not torch.cuda.is_available() and not args.tiny:
+        sys.exit("kernel_sweep.py needs CUDA (or --tiny with TRITON_INTERPRET=1)")
+    import triton
+
+    device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (interpreter)"
+    print(f"{device_name}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    results: dict = {}
+    sections = {"attention": lambda: attention_section(args.jobs, results), "fp8": lambda: fp8_section(results),
+                "page_copy": lambda: page_copy_section(results)}
+    for name in args.what.split(","):
+        started = time.perf_counter()
+        sections[name]()
+        print(f"[{name}: {time.perf_counter() - started:.0f} s]", flush=True)
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
