@@ -635,7 +635,7 @@ def plot_fleet_hit_ratio(reports: list[Report]) -> Figure:
                     **_router_style(router, variants[source]), label=router + (f" [{source}]" if len(variants) > 1 else ""))
         _fleet_axes(ax, ylabel)
         ax.set_ylim(0, 100)
-    _legend_outside(figure, axes, "router")
+    _legend_below(figure, axes, "router")
     return figure
 
 
@@ -659,7 +659,7 @@ def plot_fleet_p99(reports: list[Report]) -> Figure:
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    _legend_outside(figure, ax, "router")
+    _legend_below(figure, ax, "router")
     return figure
 
 

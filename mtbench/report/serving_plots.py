@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from mtbench.report.directory import Report
-from mtbench.report.plots import PLOTS, LINESTYLES, PlotSkipped, _figure, _legend_outside, _rows
+from mtbench.report.plots import PLOTS, LINESTYLES, PlotSkipped, _figure, _legend_below, _rows
 
 MODE_COLORS = {"none": "#7f7f7f", "gpu": "#1f77b4", "tiered": "#2ca02c"}
 CURVE_COLUMNS = ["source", "cache_mode", "rate", "p50_ms", "p99_ms", "slo_attainment", "overloaded"]
@@ -68,7 +68,7 @@ def plot_latency_vs_load(reports: list[Report]) -> Figure:
     ax.set_xlabel("offered load (requests/s)")
     ax.set_ylabel("latency, arrival to scores (ms, log scale)")
     ax.grid(True, which="both", alpha=0.3)
-    _legend_outside(figure, ax)
+    _legend_below(figure, ax)
     return figure
 
 
@@ -90,7 +90,7 @@ def plot_slo_attainment(reports: list[Report]) -> Figure:
     ax.set_ylabel("requests within the SLO (%)")
     ax.set_ylim(0, 101)
     ax.grid(True, alpha=0.3)
-    _legend_outside(figure, ax)
+    _legend_below(figure, ax)
     return figure
 
 
@@ -138,7 +138,7 @@ def plot_queue_over_time(reports: list[Report]) -> Figure:
     ax.set_xlabel("time since the first arrival (s)")
     ax.set_ylabel("requests waiting")
     ax.grid(True, alpha=0.3)
-    _legend_outside(figure, ax)
+    _legend_below(figure, ax)
     return figure
 
 
