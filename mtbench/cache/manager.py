@@ -244,9 +244,9 @@ class CacheManager:
         plan.load_budget = load_budget_bytes
         demoted = self._issue_stores(self._demotions, [])
         self._demotions = []
-        if demoted is not None:
+        if demoted is not None:  # the freed pages' later writers: this batch's forward, every later load
             plan.page_waits.append(demoted)
-            plan._load_after.append(demoted)
+            self._engine.fence(demoted)
         if plan._loads:
             plan.load = self._engine.load(plan._loads, after=plan._load_after)
             plan.load_seconds = plan.load.issue_seconds
