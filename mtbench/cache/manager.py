@@ -145,6 +145,10 @@ class BatchPlan:
     def rows(self, *outcomes: str) -> list[int]:
         return [i for i, outcome in enumerate(self.outcomes) if outcome in outcomes]
 
+    def stall_ms(self) -> float:
+        """Device time the compute stream waited for this batch's loads (call once the batch finished)."""
+        return sum(before.elapsed_time(after) for before, after in self.stalls)
+
 
 class CacheManager:
     """Control plane + data plane (see the module docstring for the call protocol).
