@@ -136,3 +136,15 @@ def test_a_host_tier_with_room_never_loses_an_entry() -> None:
             assert result.misses_capacity == 0 and result.host_evictions == 0, policy
             assert row["hit_ratio"] == pytest.approx(row["cold_miss_limit"]), (policy, write_back)
     assert simulate(workload, "s3fifo", gpu, host, TierSettings(), COST)[0].gpu_admission_failures > 0
+
+
+def test_serve_is_plan_then_release_of_one_request() -> None:
+    """The per-request API decides as the simulator's per-request run (batch size 1, no lookahead)."""
+    rng = np.random.default_rng(3)
+    workload = Workload.from_columns(_trace(rng, append=False), SHAPE.sizer)
+    for policy in ("lru", "mtserve", "opt"):
+        gpu, host = 4 * SHAPE.entry_bytes(40), 12 * SHAPE.entry_bytes(40)
+        plane = ControlPlane(control_config(workload, policy, gpu, host, TierSettings(), COST))
+        served = [plane.serve(request) for batch in request_batches(workload, 1) for request in batch]
+        result, _ = simulate(workload, policy, gpu, host, TierSettings(), COST, keep_outcomes=True)
+        assert served == result.outcomes.tolist() and plane.stats.host_hits == result.host_hits

@@ -348,6 +348,12 @@ class ControlPlane:
     def is_pinned(self, key: Key) -> bool:
         return self.gpu.is_pinned(key)
 
+    def serve(self, request: Request) -> Outcome:
+        """One request on its own (`plan` + `release`): the per-request API (routers, simulators)."""
+        plan = self.plan([request])
+        self.release(plan)
+        return plan.outcomes[0]
+
     # ------------------------------------------------------------------ 1. plan
     def plan(self, requests: Sequence[Request], load_budget: int | None = None) -> BatchDecisions:
         """Decide a batch (see the module docstring); `load_budget` overrides the settings' budget."""
