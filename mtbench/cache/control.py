@@ -451,29 +451,30 @@ class ControlPlane:
             plan.cached[i] = min(cached, n)
             if n <= cached:
                 return GPU_HIT
-            self._grow(plan, i, key, cached, n, now)
-            return PARTIAL_HIT
+            if self._grow(plan, i, key, cached, n, now):
+                return PARTIAL_HIT
+            plan.cached[i] = 0
+            self._compute(plan, i, key, 0, n, now, keep_scratch=host is not None)
+            return MISS
         if host is not None and host.access(key, now):
             host_tokens = self.host_tokens[key]
             if not load:
                 self._compute(plan, i, key, 0, n, now, keep_scratch=False)
                 return HOST_RECOMPUTE
             self.stats.bytes_h2d += self.sizer.moved_bytes(host_tokens)
-            promoted = self._admit_gpu(key, host_tokens, now)
+            tokens = max(host_tokens, n)  # a promoted entry gets its grown size at once (append variant)
+            promoted = self._admit_gpu(key, tokens, now)
             if promoted:
-                self.data.gpu_admit(key, host_tokens)
+                self.data.gpu_admit(key, tokens)
                 plan.promoted.append(key)
             else:
-                self.data.scratch(key, max(host_tokens, n))
+                self.data.scratch(key, tokens)
             self.data.load(key, host_tokens, scratch=not promoted)
             plan.loaded.add(key)
             plan.cached[i] = min(host_tokens, n)
             if n <= host_tokens:
                 return HOST_HIT
-            if promoted:
-                self._grow(plan, i, key, host_tokens, n, now)
-            else:
-                plan.stores[i] = StoreDecision(key, host_tokens, n, scratch=True)
+            plan.stores[i] = StoreDecision(key, host_tokens, n, scratch=not promoted)
             return PARTIAL_HIT
         self._compute(plan, i, key, 0, n, now, keep_scratch=host is not None)
         return MISS
@@ -490,25 +491,33 @@ class ControlPlane:
             self.data.scratch(key, n)
             plan.stores[i] = StoreDecision(key, first, n, scratch=True)
 
-    def _grow(self, plan: BatchDecisions, i: int, key: Key, cached: int, n: int, now: float) -> None:
-        """Append variant: the GPU entry of `key` (cached tokens) grows to n tokens; when the GPU tier
-        has no room for the larger entry it keeps the old one and the new tokens are not stored."""
+    def _grow(self, plan: BatchDecisions, i: int, key: Key, cached: int, n: int, now: float) -> bool:
+        """Append variant: the GPU entry of `key` (cached tokens) grows to n tokens and the request stores
+        the new ones. Without room for the larger entry it keeps its old size (nothing stored); when even
+        that is refused now (S3-FIFO's size rule) and no other batch in flight reads it, it leaves the GPU
+        tier (demoted like any victim) and False tells the caller to recompute the request whole."""
         old_size, new_size = self.sizer.size_of(cached), self.sizer.size_of(n)
         if new_size != old_size:
+            in_this_batch = sum(1 for request in plan.requests if request.key == key)
+            if self._in_flight[key[0]][key[1]] > in_this_batch:  # an earlier batch in flight reads its pages
+                self.stats.gpu_admission_failures += 1
+                return True
             gpu = self.gpu
             gpu.remove(key)
             evicted = gpu.admit(key, new_size, now)
             if evicted is None:
-                evicted = gpu.admit(key, old_size, now)
-                if evicted is None:  # cannot happen: the old size fitted and nothing else moved
-                    raise RuntimeError(f"GPU tier lost {key} while growing it")
-                self._evicted_from_gpu(evicted, now)
                 self.stats.gpu_admission_failures += 1
-                return
+                evicted = gpu.admit(key, old_size, now)
+                if evicted is None:
+                    self._evicted_from_gpu([key], now)
+                    return False
+                self._evicted_from_gpu(evicted, now)
+                return True
             self._evicted_from_gpu(evicted, now)
         self.gpu_tokens[key] = n
         self.data.gpu_grow(key, n)
         plan.stores[i] = StoreDecision(key, cached, n, scratch=False)
+        return True
 
     def _admit_gpu(self, key: Key, n_tokens: int, now: float) -> bool:
         """Admit `key` to the GPU tier, demoting and evicting victims; False when it does not fit."""
