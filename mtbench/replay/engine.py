@@ -184,7 +184,7 @@ class _Recorder:
     def resolve(self, timing: _BatchTiming) -> None:
         clock, batch, plan = self.clock, timing.batch, timing.plan
         batch_ms = clock.ms(timing.start, timing.end)
-        stall = sum(before.elapsed_time(after) for before, after in plan.stalls) if clock.cuda else 0.0
+        stall = plan.stall_ms() if clock.cuda else 0.0
         if clock.cuda:
             compute, previous = batch_ms - stall, self.recent_compute_ms
             self.recent_compute_ms = compute if previous is None else 0.8 * previous + 0.2 * compute
