@@ -25,7 +25,7 @@ from mtbench.trace.profile import QUANTILE_LEVELS, TraceProfile
 from mtbench.trace.writer import write_trace
 
 trace_app = typer.Typer(help="Request traces: import, synth, fit, stats, validate.", no_args_is_help=True)
-console = Console()
+console = Console(emoji=False)  # "uniform:100:900" is a distribution, not the :100: emoji
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output parquet trace (written atomically).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random draw (same seed, same file).")]
@@ -253,6 +253,7 @@ def synth_cmd(
     profile, n_users, n_requests, seconds, history_notes = _scaled_profile(like, users, requests, duration, cfg,
                                                                            user_tokens, cands, history_dist)
     spec = SynthRequest(users=n_users, requests=n_requests, duration=seconds, seed=seed)
+    console.print(f"trace synth: writing {n_requests:,} requests for {n_users:,} users to {out}")
     started = time.perf_counter()
     with console.status(f"generating {n_requests:,} requests for {n_users:,} users"):
         write_synth(profile, spec, out, {"mtbench.source_kind": "synth", "mtbench.seed": str(seed),
