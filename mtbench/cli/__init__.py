@@ -46,7 +46,7 @@ def main() -> None:
     """Console entry point: bad input becomes one line on stderr and exit code 2, Ctrl-C one line and
     exit code 130; never a traceback. Worker pools (`mtbench.sim.sweep`) ignore SIGINT and are
     terminated by the process that received it."""
-    signal.signal(signal.SIGINT, _on_sigint)
+    previous = signal.signal(signal.SIGINT, _on_sigint)
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         app()
@@ -57,3 +57,5 @@ def main() -> None:
         partial = getattr(err, "partial", None)
         stderr.print("interrupted; " + (f"partial output kept in {partial}" if partial else "nothing written"))
         sys.exit(Interrupted.exit_code)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -15,7 +15,7 @@ Generative model, all vectorised numpy with one seeded generator (same seed -> s
    version (capped), n_cand from `n_cand`. The rows are then sorted by ts and written in row groups.
 
 Bounded memory at any size: users are generated a slice at a time (about SLICE_ROWS requests, some
-100 bytes each while generating); each slice is sorted by ts and, when there are several, spilled to a
+250 bytes each at the peak); each slice is sorted by ts and, when there are several, spilled to a
 temporary parquet file beside the output, and the slices are then merged in ts order (ties in slice
 order, which is the order one stable sort of the whole trace gives) into row groups. Every random
 stream is positioned where the whole-trace generation would read it (`_Streams`), and running sums
@@ -41,8 +41,8 @@ from mtbench.trace.profile import TraceProfile, sample_quantiles
 from mtbench.trace.writer import ROW_GROUP_ROWS, TraceWriter
 
 SECONDS_PER_DAY = 86_400.0
-SLICE_ROWS = 2_000_000  # requests generated at once
-MERGE_ROWS = 65_536  # rows read from each spilled slice at a time while merging
+SLICE_ROWS = 1_000_000  # requests generated at once (some 250 bytes each at the peak)
+MERGE_ROWS = 16_384  # rows per row group of a spilled slice, read one at a time while merging
 DRAW_ROWS = 1_000_000  # session sizes drawn at once
 COLUMNS = ("ts", "user_id", "static_version", "n_static", "n_rt", "n_cand")
 
