@@ -9,7 +9,7 @@ import sys
 import typer
 from rich.console import Console
 
-from mtbench.cli.options import AliasGroup
+from mtbench.cli.options import HELP_MARKUP, AliasGroup
 from mtbench.errors import Interrupted, MtbenchError
 
 app = typer.Typer(
@@ -20,8 +20,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     cls=AliasGroup,
+    rich_markup_mode=HELP_MARKUP,
 )
-bench_app = typer.Typer(help="Benchmarks that print a table (run on the GPU for GPU claims).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print a table (run on the GPU for GPU claims).", no_args_is_help=True,
+                        rich_markup_mode=HELP_MARKUP)
 app.add_typer(bench_app, name="bench")
 
 

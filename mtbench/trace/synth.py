@@ -325,14 +325,19 @@ def _merge(parts: list[_Part]) -> Iterator[dict[str, np.ndarray]]:
 def iter_synth(profile: TraceProfile, spec: SynthRequest, spill_dir: Path) -> Iterator[dict[str, np.ndarray]]:
     """The trace in ts order, in chunks (canonical dtypes); with several slices, each is first spilled
     to a parquet file in `spill_dir`."""
-    slices = _sorted_slices(profile, spec)
-    first = next(slices)
-    second = next(slices, None)
-    if second is None:
-        yield first
+    held: dict[str, np.ndarray] | None = None  # the first slice, spilled only once a second one comes
+    readers = []
+    for index, columns in enumerate(_sorted_slices(profile, spec)):
+        if index == 0:
+            held = columns
+            continue
+        if held is not None:
+            readers.append(_spill(held, spill_dir / "0.parquet"))
+            held = None
+        readers.append(_spill(columns, spill_dir / f"{index}.parquet"))
+    if held is not None:
+        yield held
         return
-    readers = [_spill(first, spill_dir / "0.parquet"), _spill(second, spill_dir / "1.parquet")]
-    readers += [_spill(columns, spill_dir / f"{index}.parquet") for index, columns in enumerate(slices, start=2)]
     yield from _merge([_Part(reader) for reader in readers])
 
 
