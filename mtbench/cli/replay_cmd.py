@@ -97,9 +97,10 @@ def replay(
         --gpu-cache 8MiB --host-cache 64MiB --batch-size 8 --max-requests 24 \\
         --warmup 8 -o runs/replay
 
-      mtbench replay traces/synth-small.parquet --model large --device cuda \\
-        --layout hybrid,user,zerocopy,paged --gpu-cache 1GiB --host-cache 16GiB \\
-        --batch-size 64 --baseline --verify 32 -o runs/replay-h200  # needs a CUDA GPU
+      mtbench replay traces/synth-small.parquet --model large \\
+        --device cuda --layout hybrid,user,zerocopy,paged \\
+        --gpu-cache 1GiB --host-cache 16GiB --batch-size 64 --baseline \\
+        --verify 32 -o runs/replay-h200  # needs a CUDA GPU
     """
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.replay.engine import ReplayOptions
@@ -206,9 +207,11 @@ def calibrate(
 
     Examples:
 
-      mtbench calibrate --model tiny --device cpu --batch-size 4 -o costmodel.json
+      mtbench calibrate --model tiny --device cpu --batch-size 4 \\
+        -o costmodel.json
 
-      mtbench calibrate --model large --device cuda -o costmodel-h200.json  # needs a CUDA GPU
+      mtbench calibrate --model large --device cuda \\
+        -o costmodel-h200.json  # needs a CUDA GPU
     """
     from mtbench.paths import check_output_file
     from mtbench.replay.calibrate import run_calibrate

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mtbench.cli.options import KvDtypeOpt, ModelOpt, SortOpt
+from mtbench.cli.options import HELP_MARKUP, KvDtypeOpt, ModelOpt, SortOpt
 from mtbench.model import PRESET_NAMES
 from mtbench.errors import MtbenchError
 from mtbench.paths import check_output_file
@@ -24,8 +24,9 @@ from mtbench.trace.loader import TraceLimits, open_trace
 from mtbench.trace.profile import QUANTILE_LEVELS, TraceProfile
 from mtbench.trace.writer import write_trace
 
-trace_app = typer.Typer(help="Request traces: import, synth, fit, stats, validate.", no_args_is_help=True)
-console = Console()
+trace_app = typer.Typer(help="Request traces: import, synth, fit, stats, validate.", no_args_is_help=True,
+                        rich_markup_mode=HELP_MARKUP)
+console = Console(emoji=False)  # "uniform:100:900" is a distribution, not the :100: emoji
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output parquet trace (written atomically).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random draw (same seed, same file).")]
@@ -150,7 +151,8 @@ def import_cmd(
 
     Examples:
 
-      mtbench trace import movielens traces/movielens-ratings-sample.csv -o ml.parquet
+      mtbench trace import movielens traces/movielens-ratings-sample.csv \\
+        -o ml.parquet
 
       mtbench trace import movielens traces/movielens-ratings-sample.csv \\
         --session-gap 1800 --drop-invalid -o ml-visits.parquet
@@ -245,14 +247,15 @@ def synth_cmd(
 ) -> None:
     """Generate a synthetic trace: heavy-tailed activity, bursty sessions, daily cycle and version bump.
 
-    Memory stays bounded at any size: the trace is generated and written a slice of users at a time.
+    Memory stays bounded at any size: the trace is generated a slice of
+    users at a time; it prints how many requests it will write first.
 
     Examples:
 
-      mtbench trace synth --users 200 --requests 5000 --duration 7d --model mini \\
-        -o synth.parquet
+      mtbench trace synth --users 200 --requests 5000 --duration 7d \\
+        --model mini -o synth.parquet
 
-      mtbench trace synth --like profile.json --users 100 -o like-movielens.parquet
+      mtbench trace synth --like profile.json --users 100 -o like.parquet
     """
     from mtbench.trace.synth import SynthRequest, write_synth
 
@@ -262,6 +265,7 @@ def synth_cmd(
     profile, n_users, n_requests, seconds, history_notes = _scaled_profile(like, users, requests, duration, cfg,
                                                                            user_tokens, cands, history_dist)
     spec = SynthRequest(users=n_users, requests=n_requests, duration=seconds, seed=seed)
+    console.print(f"trace synth: writing {n_requests:,} requests for {n_users:,} users to {out}")
     started = time.perf_counter()
     with console.status(f"generating {n_requests:,} requests for {n_users:,} users"):
         write_synth(profile, spec, out, {"mtbench.source_kind": "synth", "mtbench.seed": str(seed),
