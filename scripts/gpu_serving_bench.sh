@@ -26,8 +26,8 @@ OUT=${OUT:-reports/gpu-serving}
 if [ "${SMALL:-0}" = 1 ]; then  # CPU dry run: every step, tiny sizes
   MODEL=${MODEL:-tiny}; DTYPE=${DTYPE:-fp32}; DEVICE=${DEVICE:-cpu}; SYNTH_USERS=${SYNTH_USERS:-20}
   SYNTH_REQUESTS=${SYNTH_REQUESTS:-600}; HISTORY=${HISTORY:-uniform:20:60}; USER_TOKENS=${USER_TOKENS:-4}
-  MAX_REQUESTS=${MAX_REQUESTS:-64}; WARMUP=${WARMUP:-16}; BATCH=${BATCH:-4}; SLO_MS=${SLO_MS:-500}
-  FRACTIONS=${FRACTIONS:-0.5,0.9}; GPU_SHARE=${GPU_SHARE:-0.3}
+  MAX_REQUESTS=${MAX_REQUESTS:-32}; WARMUP=${WARMUP:-8}; BATCH=${BATCH:-4}; SLO_MS=${SLO_MS:-2000}
+  FRACTIONS=${FRACTIONS:-0.5,0.9}; GPU_SHARE=${GPU_SHARE:-0.3}; CAPACITY_TIMEOUT=${CAPACITY_TIMEOUT:-1200}
 fi
 MODEL=${MODEL:-large}
 DTYPE=${DTYPE:-bf16}
@@ -82,7 +82,7 @@ timeout 240 $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype
   -o "$OUT/costmodel.json" 2>&1 | tee -a "$OUT/serving.log"
 
 # 4. simulated curves + capacity, checked by the real open-loop replay
-timeout 420 $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
+timeout "${CAPACITY_TIMEOUT:-420}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
   --cache none,gpu,tiered --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
   --max-wait-ms "$MAX_WAIT_MS" --slo-ms "$SLO_MS" --percentile 99 --cost-model "$OUT/costmodel.json" \
   --batch-overhead-ms auto --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --measure --measure-fractions "$FRACTIONS" \

@@ -18,9 +18,10 @@ from mtbench.errors import MtbenchError
 
 EXAMPLES = [
     "mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 --gpu-cache 64MiB --host-cache 1GiB "
-    "--max-requests 4000 --slo-ms 20",
+    "--max-requests 2000 --slo-ms 5 --max-wait-ms 1",
     "mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 --cache none,tiered --gpu-cache 64MiB "
-    "--host-cache 1GiB --max-requests 4000 --slo-ms 20 --percentile 99.9 --target-qps 50000",
+    "--host-cache 1GiB --max-requests 2000 --slo-ms 5 --max-wait-ms 1 --percentile 99.9 --arrivals trace "
+    "--target-qps 100000",
 ]
 
 

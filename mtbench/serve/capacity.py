@@ -175,23 +175,23 @@ class MeasureContext:
 
     def throughput(self, mode: str) -> float:
         """Measured closed-loop requests/s of `mode` at the question's batch size."""
-        batch = self.question.serving.batcher.max_batch
-        return 1e3 / self._closed_loop_ms(mode, batch, self._requests(batch))
+        return 1e3 / self._closed_loop_ms(mode, self.question.serving.batcher.max_batch, self._requests())
 
     def batch_overhead(self, mode: str) -> float:
-        """Fixed ms per batch of `mode`, from closed-loop replays at max_batch / 4 and max_batch."""
+        """Fixed ms per batch of `mode`, from closed-loop replays of the same requests (so the same mix
+        of outcomes) at max_batch / 4 and max_batch."""
         big = self.question.serving.batcher.max_batch
         small = max(1, big // 4)
         if small == big:
             return 0.0
-        per_small = self._closed_loop_ms(mode, small, self._requests(small))
-        per_big = self._closed_loop_ms(mode, big, self._requests(big))
+        per_small = self._closed_loop_ms(mode, small, self._requests())
+        per_big = self._closed_loop_ms(mode, big, self._requests())
         return max(0.0, (per_small - per_big) / (1 / small - 1 / big))
 
-    def _requests(self, batch: int) -> int:
-        """Requests of a closed-loop measurement: 32 timed batches after 8 of warm-up, within the trace."""
+    def _requests(self) -> int:
+        """Requests of a closed-loop measurement: 40 full batches (the first quarter warm-up), within the trace."""
         available = self.trace.num_rows if self.setup.options.max_requests is None else self.setup.options.max_requests
-        return min(available, 40 * batch)
+        return min(available, 40 * self.question.serving.batcher.max_batch)
 
     def run(self, mode: str, rate: float) -> dict:
         from mtbench.replay.engine import replay_run

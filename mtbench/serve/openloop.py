@@ -110,7 +110,8 @@ class OpenLoopDriver:
     """Feeds the replay engine batches of requests that arrive in real time (see module docstring).
 
     Data: the replayed requests' columns in trace (= FIFO) order, their arrival times, the batcher,
-    and per request `start_s`/`finish_s`/`free_s` (seconds since t0: batch start, finish, server free before it), filled as batches are served.
+    and per request `start_s`/`finish_s`/`free_s` (seconds since t0: its batch's start and finish, and
+    when the server became free before that batch), filled as batches are served.
     Invariant: batches are handed out in FIFO order, each once; `head` is the first request not yet
     handed out; `early` is a batch handed out by `ahead` and not yet by `after`.
     """
