@@ -6,5 +6,6 @@
 - `stats`: percentiles, SLO attainment, goodput, queue length, overload;
 - `service`: per-request outcomes (cache simulator) and costs (cost model) of a trace under one mode;
 - `capacity`: the highest rate within an SLO per cache mode, GPUs for a target rate;
+- `options`: arrivals + batcher + SLO of a served run;
 - `openloop`: the real open-loop replay (load generator thread + the engine's batch feed).
 """

@@ -33,7 +33,7 @@ import numpy as np
 from mtbench.errors import MtbenchError
 from mtbench.serve.arrivals import ArrivalSpec, arrival_times
 from mtbench.serve.des import BatchCost, closed_loop_rate, serve_queue
-from mtbench.serve.openloop import ServingOptions
+from mtbench.serve.options import ServingOptions
 from mtbench.serve.service import CacheSetting, ServedRequests, serve_costs
 from mtbench.serve.stats import Timeline, serving_stats
 from mtbench.sim.costmodel import CostModel
@@ -286,13 +286,14 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
 
 def _measured_summary(runs: list[dict], simulated_max: float, throughput: float) -> dict:
     """The measured check of one mode: its run at the simulated SLO rate, the highest measured rate
-    that met the SLO, and its closed-loop throughput."""
+    that met the SLO, the mean hit ratio of its runs and its closed-loop throughput."""
     at_max = next((row for row in runs if row["rate"] == simulated_max), {})
     met = [row["rate"] for row in runs if row["meets_slo"]]
+    hits = [row["hit_ratio"] for row in runs if row.get("hit_ratio") is not None]
     return {"measured_p50_ms": at_max.get("p50_ms"), "measured_p99_ms": at_max.get("p99_ms"),
             "measured_latency_at_percentile_ms": at_max.get("latency_at_percentile_ms"),
             "measured_slo_attainment": at_max.get("slo_attainment"), "measured_meets_slo": at_max.get("meets_slo"),
-            "measured_hit_ratio": at_max.get("hit_ratio"), "measured_max_qps": max(met, default=0.0),
+            "measured_hit_ratio": float(np.mean(hits)) if hits else None, "measured_max_qps": max(met, default=0.0),
             "measured_saturation_qps": throughput}
 
 
@@ -344,11 +345,16 @@ def _add_speedups(rows: list[dict]) -> None:
                 row[name] = row[field] / base if base else None
 
 
+def format_rate(rate: float) -> str:
+    """Requests/s as text: whole numbers with separators, three significant digits below 100."""
+    return f"{rate:,.0f}" if rate >= 100 or rate == 0 else f"{rate:.3g}"
+
+
 def result_line(rows: list[dict], question: CapacityQuestion, prefix: str = "") -> str:
     """'max QPS per GPU within p99 <= 50 ms: none X, tiered Y (capacity speedup Y/X); throughput speedup Z'
     (simulated; `prefix` "measured_" for the measured fields)."""
     percentile = f"p{question.percentile:g}"
-    parts = ", ".join(f"{row['cache_mode']} {row[prefix + 'max_qps']:,.0f}" for row in rows)
+    parts = ", ".join(f"{row['cache_mode']} {format_rate(row[prefix + 'max_qps'])}" for row in rows)
     what = "measured" if prefix else "simulated"
     line = f"{what}: max QPS per GPU within {percentile} <= {question.serving.slo_ms:g} ms: {parts}"
     best = max((row for row in rows if row["cache_mode"] != "none"), key=lambda row: row[prefix + "max_qps"],
