@@ -19,7 +19,7 @@ from mtbench.model import get_config
 from mtbench.serve.arrivals import ArrivalSpec
 from mtbench.serve.batcher import BatcherConfig
 from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, gpus_needed
-from mtbench.serve.openloop import ServingOptions
+from mtbench.serve.options import ServingOptions
 from mtbench.serve.service import CacheSetting
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import Workload

@@ -107,7 +107,8 @@ def replay(
     from mtbench.replay.runner import ReplaySetup, run_replay
     from mtbench.serve.arrivals import ArrivalSpec
     from mtbench.serve.batcher import BatcherConfig
-    from mtbench.serve.openloop import ServingOptions, check_open_loop, open_loop_feeds
+    from mtbench.serve.openloop import check_open_loop, open_loop_feeds
+    from mtbench.serve.options import ServingOptions
 
     serving = ServingOptions(ArrivalSpec(arrivals, speed, rate, seed), BatcherConfig(batch_size, max_wait_ms, max_batch_tokens),
                              slo_ms).check()

@@ -21,8 +21,10 @@ recomputes the rest of the batch's host hits (outcome `host_recompute`), storing
 Latency: every request of a batch completes with its batch, so a request's latency is its batch's
 (start of the batch's cache work to the end of its release, device time); "host-hit latency" and
 "GPU-hit latency" in the summary are therefore the latencies of the batches those requests were in.
-Every batch is timed with CUDA events on CUDA (resolved lazily, two batches behind, so the host
-never stalls the pipeline) and with the wall clock on the CPU. Warm-up batches (those starting
+Open loop (`BatchFeed`, driven by `mtbench.serve.openloop`): the batches come from a dynamic batcher
+over requests arriving in real time instead of the trace, and the driver records each request's
+latency from its arrival. Every batch is timed with CUDA events on CUDA (resolved lazily, two batches
+behind, so the host never stalls the pipeline) and with the wall clock on the CPU. Warm-up batches (those starting
 before request `warmup`) run through the cache but are left out of every figure.
 
 Before anything is timed, on CUDA `prewarm` runs one tiny forward per Triton specialisation the
