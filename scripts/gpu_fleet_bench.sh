@@ -11,7 +11,7 @@
 #  3. one GPU: `mtbench replay` (tiered, hybrid layout) = the speedup baseline;
 #  4. two GPUs: `mtbench replay --gpus 2 --router user-hash` and `--router round-robin`;
 #  5. the simulated fleet: `mtbench fleet --replicas 1,2 --router user-hash,round-robin --write-through`
-#     (the real tiers are write-through today) with the calibrated cost model;
+#     (the real tiers are write-through today) with the calibrated cost model and the same warm-up;
 #  6. FLEET.md + fleet.json: aggregate throughput, hit ratio per rank, speedup vs one GPU, simulated vs
 #     measured (hit ratio and speedup; target: within 15%).
 # CPU dry run (gloo, 2 processes, tiny model):
@@ -90,7 +90,7 @@ write_trace(open_trace(sys.argv[1]).read().iloc[:int(sys.argv[2])].reset_index(d
 PY
 timeout $((120 * T)) $PY -m mtbench fleet "$WORK/prefix.parquet" --replicas 1,2 --router user-hash,round-robin --write-through \
   --model "$MODEL" --dtype "$DTYPE" --gpu-cache "$GPU" --host-cache "$HOST" --cost-model "$OUT/costmodel.json" \
-  --workers 1 -o "$WORK/fleet" > "$WORK/fleet.log" 2>&1 || { cat "$WORK/fleet.log"; exit 1; }
+  --warmup "$WARMUP" --workers 1 -o "$WORK/fleet" > "$WORK/fleet.log" 2>&1 || { cat "$WORK/fleet.log"; exit 1; }
 cp "$WORK/fleet/summary.json" "$OUT/fleet_sim_summary.json"
 cp "$WORK/fleet/plots/"*.png "$OUT/" 2>/dev/null || true
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mtbench.cli import main
@@ -231,8 +232,10 @@ def test_fleet_command_writes_a_report_with_both_plots(small_trace: Path, tmp_pa
     out = tmp_path / "fleet"
     code = run_cli(monkeypatch, "fleet", str(small_trace), "--replicas", "1,2,4", "--router", "user-hash,residency",
                    "--model", "tiny", "--gpu-cache", "2MiB", "--host-cache", "16MiB", "--target-qps", "3000",
-                   "--workers", "1", "-o", str(out))
+                   "--warmup", "500", "--workers", "1", "-o", str(out))
     assert code == 0
+    records = pd.read_parquet(out / "records.parquet")
+    assert (records.groupby(["router", "replicas"])["requests"].sum() == 2000).all()  # 2500 minus the warm-up
     summary = json.loads((out / "summary.json").read_text())
     assert [(r["router"], r["replicas"]) for r in summary["rows"]] == [
         (r, n) for r in ("user-hash", "residency") for n in (1, 2, 4)]
@@ -249,6 +252,7 @@ def test_fleet_command_writes_a_report_with_both_plots(small_trace: Path, tmp_pa
     (("--backend", "spark"), "unknown backend"),
     (("--backend", "ray", "--ray-address", "127.0.0.1:9"), "--ray-address"),
     (("--target-qps", "0"), "--target-qps"),
+    (("--warmup", "2500"), "--warmup"),
 ])
 def test_fleet_bad_input_is_one_line_and_exit_2(small_trace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture, args: tuple, message: str) -> None:
