@@ -287,3 +287,29 @@ def test_replay_bad_fleet_options_are_one_line_and_exit_2(small_trace: Path, tmp
     stderr = capsys.readouterr().err
     assert code == 2 and message in stderr and stderr.count("\n") == 1, stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_streaming_matches_the_simulator_and_its_memory_does_not_grow_with_requests(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from mtbench.fleet.stream import stream_simulate
+    from mtbench.trace import open_trace
+
+    rng = np.random.default_rng(13)
+    long = random_columns(rng, 24000, 150)
+    long["static_version"] = np.zeros_like(long["static_version"])  # a fixed key population
+    long["n_static"] = 1 + (long["user_id"] * 31) % 90
+    workload = workload_of(long)
+    spec = ReplicaSpec("lru", int(workload.size.mean() * 10), int(workload.size.mean() * 40), TierSettings(), COST,
+                       1.0 / SIZER.bytes_per_token)
+    whole, _ = simulate(workload, "lru", spec.gpu_capacity, spec.host_capacity, spec.settings, COST)
+    peaks = []
+    for rows in (3000, 24000):
+        path = write_trace({k: v[:rows] for k, v in long.items()}, tmp_path / f"t{rows}.parquet")
+        trace = open_trace(path)
+        tracemalloc.start()
+        result = stream_simulate(trace, spec, SIZER, batch_rows=1000)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert (result.gpu_hits, result.host_hits, result.misses) == (whole.gpu_hits, whole.host_hits, whole.misses)
+    assert peaks[1] < 1.25 * peaks[0], peaks  # 8x the requests, the same keys: about the same memory
