@@ -87,7 +87,7 @@ def capacity(
                              slo_ms)
     CapacityQuestion(serving, percentile, target_qps).check()
     cost = CostModel.load(cost_model) if cost_model is not None else CostModel.default(get_config(model), dtype)
-    workload, tokens_per_byte, fingerprint = load_workload(trace, model, dtype, page_tokens, max_requests)
+    workload, fingerprint = load_workload(trace, model, dtype, page_tokens, max_requests)
     question = CapacityQuestion(serving, percentile, target_qps,
                                 warmup=workload.n_requests // 10 if warmup is None else warmup).check()
     _check_entries(workload, settings)
@@ -108,7 +108,7 @@ def capacity(
         else:
             costs = {s.mode: ModeCost(cost, overhead) for s in settings}
         task = progress.add_task("", total=len(settings) * (3 if measure else 2))
-        outcome = plan_capacity(workload, settings, costs, question, tokens_per_byte, context if measure else None,
+        outcome = plan_capacity(workload, settings, costs, question, context if measure else None,
                                 rates, fractions, lambda what: progress.update(task, advance=1, description=what))
     summary = {
         "kind": "capacity", "trace": fingerprint, "model": model, "dtype": dtype,

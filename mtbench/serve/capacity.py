@@ -90,11 +90,10 @@ class ModeServer:
     `saturation_qps` is the closed-loop throughput; `at(rate)` memoises each rate's row.
     """
 
-    def __init__(self, workload: Workload, setting: CacheSetting, mode_cost: ModeCost, question: CapacityQuestion,
-                 tokens_per_byte: float) -> None:
+    def __init__(self, workload: Workload, setting: CacheSetting, mode_cost: ModeCost, question: CapacityQuestion) -> None:
         self.workload, self.setting, self.question, self.mode_cost = workload, setting, question, mode_cost
         max_batch = question.serving.batcher.max_batch
-        self.served: ServedRequests = serve_costs(workload, setting, mode_cost.cost, max_batch, tokens_per_byte)
+        self.served: ServedRequests = serve_costs(workload, setting, mode_cost.cost, max_batch)
         self.batch_cost: BatchCost = self.served.batch_cost(mode_cost.cost, mode_cost.batch_overhead_ms)
         self.tokens = workload.n_static + workload.n_rt + workload.n_cand
         self.saturation_qps = closed_loop_rate(workload.n_requests, self.batch_cost, max_batch)
@@ -216,8 +215,8 @@ class MeasureContext:
 
 
 def load_workload(trace: Path, model: str, dtype: str, page_tokens: int, max_requests: int | None
-                  ) -> tuple[Workload, float, dict]:
-    """(workload of the first max_requests requests, tokens per byte, trace fingerprint)."""
+                  ) -> tuple[Workload, dict]:
+    """(workload of the first max_requests requests, trace fingerprint)."""
     from mtbench.model import get_config
     from mtbench.model.config import parse_dtype
     from mtbench.sim.sizes import EntrySizer
@@ -231,7 +230,7 @@ def load_workload(trace: Path, model: str, dtype: str, page_tokens: int, max_req
             raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
         columns = {name: values[:max_requests] for name, values in columns.items()}
     sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype(dtype)), page_tokens)
-    return Workload.from_columns(columns, sizer), 1.0 / sizer.bytes_per_token, opened.fingerprint()
+    return Workload.from_columns(columns, sizer), opened.fingerprint()
 
 
 @dataclass
@@ -244,7 +243,7 @@ class CapacityOutcome:
 
 
 def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[str, ModeCost],
-                  question: CapacityQuestion, tokens_per_byte: float, measure: MeasureContext | None = None,
+                  question: CapacityQuestion, measure: MeasureContext | None = None,
                   measure_rates: tuple[float, ...] = (), measure_fractions: tuple[float, ...] = (),
                   step: Callable[[str], None] | None = None) -> CapacityOutcome:
     """Search every mode's SLO rate, draw its latency-vs-load curve, and (with `measure`) check on the device:
@@ -254,7 +253,7 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
     servers: dict[str, ModeServer] = {}
     max_qps: dict[str, float] = {}
     for setting in settings:
-        servers[setting.mode] = ModeServer(workload, setting, costs[setting.mode], question, tokens_per_byte)
+        servers[setting.mode] = ModeServer(workload, setting, costs[setting.mode], question)
         max_qps[setting.mode] = servers[setting.mode].search()
         if step:
             step(f"searched {setting.mode}")

@@ -35,7 +35,6 @@ class TableCase:
     capacities: tuple[int, ...]
     cost: CostModel
     host_capacity: int = 0
-    tokens_per_byte: float = 1.0
 
     def capacity_label(self, capacity: int) -> str:
         return f"{capacity:,}" if self.workload.unit else format_bytes(capacity)
@@ -93,8 +92,7 @@ def request_cases(name: str, columns: dict[str, np.ndarray], model: str, dtype: 
     cost = model_cost(model, dtype)
     return [
         TableCase(f"{name}, MTGR-{model} {dtype} entries, host tier {format_bytes(host_bytes)}",
-                  Workload.from_columns(columns, sized), tuple(gpu_bytes), cost, host_bytes,
-                  1.0 / sized.bytes_per_token),
+                  Workload.from_columns(columns, sized), tuple(gpu_bytes), cost, host_bytes),
         TableCase(f"{name}, unit size, one tier (capacity in entries)", Workload.from_columns(columns, unit),
                   tuple(unit_entries), cost),
     ]
@@ -120,7 +118,7 @@ def run_case(case: TableCase, policies: Sequence[str], workers: int | None = Non
              on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """One summary row (compare-policies fields) per (policy, capacity), policies outermost."""
     points = [SweepPoint(policy, capacity, case.host_capacity) for policy in policies for capacity in case.capacities]
-    return run_sweep(case.workload, points, TierSettings(), case.cost, case.tokens_per_byte, workers, on_done)
+    return run_sweep(case.workload, points, TierSettings(), case.cost, None, workers, on_done)
 
 
 def best_classic_gap(rows: list[dict], field: str, capacities: Sequence[int]) -> list[float] | None:
