@@ -147,6 +147,6 @@ def case_markdown(case: TableCase, rows: list[dict]) -> str:
             lines.append(f"| {policy} | " + " | ".join(cells) + " |")
         gap = best_classic_gap(rows, field, case.capacities)
         if gap is not None:
-            lines.append("| mtserve - best classic | " + " | ".join(f"{100 * g:+.2f} pt" for g in gap) + " |")
+            lines.append("| mtserve - best classic | " + " | ".join(f"{100 * g:+.3f} pt" for g in gap) + " |")
         lines.append("")
     return "\n".join(lines)
