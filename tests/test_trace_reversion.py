@@ -128,3 +128,16 @@ def test_cli_bad_period_exits_2_with_one_line(tmp_path: Path) -> None:
     for period in ("5x", "-1d", "1y", ""):  # the same path in this process: MtbenchError, nothing written
         outcome = CliRunner().invoke(app, ["trace", "reversion", str(SYNTH), f"--period={period}", "-o", str(out)])
         assert isinstance(outcome.exception, MtbenchError) and "--period" in str(outcome.exception) and not out.exists()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cache_trace_importer_uses_the_same_rule(seed: int) -> None:
+    from mtbench.trace.importers import Accesses, CacheRules, cache_to_requests
+
+    rng = np.random.default_rng(seed)
+    accesses = Accesses(rng.integers(0, 50, size=500), rng.uniform(0, 30 * DAY, size=500), None)
+    for period in PERIODS:
+        columns, _ = cache_to_requests(accesses, CacheRules(max_static=64, version_period=period))
+        assert np.array_equal(columns["static_version"], version_index(columns["ts"], period))
+    plain, _ = cache_to_requests(accesses, CacheRules(max_static=64))
+    assert not plain["static_version"].any()
