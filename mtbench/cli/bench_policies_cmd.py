@@ -51,7 +51,6 @@ def bench_policies(
     traces: Path = typer.Option(DEFAULT_TRACES, "--traces", help="Folder with the embedded samples (synth-small)."),
     model: str = typer.Option("large", "--model", help="Model preset whose KV bytes size the entries."),
     dtype: str = typer.Option("bf16", "--dtype", help="KV dtype: bf16, fp16, fp32."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: every core)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Also write the tables as markdown to this file."),
 ) -> None:
     """Hit ratio per capacity of each policy on the real traces (the table of reports/POLICIES.md).
@@ -60,14 +59,12 @@ def bench_policies(
 
       mtbench bench policies -o reports/policy-table.md
 
-      mtbench bench policies --policies lru,s3fifo,mtserve --workers 2
+      mtbench bench policies --policies lru,s3fifo,mtserve
     """
     from mtbench.cache.policies import parse_policy_list
     from mtbench.sim.policy_table import case_markdown, default_cases, run_case
 
     names = parse_policy_list(policies)
-    if workers is not None and workers < 1:
-        raise MtbenchError(f"--workers must be >= 1, got {workers}")
     if out is not None:
         _check_writable(out)
     console = Console()
@@ -79,7 +76,7 @@ def bench_policies(
             def done(row: dict, title: str = case.title) -> None:
                 progress.update(task, advance=1, description=f"{title[:30]}: {row['policy']} @ {row['gpu_capacity']}")
 
-            sections.append(case_markdown(case, run_case(case, names, workers, done)))
+            sections.append(case_markdown(case, run_case(case, names, done)))
     text = "\n".join(sections)
     console.print(Markdown(text))
     if out is not None:

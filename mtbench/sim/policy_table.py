@@ -17,9 +17,8 @@ import numpy as np
 
 from mtbench.errors import MtbenchError
 from mtbench.sim.costmodel import CostModel
-from mtbench.sim.simulator import TierSettings, Workload
+from mtbench.sim.simulator import TierSettings, Workload, simulate
 from mtbench.sim.sizes import EntrySizer
-from mtbench.sim.sweep import SweepPoint, run_sweep
 from mtbench.units import format_bytes
 
 DEFAULT_TABLE_POLICIES = ("lru", "arc", "s3fifo", "sieve", "mtserve", "opt")
@@ -116,11 +115,17 @@ def default_cases(data_dir: Path, traces_dir: Path, model: str = "large", dtype:
     ]
 
 
-def run_case(case: TableCase, policies: Sequence[str], workers: int | None = None,
-             on_done: Callable[[dict], None] | None = None) -> list[dict]:
+def run_case(case: TableCase, policies: Sequence[str], on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """One summary row (compare-policies fields) per (policy, capacity), policies outermost."""
-    points = [SweepPoint(policy, capacity, case.host_capacity) for policy in policies for capacity in case.capacities]
-    return run_sweep(case.workload, points, TierSettings(), case.cost, case.tokens_per_byte, workers, on_done)
+    rows = []
+    for policy in policies:
+        for capacity in case.capacities:
+            result, recomputed = simulate(case.workload, policy, capacity, case.host_capacity, TierSettings(),
+                                          case.cost, case.tokens_per_byte)
+            rows.append(result.row(case.cost, case.workload, recomputed))
+            if on_done is not None:
+                on_done(rows[-1])
+    return rows
 
 
 def best_classic_gap(rows: list[dict], field: str, capacities: Sequence[int]) -> list[float] | None:

@@ -8,9 +8,9 @@ Design (one paragraph the README and reports/POLICIES.md quote):
     queue of 90%), the best general policy on the ARC and CloudPhysics traces; unlike libCacheSim it
     admits every entry that fits (S3-FIFO refuses entries as large as its probation queue, which
     turns most GR entries into misses at small capacities). (2) *Users with versions* (once
-    `USER_MODE_AFTER` arrivals have carried a new version of a known user; the switch is one-way and
-    S3-FIFO's queues drain into LRU order): recency is the backbone, as on every GR trace measured,
-    and three things are added. Dead first: when the versions of arriving requests behave as a
+    `USER_MODE_AFTER` arrivals have carried a new version of a known user; the switch is one-way,
+    S3-FIFO's probation queue drains first and main is kept in LRU order from then on): recency is
+    the backbone, as on every GR trace measured, and three things are added. Dead first: when the versions of arriving requests behave as a
     global clock (detected online; at most 0.1% of arrivals may disagree) every entry older than the
     newest version is certain to be stale at its user's next request; those go first, oldest version
     first. Without a global clock an entry is dead once a request (or a queued one) of its user
