@@ -165,13 +165,13 @@ def import_cmd(
     cands = _candidates(cand, cand_dist, cfg.max_cand)
     started = time.perf_counter()
     metadata = {"mtbench.source_kind": kind, "mtbench.source": ",".join(str(p) for p in paths)}
+    period = {} if version_period is None else {"version_period": parse_period(version_period, "--version-period")}
     if kind in BEHAVIOUR_KINDS:
         if not 1 <= user_tokens < cfg.max_static:
             raise MtbenchError(f"--user-tokens {user_tokens} must be in [1, {cfg.max_static - 1}] for model {model}")
         seq_cap = min(max_seq if max_seq is not None else cfg.max_seq, cfg.max_static - user_tokens)
         rules = EventRules(user_tokens=user_tokens, max_seq=seq_cap, max_rt=cfg.max_rt, session_gap=session_gap,
-                           cand=cands, max_cand=cfg.max_cand, seed=seed,
-                           version_period=86_400.0 if version_period is None else parse_period(version_period, "--version-period"))
+                           cand=cands, max_cand=cfg.max_cand, seed=seed, **period)
         columns, epoch, dropped = import_events(kind, paths, rules, clicks_only, drop_invalid)
         metadata["mtbench.epoch_unix"] = f"{epoch:.0f}"
         notes: list[tuple[str, str]] = [("invalid rows dropped", f"{dropped:,}")] if drop_invalid else []
@@ -183,8 +183,7 @@ def import_cmd(
         csv = CsvColumns(key=key_col, time=time_col, size=size_col, header=header, delimiter=delimiter, time_unit=time_unit)
         accesses = import_accesses(kind, paths[0], csv, fmt, drop_invalid)
         rules = CacheRules(max_static=cfg.max_static, bytes_per_token=_bytes_per_token(model, dtype), fixed_static=n_static,
-                           n_rt=n_rt, cand=cands, max_cand=cfg.max_cand, seed=seed,
-                           version_period=None if version_period is None else parse_period(version_period, "--version-period"))
+                           n_rt=n_rt, cand=cands, max_cand=cfg.max_cand, seed=seed, **period)
         columns, counters = cache_to_requests(accesses, rules)
         notes = [("rows re-sorted by time", f"{counters['reordered_rows']:,}"),
                  ("rows with n_static clipped to [1, max_static]", f"{counters['clipped_rows']:,}")]
