@@ -1,7 +1,7 @@
 """Every figure the reports draw reads well, checked through matplotlib's API after a full draw.
 
-For each plot kind, on compare-policies (bytes and unit-size) and replay reports (seven runs, a
-warm-up) built from random synthetic results, alone and overlaid: both axes of every panel carry
+For each plot kind, on compare-policies, replay (seven runs, a warm-up, an
+open-loop queue), capacity and fleet reports built from random synthetic results, alone and overlaid: both axes of every panel carry
 non-empty tick labels, every text (title, axis titles, tick labels) lies inside the figure, the
 figure legend lies inside the figure and clear of the title and of every panel, and panel legends
 lie inside their panel.
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -19,7 +20,8 @@ from matplotlib.transforms import Bbox
 from test_report_synthetic import compare_policies_result, replay_result
 
 from mtbench.report import Report
-from mtbench.report.plots import PLOTS, PlotSkipped, is_opt, plot_hit_ratio_curve, plot_latency_cdf
+from mtbench.report.plots import FLEET_PLOTS, PlotSkipped, is_opt, plot_hit_ratio_curve, plot_latency_cdf
+from mtbench.report.serving_plots import ALL_PLOTS
 from mtbench.report.summary import format_capacity_cell
 
 SEVEN_RUNS = {  # run -> (policy, cache_mode, sync): four layouts and the three baselines of `replay --baseline`
@@ -42,11 +44,48 @@ def _compare(seed: int, unit: bool = False, **kwargs: Any) -> Report:
 
 
 def _replay(seed: int, warmup: int = 0, requests: int = 300, runs: tuple[str, ...] = tuple(SEVEN_RUNS)) -> Report:
-    summary, records = replay_result(np.random.default_rng(seed), requests=requests,
-                                     runs={run: SEVEN_RUNS[run] for run in runs})
+    rng = np.random.default_rng(seed)
+    summary, records = replay_result(rng, requests=requests, runs={run: SEVEN_RUNS[run] for run in runs})
     summary["device"] = "cpu"
     records["warmup"] = records["request_index"] < warmup
+    records["arrival_s"] = records["ts"]  # open-loop replay: batches start after a growing queue
+    records["start_s"] = records["ts"] + rng.exponential(0.05, len(records)).cumsum() / len(records)
     return Report(None, summary, records)
+
+
+def _capacity(seed: int) -> Report:
+    """A `mtbench capacity` report: latency and SLO attainment per cache mode and load, GPUs needed."""
+    rng = np.random.default_rng(seed)
+    points, rows = [], []
+    for mode, service_ms in (("none", 4.0), ("gpu", 2.0), ("tiered", 1.5)):
+        saturation = 1000 / service_ms * rng.uniform(0.9, 1.1)
+        for source in ("simulated", "measured"):
+            for rate in saturation * np.linspace(0.1, 1.1, 9 if source == "simulated" else 3):
+                load = min(rate / saturation, 0.999)
+                p50 = service_ms * (1 + load / (1 - load) / 2)
+                points.append({"source": source, "cache_mode": mode, "rate": rate, "p50_ms": p50,
+                               "p99_ms": p50 * rng.uniform(2, 4), "slo_attainment": max(0.0, 1 - load**4),
+                               "overloaded": rate >= saturation})
+        rows.append({"run": mode, "cache_mode": mode, "max_qps": 0.8 * saturation, "saturation_qps": saturation,
+                     "target_qps": 20_000.0, "gpus_needed": int(np.ceil(20_000 / (0.8 * saturation)))})
+    summary = {"kind": "capacity", "trace": {"path": "traces/t.parquet", "rows": 1000, "sha256": "cd" * 32},
+               "model": "large", "dtype": "bf16", "config": {"slo_ms": 10.0, "capacity_unit": "bytes"}, "rows": rows}
+    return Report(None, summary, pd.DataFrame(points))
+
+
+def _fleet(seed: int) -> Report:
+    """A `mtbench fleet` report: hit ratio and p99 per router and replica count (overloaded: no p99)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for router in ("round-robin", "user-hash", "residency"):
+        for replicas in (1, 2, 4, 8, 16):
+            hit = min(0.95, 0.3 + 0.1 * np.log2(replicas) * (1 if router == "round-robin" else 1.6) + rng.uniform(0, 0.05))
+            rows.append({"router": router, "replicas": replicas, "hit_ratio": hit, "gpu_hit_ratio": hit * 0.7,
+                         "offered_qps": 3000.0, "p99_ms": None if replicas == 1 else 40 / replicas * rng.uniform(0.8, 1.2)})
+    summary = {"kind": "fleet", "trace": {"path": "traces/t.parquet", "rows": 1000, "sha256": "ef" * 32},
+               "model": "tiny", "dtype": "fp32", "rows": rows,
+               "config": {"policy": "lru", "gpu_capacity": 2 << 20, "host_capacity": 16 << 20}}
+    return Report(None, summary, pd.DataFrame(rows))
 
 
 def _report_sets(seed: int) -> dict[str, list[Report]]:
@@ -55,11 +94,12 @@ def _report_sets(seed: int) -> dict[str, list[Report]]:
     policies = ["lru", "arc", "s3fifo", "sieve", "gdsf", "mtserve", "opt"]
     return {
         "compare": [_compare(seed, policies=policies, capacities_gib=capacities)],
-        "compare-unit": [_compare(seed + 1, unit=True, policies=policies, capacities_gib=capacities)],
         "compare-overlay": [_compare(seed + 2, capacities_gib=capacities[:3]), _compare(seed + 3, capacities_gib=capacities[1:3])],
         "replay": [_replay(seed + 4, warmup=int(rng.integers(16, 64)))],
         "replay-overlay": [_replay(seed + 5, runs=("tiered/hybrid", "gpu")),
                            _replay(seed + 6, warmup=32, runs=("tiered/hybrid", "none", "tiered/paged/sync"))],
+        "capacity": [_capacity(seed + 7)],
+        "fleet": [_fleet(seed + 10)],
     }
 
 
@@ -124,23 +164,24 @@ def check_figure_reads_well(figure: Figure, name: str) -> None:
 def test_every_plot_of_every_report_kind_reads_well() -> None:
     drawn = set()
     for label, reports in _report_sets(int(np.random.default_rng(2026).integers(1000))).items():
-        for name, plot in PLOTS.items():
+        for name, plot in {**ALL_PLOTS, **FLEET_PLOTS}.items():
             try:
                 figure = plot(reports)
             except PlotSkipped:
                 continue
             check_figure_reads_well(figure, f"{label}/{name}")
             drawn.add(name)
-    assert drawn == set(PLOTS)
+    assert drawn == set(ALL_PLOTS) | set(FLEET_PLOTS)
 
 
 def test_capacity_axis_labels_every_capacity_in_its_unit() -> None:
+    """Bytes and unit-size (entry) capacities: one label per capacity, in the report's unit."""
     rng = np.random.default_rng(11)
     capacities = sorted(float(c) for c in rng.choice([0.25, 0.5, 1, 2, 4, 8, 16], size=4, replace=False))
     for unit in (False, True):
         report = _compare(12, unit=unit, capacities_gib=capacities)
         figure = plot_hit_ratio_curve([report])
-        _draw(figure)
+        check_figure_reads_well(figure, f"hit_ratio_curve, unit={unit}")
         values = sorted({row["gpu_capacity"] for row in report.summary["rows"]})
         expected = [format_capacity_cell(v, "entries" if unit else "bytes", with_unit=True) for v in values]
         for ax in figure.axes:
