@@ -129,7 +129,7 @@ def _draw(figure: Figure) -> Any:
 def check_figure_reads_well(figure: Figure, name: str) -> None:
     renderer = _draw(figure)
     frame = figure.bbox
-    title = figure._suptitle
+    title = figure._suptitle  # the Text (Figure.get_suptitle gives only its string)
     assert title is not None and title.get_text().strip(), f"{name}: no title"
     title_box = title.get_window_extent(renderer)
     assert _inside(title_box, frame), f"{name}: title clipped {title_box} vs {frame}"
@@ -215,3 +215,26 @@ def test_latency_cdf_leaves_out_warm_up_requests(seed: int) -> None:
         (all_line,) = [line for line in ax.get_lines() if line.get_label().startswith("all (")]
         assert all_line.get_label() == f"all ({counted[ax.get_title()]:,})"
         assert len(all_line.get_xdata()) == counted[ax.get_title()] == 400 - warmup
+
+
+def _old_style_figure(title: str, xs: list[float], legend: str) -> Figure:
+    figure = Figure(figsize=(6, 4), dpi=110, layout="constrained")
+    figure.suptitle(title, fontsize=10)
+    ax = figure.subplots()
+    for index in range(8):
+        ax.plot(xs, np.arange(len(xs)) + index, label=f"policy number {index}")
+    ax.set_xscale("log")
+    figure.legend(loc=legend, fontsize=8)
+    return figure
+
+
+@pytest.mark.parametrize(("title", "xs", "legend", "fault"), [
+    ("Hit ratio", [256.0, 1024.0, 4096.0], "outside lower center", "one labelled tick"),  # one decade: tick 1000 only
+    ("Hit ratio vs GPU capacity\n" + "trace and capacities " * 3, [1.0, 10.0, 100.0], "outside right upper",
+     "legend overlaps the title"),
+    ("Request outcomes per tier · " + "trace and capacities " * 6, [1.0, 10.0, 100.0], "outside lower center",
+     "title clipped"),
+])
+def test_the_check_catches_each_fault_the_old_plots_had(title: str, xs: list[float], legend: str, fault: str) -> None:
+    with pytest.raises(AssertionError, match=fault):
+        check_figure_reads_well(_old_style_figure(title, xs, legend), "old style")
