@@ -139,14 +139,13 @@ def test_stepped_replicas_equal_the_simulator_request_by_request(policy: str, wr
     columns = random_columns(rng, 1500, 60)
     workload = workload_of(columns)
     spec = ReplicaSpec(policy, int(workload.size.mean() * 6), int(workload.size.mean() * 15),
-                       TierSettings(write_back=write_back, inclusive=inclusive), COST, 1.0 / SIZER.bytes_per_token)
+                       TierSettings(write_back=write_back, inclusive=inclusive), COST)
     assignment = make_router("round-robin", 3).assign(columns["user_id"])
     for replica in range(3):
         indices = np.flatnonzero(assignment == replica)
         result, recomputed, sub = simulate_subtrace(workload, indices, spec)
-        stepped = SimReplica(spec, workload.key_user, workload.key_version, workload.unit)
-        served = [stepped.serve(k, u, s, b, t) for k, u, s, b, t in zip(
-            sub.key.tolist(), sub.user.tolist(), sub.n_static.tolist(), sub.size.tolist(), sub.ts.tolist())]
+        stepped = SimReplica(spec, workload.key_user, workload.key_version, workload.sizer)
+        served = [stepped.serve(k, s, t) for k, s, t in zip(sub.key.tolist(), sub.n_static.tolist(), sub.ts.tolist())]
         assert [o for o, _ in served] == result.outcomes.tolist()
         assert [r for _, r in served] == recomputed.tolist()
         assert (stepped.bytes_h2d, stepped.bytes_d2h) == (result.bytes_h2d, result.bytes_d2h)
@@ -168,8 +167,7 @@ def test_fifo_latency_matches_the_one_request_clock() -> None:
 # ------------------------------------------------------------------------------------ fleet simulation
 def fleet_trace(columns: dict[str, np.ndarray], qps: float = 2000.0) -> FleetTrace:
     workload = workload_of(columns)
-    spec = ReplicaSpec("lru", int(workload.size.mean() * 5), int(workload.size.mean() * 20), TierSettings(), COST,
-                       1.0 / SIZER.bytes_per_token)
+    spec = ReplicaSpec("lru", int(workload.size.mean() * 5), int(workload.size.mean() * 20), TierSettings(), COST)
     return FleetTrace.prepare(workload, columns["user_id"], FleetSettings(spec, COST, qps, queue_bound_ms=1.0))
 
 

@@ -71,7 +71,7 @@ def fleet(
     cost = CostModel.load(cost_model) if cost_model is not None else CostModel.default(cfg, dtype)
     gpu_capacity, host_capacity = parse_size(gpu_cache, "--gpu-cache"), parse_size(host_cache, "--host-cache")
     tier_settings = TierSettings(write_back=write_back, inclusive=inclusive)
-    spec = ReplicaSpec(policy, gpu_capacity, host_capacity, tier_settings, cost, 1.0 / sizer.bytes_per_token)
+    spec = ReplicaSpec(policy, gpu_capacity, host_capacity, tier_settings, cost)
     if "residency" in routers:
         spec.check_stepwise()
     check_backend(backend, ray_address)
@@ -183,7 +183,7 @@ def bench_stream(
     cfg = get_config(model)
     sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype(dtype)), page_tokens)
     spec = ReplicaSpec(policy, parse_size(gpu_cache, "--gpu-cache"), parse_size(host_cache, "--host-cache"),
-                       cost=CostModel.default(cfg, dtype), tokens_per_byte=1.0 / sizer.bytes_per_token)
+                       cost=CostModel.default(cfg, dtype))
     spec.check_stepwise()
     opened = open_trace(trace, limits=cfg.limits())
     validated = time.perf_counter()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mtbench.cache.control import Outcome
 from mtbench.fleet.queueing import FifoClock, fifo_latency
 from mtbench.fleet.replica import ReplicaSpec, SimReplica, simulate_subtrace
 from mtbench.fleet.routers import make_router, router_class
@@ -135,7 +136,7 @@ def _replica_stats(task: ShardTask, replica: int, trace: FleetTrace, indices: np
     service = compute * (busy / compute_sum) if compute_sum > 0 else compute
     return ReplicaStats(
         router=task.router, n_replicas=task.n_replicas, replica=replica, requests=int(len(indices)),
-        outcome_counts=[int(c) for c in np.bincount(outcomes, minlength=4)[:4]],
+        outcome_counts=[int(c) for c in np.bincount(outcomes, minlength=len(Outcome))],
         static_tokens=int(w.n_static[indices].sum()), recomputed_tokens=int(np.sum(recomputed)),
         bytes_h2d=int(bytes_h2d), bytes_d2h=int(bytes_d2h), busy_ms=float(busy),
         latency_ms=fifo_latency(trace.arrival_ms[indices], service).astype(np.float32),
@@ -147,7 +148,7 @@ class _SteppedFleet:
 
     def __init__(self, n_replicas: int, trace: FleetTrace) -> None:
         w = trace.workload
-        self.replicas = [SimReplica(trace.settings.replica, w.key_user, w.key_version, w.unit) for _ in range(n_replicas)]
+        self.replicas = [SimReplica(trace.settings.replica, w.key_user, w.key_version, w.sizer) for _ in range(n_replicas)]
         self.clocks = [FifoClock() for _ in range(n_replicas)]
         self.now = 0.0
 
@@ -181,7 +182,7 @@ def _run_stateful(task: ShardTask, trace: FleetTrace, router) -> list[ReplicaSta
         for i, (user_id, key, user, n_static, size, t, arrival, base) in enumerate(columns, start):
             fleet.now = arrival
             replica = router.route(user_id, key, fleet)
-            outcome, redo = fleet.replicas[replica].serve(key, user, n_static, size, t)
+            outcome, redo = fleet.replicas[replica].serve(key, n_static, t)
             fleet.clocks[replica].serve(arrival, base + static_ms * redo)
             assignment[i], outcomes[i], recomputed[i] = replica, outcome, redo
     stats = []
