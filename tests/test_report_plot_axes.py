@@ -20,7 +20,7 @@ from matplotlib.transforms import Bbox
 from test_report_synthetic import compare_policies_result, replay_result
 
 from mtbench.report import Report
-from mtbench.report.plots import FLEET_PLOTS, PlotSkipped, is_opt, plot_hit_ratio_curve, plot_latency_cdf
+from mtbench.report.plots import FLEET_PLOTS, PlotSkipped, _log_ticks, is_opt, plot_hit_ratio_curve, plot_latency_cdf
 from mtbench.report.serving_plots import ALL_PLOTS
 from mtbench.report.summary import format_capacity_cell
 
@@ -238,3 +238,15 @@ def _old_style_figure(title: str, xs: list[float], legend: str) -> Figure:
 def test_the_check_catches_each_fault_the_old_plots_had(title: str, xs: list[float], legend: str, fault: str) -> None:
     with pytest.raises(AssertionError, match=fault):
         check_figure_reads_well(_old_style_figure(title, xs, legend), "old style")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_log_ticks_label_any_range_with_a_few_round_values(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        low = 10.0 ** rng.uniform(-3, 4)
+        high = low * 10.0 ** rng.choice([rng.uniform(0.01, 0.2), rng.uniform(0.2, 1), rng.uniform(1, 6)])
+        ticks = _log_ticks(low, high)
+        assert 2 <= len(ticks) <= 12 and ticks == sorted(ticks)
+        assert all(low <= t <= high for t in ticks), (low, high, ticks)
+        assert all(len(f"{t:g}") <= 8 for t in ticks), ticks  # round values, not 0.0376931

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
 
 from mtbench.report.directory import Report
 from mtbench.report.summary import capacity_unit, format_capacity_cell
@@ -264,9 +264,11 @@ def _log_ticks(low: float, high: float) -> list[float]:
     low, high = max(low, 1e-9), max(high, low * 1.0001)
     decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
     for steps in ((1,), (1, 3), (1, 2, 5), tuple(range(1, 10))):
-        ticks = [m * 10.0**d for d in decades for m in steps if low <= m * 10.0**d <= high]
+        ticks = [float(f"{m * 10.0**d:.6g}") for d in decades for m in steps if low <= m * 10.0**d <= high]
         if len(ticks) >= 3:
             return ticks
+    # a range narrower than one mantissa step: round linear steps (0.030, 0.0325, ...) within it
+    ticks = [float(f"{t:.6g}") for t in MaxNLocator(nbins=4).tick_values(low, high) if low <= t <= high]
     return ticks if len(ticks) >= 2 else [low, high]
 
 
