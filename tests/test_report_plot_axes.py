@@ -151,6 +151,11 @@ def check_figure_reads_well(figure: Figure, name: str) -> None:
                 occupied.append(text.get_window_extent(renderer))
                 assert _inside(occupied[-1], frame), f"{name}: {text.get_text()!r} cut off"
                 assert not occupied[-1].overlaps(title_box), f"{name}: {text.get_text()!r} under the title"
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        for line in ax.get_lines():  # every drawn line shows inside its panel
+            xs, ys = np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)
+            if len(xs) and line.get_label() and not line.get_label().startswith("_"):
+                assert ((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)).any(), f"{name}: {line.get_label()} not in view"
         legend = ax.get_legend()
         if legend is not None:
             assert _inside(legend.get_window_extent(renderer), ax.get_window_extent(renderer)), f"{name}: panel legend"

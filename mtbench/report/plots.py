@@ -364,7 +364,7 @@ def plot_latency_cdf(reports: list[Report]) -> Figure:
     rows = -(-len(panels) // columns)
     figure = _figure(reports, "Request latency CDF by outcome (warm-up excluded)", (4.2 * columns + 1, 3.4 * rows + 1))
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    latencies = np.concatenate([part["latency_ms"].to_numpy(dtype=float) for _, part in panels]).tolist()
+    every_latency = np.concatenate([part["latency_ms"].to_numpy(dtype=float) for _, part in panels]).tolist()
     for ax, (title, part) in zip(axes, panels):
         _cdf_line(ax, part["latency_ms"].to_numpy(dtype=float), f"all ({len(part):,})", "black", "--")
         for outcome, color in OUTCOME_COLORS.items():
@@ -372,7 +372,7 @@ def plot_latency_cdf(reports: list[Report]) -> Figure:
             if len(latencies):
                 _cdf_line(ax, latencies, f"{OUTCOME_LABELS[outcome]} ({len(latencies):,})", color, "-")
         ax.set_title(title, fontsize=9)
-        log_axis(ax, "x", latencies)
+        log_axis(ax, "x", every_latency)
         ax.set_xlabel("latency (ms, log scale)")
         ax.set_ylabel("fraction of requests ≤ latency")
         ax.set_ylim(0, 1.01)
@@ -532,7 +532,7 @@ def plot_occupancy(reports: list[Report]) -> Figure:
     figure = _figure(reports, "Tier occupancy over the trace", (10, 3.3 * len(panels) + 1))
     axes = figure.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
     variants = _variant_index([label for _, label, _, _ in lines])
-    use_ts = all("ts" in part for *_, part in lines)
+    use_ts = all("ts" in part and part["ts"].max() > part["ts"].min() for *_, part in lines)  # else by index
     warmup_end = _warmup_end(lines, use_ts)
     start = min(float(part["ts" if use_ts else "request_index"].min()) for *_, part in lines) \
         if (use_ts or all("request_index" in part for *_, part in lines)) else 0.0
