@@ -387,6 +387,7 @@ def test_calibrate_writes_a_cost_model_and_compares_with_the_simulator(tmp_path:
     calibration = json.loads((report / "summary.json").read_text())["calibration"]
     # warm-up: the first quarter (20 requests), in whole batches of 8: batches starting at 0, 8 and 16
     assert calibration["timed_requests"] == 80 - 24
+    assert calibration["decisions_equal"], "the simulator decided otherwise than the replay it estimates"
     assert calibration["measured_speedup"] > 0 and calibration["estimated_speedup"] > 0
     assert calibration["gap"] == pytest.approx(abs(calibration["estimated_speedup"] - calibration["measured_speedup"])
                                                / calibration["measured_speedup"])
