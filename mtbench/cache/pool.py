@@ -35,6 +35,15 @@ FP8 = "fp8"
 FP8_LAYOUT = "zerocopy-fp8"  # the one host layout of an fp8 host tier (`cache.layouts.Fp8ZeroCopyLayout`)
 
 
+def parse_host_kv(name: str, dtype: str) -> str | None:
+    """`--kv-dtype` -> the host tier's KV dtype: None (the model's `dtype`: exact) or "fp8" (lossy)."""
+    if name == FP8:
+        return FP8
+    if name in ("auto", dtype):
+        return None
+    raise MtbenchError(f"--kv-dtype {name!r}: choose {dtype} (the model's dtype, exact; also auto) or {FP8} (lossy)")
+
+
 @dataclass(frozen=True)
 class KVShape:
     """Per-token K/V geometry of a model, plus the page size used by the GPU pool."""

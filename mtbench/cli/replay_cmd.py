@@ -13,7 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mtbench.cache.layouts import LAYOUT_NAMES
 from mtbench.cache.manager import CACHE_MODES
 from mtbench.cache.policies import POLICY_NAMES
-from mtbench.cli.options import DeviceOpt, DtypeOpt, ForceOpt, MaxRequestsOpt, ModelOpt, SortOpt, resolve_device_dtype
+from mtbench.cli.options import (
+    DeviceOpt, DtypeOpt, ForceOpt, HostKvOpt, MaxRequestsOpt, ModelOpt, SortOpt, resolve_device_dtype,
+)
 from mtbench.errors import MtbenchError
 from mtbench.units import parse_size
 
@@ -53,6 +55,7 @@ def replay(
     window: Optional[float] = typer.Option(None, "--window", help="Batch only requests arriving within SECONDS."),
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    kv_dtype: HostKvOpt = "auto",
     sync: bool = typer.Option(False, "--sync", help="Blocking copies, no lookahead (the synchronous baseline)."),
     write_back: bool = typer.Option(True, "--write-back/--write-through",
                                     help="Copy an entry to the host when the GPU evicts it, or as soon as it is computed."),
@@ -118,7 +121,7 @@ def replay(
         trace=trace, model=model, dtype=dtype, device=device, cache=cache, policy=policy, layouts=chosen_layouts,
         gpu_capacity=parse_size(gpu_cache, "--gpu-cache"), host_capacity=parse_size(host_cache, "--host-cache"),
         sync=sync, write_back=write_back, inclusive=inclusive, baseline=baseline, verify=verify, sort=sort,
-        options=ReplayOptions(batch_size=batch_size, window=window, max_requests=max_requests, warmup=warmup,
+        kv_dtype=kv_dtype, options=ReplayOptions(batch_size=batch_size, window=window, max_requests=max_requests, warmup=warmup,
                               page_tokens=page_tokens, seed=seed, cuda_graphs=cuda_graphs,
                               load_budget=_load_budget(load_budget)),
     )

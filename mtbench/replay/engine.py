@@ -424,6 +424,9 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     records = recorder.records()
     timed = records[~records["warmup"]] if len(records) else records
     row = _summary_row(label, cache, stats, timed, recorder, seconds, requests, candidates)
+    lossy = cache.mode == "tiered" and cache.host_kv is not None
+    row["kv_dtype"] = cache.host_kv if lossy else _DTYPE_NAMES.get(model.dtype, str(model.dtype))
+    row["lossy"] = lossy
     row["host_fragmentation"] = runner.manager.host_fragmentation()
     row["scratch_bytes"] = runner.manager.scratch_bytes
     row["graph_captures"] = runner.graphs.captures if runner.graphs is not None else 0
