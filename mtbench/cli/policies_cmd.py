@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mtbench.cache.policies import POLICY_NAMES
-from mtbench.cli.options import ForceOpt, KvDtypeOpt, MaxRequestsOpt, ModelOpt, SortOpt
+from mtbench.cli.options import ForceOpt, HostKvOpt, KvDtypeOpt, MaxRequestsOpt, ModelOpt, SortOpt
 from mtbench.errors import MtbenchError
 from mtbench.units import OBJECT_SIZES, format_bytes, format_capacity
 
@@ -29,6 +29,7 @@ def compare_policies(
     host_cache: str = typer.Option("64GiB", "--host-cache", help="Host tier capacity; 0 = single tier."),
     model: ModelOpt = "large",
     dtype: KvDtypeOpt = "bf16",
+    kv_dtype: HostKvOpt = "auto",
     page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU page; entries round up to whole pages."),
     write_back: bool = typer.Option(True, "--write-back/--write-through", help="Copy to host on GPU eviction, or at once."),
     inclusive: bool = typer.Option(True, "--inclusive/--exclusive", help="Keep the host copy of an entry promoted to the GPU."),
@@ -65,6 +66,10 @@ def compare_policies(
       mtbench compare-policies traces/movielens-small.parquet --max-requests 5000 \\
         --object-size unit --gpu-cache 20,50 --host-cache 0 --policies lru,arc,opt \\
         -o runs/policies-unit
+
+      mtbench compare-policies traces/synth-small.parquet --max-requests 5000 \\
+        --policies lru,opt --gpu-cache 64MiB --host-cache 256MiB --kv-dtype fp8 \\
+        -o runs/policies-fp8
     """
     from mtbench.cache.control import TierSettings
     from mtbench.fleet.backend import check_backend
@@ -81,7 +86,8 @@ def compare_policies(
     check_backend(backend, ray_address)
     setup = PolicySweep(
         trace=trace, policies=policies, gpu_capacities=tuple(parse_size_list(gpu_cache, "--gpu-cache")),
-        host_capacity=parse_size(host_cache, "--host-cache"), model=model, dtype=dtype, page_tokens=page_tokens,
+        host_capacity=parse_size(host_cache, "--host-cache"), model=model, dtype=dtype, kv_dtype=kv_dtype,
+        page_tokens=page_tokens,
         settings=TierSettings(write_back=write_back, inclusive=inclusive, lookahead=lookahead, append=append,
                               batch_size=batch_size),
         object_size=object_size, cost_model=cost_model, workers=workers, max_requests=max_requests, sort=sort,
