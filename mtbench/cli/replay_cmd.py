@@ -191,6 +191,7 @@ def calibrate(
     model: ModelOpt = "large",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    kv_dtype: HostKvOpt = "auto",
     out: Path = typer.Option(Path("costmodel.json"), "-o", "--out", help="Cost-model JSON to write."),
     compare_trace: Optional[Path] = typer.Option(None, "--compare-trace",
                                                  help="Also replay this trace and compare measured vs simulated speedup."),
@@ -226,7 +227,7 @@ def calibrate(
     run_calibrate(model=model, device=device, dtype=dtype, out=out, compare_trace=compare_trace,
                   gpu_capacity=parse_size(gpu_cache, "--gpu-cache"), host_capacity=parse_size(host_cache, "--host-cache"),
                   policy=policy, batch_size=batch_size, max_requests=max_requests, report=report,
-                  console=Console(), sort=sort, force=force)
+                  console=Console(), sort=sort, force=force, kv_dtype=kv_dtype)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
