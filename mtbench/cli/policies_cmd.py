@@ -72,6 +72,7 @@ def compare_policies(
         -o runs/policies-fp8
     """
     from mtbench.cache.control import TierSettings
+    from mtbench.cache.pool import parse_host_kv
     from mtbench.fleet.backend import check_backend
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.sim.runner import PolicySweep, run_compare_policies
@@ -84,6 +85,7 @@ def compare_policies(
     if max_requests is not None and max_requests < 1:
         raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
     check_backend(backend, ray_address)
+    parse_host_kv(kv_dtype, dtype)  # before the progress bar draws
     setup = PolicySweep(
         trace=trace, policies=policies, gpu_capacities=tuple(parse_size_list(gpu_cache, "--gpu-cache")),
         host_capacity=parse_size(host_cache, "--host-cache"), model=model, dtype=dtype, kv_dtype=kv_dtype,
