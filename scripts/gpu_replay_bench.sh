@@ -186,7 +186,7 @@ if lossy:
     rows += [(s["config"]["kv_dtype"], s["rows"][0], s) for s in (json.loads(p.read_text()) for p in lossy)]
     lines += ["## synthetic: host KV dtypes side by side (tiered/hybrid; speedup vs the bf16 run's `none` row)", "",
               "| host KV | lossy | hit | gpu hit | host hit | host recomputed | H2D GB | ms/req | vs none | FLOP bound | "
-              "pipeline eff. | verify err vs fp32 | vs bf16 full | top-10 agreement |", "|" + "---|" * 14]
+              "pipeline eff. | verify err vs fp32 | vs full forward (model dtype) | top-10 agreement |", "|" + "---|" * 14]
     digest["kv_dtypes"] = {}
     for kv, r, s in rows:
         vs_none = none["ms_per_request"] / r["ms_per_request"] if none and r.get("ms_per_request") else None
@@ -194,7 +194,7 @@ if lossy:
         digest["kv_dtypes"][kv] = {**r, "speedup_vs_bf16_none": vs_none, "flop_bound_at_hit_ratio": bound}
         lines.append("| " + " | ".join([kv, "yes" if r.get("lossy") else "no", fmt(r["hit_ratio"], "{:.4f}"),
                      fmt(r["gpu_hit_ratio"], "{:.4f}"), fmt(r["host_hits"] / max(r["requests"], 1), "{:.4f}"),
-                     fmt(r.get("host_recomputes", 0) / max(r["requests"], 1), "{:.4f}"), fmt(r["bytes_h2d"] / 1e9, "{:.2f}"),
+                     fmt(r.get("host_recomputes", 0) / max(r["requests"], 1), "{:.4f}"), fmt(r["bytes_h2d"] / 1e9, "{:.3f}"),
                      fmt(r.get("ms_per_request"), "{:.4f}"), fmt(vs_none, "{:.2f}x"), fmt(bound, "{:.2f}x"),
                      fmt(r.get("pipeline_efficiency")), fmt(r.get("verify_max_rel_err"), "{:.2e}"),
                      fmt(r.get("verify_model_rel_err"), "{:.2e}"), fmt(r.get("verify_top10_agreement"), "{:.3f}")]) + " |")
