@@ -66,10 +66,6 @@ def compare_policies(
       mtbench compare-policies traces/movielens-small.parquet --max-requests 5000 \\
         --object-size unit --gpu-cache 20,50 --host-cache 0 --policies lru,arc,opt \\
         -o runs/policies-unit
-
-      mtbench compare-policies traces/synth-small.parquet --max-requests 5000 \\
-        --policies lru,opt --gpu-cache 64MiB --host-cache 256MiB --kv-dtype fp8 \\
-        -o runs/policies-fp8
     """
     from mtbench.cache.control import TierSettings
     from mtbench.cache.pool import parse_host_kv
