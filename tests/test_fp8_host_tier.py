@@ -135,3 +135,20 @@ def test_fp8_replay_is_marked_lossy_moves_half_the_bytes_and_verifies(tmp_path: 
         assert math.isfinite(error) and 0.0 <= error < 0.1
     assert "verify (lossy fp8 host KV)" in fp8_out and "BROKEN" not in fp8_out
     assert base["verify_lossy"] is False and base["verify_top10_agreement"] is None
+
+
+def test_fp8_verify_samples_host_hits_first(tmp_path: Path) -> None:
+    """Every verified request of an fp8 run read its prefix through the fp8 copy when enough host hits exist."""
+    from mtbench.cache.manager import CacheConfig
+    from mtbench.model import MTGR
+    from mtbench.replay.engine import ReplayOptions, replay_run
+    from mtbench.trace import open_trace
+
+    trace = open_trace(make_trace(tmp_path / "t.parquet", 12, requests=42, users=10), CFG.limits())
+    torch.manual_seed(0)
+    model = MTGR(CFG).eval()
+    page_bytes = 32 * kv_bytes_per_token(CFG, "fp32")
+    config = CacheConfig(mode="tiered", gpu_capacity=4 * page_bytes, host_capacity=1 << 20, host_kv="fp8")
+    result = replay_run(model, trace, config, ReplayOptions(batch_size=6, verify_sample=4), "tiered/hybrid")
+    assert result.row["host_hits"] >= 4 and result.row["lossy"] is True
+    assert len(result.samples) == 4 and {s.outcome for s in result.samples.values()} == {"host_hit"}

@@ -12,7 +12,8 @@ error of up to |x| / 16 + amax / 229376 (kernels/fp8_rows_ref.py), which no scor
 They report instead the error against the fp32 reference, the error against the full forward in the
 model's dtype (the exact cached path equals it within the rule above), and the ranking agreement: the
 fraction of requests whose top-10 candidates by CTR (all of them when fewer) are the same set as that
-full forward's. `ok` is then always true; the numbers are the result.
+full forward's. Their samples are host hits first (the requests whose prefix came through fp8).
+`ok` is then always true; the numbers are the result.
 """
 
 from __future__ import annotations
