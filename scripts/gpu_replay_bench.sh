@@ -13,14 +13,21 @@
 #     same batching and warm-up as the replay);
 #  4. `mtbench replay` per trace: layouts hybrid,user,paged, --baseline (none, gpu-only, sync), --verify;
 #     batch size 128 by default (one forward per batch; larger batches amortise launch overhead);
-#  5. BENCH.md + bench.json digest: hit ratio per tier, speedup vs none / gpu / sync, host- vs GPU-hit
-#     latency, pipeline efficiency, time breakdown, and the targets (>= 3.1x vs no cache at >= 98.5%
-#     hits; efficiency >= 0.85).
+#  5. per host KV dtype of KV_DTYPES after the first (fp8): the synthetic replay again with that host
+#     tier, layout hybrid only (fp8 hybrid = the fp8 zero-copy kernel), --verify, no baselines (its
+#     speedup is against the first run's `none` row: same trace, batches and model);
+#  6. BENCH.md + bench.json digest: hit ratio per tier, speedup vs none / gpu / sync, host- vs GPU-hit
+#     latency, pipeline efficiency, time breakdown, the targets (>= 3.1x vs no cache at >= 98.5%
+#     hits; efficiency >= 0.85), the FLOP bound (miss / hit FLOP ratio for the replayed requests'
+#     lengths) next to the measured speedup, and bf16 vs fp8 host KV side by side (verify error vs
+#     fp32 and vs the bf16 full forward, top-10 agreement).
 # Full report directories stay in a scratch directory; $OUT gets only small flat files: BENCH.md,
 # bench.json, bench.log, costmodel.json, movielens_summary.json, synthetic_summary.json,
-# calibrate_summary.json.
-# Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, VERIFY; what runs:
-# LAYOUTS (default user,hybrid,zerocopy,paged), TRACES (default "movielens synthetic").
+# synthetic-fp8_summary.json, calibrate_summary.json.
+# Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, VERIFY,
+# LAYOUTS (the bf16 replays'), KV_DTYPES (host KV dtypes of the synthetic replay, first = the exact one:
+# bf16,fp8 by default; KV_DTYPES=bf16 skips fp8; on DTYPE=fp32 "bf16" means the exact host tier),
+# TRACES (default "movielens synthetic"; "none" runs the calibration alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/gpu-bench}
@@ -35,6 +42,7 @@ MODEL=${MODEL:-large}
 HISTORY=${HISTORY:-uniform:800:1000}  # S tokens per user: MTGR-shaped lifelong sequences near the 1000 cap
 DTYPE=${DTYPE:-bf16}
 LAYOUTS=${LAYOUTS:-user,hybrid,zerocopy,paged}
+KV_DTYPES=${KV_DTYPES:-bf16,fp8}
 TRACES=${TRACES:-movielens synthetic}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MODEL=mini DTYPE=fp32 with small sizes: a dry run of this script without a GPU
 WORK=$(mktemp -d)
@@ -81,13 +89,15 @@ print(gpu, host, len(users), round(len(users) / max(1, gpu // int(np.mean(user_b
 PY
 }
 
-run_trace() {  # name trace
-  local name=$1 trace=$2
+run_trace() {  # name trace [kv dtype]: the bf16 run compares layouts and baselines; fp8 runs hybrid only
+  local name=$1 trace=$2 kv=${3:-}
+  local extra=(--layouts "$LAYOUTS" --baseline)
+  if [ -n "$kv" ]; then extra=(--layouts hybrid --kv-dtype "$kv"); fi
   read -r GPU HOST USERS RATIO < <(capacities "$trace")
   log "$name: $USERS active users in the replayed requests ($RATIO x what the GPU tier holds); GPU tier $GPU B, host tier $HOST B"
   timeout 300 $PY -m mtbench replay "$trace" --model $MODEL --dtype $DTYPE --device "$DEVICE" --policy lru \
-    --cache tiered --layout "$LAYOUTS" --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
-    --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --baseline --verify "$VERIFY" -o "$WORK/replay-$name" \
+    --cache tiered "${extra[@]}" --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
+    --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --verify "$VERIFY" -o "$WORK/replay-$name" \
     2>&1 | tee -a "$OUT/bench.log"
   cp "$WORK/replay-$name/summary.json" "$OUT/${name}_summary.json"
 }
@@ -104,11 +114,35 @@ for name in $TRACES; do
   case $name in movielens) run_trace movielens "$ML" ;; synthetic) run_trace synthetic "$SYN" ;; esac
 done
 
-# 5. digest
-$PY - "$OUT" <<'PY'
+# 5. the synthetic replay with the other host KV dtypes (same capacities: fp8 entries take half the host bytes)
+if [[ " $TRACES " == *" synthetic "* ]]; then
+  for kv in $(echo "$KV_DTYPES" | tr ',' ' ' | cut -d' ' -f2-); do
+    [ "$kv" = "$(echo "$KV_DTYPES" | cut -d, -f1)" ] && continue
+    run_trace "synthetic-$kv" "$SYN" "$kv"
+  done
+fi
+
+# 6. digest
+$PY - "$OUT" "$SYN" "$MODEL" <<'PY'
 import json, sys
 from pathlib import Path
-out = Path(sys.argv[1])
+from mtbench.model import get_config
+from mtbench.model.flops import miss_and_hit_flops
+from mtbench.trace import open_trace
+out, synthetic_trace, model = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+def flop_bound(summary: dict, trace: str, hit_ratio: float) -> tuple[float, float]:
+    """(miss / hit FLOP ratio over the timed requests' lengths = the speedup of an all-hit cache whose
+    loads are free, the same bound at `hit_ratio`: misses pay the full FLOPs)."""
+    config, cfg = summary["config"], get_config(model)
+    a = open_trace(trace).arrays(["n_static", "n_rt", "n_cand"])
+    timed = slice(config["warmup"], config["max_requests"])
+    miss = hit = 0.0
+    for n_static, n_rt, n_cand in zip(*(a[k][timed].tolist() for k in ("n_static", "n_rt", "n_cand"))):
+        m, h = miss_and_hit_flops(cfg, n_static, n_rt, n_cand)
+        miss, hit = miss + m.total, hit + h.total
+    return miss / hit, miss / (hit_ratio * hit + (1 - hit_ratio) * miss)
 digest, lines = {}, ["# GPU replay benchmark (MTGR-large, bf16)", "",
                      "One forward per batch; a request's latency is its batch's, so host-hit / GPU-hit latency is "
                      "the latency of the batches those requests were in. Time breakdown (timed batches, ms): "
@@ -116,7 +150,7 @@ digest, lines = {}, ["# GPU replay benchmark (MTGR-large, bf16)", "",
                      "loads, bookkeeping = host time in the cache manager.", ""]
 fmt = lambda v, f="{:.3f}": "—" if v is None else f.format(v)
 for name in ("movielens", "synthetic"):
-    if not (out / f"{name}_summary.json").is_file():
+    if not (out / f"{name}_summary.json").is_file():  # not in TRACES
         continue
     summary = json.loads((out / f"{name}_summary.json").read_text())
     rows = {r["run"]: r for r in summary["rows"]}
@@ -141,10 +175,39 @@ for name in ("movielens", "synthetic"):
                      fmt(r["compute_ms"], "{:.0f}"), fmt(r["transfer_wait_ms"], "{:.0f}"),
                      fmt(r.get("bookkeeping_ms"), "{:.0f}"), fmt(r.get("verify_max_rel_err"), "{:.2e}")]) + " |")
     speedup, hit, eff = best.get("speedup_vs_none") or 0, best["hit_ratio"] or 0, best.get("pipeline_efficiency") or 0
+    if name == "synthetic":
+        all_hits, at_hit = flop_bound(summary, synthetic_trace, hit)
+        digest[name]["flop_bound"] = {"all_hits": all_hits, "at_hit_ratio": at_hit}
+        lines += ["", f"FLOP bound ({best['run']}): a miss costs {all_hits:.2f}x a hit's FLOPs for these requests' "
+                  f"lengths (the speedup of an all-hit cache with free loads); at the measured hit ratio {hit:.4f}: "
+                  f"{at_hit:.2f}x. Measured: {speedup:.2f}x ({speedup / at_hit:.0%} of the bound)."]
     lines += ["", f"Targets ({best['run']}): speedup vs no cache {speedup:.2f}x (target >= 3.1x, aim 4x): "
               f"{'MET' if speedup >= 3.1 else f'MISSED by {3.1 - speedup:.2f}x'}; hit ratio {hit:.4f} (target >= 0.985): "
               f"{'MET' if hit >= 0.985 else 'MISSED'}; pipeline efficiency {eff:.3f} (target >= 0.85): "
               f"{'MET' if eff >= 0.85 else 'MISSED'}.", ""]
+lossy = sorted(out.glob("synthetic-*_summary.json"))
+if lossy:
+    exact = json.loads((out / "synthetic_summary.json").read_text())
+    none = next((r for r in exact["rows"] if r["run"] == "none"), None)
+    rows = [(exact["config"].get("kv_dtype", "bf16"), next(r for r in exact["rows"] if r["run"] == "tiered/hybrid"), exact)]
+    rows += [(s["config"]["kv_dtype"], s["rows"][0], s) for s in (json.loads(p.read_text()) for p in lossy)]
+    lines += ["## synthetic: host KV dtypes side by side (tiered/hybrid; speedup vs the bf16 run's `none` row)", "",
+              "| host KV | lossy | hit | gpu hit | host hit | host recomputed | H2D GB | ms/req | vs none | FLOP bound | "
+              "pipeline eff. | verify err vs fp32 | vs full forward (model dtype) | top-10 agreement |", "|" + "---|" * 14]
+    digest["kv_dtypes"] = {}
+    for kv, r, s in rows:
+        vs_none = none["ms_per_request"] / r["ms_per_request"] if none and r.get("ms_per_request") else None
+        _, bound = flop_bound(s, synthetic_trace, r["hit_ratio"] or 0)
+        digest["kv_dtypes"][kv] = {**r, "speedup_vs_bf16_none": vs_none, "flop_bound_at_hit_ratio": bound}
+        lines.append("| " + " | ".join([kv, "yes" if r.get("lossy") else "no", fmt(r["hit_ratio"], "{:.4f}"),
+                     fmt(r["gpu_hit_ratio"], "{:.4f}"), fmt(r["host_hits"] / max(r["requests"], 1), "{:.4f}"),
+                     fmt(r.get("host_recomputes", 0) / max(r["requests"], 1), "{:.4f}"), fmt(r["bytes_h2d"] / 1e9, "{:.3f}"),
+                     fmt(r.get("ms_per_request"), "{:.4f}"), fmt(vs_none, "{:.2f}x"), fmt(bound, "{:.2f}x"),
+                     fmt(r.get("pipeline_efficiency")), fmt(r.get("verify_max_rel_err"), "{:.2e}"),
+                     fmt(r.get("verify_model_rel_err"), "{:.2e}"), fmt(r.get("verify_top10_agreement"), "{:.3f}")]) + " |")
+    lines += ["", "fp8 host KV is lossy (e4m3, a power-of-two scale per token and head; per element |error| <= "
+              "|x|/16 + amax/229376, reports/KERNELS.md); its verify reports errors, not a pass/fail bound. The exact "
+              "row's verify error is against the fp32 reference under the bf16 rule.", ""]
 calibration = out / "calibrate_summary.json"
 if calibration.is_file():
     cal = json.loads(calibration.read_text()).get("calibration", {})

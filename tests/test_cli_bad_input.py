@@ -135,6 +135,14 @@ CASES = [
                                                 "-o", str(t / "out")], "does not fit"),
     Case("date before 1970", lambda t: ["trace", "import", "movielens", _movielens_csv(t, ["1,10,4.0,964982703", "1,11,3.0,-86400"]),
                                         "-o", str(t / "out")], "line 3: a time before 1970"),
+    Case("replay --kv-dtype fp4", lambda t: ["replay", SYNTH, *REPLAY, "--kv-dtype", "fp4", "-o", str(t / "out")],
+         "--kv-dtype 'fp4'"),
+    Case("replay --kv-dtype fp8 --layout paged", lambda t: ["replay", SYNTH, *REPLAY, "--kv-dtype", "fp8", "--layout",
+                                                            "paged", "-o", str(t / "out")], "--layout paged has no fp8"),
+    Case("replay --kv-dtype fp8 --cache gpu", lambda t: ["replay", SYNTH, *REPLAY, "--kv-dtype", "fp8", "--cache", "gpu",
+                                                         "-o", str(t / "out")], "needs --cache tiered"),
+    Case("compare-policies --kv-dtype fp4", lambda t: ["compare-policies", SYNTH, "--kv-dtype", "fp4", "-o",
+                                                       str(t / "out")], "--kv-dtype 'fp4'"),
 ]
 
 

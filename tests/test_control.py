@@ -9,6 +9,8 @@ simulator's control plane (no data plane). No tolerance.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -87,8 +89,21 @@ def _replay_like(manager: CacheManager, batches, lookahead: int, budget: int | N
 
 @pytest.mark.parametrize("seed", range(90))
 def test_manager_and_simulator_decide_identically(seed: int) -> None:
-    columns, config, settings = _case(seed)
-    workload = Workload.from_columns(columns, SHAPE.sizer)
+    _check_identical(*_case(seed))
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_manager_and_simulator_decide_identically_with_an_fp8_host_tier(seed: int) -> None:
+    """fp8 host tier: host entries (capacity, extents in fp8 rows) and PCIe bytes in fp8, GPU entries in
+    the pool dtype; the real tiers (Fp8RowArena, quantising copies on the CPU) and the simulator agree."""
+    columns, config, settings = _case(1000 + seed)
+    rng = np.random.default_rng(seed)
+    config = replace(config, host_kv="fp8", layout=str(rng.choice(["hybrid", "zerocopy"])))
+    _check_identical(columns, config, settings)
+
+
+def _check_identical(columns: dict[str, np.ndarray], config: CacheConfig, settings: TierSettings) -> None:
+    workload = Workload.from_columns(columns, SHAPE.sizer_for(config.host_kv))
     host = config.host_capacity if config.mode == "tiered" else 0
     control = config.control(SHAPE, COST)
     sim_config = control_config(workload, config.policy, config.gpu_capacity, host, settings, COST, control.host_geometry)

@@ -9,7 +9,8 @@ Both drive it the same way, batch by batch:
     plane.release(plan)                        # write to the host, unpin, drop stale, count
 
 State: two replacement policies (`gpu`, `host`; host is None for a single tier) over keys
-`(user_id, static_version)` sized by `EntrySizer.size_of` (page-rounded bytes); per resident key its
+`(user_id, static_version)` sized by `EntrySizer.size_of` / `host_size_of` (page-rounded bytes of the
+GPU pool's / the host tier's KV dtype; copies move `moved_bytes`, the host's); per resident key its
 token count in each tier (`gpu_tokens`, `host_tokens`); the host extents of each host key
 (`host_offsets`, placed by `ExtentAllocator` when a `HostGeometry` is given, so host fragmentation is
 part of the host capacity check); the cached versions of each user; stale keys whose drop waits for
@@ -272,20 +273,24 @@ def require_fits(what: str, capacity: int, largest: int, tokens: int) -> None:
                            f"{format_bytes(largest)} ({tokens} static tokens)")
 
 
-def policy_options(name: str, reload: str, costs: ReloadCosts | None, sizer: EntrySizer) -> dict[str, Any]:
+def policy_options(name: str, reload: str, costs: ReloadCosts | None, sizer: EntrySizer,
+                   host_tier: bool = False) -> dict[str, Any]:
     """Constructor options of policy `name` for one tier: what bringing an entry back costs there.
 
-    reload: "h2d" (a GPU tier backed by a host tier) or "recompute" (a host tier, or a lone GPU tier).
+    reload: "h2d" (a GPU tier backed by a host tier) or "recompute" (a host tier, or a lone GPU tier);
+    host_tier: the tier's sizes are host sizes (`EntrySizer.host_size_of`).
     Keys are (user_id, static_version) tuples, which mtserve reads by default (user_of, version_of).
     """
     if name not in ("mtserve", "gdsf") or costs is None or sizer.unit:
         return {}
-    if reload == "h2d":
+    if reload == "h2d":  # a GPU entry of `size` bytes comes back as its host copy's bytes (fp8: fewer)
         def reload_ms(size: int) -> float:
-            return float(costs.h2d_ms(size))
+            return float(costs.h2d_ms(size / sizer.bytes_per_token * sizer.host_token_bytes))
     else:
+        per_token = sizer.host_token_bytes if host_tier else sizer.bytes_per_token
+
         def reload_ms(size: int) -> float:
-            return float(costs.recompute_ms(size / sizer.bytes_per_token))
+            return float(costs.recompute_ms(size / per_token))
     return {"reload_ms" if name == "mtserve" else "cost_of": reload_ms}
 
 
@@ -302,7 +307,7 @@ class ControlPlane:
         self.gpu: ReplacementPolicy = make_policy(
             name, config.gpu_capacity, **policy_options(name, "h2d" if two_tiers else "recompute", config.costs, sizer))
         self.host: ReplacementPolicy | None = make_policy(
-            name, config.host_capacity, **policy_options(name, "recompute", config.costs, sizer)) if two_tiers else None
+            name, config.host_capacity, **policy_options(name, "recompute", config.costs, sizer, host_tier=True)) if two_tiers else None
         self.extents: ExtentAllocator | None = (config.host_geometry.allocator()
                                                 if two_tiers and config.host_geometry is not None else None)
         self._tiers = (self.gpu,) if self.host is None else (self.gpu, self.host)
@@ -546,7 +551,7 @@ class ControlPlane:
             self._drop_host(key)
         if host.uses_next_use:
             host.set_next_use(key, self._next_use.get(key, NEVER))
-        evicted = host.admit(key, self.sizer.size_of(n_tokens), now)
+        evicted = host.admit(key, self.sizer.host_size_of(n_tokens), now)
         if evicted is None:
             self.stats.host_admission_failures += 1
             return False

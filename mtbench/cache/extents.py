@@ -30,7 +30,7 @@ def extent_lengths(layout: str, layers: int, elements_per_token_layer: int, page
         return [layers * -(-n_tokens // page_tokens) * page_tokens * elements_per_token_layer]
     if layout == "user":
         return [layers * n_tokens * elements_per_token_layer]
-    return [n_tokens * elements_per_token_layer] * layers  # hybrid, zerocopy: one extent per layer
+    return [n_tokens * elements_per_token_layer] * layers  # hybrid, zerocopy(-fp8, in rows): one extent per layer
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from mtbench.cache.extents import ALIGN_BYTES, FIT_STRATEGIES, ExtentAllocator
 from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
 
-__all__ = ["ExtentAllocator", "FIT_STRATEGIES", "HostArena"]
+__all__ = ["ExtentAllocator", "FIT_STRATEGIES", "Fp8RowArena", "HostArena"]
 
 
 class HostArena:
@@ -75,7 +75,9 @@ class Fp8RowArena:
     Offsets and lengths given to / returned by `allocate` and `free` count rows, not elements.
     """
 
-    def __init__(self, capacity_bytes: int, heads: int, head_dim: int, pin: bool, fit: str = "first") -> None:
+    def __init__(self, capacity_bytes: int, heads: int, head_dim: int, pin: bool, fit: str = "first",
+                 allocator: ExtentAllocator | None = None) -> None:
+        """`allocator`: the row extents' bookkeeping when someone else owns it (the control plane)."""
         self.width, self.heads = heads * head_dim, heads
         self.row_bytes = fp8_row_bytes(heads, head_dim)
         rows = int(capacity_bytes) // self.row_bytes
@@ -90,7 +92,7 @@ class Fp8RowArena:
         self.codes = buffer[: rows * self.width].view(rows, self.width)
         self.scales = buffer[rows * self.width :].view(rows, heads)
         self.pinned = pin
-        self.allocator = ExtentAllocator(rows, fit=fit)
+        self.allocator = allocator or ExtentAllocator(rows, fit=fit)
 
     @property
     def capacity_bytes(self) -> int:

@@ -17,9 +17,11 @@ copies a transfer takes (small copies are launch-bound, DESIGN.md section 7):
 - `zerocopy`: `hybrid`'s placement, moved by a kernel (`kernels.copy_rows`) that reads or writes the
   pinned host extents directly over PCIe (unified addressing): ONE launch per layer for every entry
   of a batch, straight into / out of pool pages, no staging buffer and no copy-engine calls.
-- `zerocopy-fp8` (`Fp8ZeroCopyLayout`, over an `Fp8RowArena`, not yet in `LAYOUTS`): `zerocopy` with
-  the host rows in fp8 (e4m3 + a scale per token and head): loads dequantise and stores quantise in
-  the copy kernel, so PCIe moves half of bf16's bytes. Lossy (kernels/fp8_rows_ref.py).
+- `zerocopy-fp8` (`Fp8ZeroCopyLayout`, over an `Fp8RowArena`): `zerocopy` with the host rows in fp8
+  (e4m3 + a scale per token and head): loads dequantise and stores quantise in the copy kernel, so
+  PCIe moves half of bf16's bytes. Lossy (kernels/fp8_rows_ref.py). Not a `--layout` choice: an fp8
+  host tier (`--kv-dtype fp8`) takes it for `hybrid` (same per-layer placement, and the fused kernel is
+  what a staged fp8 copy would need anyway) and `zerocopy`; `paged` and `user` have no fp8 path.
 
 A load is issued layer-major for a whole batch (`load_layers` calls `layer_done(l)` once layer l of
 every job is issued), so per-layer events cover every entry of the batch. The per-entry copies of one
@@ -37,10 +39,9 @@ import numpy as np
 import torch
 
 import kernels
-from kernels.fp8_rows_ref import fp8_row_bytes
 from mtbench.cache.extents import extent_lengths
 from mtbench.cache.host import Fp8RowArena, HostArena
-from mtbench.cache.pool import KVShape, PagedKVPool, to_device_async
+from mtbench.cache.pool import FP8, FP8_LAYOUT, KVShape, PagedKVPool, to_device_async
 from mtbench.errors import MtbenchError
 
 
@@ -308,11 +309,11 @@ class Fp8ZeroCopyLayout(ZeroCopyLayout):
     straight into host rows, one kernel launch per layer either way. An entry's extent per layer is 2n
     arena ROWS (K rows, then V rows), so placements hold row offsets. Lossy: error bound in the ref."""
 
-    name = "zerocopy-fp8"
+    name = FP8_LAYOUT
 
     @property
     def bytes_per_token(self) -> int:
-        return 2 * self.shape.layers * fp8_row_bytes(self.shape.heads, self.shape.head_dim)
+        return self.shape.host_bytes_per_token(FP8)
 
     def extent_elements(self, n_tokens: int) -> list[int]:
         """Rows (not elements) of each layer's extent in the `Fp8RowArena`."""
@@ -350,8 +351,23 @@ LAYOUTS: dict[str, type[HostLayout]] = {cls.name: cls for cls in (PagedLayout, U
 LAYOUT_NAMES: tuple[str, ...] = tuple(LAYOUTS)
 
 
-def make_layout(name: str, shape: KVShape) -> HostLayout:
-    """The layout called `name` (MtbenchError naming the choices when unknown)."""
+FP8_LAYOUTS = ("hybrid", "zerocopy")  # --layout choices an fp8 host tier serves with Fp8ZeroCopyLayout
+
+
+def host_layout_name(name: str, host_kv: str | None) -> str:
+    """The layout that moves `name`'s entries for a host tier storing `host_kv` (MtbenchError when none)."""
     if name not in LAYOUTS:
         raise MtbenchError(f"unknown host layout {name!r} (choose from {', '.join(LAYOUT_NAMES)})")
-    return LAYOUTS[name](shape)
+    if host_kv is None:
+        return name
+    if name not in FP8_LAYOUTS:
+        raise MtbenchError(f"--layout {name} has no {host_kv} host tier (--kv-dtype {host_kv} works with "
+                           f"{' or '.join(FP8_LAYOUTS)}, both through the fp8 zero-copy kernel)")
+    return Fp8ZeroCopyLayout.name
+
+
+def make_layout(name: str, shape: KVShape, host_kv: str | None = None) -> HostLayout:
+    """The layout called `name` for a host tier storing `host_kv` (None: the pool's dtype; MtbenchError
+    naming the choices when unknown)."""
+    effective = host_layout_name(name, host_kv)
+    return Fp8ZeroCopyLayout(shape) if effective == Fp8ZeroCopyLayout.name else LAYOUTS[effective](shape)

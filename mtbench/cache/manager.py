@@ -38,8 +38,7 @@ from mtbench.cache.control import (
     READS_CACHE, BatchDecisions, CacheStats, ControlConfig, ControlPlane, Key, MissKind, Outcome, ReloadCosts,
     Request, StoreDecision, TierSettings, require_fits,
 )
-from mtbench.cache.extents import HostGeometry
-from mtbench.cache.host import HostArena
+from mtbench.cache.host import Fp8RowArena, HostArena
 from mtbench.cache.layouts import HostPlacement, TransferJob, make_layout
 from mtbench.cache.pool import KVShape, PagedKVPool
 from mtbench.cache.transfer import FaultHook, LoadHandle, TransferEngine, WritebackHandle
@@ -69,6 +68,7 @@ class CacheConfig:
     write_back: bool = True
     inclusive: bool = True
     append: bool = False
+    host_kv: str | None = None  # the host tier's KV dtype: None = the pool's, "fp8" (lossy; cache.layouts)
 
     def __post_init__(self) -> None:
         if self.mode not in CACHE_MODES:
@@ -77,10 +77,10 @@ class CacheConfig:
     def control(self, shape: KVShape, costs: ReloadCosts | None = None) -> ControlConfig:
         """The control plane's configuration of this cache (the simulator builds the same one)."""
         host = self.host_capacity if self.mode == "tiered" else 0
-        geometry = HostGeometry(self.layout, shape.layers, shape.elements_per_token_layer, shape.page_tokens,
-                                shape.element_size, host, self.host_fit) if host else None
+        geometry = shape.host_geometry(self.layout, self.host_kv, host, self.host_fit) if host else None
         settings = TierSettings(write_back=self.write_back, inclusive=self.inclusive, append=self.append)
-        return ControlConfig(self.policy, self.gpu_capacity, host, shape.sizer, settings, geometry, costs)
+        return ControlConfig(self.policy, self.gpu_capacity, host, shape.sizer_for(self.host_kv), settings, geometry,
+                             costs)
 
 
 @dataclass
@@ -168,7 +168,7 @@ class CacheManager:
         self.host: dict[Key, HostEntry] = {}
         self.plane: ControlPlane | None = None
         self._pool: PagedKVPool | None = None
-        self._arena: HostArena | None = None
+        self._arena: HostArena | Fp8RowArena | None = None
         self._engine: TransferEngine | None = None
         self._stats_when_off = CacheStats()
         self._building: BatchPlan | None = None
@@ -179,19 +179,23 @@ class CacheManager:
         if config.mode == "none":
             return
         control = config.control(shape, costs)
-        largest = shape.entry_bytes(max_entry_tokens)
-        require_fits("GPU cache (--gpu-cache)", control.gpu_capacity, largest, max_entry_tokens)
+        sizer = control.sizer
+        require_fits("GPU cache (--gpu-cache)", control.gpu_capacity, sizer.size_of(max_entry_tokens), max_entry_tokens)
         if control.host_capacity:
-            require_fits("host cache (--host-cache)", control.host_capacity, largest, max_entry_tokens)
+            require_fits("host cache (--host-cache)", control.host_capacity, sizer.host_size_of(max_entry_tokens),
+                         max_entry_tokens)
         self.plane = ControlPlane(control, self)
         self.table_width = shape.pages_for(max_entry_tokens)
         # Scratch for two batches (the one computing and the one planned) of the longest entries.
         scratch = 2 * scratch_entries * self.table_width if control.host_capacity else 0
         self._pool = PagedKVPool(shape, config.gpu_capacity, self.device, scratch_pages=scratch)
-        self._layout = make_layout(config.layout, shape)
+        self._layout = make_layout(config.layout, shape, config.host_kv)
         if control.host_capacity:
-            self._arena = HostArena(control.host_capacity, shape.dtype, pin=self.device.type == "cuda",
-                                    fit=config.host_fit, allocator=self.plane.extents)
+            pin = self.device.type == "cuda"
+            self._arena = (HostArena(control.host_capacity, shape.dtype, pin, config.host_fit, self.plane.extents)
+                           if config.host_kv is None else
+                           Fp8RowArena(control.host_capacity, shape.heads, shape.head_dim, pin, config.host_fit,
+                                       self.plane.extents))
         self._engine = TransferEngine(self._pool, self._arena, self._layout, sync=config.sync,
                                       fault_hook=fault_hook, load_thread=config.load_thread)
 

@@ -23,10 +23,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kernels.fp8_rows_ref import fp8_row_bytes
+from mtbench.cache.extents import HostGeometry
 from mtbench.cache.sizes import EntrySizer
 from mtbench.device import PINNED_STAGING
 from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
+
+
+FP8 = "fp8"
+FP8_LAYOUT = "zerocopy-fp8"  # the one host layout of an fp8 host tier (`cache.layouts.Fp8ZeroCopyLayout`)
+
+
+def parse_host_kv(name: str, dtype: str) -> str | None:
+    """`--kv-dtype` -> the host tier's KV dtype: None (the model's `dtype`: exact) or "fp8" (lossy)."""
+    if name == FP8:
+        return FP8
+    if name in ("auto", dtype):
+        return None
+    raise MtbenchError(f"--kv-dtype {name!r}: choose {dtype} (the model's dtype, exact; also auto) or {FP8} (lossy)")
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,30 @@ class KVShape:
     def sizer(self) -> EntrySizer:
         """The entry-size function of this geometry (the one both planes charge entries by)."""
         return EntrySizer(self.bytes_per_token, self.page_tokens)
+
+    def host_bytes_per_token(self, host_kv: str | None) -> int:
+        """Bytes of one token's K and V over all layers in a host tier storing `host_kv`: None = the
+        pool's dtype, "fp8" = the fp8 row format (kernels/fp8_rows_ref.py: 2 rows per token and layer)."""
+        if host_kv is None:
+            return self.bytes_per_token
+        if host_kv != FP8:
+            raise MtbenchError(f"unknown host KV dtype {host_kv!r} (the host tier stores the model's dtype or {FP8})")
+        return 2 * self.layers * fp8_row_bytes(self.heads, self.head_dim)
+
+    def sizer_for(self, host_kv: str | None) -> EntrySizer:
+        """`sizer` with the host tier storing `host_kv` (its entries and copies sized in that dtype)."""
+        host = self.host_bytes_per_token(host_kv)
+        return EntrySizer(self.bytes_per_token, self.page_tokens, host_bytes_per_token=0 if host_kv is None else host)
+
+    def host_geometry(self, layout: str, host_kv: str | None, capacity_bytes: int, fit: str = "first") -> HostGeometry:
+        """The host arena's extent geometry (the real arena's and the simulator's): `layout`'s extents
+        in elements of the pool dtype, or for fp8 the `Fp8RowArena`'s one extent of 2n ROWS per layer."""
+        if host_kv is None:
+            return HostGeometry(layout, self.layers, self.elements_per_token_layer, self.page_tokens,
+                                self.element_size, capacity_bytes, fit)
+        self.host_bytes_per_token(host_kv)
+        return HostGeometry(FP8_LAYOUT, self.layers, 2, self.page_tokens, fp8_row_bytes(self.heads, self.head_dim),
+                            capacity_bytes, fit)
 
     def entry_bytes(self, n_tokens: int) -> int:
         """Bytes an entry of n_tokens is charged in either tier (`EntrySizer.size_of`)."""

@@ -41,6 +41,10 @@ ModelListOpt = Annotated[str, typer.Option("--model", help=f"Model presets, comm
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto (cuda when a GPU is present).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help=f"Compute and KV dtype: {', '.join(DTYPES)}, or auto (bf16 on cuda, fp32 on cpu).")]
 KvDtypeOpt = Annotated[str, typer.Option("--dtype", help=f"KV element type (sets bytes per token): {', '.join(DTYPES)}.")]
+HostKvOpt = Annotated[str, typer.Option(
+    "--kv-dtype", help="Host tier's KV: auto (= --dtype, exact) or fp8 (e4m3, a scale per token and head: half the "
+                       "host bytes and PCIe traffic; LOSSY). fp8 serves --layout hybrid and zerocopy through the fp8 "
+                       "zero-copy kernel (dequantise on load, quantise on store); paged and user are refused.")]
 SortOpt = Annotated[bool, typer.Option("--sort", help="Sort an unsorted trace by ts (in memory) instead of refusing it.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing report directory at --out.")]
 MaxRequestsOpt = Annotated[Optional[int], typer.Option("--max-requests", help="Use only the first N requests of the trace.")]

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mtbench.cache.policies import POLICY_NAMES
-from mtbench.cli.options import ForceOpt, KvDtypeOpt, MaxRequestsOpt, ModelOpt, SortOpt
+from mtbench.cli.options import ForceOpt, HostKvOpt, KvDtypeOpt, MaxRequestsOpt, ModelOpt, SortOpt
 from mtbench.errors import MtbenchError
 from mtbench.units import OBJECT_SIZES, format_bytes, format_capacity
 
@@ -29,6 +29,7 @@ def compare_policies(
     host_cache: str = typer.Option("64GiB", "--host-cache", help="Host tier capacity; 0 = single tier."),
     model: ModelOpt = "large",
     dtype: KvDtypeOpt = "bf16",
+    kv_dtype: HostKvOpt = "auto",
     page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU page; entries round up to whole pages."),
     write_back: bool = typer.Option(True, "--write-back/--write-through", help="Copy to host on GPU eviction, or at once."),
     inclusive: bool = typer.Option(True, "--inclusive/--exclusive", help="Keep the host copy of an entry promoted to the GPU."),
@@ -68,6 +69,7 @@ def compare_policies(
         --policies lru,arc,opt --max-requests 5000 -o runs/policies-unit
     """
     from mtbench.cache.control import TierSettings
+    from mtbench.cache.pool import parse_host_kv
     from mtbench.fleet.backend import check_backend
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.sim.runner import PolicySweep, run_compare_policies
@@ -80,9 +82,11 @@ def compare_policies(
     if max_requests is not None and max_requests < 1:
         raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
     check_backend(backend, ray_address)
+    parse_host_kv(kv_dtype, dtype)  # before the progress bar draws
     setup = PolicySweep(
         trace=trace, policies=policies, gpu_capacities=tuple(parse_size_list(gpu_cache, "--gpu-cache")),
-        host_capacity=parse_size(host_cache, "--host-cache"), model=model, dtype=dtype, page_tokens=page_tokens,
+        host_capacity=parse_size(host_cache, "--host-cache"), model=model, dtype=dtype, kv_dtype=kv_dtype,
+        page_tokens=page_tokens,
         settings=TierSettings(write_back=write_back, inclusive=inclusive, lookahead=lookahead, append=append,
                               batch_size=batch_size),
         object_size=object_size, cost_model=cost_model, workers=workers, max_requests=max_requests, sort=sort,

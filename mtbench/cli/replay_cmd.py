@@ -13,7 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mtbench.cache.layouts import LAYOUT_NAMES
 from mtbench.cache.manager import CACHE_MODES
 from mtbench.cache.policies import POLICY_NAMES
-from mtbench.cli.options import DeviceOpt, DtypeOpt, ForceOpt, MaxRequestsOpt, ModelOpt, SortOpt, resolve_device_dtype
+from mtbench.cli.options import (
+    DeviceOpt, DtypeOpt, ForceOpt, HostKvOpt, MaxRequestsOpt, ModelOpt, SortOpt, resolve_device_dtype,
+)
 from mtbench.errors import MtbenchError
 from mtbench.units import parse_size
 
@@ -53,6 +55,7 @@ def replay(
     window: Optional[float] = typer.Option(None, "--window", help="Batch only requests arriving within SECONDS."),
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    kv_dtype: HostKvOpt = "auto",
     sync: bool = typer.Option(False, "--sync", help="Blocking copies, no lookahead (the synchronous baseline)."),
     write_back: bool = typer.Option(True, "--write-back/--write-through",
                                     help="Copy an entry to the host when the GPU evicts it, or as soon as it is computed."),
@@ -120,7 +123,7 @@ def replay(
         trace=trace, model=model, dtype=dtype, device=device, cache=cache, policy=policy, layouts=chosen_layouts,
         gpu_capacity=parse_size(gpu_cache, "--gpu-cache"), host_capacity=parse_size(host_cache, "--host-cache"),
         sync=sync, write_back=write_back, inclusive=inclusive, baseline=baseline, verify=verify, sort=sort,
-        options=ReplayOptions(batch_size=batch_size, window=window, max_requests=max_requests, warmup=warmup,
+        kv_dtype=kv_dtype, options=ReplayOptions(batch_size=batch_size, window=window, max_requests=max_requests, warmup=warmup,
                               page_tokens=page_tokens, seed=seed, cuda_graphs=cuda_graphs,
                               load_budget=_load_budget(load_budget)),
     )
@@ -190,6 +193,7 @@ def calibrate(
     model: ModelOpt = "large",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    kv_dtype: HostKvOpt = "auto",
     out: Path = typer.Option(Path("costmodel.json"), "-o", "--out", help="Cost-model JSON to write."),
     compare_trace: Optional[Path] = typer.Option(None, "--compare-trace",
                                                  help="Also replay this trace and compare measured vs simulated speedup."),
@@ -227,7 +231,7 @@ def calibrate(
     run_calibrate(model=model, device=device, dtype=dtype, out=out, compare_trace=compare_trace,
                   gpu_capacity=parse_size(gpu_cache, "--gpu-cache"), host_capacity=parse_size(host_cache, "--host-cache"),
                   policy=policy, batch_size=batch_size, max_requests=max_requests, report=report,
-                  console=Console(), sort=sort, force=force)
+                  console=Console(), sort=sort, force=force, kv_dtype=kv_dtype)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

@@ -109,13 +109,15 @@ def merge(summaries: list[dict], records: list[pd.DataFrame], setup, router: str
                "config": {**setup.config_dict(), "router": router, "world_size": len(summaries),
                           "device": setup.device},
                "rows": fleet_rows + rank_rows}
+    if first.get("note"):
+        summary["note"] = first["note"]
     return summary, pd.concat(records, ignore_index=True)
 
 
 def _fleet_row(rows: list[dict]) -> dict:
     """Sum of the ranks' counts; the fleet's time is its slowest rank's (they run at once)."""
     merged = {key: rows[0][key] for key in ("run", "policy", "cache_mode", "layout", "sync", "gpu_capacity",
-                                            "host_capacity")}
+                                            "host_capacity", "kv_dtype", "lossy")}
     merged["gpus"] = len(rows)
     for key in COUNT_FIELDS:
         merged[key] = int(sum(row.get(key) or 0 for row in rows))

@@ -28,9 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mtbench.cache.control import READS_CACHE
-from mtbench.cache.host import HostArena
+from mtbench.cache.host import Fp8RowArena, HostArena
 from mtbench.cache.layouts import HostPlacement, TransferJob, make_layout
-from mtbench.cache.pool import KVShape, PagedKVPool
+from mtbench.cache.pool import KVShape, PagedKVPool, parse_host_kv
 from mtbench.cache.transfer import TransferEngine
 from mtbench.paths import check_output_file
 from mtbench.model import MTGR, RequestSpec, build_batch
@@ -123,19 +123,23 @@ def measure_compute(model: MTGR, batch_size: int, n_static: int, new_tokens: tup
 
 
 def measure_bandwidth(cfg, dtype: torch.dtype, device: torch.device, entries: int, n_static: int,
-                      repeats: int, page_tokens: int = 32) -> dict[str, float]:
-    """h2d_GBps / d2h_GBps through the hybrid layout (the replay's default path)."""
+                      repeats: int, page_tokens: int = 32, host_kv: str | None = None) -> dict[str, float]:
+    """h2d_GBps / d2h_GBps through the hybrid layout (the replay's default path; with an fp8 host tier
+    its fp8 zero-copy kernel), in host bytes (what the cost model prices `moved_bytes` with)."""
     shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, dtype, page_tokens)
-    pool = PagedKVPool(shape, entries * shape.entry_bytes(n_static), device)
-    arena = HostArena(entries * shape.entry_bytes(n_static), dtype, pin=device.type == "cuda")
-    layout = make_layout("hybrid", shape)
+    sizer = shape.sizer_for(host_kv)
+    pool = PagedKVPool(shape, entries * sizer.size_of(n_static), device)
+    pin = device.type == "cuda"
+    arena = (HostArena(entries * sizer.host_size_of(n_static), dtype, pin) if host_kv is None else
+             Fp8RowArena(entries * sizer.host_size_of(n_static), shape.heads, shape.head_dim, pin))
+    layout = make_layout("hybrid", shape, host_kv)
     engine = TransferEngine(pool, arena, layout)
     jobs = []
     for user in range(entries):
         pages = pool.allocate(n_static)
         offsets = [arena.allocate(size) for size in layout.extent_elements(n_static)]
         jobs.append(TransferJob((user, 0), HostPlacement(offsets, n_static), pages))
-    moved = entries * n_static * shape.bytes_per_token
+    moved = entries * sizer.moved_bytes(n_static)
 
     def load() -> None:
         engine.load(jobs).synchronize()
@@ -153,9 +157,10 @@ def measure_bandwidth(cfg, dtype: torch.dtype, device: torch.device, entries: in
 
 def run_calibrate(model: str, device: str, dtype: str, out: Path, compare_trace: Path | None, gpu_capacity: int,
                   host_capacity: int, policy: str, batch_size: int, max_requests: int | None, report: Path | None,
-                  console: Console, sort: bool = False, force: bool = False) -> CostModel:
+                  console: Console, sort: bool = False, force: bool = False, kv_dtype: str = "auto") -> CostModel:
     """Measure, save the cost model, and (with compare_trace) compare simulated and measured speedups."""
     torch_device, torch_dtype = resolve_device(device), parse_dtype(dtype)
+    host_kv = parse_host_kv(kv_dtype, dtype)
     cfg = get_config(model)
     check_output_file(out, "--out")
     setup = None
@@ -165,7 +170,7 @@ def run_calibrate(model: str, device: str, dtype: str, out: Path, compare_trace:
 
         setup = ReplaySetup(trace=compare_trace, model=model, dtype=dtype, device=device, cache="tiered",
                             policy=policy, gpu_capacity=gpu_capacity, host_capacity=host_capacity, baseline=True,
-                            sort=sort, options=ReplayOptions(batch_size=batch_size, max_requests=max_requests,
+                            sort=sort, kv_dtype=kv_dtype, options=ReplayOptions(batch_size=batch_size, max_requests=max_requests,
                                                              warmup=compare_warmup(compare_trace, max_requests, sort)))
         validate_setup(setup)
     small = torch_device.type == "cpu"
@@ -173,9 +178,10 @@ def run_calibrate(model: str, device: str, dtype: str, out: Path, compare_trace:
     n_static = min(cfg.max_static, 132 if small else cfg.n_user_tokens + min(1000, cfg.max_seq))
     compute = measure_compute(net, batch_size, n_static, (24, 96) if small else (60, 300), repeats=3 if small else 10)
     bandwidth = measure_bandwidth(cfg, torch_dtype, torch_device, entries=4 if small else 16, n_static=n_static,
-                                  repeats=3 if small else 5)
+                                  repeats=3 if small else 5, host_kv=host_kv)
+    host = f", host KV {host_kv}" if host_kv is not None else ""
     cost = CostModel(**compute, **bandwidth, source=f"calibrated on {_device_name(torch_device)} "
-                     f"({model}, {dtype}, batch {batch_size})")
+                     f"({model}, {dtype}{host}, batch {batch_size})")
     cost.save(out)
     table = Table(title=f"cost model ({cost.source})")
     table.add_column("field")
@@ -222,7 +228,7 @@ def simulate_replay(setup, cost: CostModel, records: pd.DataFrame, label: str) -
     shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, parse_dtype(setup.dtype), options.page_tokens)
     control = config.control(shape, cost)
     plane = ControlPlane(replace(control, settings=replace(control.settings, lookahead=0 if config.sync else 1)))
-    workload = Workload.from_columns(columns, shape.sizer)
+    workload = Workload.from_columns(columns, control.sizer)
     measured = records[records["run"] == label].sort_values("request_index")
     budgets = measured["load_budget"].to_numpy()
     batches, first_timed = [], len(measured)
@@ -241,7 +247,7 @@ def simulate_replay(setup, cost: CostModel, records: pd.DataFrame, label: str) -
         seen: set = set()
         for request, outcome, tokens in zip(plan.requests, plan.outcomes, plan.cached):
             if len(outcomes) >= first_timed and outcome is Outcome.HOST_HIT and request.key not in seen:
-                h2d_bytes[0] += shape.sizer.moved_bytes(tokens)
+                h2d_bytes[0] += control.sizer.moved_bytes(tokens)
             seen.add(request.key)
             outcomes.append(outcome)
             cached.append(tokens)

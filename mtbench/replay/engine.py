@@ -247,6 +247,9 @@ class _BatchRunner:
         self.next_uses = self._next_uses()
         self.samples: dict[int, ScoreSample] = {}
         self._reservoir_seen = 0
+        # What --verify samples first: cache hits; with an fp8 host tier, host hits (their prefix came
+        # through the lossy copy), so the verify figures measure fp8's error.
+        self._sampled_first = {"host_hit"} if cache.mode == "tiered" and cache.host_kv else set(HIT_OUTCOMES)
         self._rng = random.Random(options.seed)
         self._warm_stats: CacheStats | None = None
         self._pending: list[_BatchTiming] = []
@@ -394,17 +397,17 @@ class _BatchRunner:
                                               scores.ctr[start:end].clone(), scores.ctcvr[start:end].clone())
 
     def _reservoir_slot(self, outcome: str, warmup: bool) -> bool:
-        """Reservoir-sample timed cache hits (misses fill in while there are too few hits); True =
-        keep this request (room was made in `samples` when needed)."""
+        """Reservoir-sample timed cache hits (`_sampled_first`; other requests fill in while there are too
+        few of them); True = keep this request (room was made in `samples` when needed)."""
         capacity = self.options.verify_sample
         if warmup:
             return False
-        if outcome not in HIT_OUTCOMES:
+        if outcome not in self._sampled_first:
             return len(self.samples) < capacity
         self._reservoir_seen += 1
         if len(self.samples) < capacity:
             return True
-        misses = [k for k, s in self.samples.items() if s.outcome not in HIT_OUTCOMES]
+        misses = [k for k, s in self.samples.items() if s.outcome not in self._sampled_first]
         if misses:
             del self.samples[misses[0]]
             return True
@@ -426,6 +429,9 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     records = recorder.records()
     timed = records[~records["warmup"]] if len(records) else records
     row = _summary_row(label, cache, stats, timed, recorder, seconds, requests, candidates)
+    lossy = cache.mode == "tiered" and cache.host_kv is not None
+    row["kv_dtype"] = cache.host_kv if lossy else _DTYPE_NAMES.get(model.dtype, str(model.dtype))
+    row["lossy"] = lossy
     row["host_fragmentation"] = runner.manager.host_fragmentation()
     row["scratch_bytes"] = runner.manager.scratch_bytes
     row["graph_captures"] = runner.graphs.captures if runner.graphs is not None else 0

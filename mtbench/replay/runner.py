@@ -19,8 +19,8 @@ import torch
 
 from mtbench.cache.control import require_fits
 from mtbench.cache.manager import CACHE_MODES, CacheConfig
-from mtbench.cache.sizes import EntrySizer
-from mtbench.cache.layouts import LAYOUT_NAMES
+from mtbench.cache.layouts import FP8_LAYOUTS, host_layout_name
+from mtbench.cache.pool import KVShape, parse_host_kv
 from mtbench.cache.policies import POLICY_NAMES
 from mtbench.device import check_cache_memory, resolve_device
 from mtbench.errors import MtbenchError
@@ -31,6 +31,13 @@ from mtbench.replay.batching import check_batching
 from mtbench.replay.engine import BatchFeed, ReplayOptions, RunResult, replay_run
 from mtbench.replay.verify import VerifyResult, verify_samples
 from mtbench.trace import Trace, open_trace
+
+
+def lossy_note(host_kv: str) -> str:
+    """The note every report of a lossy run carries."""
+    return (f"LOSSY: the host tier stores KV as {host_kv} (e4m3, a power-of-two scale per token and head; "
+            f"per element |error| <= |x|/16 + amax/229376), so host hits' scores differ from recomputation; "
+            f"layouts {' and '.join(FP8_LAYOUTS)} both move it through the fp8 zero-copy kernel")
 
 
 CPU_TIMING_NOTE = ("timings measured on the CPU say nothing about GPU speed (latencies, throughput and "
@@ -56,7 +63,13 @@ class ReplaySetup:
     baseline: bool = False
     verify: int = 0
     sort: bool = False  # sort an unsorted trace by ts in memory instead of refusing it
+    kv_dtype: str = "auto"  # the host tier's KV: auto (= dtype, exact) or fp8 (lossy)
     options: ReplayOptions = ReplayOptions()
+
+    @property
+    def host_kv(self) -> str | None:
+        """The host tier's KV dtype as `CacheConfig.host_kv` (None: the model's dtype)."""
+        return parse_host_kv(self.kv_dtype, self.dtype)
 
     def config_dict(self) -> dict:
         options = self.options
@@ -69,6 +82,7 @@ class ReplaySetup:
             "page_tokens": options.page_tokens, "seed": options.seed, "cuda_graphs": options.cuda_graphs,
             "load_budget": options.load_budget, "sort": self.sort,
             "write_back": self.write_back, "inclusive": self.inclusive, "lookahead": not self.sync,
+            "kv_dtype": self.host_kv or self.dtype, "lossy": self.host_kv is not None,
         }
 
 
@@ -80,9 +94,11 @@ def validate_setup(setup: ReplaySetup) -> tuple[MTGRConfig, Trace, torch.device,
         raise MtbenchError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {setup.cache!r}")
     if setup.policy not in POLICY_NAMES:
         raise MtbenchError(f"unknown policy {setup.policy!r} (known: {', '.join(POLICY_NAMES)})")
+    host_kv = setup.host_kv
+    if host_kv is not None and setup.cache != "tiered":
+        raise MtbenchError(f"--kv-dtype {host_kv} is the host tier's format: it needs --cache tiered, got {setup.cache}")
     for layout in setup.layouts:
-        if layout not in LAYOUT_NAMES:
-            raise MtbenchError(f"unknown host layout {layout!r} (choose from {', '.join(LAYOUT_NAMES)})")
+        host_layout_name(layout, host_kv)
     if setup.cache != "none" and not cfg.cache_safe:
         raise MtbenchError(f"model {setup.model}: normalizer {cfg.normalizer!r} is not cache-safe; use --cache none")
     if setup.verify < 0 or setup.options.warmup < 0:
@@ -103,18 +119,19 @@ def validate_setup(setup: ReplaySetup) -> tuple[MTGRConfig, Trace, torch.device,
 
 def _check_capacities(setup: ReplaySetup, cfg: MTGRConfig, dtype: torch.dtype, trace: Trace) -> None:
     largest_tokens = int(trace.arrays(["n_static"])["n_static"].max())
-    largest = EntrySizer(cfg.kv_bytes_per_token(dtype), setup.options.page_tokens).size_of(largest_tokens)
+    shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, dtype, setup.options.page_tokens)
+    sizer = shape.sizer_for(setup.host_kv)
     if setup.cache != "none" or setup.baseline:
-        require_fits("--gpu-cache", setup.gpu_capacity, largest, largest_tokens)
+        require_fits("--gpu-cache", setup.gpu_capacity, sizer.size_of(largest_tokens), largest_tokens)
     if setup.cache == "tiered":
-        require_fits("--host-cache", setup.host_capacity, largest, largest_tokens)
+        require_fits("--host-cache", setup.host_capacity, sizer.host_size_of(largest_tokens), largest_tokens)
 
 
 def planned_runs(setup: ReplaySetup) -> list[tuple[str, CacheConfig]]:
     """(label, cache config) of every run, main runs first."""
     base = CacheConfig(mode=setup.cache, policy=setup.policy, gpu_capacity=setup.gpu_capacity,
                        host_capacity=setup.host_capacity, layout=setup.layouts[0], sync=setup.sync,
-                       write_back=setup.write_back, inclusive=setup.inclusive)
+                       write_back=setup.write_back, inclusive=setup.inclusive, host_kv=setup.host_kv)
     runs: list[tuple[str, CacheConfig]] = []
     if setup.cache == "tiered":
         for layout in setup.layouts:
@@ -166,20 +183,21 @@ def run_replay(setup: ReplaySetup, progress_factory: Callable[[str, int], Callab
         if results[0].row["requests"] == 0:
             raise MtbenchError(f"--warmup {setup.options.warmup} covers every batch (the last one starts before request "
                                f"{setup.options.warmup}), so nothing was measured; lower --warmup")
-    verify = verify_samples(model, results[0].samples) if setup.verify else None
+    verify = verify_samples(model, results[0].samples, lossy=results[0].row["lossy"]) if setup.verify else None
     rows = [r.row for r in results]
     add_speedups(rows)
     if verify is not None:
-        rows[0]["verify_max_rel_err"] = verify.max_rel_err
-        rows[0]["verify_bound"] = verify.bound
-        rows[0]["verify_checked"] = verify.checked
+        rows[0].update(verify.row_fields())
     summary = {"kind": "replay", "trace": trace.fingerprint(), "model": setup.model, "dtype": setup.dtype,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                # the effective value: graphs are captured only where the forward can be graphed (CUDA)
                "config": {**setup.config_dict(), "cuda_graphs": setup.options.cuda_graphs and graphs_supported(model)},
                "rows": rows}
-    if device.type == "cpu":
-        summary["note"] = CPU_TIMING_NOTE
+    notes = [CPU_TIMING_NOTE] if device.type == "cpu" else []
+    if setup.host_kv is not None:
+        notes.append(lossy_note(setup.host_kv))
+    if notes:
+        summary["note"] = "; ".join(notes)
     records = pd.concat([r.records for r in results], ignore_index=True)
     return ReplayOutcome(summary, records, verify)
 

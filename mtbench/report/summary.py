@@ -46,7 +46,8 @@ _GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {  # a group shows onl
                                    "est_transfer_exposed_ms"]),
     ],
     "replay": [
-        ("Setup and outcomes", ["policy", "cache_mode", "layout", "sync", "requests", "gpu_hits", "host_hits",
+        ("Setup and outcomes", ["policy", "cache_mode", "layout", "sync", "kv_dtype", "lossy", "requests", "gpu_hits",
+                                "host_hits",
                                 "host_recomputes", "misses", "stale", "hit_ratio", "cold_miss_limit", "lookup_hit_ratio",
                                 "gpu_hit_ratio", "token_hit_ratio"]),
         MISS_CAUSES,
@@ -60,7 +61,7 @@ _GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {  # a group shows onl
                                           "host_admission_failures", "host_fragmentation", "scratch_bytes",
                                           "device_mallocs", "graph_captures", "graphed_batches"]),
         ("Speedups and checks", ["speedup_vs_none", "speedup_vs_gpu", "speedup_vs_sync", "est_speedup",
-                                 "verify_max_rel_err"]),
+                                 "verify_max_rel_err", "verify_model_rel_err", "verify_top10_agreement"]),
         ("Serving under load", ["arrivals", "p90_ms", "p999_ms", "slo_ms", "slo_attainment", "goodput",
                                 "offered_rate", "served_rate", "overloaded", "utilization", "queue_mean", "queue_max",
                                 "queueing_ms_mean", "formation_ms_mean", "service_ms_mean", "gpu_hit_p99_ms",
@@ -87,7 +88,7 @@ _GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {  # a group shows onl
 # Row identity: the first column always opens every table, the others only when they differ between rows.
 _IDENTITY_COLUMNS_BY_KIND = {"compare-policies": ("policy", *CAPACITY_COLUMNS), "replay": ("run",), "capacity": ("run",),
                              "fleet": ("router", "replicas")}
-_TEXT_COLUMNS = ("policy", "run", "cache_mode", "layout", "sync", "router")
+_TEXT_COLUMNS = ("policy", "run", "cache_mode", "layout", "sync", "kv_dtype", "lossy", "router")
 _HEADER_FIELDS = ("kind", "trace", "model", "dtype", "config", "rows", "note")  # note: a caveat line of its own
 _VERSION_FIELDS = ("mtbench_version", "torch_version", "created_utc")
 

@@ -2,21 +2,21 @@
 simulator (the shared control plane, `mtbench.cache.control`), and assemble the report's summary.
 
 The host tier is placed as the replay's default host layout places it (`hybrid` extents in the host
-arena, `cache.extents`), so host fragmentation counts here exactly as in `mtbench replay`.
+arena, `cache.extents`; with `--kv-dtype fp8` the fp8 row extents of `zerocopy-fp8`, host entries and
+PCIe bytes in fp8), so host fragmentation counts here exactly as in `mtbench replay`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from mtbench.cache.control import TierSettings, require_fits
-from mtbench.cache.extents import HostGeometry
 from mtbench.cache.policies import parse_policy_list
-from mtbench.cache.sizes import EntrySizer
+from mtbench.cache.pool import KVShape, parse_host_kv
 from mtbench.errors import MtbenchError
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import Workload
@@ -36,6 +36,7 @@ class PolicySweep:
     host_capacity: int
     model: str = "large"
     dtype: str = "bf16"
+    kv_dtype: str = "auto"  # the host tier's KV: auto (= dtype) or fp8
     page_tokens: int = 32
     settings: TierSettings = TierSettings()
     object_size: str = "bytes"
@@ -69,8 +70,9 @@ def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[
         raise MtbenchError(f"--workers must be >= 1, got {setup.workers}")
     unit = setup.object_size == "unit"
     cfg = get_config(setup.model)
-    kv_dtype = parse_dtype(setup.dtype)
-    sizer = EntrySizer(cfg.kv_bytes_per_token(kv_dtype), setup.page_tokens, unit)
+    shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, parse_dtype(setup.dtype), setup.page_tokens)
+    host_kv = parse_host_kv(setup.kv_dtype, setup.dtype)
+    sizer = replace(shape.sizer_for(host_kv), unit=unit)
     cost = CostModel.load(setup.cost_model) if setup.cost_model is not None else CostModel.default(cfg, setup.dtype)
     opened = open_trace(setup.trace, limits=cfg.limits(), sort=setup.sort)
     columns = opened.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
@@ -79,9 +81,8 @@ def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[
     workload = Workload.from_columns(columns, sizer)
     workload.check_static_lengths(setup.settings.append)
     _check_capacities(workload, setup.gpu_capacities, setup.host_capacity, unit)
-    geometry = None if unit or not setup.host_capacity else HostGeometry(
-        HOST_LAYOUT, cfg.n_layers, 2 * cfg.n_heads * cfg.head_dim, setup.page_tokens, kv_dtype.itemsize,
-        setup.host_capacity)
+    geometry = None if unit or not setup.host_capacity else shape.host_geometry(HOST_LAYOUT, host_kv,
+                                                                                 setup.host_capacity)
     points = [SweepPoint(name, cap, setup.host_capacity) for name in names for cap in setup.gpu_capacities]
     done = on_start(len(points)) if on_start is not None else None
     from mtbench.fleet.backend import make_backend
@@ -97,16 +98,19 @@ def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[
         "kind": "compare-policies",
         "trace": trace_fingerprint(setup.trace, opened.num_rows),
         "model": setup.model, "dtype": setup.dtype,
-        "config": {"policies": names, "gpu_cache": list(setup.gpu_capacities), "host_cache": setup.host_capacity,
+        "config": {"kv_dtype": host_kv or setup.dtype, "lossy": host_kv is not None,"policies": names, "gpu_cache": list(setup.gpu_capacities), "host_cache": setup.host_capacity,
                    "page_tokens": setup.page_tokens, "write_back": settings.write_back,
                    "inclusive": settings.inclusive, "object_size": setup.object_size,
                    "lookahead": settings.lookahead, "batch_size": settings.batch_size, "append": settings.append,
-                   "host_layout": HOST_LAYOUT if geometry is not None else None,
+                   "host_layout": geometry.layout if geometry is not None else None,
                    "cost_model": cost.to_dict(), "workers": setup.workers,
                    "max_requests": setup.max_requests, "sort": setup.sort, "backend": setup.backend,
                    "entry_bytes_mean": float(workload.size.mean()) if workload.n_requests else 0.0},
         "rows": rows,
     }
+    if host_kv is not None:
+        summary["note"] = (f"host tier in {host_kv}: host entries and PCIe bytes sized in {host_kv}, GPU entries in "
+                           f"{setup.dtype}; a replay with this host tier is LOSSY (scores differ from recomputation)")
     return SweepOutcome(summary, pd.DataFrame(rows))
 
 
@@ -122,4 +126,5 @@ def _check_capacities(workload: Workload, gpu_capacities: tuple[int, ...], host_
     for capacity in gpu_capacities:
         require_fits("--gpu-cache", capacity, largest, tokens)
     if host_capacity:
-        require_fits("--host-cache (use 0 for a single tier)", host_capacity, largest, tokens)
+        require_fits("--host-cache (use 0 for a single tier)", host_capacity, workload.sizer.host_size_of(tokens),
+                     tokens)
