@@ -1,6 +1,7 @@
 """The package's import graph (every import statement, at any depth, read with ast): no circles, and
 the layering rule: nothing below the replay (cache, model, sim, trace, report, kernels, ...) imports
-`mtbench.replay`; only the CLI and the replay itself do."""
+`mtbench.replay`; only the layers that drive it do: the CLI, the serving layer (open-loop arrivals and
+capacity checks feed the replay's batches) and the fleet (one replay per GPU)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("mtbench", "kernels")
-MAY_IMPORT_REPLAY = ("mtbench.cli", "mtbench.replay", "mtbench.__main__")
+MAY_IMPORT_REPLAY = ("mtbench.cli", "mtbench.replay", "mtbench.serve", "mtbench.fleet", "mtbench.__main__")
 
 
 def _modules() -> dict[str, Path]:

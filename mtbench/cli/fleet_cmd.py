@@ -43,7 +43,13 @@ def fleet(
     workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes / Ray CPUs (default: every core)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default: reports/runs/fleet-<time>)."),
 ) -> None:
-    """Simulate a fleet of cache replicas behind each router: hit ratios, load imbalance, p99, GPUs needed."""
+    """Simulate a fleet of cache replicas behind each router: hit ratios, load imbalance, p99, GPUs needed.
+
+    Examples:
+
+      mtbench fleet traces/synth-small.parquet --replicas 1,2,4 --router user-hash,round-robin \\
+        --gpu-cache 256MiB --host-cache 4GiB -o runs/fleet
+    """
     from mtbench.cache.policies import policy_class
     from mtbench.fleet.backend import check_backend, make_backend
     from mtbench.fleet.replica import ReplicaSpec
@@ -171,7 +177,12 @@ def bench_stream(
     page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU page."),
     batch_rows: int = typer.Option(1 << 20, "--batch-rows", help="Requests read from the file at a time."),
 ) -> None:
-    """Stream a trace through one simulated replica in bounded memory; print requests/s and peak RSS."""
+    """Stream a trace through one simulated replica in bounded memory; print requests/s and peak RSS.
+
+    Examples:
+
+      mtbench bench stream traces/synth-small.parquet --gpu-cache 256MiB --host-cache 4GiB
+    """
     from rich.table import Table
 
     from mtbench.fleet.replica import ReplicaSpec
