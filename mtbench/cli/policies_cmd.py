@@ -72,7 +72,7 @@ def compare_policies(
     from mtbench.cache.pool import parse_host_kv
     from mtbench.fleet.backend import check_backend
     from mtbench.report import print_summary, validate_out_dir, write_report
-    from mtbench.sim.runner import PolicySweep, run_compare_policies
+    from mtbench.sim.runner import PolicySweep, prepare_compare_policies, run_compare_policies
     from mtbench.units import parse_size, parse_size_list
 
     if lookahead < 0:
@@ -92,6 +92,7 @@ def compare_policies(
         object_size=object_size, cost_model=cost_model, workers=workers, max_requests=max_requests, sort=sort,
         backend=backend, ray_address=ray_address)
     out = validate_out_dir(out, force, "compare-policies")
+    prepared = prepare_compare_policies(setup)
     console = Console()
     with Progress(TextColumn("[bold]compare-policies"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=False) as progress:
@@ -101,7 +102,7 @@ def compare_policies(
             return lambda row: progress.update(
                 task, advance=1, description=f"{row['policy']} @ {format_capacity(row['gpu_capacity'], object_size)}")
 
-        outcome = run_compare_policies(setup, start)
+        outcome = run_compare_policies(prepared, start)
     target = write_report(out, outcome.summary, outcome.rows, "compare-policies", force)
     print_summary(outcome.summary, console)
     console.print(f"report: {target}")

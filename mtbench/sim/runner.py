@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtbench.cache.control import TierSettings, require_fits
+from mtbench.cache.extents import HostGeometry
 from mtbench.cache.policies import parse_policy_list
 from mtbench.cache.pool import KVShape, parse_host_kv
 from mtbench.errors import MtbenchError
@@ -54,13 +55,24 @@ class SweepOutcome:
     rows: pd.DataFrame
 
 
-def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[[dict], None]] | None = None
-                         ) -> SweepOutcome:
-    """Validate, simulate every (policy, GPU capacity) point and return the report's summary and rows.
-    `on_start(total)` returns the callback called as each point finishes (progress)."""
+@dataclass
+class PreparedSweep:
+    """A validated `PolicySweep`: its workload, points and everything the summary names."""
+
+    setup: PolicySweep
+    names: list[str]
+    workload: Workload
+    points: list[SweepPoint]
+    cost: CostModel
+    geometry: HostGeometry | None
+    host_kv: str | None
+    trace_rows: int
+
+
+def prepare_compare_policies(setup: PolicySweep) -> PreparedSweep:
+    """Check every option and read the trace (bad input fails here, before any progress is shown)."""
     from mtbench.model import get_config
     from mtbench.model.config import parse_dtype
-    from mtbench.report import trace_fingerprint
     from mtbench.trace import open_trace
 
     names = parse_policy_list(setup.policies)
@@ -84,8 +96,19 @@ def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[
     geometry = None if unit or not setup.host_capacity else shape.host_geometry(HOST_LAYOUT, host_kv,
                                                                                  setup.host_capacity)
     points = [SweepPoint(name, cap, setup.host_capacity) for name in names for cap in setup.gpu_capacities]
+    return PreparedSweep(setup, names, workload, points, cost, geometry, host_kv, opened.num_rows)
+
+
+def run_compare_policies(prepared: PreparedSweep, on_start: Callable[[int], Callable[[dict], None]] | None = None
+                         ) -> SweepOutcome:
+    """Simulate every (policy, GPU capacity) point and return the report's summary and rows.
+    `on_start(total)` returns the callback called as each point finishes (progress)."""
+    from mtbench.report import trace_fingerprint
+
+    setup, names, workload, points = prepared.setup, prepared.names, prepared.workload, prepared.points
+    cost, geometry, host_kv = prepared.cost, prepared.geometry, prepared.host_kv
     done = on_start(len(points)) if on_start is not None else None
-    from mtbench.fleet.backend import make_backend
+    from mtbench.fleet.backend import make_backend  # the fleet's backends run sweep points too
 
     backend = make_backend(setup.backend, setup.workers, setup.ray_address) if setup.backend != "local" else None
     try:
@@ -96,9 +119,9 @@ def run_compare_policies(setup: PolicySweep, on_start: Callable[[int], Callable[
     settings = setup.settings
     summary = {
         "kind": "compare-policies",
-        "trace": trace_fingerprint(setup.trace, opened.num_rows),
+        "trace": trace_fingerprint(setup.trace, prepared.trace_rows),
         "model": setup.model, "dtype": setup.dtype,
-        "config": {"kv_dtype": host_kv or setup.dtype, "lossy": host_kv is not None,"policies": names, "gpu_cache": list(setup.gpu_capacities), "host_cache": setup.host_capacity,
+        "config": {"kv_dtype": host_kv or setup.dtype, "lossy": host_kv is not None, "policies": names, "gpu_cache": list(setup.gpu_capacities), "host_cache": setup.host_capacity,
                    "page_tokens": setup.page_tokens, "write_back": settings.write_back,
                    "inclusive": settings.inclusive, "object_size": setup.object_size,
                    "lookahead": settings.lookahead, "batch_size": settings.batch_size, "append": settings.append,
