@@ -57,9 +57,9 @@ def bench_policies(
 
     Examples:
 
-      mtbench bench policies -o reports/policy-table.md
+      mtbench bench policies -o policy-table.md  # takes minutes
 
-      mtbench bench policies --policies lru,s3fifo,mtserve
+      mtbench bench policies --policies lru,s3fifo,mtserve  # takes minutes
     """
     from mtbench.cache.policies import parse_policy_list
     from mtbench.sim.policy_table import case_markdown, default_cases, run_case

@@ -16,15 +16,6 @@ from rich.table import Table
 
 from mtbench.errors import MtbenchError
 
-EXAMPLES = [
-    "mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 --gpu-cache 64MiB --host-cache 1GiB "
-    "--max-requests 2000 --slo-ms 5 --max-wait-ms 1",
-    "mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 --cache none,tiered --gpu-cache 64MiB "
-    "--host-cache 1GiB --max-requests 2000 --slo-ms 5 --max-wait-ms 1 --percentile 99.9 --arrivals trace "
-    "--target-qps 100000",
-]
-
-
 def capacity(
     trace: Path = typer.Argument(..., help="Trace parquet file (see traces/README.md)."),
     slo_ms: float = typer.Option(50.0, "--slo-ms", help="Latency objective (ms), arrival to scores."),
@@ -62,7 +53,17 @@ def capacity(
 
     Simulated: the cache simulator decides outcomes, the cost model prices batches, a discrete-event
     simulation serves them at each rate. GPUs for --target-qps assume requests split evenly across
-    GPUs by user hash (each GPU with the given tier sizes)."""
+    GPUs by user hash (each GPU with the given tier sizes).
+
+    Examples:
+
+      mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 \\
+        --gpu-cache 64MiB --host-cache 1GiB --max-requests 2000 --slo-ms 5 --max-wait-ms 1
+
+      mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 \\
+        --cache none,tiered --gpu-cache 64MiB --host-cache 1GiB --max-requests 2000 \\
+        --slo-ms 5 --max-wait-ms 1 --percentile 99.9 --arrivals trace --target-qps 100000
+    """
     from mtbench.report import validate_out_dir, write_report
     from mtbench.serve.arrivals import ArrivalSpec
     from mtbench.serve.batcher import BatcherConfig
@@ -239,4 +240,4 @@ def _percent(value) -> str:
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add `mtbench capacity`."""
-    app.command("capacity", epilog="Examples:\n\n" + "\n\n".join(EXAMPLES))(capacity)
+    app.command("capacity")(capacity)
