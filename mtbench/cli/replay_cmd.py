@@ -57,6 +57,9 @@ def replay(
     write_back: bool = typer.Option(True, "--write-back/--write-through",
                                     help="Copy an entry to the host when the GPU evicts it, or as soon as it is computed."),
     inclusive: bool = typer.Option(True, "--inclusive/--exclusive", help="Keep the host copy of an entry promoted to the GPU."),
+    history: str = typer.Option("bidirectional", "--history",
+                                help="bidirectional (MTGR's U+S prefix, fixed per static version) or causal (HSTU-style "
+                                     "history: a cached prefix is extended in place, partial hits)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also run no-cache, GPU-only and --sync baselines."),
     verify: int = typer.Option(0, "--verify", help="Re-run N sampled requests with the full forward and check."),
     max_requests: MaxRequestsOpt = None,
@@ -100,6 +103,11 @@ def replay(
       mtbench replay traces/synth-small.parquet --model large --device cuda \\
         --layout hybrid,user,zerocopy,paged --gpu-cache 1GiB --host-cache 16GiB \\
         --batch-size 64 --baseline --verify 32 -o runs/replay-h200  # needs a CUDA GPU
+
+      mtbench trace reversion traces/movielens-small.parquet --period never --history causal \
+        -o ml-causal.parquet --model mini
+      mtbench replay ml-causal.parquet --history causal --model mini --device cpu \
+        --gpu-cache 8MiB --host-cache 64MiB --max-requests 48 -o runs/replay-causal
     """
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.replay.engine import ReplayOptions
@@ -117,7 +125,7 @@ def replay(
     setup = ReplaySetup(
         trace=trace, model=model, dtype=dtype, device=device, cache=cache, policy=policy, layouts=chosen_layouts,
         gpu_capacity=parse_size(gpu_cache, "--gpu-cache"), host_capacity=parse_size(host_cache, "--host-cache"),
-        sync=sync, write_back=write_back, inclusive=inclusive, baseline=baseline, verify=verify, sort=sort,
+        sync=sync, write_back=write_back, inclusive=inclusive, history=history, baseline=baseline, verify=verify, sort=sort,
         options=ReplayOptions(batch_size=batch_size, window=window, max_requests=max_requests, warmup=warmup,
                               page_tokens=page_tokens, seed=seed, cuda_graphs=cuda_graphs,
                               load_budget=_load_budget(load_budget)),
