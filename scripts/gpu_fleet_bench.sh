@@ -11,12 +11,12 @@
 #  3. one GPU: `mtbench replay` (tiered, hybrid layout) = the speedup baseline;
 #  4. two GPUs: `mtbench replay --gpus 2 --router user-hash` and `--router round-robin`;
 #  5. the simulated fleet: `mtbench fleet --replicas 1,2 --router user-hash,round-robin --write-through`
-#     (the real tiers are write-through today) with the calibrated cost model;
+#     (the real tiers are write-through today) with the calibrated cost model and the same warm-up;
 #  6. FLEET.md + fleet.json: aggregate throughput, hit ratio per rank, speedup vs one GPU, simulated vs
 #     measured (hit ratio and speedup; target: within 15%).
 # CPU dry run (gloo, 2 processes, tiny model):
-#   DEVICE=cpu MODEL=tiny DTYPE=fp32 SYNTH_USERS=40 SYNTH_REQUESTS=400 MAX_REQUESTS=240 WARMUP=40 BATCH=8 \
-#   HISTORY=uniform:20:60 OUT=/tmp/fleet-bench scripts/gpu_fleet_bench.sh
+#   DEVICE=cpu MODEL=tiny DTYPE=fp32 SYNTH_USERS=40 SYNTH_REQUESTS=400 MAX_REQUESTS=160 WARMUP=32 BATCH=8 \
+#   HISTORY=uniform:10:30 CAND=8 TIMEOUT_SCALE=4 OUT=/tmp/fleet-bench scripts/gpu_fleet_bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/gpu-fleet-bench}
@@ -30,6 +30,8 @@ MODEL=${MODEL:-large}
 HISTORY=${HISTORY:-uniform:800:1000}
 DTYPE=${DTYPE:-bf16}
 DEVICE=${DEVICE:-cuda}
+CAND=${CAND:-}                  # a fixed candidate count (CPU dry runs); default: synth's distribution
+T=${TIMEOUT_SCALE:-1}           # multiplies every step's time limit (slow CPU dry runs)
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 export MPLBACKEND=Agg NCCL_NVLS_ENABLE=0
@@ -40,8 +42,8 @@ log "machine: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2
 
 # 1. trace and per-GPU capacities
 SYN=$WORK/synth.parquet
-timeout 120 $PY -m mtbench trace synth --users "$SYNTH_USERS" --requests "$SYNTH_REQUESTS" --duration 1d \
-  --model "$MODEL" --seed 7 --history-dist "$HISTORY" -o "$SYN" > /dev/null
+timeout $((120 * T)) $PY -m mtbench trace synth --users "$SYNTH_USERS" --requests "$SYNTH_REQUESTS" --duration 1d \
+  --model "$MODEL" --seed 7 --history-dist "$HISTORY" ${CAND:+--cand "$CAND"} -o "$SYN" > /dev/null
 read -r GPU HOST < <($PY - "$SYN" "$MAX_REQUESTS" "$GPU_SHARE" "$MODEL" "$DTYPE" <<'PY'
 import sys
 import numpy as np
@@ -66,14 +68,14 @@ COMMON=(--model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" --cache tiered --la
         --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" --max-requests "$MAX_REQUESTS" --warmup "$WARMUP")
 
 # 2. cost model of this device
-timeout 180 $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" \
+timeout $((180 * T)) $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" \
   -o "$OUT/costmodel.json" 2>&1 | tail -3 | tee -a "$OUT/fleet.log"
 
 # 3-4. one GPU, then two GPUs per router
-timeout 150 $PY -m mtbench replay "$SYN" "${COMMON[@]}" -o "$WORK/one" > "$WORK/one.log" 2>&1 || { cat "$WORK/one.log"; exit 1; }
+timeout $((150 * T)) $PY -m mtbench replay "$SYN" "${COMMON[@]}" -o "$WORK/one" > "$WORK/one.log" 2>&1 || { cat "$WORK/one.log"; exit 1; }
 cp "$WORK/one/summary.json" "$OUT/one_gpu_summary.json"
 for ROUTER in user-hash round-robin; do
-  timeout 180 $PY -m mtbench replay "$SYN" "${COMMON[@]}" --gpus 2 --router "$ROUTER" -o "$WORK/two-$ROUTER" \
+  timeout $((180 * T)) $PY -m mtbench replay "$SYN" "${COMMON[@]}" --gpus 2 --router "$ROUTER" -o "$WORK/two-$ROUTER" \
     > "$WORK/two-$ROUTER.log" 2>&1 || { tail -40 "$WORK/two-$ROUTER.log"; exit 1; }
   cp "$WORK/two-$ROUTER/summary.json" "$OUT/two_gpu_${ROUTER}_summary.json"
   log "two GPUs, $ROUTER: done"
@@ -86,9 +88,9 @@ from mtbench.trace import open_trace
 from mtbench.trace.writer import write_trace
 write_trace(open_trace(sys.argv[1]).read().iloc[:int(sys.argv[2])].reset_index(drop=True), sys.argv[3])
 PY
-timeout 120 $PY -m mtbench fleet "$WORK/prefix.parquet" --replicas 1,2 --router user-hash,round-robin --write-through \
+timeout $((120 * T)) $PY -m mtbench fleet "$WORK/prefix.parquet" --replicas 1,2 --router user-hash,round-robin --write-through \
   --model "$MODEL" --dtype "$DTYPE" --gpu-cache "$GPU" --host-cache "$HOST" --cost-model "$OUT/costmodel.json" \
-  --workers 1 -o "$WORK/fleet" > "$WORK/fleet.log" 2>&1 || { cat "$WORK/fleet.log"; exit 1; }
+  --warmup "$WARMUP" --workers 1 -o "$WORK/fleet" > "$WORK/fleet.log" 2>&1 || { cat "$WORK/fleet.log"; exit 1; }
 cp "$WORK/fleet/summary.json" "$OUT/fleet_sim_summary.json"
 cp "$WORK/fleet/plots/"*.png "$OUT/" 2>/dev/null || true
 

@@ -19,7 +19,8 @@
 # Full report directories stay in a scratch directory; $OUT gets only small flat files: BENCH.md,
 # bench.json, bench.log, costmodel.json, movielens_summary.json, synthetic_summary.json,
 # calibrate_summary.json.
-# Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, VERIFY.
+# Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, VERIFY; what runs:
+# LAYOUTS (default user,hybrid,zerocopy,paged), TRACES (default "movielens synthetic").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/gpu-bench}
@@ -33,6 +34,8 @@ VERIFY=${VERIFY:-32}
 MODEL=${MODEL:-large}
 HISTORY=${HISTORY:-uniform:800:1000}  # S tokens per user: MTGR-shaped lifelong sequences near the 1000 cap
 DTYPE=${DTYPE:-bf16}
+LAYOUTS=${LAYOUTS:-user,hybrid,zerocopy,paged}
+TRACES=${TRACES:-movielens synthetic}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu MODEL=mini DTYPE=fp32 with small sizes: a dry run of this script without a GPU
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
@@ -83,7 +86,7 @@ run_trace() {  # name trace
   read -r GPU HOST USERS RATIO < <(capacities "$trace")
   log "$name: $USERS active users in the replayed requests ($RATIO x what the GPU tier holds); GPU tier $GPU B, host tier $HOST B"
   timeout 300 $PY -m mtbench replay "$trace" --model $MODEL --dtype $DTYPE --device "$DEVICE" --policy lru \
-    --cache tiered --layouts user,hybrid,zerocopy,paged --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
+    --cache tiered --layout "$LAYOUTS" --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
     --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --baseline --verify "$VERIFY" -o "$WORK/replay-$name" \
     2>&1 | tee -a "$OUT/bench.log"
   cp "$WORK/replay-$name/summary.json" "$OUT/${name}_summary.json"
@@ -97,8 +100,9 @@ timeout 240 $PY -m mtbench calibrate --model $MODEL --device "$DEVICE" --dtype $
 cp "$WORK/calibrate-synthetic/summary.json" "$OUT/calibrate_summary.json"
 
 # 4. replays
-run_trace movielens "$ML"
-run_trace synthetic "$SYN"
+for name in $TRACES; do
+  case $name in movielens) run_trace movielens "$ML" ;; synthetic) run_trace synthetic "$SYN" ;; esac
+done
 
 # 5. digest
 $PY - "$OUT" <<'PY'
@@ -112,6 +116,8 @@ digest, lines = {}, ["# GPU replay benchmark (MTGR-large, bf16)", "",
                      "loads, bookkeeping = host time in the cache manager.", ""]
 fmt = lambda v, f="{:.3f}": "—" if v is None else f.format(v)
 for name in ("movielens", "synthetic"):
+    if not (out / f"{name}_summary.json").is_file():
+        continue
     summary = json.loads((out / f"{name}_summary.json").read_text())
     rows = {r["run"]: r for r in summary["rows"]}
     best = max((r for r in summary["rows"] if r["cache_mode"] == "tiered" and not r["sync"]),

@@ -26,8 +26,8 @@ OUT=${OUT:-reports/gpu-serving}
 if [ "${SMALL:-0}" = 1 ]; then  # CPU dry run: every step, tiny sizes
   MODEL=${MODEL:-tiny}; DTYPE=${DTYPE:-fp32}; DEVICE=${DEVICE:-cpu}; SYNTH_USERS=${SYNTH_USERS:-20}
   SYNTH_REQUESTS=${SYNTH_REQUESTS:-600}; HISTORY=${HISTORY:-uniform:20:60}; USER_TOKENS=${USER_TOKENS:-4}
-  MAX_REQUESTS=${MAX_REQUESTS:-64}; WARMUP=${WARMUP:-16}; BATCH=${BATCH:-4}; SLO_MS=${SLO_MS:-500}
-  FRACTIONS=${FRACTIONS:-0.5,0.9}; GPU_SHARE=${GPU_SHARE:-0.3}
+  MAX_REQUESTS=${MAX_REQUESTS:-32}; WARMUP=${WARMUP:-8}; BATCH=${BATCH:-4}; SLO_MS=${SLO_MS:-2000}
+  FRACTIONS=${FRACTIONS:-0.5,0.9}; GPU_SHARE=${GPU_SHARE:-0.3}; CAPACITY_TIMEOUT=${CAPACITY_TIMEOUT:-1200}
 fi
 MODEL=${MODEL:-large}
 DTYPE=${DTYPE:-bf16}
@@ -82,7 +82,7 @@ timeout 240 $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype
   -o "$OUT/costmodel.json" 2>&1 | tee -a "$OUT/serving.log"
 
 # 4. simulated curves + capacity, checked by the real open-loop replay
-timeout 420 $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
+timeout "${CAPACITY_TIMEOUT:-420}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
   --cache none,gpu,tiered --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
   --max-wait-ms "$MAX_WAIT_MS" --slo-ms "$SLO_MS" --percentile 99 --cost-model "$OUT/costmodel.json" \
   --batch-overhead-ms auto --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --measure --measure-fractions "$FRACTIONS" \
@@ -101,11 +101,13 @@ points = pd.read_parquet(report / "records.parquet")
 points.to_csv(out / "capacity_points.csv", index=False)
 config, rows = summary["config"], {row["cache_mode"]: row for row in summary["rows"]}
 fmt = lambda v, f="{:.1f}": "—" if v is None or v != v else f.format(v)
+rate = lambda v: "—" if v is None or v != v else f"{v:,.0f}" if v >= 100 or v == 0 else f"{v:.3g}"
+size = lambda n: next(f"{n / 2**p:.2f} {u}" for p, u in ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "B")) if n >= 2**p or p == 0)
 lines = [f"# Serving under load ({summary['model']}, {summary['dtype']}, {summary.get('device') or config.get('device')})", "",
          f"Poisson arrivals, dynamic batcher (max batch {config['batch_size']}, max wait {config['max_wait_ms']} ms), "
          f"SLO p{config['percentile']:g} <= {config['slo_ms']:g} ms; {config['max_requests']} requests per run, the first "
-         f"{config['warmup']} warm-up; GPU tier {config['gpu_cache'] / 2**30:.2f} GiB, host tier "
-         f"{config['host_cache'] / 2**30:.2f} GiB. Simulated: the cache simulator's outcomes, the calibrated cost model "
+         f"{config['warmup']} warm-up; GPU tier {size(config['gpu_cache'])}, host tier "
+         f"{size(config['host_cache'])}. Simulated: the cache simulator's outcomes, the calibrated cost model "
          "plus a measured fixed cost per batch, a discrete-event server. Measured: the real open-loop replay "
          "(latency from arrival to scores, CUDA-synchronised batch ends).", "",
          "| mode | rate /s | load | sim p50 | meas p50 | sim p99 | meas p99 | p99 gap | sim SLO % | meas SLO % |",
@@ -123,15 +125,15 @@ for mode, part in points.groupby("cache_mode", sort=False):
             if load <= 0.8:
                 gaps.append(gap)
         p99 = lambda r: "overloaded" if r["overloaded"] else fmt(r["p99_ms"])
-        lines.append(f"| {mode} | {real['rate']:,.0f} | {load:.2f} | {fmt(sim['p50_ms'])} | {fmt(real['p50_ms'])} | "
+        lines.append(f"| {mode} | {rate(real['rate'])} | {load:.2f} | {fmt(sim['p50_ms'])} | {fmt(real['p50_ms'])} | "
                      f"{p99(sim)} | {p99(real)} | {fmt(gap, '{:.1%}')} | {fmt(100 * sim['slo_attainment'])} | "
                      f"{fmt(100 * real['slo_attainment'])} |")
 lines += ["", "| mode | hit ratio (sim / meas) | batch overhead ms | saturation /s (sim / meas) | max /s within SLO (sim / meas) |",
           "|---|---|---|---|---|"]
 for mode, row in rows.items():
     lines.append(f"| {mode} | {row['hit_ratio']:.3f} / {fmt(row.get('measured_hit_ratio'), '{:.3f}')} | "
-                 f"{row['batch_overhead_ms']:.2f} | {row['saturation_qps']:,.0f} / {fmt(row.get('measured_saturation_qps'), '{:,.0f}')} | "
-                 f"{row['max_qps']:,.0f} / {fmt(row.get('measured_max_qps'), '{:,.0f}')} |")
+                 f"{row['batch_overhead_ms']:.2f} | {rate(row['saturation_qps'])} / {rate(row.get('measured_saturation_qps'))} | "
+                 f"{rate(row['max_qps'])} / {rate(row.get('measured_max_qps'))} |")
 worst = max(gaps, default=None)
 lines += ["", f"Simulated vs measured p99 below 80% of saturation: worst gap {fmt(worst, '{:.1%}')} over {len(gaps)} points "
           f"(target 15%: {'MET' if worst is not None and worst <= 0.15 else 'MISSED' if worst is not None else 'no points'}).", "",

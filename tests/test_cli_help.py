@@ -7,6 +7,7 @@ so an example may read what an earlier one wrote (`mtbench plot runs/policies`).
 
 from __future__ import annotations
 
+import inspect
 import os
 import shlex
 from pathlib import Path
@@ -17,7 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from mtbench.cli import app
-from mtbench.cli.options import EXAMPLE_ORDER, GPU_ONLY, OPTION_ALIASES, SLOW, command_examples, is_group
+from mtbench.cli.options import EXAMPLE_ORDER, GPU_ONLY, HELP_WIDTH, OPTION_ALIASES, SLOW, command_examples, is_group
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = CliRunner()
@@ -50,6 +51,14 @@ def test_every_command_has_one_to_three_examples_that_name_it() -> None:
         examples = command_examples(command)
         assert 1 <= len(examples) <= 3, f"mtbench {name} --help has {len(examples)} examples"
         assert all(example.startswith(f"mtbench {name} ") or example == f"mtbench {name}" for example in examples), name
+
+
+def test_help_text_fits_80_columns() -> None:
+    """After the first paragraph (which the help wraps) line breaks are kept, so lines must be short."""
+    for name, command in COMMANDS.items():
+        _, _, rest = inspect.cleandoc(command.help or "").partition("\n\n")
+        long = [line for line in rest.splitlines() if len(line) > HELP_WIDTH]
+        assert not long, f"mtbench {name} --help: {long}"
 
 
 def test_help_lists_accepted_values_from_the_registries() -> None:

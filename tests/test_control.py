@@ -149,3 +149,32 @@ def test_a_host_tier_with_room_never_loses_an_entry() -> None:
             assert result.misses_capacity == 0 and result.host_evictions == 0, policy
             assert row["hit_ratio"] == pytest.approx(row["cold_miss_limit"]), (policy, write_back)
     assert simulate(workload, "s3fifo", gpu, host, TierSettings(), COST)[0].gpu_admission_failures > 0
+
+
+def test_serve_is_plan_then_release_of_one_request() -> None:
+    """The per-request API decides as the simulator's per-request run (batch size 1, no lookahead)."""
+    rng = np.random.default_rng(3)
+    workload = Workload.from_columns(_trace(rng, append=False), SHAPE.sizer)
+    for policy in ("lru", "mtserve", "opt"):
+        gpu, host = 4 * SHAPE.entry_bytes(40), 12 * SHAPE.entry_bytes(40)
+        plane = ControlPlane(control_config(workload, policy, gpu, host, TierSettings(), COST))
+        served = [plane.serve(request) for batch in request_batches(workload, 1) for request in batch]
+        result, _ = simulate(workload, policy, gpu, host, TierSettings(), COST, keep_outcomes=True)
+        assert served == result.outcomes.tolist() and plane.stats.host_hits == result.host_hits
+
+
+@pytest.mark.parametrize("policy", POLICY_NAMES)
+def test_unit_fast_paths_equal_the_control_plane(policy: str) -> None:
+    """One tier, unit sizes, per request: the policies' `unit_hit_mask` fast paths (libCacheSim speed)
+    decide exactly as the control plane does."""
+    rng = np.random.default_rng(len(policy))
+    workload = Workload.from_keys(rng.zipf(1.2, size=3000) % 300)
+    hits = 0
+    for capacity in (10, 40, 150):
+        fast, _ = simulate(workload, policy, capacity, keep_outcomes=True)
+        plane = ControlPlane(control_config(workload, policy, capacity))
+        outcomes: list[int] = []
+        run_batches(plane, request_batches(workload, 1), lambda plan: outcomes.extend(plan.outcomes))
+        assert outcomes == fast.outcomes.tolist() and plane.stats.gpu_hits == fast.gpu_hits, capacity
+        hits += fast.gpu_hits
+    assert hits > 0

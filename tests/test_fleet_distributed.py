@@ -76,7 +76,7 @@ def test_two_gloo_ranks_match_the_simulator_request_by_request(replayed, router:
     results, setup, workload = replayed
     summary, records = results[router]
     assert sorted(records["trace_index"].tolist()) == list(range(workload.n_requests))
-    spec = ReplicaSpec("lru", setup.gpu_capacity, setup.host_capacity, TierSettings(write_back=False, inclusive=True))
+    spec = ReplicaSpec("lru", setup.gpu_capacity, setup.host_capacity, TierSettings(write_back=setup.write_back, inclusive=setup.inclusive))
     for rank in range(2):
         _, indices = rank_requests(setup.trace, router, 2, rank, None)
         mine = records[records["rank"] == rank].sort_values("trace_index")

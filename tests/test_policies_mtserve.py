@@ -315,8 +315,8 @@ def test_gr_traces_pinned_and_never_half_a_point_below_the_best_classic(shared_d
     for case in _gr_cases(shared_data):
         view = "unit" if case.workload.unit else "bytes"
         for capacity in case.capacities:
-            runs = {policy: simulate(case.workload, policy, capacity, case.host_capacity, TierSettings(), case.cost,
-                                     case.tokens_per_byte)[0] for policy in (*CLASSICS, "mtserve")}
+            runs = {policy: simulate(case.workload, policy, capacity, case.host_capacity, TierSettings(),
+                                     case.cost)[0] for policy in (*CLASSICS, "mtserve")}
             ours = runs.pop("mtserve")
             got[case.title.split(",")[0], view, capacity] = (ours.gpu_hits, ours.host_hits)
             n = case.workload.n_requests

@@ -84,6 +84,22 @@ def test_cached_scores_equal_recomputed_for_every_request(tmp_path: Path, model:
             assert float((sample.ctcvr - expected.ctcvr).abs().max() / expected.ctcvr.abs().max()) < FP32_RTOL
 
 
+@pytest.mark.parametrize("policy,write_back,inclusive", [("s3fifo", True, True), ("lru", False, False),
+                                                        ("mtserve", True, False)])
+def test_every_hierarchy_serves_exact_scores(tmp_path: Path, model: MTGR, policy: str, write_back: bool,
+                                             inclusive: bool) -> None:
+    """Write-back demotions, write-through, exclusive promotions and S3-FIFO's refusals (served from
+    scratch pages, copied to the host) all give cached scores equal to recomputation."""
+    trace = open_trace(make_trace(tmp_path / "t.parquet", 11, requests=60), CFG.limits())
+    options = ReplayOptions(batch_size=5, keep_all_scores=True)
+    reference = replay_run(model, trace, _cache("none"), options, "none")
+    config = _cache("tiered", gpu_pages=5, policy=policy, write_back=write_back, inclusive=inclusive)
+    result = replay_run(model, trace, config, options, "tiered")
+    assert result.row["host_hits"] > 0 and result.row["write_back"] == write_back
+    for index, sample in result.samples.items():
+        assert torch.allclose(sample.ctr, reference.samples[index].ctr, rtol=FP32_RTOL, atol=1e-7), (index, sample.outcome)
+
+
 def test_stale_entries_are_never_served(tmp_path: Path, model: MTGR) -> None:
     """Every user gets a new static_version every 15 requests; hits must still equal recomputation."""
     trace = open_trace(make_trace(tmp_path / "t.parquet", 3, requests=80, users=5, version_every=15), CFG.limits())

@@ -19,7 +19,7 @@ from mtbench.model import get_config
 from mtbench.serve.arrivals import ArrivalSpec
 from mtbench.serve.batcher import BatcherConfig
 from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, gpus_needed
-from mtbench.serve.openloop import ServingOptions
+from mtbench.serve.options import ServingOptions
 from mtbench.serve.service import CacheSetting
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import Workload
@@ -44,8 +44,7 @@ def test_search_brackets_the_highest_rate_within_the_slo(seed: int, mode: str) -
     question = CapacityQuestion(ServingOptions(ArrivalSpec("poisson", rate=1.0, seed=seed), BatcherConfig(8, 2.0), 8.0),
                                 percentile=99.0, warmup=300).check()
     entry = int(workload.size.max())
-    server = ModeServer(workload, CacheSetting(mode, "lru", 20 * entry, 80 * entry), ModeCost(cost, 0.5), question,
-                        1.0 / sizer.bytes_per_token)
+    server = ModeServer(workload, CacheSetting(mode, "lru", 20 * entry, 80 * entry), ModeCost(cost, 0.5), question)
     best = server.search()
     assert 0 < best < server.saturation_qps
     row = server.at(best)

@@ -107,6 +107,34 @@ def test_movielens_udata_and_dat_formats(tmp_path: Path) -> None:
         assert sorted(zip(events.user_id, events.item_id, events.ts_unix.astype(int))) == sorted((u, i, t) for u, i, _, t in rows)
 
 
+def test_movielens_headered_and_headerless_variants(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    rows = [(int(rng.integers(1, 30)), int(rng.integers(1, 500)), float(rng.integers(1, 11)) / 2, int(8.8e8 + rng.integers(0, 10**7)))
+            for _ in range(300)]
+    expected = sorted((u, i, t) for u, i, _, t in rows)
+    variants = {
+        "ratings-noheader.csv": ("", ","),
+        "ratings-snake.csv": ("user_id,item_id,rating,timestamp\n", ","),
+        "u-header.data": ("user id\titem id\trating\ttimestamp\n", "\t"),
+        "ratings-header.dat": ("UserID::MovieID::Rating::Timestamp\n", "::"),
+    }
+    for name, (header, separator) in variants.items():
+        (tmp_path / name).write_text(header + "".join(separator.join(map(str, row)) + "\n" for row in rows))
+        events = read_movielens(tmp_path / name)
+        assert sorted(zip(events.user_id, events.item_id, events.ts_unix.astype(int))) == expected, name
+        assert events.dropped == 0
+
+
+def test_movielens_bad_rows_stop_the_import_or_are_dropped(tmp_path: Path) -> None:
+    lines = ["userId,movieId,rating,timestamp", "1,10,4.0,964982703", "1,11,3.0,-1", "2,x,1.0,964982800", "3,12,2.0,964982900"]
+    path = tmp_path / "ratings.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MtbenchError, match=r"column 'timestamp', line 3: a time before 1970.*--drop-invalid"):
+        read_movielens(path)
+    events = read_movielens(path, drop_invalid=True)
+    assert events.user_id.tolist() == [1, 3] and events.item_id.tolist() == [10, 12] and events.dropped == 2
+
+
 def test_lastfm_generated_file(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     lines = ["userID\tartistID\ttagID\tday\tmonth\tyear"]

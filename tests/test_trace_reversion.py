@@ -11,6 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from typer.testing import CliRunner
+
+from mtbench.cli import app
 from mtbench.errors import MtbenchError
 from mtbench.trace.events import EventRules, events_to_requests
 from mtbench.trace.reversion import reversion, version_index
@@ -32,6 +35,12 @@ def _event_log(seed: int, n_users: int = 25, n_events: int = 800, days: float = 
 
 def _run_mtbench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mtbench", *args], capture_output=True, text=True)
+
+
+def _invoke(*args: str) -> None:
+    """Run a command in this process (no interpreter start-up); it must succeed."""
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, (result.output, result.exception)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -103,19 +112,32 @@ def test_cli_import_option_equals_trace_reversion(tmp_path: Path) -> None:
     pd.DataFrame({"userId": user, "movieId": np.arange(user.shape[0]), "rating": 4.0,
                   "timestamp": np.floor(ts).astype(np.int64)}).to_csv(ratings, index=False)
     daily, weekly, rewritten = (tmp_path / name for name in ("daily.parquet", "weekly.parquet", "rewritten.parquet"))
-    assert _run_mtbench("trace", "import", "movielens", str(ratings), "-o", str(daily)).returncode == 0
-    assert _run_mtbench("trace", "import", "movielens", str(ratings), "-o", str(weekly),
-                        "--version-period", "7d").returncode == 0
-    done = _run_mtbench("trace", "reversion", str(daily), "--period", "7d", "-o", str(rewritten))
-    assert done.returncode == 0, done.stderr
+    _invoke("trace", "import", "movielens", str(ratings), "-o", str(daily))
+    _invoke("trace", "import", "movielens", str(ratings), "-o", str(weekly), "--version-period", "7d")
+    _invoke("trace", "reversion", str(daily), "--period", "7d", "-o", str(rewritten))
     a, b = pd.read_parquet(weekly), pd.read_parquet(rewritten)
     assert b["static_version"].max() == int(b["ts"].max() // (7 * DAY)) > 0
     pd.testing.assert_frame_equal(a, b)
 
 
-@pytest.mark.parametrize("period", ["0", "5x", "-1d"])
-def test_cli_bad_period_exits_2_with_one_line(tmp_path: Path, period: str) -> None:
+def test_cli_bad_period_exits_2_with_one_line(tmp_path: Path) -> None:
     out = tmp_path / "out.parquet"
-    result = _run_mtbench("trace", "reversion", str(SYNTH), f"--period={period}", "-o", str(out))
+    result = _run_mtbench("trace", "reversion", str(SYNTH), "--period=0", "-o", str(out))
     assert result.returncode == 2 and not out.exists()
     assert result.stderr.strip().count("\n") == 0 and "--period" in result.stderr and "Traceback" not in result.stderr
+    for period in ("5x", "-1d", "1y", ""):  # the same path in this process: MtbenchError, nothing written
+        outcome = CliRunner().invoke(app, ["trace", "reversion", str(SYNTH), f"--period={period}", "-o", str(out)])
+        assert isinstance(outcome.exception, MtbenchError) and "--period" in str(outcome.exception) and not out.exists()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cache_trace_importer_uses_the_same_rule(seed: int) -> None:
+    from mtbench.trace.importers import Accesses, CacheRules, cache_to_requests
+
+    rng = np.random.default_rng(seed)
+    accesses = Accesses(rng.integers(0, 50, size=500), rng.uniform(0, 30 * DAY, size=500), None)
+    for period in PERIODS:
+        columns, _ = cache_to_requests(accesses, CacheRules(max_static=64, version_period=period))
+        assert np.array_equal(columns["static_version"], version_index(columns["ts"], period))
+    plain, _ = cache_to_requests(accesses, CacheRules(max_static=64))
+    assert not plain["static_version"].any()

@@ -157,6 +157,44 @@ def test_write_synth_streams_row_groups(tmp_path: Path, monkeypatch: pytest.Monk
     assert [len(f) for f in trace.iter_frames(batch_rows=1000)] == [1000] * 4 + [500]
 
 
+def test_slicing_and_merging_do_not_change_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounded-memory generation (users in slices, spilled, merged by ts) writes the same bytes as one slice."""
+    import mtbench.trace.synth as synth
+
+    rng = np.random.default_rng(12)
+    profile = TraceProfile.default(400, 30_000, 4 * DAY)
+    for case in range(2):
+        spec = SynthRequest(int(rng.integers(50, 400)), int(rng.integers(5_000, 30_000)), 4 * DAY, int(rng.integers(1 << 30)))
+        whole = write_synth(profile, spec, tmp_path / f"whole{case}.parquet")
+        with monkeypatch.context() as patch:
+            for name, value in (("SLICE_ROWS", int(rng.integers(700, 3000))), ("MERGE_ROWS", int(rng.integers(50, 500))),
+                                ("DRAW_ROWS", int(rng.integers(100, 1000)))):
+                patch.setattr(synth, name, value)
+            sliced = write_synth(profile, spec, tmp_path / f"sliced{case}.parquet")
+        assert whole == sliced == spec.requests
+        assert (tmp_path / f"whole{case}.parquet").read_bytes() == (tmp_path / f"sliced{case}.parquet").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # spill folders removed
+
+
+def test_sliced_generation_bounds_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    import mtbench.trace.synth as synth
+
+    profile, spec = TraceProfile.default(3000, 300_000, 7 * DAY), SynthRequest(3000, 300_000, 7 * DAY, 4)
+    peaks = []
+    monkeypatch.setattr(synth, "ROW_GROUP_ROWS", 20_000)
+    for slice_rows, draw_rows, merge_rows in ((spec.requests, spec.requests, spec.requests), (30_000, 20_000, 2_000)):
+        monkeypatch.setattr(synth, "SLICE_ROWS", slice_rows)
+        monkeypatch.setattr(synth, "DRAW_ROWS", draw_rows)
+        monkeypatch.setattr(synth, "MERGE_ROWS", merge_rows)
+        tracemalloc.start()
+        write_synth(profile, spec, tmp_path / f"{slice_rows}.parquet")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < peaks[0] / 3, peaks
+
+
 def synth_cli(out: Path, monkeypatch: pytest.MonkeyPatch, *extra: str, users: int = 2000, requests: int = 20_000,
               seed: int = 5) -> dict[str, np.ndarray]:
     """Run `trace synth` in process; the written trace's columns."""

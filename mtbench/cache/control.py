@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from mtbench.cache.extents import ExtentAllocator, HostGeometry
 from mtbench.cache.policies import ReplacementPolicy, make_policy, policy_class
@@ -80,6 +80,12 @@ class MissKind(IntEnum):
     COMPULSORY = 0
     STALE = 1
     CAPACITY = 2
+
+
+# Plain module names for the members: the per-request path reads them millions of times.
+GPU_HIT, HOST_HIT, MISS, STALE, HOST_RECOMPUTE, PARTIAL_HIT = Outcome
+COMPULSORY, STALE_VERSION, CAPACITY = MissKind
+_OUTCOMES, _KINDS = len(Outcome), len(MissKind)
 
 
 @dataclass(frozen=True)
@@ -134,9 +140,8 @@ class ControlConfig:
     costs: ReloadCosts | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """What the control plane needs of one request."""
+class Request(NamedTuple):
+    """What the control plane needs of one request (a tuple: the simulator builds millions)."""
 
     key: Key
     n_static: int
@@ -343,13 +348,19 @@ class ControlPlane:
     def is_pinned(self, key: Key) -> bool:
         return self.gpu.is_pinned(key)
 
+    def serve(self, request: Request) -> Outcome:
+        """One request on its own (`plan` + `release`): the per-request API (routers, simulators)."""
+        plan = self.plan([request])
+        self.release(plan)
+        return plan.outcomes[0]
+
     # ------------------------------------------------------------------ 1. plan
     def plan(self, requests: Sequence[Request], load_budget: int | None = None) -> BatchDecisions:
         """Decide a batch (see the module docstring); `load_budget` overrides the settings' budget."""
         budget = load_budget if load_budget is not None else self.settings.load_budget
         serial = self._serial = self._serial + 1
         n = len(requests)
-        plan = BatchDecisions(serial, list(requests), [Outcome.MISS] * n, [0] * n, [None] * n)
+        plan = BatchDecisions(serial, list(requests), [MISS] * n, [0] * n, [None] * n)
         if not n:
             return plan
         keys = [r.key for r in requests]
@@ -381,7 +392,7 @@ class ControlPlane:
             plan.kinds[i] = self._miss_kind(key, serial)
             stale = self._drop_other_versions(key)
             outcome = self._lookup(plan, i, request, now, loads is None or key in loads)
-            plan.outcomes[i] = Outcome.STALE if outcome is Outcome.MISS and stale else outcome
+            plan.outcomes[i] = STALE if outcome is MISS and stale else outcome
         return plan
 
     def _tick(self, ts: float) -> float:
@@ -411,8 +422,8 @@ class ControlPlane:
         """Why this request would miss: its key was first requested in an earlier batch (capacity), or it
         is the user's first key (compulsory), or a new version of the user (stale)."""
         if self._first_batch.setdefault(key, serial) != serial:
-            return MissKind.CAPACITY
-        return MissKind.COMPULSORY if self._user_first_key.setdefault(key[0], key) == key else MissKind.STALE
+            return CAPACITY
+        return COMPULSORY if self._user_first_key.setdefault(key[0], key) == key else STALE_VERSION
 
     def _repeat(self, plan: BatchDecisions, i: int, row: int, now: float) -> None:
         """A later request of a key the batch already decided: it reads what the first one read (the
@@ -423,11 +434,11 @@ class ControlPlane:
         if plan.outcomes[row] in READS_CACHE:
             cached = plan.cached[i] = min(plan.cached[row], request.n_static)
             if cached < request.n_static:
-                plan.outcomes[i] = Outcome.PARTIAL_HIT
+                plan.outcomes[i] = PARTIAL_HIT
             else:
-                plan.outcomes[i] = Outcome.HOST_HIT if request.key in plan.loaded else Outcome.GPU_HIT
+                plan.outcomes[i] = HOST_HIT if request.key in plan.loaded else GPU_HIT
         else:
-            plan.outcomes[i] = Outcome.MISS
+            plan.outcomes[i] = MISS
             plan.kinds[i] = plan.kinds[row]
 
     def _lookup(self, plan: BatchDecisions, i: int, request: Request, now: float, load: bool) -> Outcome:
@@ -439,33 +450,34 @@ class ControlPlane:
             cached = self.gpu_tokens[key]
             plan.cached[i] = min(cached, n)
             if n <= cached:
-                return Outcome.GPU_HIT
-            self._grow(plan, i, key, cached, n, now)
-            return Outcome.PARTIAL_HIT
+                return GPU_HIT
+            if self._grow(plan, i, key, cached, n, now):
+                return PARTIAL_HIT
+            plan.cached[i] = 0
+            self._compute(plan, i, key, 0, n, now, keep_scratch=host is not None)
+            return MISS
         if host is not None and host.access(key, now):
             host_tokens = self.host_tokens[key]
             if not load:
                 self._compute(plan, i, key, 0, n, now, keep_scratch=False)
-                return Outcome.HOST_RECOMPUTE
+                return HOST_RECOMPUTE
             self.stats.bytes_h2d += self.sizer.moved_bytes(host_tokens)
-            promoted = self._admit_gpu(key, host_tokens, now)
+            tokens = max(host_tokens, n)  # a promoted entry gets its grown size at once (append variant)
+            promoted = self._admit_gpu(key, tokens, now)
             if promoted:
-                self.data.gpu_admit(key, host_tokens)
+                self.data.gpu_admit(key, tokens)
                 plan.promoted.append(key)
             else:
-                self.data.scratch(key, max(host_tokens, n))
+                self.data.scratch(key, tokens)
             self.data.load(key, host_tokens, scratch=not promoted)
             plan.loaded.add(key)
             plan.cached[i] = min(host_tokens, n)
             if n <= host_tokens:
-                return Outcome.HOST_HIT
-            if promoted:
-                self._grow(plan, i, key, host_tokens, n, now)
-            else:
-                plan.stores[i] = StoreDecision(key, host_tokens, n, scratch=True)
-            return Outcome.PARTIAL_HIT
+                return HOST_HIT
+            plan.stores[i] = StoreDecision(key, host_tokens, n, scratch=not promoted)
+            return PARTIAL_HIT
         self._compute(plan, i, key, 0, n, now, keep_scratch=host is not None)
-        return Outcome.MISS
+        return MISS
 
     def _compute(self, plan: BatchDecisions, i: int, key: Key, first: int, n: int, now: float, keep_scratch: bool) -> None:
         """Room for an entry the batch computes: a new GPU entry, else scratch pages whose copy goes
@@ -479,25 +491,33 @@ class ControlPlane:
             self.data.scratch(key, n)
             plan.stores[i] = StoreDecision(key, first, n, scratch=True)
 
-    def _grow(self, plan: BatchDecisions, i: int, key: Key, cached: int, n: int, now: float) -> None:
-        """Append variant: the GPU entry of `key` (cached tokens) grows to n tokens; when the GPU tier
-        has no room for the larger entry it keeps the old one and the new tokens are not stored."""
+    def _grow(self, plan: BatchDecisions, i: int, key: Key, cached: int, n: int, now: float) -> bool:
+        """Append variant: the GPU entry of `key` (cached tokens) grows to n tokens and the request stores
+        the new ones. Without room for the larger entry it keeps its old size (nothing stored); when even
+        that is refused now (S3-FIFO's size rule) and no other batch in flight reads it, it leaves the GPU
+        tier (demoted like any victim) and False tells the caller to recompute the request whole."""
         old_size, new_size = self.sizer.size_of(cached), self.sizer.size_of(n)
         if new_size != old_size:
+            in_this_batch = sum(1 for request in plan.requests if request.key == key)
+            if self._in_flight[key[0]][key[1]] > in_this_batch:  # an earlier batch in flight reads its pages
+                self.stats.gpu_admission_failures += 1
+                return True
             gpu = self.gpu
             gpu.remove(key)
             evicted = gpu.admit(key, new_size, now)
             if evicted is None:
-                evicted = gpu.admit(key, old_size, now)
-                if evicted is None:  # cannot happen: the old size fitted and nothing else moved
-                    raise RuntimeError(f"GPU tier lost {key} while growing it")
-                self._evicted_from_gpu(evicted, now)
                 self.stats.gpu_admission_failures += 1
-                return
+                evicted = gpu.admit(key, old_size, now)
+                if evicted is None:
+                    self._evicted_from_gpu([key], now)
+                    return False
+                self._evicted_from_gpu(evicted, now)
+                return True
             self._evicted_from_gpu(evicted, now)
         self.gpu_tokens[key] = n
         self.data.gpu_grow(key, n)
         plan.stores[i] = StoreDecision(key, cached, n, scratch=False)
+        return True
 
     def _admit_gpu(self, key: Key, n_tokens: int, now: float) -> bool:
         """Admit `key` to the GPU tier, demoting and evicting victims; False when it does not fit."""
@@ -618,16 +638,18 @@ class ControlPlane:
                     if key in self.host_tokens and key in self.gpu_tokens:
                         self._drop_host(key)
         self._count(plan)
+        keys = [request.key for request in plan.requests]
         for tier in self._tiers:
-            for request in plan.requests:
-                tier.unpin(request.key)
-        for user, version in (request.key for request in plan.requests):
-            versions = self._in_flight[user]
+            for key in keys:
+                tier.unpin(key)
+        in_flight = self._in_flight
+        for user, version in keys:
+            versions = in_flight[user]
             versions[version] -= 1
             if not versions[version]:
                 del versions[version]
                 if not versions:
-                    del self._in_flight[user]
+                    del in_flight[user]
         if self._doomed:
             for key in sorted(self._doomed):
                 if key[1] not in self._in_flight.get(key[0], ()):
@@ -635,31 +657,28 @@ class ControlPlane:
                     self._remove(key)
 
     def _count(self, plan: BatchDecisions) -> None:
-        stats = self.stats
+        outcomes = [0] * _OUTCOMES
+        kinds = [0] * _KINDS
+        static = hit_tokens = 0
         for request, outcome, cached, kind in zip(plan.requests, plan.outcomes, plan.cached, plan.kinds):
-            stats.requests += 1
-            stats.static_tokens += request.n_static
-            if outcome in READS_CACHE:
-                stats.hit_tokens += cached
-            if outcome is Outcome.GPU_HIT:
-                stats.gpu_hits += 1
-            elif outcome is Outcome.HOST_HIT:
-                stats.host_hits += 1
-            elif outcome is Outcome.PARTIAL_HIT:
-                stats.partial_hits += 1
-            elif outcome is Outcome.HOST_RECOMPUTE:
-                stats.host_recomputes += 1
-            else:
-                if outcome is Outcome.STALE:
-                    stats.stale += 1
-                else:
-                    stats.misses += 1
-                if kind is MissKind.COMPULSORY:
-                    stats.misses_compulsory += 1
-                elif kind is MissKind.STALE:
-                    stats.misses_stale += 1
-                else:
-                    stats.misses_capacity += 1
+            outcomes[outcome] += 1
+            static += request.n_static
+            hit_tokens += cached  # 0 unless the request read the cache
+            if outcome is MISS or outcome is STALE:
+                kinds[kind] += 1
+        stats = self.stats
+        stats.requests += len(plan.requests)
+        stats.static_tokens += static
+        stats.hit_tokens += hit_tokens
+        stats.gpu_hits += outcomes[GPU_HIT]
+        stats.host_hits += outcomes[HOST_HIT]
+        stats.partial_hits += outcomes[PARTIAL_HIT]
+        stats.host_recomputes += outcomes[HOST_RECOMPUTE]
+        stats.misses += outcomes[MISS]
+        stats.stale += outcomes[STALE]
+        stats.misses_compulsory += kinds[COMPULSORY]
+        stats.misses_stale += kinds[STALE_VERSION]
+        stats.misses_capacity += kinds[CAPACITY]
 
     # ------------------------------------------------------------------ data-plane faults
     def forget_host(self, key: Key) -> None:

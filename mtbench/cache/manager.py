@@ -145,6 +145,10 @@ class BatchPlan:
     def rows(self, *outcomes: str) -> list[int]:
         return [i for i, outcome in enumerate(self.outcomes) if outcome in outcomes]
 
+    def stall_ms(self) -> float:
+        """Device time the compute stream waited for this batch's loads (call once the batch finished)."""
+        return sum(before.elapsed_time(after) for before, after in self.stalls)
+
 
 class CacheManager:
     """Control plane + data plane (see the module docstring for the call protocol).
@@ -244,9 +248,9 @@ class CacheManager:
         plan.load_budget = load_budget_bytes
         demoted = self._issue_stores(self._demotions, [])
         self._demotions = []
-        if demoted is not None:
+        if demoted is not None:  # the freed pages' later writers: this batch's forward, every later load
             plan.page_waits.append(demoted)
-            plan._load_after.append(demoted)
+            self._engine.fence(demoted)
         if plan._loads:
             plan.load = self._engine.load(plan._loads, after=plan._load_after)
             plan.load_seconds = plan.load.issue_seconds

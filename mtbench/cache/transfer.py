@@ -163,8 +163,8 @@ class TransferEngine:
         events = [torch.cuda.Event() for _ in range(layers)] if self.asynchronous else None
         moved = sum(self.layout.bytes_per_token * job.placement.n_tokens for job in ready)
         handle = LoadHandle(jobs=ready, failed=failed, layer_ready=events, bytes_moved=moved)
+        self.finish_issuing()  # one batch's loads at a time, in order on the load stream
         if self.asynchronous:
-            self.finish_issuing()  # one batch's loads at a time, in order on the load stream
             for event in after:
                 self.load_stream.wait_event(event)
         if self._loader is None:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mtbench.cli.options import AliasGroup
+from mtbench.cli.options import HELP_MARKUP, AliasGroup
 from mtbench.errors import Interrupted, MtbenchError
 
 app = typer.Typer(
@@ -21,8 +21,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     cls=AliasGroup,
+    rich_markup_mode=HELP_MARKUP,
 )
-bench_app = typer.Typer(help="Benchmarks that print a table (run on the GPU for GPU claims).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print a table (run on the GPU for GPU claims).", no_args_is_help=True,
+                        rich_markup_mode=HELP_MARKUP)
 app.add_typer(bench_app, name="bench")
 
 
@@ -51,7 +53,7 @@ def main() -> None:
     """Console entry point: bad input becomes one line on stderr and exit code 2, Ctrl-C one line and
     exit code 130; never a traceback. Worker pools (`mtbench.sim.sweep`) ignore SIGINT and are
     terminated by the process that received it."""
-    signal.signal(signal.SIGINT, _on_sigint)
+    previous = signal.signal(signal.SIGINT, _on_sigint)
     stderr = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         app()
@@ -62,3 +64,5 @@ def main() -> None:
         partial = getattr(err, "partial", None)
         stderr.print("interrupted; " + (f"partial output kept in {partial}" if partial else "nothing written"))
         sys.exit(Interrupted.exit_code)
+    finally:
+        signal.signal(signal.SIGINT, previous)

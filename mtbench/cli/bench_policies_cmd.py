@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from mtbench.errors import MtbenchError
 
@@ -49,7 +51,6 @@ def bench_policies(
     traces: Path = typer.Option(DEFAULT_TRACES, "--traces", help="Folder with the embedded samples (synth-small)."),
     model: str = typer.Option("large", "--model", help="Model preset whose KV bytes size the entries."),
     dtype: str = typer.Option("bf16", "--dtype", help="KV dtype: bf16, fp16, fp32."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: every core)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Also write the tables as markdown to this file."),
 ) -> None:
     """Hit ratio per capacity of each policy on the real traces (the table of reports/POLICIES.md).
@@ -58,14 +59,12 @@ def bench_policies(
 
       mtbench bench policies -o reports/policy-table.md
 
-      mtbench bench policies --policies lru,s3fifo,mtserve --workers 2
+      mtbench bench policies --policies lru,s3fifo,mtserve
     """
     from mtbench.cache.policies import parse_policy_list
     from mtbench.sim.policy_table import case_markdown, default_cases, run_case
 
     names = parse_policy_list(policies)
-    if workers is not None and workers < 1:
-        raise MtbenchError(f"--workers must be >= 1, got {workers}")
     if out is not None:
         _check_writable(out)
     console = Console()
@@ -77,7 +76,7 @@ def bench_policies(
             def done(row: dict, title: str = case.title) -> None:
                 progress.update(task, advance=1, description=f"{title[:30]}: {row['policy']} @ {row['gpu_capacity']}")
 
-            sections.append(case_markdown(case, run_case(case, names, workers, done)))
+            sections.append(case_markdown(case, run_case(case, names, done)))
     text = "\n".join(sections)
     console.print(Markdown(text))
     if out is not None:
@@ -85,6 +84,87 @@ def bench_policies(
         console.print(f"written: {out}")
 
 
+def bench_refresh(
+    trace: Path = typer.Argument(..., help="Request trace (parquet) whose ts counts seconds from its epoch."),
+    periods: str = typer.Option("1h,1d,7d,never", "--periods", help="Feature-rebuild periods to compare (durations or never)."),
+    policy: str = typer.Option("mtserve", "--policy", help="Replacement policy of both tiers."),
+    gpu_cache: str = typer.Option("4GiB", "--gpu-cache", help="GPU tier capacity."),
+    host_cache: str = typer.Option("64GiB", "--host-cache", help="Host tier capacity; 0 = single tier."),
+    model: str = typer.Option("large", "--model", help="Model preset: bytes per cached token and length caps."),
+    dtype: str = typer.Option("bf16", "--dtype", help="KV dtype: bf16, fp16, fp32."),
+    page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU page; entries round up to whole pages."),
+    cost_model: Optional[Path] = typer.Option(None, "--cost-model", help="Calibration JSON from `mtbench calibrate`."),
+    out: Path = typer.Option(Path("refresh-period.png"), "-o", "--out", help="Plot to write (PNG)."),
+) -> None:
+    """Hit ratio and estimated speedup against the feature-refresh period, replace vs causal prefixes.
+
+    Examples:
+
+      mtbench bench refresh traces/movielens-small.parquet -o refresh.png
+
+      mtbench bench refresh ml.parquet --periods 1h,1d,7d,30d,never --gpu-cache 2GiB --host-cache 32GiB
+    """
+    from mtbench.cache.policies import parse_policy_list
+    from mtbench.cli.policies_cmd import _check_capacities
+    from mtbench.cli.trace_cmd import parse_period
+    from mtbench.model import get_config
+    from mtbench.report.refresh_plot import plot_refresh
+    from mtbench.sim.costmodel import CostModel
+    from mtbench.sim.refresh import RefreshSetup, refresh_rows, refresh_workload
+    from mtbench.sim.sizes import EntrySizer
+    from mtbench.trace import open_trace
+    from mtbench.trace.reversion import HISTORIES
+    from mtbench.units import format_bytes, parse_size
+
+    names = parse_policy_list(policy)
+    if len(names) != 1:
+        raise MtbenchError(f"--policy: give one policy, got {policy!r}")
+    labels = [part.strip() for part in periods.split(",") if part.strip()]
+    if not labels:
+        raise MtbenchError("--periods: no period given")
+    parsed = [(label, parse_period(label, "--periods")) for label in labels]
+    if out.suffix.lower() != ".png":
+        raise MtbenchError(f"-o {out}: the plot is a PNG file (name it *.png)")
+    _check_writable(out)
+    cfg = get_config(model)
+    limits = cfg.limits()
+    sizer = EntrySizer.for_model(model, dtype, page_tokens)
+    cost = CostModel.load(cost_model) if cost_model is not None else CostModel.default(cfg, dtype)
+    gpu, host = parse_size(gpu_cache, "--gpu-cache"), parse_size(host_cache, "--host-cache")
+    setup = RefreshSetup(names[0], gpu, host, sizer, cost, limits.max_static, limits.max_rt)
+    columns = open_trace(trace, limits).arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
+    for label, period in parsed:
+        for history in HISTORIES:
+            _check_capacities(refresh_workload(columns, period, history, setup), [gpu], host, False)
+    console = Console()
+    with _progress("bench refresh", console) as progress:
+        task = progress.add_task("", total=len(parsed) * len(HISTORIES))
+        rows = refresh_rows(columns, parsed, setup,
+                            lambda row: progress.update(task, advance=1, description=f"{row['period']} {row['history']}"))
+    table = Table(title=f"{trace.name}: {names[0]}, GPU {format_bytes(gpu)}, host {format_bytes(host)}, "
+                        f"MTGR-{model} {dtype}", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for column in ("period", "prefix", "keys", "hits%", "tok%", "GPU%", "host%", "none ms", "est ms", "speedup"):
+        table.add_column(column, justify="left" if column in ("period", "prefix") else "right", no_wrap=True)
+    for row in rows:
+        n = max(row["requests"], 1)
+        table.add_row(row["period"], row["history"], f"{row['keys']:,}", f"{100 * row['hit_ratio']:.1f}",
+                      f"{100 * row['token_hit_ratio']:.1f}", f"{100 * row['gpu_hits'] / n:.1f}",
+                      f"{100 * row['host_hits'] / n:.1f}",
+                      f"{row['baseline_ms_per_request']:.3f}", f"{row['est_ms_per_request']:.3f}",
+                      f"{row['est_speedup']:.2f}x")
+    table.caption = ("hits%: requests served from the cache; tok%: prefix tokens reused; GPU% / host%: hits by "
+                     "tier; none / est ms: estimated ms per request without the cache / with it")
+    console.print(table)
+    figure = plot_refresh(rows, f"{trace.name}: {names[0]}, GPU {format_bytes(gpu)}, host {format_bytes(host)}, "
+                                f"MTGR-{model} {dtype}")
+    partial = out.with_name(f".{out.stem}.partial.png")
+    figure.savefig(partial, dpi=120)
+    os.replace(partial, out)
+    console.print(f"plot: {out}")
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add `bench policies` and `bench refresh`."""
     bench.command("policies")(bench_policies)
+    bench.command("refresh")(bench_refresh)

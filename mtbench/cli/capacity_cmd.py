@@ -18,9 +18,10 @@ from mtbench.errors import MtbenchError
 
 EXAMPLES = [
     "mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 --gpu-cache 64MiB --host-cache 1GiB "
-    "--max-requests 4000 --slo-ms 20",
+    "--max-requests 2000 --slo-ms 5 --max-wait-ms 1",
     "mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 --cache none,tiered --gpu-cache 64MiB "
-    "--host-cache 1GiB --max-requests 4000 --slo-ms 20 --percentile 99.9 --target-qps 50000",
+    "--host-cache 1GiB --max-requests 2000 --slo-ms 5 --max-wait-ms 1 --percentile 99.9 --arrivals trace "
+    "--target-qps 100000",
 ]
 
 
@@ -66,7 +67,7 @@ def capacity(
     from mtbench.serve.arrivals import ArrivalSpec
     from mtbench.serve.batcher import BatcherConfig
     from mtbench.serve.capacity import CapacityQuestion, ModeCost, load_workload, plan_capacity
-    from mtbench.serve.openloop import ServingOptions
+    from mtbench.serve.options import ServingOptions
     from mtbench.serve.service import CacheSetting
     from mtbench.sim.costmodel import CostModel
     from mtbench.model import get_config
@@ -86,7 +87,7 @@ def capacity(
                              slo_ms)
     CapacityQuestion(serving, percentile, target_qps).check()
     cost = CostModel.load(cost_model) if cost_model is not None else CostModel.default(get_config(model), dtype)
-    workload, tokens_per_byte, fingerprint = load_workload(trace, model, dtype, page_tokens, max_requests)
+    workload, fingerprint = load_workload(trace, model, dtype, page_tokens, max_requests)
     question = CapacityQuestion(serving, percentile, target_qps,
                                 warmup=workload.n_requests // 10 if warmup is None else warmup).check()
     _check_entries(workload, settings)
@@ -107,7 +108,7 @@ def capacity(
         else:
             costs = {s.mode: ModeCost(cost, overhead) for s in settings}
         task = progress.add_task("", total=len(settings) * (3 if measure else 2))
-        outcome = plan_capacity(workload, settings, costs, question, tokens_per_byte, context if measure else None,
+        outcome = plan_capacity(workload, settings, costs, question, context if measure else None,
                                 rates, fractions, lambda what: progress.update(task, advance=1, description=what))
     summary = {
         "kind": "capacity", "trace": fingerprint, "model": model, "dtype": dtype,
@@ -191,6 +192,8 @@ def _ms(value) -> str:
 
 def capacity_table(rows: list[dict], question) -> Table:
     """Per cache mode: hit ratio, saturation, max rate within the SLO, speedups, GPUs for the target."""
+    from mtbench.serve.capacity import format_rate
+
     percentile = f"p{question.percentile:g}"
     table = Table(title=f"Capacity per GPU within {percentile} <= {question.serving.slo_ms:g} ms", box=box.SIMPLE_HEAD,
                   title_justify="left")
@@ -200,7 +203,7 @@ def capacity_table(rows: list[dict], question) -> Table:
     for name in columns:
         table.add_column(name, justify="left" if name == "mode" else "right")
     for row in rows:
-        cells = [row["cache_mode"], f"{row['hit_ratio']:.3f}", f"{row['saturation_qps']:,.0f}", f"{row['max_qps']:,.0f}",
+        cells = [row["cache_mode"], f"{row['hit_ratio']:.3f}", format_rate(row["saturation_qps"]), format_rate(row["max_qps"]),
                  _ms(row.get("latency_at_percentile_ms")),
                  "—" if row.get("capacity_speedup") is None else f"{row['capacity_speedup']:.2f}",
                  "—" if row.get("throughput_speedup") is None else f"{row['throughput_speedup']:.2f}"]
@@ -212,6 +215,8 @@ def capacity_table(rows: list[dict], question) -> Table:
 
 def curve_table(points: list[dict]) -> Table:
     """Latency vs load, simulated and (where measured) measured side by side."""
+    from mtbench.serve.capacity import format_rate
+
     measured = {(p["cache_mode"], round(p["rate"], 6)): p for p in points if p["source"] == "measured"}
     table = Table(title="Latency vs load (simulated | measured)", box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("mode", "QPS", "p50", "p99", "SLO %", "p50 m", "p99 m", "SLO % m"):
@@ -220,7 +225,7 @@ def curve_table(points: list[dict]) -> Table:
         if point["source"] != "simulated":
             continue
         real = measured.get((point["cache_mode"], round(point["rate"], 6)), {})
-        table.add_row(point["cache_mode"], f"{point['rate']:,.0f}", _ms(point["p50_ms"]),
+        table.add_row(point["cache_mode"], format_rate(point["rate"]), _ms(point["p50_ms"]),
                       "overloaded" if point["overloaded"] else _ms(point["p99_ms"]),
                       _percent(point["slo_attainment"]), _ms(real.get("p50_ms")),
                       ("overloaded" if real.get("overloaded") else _ms(real.get("p99_ms"))) if real else "—",

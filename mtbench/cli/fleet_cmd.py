@@ -37,6 +37,7 @@ def fleet(
                                          help="residency router: leave the entry's replica when its queue exceeds this."),
     balance: float = typer.Option(1.25, "--balance", help="consistent-hash: a replica holds at most this x the mean users."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random router and the hash ring."),
+    warmup: int = typer.Option(0, "--warmup", help="Simulate the first N requests but leave them out of the figures."),
     backend: str = typer.Option("local", "--backend", help="local (processes on this machine) or ray."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (host:port); default a local ray.init()."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes / Ray CPUs (default: every core)."),
@@ -64,6 +65,8 @@ def fleet(
     counts = parse_replica_counts(replicas)
     routers = parse_router_list(router)
     policy_class(policy)
+    if warmup < 0:
+        raise MtbenchError(f"--warmup must be >= 0, got {warmup}")
     if target_qps is not None and not target_qps > 0:
         raise MtbenchError(f"--target-qps must be > 0, got {target_qps}")
     cfg = get_config(model)
@@ -71,7 +74,7 @@ def fleet(
     cost = CostModel.load(cost_model) if cost_model is not None else CostModel.default(cfg, dtype)
     gpu_capacity, host_capacity = parse_size(gpu_cache, "--gpu-cache"), parse_size(host_cache, "--host-cache")
     tier_settings = TierSettings(write_back=write_back, inclusive=inclusive)
-    spec = ReplicaSpec(policy, gpu_capacity, host_capacity, tier_settings, cost, 1.0 / sizer.bytes_per_token)
+    spec = ReplicaSpec(policy, gpu_capacity, host_capacity, tier_settings, cost)
     if "residency" in routers:
         spec.check_stepwise()
     check_backend(backend, ray_address)
@@ -91,7 +94,9 @@ def fleet(
         offered = target_qps if target_qps is not None else trace_rate
         if offered == float("inf"):
             raise MtbenchError(f"{trace}: every request has the same ts, so the trace has no rate; give --target-qps")
-        settings = FleetSettings(spec, cost, offered, queue_bound_ms, balance, seed)
+        if warmup >= workload.n_requests:
+            raise MtbenchError(f"--warmup {warmup} leaves no request of the {workload.n_requests} in the trace")
+        settings = FleetSettings(spec, cost, offered, queue_bound_ms, balance, seed, warmup)
         shared = FleetTrace.prepare(workload, columns["user_id"], settings)
         del columns
         tasks = plan_tasks(routers, counts)
@@ -118,6 +123,7 @@ def fleet(
                    "host_capacity": host_capacity, "page_tokens": page_tokens, "write_back": write_back,
                    "inclusive": inclusive, "target_qps": target_qps, "offered_qps": offered,
                    "trace_rate_qps": trace_rate, "queue_bound_ms": queue_bound_ms, "balance": balance, "seed": seed,
+                   "warmup": warmup,
                    "backend": backend, "cost_model": cost.to_dict(),
                    "latency_model": "FIFO per replica, one request at a time (mtbench.fleet.queueing)"},
         "rows": rows,
@@ -183,7 +189,7 @@ def bench_stream(
     cfg = get_config(model)
     sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype(dtype)), page_tokens)
     spec = ReplicaSpec(policy, parse_size(gpu_cache, "--gpu-cache"), parse_size(host_cache, "--host-cache"),
-                       cost=CostModel.default(cfg, dtype), tokens_per_byte=1.0 / sizer.bytes_per_token)
+                       cost=CostModel.default(cfg, dtype))
     spec.check_stepwise()
     opened = open_trace(trace, limits=cfg.limits())
     validated = time.perf_counter()

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mtbench.cli.options import DeviceOpt, DtypeOpt, KvDtypeOpt, ModelListOpt, ModelOpt, resolve_device_dtype
+from mtbench.cli.options import HELP_MARKUP, DeviceOpt, DtypeOpt, KvDtypeOpt, ModelListOpt, ModelOpt, resolve_device_dtype
 from mtbench.device import resolve_device
 from mtbench.bench.model import FP32_RTOL, ModelBenchRow, ModelBenchSettings, bench_json, median_ms, run_model_bench, validate
 from mtbench.errors import MtbenchError
@@ -29,7 +29,8 @@ from mtbench.model.config import PAPER_GFLOPS
 from mtbench.paths import check_output_file, write_text_atomic
 from mtbench.units import format_bytes
 
-model_app = typer.Typer(help="The MTGR model: shapes, sizes, FLOPs, a sample forward.", no_args_is_help=True)
+model_app = typer.Typer(help="The MTGR model: shapes, sizes, FLOPs, a sample forward.", no_args_is_help=True,
+                        rich_markup_mode=HELP_MARKUP)
 console = Console()
 
 
@@ -110,10 +111,10 @@ def model_forward(
 
     Examples:
 
-      mtbench model forward --model tiny --device cpu --batch-size 2 --n-static 64 \\
-        --n-rt 8 --n-cand 16
+      mtbench model forward --model tiny --device cpu --batch-size 2 \\
+        --n-static 64 --n-rt 8 --n-cand 16
 
-      mtbench model forward --model large --device cuda --dtype bf16  # needs a CUDA GPU
+      mtbench model forward --model large --device cuda  # needs a CUDA GPU
     """
     cfg = get_config(preset)
     device, dtype = resolve_device_dtype(device, dtype)

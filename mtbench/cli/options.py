@@ -31,6 +31,8 @@ OPTION_ALIASES = {"--preset": "--model", "--presets": "--model", "--batch": "--b
                   "--capacity": "--gpu-cache", "--layouts": "--layout"}
 
 GPU_ONLY, SLOW = "# needs a CUDA GPU", "# takes minutes"
+HELP_MARKUP = "rich"  # every Typer app of the CLI: keeps the help's line breaks (examples), on any typer >= 0.12
+HELP_WIDTH = 76  # longest help line after the first paragraph: readable at 80 columns
 EXAMPLE_ORDER = ("trace import", "trace fit", "trace synth", "trace stats", "trace validate", "compare-policies",
                  "replay", "calibrate", "plot", "report")
 

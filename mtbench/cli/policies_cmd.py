@@ -48,23 +48,24 @@ def compare_policies(
 ) -> None:
     """Simulate every policy at every GPU capacity (two tiers, no tensors) and write a report.
 
-    A policy can only matter between the trace's cold-miss limit (every first use of a key misses,
-    whatever the capacity) and the capacity that holds its whole working set (`mtbench trace stats`
-    prints both); capacities outside that range give the same row for every policy.
+    A policy can only matter between the trace's cold-miss limit (the first
+    use of every key misses, whatever the capacity) and the capacity that
+    holds its working set (`mtbench trace stats` prints both); capacities
+    outside that range give the same row for every policy.
 
     Examples:
 
-      mtbench compare-policies traces/synth-small.parquet --max-requests 5000 \\
-        --policies lru,s3fifo,mtserve,opt --gpu-cache 64MiB,256MiB --host-cache 1GiB \\
-        -o runs/policies
+      mtbench compare-policies traces/synth-small.parquet \\
+        --policies lru,s3fifo,mtserve,opt --gpu-cache 64MiB,256MiB \\
+        --host-cache 1GiB --max-requests 5000 -o runs/policies
 
-      mtbench compare-policies traces/synth-small.parquet --max-requests 5000 \\
-        --policies lru,opt --gpu-cache 64MiB,256MiB --host-cache 1GiB --write-through \\
-        -o runs/policies-wt
+      mtbench compare-policies traces/synth-small.parquet \\
+        --policies lru,opt --gpu-cache 64MiB,256MiB --host-cache 1GiB \\
+        --write-through --max-requests 5000 -o runs/policies-wt
 
-      mtbench compare-policies traces/movielens-small.parquet --max-requests 5000 \\
-        --object-size unit --gpu-cache 20,50 --host-cache 0 --policies lru,arc,opt \\
-        -o runs/policies-unit
+      mtbench compare-policies traces/movielens-small.parquet \\
+        --object-size unit --gpu-cache 20,50 --host-cache 0 \\
+        --policies lru,arc,opt --max-requests 5000 -o runs/policies-unit
     """
     from mtbench.cache.control import TierSettings
     from mtbench.fleet.backend import check_backend
@@ -112,7 +113,8 @@ def bench_sim(
 ) -> None:
     """Requests/s of our single-tier unit-size simulator vs libCacheSim's on the same trace.
 
-    Needs the libcachesim Python package (pip install libcachesim); the other commands do not.
+    Needs the libcachesim Python package (pip install libcachesim); the
+    other commands do not.
 
     Examples:
 

@@ -100,21 +100,24 @@ def replay(
         --gpu-cache 8MiB --host-cache 64MiB --batch-size 8 --max-requests 24 \\
         --warmup 8 -o runs/replay
 
-      mtbench replay traces/synth-small.parquet --model large --device cuda \\
-        --layout hybrid,user,zerocopy,paged --gpu-cache 1GiB --host-cache 16GiB \\
-        --batch-size 64 --baseline --verify 32 -o runs/replay-h200  # needs a CUDA GPU
+      mtbench replay traces/synth-small.parquet --model large \\
+        --device cuda --layout hybrid,user,zerocopy,paged \\
+        --gpu-cache 1GiB --host-cache 16GiB --batch-size 64 --baseline \\
+        --verify 32 -o runs/replay-h200  # needs a CUDA GPU
 
-      mtbench trace reversion traces/movielens-small.parquet --period never --history causal \
-        -o ml-causal.parquet --model mini
-      mtbench replay ml-causal.parquet --history causal --model mini --device cpu \
-        --gpu-cache 8MiB --host-cache 64MiB --max-requests 48 -o runs/replay-causal
+      mtbench trace reversion traces/movielens-small.parquet --period never \\
+        --history causal --model mini -o ml-causal.parquet
+      mtbench replay ml-causal.parquet --history causal --model mini \\
+        --device cpu --gpu-cache 8MiB --host-cache 64MiB --max-requests 48 \\
+        -o runs/replay-causal
     """
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.replay.engine import ReplayOptions
     from mtbench.replay.runner import ReplaySetup, run_replay
     from mtbench.serve.arrivals import ArrivalSpec
     from mtbench.serve.batcher import BatcherConfig
-    from mtbench.serve.openloop import ServingOptions, check_open_loop, open_loop_feeds
+    from mtbench.serve.openloop import check_open_loop, open_loop_feeds
+    from mtbench.serve.options import ServingOptions
 
     serving = ServingOptions(ArrivalSpec(arrivals, speed, rate, seed), BatcherConfig(batch_size, max_wait_ms, max_batch_tokens),
                              slo_ms).check()
@@ -214,9 +217,11 @@ def calibrate(
 
     Examples:
 
-      mtbench calibrate --model tiny --device cpu --batch-size 4 -o costmodel.json
+      mtbench calibrate --model tiny --device cpu --batch-size 4 \\
+        -o costmodel.json
 
-      mtbench calibrate --model large --device cuda -o costmodel-h200.json  # needs a CUDA GPU
+      mtbench calibrate --model large --device cuda \\
+        -o costmodel-h200.json  # needs a CUDA GPU
     """
     from mtbench.paths import check_output_file
     from mtbench.replay.calibrate import run_calibrate

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mtbench.cli.options import KvDtypeOpt, ModelOpt, SortOpt
+from mtbench.cli.options import HELP_MARKUP, KvDtypeOpt, ModelOpt, SortOpt
 from mtbench.model import PRESET_NAMES
 from mtbench.errors import MtbenchError
 from mtbench.paths import check_output_file
@@ -24,8 +24,9 @@ from mtbench.trace.loader import TraceLimits, open_trace
 from mtbench.trace.profile import QUANTILE_LEVELS, TraceProfile
 from mtbench.trace.writer import write_trace
 
-trace_app = typer.Typer(help="Request traces: import, synth, fit, stats, validate.", no_args_is_help=True)
-console = Console()
+trace_app = typer.Typer(help="Request traces: import, synth, fit, stats, validate.", no_args_is_help=True,
+                        rich_markup_mode=HELP_MARKUP)
+console = Console(emoji=False)  # "uniform:100:900" is a distribution, not the :100: emoji
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output parquet trace (written atomically).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random draw (same seed, same file).")]
@@ -150,7 +151,8 @@ def import_cmd(
 
     Examples:
 
-      mtbench trace import movielens traces/movielens-ratings-sample.csv -o ml.parquet
+      mtbench trace import movielens traces/movielens-ratings-sample.csv \\
+        -o ml.parquet
 
       mtbench trace import movielens traces/movielens-ratings-sample.csv \\
         --session-gap 1800 --drop-invalid -o ml-visits.parquet
@@ -163,13 +165,13 @@ def import_cmd(
     cands = _candidates(cand, cand_dist, cfg.max_cand)
     started = time.perf_counter()
     metadata = {"mtbench.source_kind": kind, "mtbench.source": ",".join(str(p) for p in paths)}
+    period = {} if version_period is None else {"version_period": parse_period(version_period, "--version-period")}
     if kind in BEHAVIOUR_KINDS:
         if not 1 <= user_tokens < cfg.max_static:
             raise MtbenchError(f"--user-tokens {user_tokens} must be in [1, {cfg.max_static - 1}] for model {model}")
         seq_cap = min(max_seq if max_seq is not None else cfg.max_seq, cfg.max_static - user_tokens)
         rules = EventRules(user_tokens=user_tokens, max_seq=seq_cap, max_rt=cfg.max_rt, session_gap=session_gap,
-                           cand=cands, max_cand=cfg.max_cand, seed=seed,
-                           version_period=86_400.0 if version_period is None else parse_period(version_period, "--version-period"))
+                           cand=cands, max_cand=cfg.max_cand, seed=seed, **period)
         columns, epoch, dropped = import_events(kind, paths, rules, clicks_only, drop_invalid)
         metadata["mtbench.epoch_unix"] = f"{epoch:.0f}"
         notes: list[tuple[str, str]] = [("invalid rows dropped", f"{dropped:,}")] if drop_invalid else []
@@ -181,8 +183,7 @@ def import_cmd(
         csv = CsvColumns(key=key_col, time=time_col, size=size_col, header=header, delimiter=delimiter, time_unit=time_unit)
         accesses = import_accesses(kind, paths[0], csv, fmt, drop_invalid)
         rules = CacheRules(max_static=cfg.max_static, bytes_per_token=_bytes_per_token(model, dtype), fixed_static=n_static,
-                           n_rt=n_rt, cand=cands, max_cand=cfg.max_cand, seed=seed,
-                           version_period=None if version_period is None else parse_period(version_period, "--version-period"))
+                           n_rt=n_rt, cand=cands, max_cand=cfg.max_cand, seed=seed, **period)
         columns, counters = cache_to_requests(accesses, rules)
         notes = [("rows re-sorted by time", f"{counters['reordered_rows']:,}"),
                  ("rows with n_static clipped to [1, max_static]", f"{counters['clipped_rows']:,}")]
@@ -245,14 +246,15 @@ def synth_cmd(
 ) -> None:
     """Generate a synthetic trace: heavy-tailed activity, bursty sessions, daily cycle and version bump.
 
-    Memory stays bounded at any size: the trace is generated and written a slice of users at a time.
+    Memory stays bounded at any size: the trace is generated a slice of
+    users at a time; it prints how many requests it will write first.
 
     Examples:
 
-      mtbench trace synth --users 200 --requests 5000 --duration 7d --model mini \\
-        -o synth.parquet
+      mtbench trace synth --users 200 --requests 5000 --duration 7d \\
+        --model mini -o synth.parquet
 
-      mtbench trace synth --like profile.json --users 100 -o like-movielens.parquet
+      mtbench trace synth --like profile.json --users 100 -o like.parquet
     """
     from mtbench.trace.synth import SynthRequest, write_synth
 
@@ -262,6 +264,7 @@ def synth_cmd(
     profile, n_users, n_requests, seconds, history_notes = _scaled_profile(like, users, requests, duration, cfg,
                                                                            user_tokens, cands, history_dist)
     spec = SynthRequest(users=n_users, requests=n_requests, duration=seconds, seed=seed)
+    console.print(f"trace synth: writing {n_requests:,} requests for {n_users:,} users to {out}")
     started = time.perf_counter()
     with console.status(f"generating {n_requests:,} requests for {n_users:,} users"):
         write_synth(profile, spec, out, {"mtbench.source_kind": "synth", "mtbench.seed": str(seed),

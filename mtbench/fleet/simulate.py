@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mtbench.cache.control import Outcome
 from mtbench.fleet.queueing import FifoClock, fifo_latency
 from mtbench.fleet.replica import ReplicaSpec, SimReplica, simulate_subtrace
 from mtbench.fleet.routers import make_router, router_class
@@ -39,6 +40,7 @@ class FleetSettings:
     queue_bound_ms: float = 50.0
     balance: float = 1.25
     seed: int = 0
+    warmup: int = 0  # requests (trace order) simulated but left out of every count, busy time and latency
 
 
 @dataclass
@@ -127,18 +129,22 @@ def run_task(task: ShardTask, trace: FleetTrace) -> list[ReplicaStats]:
 
 def _replica_stats(task: ShardTask, replica: int, trace: FleetTrace, indices: np.ndarray, outcomes: np.ndarray,
                    recomputed: np.ndarray, bytes_h2d: int, bytes_d2h: int) -> ReplicaStats:
-    w, cost = trace.workload, trace.settings.cost
+    w, cost, warmup = trace.workload, trace.settings.cost, trace.settings.warmup
     n_new = w.n_rt[indices] + w.n_cand[indices]
     compute = cost.compute_ms(n_new, recomputed)
     busy, _ = cost.total_ms(n_new, recomputed, float(bytes_h2d))
     compute_sum = float(np.sum(compute))
     service = compute * (busy / compute_sum) if compute_sum > 0 else compute
+    latency = fifo_latency(trace.arrival_ms[indices], service)  # warm-up requests queue too
+    timed = indices >= warmup
+    if warmup:
+        busy = float(np.sum(service[timed]))
     return ReplicaStats(
-        router=task.router, n_replicas=task.n_replicas, replica=replica, requests=int(len(indices)),
-        outcome_counts=[int(c) for c in np.bincount(outcomes, minlength=4)[:4]],
-        static_tokens=int(w.n_static[indices].sum()), recomputed_tokens=int(np.sum(recomputed)),
+        router=task.router, n_replicas=task.n_replicas, replica=replica, requests=int(np.count_nonzero(timed)),
+        outcome_counts=[int(c) for c in np.bincount(outcomes[timed], minlength=len(Outcome))],
+        static_tokens=int(w.n_static[indices[timed]].sum()), recomputed_tokens=int(np.sum(recomputed[timed])),
         bytes_h2d=int(bytes_h2d), bytes_d2h=int(bytes_d2h), busy_ms=float(busy),
-        latency_ms=fifo_latency(trace.arrival_ms[indices], service).astype(np.float32),
+        latency_ms=latency[timed].astype(np.float32),
     )
 
 
@@ -147,7 +153,7 @@ class _SteppedFleet:
 
     def __init__(self, n_replicas: int, trace: FleetTrace) -> None:
         w = trace.workload
-        self.replicas = [SimReplica(trace.settings.replica, w.key_user, w.key_version, w.unit) for _ in range(n_replicas)]
+        self.replicas = [SimReplica(trace.settings.replica, w.key_user, w.key_version, w.sizer) for _ in range(n_replicas)]
         self.clocks = [FifoClock() for _ in range(n_replicas)]
         self.now = 0.0
 
@@ -181,7 +187,7 @@ def _run_stateful(task: ShardTask, trace: FleetTrace, router) -> list[ReplicaSta
         for i, (user_id, key, user, n_static, size, t, arrival, base) in enumerate(columns, start):
             fleet.now = arrival
             replica = router.route(user_id, key, fleet)
-            outcome, redo = fleet.replicas[replica].serve(key, user, n_static, size, t)
+            outcome, redo = fleet.replicas[replica].serve(key, n_static, t)
             fleet.clocks[replica].serve(arrival, base + static_ms * redo)
             assignment[i], outcomes[i], recomputed[i] = replica, outcome, redo
     stats = []
@@ -196,7 +202,7 @@ def summary_row(stats: list[ReplicaStats], trace: FleetTrace) -> dict:
     """The report row of one (router, replica count) point from all its replicas."""
     stats = sorted(stats, key=lambda s: s.replica)
     w = trace.workload
-    n = max(1, sum(s.requests for s in stats))
+    n = max(1, sum(s.requests for s in stats))  # timed requests (after the warm-up)
     counts = np.sum([s.outcome_counts for s in stats], axis=0)
     requests = np.array([s.requests for s in stats], dtype=np.float64)
     busy = np.array([s.busy_ms for s in stats])

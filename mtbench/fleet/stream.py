@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mtbench.cache.control import Outcome
 from mtbench.errors import MtbenchError
 from mtbench.fleet.replica import ReplicaSpec, SimReplica
 from mtbench.sim.simulator import GPU_HIT, HOST_HIT, MISS, STALE
@@ -49,9 +50,9 @@ def stream_simulate(trace: Trace, spec: ReplicaSpec, sizer: EntrySizer, batch_ro
     key_user: list[int] = []
     key_version: list[int] = []
     key_static: list[int] = []
-    replica = SimReplica(spec, key_user, key_version, sizer.unit)
+    replica = SimReplica(spec, key_user, key_version, sizer)
     result = StreamResult()
-    counts = [0, 0, 0, 0]
+    counts = [0] * len(Outcome)
     row = 0
     for frame in trace.iter_frames(STREAM_COLUMNS, batch_rows):
         n_static = frame["n_static"].to_numpy()
@@ -69,7 +70,7 @@ def stream_simulate(trace: Trace, spec: ReplicaSpec, sizer: EntrySizer, batch_ro
             elif key_static[key] != static and not spec.settings.append:
                 raise MtbenchError(f"{trace.path}: row {row + i}: n_static {static} differs from an earlier request of the "
                                    f"same (user_id, static_version); a version's prefix must not change")
-            outcome, recomputed[i] = replica.serve(key, user, static, size, t)
+            outcome, recomputed[i] = replica.serve(key, static, t)
             counts[outcome] += 1
         cost = spec.cost
         if cost is not None:

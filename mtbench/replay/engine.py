@@ -23,8 +23,10 @@ recomputes the rest of the batch's host hits (outcome `host_recompute`), storing
 Latency: every request of a batch completes with its batch, so a request's latency is its batch's
 (start of the batch's cache work to the end of its release, device time); "host-hit latency" and
 "GPU-hit latency" in the summary are therefore the latencies of the batches those requests were in.
-Every batch is timed with CUDA events on CUDA (resolved lazily, two batches behind, so the host
-never stalls the pipeline) and with the wall clock on the CPU. Warm-up batches (those starting
+Open loop (`BatchFeed`, driven by `mtbench.serve.openloop`): the batches come from a dynamic batcher
+over requests arriving in real time instead of the trace, and the driver records each request's
+latency from its arrival. Every batch is timed with CUDA events on CUDA (resolved lazily, two batches
+behind, so the host never stalls the pipeline) and with the wall clock on the CPU. Warm-up batches (those starting
 before request `warmup`) run through the cache but are left out of every figure.
 
 Before anything is timed, on CUDA `prewarm` runs one tiny forward per Triton specialisation the
@@ -186,7 +188,7 @@ class _Recorder:
     def resolve(self, timing: _BatchTiming) -> None:
         clock, batch, plan = self.clock, timing.batch, timing.plan
         batch_ms = clock.ms(timing.start, timing.end)
-        stall = sum(before.elapsed_time(after) for before, after in plan.stalls) if clock.cuda else 0.0
+        stall = plan.stall_ms() if clock.cuda else 0.0
         if clock.cuda:
             compute, previous = batch_ms - stall, self.recent_compute_ms
             self.recent_compute_ms = compute if previous is None else 0.8 * previous + 0.2 * compute

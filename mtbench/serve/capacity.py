@@ -33,7 +33,7 @@ import numpy as np
 from mtbench.errors import MtbenchError
 from mtbench.serve.arrivals import ArrivalSpec, arrival_times
 from mtbench.serve.des import BatchCost, closed_loop_rate, serve_queue
-from mtbench.serve.openloop import ServingOptions
+from mtbench.serve.options import ServingOptions
 from mtbench.serve.service import CacheSetting, ServedRequests, serve_costs
 from mtbench.serve.stats import Timeline, serving_stats
 from mtbench.sim.costmodel import CostModel
@@ -90,11 +90,10 @@ class ModeServer:
     `saturation_qps` is the closed-loop throughput; `at(rate)` memoises each rate's row.
     """
 
-    def __init__(self, workload: Workload, setting: CacheSetting, mode_cost: ModeCost, question: CapacityQuestion,
-                 tokens_per_byte: float) -> None:
+    def __init__(self, workload: Workload, setting: CacheSetting, mode_cost: ModeCost, question: CapacityQuestion) -> None:
         self.workload, self.setting, self.question, self.mode_cost = workload, setting, question, mode_cost
         max_batch = question.serving.batcher.max_batch
-        self.served: ServedRequests = serve_costs(workload, setting, mode_cost.cost, max_batch, tokens_per_byte)
+        self.served: ServedRequests = serve_costs(workload, setting, mode_cost.cost, max_batch)
         self.batch_cost: BatchCost = self.served.batch_cost(mode_cost.cost, mode_cost.batch_overhead_ms)
         self.tokens = workload.n_static + workload.n_rt + workload.n_cand
         self.saturation_qps = closed_loop_rate(workload.n_requests, self.batch_cost, max_batch)
@@ -175,23 +174,23 @@ class MeasureContext:
 
     def throughput(self, mode: str) -> float:
         """Measured closed-loop requests/s of `mode` at the question's batch size."""
-        batch = self.question.serving.batcher.max_batch
-        return 1e3 / self._closed_loop_ms(mode, batch, self._requests(batch))
+        return 1e3 / self._closed_loop_ms(mode, self.question.serving.batcher.max_batch, self._requests())
 
     def batch_overhead(self, mode: str) -> float:
-        """Fixed ms per batch of `mode`, from closed-loop replays at max_batch / 4 and max_batch."""
+        """Fixed ms per batch of `mode`, from closed-loop replays of the same requests (so the same mix
+        of outcomes) at max_batch / 4 and max_batch."""
         big = self.question.serving.batcher.max_batch
         small = max(1, big // 4)
         if small == big:
             return 0.0
-        per_small = self._closed_loop_ms(mode, small, self._requests(small))
-        per_big = self._closed_loop_ms(mode, big, self._requests(big))
+        per_small = self._closed_loop_ms(mode, small, self._requests())
+        per_big = self._closed_loop_ms(mode, big, self._requests())
         return max(0.0, (per_small - per_big) / (1 / small - 1 / big))
 
-    def _requests(self, batch: int) -> int:
-        """Requests of a closed-loop measurement: 32 timed batches after 8 of warm-up, within the trace."""
+    def _requests(self) -> int:
+        """Requests of a closed-loop measurement: 40 full batches (the first quarter warm-up), within the trace."""
         available = self.trace.num_rows if self.setup.options.max_requests is None else self.setup.options.max_requests
-        return min(available, 40 * batch)
+        return min(available, 40 * self.question.serving.batcher.max_batch)
 
     def run(self, mode: str, rate: float) -> dict:
         from mtbench.replay.engine import replay_run
@@ -216,8 +215,8 @@ class MeasureContext:
 
 
 def load_workload(trace: Path, model: str, dtype: str, page_tokens: int, max_requests: int | None
-                  ) -> tuple[Workload, float, dict]:
-    """(workload of the first max_requests requests, tokens per byte, trace fingerprint)."""
+                  ) -> tuple[Workload, dict]:
+    """(workload of the first max_requests requests, trace fingerprint)."""
     from mtbench.model import get_config
     from mtbench.model.config import parse_dtype
     from mtbench.sim.sizes import EntrySizer
@@ -231,7 +230,7 @@ def load_workload(trace: Path, model: str, dtype: str, page_tokens: int, max_req
             raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
         columns = {name: values[:max_requests] for name, values in columns.items()}
     sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype(dtype)), page_tokens)
-    return Workload.from_columns(columns, sizer), 1.0 / sizer.bytes_per_token, opened.fingerprint()
+    return Workload.from_columns(columns, sizer), opened.fingerprint()
 
 
 @dataclass
@@ -244,7 +243,7 @@ class CapacityOutcome:
 
 
 def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[str, ModeCost],
-                  question: CapacityQuestion, tokens_per_byte: float, measure: MeasureContext | None = None,
+                  question: CapacityQuestion, measure: MeasureContext | None = None,
                   measure_rates: tuple[float, ...] = (), measure_fractions: tuple[float, ...] = (),
                   step: Callable[[str], None] | None = None) -> CapacityOutcome:
     """Search every mode's SLO rate, draw its latency-vs-load curve, and (with `measure`) check on the device:
@@ -254,7 +253,7 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
     servers: dict[str, ModeServer] = {}
     max_qps: dict[str, float] = {}
     for setting in settings:
-        servers[setting.mode] = ModeServer(workload, setting, costs[setting.mode], question, tokens_per_byte)
+        servers[setting.mode] = ModeServer(workload, setting, costs[setting.mode], question)
         max_qps[setting.mode] = servers[setting.mode].search()
         if step:
             step(f"searched {setting.mode}")
@@ -286,13 +285,14 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
 
 def _measured_summary(runs: list[dict], simulated_max: float, throughput: float) -> dict:
     """The measured check of one mode: its run at the simulated SLO rate, the highest measured rate
-    that met the SLO, and its closed-loop throughput."""
+    that met the SLO, the mean hit ratio of its runs and its closed-loop throughput."""
     at_max = next((row for row in runs if row["rate"] == simulated_max), {})
     met = [row["rate"] for row in runs if row["meets_slo"]]
+    hits = [row["hit_ratio"] for row in runs if row.get("hit_ratio") is not None]
     return {"measured_p50_ms": at_max.get("p50_ms"), "measured_p99_ms": at_max.get("p99_ms"),
             "measured_latency_at_percentile_ms": at_max.get("latency_at_percentile_ms"),
             "measured_slo_attainment": at_max.get("slo_attainment"), "measured_meets_slo": at_max.get("meets_slo"),
-            "measured_hit_ratio": at_max.get("hit_ratio"), "measured_max_qps": max(met, default=0.0),
+            "measured_hit_ratio": float(np.mean(hits)) if hits else None, "measured_max_qps": max(met, default=0.0),
             "measured_saturation_qps": throughput}
 
 
@@ -344,11 +344,16 @@ def _add_speedups(rows: list[dict]) -> None:
                 row[name] = row[field] / base if base else None
 
 
+def format_rate(rate: float) -> str:
+    """Requests/s as text: whole numbers with separators, three significant digits below 100."""
+    return f"{rate:,.0f}" if rate >= 100 or rate == 0 else f"{rate:.3g}"
+
+
 def result_line(rows: list[dict], question: CapacityQuestion, prefix: str = "") -> str:
     """'max QPS per GPU within p99 <= 50 ms: none X, tiered Y (capacity speedup Y/X); throughput speedup Z'
     (simulated; `prefix` "measured_" for the measured fields)."""
     percentile = f"p{question.percentile:g}"
-    parts = ", ".join(f"{row['cache_mode']} {row[prefix + 'max_qps']:,.0f}" for row in rows)
+    parts = ", ".join(f"{row['cache_mode']} {format_rate(row[prefix + 'max_qps'])}" for row in rows)
     what = "measured" if prefix else "simulated"
     line = f"{what}: max QPS per GPU within {percentile} <= {question.serving.slo_ms:g} ms: {parts}"
     best = max((row for row in rows if row["cache_mode"] != "none"), key=lambda row: row[prefix + "max_qps"],

@@ -22,39 +22,20 @@ import bisect
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from mtbench.replay.batching import BATCH_COLUMNS, TraceBatch
 from mtbench.replay.engine import ReplayOptions, RunResult
-from mtbench.serve.arrivals import ArrivalSpec, arrival_times, check_slo
+from mtbench.serve.arrivals import arrival_times
 from mtbench.serve.batcher import BatcherConfig, DynamicBatcher
+from mtbench.serve.options import ServingOptions
 from mtbench.serve.stats import Timeline, serving_stats
 from mtbench.trace import Trace, open_trace
 
 POLL_S = 0.05  # longest sleep of the load generator, so a stop request is seen quickly
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    """Arrivals, batcher and SLO of a served (open-loop) replay or simulation."""
-
-    arrivals: ArrivalSpec = ArrivalSpec()
-    batcher: BatcherConfig = BatcherConfig()
-    slo_ms: float = 50.0
-
-    def check(self) -> "ServingOptions":
-        self.arrivals.check()
-        self.batcher.check()
-        check_slo(self.slo_ms)
-        return self
-
-    def config_dict(self) -> dict:
-        return {"arrivals": self.arrivals.mode, "speed": self.arrivals.speed, "rate": self.arrivals.rate,
-                "arrival_seed": self.arrivals.seed, "max_wait_ms": self.batcher.max_wait_ms,
-                "max_batch_tokens": self.batcher.max_tokens, "slo_ms": self.slo_ms}
 
 
 class LoadGenerator:
@@ -110,7 +91,8 @@ class OpenLoopDriver:
     """Feeds the replay engine batches of requests that arrive in real time (see module docstring).
 
     Data: the replayed requests' columns in trace (= FIFO) order, their arrival times, the batcher,
-    and per request `start_s`/`finish_s`/`free_s` (seconds since t0: batch start, finish, server free before it), filled as batches are served.
+    and per request `start_s`/`finish_s`/`free_s` (seconds since t0: its batch's start and finish, and
+    when the server became free before that batch), filled as batches are served.
     Invariant: batches are handed out in FIFO order, each once; `head` is the first request not yet
     handed out; `early` is a batch handed out by `ahead` and not yet by `after`.
     """

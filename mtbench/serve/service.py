@@ -50,8 +50,7 @@ class ServedRequests:
         return BatchCost(self.compute_ms, self.h2d_ms, cost, batch_overhead_ms)
 
 
-def serve_costs(workload: Workload, setting: CacheSetting, cost: CostModel, lookahead: int,
-                tokens_per_byte: float) -> ServedRequests:
+def serve_costs(workload: Workload, setting: CacheSetting, cost: CostModel, batch_size: int) -> ServedRequests:
     """Simulate the cache over the workload (trace order) and price every request."""
     setting.check()
     n_new = workload.n_rt + workload.n_cand
@@ -60,9 +59,10 @@ def serve_costs(workload: Workload, setting: CacheSetting, cost: CostModel, look
         recomputed = workload.n_static
     else:
         host = setting.host_capacity if setting.mode == "tiered" else 0
-        settings = TierSettings(write_back=False, inclusive=True, lookahead=lookahead)
+        # the replay's hierarchy and pipeline: its default write-back, batches of `batch_size`, one batch ahead
+        settings = TierSettings(lookahead=1, batch_size=batch_size)
         result, recomputed = simulate(workload, setting.policy, setting.gpu_capacity, host, settings, cost=cost,
-                                      tokens_per_byte=tokens_per_byte, keep_outcomes=True)
+                                      keep_outcomes=True)
         outcomes = result.outcomes
     h2d = np.where(outcomes == HOST_HIT, cost.h2d_ms(workload.size), 0.0)
     return ServedRequests(OUTCOME_NAMES[outcomes], cost.compute_ms(n_new, recomputed).astype(np.float64), h2d)

@@ -17,9 +17,8 @@ import numpy as np
 
 from mtbench.errors import MtbenchError
 from mtbench.sim.costmodel import CostModel
-from mtbench.sim.simulator import TierSettings, Workload
+from mtbench.sim.simulator import TierSettings, Workload, simulate
 from mtbench.sim.sizes import EntrySizer
-from mtbench.sim.sweep import SweepPoint, run_sweep
 from mtbench.units import format_bytes
 
 DEFAULT_TABLE_POLICIES = ("lru", "arc", "s3fifo", "sieve", "mtserve", "opt")
@@ -35,7 +34,6 @@ class TableCase:
     capacities: tuple[int, ...]
     cost: CostModel
     host_capacity: int = 0
-    tokens_per_byte: float = 1.0
 
     def capacity_label(self, capacity: int) -> str:
         return f"{capacity:,}" if self.workload.unit else format_bytes(capacity)
@@ -93,8 +91,7 @@ def request_cases(name: str, columns: dict[str, np.ndarray], model: str, dtype: 
     cost = model_cost(model, dtype)
     return [
         TableCase(f"{name}, MTGR-{model} {dtype} entries, host tier {format_bytes(host_bytes)}",
-                  Workload.from_columns(columns, sized), tuple(gpu_bytes), cost, host_bytes,
-                  1.0 / sized.bytes_per_token),
+                  Workload.from_columns(columns, sized), tuple(gpu_bytes), cost, host_bytes),
         TableCase(f"{name}, unit size, one tier (capacity in entries)", Workload.from_columns(columns, unit),
                   tuple(unit_entries), cost),
     ]
@@ -116,11 +113,17 @@ def default_cases(data_dir: Path, traces_dir: Path, model: str = "large", dtype:
     ]
 
 
-def run_case(case: TableCase, policies: Sequence[str], workers: int | None = None,
-             on_done: Callable[[dict], None] | None = None) -> list[dict]:
+def run_case(case: TableCase, policies: Sequence[str], on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """One summary row (compare-policies fields) per (policy, capacity), policies outermost."""
-    points = [SweepPoint(policy, capacity, case.host_capacity) for policy in policies for capacity in case.capacities]
-    return run_sweep(case.workload, points, TierSettings(), case.cost, case.tokens_per_byte, workers, on_done)
+    rows = []
+    for policy in policies:
+        for capacity in case.capacities:
+            result, recomputed = simulate(case.workload, policy, capacity, case.host_capacity, TierSettings(),
+                                          case.cost)
+            rows.append(result.row(case.cost, case.workload, recomputed))
+            if on_done is not None:
+                on_done(rows[-1])
+    return rows
 
 
 def best_classic_gap(rows: list[dict], field: str, capacities: Sequence[int]) -> list[float] | None:
@@ -147,6 +150,6 @@ def case_markdown(case: TableCase, rows: list[dict]) -> str:
             lines.append(f"| {policy} | " + " | ".join(cells) + " |")
         gap = best_classic_gap(rows, field, case.capacities)
         if gap is not None:
-            lines.append("| mtserve - best classic | " + " | ".join(f"{100 * g:+.2f} pt" for g in gap) + " |")
+            lines.append("| mtserve - best classic | " + " | ".join(f"{100 * g:+.3f} pt" for g in gap) + " |")
         lines.append("")
     return "\n".join(lines)

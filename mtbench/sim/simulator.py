@@ -150,7 +150,7 @@ class SimResult(CacheStats):
 
     def row(self, cost: CostModel, workload: Workload, recomputed: np.ndarray) -> dict:
         """The summary row (field names of the README's compare-policies row table)."""
-        s = self
+        s = self  # the counters
         n = max(s.requests, 1)
         n_new = workload.n_rt + workload.n_cand
         total_ms, exposed_ms = cost.total_ms(n_new, recomputed, float(s.bytes_h2d))
@@ -181,8 +181,8 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
     policy_class(policy)
     workload.check_static_lengths(settings.append)
     result = SimResult(policy=policy, gpu_capacity=int(gpu_capacity), host_capacity=int(host_capacity))
-    fast = (host_capacity == 0 and workload.unit and settings.lookahead == 0 and not settings.append
-            and not workload.has_versions)
+    fast = (host_capacity == 0 and workload.unit and settings.lookahead == 0 and settings.batch_size == 1
+            and not settings.append and not workload.has_versions)
     mask = policy_class(policy).unit_hit_mask(workload.key.tolist(), int(gpu_capacity)) if fast else None
     if mask is not None:
         _count_unit_hits(result, workload, mask, int(gpu_capacity))
@@ -190,21 +190,18 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
         result.outcomes = np.where(mask, GPU_HIT, MISS).astype(np.int8) if keep_outcomes else None
         return result, recomputed
     plane = ControlPlane(control_config(workload, policy, gpu_capacity, host_capacity, settings, cost, host_geometry))
-    outcomes = np.empty(workload.n_requests, dtype=np.int8)
-    cached = np.zeros(workload.n_requests, dtype=np.int64)
-    position = 0
+    outcomes: list[int] = []
+    cached: list[int] = []
 
     def released(plan) -> None:
-        nonlocal position
-        end = position + len(plan.outcomes)
-        outcomes[position:end] = plan.outcomes
-        cached[position:end] = plan.cached
-        position = end
+        outcomes.extend(plan.outcomes)
+        cached.extend(plan.cached)
 
     run_batches(plane, request_batches(workload, settings.batch_size), released)
     result = SimResult(**vars(plane.stats), policy=policy, gpu_capacity=int(gpu_capacity),
-                       host_capacity=int(host_capacity), outcomes=outcomes if keep_outcomes else None)
-    return result, workload.n_static - cached
+                       host_capacity=int(host_capacity),
+                       outcomes=np.array(outcomes, dtype=np.int8) if keep_outcomes else None)
+    return result, workload.n_static - np.array(cached, dtype=np.int64)
 
 
 def control_config(workload: Workload, policy: str, gpu_capacity: int, host_capacity: int = 0,

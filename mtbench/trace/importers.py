@@ -67,11 +67,10 @@ def _read_table(path: Path, data: bytes, **kwargs: object) -> pd.DataFrame:
 
 @dataclass
 class RowCheck:
-    """The rows of one table that failed a value check so far.
-
-    Without `drop` the first failure raises MtbenchError (file, column, line, what is wrong); with it,
-    failing rows are marked in `bad` and dropped together at the end (`keep`). `first_line` is the
-    1-based file line of the table's first row (2 after a header line).
+    """The rows of one table that failed a value check so far (`bad`), and what is wrong with the
+    earliest of them. `kept()` ends the checks: without `drop` a failure raises MtbenchError naming the
+    file, the column and the first bad line; with it, the rows to keep. `first_line` is the 1-based
+    file line of the table's first row (2 after a header line).
     """
 
     path: Path
@@ -79,22 +78,23 @@ class RowCheck:
     rows: int
     drop: bool = False
     bad: np.ndarray = field(init=False)
+    _first: tuple[int, str] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.bad = np.zeros(self.rows, dtype=bool)
 
     def fail(self, mask: np.ndarray, column: str, describe) -> None:
-        """Rows where `mask` is True are invalid; `describe(row)` says why (for the error message)."""
+        """Rows where `mask` is True are invalid; `describe(row)` says why."""
         if not mask.any():
             return
-        if not self.drop:
-            row = int(np.flatnonzero(mask)[0])
-            raise MtbenchError(f"{self.path}: column '{column}', line {self.first_line + row}: {describe(row)} "
-                               "(--drop-invalid skips such rows)")
+        row = int(np.flatnonzero(mask)[0])
+        if self._first is None or row < self._first[0]:
+            self._first = (row, f"column '{column}', line {self.first_line + row}: {describe(row)}")
         self.bad |= mask
 
-    @property
-    def keep(self) -> np.ndarray:
+    def kept(self) -> np.ndarray:
+        if self._first is not None and not self.drop:
+            raise MtbenchError(f"{self.path}: {self._first[1]} (--drop-invalid skips such rows)")
         return ~self.bad
 
     @property
@@ -137,7 +137,7 @@ class Events:
 
     @classmethod
     def checked(cls, user: np.ndarray, ts: np.ndarray, item: np.ndarray, check: RowCheck) -> "Events":
-        keep = check.keep
+        keep = check.kept()
         return cls(user[keep], ts[keep], item[keep], check.dropped)
 
 
@@ -201,7 +201,7 @@ def read_kuairand(path: Path, clicks_only: bool = False, drop_invalid: bool = Fa
         check.fail(midnight < 0, "date", lambda row: f"a date before 1970: {date_text[row]}")
         ts = midnight + (hourmin // 100) * 3600.0 + (hourmin % 100) * 60.0
     clicked = numeric_column(frame, "is_click", check) == 1 if clicks_only else True
-    keep = check.keep & clicked
+    keep = check.kept() & clicked
     return Events(user[keep], ts[keep], item[keep], check.dropped)
 
 
@@ -266,7 +266,7 @@ def read_libcachesim_csv(path: Path, columns: CsvColumns, drop_invalid: bool = F
     if time_col is not None:
         time = numeric_column(frame, time_col, check, integer=False) * columns.time_unit
     size = None if size_col is None else _non_negative(numeric_column(frame, size_col, check), size_col, check)
-    keep = check.keep
+    keep = check.kept()
     return Accesses(key[keep], None if time is None else time[keep], None if size is None else size[keep], check.dropped)
 
 
@@ -274,7 +274,7 @@ def read_libcachesim_txt(path: Path, drop_invalid: bool = False) -> Accesses:
     frame = _read_table(path, read_bytes(path), header=None, names=["key"], sep=",")
     check = RowCheck(path, 1, len(frame), drop_invalid)
     key = _non_negative(numeric_column(frame, "key", check), "key", check)
-    return Accesses(key[check.keep], None, None, check.dropped)
+    return Accesses(key[check.kept()], None, None, check.dropped)
 
 
 def read_oracle_general(path: Path, time_unit: float = 1.0) -> Accesses:

@@ -8,9 +8,9 @@ Design (one paragraph the README and reports/POLICIES.md quote):
     queue of 90%), the best general policy on the ARC and CloudPhysics traces; unlike libCacheSim it
     admits every entry that fits (S3-FIFO refuses entries as large as its probation queue, which
     turns most GR entries into misses at small capacities). (2) *Users with versions* (once
-    `USER_MODE_AFTER` arrivals have carried a new version of a known user; the switch is one-way and
-    S3-FIFO's queues drain into LRU order): recency is the backbone, as on every GR trace measured,
-    and three things are added. Dead first: when the versions of arriving requests behave as a
+    `USER_MODE_AFTER` arrivals have carried a new version of a known user; the switch is one-way,
+    S3-FIFO's probation queue drains first and main is kept in LRU order from then on): recency is
+    the backbone, as on every GR trace measured, and three things are added. Dead first: when the versions of arriving requests behave as a
     global clock (detected online; at most 0.1% of arrivals may disagree) every entry older than the
     newest version is certain to be stale at its user's next request; those go first, oldest version
     first. Without a global clock an entry is dead once a request (or a queued one) of its user
@@ -101,6 +101,10 @@ class GapHistogram:
 
     def longer_than(self, age: float) -> float:
         """Number of recorded gaps longer than `age` (interpolated inside age's bin)."""
+        return self.longer_than_both(age, age)[0]
+
+    def longer_than_both(self, age: float, later: float) -> tuple[float, float]:
+        """(gaps longer than `age`, gaps longer than `later`): one call for the two ends of a horizon."""
         tail = self._tail
         if tail is None:
             tail = array("f", bytes(4 * (_N_BINS + 1)))
@@ -109,11 +113,14 @@ class GapHistogram:
                 running += counts[b]
                 tail[b] = running
             self._tail = tail
-        b = _gap_bin(age)
-        low, high = _BIN_EDGES[b], _BIN_EDGES[b + 1]
-        inside = (high - age) / (high - low)
-        inside = 0.0 if inside < 0.0 else 1.0 if inside > 1.0 else inside
-        return tail[b + 1] + (tail[b] - tail[b + 1]) * inside
+        longer = []
+        for point in (age, later):
+            b = _gap_bin(point)
+            low, high = _BIN_EDGES[b], _BIN_EDGES[b + 1]
+            inside = (high - point) / (high - low)
+            inside = 0.0 if inside < 0.0 else 1.0 if inside > 1.0 else inside
+            longer.append(tail[b + 1] + (tail[b] - tail[b + 1]) * inside)
+        return longer[0], longer[1]
 
 
 class MTServe(S3FIFO):
@@ -123,7 +130,8 @@ class MTServe(S3FIFO):
     version v (insertion order); per user `_newest_version`, `_last_seen` and (user mode) `_gaps`;
     `_population`: everyone's gaps; version clock: `_max_version`, `_arrivals`, `_clock_violations`,
     `_version_changes`, the first times versions `_clock_start` and `_max_version` were seen;
-    `_upcoming`: keys of queued requests; `_now`: latest time seen. In user mode every admitted key
+    `_upcoming`: keys of queued requests; `_now`: latest time seen; `_reload_per_byte[size]`: the
+    reload cost per byte of an entry size (one per distinct size). In user mode every admitted key
     enters `_main`, a hit moves it to `_main`'s end, and `_small` only drains (oldest first).
     """
 
@@ -162,6 +170,7 @@ class MTServe(S3FIFO):
         self._version_changes = 0
         self._upcoming: set[Key] = set()
         self._now = 0.0
+        self._reload_per_byte: dict[int, float] = {}
 
     # ------------------------------------------------------------ learning from arrivals
     def access(self, key: Key, now: float) -> bool:
@@ -310,20 +319,22 @@ class MTServe(S3FIFO):
         if self._version_of(key) < self._newest_version.get(user, -1):
             return 0.0
         size = max(self._sizes[key], 1)
-        reload_per_byte = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
+        reload_per_byte = self._reload_per_byte.get(size)
+        if reload_per_byte is None:
+            reload_per_byte = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
+            self._reload_per_byte[size] = reload_per_byte
         return self.reuse_probability(user, now - self._last_use[key], horizon) * reload_per_byte / size
 
     def reuse_probability(self, user: Hashable, age: float, horizon: float) -> float:
         """P(the user's next gap ends within `horizon` | it already lasted `age`), user shrunk to population."""
-        pop = self._population
-        pop_longer = pop.longer_than(age)
-        pop_p = (pop_longer - pop.longer_than(age + horizon)) / pop_longer if pop_longer > 0 else 0.0
+        pop_longer, pop_longer_later = self._population.longer_than_both(age, age + horizon)
+        pop_p = (pop_longer - pop_longer_later) / pop_longer if pop_longer > 0 else 0.0
         gaps = self._gaps.get(user)
         if gaps is None:
             return pop_p
-        longer = gaps.longer_than(age)
+        longer, longer_later = gaps.longer_than_both(age, age + horizon)
         weight = self._prior_weight
-        return (longer - gaps.longer_than(age + horizon) + weight * pop_p) / (longer + weight)
+        return (longer - longer_later + weight * pop_p) / (longer + weight)
 
     # ------------------------------------------------------------ fast path
     @classmethod
