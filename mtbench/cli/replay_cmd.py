@@ -59,7 +59,8 @@ def replay(
     inclusive: bool = typer.Option(True, "--inclusive/--exclusive", help="Keep the host copy of an entry promoted to the GPU."),
     history: str = typer.Option("bidirectional", "--history",
                                 help="bidirectional (MTGR's U+S prefix, fixed per static version) or causal (HSTU-style "
-                                     "history: a cached prefix is extended in place, partial hits)."),
+                                     "history: a cached prefix is extended in place, partial hits; `mtbench trace "
+                                     "reversion --history causal` makes such traces)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also run no-cache, GPU-only and --sync baselines."),
     verify: int = typer.Option(0, "--verify", help="Re-run N sampled requests with the full forward and check."),
     max_requests: MaxRequestsOpt = None,
@@ -104,12 +105,6 @@ def replay(
         --device cuda --layout hybrid,user,zerocopy,paged \\
         --gpu-cache 1GiB --host-cache 16GiB --batch-size 64 --baseline \\
         --verify 32 -o runs/replay-h200  # needs a CUDA GPU
-
-      mtbench trace reversion traces/movielens-small.parquet --period never \\
-        --history causal --model mini -o ml-causal.parquet
-      mtbench replay ml-causal.parquet --history causal --model mini \\
-        --device cpu --gpu-cache 8MiB --host-cache 64MiB --max-requests 48 \\
-        -o runs/replay-causal
     """
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.replay.engine import ReplayOptions

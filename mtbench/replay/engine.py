@@ -10,9 +10,10 @@ Per batch (`_BatchRunner.run`):
    straight into their fresh pages, layer by layer; the stream waits for layer l's loads just before
    layer l. With a causal history (`CacheConfig.append`) a partial hit reads the m cached tokens of
    its n and computes tokens m..n-1, storing them at token offsets m..n-1 of its entry (the rest of
-   a partly filled last page, then the pages the control plane appended). On CUDA the whole forward replays CUDA graphs captured per padded batch shape
-   (`ForwardGraphs`: embeddings, one graph per layer, heads; the cached forward is otherwise bound by
-   the host's kernel launches). Without a cache (mode none) the plain forward.
+   a partly filled last page, then the pages the control plane appended). On CUDA the whole forward
+   replays CUDA graphs captured per padded batch shape (`ForwardGraphs`: embeddings, one graph per
+   layer, heads; the cached forward is otherwise bound by the host's kernel launches; partial hits
+   change the graphs' inputs, not their shapes). Without a cache (mode none) the plain forward.
 4. `release`: the control plane's host copies (write-back stream), unpin, drop stale entries, fence
    the side streams. Every tier decision is the control plane's (`mtbench.cache.control`), the same
    code `compare-policies` simulates with.
@@ -207,8 +208,8 @@ class _Recorder:
         self.batches.append({
             "run": [self.label] * n, "request_index": batch.request_index, "ts": batch.ts, "user_id": batch.user_id,
             "static_version": batch.static_version, "outcome": plan.outcomes, "n_static": batch.n_static,
-            "n_cached": plan.cached, "reused_tokens": plan.cached, "computed_tokens": batch.n_static - np.asarray(plan.cached),
-            "load_budget": np.full(n, -1 if plan.load_budget is None else plan.load_budget),
+            "n_cached": plan.cached, "reused_tokens": plan.cached,
+            "computed_tokens": batch.n_static - np.asarray(plan.cached), "load_budget": np.full(n, -1 if plan.load_budget is None else plan.load_budget),
             "n_rt": batch.n_rt, "n_cand": batch.n_cand, "latency_ms": np.full(n, batch_ms), "batch_index": np.full(n, batch.index),
             "gpu_used_bytes": np.full(n, timing.used_bytes[0]), "host_used_bytes": np.full(n, timing.used_bytes[1]),
             "warmup": np.full(n, timing.warmup),
