@@ -1,7 +1,7 @@
 """Every figure the reports draw reads well, checked through matplotlib's API after a full draw.
 
-For each plot kind, on compare-policies (bytes and unit-size) and replay reports (seven runs, a
-warm-up) built from random synthetic results, alone and overlaid: both axes of every panel carry
+For each plot kind, on compare-policies, replay (seven runs, a warm-up, an
+open-loop queue), capacity and fleet reports built from random synthetic results, alone and overlaid: both axes of every panel carry
 non-empty tick labels, every text (title, axis titles, tick labels) lies inside the figure, the
 figure legend lies inside the figure and clear of the title and of every panel, and panel legends
 lie inside their panel.
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -19,7 +20,8 @@ from matplotlib.transforms import Bbox
 from test_report_synthetic import compare_policies_result, replay_result
 
 from mtbench.report import Report
-from mtbench.report.plots import PLOTS, PlotSkipped, is_opt, plot_hit_ratio_curve, plot_latency_cdf
+from mtbench.report.plots import FLEET_PLOTS, PlotSkipped, _log_ticks, is_opt, plot_hit_ratio_curve, plot_latency_cdf
+from mtbench.report.serving_plots import ALL_PLOTS
 from mtbench.report.summary import format_capacity_cell
 
 SEVEN_RUNS = {  # run -> (policy, cache_mode, sync): four layouts and the three baselines of `replay --baseline`
@@ -42,11 +44,48 @@ def _compare(seed: int, unit: bool = False, **kwargs: Any) -> Report:
 
 
 def _replay(seed: int, warmup: int = 0, requests: int = 300, runs: tuple[str, ...] = tuple(SEVEN_RUNS)) -> Report:
-    summary, records = replay_result(np.random.default_rng(seed), requests=requests,
-                                     runs={run: SEVEN_RUNS[run] for run in runs})
+    rng = np.random.default_rng(seed)
+    summary, records = replay_result(rng, requests=requests, runs={run: SEVEN_RUNS[run] for run in runs})
     summary["device"] = "cpu"
     records["warmup"] = records["request_index"] < warmup
+    records["arrival_s"] = records["ts"]  # open-loop replay: batches start after a growing queue
+    records["start_s"] = records["ts"] + rng.exponential(0.05, len(records)).cumsum() / len(records)
     return Report(None, summary, records)
+
+
+def _capacity(seed: int) -> Report:
+    """A `mtbench capacity` report: latency and SLO attainment per cache mode and load, GPUs needed."""
+    rng = np.random.default_rng(seed)
+    points, rows = [], []
+    for mode, service_ms in (("none", 4.0), ("gpu", 2.0), ("tiered", 1.5)):
+        saturation = 1000 / service_ms * rng.uniform(0.9, 1.1)
+        for source in ("simulated", "measured"):
+            for rate in saturation * np.linspace(0.1, 1.1, 9 if source == "simulated" else 3):
+                load = min(rate / saturation, 0.999)
+                p50 = service_ms * (1 + load / (1 - load) / 2)
+                points.append({"source": source, "cache_mode": mode, "rate": rate, "p50_ms": p50,
+                               "p99_ms": p50 * rng.uniform(2, 4), "slo_attainment": max(0.0, 1 - load**4),
+                               "overloaded": rate >= saturation})
+        rows.append({"run": mode, "cache_mode": mode, "max_qps": 0.8 * saturation, "saturation_qps": saturation,
+                     "target_qps": 20_000.0, "gpus_needed": int(np.ceil(20_000 / (0.8 * saturation)))})
+    summary = {"kind": "capacity", "trace": {"path": "traces/t.parquet", "rows": 1000, "sha256": "cd" * 32},
+               "model": "large", "dtype": "bf16", "config": {"slo_ms": 10.0, "capacity_unit": "bytes"}, "rows": rows}
+    return Report(None, summary, pd.DataFrame(points))
+
+
+def _fleet(seed: int) -> Report:
+    """A `mtbench fleet` report: hit ratio and p99 per router and replica count (overloaded: no p99)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for router in ("round-robin", "user-hash", "residency"):
+        for replicas in (1, 2, 4, 8, 16):
+            hit = min(0.95, 0.3 + 0.1 * np.log2(replicas) * (1 if router == "round-robin" else 1.6) + rng.uniform(0, 0.05))
+            rows.append({"router": router, "replicas": replicas, "hit_ratio": hit, "gpu_hit_ratio": hit * 0.7,
+                         "offered_qps": 3000.0, "p99_ms": None if replicas == 1 else 40 / replicas * rng.uniform(0.8, 1.2)})
+    summary = {"kind": "fleet", "trace": {"path": "traces/t.parquet", "rows": 1000, "sha256": "ef" * 32},
+               "model": "tiny", "dtype": "fp32", "rows": rows,
+               "config": {"policy": "lru", "gpu_capacity": 2 << 20, "host_capacity": 16 << 20}}
+    return Report(None, summary, pd.DataFrame(rows))
 
 
 def _report_sets(seed: int) -> dict[str, list[Report]]:
@@ -55,11 +94,12 @@ def _report_sets(seed: int) -> dict[str, list[Report]]:
     policies = ["lru", "arc", "s3fifo", "sieve", "gdsf", "mtserve", "opt"]
     return {
         "compare": [_compare(seed, policies=policies, capacities_gib=capacities)],
-        "compare-unit": [_compare(seed + 1, unit=True, policies=policies, capacities_gib=capacities)],
         "compare-overlay": [_compare(seed + 2, capacities_gib=capacities[:3]), _compare(seed + 3, capacities_gib=capacities[1:3])],
         "replay": [_replay(seed + 4, warmup=int(rng.integers(16, 64)))],
         "replay-overlay": [_replay(seed + 5, runs=("tiered/hybrid", "gpu")),
                            _replay(seed + 6, warmup=32, runs=("tiered/hybrid", "none", "tiered/paged/sync"))],
+        "capacity": [_capacity(seed + 7)],
+        "fleet": [_fleet(seed + 10)],
     }
 
 
@@ -89,7 +129,7 @@ def _draw(figure: Figure) -> Any:
 def check_figure_reads_well(figure: Figure, name: str) -> None:
     renderer = _draw(figure)
     frame = figure.bbox
-    title = figure._suptitle
+    title = figure._suptitle  # the Text (Figure.get_suptitle gives only its string)
     assert title is not None and title.get_text().strip(), f"{name}: no title"
     title_box = title.get_window_extent(renderer)
     assert _inside(title_box, frame), f"{name}: title clipped {title_box} vs {frame}"
@@ -111,6 +151,11 @@ def check_figure_reads_well(figure: Figure, name: str) -> None:
                 occupied.append(text.get_window_extent(renderer))
                 assert _inside(occupied[-1], frame), f"{name}: {text.get_text()!r} cut off"
                 assert not occupied[-1].overlaps(title_box), f"{name}: {text.get_text()!r} under the title"
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        for line in ax.get_lines():  # every drawn line shows inside its panel
+            xs, ys = np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)
+            if len(xs) and line.get_label() and not line.get_label().startswith("_"):
+                assert ((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)).any(), f"{name}: {line.get_label()} not in view"
         legend = ax.get_legend()
         if legend is not None:
             assert _inside(legend.get_window_extent(renderer), ax.get_window_extent(renderer)), f"{name}: panel legend"
@@ -124,23 +169,24 @@ def check_figure_reads_well(figure: Figure, name: str) -> None:
 def test_every_plot_of_every_report_kind_reads_well() -> None:
     drawn = set()
     for label, reports in _report_sets(int(np.random.default_rng(2026).integers(1000))).items():
-        for name, plot in PLOTS.items():
+        for name, plot in {**ALL_PLOTS, **FLEET_PLOTS}.items():
             try:
                 figure = plot(reports)
             except PlotSkipped:
                 continue
             check_figure_reads_well(figure, f"{label}/{name}")
             drawn.add(name)
-    assert drawn == set(PLOTS)
+    assert drawn == set(ALL_PLOTS) | set(FLEET_PLOTS)
 
 
 def test_capacity_axis_labels_every_capacity_in_its_unit() -> None:
+    """Bytes and unit-size (entry) capacities: one label per capacity, in the report's unit."""
     rng = np.random.default_rng(11)
     capacities = sorted(float(c) for c in rng.choice([0.25, 0.5, 1, 2, 4, 8, 16], size=4, replace=False))
     for unit in (False, True):
         report = _compare(12, unit=unit, capacities_gib=capacities)
         figure = plot_hit_ratio_curve([report])
-        _draw(figure)
+        check_figure_reads_well(figure, f"hit_ratio_curve, unit={unit}")
         values = sorted({row["gpu_capacity"] for row in report.summary["rows"]})
         expected = [format_capacity_cell(v, "entries" if unit else "bytes", with_unit=True) for v in values]
         for ax in figure.axes:
@@ -174,3 +220,38 @@ def test_latency_cdf_leaves_out_warm_up_requests(seed: int) -> None:
         (all_line,) = [line for line in ax.get_lines() if line.get_label().startswith("all (")]
         assert all_line.get_label() == f"all ({counted[ax.get_title()]:,})"
         assert len(all_line.get_xdata()) == counted[ax.get_title()] == 400 - warmup
+
+
+def _old_style_figure(title: str, xs: list[float], legend: str) -> Figure:
+    figure = Figure(figsize=(6, 4), dpi=110, layout="constrained")
+    figure.suptitle(title, fontsize=10)
+    ax = figure.subplots()
+    for index in range(8):
+        ax.plot(xs, np.arange(len(xs)) + index, label=f"policy number {index}")
+    ax.set_xscale("log")
+    figure.legend(loc=legend, fontsize=8)
+    return figure
+
+
+@pytest.mark.parametrize(("title", "xs", "legend", "fault"), [
+    ("Hit ratio", [256.0, 1024.0, 4096.0], "outside lower center", "one labelled tick"),  # one decade: tick 1000 only
+    ("Hit ratio vs GPU capacity\n" + "trace and capacities " * 3, [1.0, 10.0, 100.0], "outside right upper",
+     "legend overlaps the title"),
+    ("Request outcomes per tier · " + "trace and capacities " * 6, [1.0, 10.0, 100.0], "outside lower center",
+     "title clipped"),
+])
+def test_the_check_catches_each_fault_the_old_plots_had(title: str, xs: list[float], legend: str, fault: str) -> None:
+    with pytest.raises(AssertionError, match=fault):
+        check_figure_reads_well(_old_style_figure(title, xs, legend), "old style")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_log_ticks_label_any_range_with_a_few_round_values(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        low = 10.0 ** rng.uniform(-3, 4)
+        high = low * 10.0 ** rng.choice([rng.uniform(0.01, 0.2), rng.uniform(0.2, 1), rng.uniform(1, 6)])
+        ticks = _log_ticks(low, high)
+        assert 2 <= len(ticks) <= 12 and ticks == sorted(ticks)
+        assert all(low <= t <= high for t in ticks), (low, high, ticks)
+        assert all(len(f"{t:g}") <= 8 for t in ticks), ticks  # round values, not 0.0376931

@@ -167,12 +167,12 @@ def _check_entries(workload, settings) -> None:
 
 
 def _measure_context(trace, model, dtype, device, settings, question, page_tokens, max_requests, seed, progress):
-    from mtbench.cli.replay_cmd import _resolve_auto
+    from mtbench.cli.options import resolve_device_dtype
     from mtbench.replay.engine import ReplayOptions
     from mtbench.replay.runner import ReplaySetup
     from mtbench.serve.capacity import MeasureContext
 
-    device, dtype = _resolve_auto(device, dtype)
+    device, dtype = resolve_device_dtype(device, dtype)
     tiered = next((s for s in settings if s.mode == "tiered"), settings[0])
     setup = ReplaySetup(trace=trace, model=model, dtype=dtype, device=device, cache=tiered.mode, policy=tiered.policy,
                         gpu_capacity=tiered.gpu_capacity, host_capacity=tiered.host_capacity,

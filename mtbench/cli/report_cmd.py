@@ -29,7 +29,7 @@ def plot(
     out: Path | None = typer.Option(None, "--out", "-o",
                                     help="Where to write the PNGs (default: DIR/plots, or a new reports/plots/overlay-* dir)."),
 ) -> None:
-    """Draw miss-ratio curves, outcome bars, latency CDFs, speedups, bytes moved and tier occupancy.
+    """Draw hit-ratio curves, outcome bars, latency CDFs, speedups, bytes moved and tier occupancy.
 
     Examples:
 

@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter, NullLocator
 
 from mtbench.report.directory import Report
-from mtbench.report.summary import capacity_unit, format_bytes_precise, format_capacity_cell
+from mtbench.report.summary import capacity_unit, format_capacity_cell
 
 POLICY_COLORS = {
     "lru": "#1f77b4", "fifo": "#ff7f0e", "lfu": "#2ca02c", "arc": "#d62728", "s3fifo": "#9467bd",
@@ -108,21 +108,30 @@ def _capacity_text(reports: list[Report], column: str) -> str:
     return ", ".join(texts) or "none"
 
 
+def _has_column(reports: list[Report], column: str) -> bool:
+    return any(column in row for r in reports for row in _rows(r))
+
+
 def plot_context(reports: list[Report]) -> str:
     """'trace X · model M (dtype) · GPU a–b · host c': the title line naming the data of every plot."""
     traces = sorted({Path(str((r.summary.get("trace") or {}).get("path", "?"))).name for r in reports})
     models = sorted({f"{r.summary.get('model', '?')} ({r.summary.get('dtype', '?')})" for r in reports})
     devices = sorted({str(r.summary["device"]) for r in reports if r.summary.get("device")})
-    return (f"trace {', '.join(traces)} · model {', '.join(models)} · "
-            + (f"device {', '.join(devices)} · " if devices else "")
-            + f"GPU {_capacity_text(reports, 'gpu_capacity')} · host {_capacity_text(reports, 'host_capacity')}")
+    parts = [f"trace {', '.join(traces)}", f"model {', '.join(models)}"] + ([f"device {', '.join(devices)}"] if devices else [])
+    parts += [f"{tier} {_capacity_text(reports, column)}" for tier, column in (("GPU", "gpu_capacity"), ("host", "host_capacity"))
+              if _has_column(reports, column)]
+    return " · ".join(parts)
 
 
 def _figure(reports: list[Report], what: str, size: tuple[float, float]) -> Figure:
-    """A figure whose title (what, then the data context) is wrapped to fit its width."""
+    return titled_figure(what, [plot_context(reports)], size)
+
+
+def titled_figure(what: str, contexts: list[str], size: tuple[float, float]) -> Figure:
+    """A figure titled `what` and then each context line, every line wrapped to fit the figure's width."""
     figure = Figure(figsize=size, dpi=DPI, layout="constrained")
     width = max(20, int(size[0] * TITLE_CHARS_PER_INCH))
-    lines = [*textwrap.wrap(what, width), *textwrap.wrap(plot_context(reports), width, break_on_hyphens=False)]
+    lines = [line for text in (what, *contexts) for line in textwrap.wrap(text, width, break_on_hyphens=False)]
     figure.suptitle("\n".join(lines), fontsize=TITLE_FONT_SIZE)
     return figure
 
@@ -233,21 +242,34 @@ def _fixed_ticks(axis: Any, values: list[float], text: Callable[[float], str], m
     axis.set_ticklabels([text(v) for v in values])
     axis.set_minor_locator(NullLocator())
     axis.set_minor_formatter(NullFormatter())
-    if len(values) > 6:
+    if len(values) > 6 and axis is axis.axes.xaxis:
         for label in axis.get_ticklabels():
             label.set_rotation(30)
             label.set_horizontalalignment("right")
 
 
+def log_axis(ax: Axes, which: str, values: list[float]) -> None:
+    """The `which` ("x" or "y") axis of `ax` on a log scale over the positive `values`, labelled at
+    `_log_ticks`: readable at any range, even within one decade."""
+    positive = [v for v in values if v > 0] or [1.0]
+    low, high = min(positive), max(positive)
+    ticks = _log_ticks(low, high)
+    getattr(ax, f"set_{which}scale")("log")
+    _fixed_ticks(getattr(ax, f"{which}axis"), ticks, lambda value: f"{value:g}")
+    getattr(ax, f"set_{which}lim")(min(low, ticks[0]) / 1.1, max(high, ticks[-1]) * 1.1)
+
+
 def _log_ticks(low: float, high: float) -> list[float]:
     """Ticks for a log axis over [low, high]: the sparsest of 1, 1-3, 1-2-5 or 1..9 steps per decade
-    that gives four ticks, so a range of many decades is not crowded and one within a decade is labelled."""
+    that gives three ticks, so a range of many decades is not crowded and one within a decade is labelled."""
     low, high = max(low, 1e-9), max(high, low * 1.0001)
     decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
     for steps in ((1,), (1, 3), (1, 2, 5), tuple(range(1, 10))):
-        ticks = [m * 10.0**d for d in decades for m in steps if low <= m * 10.0**d <= high]
-        if len(ticks) >= 4:
+        ticks = [float(f"{m * 10.0**d:.6g}") for d in decades for m in steps if low <= m * 10.0**d <= high]
+        if len(ticks) >= 3:
             return ticks
+    # a range narrower than one mantissa step: round linear steps (0.030, 0.0325, ...) within it
+    ticks = [float(f"{t:.6g}") for t in MaxNLocator(nbins=4).tick_values(low, high) if low <= t <= high]
     return ticks if len(ticks) >= 2 else [low, high]
 
 
@@ -343,10 +365,7 @@ def plot_latency_cdf(reports: list[Report]) -> Figure:
     rows = -(-len(panels) // columns)
     figure = _figure(reports, "Request latency CDF by outcome (warm-up excluded)", (4.2 * columns + 1, 3.4 * rows + 1))
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    positive = np.concatenate([part["latency_ms"].to_numpy(dtype=float) for _, part in panels])
-    positive = positive[positive > 0]
-    low, high = (float(positive.min()), float(positive.max())) if len(positive) else (0.1, 1.0)
-    ticks = _log_ticks(low, high)
+    every_latency = np.concatenate([part["latency_ms"].to_numpy(dtype=float) for _, part in panels]).tolist()
     for ax, (title, part) in zip(axes, panels):
         _cdf_line(ax, part["latency_ms"].to_numpy(dtype=float), f"all ({len(part):,})", "black", "--")
         for outcome, color in OUTCOME_COLORS.items():
@@ -354,9 +373,7 @@ def plot_latency_cdf(reports: list[Report]) -> Figure:
             if len(latencies):
                 _cdf_line(ax, latencies, f"{OUTCOME_LABELS[outcome]} ({len(latencies):,})", color, "-")
         ax.set_title(title, fontsize=9)
-        ax.set_xscale("log")
-        ax.set_xlim(min(low, ticks[0]) / 1.1, max(high, ticks[-1]) * 1.1)
-        _fixed_ticks(ax.xaxis, ticks, lambda v: f"{v:g}")
+        log_axis(ax, "x", every_latency)
         ax.set_xlabel("latency (ms, log scale)")
         ax.set_ylabel("fraction of requests ≤ latency")
         ax.set_ylim(0, 1.01)
@@ -516,7 +533,7 @@ def plot_occupancy(reports: list[Report]) -> Figure:
     figure = _figure(reports, "Tier occupancy over the trace", (10, 3.3 * len(panels) + 1))
     axes = figure.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
     variants = _variant_index([label for _, label, _, _ in lines])
-    use_ts = all("ts" in part for *_, part in lines)
+    use_ts = all("ts" in part and part["ts"].max() > part["ts"].min() for *_, part in lines)  # else by index
     warmup_end = _warmup_end(lines, use_ts)
     start = min(float(part["ts" if use_ts else "request_index"].min()) for *_, part in lines) \
         if (use_ts or all("request_index" in part for *_, part in lines)) else 0.0
@@ -600,11 +617,9 @@ def _fleet_figure(reports: list[Report], what: str, size: tuple[float, float]) -
         gpu, host = config.get("gpu_capacity"), config.get("host_capacity")
         contexts.append(f"trace {trace} · model {report.summary.get('model', '?')} ({report.summary.get('dtype', '?')}) · "
                         f"{config.get('policy', '?')} · per replica GPU "
-                        f"{format_bytes_precise(gpu) if isinstance(gpu, int) else '?'}, host "
-                        f"{format_bytes_precise(host) if isinstance(host, int) else '?'}")
-    figure = Figure(figsize=size, dpi=DPI, layout="constrained")
-    figure.suptitle(f"{what}\n" + "\n".join(dict.fromkeys(contexts)), fontsize=10)
-    return figure
+                        f"{format_capacity_cell(gpu, 'bytes') if isinstance(gpu, int) else '?'}, host "
+                        f"{format_capacity_cell(host, 'bytes') if isinstance(host, int) else '?'}")
+    return titled_figure(what, list(dict.fromkeys(contexts)), size)
 
 
 def _router_style(router: str, variant: int) -> dict[str, Any]:
@@ -614,13 +629,13 @@ def _router_style(router: str, variant: int) -> dict[str, Any]:
             "linestyle": linestyle if variant == 0 else LINESTYLES[variant % len(LINESTYLES)], "linewidth": 1.6}
 
 
-def _fleet_axes(ax: Axes, ylabel: str) -> None:
+def _fleet_axes(ax: Axes, ylabel: str, replicas: list[float]) -> None:
+    """Log-2 replica axis labelled at every replica count of the data."""
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _fixed_ticks(ax.xaxis, replicas, lambda value: f"{value:g}")
     ax.set_xlabel("replicas (GPUs, log scale)")
     ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
 
 
 def plot_fleet_hit_ratio(reports: list[Report]) -> Figure:
@@ -634,7 +649,7 @@ def plot_fleet_hit_ratio(reports: list[Report]) -> Figure:
         for (source, router), rows in series.items():
             ax.plot([r["replicas"] for r in rows], [100 * r[column] for r in rows],
                     **_router_style(router, variants[source]), label=router + (f" [{source}]" if len(variants) > 1 else ""))
-        _fleet_axes(ax, ylabel)
+        _fleet_axes(ax, ylabel, [r["replicas"] for rows in series.values() for r in rows])
         ax.set_ylim(0, 100)
     _legend_below(figure, axes, "router")
     return figure
@@ -656,10 +671,9 @@ def plot_fleet_p99(reports: list[Report]) -> Figure:
             continue
         ax.plot(*zip(*points), **_router_style(router, variants[source]),
                 label=router + (f" [{source}]" if len(variants) > 1 else ""))
-    _fleet_axes(ax, "p99 latency (ms, log scale; missing = overloaded)")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    _fleet_axes(ax, "p99 latency (ms, log scale; missing = overloaded)",
+                [r["replicas"] for rows in series.values() for r in rows])
+    log_axis(ax, "y", [r["p99_ms"] for rows in series.values() for r in rows if _is_number(r.get("p99_ms"))])
     _legend_below(figure, ax, "router")
     return figure
 

@@ -12,10 +12,9 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 from mtbench.report.directory import Report
-from mtbench.report.plots import PLOTS, LINESTYLES, PlotSkipped, _figure, _legend_below, _rows
+from mtbench.report.plots import PLOTS, LINESTYLES, PlotSkipped, _figure, _legend_below, _rows, log_axis
 
 MODE_COLORS = {"none": "#7f7f7f", "gpu": "#1f77b4", "tiered": "#2ca02c"}
 CURVE_COLUMNS = ["source", "cache_mode", "rate", "p50_ms", "p99_ms", "slo_attainment", "overloaded"]
@@ -62,12 +61,11 @@ def plot_latency_vs_load(reports: list[Report]) -> Figure:
     slo = _slo(reports)
     if slo is not None:
         ax.axhline(slo, color="#555555", linestyle=":", linewidth=1.2, label=f"SLO {slo:g} ms")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    log_axis(ax, "y", [y for line in ax.get_lines() for y in line.get_ydata()]
+             + [y for points in ax.collections for _, y in points.get_offsets()])
     ax.set_xlabel("offered load (requests/s)")
     ax.set_ylabel("latency, arrival to scores (ms, log scale)")
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, alpha=0.3)
     _legend_below(figure, ax)
     return figure
 

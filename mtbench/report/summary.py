@@ -32,6 +32,7 @@ MISSING = "—"
 SHA256_CHUNK_BYTES = 1 << 20
 
 CAPACITY_COLUMNS = ("gpu_capacity", "host_capacity")
+RATIO_COLUMNS = ("pipeline_efficiency", "host_fragmentation", "cold_miss_limit", "unlimited_host_gain")  # besides *_ratio
 TRANSPOSE_MAX_ROWS = 6
 HEADER_SLACK = 2  # terminal columns a header may add to its cells' width before it is wrapped
 MISS_CAUSES = ("Why requests missed", ["misses_compulsory", "misses_stale", "misses_capacity", "unlimited_host_gain"])
@@ -176,7 +177,7 @@ def format_value(column: str, value: Any, unit: str = "bytes") -> str:
         return format_bytes_precise(value)
     if "speedup" in column:
         return f"{value:.2f}x"
-    if column.endswith("_ratio") or column in ("pipeline_efficiency", "host_fragmentation"):
+    if column.endswith("_ratio") or column in RATIO_COLUMNS:
         return f"{value:.4f}"
     if column.endswith("_err"):
         return f"{value:.2e}"
@@ -425,7 +426,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     tables = summary_tables(summary, console.width)
     console.print(tables[0])
     if summary.get("note"):
-        console.print(f"[bold]note:[/] {escape(str(summary['note']))}", soft_wrap=True)
+        console.print(f"[bold]note:[/] {escape(str(summary['note']))}")
     for table in tables[1:]:
         console.print(table)
     note = cold_limit_note(summary)

@@ -59,7 +59,7 @@ def movielens_columns(data_dir: Path, limit: int | None = None) -> dict[str, np.
     from mtbench.trace.events import EventRules
     from mtbench.trace.importers import import_events
 
-    columns, _ = import_events("movielens", [_existing(data_dir / "movielens-latest-small" / "ratings.csv")],
+    columns, _, _ = import_events("movielens", [_existing(data_dir / "movielens-latest-small" / "ratings.csv")],
                                EventRules())
     return {name: columns[name][:limit] for name in TRACE_COLUMNS}
 

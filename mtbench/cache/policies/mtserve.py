@@ -127,7 +127,7 @@ class MTServe(S3FIFO):
     """S3-FIFO queues (see s3fifo.py) plus user mode: `_main` in LRU order, dead-first, value-gated victims.
 
     Added state: `_user_mode`; `_last_use[key]` (resident keys); `_by_version[v]`: resident keys of
-    version v (insertion order); per user `_newest_version`, `_last_seen` and (user mode) `_gaps`;
+    version v (insertion order); per user `_newest_version` (arrivals and hints), `_arrived_version`, `_last_seen` and (user mode) `_gaps`;
     `_population`: everyone's gaps; version clock: `_max_version`, `_arrivals`, `_clock_violations`,
     `_version_changes`, the first times versions `_clock_start` and `_max_version` were seen;
     `_upcoming`: keys of queued requests; `_now`: latest time seen; `_reload_per_byte[size]`: the
@@ -159,6 +159,7 @@ class MTServe(S3FIFO):
         self._last_use: dict[Key, float] = {}
         self._by_version: dict[int, dict[Key, None]] = {}
         self._newest_version: dict[Hashable, int] = {}
+        self._arrived_version: dict[Hashable, int] = {}  # version of each user's last arrival (hints excluded)
         self._last_seen: dict[Hashable, float] = {}
         self._gaps: dict[Hashable, GapHistogram] = {}
         self._population = GapHistogram()
@@ -199,7 +200,10 @@ class MTServe(S3FIFO):
         self._arrivals += 1
         if version < self._max_version:
             self._clock_violations += 1
-        previous = self._newest_version.get(user)
+        # a hint (`hint_upcoming`) may already have raised `_newest_version` to this arrival's version, so
+        # version changes are counted between arrivals only
+        previous = self._arrived_version.get(user)
+        self._arrived_version[user] = version
         if previous is not None and version != previous and not self._user_mode:
             self._version_changes += 1
             if self._version_changes >= USER_MODE_AFTER:
