@@ -2,9 +2,10 @@
 
 Random traces (users, versions, variable and growing n_static, ts), random capacities, every policy,
 one and two tiers, write-through / write-back, inclusive / exclusive, pipelined or not, append on and
-off, batch sizes and load budgets: every request's outcome and the keys of each tier after every
-batch must be EQUAL between `CacheManager` (pool pages, host extents, transfers on the CPU) and the
-simulator's control plane (no data plane). No tolerance.
+off, batch sizes and load budgets: every request's outcome and reused (cached) token count, and the
+keys of each tier with their token counts after every batch, must be EQUAL between `CacheManager`
+(pool pages, host extents, transfers on the CPU) and the simulator's control plane (no data plane).
+No tolerance.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ def _trace(rng: np.random.Generator, append: bool) -> dict[str, np.ndarray]:
         version[rows] = np.cumsum(bump[rows])
     base = rng.integers(1, 40, size=(user.max() + 1, int(version.max()) + 1))
     n_static = base[user, version]
-    if append:  # histories of one version grow (or repeat) from request to request
-        n_static = n_static + rng.integers(0, 2, n) * rng.integers(0, 12, n)
+    if append:  # histories of one version grow (or repeat, or come back shorter) from request to request
+        step = rng.integers(0, 2, n) * rng.integers(0, 12, n)
+        if rng.random() < 0.5:  # or only grow, as a causal history does
+            for key in set(zip(user.tolist(), version.tolist())):
+                rows = np.flatnonzero((user == key[0]) & (version == key[1]))
+                step[rows] = np.cumsum(step[rows])
+        n_static = n_static + step
     ts = np.sort(rng.random(n) * 100.0)
     if rng.random() < 0.3:
         ts = np.round(ts / 10.0) * 10.0  # ties in time
@@ -112,13 +118,16 @@ def _check_identical(columns: dict[str, np.ndarray], config: CacheConfig, settin
     sim = ControlPlane(sim_config)
     sim_trail: list[tuple] = []
     run_batches(sim, request_batches(workload, settings.batch_size),
-                lambda plan: sim_trail.append((plan.labels, sim.gpu_keys(), sim.host_keys())))
+                lambda plan: sim_trail.append((plan.labels, list(plan.cached), dict(sim.gpu_tokens),
+                                               dict(sim.host_tokens))))
 
     manager = CacheManager(config, SHAPE, "cpu", int(columns["n_static"].max()), scratch_entries=settings.batch_size,
                            costs=COST)
     real_trail: list[tuple] = []
     _replay_like(manager, request_batches(workload, settings.batch_size), settings.lookahead, settings.load_budget,
-                 lambda plan: real_trail.append((plan.outcomes, set(manager.gpu), set(manager.host))))
+                 lambda plan: real_trail.append((plan.outcomes, list(plan.cached),
+                                                 {key: entry.n_tokens for key, entry in manager.gpu.items()},
+                                                 {key: entry.placement.n_tokens for key, entry in manager.host.items()})))
     assert len(real_trail) == len(sim_trail)
     for batch, (real, simulated) in enumerate(zip(real_trail, sim_trail)):
         assert real == simulated, f"batch {batch}: {config} {settings}"
@@ -127,7 +136,11 @@ def _check_identical(columns: dict[str, np.ndarray], config: CacheConfig, settin
     result, recomputed = simulate(workload, config.policy, config.gpu_capacity, host, settings, COST, keep_outcomes=True,
                                   host_geometry=control.host_geometry)
     labels = [Outcome(o).label for o in result.outcomes]
-    assert labels == [label for outcomes, _, _ in sim_trail for label in outcomes]
+    assert labels == [label for outcomes, *_ in sim_trail for label in outcomes]
+    reused = [tokens for _, cached, *_ in real_trail for tokens in cached]
+    assert recomputed.tolist() == (workload.n_static - np.array(reused, dtype=np.int64)).tolist()
+    if settings.append:
+        assert manager.stats.hit_tokens == sum(reused)
     assert result.requests == workload.n_requests == sum(
         getattr(result, name) for name in ("gpu_hits", "host_hits", "partial_hits", "host_recomputes", "misses", "stale"))
     assert int(recomputed.sum()) == result.static_tokens - result.hit_tokens

@@ -353,7 +353,7 @@ class CacheManager:
         if self.plane is None:
             return
         decisions = plan.decisions
-        failed = {job.key for job in plan.load.failed} if plan.load is not None else set()
+        failed = {job.key: job.placement.n_tokens for job in plan.load.failed} if plan.load is not None else {}
         timed_out = self._timed_out(plan)
         first_rows: set[Key] = set()
         for i, request in enumerate(decisions.requests):
@@ -366,7 +366,7 @@ class CacheManager:
                 decisions.kinds[i] = MissKind.CAPACITY
                 self.stats.transfer_fallbacks += 1
                 if first and key in failed:
-                    self._recompute_into_pages(plan, i)
+                    self._recompute_into_pages(plan, i, failed[key])
         for event in plan.page_waits:
             torch.cuda.current_stream().wait_event(event)
         plan.page_waits = []
@@ -374,24 +374,29 @@ class CacheManager:
                  if (e := plan.transient.get(k) or self.gpu.get(k)) and e.load}
         plan.waits = [h for h in waits.values() if not h.done()]
 
-    def _recompute_into_pages(self, plan: BatchPlan, row: int) -> None:
+    def _recompute_into_pages(self, plan: BatchPlan, row: int, loaded_tokens: int) -> None:
         """A load that was never issued: the forward computes the entry into the pages the load should
-        have filled (the control plane's state stays true)."""
+        have filled (the control plane's state stays true): the loaded tokens, and those the batch
+        appends to them (append variant; a later batch planned already may have grown the entry more)."""
         decisions = plan.decisions
         request = decisions.requests[row]
         scratch = request.key in plan.transient
-        entry = plan.transient[request.key] if scratch else self.gpu[request.key]
-        if entry.n_tokens > request.n_static:
+        grown = decisions.stores.get(row)
+        n_tokens = grown.n_tokens if grown is not None else loaded_tokens
+        if n_tokens > request.n_static:
             raise RuntimeError(f"load of {request.key} failed and the request computes only {request.n_static} "
-                               f"of its {entry.n_tokens} tokens")
-        decisions.stores[row] = StoreDecision(request.key, 0, entry.n_tokens, scratch)
+                               f"of its {n_tokens} tokens")
+        decisions.stores[row] = StoreDecision(request.key, 0, n_tokens, scratch)
 
     def _timed_out(self, plan: BatchPlan) -> set[Key]:
         timeout = self.config.transfer_timeout_s
         if timeout is None or plan.load is None or plan.load.wait_host(timeout):
             return set()
         # The copies still land later; the entries stay (with their pending load) for later batches.
-        return {job.key for job in plan.load.jobs}
+        # Entries the batch appends to wait for their load instead: the appended tokens share the
+        # loaded entry's last page, which a late load would overwrite.
+        grown = {store.key for store in plan.decisions.stores.values() if store.first > 0}
+        return {job.key for job in plan.load.jobs} - grown
 
     # ------------------------------------------------------------------ 3. pool inputs
     def pool_inputs(self, plan: BatchPlan, row_offsets: np.ndarray) -> PoolReads:

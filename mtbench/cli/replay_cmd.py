@@ -60,6 +60,10 @@ def replay(
     write_back: bool = typer.Option(True, "--write-back/--write-through",
                                     help="Copy an entry to the host when the GPU evicts it, or as soon as it is computed."),
     inclusive: bool = typer.Option(True, "--inclusive/--exclusive", help="Keep the host copy of an entry promoted to the GPU."),
+    history: str = typer.Option("bidirectional", "--history",
+                                help="bidirectional (MTGR's U+S prefix, fixed per static version) or causal (HSTU-style "
+                                     "history: a cached prefix is extended in place, partial hits; `mtbench trace "
+                                     "reversion --history causal` makes such traces)."),
     baseline: bool = typer.Option(False, "--baseline", help="Also run no-cache, GPU-only and --sync baselines."),
     verify: int = typer.Option(0, "--verify", help="Re-run N sampled requests with the full forward and check."),
     max_requests: MaxRequestsOpt = None,
@@ -122,8 +126,9 @@ def replay(
     setup = ReplaySetup(
         trace=trace, model=model, dtype=dtype, device=device, cache=cache, policy=policy, layouts=chosen_layouts,
         gpu_capacity=parse_size(gpu_cache, "--gpu-cache"), host_capacity=parse_size(host_cache, "--host-cache"),
-        sync=sync, write_back=write_back, inclusive=inclusive, baseline=baseline, verify=verify, sort=sort,
-        kv_dtype=kv_dtype, options=ReplayOptions(batch_size=batch_size, window=window, max_requests=max_requests, warmup=warmup,
+        sync=sync, write_back=write_back, inclusive=inclusive, history=history, baseline=baseline, verify=verify,
+        sort=sort, kv_dtype=kv_dtype,
+        options=ReplayOptions(batch_size=batch_size, window=window, max_requests=max_requests, warmup=warmup,
                               page_tokens=page_tokens, seed=seed, cuda_graphs=cuda_graphs,
                               load_budget=_load_budget(load_budget)),
     )

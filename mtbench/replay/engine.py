@@ -8,9 +8,12 @@ Per batch (`_BatchRunner.run`):
 3. ONE forward for the whole batch (`mtbench.model.pooled.pooled_forward`): hits (GPU and host;
    n_cached = n_static) read their prefix from the pool, the rest compute theirs and store its K/V
    straight into their fresh pages, layer by layer; the stream waits for layer l's loads just before
-   layer l. On CUDA the whole forward replays CUDA graphs captured per padded batch shape
-   (`ForwardGraphs`: embeddings, one graph per layer, heads; the cached forward is otherwise bound by
-   the host's kernel launches). Without a cache (mode none) the plain forward.
+   layer l. With a causal history (`CacheConfig.append`) a partial hit reads the m cached tokens of
+   its n and computes tokens m..n-1, storing them at token offsets m..n-1 of its entry (the rest of
+   a partly filled last page, then the pages the control plane appended). On CUDA the whole forward
+   replays CUDA graphs captured per padded batch shape (`ForwardGraphs`: embeddings, one graph per
+   layer, heads; the cached forward is otherwise bound by the host's kernel launches; partial hits
+   change the graphs' inputs, not their shapes). Without a cache (mode none) the plain forward.
 4. `release`: the control plane's host copies (write-back stream), unpin, drop stale entries, fence
    the side streams. Every tier decision is the control plane's (`mtbench.cache.control`), the same
    code `compare-policies` simulates with.
@@ -205,7 +208,8 @@ class _Recorder:
         self.batches.append({
             "run": [self.label] * n, "request_index": batch.request_index, "ts": batch.ts, "user_id": batch.user_id,
             "static_version": batch.static_version, "outcome": plan.outcomes, "n_static": batch.n_static,
-            "n_cached": plan.cached, "load_budget": np.full(n, -1 if plan.load_budget is None else plan.load_budget),
+            "n_cached": plan.cached, "reused_tokens": plan.cached,
+            "computed_tokens": batch.n_static - np.asarray(plan.cached), "load_budget": np.full(n, -1 if plan.load_budget is None else plan.load_budget),
             "n_rt": batch.n_rt, "n_cand": batch.n_cand, "latency_ms": np.full(n, batch_ms), "batch_index": np.full(n, batch.index),
             "gpu_used_bytes": np.full(n, timing.used_bytes[0]), "host_used_bytes": np.full(n, timing.used_bytes[1]),
             "warmup": np.full(n, timing.warmup),
@@ -217,7 +221,7 @@ class _Recorder:
             return pd.DataFrame()
         columns = {name: np.concatenate([np.asarray(batch[name]) for batch in self.batches]) for name in self.batches[0]}
         types = {"request_index": np.int64, "ts": np.float64, "user_id": np.int64, "static_version": np.int64,
-                 "n_cached": np.int64, "load_budget": np.int64,
+                 "n_cached": np.int64, "reused_tokens": np.int64, "computed_tokens": np.int64, "load_budget": np.int64,
                  "n_static": np.int64, "n_rt": np.int64, "n_cand": np.int64, "batch_index": np.int64,
                  "gpu_used_bytes": np.int64, "host_used_bytes": np.int64, "warmup": bool, "latency_ms": np.float64}
         return pd.DataFrame({name: values.astype(types[name]) if name in types else values for name, values in columns.items()})
@@ -480,12 +484,13 @@ def _summary_row(label: str, cache: CacheConfig, stats: CacheStats, timed: pd.Da
         **(stats.miss_columns() if stats.requests else {}),
         "gpu_hit_ratio": ratio(stats.gpu_hits, stats.requests),
         "token_hit_ratio": ratio(stats.hit_tokens, stats.static_tokens),
+        "reused_tokens": stats.hit_tokens, "computed_tokens": stats.static_tokens - stats.hit_tokens,
         "bytes_h2d": stats.bytes_h2d, "bytes_d2h": stats.bytes_d2h,
         "gpu_evictions": stats.gpu_evictions, "host_evictions": stats.host_evictions,
         "p50_ms": _quantile(timed["latency_ms"], 0.5) if len(timed) else None,
         "p99_ms": _quantile(timed["latency_ms"], 0.99) if len(timed) else None,
         "gpu_hit_p50_ms": _outcome_p50(timed, "gpu_hit"), "host_hit_p50_ms": _outcome_p50(timed, "host_hit"),
-        "miss_p50_ms": _outcome_p50(timed, "miss"),
+        "partial_hit_p50_ms": _outcome_p50(timed, "partial_hit"), "miss_p50_ms": _outcome_p50(timed, "miss"),
         "batch_p50_ms": _quantile(recorder.batch_ms, 0.5), "batch_p99_ms": _quantile(recorder.batch_ms, 0.99),
         "measured_ms": measured_ms, "ms_per_request": ratio(measured_ms, requests),
         "requests_per_s": ratio(requests, seconds), "candidates_per_s": ratio(candidates, seconds),

@@ -6,6 +6,11 @@ Runs of one invocation (same model weights, same batches):
 - with `--baseline`: `none` (recompute every prefix), `gpu` (GPU tier only) and, for a tiered
   asynchronous main run, the same configuration with `--sync` (blocking copies, no lookahead).
 Row labels: "tiered/hybrid", "tiered/hybrid/sync", "gpu", "none".
+
+History (`--history`): "bidirectional" is MTGR's U+S prefix (a version's prefix never changes: every
+request of one (user, static_version) must carry the same n_static); "causal" runs the model with
+history="causal" and the cache's append variant: a request whose entry covers m of its n static
+tokens reads those m and computes the other n - m (a partial hit), and the entry grows in place.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from mtbench.cache.policies import POLICY_NAMES
 from mtbench.device import check_cache_memory, resolve_device
 from mtbench.errors import MtbenchError
 from mtbench.model import MTGR, MTGRConfig, get_config
-from mtbench.model.config import parse_dtype
+from mtbench.model.config import HISTORY_MODES, parse_dtype
 from mtbench.model.pooled import graphs_supported
 from mtbench.replay.batching import check_batching
 from mtbench.replay.engine import BatchFeed, ReplayOptions, RunResult, replay_run
 from mtbench.replay.verify import VerifyResult, verify_samples
+from mtbench.sim.simulator import Workload
 from mtbench.trace import Trace, open_trace
 
 
@@ -60,6 +66,7 @@ class ReplaySetup:
     sync: bool = False
     write_back: bool = True
     inclusive: bool = True
+    history: str = "bidirectional"  # or "causal" (module docstring)
     baseline: bool = False
     verify: int = 0
     sort: bool = False  # sort an unsorted trace by ts in memory instead of refusing it
@@ -82,14 +89,16 @@ class ReplaySetup:
             "page_tokens": options.page_tokens, "seed": options.seed, "cuda_graphs": options.cuda_graphs,
             "load_budget": options.load_budget, "sort": self.sort,
             "write_back": self.write_back, "inclusive": self.inclusive, "lookahead": not self.sync,
-            "kv_dtype": self.host_kv or self.dtype, "lossy": self.host_kv is not None,
+            "kv_dtype": self.host_kv or self.dtype, "lossy": self.host_kv is not None, "history": self.history,
         }
 
 
 def validate_setup(setup: ReplaySetup) -> tuple[MTGRConfig, Trace, torch.device, torch.dtype]:
     """Check every option and the trace before anything runs or is written."""
     device, dtype = resolve_device(setup.device), parse_dtype(setup.dtype)
-    cfg = get_config(setup.model)
+    if setup.history not in HISTORY_MODES:
+        raise MtbenchError(f"--history must be one of {', '.join(HISTORY_MODES)}, got {setup.history!r}")
+    cfg = get_config(setup.model, history=setup.history)
     if setup.cache not in CACHE_MODES:
         raise MtbenchError(f"--cache must be one of {', '.join(CACHE_MODES)}, got {setup.cache!r}")
     if setup.policy not in POLICY_NAMES:
@@ -111,10 +120,22 @@ def validate_setup(setup: ReplaySetup) -> tuple[MTGRConfig, Trace, torch.device,
     if setup.options.warmup >= replayed:
         raise MtbenchError(f"--warmup {setup.options.warmup} covers all {replayed} replayed requests, so nothing would "
                            "be measured; lower --warmup or raise --max-requests")
+    _check_static_lengths(trace, setup)
     _check_capacities(setup, cfg, dtype, trace)
     check_cache_memory(device, setup.gpu_capacity if setup.cache != "none" or setup.baseline else 0,
                        setup.host_capacity if setup.cache == "tiered" else 0)
     return cfg, trace, device, dtype
+
+
+def _check_static_lengths(trace: Trace, setup: ReplaySetup) -> None:
+    """The simulator's rule: a version's prefix may grow only with a causal history."""
+    columns = trace.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
+    if setup.options.max_requests is not None:
+        columns = {name: values[:setup.options.max_requests] for name, values in columns.items()}
+    try:
+        Workload.from_columns(columns, EntrySizer(1, 1, unit=True)).check_static_lengths(setup.history == "causal")
+    except MtbenchError as err:
+        raise MtbenchError(f"{setup.trace}: {err}: --history causal in the replay") from None
 
 
 def _check_capacities(setup: ReplaySetup, cfg: MTGRConfig, dtype: torch.dtype, trace: Trace) -> None:
@@ -131,7 +152,8 @@ def planned_runs(setup: ReplaySetup) -> list[tuple[str, CacheConfig]]:
     """(label, cache config) of every run, main runs first."""
     base = CacheConfig(mode=setup.cache, policy=setup.policy, gpu_capacity=setup.gpu_capacity,
                        host_capacity=setup.host_capacity, layout=setup.layouts[0], sync=setup.sync,
-                       write_back=setup.write_back, inclusive=setup.inclusive, host_kv=setup.host_kv)
+                       write_back=setup.write_back, inclusive=setup.inclusive, host_kv=setup.host_kv,
+                       append=setup.history == "causal")
     runs: list[tuple[str, CacheConfig]] = []
     if setup.cache == "tiered":
         for layout in setup.layouts:

@@ -36,12 +36,13 @@ POLICY_COLORS = {
 _FALLBACK_COLORS = ("#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
                     "#dbdb8d", "#9edae5", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 OPT_NAMES = {"opt", "belady"}
-OUTCOME_COLUMNS = {"gpu_hit": "gpu_hits", "host_hit": "host_hits", "host_recompute": "host_recomputes",
-                   "miss": "misses", "stale": "stale"}
-OUTCOME_COLORS = {"gpu_hit": "#1b9e77", "host_hit": "#7570b3", "host_recompute": "#e7298a", "miss": "#d95f02",
-                  "stale": "#a6a6a6"}
-OUTCOME_LABELS = {"gpu_hit": "GPU hit", "host_hit": "host hit", "host_recompute": "host, recomputed", "miss": "miss",
-                  "stale": "stale"}
+OUTCOME_COLUMNS = {"gpu_hit": "gpu_hits", "host_hit": "host_hits", "partial_hit": "partial_hits",
+                   "host_recompute": "host_recomputes", "miss": "misses", "stale": "stale"}
+OUTCOME_COLORS = {"gpu_hit": "#1b9e77", "host_hit": "#7570b3", "partial_hit": "#e6ab02", "host_recompute": "#e7298a",
+                  "miss": "#d95f02", "stale": "#a6a6a6"}
+OUTCOME_LABELS = {"gpu_hit": "GPU hit", "host_hit": "host hit", "partial_hit": "partial hit (appended)",
+                  "host_recompute": "host, recomputed", "miss": "miss", "stale": "stale"}
+OPTIONAL_OUTCOMES = ("partial_hit", "host_recompute")  # shown only where some bar has them
 LINESTYLES = ("-", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 HATCHES = ("", "//", "..", "xx", "\\\\", "++", "oo")
@@ -332,8 +333,8 @@ def _outcome_panel(ax: Axes, bars: list[tuple[str, str, dict[str, Any]]]) -> Non
     bottom = np.zeros(len(bars))
     for outcome, column in OUTCOME_COLUMNS.items():
         shares = np.array([100 * float(row.get(column) or 0) / row["requests"] for _, _, row in bars])
-        if outcome == "host_recompute" and not shares.any():
-            continue  # simulator rows, and replays that loaded every host hit
+        if outcome in OPTIONAL_OUTCOMES and not shares.any():
+            continue  # bidirectional prefixes; simulator rows, and replays that loaded every host hit
         ax.bar(positions, shares, bottom=bottom, color=OUTCOME_COLORS[outcome], label=OUTCOME_LABELS[outcome],
                edgecolor="white", linewidth=0.5, width=0.75)
         bottom += shares

@@ -38,20 +38,21 @@ HEADER_SLACK = 2  # terminal columns a header may add to its cells' width before
 MISS_CAUSES = ("Why requests missed", ["misses_compulsory", "misses_stale", "misses_capacity", "unlimited_host_gain"])
 _GROUPS_BY_KIND: dict[str, list[tuple[str, list[str]]]] = {  # a group shows only the fields some row has
     "compare-policies": [
-        ("Request outcomes", ["requests", "gpu_hits", "host_hits", "misses", "stale"]),
+        ("Request outcomes", ["requests", "gpu_hits", "host_hits", "partial_hits", "misses", "stale"]),
         ("Hit ratios and estimated cost", ["hit_ratio", "cold_miss_limit", "gpu_hit_ratio", "token_hit_ratio",
-                                           "est_ms_per_request", "est_speedup"]),
+                                           "reused_tokens", "computed_tokens", "est_ms_per_request", "est_speedup"]),
         MISS_CAUSES,
         ("Traffic between tiers", ["bytes_h2d", "bytes_d2h", "gpu_evictions", "host_evictions",
                                    "est_transfer_exposed_ms"]),
     ],
     "replay": [
         ("Setup and outcomes", ["policy", "cache_mode", "layout", "sync", "kv_dtype", "lossy", "requests", "gpu_hits",
-                                "host_hits",
-                                "host_recomputes", "misses", "stale", "hit_ratio", "cold_miss_limit", "lookup_hit_ratio",
-                                "gpu_hit_ratio", "token_hit_ratio"]),
+                                "host_hits", "partial_hits", "host_recomputes", "misses", "stale", "hit_ratio",
+                                "cold_miss_limit", "lookup_hit_ratio", "gpu_hit_ratio", "token_hit_ratio",
+                                "reused_tokens", "computed_tokens"]),
         MISS_CAUSES,
-        ("Latency and throughput", ["p50_ms", "p99_ms", "gpu_hit_p50_ms", "host_hit_p50_ms", "miss_p50_ms",
+        ("Latency and throughput", ["p50_ms", "p99_ms", "gpu_hit_p50_ms", "host_hit_p50_ms", "partial_hit_p50_ms",
+                                    "miss_p50_ms",
                                     "batch_p50_ms", "batch_p99_ms", "ms_per_request", "measured_ms", "requests_per_s",
                                     "candidates_per_s", "est_ms_per_request"]),
         ("Time breakdown and transfers", ["compute_ms", "transfer_wait_ms", "bookkeeping_ms", "forward_host_ms",
