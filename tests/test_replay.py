@@ -275,7 +275,8 @@ def test_replay_command_writes_documented_report(tmp_path: Path) -> None:
     trace = make_trace(tmp_path / "t.parquet", 4, requests=60)
     out = tmp_path / "report"
     result = CliRunner().invoke(app, [
-        "replay", str(trace), "--model", "tiny", "--gpu-cache", f"{8 * SHAPE.page_bytes}", "--host-cache", "1MiB",
+        "replay", str(trace), "--model", "tiny", "--device", "cpu", "--dtype", "fp32",
+        "--gpu-cache", f"{8 * SHAPE.page_bytes}", "--host-cache", "1MiB",
         "--batch-size", "6", "--baseline", "--verify", "6", "--layouts", "paged,hybrid", "--warmup", "12", "-o", str(out)])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())

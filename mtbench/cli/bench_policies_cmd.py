@@ -105,7 +105,7 @@ def bench_refresh(
       mtbench bench refresh ml.parquet --periods 1h,1d,7d,30d,never --gpu-cache 2GiB --host-cache 32GiB
     """
     from mtbench.cache.policies import parse_policy_list
-    from mtbench.cli.policies_cmd import _check_capacities
+    from mtbench.sim.runner import check_capacities
     from mtbench.cli.trace_cmd import parse_period
     from mtbench.model import get_config
     from mtbench.report.refresh_plot import plot_refresh
@@ -135,7 +135,7 @@ def bench_refresh(
     columns = open_trace(trace, limits).arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
     for label, period in parsed:
         for history in HISTORIES:
-            _check_capacities(refresh_workload(columns, period, history, setup), [gpu], host, False)
+            check_capacities(refresh_workload(columns, period, history, setup), (gpu,), host, False)
     console = Console()
     with _progress("bench refresh", console) as progress:
         task = progress.add_task("", total=len(parsed) * len(HISTORIES))

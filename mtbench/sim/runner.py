@@ -92,7 +92,7 @@ def prepare_compare_policies(setup: PolicySweep) -> PreparedSweep:
         columns = {name: values[:setup.max_requests] for name, values in columns.items()}
     workload = Workload.from_columns(columns, sizer)
     workload.check_static_lengths(setup.settings.append)
-    _check_capacities(workload, setup.gpu_capacities, setup.host_capacity, unit)
+    check_capacities(workload, setup.gpu_capacities, setup.host_capacity, unit)
     geometry = None if unit or not setup.host_capacity else shape.host_geometry(HOST_LAYOUT, host_kv,
                                                                                  setup.host_capacity)
     points = [SweepPoint(name, cap, setup.host_capacity) for name in names for cap in setup.gpu_capacities]
@@ -137,7 +137,7 @@ def run_compare_policies(prepared: PreparedSweep, on_start: Callable[[int], Call
     return SweepOutcome(summary, pd.DataFrame(rows))
 
 
-def _check_capacities(workload: Workload, gpu_capacities: tuple[int, ...], host_capacity: int, unit: bool) -> None:
+def check_capacities(workload: Workload, gpu_capacities: tuple[int, ...], host_capacity: int, unit: bool) -> None:
     """Every GPU capacity (and a non-zero host capacity) must hold the largest entry of the trace."""
     if unit:
         for capacity in gpu_capacities:
