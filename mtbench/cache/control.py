@@ -300,7 +300,7 @@ class ControlPlane:
     def __init__(self, config: ControlConfig, data: DataPlane | None = None) -> None:
         name = policy_class(config.policy).name
         self.config = config
-        self.settings = settings = config.settings
+        self.settings = config.settings
         self.sizer = sizer = config.sizer
         self.data: DataPlane = data if data is not None else NullDataPlane()
         two_tiers = config.host_capacity > 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -17,7 +15,7 @@ from rich.table import Table
 from mtbench.cache.policies import POLICY_NAMES
 from mtbench.cli.options import ForceOpt, HostKvOpt, KvDtypeOpt, MaxRequestsOpt, ModelOpt, SortOpt
 from mtbench.errors import MtbenchError
-from mtbench.units import OBJECT_SIZES, format_bytes, format_capacity
+from mtbench.units import OBJECT_SIZES, format_capacity
 
 DEFAULT_POLICIES = "lru,arc,s3fifo,sieve,gdsf,mtserve,opt"
 

@@ -26,6 +26,7 @@ from mtbench.cache.control import require_fits
 from mtbench.cache.manager import CACHE_MODES, CacheConfig
 from mtbench.cache.layouts import FP8_LAYOUTS, host_layout_name
 from mtbench.cache.pool import KVShape, parse_host_kv
+from mtbench.cache.sizes import EntrySizer
 from mtbench.cache.policies import POLICY_NAMES
 from mtbench.device import check_cache_memory, resolve_device
 from mtbench.errors import MtbenchError
