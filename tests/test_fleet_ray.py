@@ -39,5 +39,5 @@ def test_ray_backend_gives_identical_summary_rows_to_the_local_backend(ray_backe
     workload = Workload.from_columns(columns, SIZER)
     size = int(workload.size.mean())
     points = [SweepPoint(p, c * size, 20 * size) for p in ("lru", "s3fifo", "mtserve") for c in (3, 9)]
-    args = (workload, points, TierSettings(), COST, 1.0 / SIZER.bytes_per_token)
+    args = (workload, points, TierSettings(), COST, None)
     assert run_sweep(*args, backend=ray_backend) == run_sweep(*args, workers=1)

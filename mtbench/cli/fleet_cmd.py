@@ -48,7 +48,8 @@ def fleet(
     Examples:
 
       mtbench fleet traces/synth-small.parquet --replicas 1,2,4 \\
-        --router user-hash,round-robin --gpu-cache 256MiB --host-cache 4GiB -o runs/fleet
+        --router user-hash,round-robin --gpu-cache 256MiB --host-cache 4GiB \\
+        -o runs/fleet
     """
     from mtbench.cache.policies import policy_class
     from mtbench.fleet.backend import check_backend, make_backend

@@ -95,8 +95,9 @@ def replay(
 ) -> None:
     """Replay a trace through the real GPU/host KV cache and MTGR, and write a report directory.
 
-    With --arrivals trace|poisson requests arrive in real time (open loop) and a dynamic batcher
-    forms batches; latency then runs from a request's arrival to its scores (queueing included).
+    With --arrivals trace|poisson requests arrive in real time (open loop) and a
+    dynamic batcher forms batches; latency then runs from a request's arrival to
+    its scores (queueing included).
 
     Examples:
 
