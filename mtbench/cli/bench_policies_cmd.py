@@ -102,7 +102,8 @@ def bench_refresh(
 
       mtbench bench refresh traces/movielens-small.parquet -o refresh.png
 
-      mtbench bench refresh ml.parquet --periods 1h,1d,7d,30d,never --gpu-cache 2GiB --host-cache 32GiB
+      mtbench bench refresh ml.parquet --periods 1h,1d,7d,30d,never \\
+        --gpu-cache 2GiB --host-cache 32GiB
     """
     from mtbench.cache.policies import parse_policy_list
     from mtbench.sim.runner import check_capacities

@@ -51,18 +51,21 @@ def capacity(
 ) -> None:
     """Find the highest rate one GPU sustains within the SLO, per cache mode, and GPUs for a target rate.
 
-    Simulated: the cache simulator decides outcomes, the cost model prices batches, a discrete-event
-    simulation serves them at each rate. GPUs for --target-qps assume requests split evenly across
-    GPUs by user hash (each GPU with the given tier sizes).
+    Simulated: the cache simulator decides outcomes, the cost model prices
+    batches, a discrete-event simulation serves them at each rate. GPUs for
+    --target-qps assume requests split evenly across GPUs by user hash (each
+    GPU with the given tier sizes).
 
     Examples:
 
       mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 \\
-        --gpu-cache 64MiB --host-cache 1GiB --max-requests 2000 --slo-ms 5 --max-wait-ms 1
+        --gpu-cache 64MiB --host-cache 1GiB --max-requests 2000 \\
+        --slo-ms 5 --max-wait-ms 1
 
       mtbench capacity traces/synth-small.parquet --model mini --dtype fp32 \\
-        --cache none,tiered --gpu-cache 64MiB --host-cache 1GiB --max-requests 2000 \\
-        --slo-ms 5 --max-wait-ms 1 --percentile 99.9 --arrivals trace --target-qps 100000
+        --cache none,tiered --gpu-cache 64MiB --host-cache 1GiB \\
+        --max-requests 2000 --slo-ms 5 --max-wait-ms 1 --percentile 99.9 \\
+        --arrivals trace --target-qps 100000
     """
     from mtbench.report import validate_out_dir, write_report
     from mtbench.serve.arrivals import ArrivalSpec

@@ -182,7 +182,8 @@ def bench_stream(
 
     Examples:
 
-      mtbench bench stream traces/synth-small.parquet --gpu-cache 256MiB --host-cache 4GiB
+      mtbench bench stream traces/synth-small.parquet --gpu-cache 256MiB \\
+        --host-cache 4GiB
     """
     from rich.table import Table
 

@@ -360,9 +360,11 @@ def reversion_cmd(
 
     Examples:
 
-      mtbench trace reversion traces/movielens-small.parquet --period 7d -o ml-7d.parquet
+      mtbench trace reversion traces/movielens-small.parquet --period 7d \\
+        -o ml-7d.parquet
 
-      mtbench trace reversion ml.parquet --period never --history causal -o ml-never-causal.parquet
+      mtbench trace reversion ml.parquet --period never --history causal \\
+        -o ml-never-causal.parquet
     """
     import pyarrow.parquet as pq
 
