@@ -106,9 +106,9 @@ def replay(
         --warmup 8 -o runs/replay
 
       mtbench replay traces/synth-small.parquet --model large \\
-        --device cuda --layout hybrid,user,zerocopy,paged \\
-        --gpu-cache 1GiB --host-cache 16GiB --batch-size 64 --baseline \\
-        --verify 32 -o runs/replay-h200  # needs a CUDA GPU
+        --device cuda --layout hybrid,user,zerocopy,paged --baseline \\
+        --gpu-cache 1GiB --host-cache 16GiB --batch-size 64 --verify 32 \\
+        --max-requests 8000 -o runs/replay-gpu  # needs a CUDA GPU
     """
     from mtbench.report import print_summary, validate_out_dir, write_report
     from mtbench.replay.engine import ReplayOptions
