@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import kernels
-from kernels.fp8_rows_ref import fp8_row_bytes
+from kernels.fp8_rows_ref import fp8_token_bytes
 from mtbench.cache.host import Fp8RowArena, HostArena
 from mtbench.cache.pool import KVShape, PagedKVPool, to_device_async
 from mtbench.errors import MtbenchError
@@ -317,7 +317,7 @@ class Fp8ZeroCopyLayout(ZeroCopyLayout):
 
     @property
     def bytes_per_token(self) -> int:
-        return 2 * self.shape.layers * fp8_row_bytes(self.shape.heads, self.shape.head_dim)
+        return fp8_token_bytes(self.shape.layers, self.shape.heads, self.shape.head_dim)
 
     def extent_elements(self, n_tokens: int) -> list[int]:
         """Rows (not elements) of each layer's extent in the `Fp8RowArena`."""
