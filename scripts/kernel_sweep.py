@@ -56,6 +56,9 @@ ATTENTION_VARIANTS: dict[str, tuple] = {
     "ptr 64x32 w4 s2 hi": (64, 32, 4, 2, True, False, 1, True),
     "ptr 64x64 w4 s2": (64, 64, 4, 2, True, False, 1, False),
     "ptr 64x64 w4 s2 hi": (64, 64, 4, 2, True, False, 1, True),
+    # not measured yet (candidates for a next call): 8 warps on 64-row tiles, 16-token tiles with 4 stages
+    "tma 64x32 w8 s2 hi": (64, 32, 8, 2, True, True, 1, True),
+    "tma 64x16 w4 s4 hi": (64, 16, 4, 4, True, True, 1, True),
 }
 CACHED_SHAPES = {"cached_cand": (N_STATIC + N_RT, 0, 0, N_CAND), "cached": (N_STATIC, 0, N_RT, N_CAND)}
 SCAN_BATCHES: tuple[int, ...] = ()
