@@ -43,6 +43,11 @@ def fp8_row_bytes(heads: int, head_dim: int) -> int:
     return heads * head_dim + heads
 
 
+def fp8_token_bytes(layers: int, heads: int, head_dim: int) -> int:
+    """Bytes of one token's K and V rows over `layers` layers in this format (the fp8 entry size per token)."""
+    return 2 * layers * fp8_row_bytes(heads, head_dim)
+
+
 def scale_exponents(amax: torch.Tensor) -> torch.Tensor:
     """E8M0 codes (int32) of the per-head scales for fp32 `amax` >= 0 (see the module docstring)."""
     bits = amax.float().contiguous().view(torch.int32)

@@ -7,6 +7,6 @@ mkdir -p "$TRITON_CACHE_DIR" "$OUT"
 [ -f .gpu/triton_cache.tgz ] && tar -xzf .gpu/triton_cache.tgz -C .gpu
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/pip.log" 2>&1
-timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -x -rN -p no:cacheprovider ${TESTS:-tests/test_kernels_attention.py tests/test_kernels_ops.py} -k "${TEST_FILTER:-gpu or ops or dispatcher}" 2>&1 | tee "$OUT/tests.log"
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -x -rN -p no:cacheprovider ${TESTS:-tests/test_kernels_attention.py tests/test_kernels_ops.py tests/test_kernels_fp8.py} -k "${TEST_FILTER:-gpu or ops or dispatcher}" 2>&1 | tee "$OUT/tests.log"
 timeout "${BENCH_TIMEOUT:-300}" python3 -m mtbench bench kernels ${BENCH_ARGS:---presets large --batch 16,64 --sweep} --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 tar -czf "$OUT/triton_cache.tgz" -C .gpu triton_cache

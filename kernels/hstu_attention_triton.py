@@ -56,7 +56,6 @@ class AttentionConfig:
     num_stages: int
     fast_silu: bool = True  # tanh.approx SiLU for 16-bit inputs on CUDA
     tma: bool = False  # paged prefix K/V through tensor descriptors (whole page rows, Hopper TMA on CUDA)
-    warp_specialize: bool = False  # with tma: Triton's producer/consumer warp split of the prefix loop
     split_k: int = 1  # programs per row block, each over a slice of the prefix; partial sums added atomically
     heads_inner: bool = False  # launch a row block's heads next to each other (they read the same K/V rows)
 
@@ -134,7 +133,7 @@ def _hstu_fwd_kernel(
     CAUSAL_STATIC: tl.constexpr, VISIBLE_NORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_B: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FAST_SILU: tl.constexpr, USE_TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, SPLIT_K: tl.constexpr, HEADS_INNER: tl.constexpr,
+    SPLIT_K: tl.constexpr, HEADS_INNER: tl.constexpr,
 ):
     if HEADS_INNER:
         head, work = tl.program_id(0), tl.program_id(1)
@@ -183,7 +182,7 @@ def _hstu_fwd_kernel(
         # BLOCK_N divides the page and BLOCK_D == head_dim: each tile is BLOCK_N consecutive rows of one
         # page in the [rows, H * D] view of the pool; keys past the prefix are zeroed in the weights (pool
         # slots past an entry hold finite values: the pool is zero-initialised and only holds K/V).
-        for start in tl.range(prefix_lo, prefix_hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+        for start in range(prefix_lo, prefix_hi, BLOCK_N):
             page = tl.load(page_table_ptr + b * stride_page_table + start // PAGE_TOKENS)
             row = page * page_rows + start % PAGE_TOKENS
             k = prefix_k_desc.load([row, head * BLOCK_D])
@@ -364,7 +363,7 @@ def hstu_attention_triton(
         CHUNK_B=min(1024, max(64, triton.next_power_of_2(n_requests))),  # >= 64: one compile for B <= 64
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         FAST_SILU=cfg.fast_silu and q.is_cuda and q.dtype != torch.float32, USE_TMA=use_tma,
-        WARP_SPECIALIZE=use_tma and cfg.warp_specialize, SPLIT_K=split_k, HEADS_INNER=cfg.heads_inner,
+        SPLIT_K=split_k, HEADS_INNER=cfg.heads_inner,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out if split_k == 1 else out.to(q.dtype)

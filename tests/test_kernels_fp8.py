@@ -230,3 +230,24 @@ def test_fp8_zerocopy_layout_stores_and_loads_through_the_engine():
             back = tokens(pool.kv, new, layer).float()
             assert (back - original).abs().le(fp8_error_bound(original)).all()
             assert not torch.equal(back, original), "fp8 is lossy: the test data must show it"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_zero_copy_through_pinned_host_rows_on_gpu():
+    """The host tier's path: CUDA pool rows -> pinned host fp8 rows -> other pool rows, bit-exact with the
+    reference at MTGR-large row width (3 x 256)."""
+    gen = torch.Generator().manual_seed(50)
+    n, heads, head_dim = 3000, 3, 256
+    pool = torch.randn(n, heads * head_dim, generator=gen).to("cuda", torch.bfloat16)
+    rows = torch.randperm(n, generator=gen).cuda()
+    codes = torch.empty(n, heads * head_dim, dtype=torch.uint8, pin_memory=True)
+    scales = torch.empty(n, heads, dtype=torch.uint8, pin_memory=True)
+    quantize_rows_fp8(pool, rows, codes, scales, torch.arange(n, device="cuda"))
+    back = torch.empty_like(pool)
+    dequantize_rows_fp8(codes, scales, torch.arange(n, device="cuda"), back, rows)
+    torch.cuda.synchronize()
+    ref_codes, ref_scales = quantize_fp8_reference(pool.cpu()[rows.cpu()].view(n, heads, head_dim))
+    assert torch.equal(codes.view(n, heads, head_dim), ref_codes) and torch.equal(scales, ref_scales)
+    expected = dequantize_fp8_reference(ref_codes, ref_scales, torch.bfloat16).view(n, -1)
+    assert torch.equal(back.cpu()[rows.cpu()], expected)

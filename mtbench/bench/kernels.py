@@ -5,7 +5,8 @@ preset. Cases per (preset, batch):
 - `full`: full-prefix forward attention (every row computed, no cache);
 - `cached`: R + C rows against 1032 static keys read from a paged pool (P = 32, random page order);
 - `cached_cand`: the 200 candidates alone against 1132 cached keys from pages (the target's shape);
-plus Group LayerNorm (gated) over all rows and page copy (scatter/gather of one layer's static K/V).
+plus Group LayerNorm (gated) over all rows, page copy (scatter/gather of one layer's static K/V), and
+the host tier's zero-copy loads/stores of one layer's static K/V in bf16 and in fp8 (kernels/fp8_rows_ref.py).
 TFLOP/s counts only unmasked work (4 * head_dim flops per visible (row, key) pair and head).
 Times are medians over CUDA-event timed calls that rotate over several input sets.
 """
@@ -19,7 +20,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from kernels import AttentionSpec, gather_from_pages, group_layernorm, hstu_attention, scatter_to_pages
+from kernels import (
+    AttentionSpec, copy_rows, dequantize_rows_fp8, gather_from_pages, group_layernorm, hstu_attention,
+    quantize_rows_fp8, scatter_to_pages,
+)
 from kernels.group_layernorm_ref import group_layernorm_reference
 from kernels.hstu_attention_ref import hstu_attention_reference
 from kernels.page_copy_ref import gather_from_pages_reference, scatter_to_pages_reference
@@ -180,6 +184,34 @@ def bench_page_copy(preset: str, batch: int, heads: int, head_dim: int, dtype: t
     return rows
 
 
+def bench_host_rows(preset: str, batch: int, heads: int, head_dim: int, dtype: torch.dtype) -> list[Row]:
+    """One layer of `batch` host hits of N_STATIC tokens moved between pinned host rows and pool rows by the
+    zero-copy kernels: bf16 rows (`copy_rows`) vs fp8 rows (`dequantize_rows_fp8` / `quantize_rows_fp8`)."""
+    n_rows, width = batch * 2 * N_STATIC, heads * head_dim
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    pool = torch.randn(n_rows, width, generator=gen, device="cuda").to(dtype)
+    pool_rows = torch.randperm(n_rows, generator=gen, device="cuda")
+    host_rows = torch.arange(n_rows, device="cuda")
+    host = torch.empty(n_rows, width, dtype=dtype, pin_memory=True)
+    codes = torch.empty(n_rows, width, dtype=torch.uint8, pin_memory=True)
+    scales = torch.empty(n_rows, heads, dtype=torch.uint8, pin_memory=True)
+    plain_bytes, fp8_bytes = n_rows * width * pool.element_size(), n_rows * (width + heads)
+    runs = {
+        ("load", "bf16"): (lambda: copy_rows(host, host_rows, pool, pool_rows), plain_bytes),
+        ("load", "fp8"): (lambda: dequantize_rows_fp8(codes, scales, host_rows, pool, pool_rows), fp8_bytes),
+        ("store", "bf16"): (lambda: copy_rows(pool, pool_rows, host, host_rows), plain_bytes),
+        ("store", "fp8"): (lambda: quantize_rows_fp8(pool, pool_rows, codes, scales, host_rows), fp8_bytes),
+    }
+    rows, plain_ms = [], {}
+    for (case, kind), (call, moved) in runs.items():
+        ms = time_cuda([call], repeats=10, warmup=2)
+        speedup = None if kind == "bf16" else plain_ms[case] / ms
+        plain_ms.setdefault(case, ms)
+        rows.append(Row(preset, batch, "host_rows", case, kind, ms, gbps=moved / ms / 1e6, speedup=speedup,
+                        note="zero-copy over PCIe, one layer"))
+    return rows
+
+
 def bench_model(preset: str, batch: int, dtype: torch.dtype) -> list[Row]:
     """Whole MTGR forward, full vs cached (paged prefix), with the Triton kernels and with the references."""
     cfg = get_config(preset)
@@ -234,6 +266,7 @@ def run_kernel_bench(presets: Sequence[str], batches: Sequence[int], dtype: torc
             progress(f"{preset} B={batch}: group_layernorm, page_copy")
             rows += bench_group_layernorm(preset, batch, cfg.d_model, dtype, n_sets)
             rows += bench_page_copy(preset, batch, cfg.n_heads, cfg.head_dim, dtype, n_sets, d2d)
+            rows += bench_host_rows(preset, batch, cfg.n_heads, cfg.head_dim, dtype)
             torch.cuda.empty_cache()
     for preset in presets if with_model else ():
         for batch in batches:

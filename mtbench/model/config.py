@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kernels.fp8_rows_ref import fp8_row_bytes
+from kernels.fp8_rows_ref import fp8_token_bytes
 from mtbench.errors import MtbenchError
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def kv_bytes_per_token(config: MTGRConfig, kv_dtype: str) -> int:
     ("fp32" | "bf16" | "fp16" | "fp8"). fp8 is the host tier's row format (kernels/fp8_rows_ref.py):
     per layer and K/V row, d_model e4m3 bytes plus one scale byte per head."""
     if kv_dtype == "fp8":
-        return config.n_layers * 2 * fp8_row_bytes(config.n_heads, config.head_dim)
+        return fp8_token_bytes(config.n_layers, config.n_heads, config.head_dim)
     if kv_dtype not in DTYPES:
         raise MtbenchError(f"unknown KV dtype {kv_dtype!r} (choose from {', '.join(KV_DTYPES)})")
     return config.kv_bytes_per_token(DTYPES[kv_dtype])
