@@ -14,7 +14,7 @@ from mtbench.errors import MtbenchError
 from mtbench.report import default_report_dir, load_report, print_summary, render_markdown
 from mtbench.report.compare import comparison_json, comparison_markdown, compare_reports, print_comparison
 from mtbench.report.plots import draw_plots
-from mtbench.report.serving_plots import ALL_PLOTS
+from mtbench.report.serving_plots import plots_for
 
 
 class OutputFormat(str, Enum):
@@ -35,12 +35,13 @@ def plot(
     if out.exists() and not out.is_dir():
         raise MtbenchError(f"plot output {out} exists and is not a directory")
     console = Console()
-    with console.status(f"drawing {len(ALL_PLOTS)} plots from {len(reports)} report(s)"):
-        outcome = draw_plots(reports, out, plots=ALL_PLOTS)
+    plots = plots_for(reports)
+    with console.status(f"drawing {len(plots)} plots from {len(reports)} report(s)"):
+        outcome = draw_plots(reports, out, plots=plots)
     table = Table(title=f"Plots in {out}", title_justify="left")
     table.add_column("plot", style="bold")
     table.add_column("result", overflow="fold")
-    for name in ALL_PLOTS:
+    for name in plots:
         file = f"{name}.png"
         table.add_row(name, str(out / file) if file in outcome.written else f"skipped: {outcome.skipped[name]}")
     console.print(table)

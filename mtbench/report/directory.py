@@ -69,7 +69,7 @@ def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.Data
     (JSON-able summary, parquet-able records, a usable directory) before anything is written.
     """
     from mtbench.report.plots import draw_plots
-    from mtbench.report.serving_plots import ALL_PLOTS
+    from mtbench.report.serving_plots import plots_for
 
     full_summary = complete_summary(summary, kind)
     table = _records_table(records)
@@ -77,7 +77,8 @@ def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.Data
     with ReportWriter(target) as writer:
         writer.write_records(table)
         writer.write_summary(full_summary)
-        outcome = draw_plots([Report(None, full_summary, records)], writer.plots_dir, strict=False, plots=ALL_PLOTS)
+        report = Report(None, full_summary, records)
+        outcome = draw_plots([report], writer.plots_dir, strict=False, plots=plots_for([report]))
         writer.write_markdown(render_markdown(full_summary, outcome.written, outcome.skipped))
     return target
 
