@@ -309,7 +309,7 @@ def _point_fields(row: dict) -> dict:
 
 
 def _mode_row(server: ModeServer, max_qps: float, question: CapacityQuestion, measured: dict | None) -> dict:
-    outcomes = server.served.outcomes
+    outcomes = server.served.outcomes[min(question.warmup, len(server.served.outcomes) - 1):]  # as the figures
     counts = {name: int(np.count_nonzero(outcomes == name)) for name in ("gpu_hit", "host_hit", "miss", "stale")}
     n = max(len(outcomes), 1)
     at_capacity = server.at(max_qps) if max_qps > 0 else {}
