@@ -10,10 +10,10 @@
 #  2. tier sizes from the replayed requests' active users (GPU = GPU_SHARE of their KV bytes);
 #  3. `mtbench calibrate` at the benchmark's batch size (cost model JSON);
 #  4. `mtbench capacity ... --measure`: per cache mode (none, gpu, tiered) the fixed cost per batch is
-#     measured (closed-loop replays at BATCH/4 and BATCH), the discrete-event simulator draws latency vs
+#     measured (replays with every request queued, at BATCH/4 and BATCH), the discrete-event simulator draws latency vs
 #     load and finds the highest Poisson rate within p99 <= SLO_MS, and the real open-loop replay runs at
 #     FRACTIONS of each mode's simulated saturation and at its SLO rate (5+ load levels up to saturation),
-#     plus a closed-loop run for its throughput;
+#     and its throughput (every request queued at once);
 #  5. SERVING.md + serving.json: simulated vs measured p50/p99 per rate and mode, the p99 gap below 80%
 #     of saturation (target 15%), and the one-line result (max QPS per GPU within p99 <= SLO_MS, capacity
 #     speedup, throughput speedup); the capacity report's PNGs are copied to $OUT/plots.
