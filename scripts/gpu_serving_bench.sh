@@ -3,17 +3,17 @@
 # trace of scripts/gpu_replay_bench.sh, GPU tier 10% of the active users' KV bytes, host tier the rest.
 #
 #   OUT=/some/dir scripts/gpu_serving_bench.sh       (the device tool sets $OUT; one command, < 8 minutes)
-#   SMALL=1 OUT=/tmp/x scripts/gpu_serving_bench.sh  (dry run on the CPU: tiny model, small trace)
+#   SMALL=1 OUT=/tmp/x scripts/gpu_serving_bench.sh  (dry run on the CPU: tiny model, small trace; ~15 min on a busy CPU)
 #
 # Steps:
 #  1. the synthetic trace (400 users, 60,000 requests over a day, lifelong sequences of 800-1000 tokens);
 #  2. tier sizes from the replayed requests' active users (GPU = GPU_SHARE of their KV bytes);
 #  3. `mtbench calibrate` at the benchmark's batch size (cost model JSON);
 #  4. `mtbench capacity ... --measure`: per cache mode (none, gpu, tiered) the fixed cost per batch is
-#     measured (closed-loop replays at BATCH/4 and BATCH), the discrete-event simulator draws latency vs
+#     measured (replays with every request queued, at BATCH/4 and BATCH), the discrete-event simulator draws latency vs
 #     load and finds the highest Poisson rate within p99 <= SLO_MS, and the real open-loop replay runs at
 #     FRACTIONS of each mode's simulated saturation and at its SLO rate (5+ load levels up to saturation),
-#     plus a closed-loop run for its throughput;
+#     and its throughput (every request queued at once);
 #  5. SERVING.md + serving.json: simulated vs measured p50/p99 per rate and mode, the p99 gap below 80%
 #     of saturation (target 15%), and the one-line result (max QPS per GPU within p99 <= SLO_MS, capacity
 #     speedup, throughput speedup); the capacity report's PNGs are copied to $OUT/plots.
@@ -54,7 +54,7 @@ $PY -c 'import torch, triton; print("torch", torch.__version__, "triton", triton
 
 # 1. trace
 SYN=$WORK/synth.parquet
-timeout 120 $PY -m mtbench trace synth --users "$SYNTH_USERS" --requests "$SYNTH_REQUESTS" --duration 1d \
+timeout 90 $PY -m mtbench trace synth --users "$SYNTH_USERS" --requests "$SYNTH_REQUESTS" --duration 1d \
   --model "$MODEL" --user-tokens "$USER_TOKENS" --seed 7 --history-dist "$HISTORY" -o "$SYN" | tee -a "$OUT/serving.log"
 
 # 2. tier sizes: active users of the replayed requests, their KV bytes at whole pages
@@ -78,11 +78,11 @@ PY
 log "trace: $USERS active users in the first $MAX_REQUESTS requests; GPU tier $GPU B ($GPU_SHARE of their KV), host tier $HOST B"
 
 # 3. cost model at the benchmark's batch size
-timeout 240 $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" \
+timeout 150 $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" \
   -o "$OUT/costmodel.json" 2>&1 | tee -a "$OUT/serving.log"
 
 # 4. simulated curves + capacity, checked by the real open-loop replay
-timeout "${CAPACITY_TIMEOUT:-420}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
+timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
   --cache none,gpu,tiered --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
   --max-wait-ms "$MAX_WAIT_MS" --slo-ms "$SLO_MS" --percentile 99 --cost-model "$OUT/costmodel.json" \
   --batch-overhead-ms auto --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --measure --measure-fractions "$FRACTIONS" \

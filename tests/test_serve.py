@@ -141,6 +141,7 @@ def test_overload_is_detected_and_percentiles_withheld() -> None:
                          lambda s, e: 1.0, BatcherConfig(max_batch=1, max_wait_ms=0.0))
     row = serving_stats(stable, np.full(20_000, "miss"), slo_ms=10.0, max_batch=1)
     assert not row["overloaded"] and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["p999_ms"]
+    assert row["utilization"] == pytest.approx(0.9, abs=0.02)  # rho = 900/s x 1 ms
     assert 0 < row["slo_attainment"] <= 1 and row["goodput"] == pytest.approx(
         row["slo_attainment"] * 20_000 / (stable.finish.max() - stable.arrival.min()))
 

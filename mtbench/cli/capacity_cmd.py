@@ -30,7 +30,7 @@ def capacity(
     cost_model: Optional[Path] = typer.Option(None, "--cost-model", help="Calibration JSON from `mtbench calibrate`."),
     batch_overhead_ms: str = typer.Option("0", "--batch-overhead-ms",
                                           help="Fixed ms per batch on top of the cost model's per-request costs, or "
-                                               "auto: measure it per cache mode on --device (closed-loop replays at "
+                                               "auto: measure it per cache mode on --device (saturated replays at "
                                                "two batch sizes; the cost model must be calibrated at --batch-size)."),
     batch_size: int = typer.Option(16, "--batch-size", "--max-batch", help="Most requests per batch."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="A batch closes this long after its first request."),

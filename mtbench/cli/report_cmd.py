@@ -15,7 +15,8 @@ from mtbench.paths import check_output_dir
 from mtbench.report import default_report_dir, load_report, print_summary, render_markdown
 from mtbench.report.compare import comparison_json, comparison_markdown, compare_reports, print_comparison
 from mtbench.report.plots import draw_plots
-from mtbench.report.serving_plots import ALL_PLOTS
+from mtbench.report.plots import FLEET_PLOTS
+from mtbench.report.serving_plots import plots_for
 
 
 class OutputFormat(str, Enum):
@@ -44,12 +45,13 @@ def plot(
         out = reports[0].path / "plots" if len(reports) == 1 else default_report_dir("overlay", Path("reports/plots"))
     check_output_dir(out, "--out")
     console = Console()
-    with console.status(f"drawing {len(ALL_PLOTS)} plots from {len(reports)} report(s)"):
-        outcome = draw_plots(reports, out, plots=ALL_PLOTS)
+    plots = plots_for(reports)
+    with console.status(f"drawing {len(plots)} plots from {len(reports)} report(s)"):
+        outcome = draw_plots(reports, out, plots=plots)
     table = Table(title=f"Plots in {out}", title_justify="left")
     table.add_column("plot", style="bold")
     table.add_column("result", overflow="fold")
-    for name in ALL_PLOTS:
+    for name in (*plots, *FLEET_PLOTS):  # fleet reports draw FLEET_PLOTS instead
         file = f"{name}.png"
         if file in outcome.written or name in outcome.skipped:
             table.add_row(name, str(out / file) if file in outcome.written else f"skipped: {outcome.skipped[name]}")

@@ -21,7 +21,7 @@ def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.Data
     existing report at `out_dir` is replaced only with `force`.
     """
     from mtbench.report.plots import draw_plots  # matplotlib only when a report is written
-    from mtbench.report.serving_plots import ALL_PLOTS
+    from mtbench.report.serving_plots import plots_for
 
     full_summary = complete_summary(summary, kind)
     table = records_table(records)
@@ -29,6 +29,7 @@ def write_report(out_dir: Path | None, summary: dict[str, Any], records: pd.Data
     with ReportWriter(target) as writer:
         writer.write_records(table)
         writer.write_summary(full_summary)
-        outcome = draw_plots([Report(None, full_summary, records)], writer.plots_dir, strict=False, plots=ALL_PLOTS)
+        report = Report(None, full_summary, records)
+        outcome = draw_plots([report], writer.plots_dir, strict=False, plots=plots_for([report]))
         writer.write_markdown(render_markdown(full_summary, outcome.written, outcome.skipped))
     return target

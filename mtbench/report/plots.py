@@ -697,7 +697,7 @@ def draw_plots(reports: list[Report], out_dir: Path, strict: bool = True,
                plots: dict[str, Callable[[list[Report]], Figure]] | None = None) -> PlotOutcome:
     """Write every plot the data supports as out_dir/<name>.png; the others are listed with the reason.
 
-    `plots` defaults to PLOTS (callers add the serving plots: `mtbench.report.serving_plots.ALL_PLOTS`);
+    `plots` defaults to PLOTS (callers add the serving plots: `mtbench.report.serving_plots.plots_for`);
     fleet reports (`mtbench fleet`) always get their own plots (`FLEET_PLOTS`).
 
     With strict=False an unexpected error in one plot is listed as a skip instead of raised, so a long

@@ -1,7 +1,7 @@
 """PNG plots of serving under load: latency and SLO attainment vs offered load (capacity reports,
 simulated curves with measured points on top), GPUs needed per cache mode, and the request queue
 over time of an open-loop replay. Same conventions as `mtbench.report.plots` (which they extend:
-`ALL_PLOTS`): figures without pyplot, `PlotSkipped` when the data cannot support a plot. A cache mode
+`plots_for`): figures without pyplot, `PlotSkipped` when the data cannot support a plot. A cache mode
 always gets the colour of `MODE_COLORS`.
 """
 
@@ -147,3 +147,10 @@ SERVING_PLOTS: dict[str, Callable[[list[Report]], Figure]] = {
     "queue_over_time": plot_queue_over_time,
 }
 ALL_PLOTS = {**PLOTS, **SERVING_PLOTS}
+
+
+def plots_for(reports: list[Report]) -> dict[str, Callable[[list[Report]], Figure]]:
+    """The plots to draw: the serving ones join only when a report serves under load (a capacity report,
+    or an open-loop replay), so other reports do not list them as skipped."""
+    serving = any(r.kind == "capacity" or "arrival_s" in r.record_columns() for r in reports)
+    return ALL_PLOTS if serving else PLOTS

@@ -16,9 +16,10 @@ its own users' entries. That is conservative for the cache: a GPU serving 1/N of
 least as often with the same tier sizes under recency-based policies. Routers that do better are
 `mtbench.fleet`'s job.
 `MeasureContext` checks simulated points on the device (`run`: the real open-loop replay at a rate;
-`throughput`: closed-loop requests/s). `MeasureContext.batch_overhead` measures what a per-request
-cost model misses: the fixed cost of a batch (launches, host work per batch), per cache mode, from
-closed-loop replays at two batch sizes (ms per request = overhead / batch size + per-request cost).
+`throughput`: requests/s with every request queued at once). `MeasureContext.batch_overhead` measures
+what a per-request cost model misses: the fixed cost of a batch (launches, host work per batch, the
+synchronisation of its end), per cache mode, from such saturated replays at two batch sizes (ms per
+request = overhead / batch size + per-request cost), served exactly as the open-loop server serves.
 """
 
 from __future__ import annotations
@@ -157,27 +158,30 @@ class MeasureContext:
         self.model = build_model(cfg, device, dtype, self.setup.options.seed)
 
     def _closed_loop_ms(self, mode: str, batch_size: int, requests: int) -> float:
-        """Measured ms per request of a closed-loop replay of `mode` (first quarter warm-up); memoised."""
+        """Measured ms per request of `mode` with every request queued at once (`saturated_feed`: full
+        batches served as the open-loop server serves them; first quarter warm-up); memoised."""
         from mtbench.replay.engine import replay_run
         from mtbench.replay.runner import planned_runs
+        from mtbench.serve.openloop import saturated_feed
 
         if (mode, batch_size) in self._closed:
             return self._closed[(mode, batch_size)]
-
         options = replace(self.setup.options, batch_size=batch_size, max_requests=requests, warmup=requests // 4)
         setup = replace(self.setup, cache=mode, baseline=False, options=options)
         label, config = planned_runs(setup)[0]
-        progress = self.progress(f"{label} closed loop, batch {batch_size}", requests) if self.progress else None
-        row = replay_run(self.model, self.trace, config, options, label, progress).row
+        serving = self.question.serving
+        feed = saturated_feed(self.trace, options, serving.batcher, serving.slo_ms)
+        progress = self.progress(f"{label} saturated, batch {batch_size}", requests) if self.progress else None
+        row = replay_run(self.model, self.trace, config, options, label, progress, feed=feed).row
         self._closed[(mode, batch_size)] = float(row["ms_per_request"])
         return self._closed[(mode, batch_size)]
 
     def throughput(self, mode: str) -> float:
-        """Measured closed-loop requests/s of `mode` at the question's batch size."""
+        """Measured requests/s of `mode` with every request queued, at the question's batch size."""
         return 1e3 / self._closed_loop_ms(mode, self.question.serving.batcher.max_batch, self._requests())
 
     def batch_overhead(self, mode: str) -> float:
-        """Fixed ms per batch of `mode`, from closed-loop replays of the same requests (so the same mix
+        """Fixed ms per batch of `mode`, from saturated replays of the same requests (so the same mix
         of outcomes) at max_batch / 4 and max_batch."""
         big = self.question.serving.batcher.max_batch
         small = max(1, big // 4)
@@ -188,7 +192,7 @@ class MeasureContext:
         return max(0.0, (per_small - per_big) / (1 / small - 1 / big))
 
     def _requests(self) -> int:
-        """Requests of a closed-loop measurement: 40 full batches (the first quarter warm-up), within the trace."""
+        """Requests of a saturated measurement: 40 full batches (the first quarter warm-up), within the trace."""
         available = self.trace.num_rows if self.setup.options.max_requests is None else self.setup.options.max_requests
         return min(available, 40 * self.question.serving.batcher.max_batch)
 
@@ -248,7 +252,7 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
                   step: Callable[[str], None] | None = None) -> CapacityOutcome:
     """Search every mode's SLO rate, draw its latency-vs-load curve, and (with `measure`) check on the device:
     each mode at `measure_rates`, at `measure_fractions` of its simulated saturation and at its SLO rate,
-    plus its closed-loop throughput."""
+    plus its saturated throughput."""
     question.check()
     servers: dict[str, ModeServer] = {}
     max_qps: dict[str, float] = {}
@@ -285,7 +289,7 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
 
 def _measured_summary(runs: list[dict], simulated_max: float, throughput: float) -> dict:
     """The measured check of one mode: its run at the simulated SLO rate, the highest measured rate
-    that met the SLO, the mean hit ratio of its runs and its closed-loop throughput."""
+    that met the SLO, the mean hit ratio of its runs and its saturated throughput."""
     at_max = next((row for row in runs if row["rate"] == simulated_max), {})
     met = [row["rate"] for row in runs if row["meets_slo"]]
     hits = [row["hit_ratio"] for row in runs if row.get("hit_ratio") is not None]
@@ -308,7 +312,7 @@ def _point_fields(row: dict) -> dict:
 
 
 def _mode_row(server: ModeServer, max_qps: float, question: CapacityQuestion, measured: dict | None) -> dict:
-    outcomes = server.served.outcomes
+    outcomes = server.served.outcomes[min(question.warmup, len(server.served.outcomes) - 1):]  # as the figures
     counts = {name: int(np.count_nonzero(outcomes == name)) for name in ("gpu_hit", "host_hit", "miss", "stale")}
     n = max(len(outcomes), 1)
     at_capacity = server.at(max_qps) if max_qps > 0 else {}

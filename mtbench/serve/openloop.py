@@ -174,14 +174,29 @@ class OpenLoopDriver:
         result.row["arrival_lag_ms_max"] = float(self.generator.lag_s.max() * 1e3) if len(index) else 0.0
 
 
+def replay_columns(trace: Trace, max_requests: int | None) -> dict[str, np.ndarray]:
+    """The batch columns of the replayed requests (the first max_requests), in trace order."""
+    columns = trace.arrays(list(BATCH_COLUMNS))
+    if max_requests is not None:
+        columns = {name: values[:max_requests] for name, values in columns.items()}
+    return columns
+
+
+def saturated_feed(trace: Trace, options: ReplayOptions, batcher: BatcherConfig, slo_ms: float) -> OpenLoopDriver:
+    """Every request queued at time 0: full batches back to back, served exactly as the open-loop server
+    serves them (each batch's end synchronised before the next is issued). Its requests/s is the
+    server's throughput."""
+    columns = replay_columns(trace, options.max_requests)
+    saturated = replace(batcher, max_batch=options.batch_size, max_wait_ms=0.0)
+    return OpenLoopDriver(columns, np.zeros(len(columns["ts"])), saturated, slo_ms, "saturated")
+
+
 def open_loop_feeds(serving: ServingOptions, options: ReplayOptions) -> Callable[[Trace], OpenLoopDriver]:
     """A factory of one fresh driver per replay run (every run sees the same arrival schedule)."""
     batcher = replace(serving.batcher, max_batch=options.batch_size)
 
     def make(trace: Trace) -> OpenLoopDriver:
-        columns = trace.arrays(list(BATCH_COLUMNS))
-        if options.max_requests is not None:
-            columns = {name: values[: options.max_requests] for name, values in columns.items()}
+        columns = replay_columns(trace, options.max_requests)
         arrivals = arrival_times(columns["ts"], serving.arrivals)
         return OpenLoopDriver(columns, arrivals, batcher, serving.slo_ms, serving.arrivals.describe())
 

@@ -91,6 +91,7 @@ def serving_stats(timeline: Timeline, outcomes: np.ndarray, slo_ms: float, max_b
     row: dict = {name: (None if overloaded else _quantile(latency, q)) for name, q in PERCENTILES.items()}
     within = int(np.count_nonzero(latency <= slo_ms))
     elapsed = float(timeline.finish.max() - timeline.arrival.min()) if n else 0.0
+    serving = float(timeline.finish.max() - timeline.start.min()) if n else 0.0  # first batch start to last finish
     span = float(timeline.arrival[-1] - timeline.arrival[0]) if n > 1 else 0.0
     _, queue = queue_curve(timeline)
     busy = _busy_seconds(timeline)
@@ -98,10 +99,10 @@ def serving_stats(timeline: Timeline, outcomes: np.ndarray, slo_ms: float, max_b
         "slo_ms": slo_ms, "slo_attainment": within / n if n else None,
         "goodput": within / elapsed if elapsed > 0 else None,
         "offered_rate": (n - 1) / span if span > 0 else None,
-        "served_rate": n / elapsed if elapsed > 0 else None,
+        "served_rate": n / serving if serving > 0 else None,
         "overloaded": overloaded, "queue_growth": growth,
         "queue_max": int(queue.max()) if len(queue) else 0, "queue_mean": float(queue.mean()) if len(queue) else 0.0,
-        "utilization": busy / elapsed if elapsed > 0 else None,
+        "utilization": busy / serving if serving > 0 else None,
         "queueing_ms_mean": float(timeline.queueing_ms.mean()) if n else None,
         "formation_ms_mean": float(timeline.formation_ms.mean()) if n else None,
         "service_ms_mean": float(timeline.service_ms.mean()) if n else None,
