@@ -286,21 +286,22 @@ class ZeroCopyLayout(HybridLayout):
         return bases // self.width
 
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
-        if not jobs:
-            for layer in range(self.shape.layers):
-                layer_done(layer)
-            return
-        host_rows, pool_rows = self._indices(jobs, pool.device)
-        arena_rows = self._rows(self.arena.buffer)
+        host_rows, pool_rows = self._indices(jobs, pool.device) if jobs else (None, None)
         for layer in range(self.shape.layers):
-            kernels.copy_rows(arena_rows, host_rows[layer], self._rows(pool.layer(layer)), pool_rows)
+            if jobs:
+                self._load_layer(host_rows[layer], self._rows(pool.layer(layer)), pool_rows)
             layer_done(layer)
 
     def store_many(self, jobs, views, pool, non_blocking):
         host_rows, pool_rows = self._indices(jobs, pool.device)
-        arena_rows = self._rows(self.arena.buffer)
         for layer in range(self.shape.layers):
-            kernels.copy_rows(self._rows(pool.layer(layer)), pool_rows, arena_rows, host_rows[layer])
+            self._store_layer(self._rows(pool.layer(layer)), pool_rows, host_rows[layer])
+
+    def _load_layer(self, host_rows: torch.Tensor, pool_layer: torch.Tensor, pool_rows: torch.Tensor) -> None:
+        kernels.copy_rows(self._rows(self.arena.buffer), host_rows, pool_layer, pool_rows)
+
+    def _store_layer(self, pool_layer: torch.Tensor, pool_rows: torch.Tensor, host_rows: torch.Tensor) -> None:
+        kernels.copy_rows(pool_layer, pool_rows, self._rows(self.arena.buffer), host_rows)
 
 
 class Fp8ZeroCopyLayout(ZeroCopyLayout):
@@ -329,22 +330,11 @@ class Fp8ZeroCopyLayout(ZeroCopyLayout):
     def _first_rows(self, placement: HostPlacement) -> np.ndarray:
         return np.asarray(placement.offsets, dtype=np.int64)
 
-    def load_layers(self, jobs, views, pool, non_blocking, layer_done):
-        if not jobs:
-            for layer in range(self.shape.layers):
-                layer_done(layer)
-            return
-        host_rows, pool_rows = self._indices(jobs, pool.device)
-        for layer in range(self.shape.layers):
-            kernels.dequantize_rows_fp8(self.arena.codes, self.arena.scales, host_rows[layer],
-                                        self._rows(pool.layer(layer)), pool_rows)
-            layer_done(layer)
+    def _load_layer(self, host_rows: torch.Tensor, pool_layer: torch.Tensor, pool_rows: torch.Tensor) -> None:
+        kernels.dequantize_rows_fp8(self.arena.codes, self.arena.scales, host_rows, pool_layer, pool_rows)
 
-    def store_many(self, jobs, views, pool, non_blocking):
-        host_rows, pool_rows = self._indices(jobs, pool.device)
-        for layer in range(self.shape.layers):
-            kernels.quantize_rows_fp8(self._rows(pool.layer(layer)), pool_rows, self.arena.codes, self.arena.scales,
-                                      host_rows[layer])
+    def _store_layer(self, pool_layer: torch.Tensor, pool_rows: torch.Tensor, host_rows: torch.Tensor) -> None:
+        kernels.quantize_rows_fp8(pool_layer, pool_rows, self.arena.codes, self.arena.scales, host_rows)
 
 
 LAYOUTS: dict[str, type[HostLayout]] = {cls.name: cls for cls in (PagedLayout, UserLayout, HybridLayout, ZeroCopyLayout)}
