@@ -661,7 +661,7 @@ def plot_fleet_p99(reports: list[Report]) -> Figure:
     if not any(isinstance(r.get("p99_ms"), (int, float)) for rows in series.values() for r in rows):
         raise PlotSkipped("every fleet point is overloaded at the offered rate (no p99)")
     rates = sorted({r.get("offered_qps") for rows in series.values() for r in rows if r.get("offered_qps")})
-    what = "Estimated p99 latency vs replicas" + (f" at {rates[0]:,.0f} requests/s" if len(rates) == 1 else "")
+    what = "Estimated p99 latency vs replicas" + (f" at {rates[0]:,.3g} requests/s" if len(rates) == 1 else "")
     figure = _fleet_figure(reports, what, (10.0, 4.6))
     ax = figure.subplots()
     variants = _variant_index([source for source, _ in series])
