@@ -9,8 +9,9 @@ import pytest
 from mtbench.errors import MtbenchError
 from mtbench.serve.arrivals import ArrivalSpec, arrival_times, check_slo
 from mtbench.serve.batcher import BatcherConfig, DynamicBatcher
-from mtbench.serve.des import BatchCost, closed_loop_rate, serve_queue
+from mtbench.serve.des import closed_loop_rate, serve_queue
 from mtbench.serve.stats import is_overloaded, queue_length, serving_stats
+from mtbench.serve.service import BatchOverhead, batch_price_ms
 from mtbench.sim.costmodel import CostModel
 
 
@@ -87,8 +88,9 @@ def test_latency_is_never_negative_and_covers_service(seed: int) -> None:
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(0.003, 2000))
     per_request = rng.uniform(0.2, 2.0, 2000)
-    cost = BatchCost(per_request, np.zeros(2000), CostModel(static_token_ms=0.0, new_token_ms=0.0), 0.5)
-    timeline = serve_queue(arrivals, cost, BatcherConfig(max_batch=8, max_wait_ms=2.0))
+    cumulative = np.concatenate([[0.0], np.cumsum(per_request)])
+    timeline = serve_queue(arrivals, lambda s, e, early: 0.5 + cumulative[e] - cumulative[s],
+                           BatcherConfig(max_batch=8, max_wait_ms=2.0))
     assert np.all(timeline.start >= timeline.arrival)
     assert np.all(timeline.finish > timeline.arrival)
     assert np.all(timeline.queueing_ms >= -1e-9) and np.all(timeline.formation_ms >= -1e-9)
@@ -104,7 +106,7 @@ def test_latency_is_never_negative_and_covers_service(seed: int) -> None:
 
 def test_queueing_is_zero_when_the_server_is_idle() -> None:
     arrivals = np.arange(100) * 0.010  # one request every 10 ms, service 1 ms, no waiting for batches
-    timeline = serve_queue(arrivals, lambda s, e: 1.0, BatcherConfig(max_batch=4, max_wait_ms=0.0))
+    timeline = serve_queue(arrivals, lambda s, e, early: 1.0, BatcherConfig(max_batch=4, max_wait_ms=0.0))
     np.testing.assert_allclose(timeline.queueing_ms, 0.0, atol=1e-9)
     np.testing.assert_allclose(timeline.formation_ms, 0.0, atol=1e-9)
     np.testing.assert_allclose(timeline.latency_ms, 1.0)
@@ -112,10 +114,33 @@ def test_queueing_is_zero_when_the_server_is_idle() -> None:
 
 def test_transfers_hide_under_compute_as_the_cost_model_says() -> None:
     cost = CostModel(static_token_ms=0.0, new_token_ms=0.0, transfer_overlap=1.0)
-    batch = BatchCost(np.array([2.0, 2.0]), np.array([3.0, 0.0]), cost)
-    assert batch(0, 2) == pytest.approx(4.0)  # 3 ms of copies under 4 ms of compute
-    assert batch(0, 1) == pytest.approx(3.0)  # 2 ms compute + 1 ms exposed copy
-    assert BatchCost(np.array([2.0]), np.array([3.0]), CostModel(0.0, 0.0, transfer_overlap=0.0))(0, 1) == 5.0
+    assert batch_price_ms(cost, 4.0, 3.0) == pytest.approx(4.0)  # 3 ms of copies under 4 ms of compute
+    assert batch_price_ms(cost, 2.0, 3.0) == pytest.approx(3.0)  # 2 ms compute + 1 ms exposed copy
+    assert batch_price_ms(CostModel(0.0, 0.0, transfer_overlap=0.0), 2.0, 3.0) == 5.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_batch_is_early_when_it_was_full_before_the_previous_one_started(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(0.0005, 3000))
+    config = BatcherConfig(max_batch=8, max_wait_ms=1.0)
+    batcher = DynamicBatcher(arrivals, None, config)
+    seen: list[tuple[int, int, bool]] = []
+    timeline = serve_queue(arrivals, lambda s, e, early: seen.append((s, e, early)) or 0.2 + 0.6 * (e - s), config)
+    for (s0, _, _), (s1, e1, early) in zip(seen, seen[1:]):
+        full = e1 - s1 == config.max_batch and arrivals[e1 - 1] <= timeline.start[s0]
+        assert early == full
+        if early:
+            assert timeline.start[s1] == timeline.finish[s0]  # served as soon as the server is free
+    assert not seen[0][2] and any(early for *_, early in seen) and not all(early for *_, early in seen)
+    assert [(s, e) for s, e, _ in seen] == [(s, batcher.close(s, timeline.server_free[s])[0]) for s, _, _ in seen]
+
+
+def test_batch_overhead_interpolates_serial_sizes_and_is_flat_past_the_ends() -> None:
+    overhead = BatchOverhead(((1, 3.0), (4, 3.6), (16, 6.0)), pipelined=1.5)
+    assert [overhead.ms(n, False) for n in (1, 2, 4, 10, 16, 64)] == pytest.approx([3.0, 3.2, 3.6, 4.8, 6.0, 6.0])
+    assert overhead.ms(1, True) == overhead.ms(64, True) == 1.5
+    assert BatchOverhead.constant(0.7).ms(5, False) == BatchOverhead.constant(0.7).ms(5, True) == 0.7
 
 
 # -------------------------------------------------------------------------------------- queueing theory
@@ -125,7 +150,7 @@ def test_des_matches_md1_waiting_time(rho: float) -> None:
     service_ms = 2.0
     rate = rho / (service_ms / 1e3)
     arrivals = arrival_times(np.zeros(300_000), ArrivalSpec("poisson", rate=rate, seed=11))
-    timeline = serve_queue(arrivals, lambda s, e: service_ms, BatcherConfig(max_batch=1, max_wait_ms=0.0))
+    timeline = serve_queue(arrivals, lambda s, e, early: service_ms, BatcherConfig(max_batch=1, max_wait_ms=0.0))
     expected = rho * service_ms / (2 * (1 - rho))
     measured = float(timeline.queueing_ms[1000:].mean())
     assert measured == pytest.approx(expected, rel=0.05)
@@ -134,11 +159,11 @@ def test_des_matches_md1_waiting_time(rho: float) -> None:
 
 def test_overload_is_detected_and_percentiles_withheld() -> None:
     arrivals = arrival_times(np.zeros(20_000), ArrivalSpec("poisson", rate=1100.0, seed=3))
-    timeline = serve_queue(arrivals, lambda s, e: 1.0, BatcherConfig(max_batch=1, max_wait_ms=0.0))  # rho 1.1
+    timeline = serve_queue(arrivals, lambda s, e, early: 1.0, BatcherConfig(max_batch=1, max_wait_ms=0.0))  # rho 1.1
     row = serving_stats(timeline, np.full(20_000, "miss"), slo_ms=10.0, max_batch=1)
     assert row["overloaded"] and row["p99_ms"] is None and row["queue_growth"] > 200
     stable = serve_queue(arrival_times(np.zeros(20_000), ArrivalSpec("poisson", rate=900.0, seed=3)),
-                         lambda s, e: 1.0, BatcherConfig(max_batch=1, max_wait_ms=0.0))
+                         lambda s, e, early: 1.0, BatcherConfig(max_batch=1, max_wait_ms=0.0))
     row = serving_stats(stable, np.full(20_000, "miss"), slo_ms=10.0, max_batch=1)
     assert not row["overloaded"] and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["p999_ms"]
     assert row["utilization"] == pytest.approx(0.9, abs=0.02)  # rho = 900/s x 1 ms
@@ -147,12 +172,12 @@ def test_overload_is_detected_and_percentiles_withheld() -> None:
 
 
 def test_closed_loop_rate_is_batches_back_to_back() -> None:
-    assert closed_loop_rate(100, lambda s, e: 1.0 + (e - s) * 0.5, max_batch=10) == pytest.approx(100 / (10 * 6.0e-3))
+    assert closed_loop_rate(100, lambda s, e, early: 1.0 + (e - s) * 0.5, max_batch=10) == pytest.approx(100 / (10 * 6.0e-3))
 
 
 def test_queue_length_counts_waiting_requests() -> None:
     arrivals = np.array([0.0, 0.0, 0.0, 0.0])
-    timeline = serve_queue(arrivals, lambda s, e: 10.0, BatcherConfig(max_batch=2, max_wait_ms=0.0))
+    timeline = serve_queue(arrivals, lambda s, e, early: 10.0, BatcherConfig(max_batch=2, max_wait_ms=0.0))
     assert queue_length(timeline, np.array([0.0, 0.005, 0.0101])).tolist() == [2, 2, 0]
 
 

@@ -18,11 +18,13 @@ from mtbench.errors import MtbenchError
 from mtbench.model import get_config
 from mtbench.serve.arrivals import ArrivalSpec
 from mtbench.serve.batcher import BatcherConfig
+from mtbench.cache.control import Outcome
 from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, gpus_needed
 from mtbench.serve.options import ServingOptions
-from mtbench.serve.service import CacheSetting
+from mtbench.serve.des import closed_loop_rate
+from mtbench.serve.service import BatchOverhead, CacheService, CacheSetting, price_records
 from mtbench.sim.costmodel import CostModel
-from mtbench.sim.simulator import Workload
+from mtbench.sim.simulator import TierSettings, Workload, simulate
 from mtbench.sim.sizes import EntrySizer
 
 CFG = get_config("tiny")
@@ -44,7 +46,7 @@ def test_search_brackets_the_highest_rate_within_the_slo(seed: int, mode: str) -
     question = CapacityQuestion(ServingOptions(ArrivalSpec("poisson", rate=1.0, seed=seed), BatcherConfig(8, 2.0), 8.0),
                                 percentile=99.0, warmup=300).check()
     entry = int(workload.size.max())
-    server = ModeServer(workload, CacheSetting(mode, "lru", 20 * entry, 80 * entry), ModeCost(cost, 0.5), question)
+    server = ModeServer(workload, CacheSetting(mode, "lru", 20 * entry, 80 * entry), ModeCost(cost, BatchOverhead.constant(0.5)), question)
     best = server.search()
     assert 0 < best < server.saturation_qps
     row = server.at(best)
@@ -52,7 +54,7 @@ def test_search_brackets_the_highest_rate_within_the_slo(seed: int, mode: str) -
     above = server.at(best * (1 + 2 * SEARCH_PRECISION))
     assert not above["meets_slo"]
     if mode != "none":
-        assert float(np.mean(server.served.outcomes != "miss")) > 0.3  # the cache mattered
+        assert float(np.mean(server.outcomes != "miss")) > 0.3  # the cache mattered
 
 
 def test_gpus_needed_rounds_up_and_needs_a_target() -> None:
@@ -125,3 +127,33 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     measured = points[points["source"] == "measured"]
     assert len(measured) == 1 and measured["rate"].iloc[0] == pytest.approx(row["max_qps"])
     assert "measured: max QPS per GPU" in result.output
+
+
+@pytest.mark.parametrize("seed, mode", [(3, "gpu"), (4, "tiered"), (5, "tiered")])
+def test_des_decides_through_the_control_plane_as_the_simulator_does(seed: int, mode: str) -> None:
+    """Closed loop (every batch full and planned while the previous one runs) the DES's decisions equal
+    the simulator's with the replay's lookahead of one batch; the service time of each batch is the
+    fixed cost plus `price_records` of its decisions."""
+    sizer = EntrySizer(CFG.kv_bytes_per_token(torch.float32), 32)
+    workload = Workload.from_columns(_columns(seed, n=1200, users=80), sizer)
+    cost = CostModel(static_token_ms=0.02, new_token_ms=0.01, request_overhead_ms=0.05, h2d_GBps=1e6)  # budget never binds
+    entry = int(workload.size.max())
+    setting = CacheSetting(mode, "lru", 12 * entry, 40 * entry)
+    service = CacheService(workload, setting, cost, BatchOverhead(((1, 0.4), (8, 0.9)), pipelined=0.3))
+    charged: list[tuple[int, int, bool, float]] = []
+    closed_loop_rate(workload.n_requests, lambda s, e, early: charged.append((s, e, early, service(s, e, early)))
+                     or charged[-1][3], max_batch=8)
+    host = setting.host_capacity if mode == "tiered" else 0
+    expected, recomputed = simulate(workload, "lru", setting.gpu_capacity, host, TierSettings(lookahead=1, batch_size=8),
+                                    cost, keep_outcomes=True)
+    np.testing.assert_array_equal(service.outcomes, expected.outcomes)
+    np.testing.assert_array_equal(service.recomputed, recomputed)
+    assert (service.outcomes == int(Outcome.HOST_HIT)).any() == (mode == "tiered")
+    batch_index = np.repeat(np.arange(len(charged)), [e - s for s, e, _, _ in charged])
+    records = pd.DataFrame({"batch_index": batch_index, "n_rt": workload.n_rt, "n_cand": workload.n_cand,
+                            "computed_tokens": service.recomputed, "outcome": service.outcome_names,
+                            "n_cached": workload.n_static - service.recomputed,
+                            "user_id": workload.key_user[workload.key], "static_version": workload.key_version[workload.key]})
+    prices = price_records(records, cost, sizer)
+    fixed = [0.3 if early else 0.9 for _, _, early, _ in charged]
+    np.testing.assert_allclose([ms for *_, ms in charged], prices.to_numpy() + fixed, rtol=1e-9)

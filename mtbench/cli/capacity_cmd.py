@@ -30,8 +30,8 @@ def capacity(
     cost_model: Optional[Path] = typer.Option(None, "--cost-model", help="Calibration JSON from `mtbench calibrate`."),
     batch_overhead_ms: str = typer.Option("0", "--batch-overhead-ms",
                                           help="Fixed ms per batch on top of the cost model's per-request costs, or "
-                                               "auto: measure it per cache mode on --device (saturated replays at "
-                                               "two batch sizes; the cost model must be calibrated at --batch-size)."),
+                                               "auto: measure it per cache mode and batch size on --device "
+                                               "(saturated replays at each power of two up to --batch-size)."),
     batch_size: int = typer.Option(16, "--batch-size", "--max-batch", help="Most requests per batch."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="A batch closes this long after its first request."),
     max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", help="Token budget per batch."),
@@ -72,7 +72,7 @@ def capacity(
     from mtbench.serve.batcher import BatcherConfig
     from mtbench.serve.capacity import CapacityQuestion, ModeCost, load_workload, plan_capacity
     from mtbench.serve.options import ServingOptions
-    from mtbench.serve.service import CacheSetting
+    from mtbench.serve.service import BatchOverhead, CacheSetting
     from mtbench.sim.costmodel import CostModel
     from mtbench.model import get_config
     from mtbench.units import parse_size
@@ -108,9 +108,9 @@ def capacity(
                                progress) if measure or overhead is None else None
     with progress:
         if overhead is None:
-            costs = {s.mode: ModeCost.fitted(cost, context.batch_overhead(s.mode), batch_size) for s in settings}
+            costs = {s.mode: ModeCost(cost, context.batch_overhead(s.mode, cost, workload.sizer)) for s in settings}
         else:
-            costs = {s.mode: ModeCost(cost, overhead) for s in settings}
+            costs = {s.mode: ModeCost(cost, BatchOverhead.constant(overhead)) for s in settings}
         task = progress.add_task("", total=len(settings) * (3 if measure else 2))
         outcome = plan_capacity(workload, settings, costs, question, context if measure else None,
                                 rates, fractions, lambda what: progress.update(task, advance=1, description=what))

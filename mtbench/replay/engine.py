@@ -60,11 +60,11 @@ from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, grap
 from mtbench.replay.batching import TraceBatch, iter_batches
 from mtbench.model.device_batch import batch_to_device
 from mtbench.replay.prewarm import prewarm
+from mtbench.cache.budget import PCIE_GBPS, AutoLoadBudget
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.oracle import next_use_indices
 from mtbench.trace import Trace
 
-PCIE_GBPS = 52.0  # DESIGN.md section 7: one large pinned copy, either direction
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -184,15 +184,14 @@ class _Recorder:
         self.load_ms = 0.0
         self.cache_ms = 0.0
         self.forward_host_ms = 0.0  # host time issuing the forwards (batch assembly, uploads, launches)
-        self.recent_compute_ms: float | None = None  # moving average of batches' device time, stalls excluded
+        self.auto_budget = AutoLoadBudget()  # fed each batch's device time, stalls excluded
 
     def resolve(self, timing: _BatchTiming) -> None:
         clock, batch, plan = self.clock, timing.batch, timing.plan
         batch_ms = clock.ms(timing.start, timing.end)
         stall = plan.stall_ms() if clock.cuda else 0.0
         if clock.cuda:
-            compute, previous = batch_ms - stall, self.recent_compute_ms
-            self.recent_compute_ms = compute if previous is None else 0.8 * previous + 0.2 * compute
+            self.auto_budget.observe(batch_ms - stall)
         if not timing.warmup:
             self.batch_ms.append(batch_ms)
             self.forward_host_ms += timing.forward_seconds * 1e3
@@ -278,7 +277,7 @@ class _BatchRunner:
         batches = iter_batches(self.trace, self.options.batch_size, self.options.window, self.options.max_requests)
         lookahead = not self.cache_config.sync
         if self.device.type == "cuda":
-            prewarm(self.model, self.manager, self.trace, self.options, self.graphs)
+            prewarm(self.model, self.manager, self.trace, self.options, self.graphs, dynamic=feed is not None)
         current = next(batches, None) if feed is None else feed.after(None, None)
         plan = self._plan(current) if current is not None else None
         wall_start, timed_requests, timed_candidates = None, 0, 0
@@ -332,10 +331,9 @@ class _BatchRunner:
             return None
         if budget != "auto":
             return int(budget)
-        recent = self.recorder.recent_compute_ms
-        if not self.clock.cuda or self.cache_config.sync or recent is None:
+        if not self.clock.cuda or self.cache_config.sync:
             return None
-        return int(PCIE_GBPS * 1e6 * recent)
+        return self.recorder.auto_budget.bytes()
 
     def _execute(self, batch: TraceBatch, plan: BatchPlan, warmup: bool, start: object) -> object:
         """Run the batch; returns its end marker."""

@@ -3,10 +3,11 @@
 Triton compiles one kernel per specialisation of its integer arguments (== 1, divisible by 16, other)
 and constexprs (CHUNK_B follows the batch size's power of two), so a batch of a new size class or a
 token count of a new class compiles (seconds) the first time it is seen. `prewarm` derives the
-batch-size classes from the replay's own batches and runs, per class and token-count class, one
+batch-size classes from the replay's own batches (with a dynamic batcher, open loop: every size from
+one request to the batch size, since any of them can close) and runs, per class and token-count class, one
 tiny forward through the path the replay takes (plain forward without a cache; the eager pooled
 forward with a mixed hit/miss batch otherwise), captures the CUDA-graph buckets the replay's batches
-can use (from the smallest all-hit batch up), runs one host store and load per token-count class, and
+can use (from the smallest all-hit batch up: of batch-size requests, or of one with a dynamic batcher), runs one host store and load per token-count class, and
 grows the load staging buffer to its largest use.
 It only writes free pool pages and free host extents, and leaves the cache state as it found it.
 """
@@ -33,11 +34,13 @@ def _int_class(n: int) -> tuple[bool, bool]:
     return n == 1, n % 16 == 0
 
 
-def batch_size_classes(trace: Trace, batch_size: int, window: float | None, max_requests: int | None) -> list[int]:
-    """One representative size per (== 1, divisible by 16, next power of two) class of the replay's batches."""
+def batch_size_classes(trace: Trace, batch_size: int, window: float | None, max_requests: int | None,
+                       dynamic: bool = False) -> list[int]:
+    """One representative size per (== 1, divisible by 16, next power of two) class of the replay's batches
+    (`dynamic`: of every size up to `batch_size`)."""
     representatives: dict[tuple, int] = {}
-    for batch in iter_batches(trace, batch_size, window, max_requests):
-        size = len(batch)
+    sizes = range(1, batch_size + 1) if dynamic else (len(b) for b in iter_batches(trace, batch_size, window, max_requests))
+    for size in sizes:
         key = (*_int_class(size), max(16, 1 << (size - 1).bit_length()))
         representatives.setdefault(key, size)
     return sorted(representatives.values())
@@ -72,21 +75,25 @@ def _warm_inputs(manager: CacheManager, host_batch) -> PooledInputs:
     return PooledInputs.from_batch(reads.kv, host_batch, reads.page_table)
 
 
-def _capture_graphs(model: MTGR, manager: CacheManager, graphs: ForwardGraphs, trace: Trace, options) -> None:
+def _capture_graphs(model: MTGR, manager: CacheManager, graphs: ForwardGraphs, trace: Trace, options,
+                    dynamic: bool) -> None:
     """Capture the CUDA-graph buckets the replay's batches can use, from the smallest all-hit batch
-    (batch_size requests with the trace's fewest R+C rows) up."""
+    (batch_size requests with the trace's fewest R+C rows, or one request if `dynamic`) up."""
     columns = trace.arrays(["n_rt", "n_cand"])
     fewest = int((columns["n_rt"] + columns["n_cand"]).min())
-    host_batch = build_batch(_warm_specs(model, options.batch_size, 0, options.page_tokens), model.cfg, "cpu")
-    graphs.capture_buckets(model, _warm_inputs(manager, host_batch), options.batch_size * fewest)
+    smallest = 1 if dynamic else options.batch_size
+    host_batch = build_batch(_warm_specs(model, smallest, 0, options.page_tokens), model.cfg, "cpu")
+    graphs.capture_buckets(model, _warm_inputs(manager, host_batch), smallest * fewest)
 
 
-def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options, graphs: ForwardGraphs | None = None) -> None:
-    """See the module docstring; `options` is the replay's `ReplayOptions`."""
-    sizes = batch_size_classes(trace, options.batch_size, options.window, options.max_requests)
+def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options, graphs: ForwardGraphs | None = None,
+            dynamic: bool = False) -> None:
+    """See the module docstring; `options` is the replay's `ReplayOptions`; `dynamic`: batches come from
+    a dynamic batcher (any size up to the batch size)."""
+    sizes = batch_size_classes(trace, options.batch_size, options.window, options.max_requests, dynamic)
     _warm_forwards(model, manager, sizes, options.page_tokens)
     if graphs is not None:
-        _capture_graphs(model, manager, graphs, trace, options)
+        _capture_graphs(model, manager, graphs, trace, options, dynamic)
     manager.prewarm_transfers(TOKEN_CLASSES)
     if manager.enabled:
         manager.reserve_staging(int(np.sort(trace.arrays(["n_static"])["n_static"])[-options.batch_size:].sum()))

@@ -1,9 +1,9 @@
 """Capacity planning: the highest request rate one GPU sustains within a latency SLO, per cache mode,
 and the GPUs a target rate needs.
 
-Per cache mode (`ModeServer`): the cache simulator decides every request's outcome, the cost model
-prices it (`mtbench.serve.service`), and the discrete-event simulator serves the requests at a given
-arrival rate (`serve_queue`). A rate *meets the SLO* when the run is not overloaded and the latency
+Per cache mode (`ModeServer`): the discrete-event simulator serves the requests at a given arrival
+rate (`serve_queue`); each batch it closes is decided by the control plane and priced by the cost
+model plus a fixed cost per batch (`mtbench.serve.service.CacheService`). A rate *meets the SLO* when the run is not overloaded and the latency
 at `percentile` (over the requests after warm-up) is at most `slo_ms`. The search:
 - saturation = closed-loop throughput (full batches back to back): no open-loop rate above it is
   sustainable;
@@ -17,9 +17,10 @@ least as often with the same tier sizes under recency-based policies. Routers th
 `mtbench.fleet`'s job.
 `MeasureContext` checks simulated points on the device (`run`: the real open-loop replay at a rate;
 `throughput`: requests/s with every request queued at once). `MeasureContext.batch_overhead` measures
-what a per-request cost model misses: the fixed cost of a batch (launches, host work per batch, the
-synchronisation of its end), per cache mode, from such saturated replays at two batch sizes (ms per
-request = overhead / batch size + per-request cost), served exactly as the open-loop server serves.
+what a per-request cost model misses: the fixed cost of a batch (host work, launches, the
+synchronisation of its end, a GPU not filled by a small batch), per cache mode and batch size, as
+measured batch time minus the cost model's price of the same batch's decisions, from saturated
+replays served exactly as the open-loop server serves them.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
 from mtbench.serve.arrivals import ArrivalSpec, arrival_times
-from mtbench.serve.des import BatchCost, closed_loop_rate, serve_queue
+from mtbench.serve.des import closed_loop_rate, serve_queue
 from mtbench.serve.options import ServingOptions
-from mtbench.serve.service import CacheSetting, ServedRequests, serve_costs
+from mtbench.serve.service import BatchOverhead, CacheService, CacheSetting, price_records
 from mtbench.serve.stats import Timeline, serving_stats
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import Workload
@@ -72,41 +75,38 @@ class CapacityQuestion:
 
 @dataclass(frozen=True)
 class ModeCost:
-    """A cache mode's cost model and fixed cost per batch (`BatchCost`)."""
+    """A cache mode's cost model and fixed cost per batch (`BatchOverhead`)."""
 
     cost: CostModel
-    batch_overhead_ms: float = 0.0
-
-    @classmethod
-    def fitted(cls, cost: CostModel, batch_overhead_ms: float, calibrated_batch: int) -> "ModeCost":
-        """With a measured batch overhead: the cost model's per-request overhead, calibrated at batch size
-        `calibrated_batch`, already holds overhead / calibrated_batch; that share moves to the batch term."""
-        per_request = max(0.0, cost.request_overhead_ms - batch_overhead_ms / calibrated_batch)
-        return cls(replace(cost, request_overhead_ms=per_request), batch_overhead_ms)
+    overhead: BatchOverhead = BatchOverhead()
 
 
 class ModeServer:
-    """One cache mode over one workload: outcomes and costs once, then a DES run per rate.
+    """One cache mode over one workload: a fresh `CacheService` (control plane + prices) per DES run.
 
-    `saturation_qps` is the closed-loop throughput; `at(rate)` memoises each rate's row.
+    `saturation_qps` is the closed-loop throughput; `at(rate)` memoises each rate's row; `outcomes`
+    are the outcome names of the saturated run (every run decides its own: batches differ by rate).
     """
 
     def __init__(self, workload: Workload, setting: CacheSetting, mode_cost: ModeCost, question: CapacityQuestion) -> None:
         self.workload, self.setting, self.question, self.mode_cost = workload, setting, question, mode_cost
-        max_batch = question.serving.batcher.max_batch
-        self.served: ServedRequests = serve_costs(workload, setting, mode_cost.cost, max_batch)
-        self.batch_cost: BatchCost = self.served.batch_cost(mode_cost.cost, mode_cost.batch_overhead_ms)
         self.tokens = workload.n_static + workload.n_rt + workload.n_cand
-        self.saturation_qps = closed_loop_rate(workload.n_requests, self.batch_cost, max_batch)
+        saturated = self._service()
+        self.saturation_qps = closed_loop_rate(workload.n_requests, saturated, question.serving.batcher.max_batch)
+        self.outcomes = saturated.outcome_names
         self._rows: dict[float, dict] = {}
+
+    def _service(self) -> CacheService:
+        return CacheService(self.workload, self.setting, self.mode_cost.cost, self.mode_cost.overhead)
 
     def at(self, rate: float) -> dict:
         """Serving row at `rate` requests/s (simulated), plus `latency_at_percentile_ms` and `meets_slo`."""
         if rate not in self._rows:
             question = self.question
             arrivals = arrival_times(self.workload.ts, question.arrivals_at(rate))
-            timeline = serve_queue(arrivals, self.batch_cost, question.serving.batcher, self.tokens)
-            self._rows[rate] = point_row(timeline, self.served.outcomes, question, rate)
+            service = self._service()
+            timeline = serve_queue(arrivals, service, question.serving.batcher, self.tokens)
+            self._rows[rate] = point_row(timeline, service.outcome_names, question, rate)
         return self._rows[rate]
 
     def search(self) -> float:
@@ -153,48 +153,56 @@ class MeasureContext:
     def __post_init__(self) -> None:
         from mtbench.replay.runner import build_model, validate_setup
 
-        self._closed: dict[tuple[str, int], float] = {}
+        self._closed: dict[tuple[str, int, bool], tuple[float, pd.DataFrame]] = {}
         cfg, self.trace, device, dtype = validate_setup(self.setup)
         self.model = build_model(cfg, device, dtype, self.setup.options.seed)
 
-    def _closed_loop_ms(self, mode: str, batch_size: int, requests: int) -> float:
-        """Measured ms per request of `mode` with every request queued at once (`saturated_feed`: full
-        batches served as the open-loop server serves them; first quarter warm-up); memoised."""
+    def _saturated(self, mode: str, batch_size: int, pipelined: bool) -> tuple[float, pd.DataFrame]:
+        """(measured ms per request, timed records) of `mode` with every request queued at once
+        (`saturated_feed`: full batches served as the open-loop server serves them, each planned while
+        the previous one runs if `pipelined`, else after it finished; first quarter warm-up); memoised."""
         from mtbench.replay.engine import replay_run
         from mtbench.replay.runner import planned_runs
         from mtbench.serve.openloop import saturated_feed
 
-        if (mode, batch_size) in self._closed:
-            return self._closed[(mode, batch_size)]
-        options = replace(self.setup.options, batch_size=batch_size, max_requests=requests, warmup=requests // 4)
-        setup = replace(self.setup, cache=mode, baseline=False, options=options)
-        label, config = planned_runs(setup)[0]
-        serving = self.question.serving
-        feed = saturated_feed(self.trace, options, serving.batcher, serving.slo_ms)
-        progress = self.progress(f"{label} saturated, batch {batch_size}", requests) if self.progress else None
-        row = replay_run(self.model, self.trace, config, options, label, progress, feed=feed).row
-        self._closed[(mode, batch_size)] = float(row["ms_per_request"])
-        return self._closed[(mode, batch_size)]
+        if (mode, batch_size, pipelined) not in self._closed:
+            requests = self._requests(batch_size)
+            options = replace(self.setup.options, batch_size=batch_size, max_requests=requests, warmup=requests // 4)
+            setup = replace(self.setup, cache=mode, baseline=False, options=options)
+            label, config = planned_runs(setup)[0]
+            serving = self.question.serving
+            feed = saturated_feed(self.trace, options, serving.batcher, serving.slo_ms, pipelined)
+            what = f"{label} saturated, batch {batch_size}{'' if pipelined else ', serial'}"
+            progress = self.progress(what, requests) if self.progress else None
+            result = replay_run(self.model, self.trace, config, options, label, progress, feed=feed)
+            timed = result.records[~result.records["warmup"].to_numpy(dtype=bool)]
+            self._closed[(mode, batch_size, pipelined)] = (float(result.row["ms_per_request"]), timed)
+        return self._closed[(mode, batch_size, pipelined)]
 
     def throughput(self, mode: str) -> float:
         """Measured requests/s of `mode` with every request queued, at the question's batch size."""
-        return 1e3 / self._closed_loop_ms(mode, self.question.serving.batcher.max_batch, self._requests())
+        return 1e3 / self._saturated(mode, self.question.serving.batcher.max_batch, True)[0]
 
-    def batch_overhead(self, mode: str) -> float:
-        """Fixed ms per batch of `mode`, from saturated replays of the same requests (so the same mix
-        of outcomes) at max_batch / 4 and max_batch."""
+    def batch_overhead(self, mode: str, cost: CostModel, sizer: EntrySizer) -> BatchOverhead:
+        """What a batch of `mode` costs beyond the cost model's price of its decisions: the mean of
+        (measured batch time - `price_records`) over saturated replays of the same requests, served one
+        batch after another at each power-of-two size up to max_batch (`serial`) and pipelined at
+        max_batch (`pipelined`)."""
         big = self.question.serving.batcher.max_batch
-        small = max(1, big // 4)
-        if small == big:
-            return 0.0
-        per_small = self._closed_loop_ms(mode, small, self._requests())
-        per_big = self._closed_loop_ms(mode, big, self._requests())
-        return max(0.0, (per_small - per_big) / (1 / small - 1 / big))
+        sizes = sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big})
 
-    def _requests(self) -> int:
-        """Requests of a saturated measurement: 40 full batches (the first quarter warm-up), within the trace."""
+        def overhead(size: int, pipelined: bool) -> float:
+            records = self._saturated(mode, size, pipelined)[1]
+            wall = records.groupby("batch_index")[["start_s", "finish_s"]].first()
+            measured = (wall["finish_s"] - wall["start_s"]) * 1e3
+            return float((measured - price_records(records, cost, sizer)).mean())
+
+        return BatchOverhead(tuple((size, overhead(size, False)) for size in sizes), overhead(big, True))
+
+    def _requests(self, batch_size: int) -> int:
+        """Requests of a saturated measurement: 32 full batches (the first quarter warm-up), within the trace."""
         available = self.trace.num_rows if self.setup.options.max_requests is None else self.setup.options.max_requests
-        return min(available, 40 * self.question.serving.batcher.max_batch)
+        return min(available, 32 * batch_size)
 
     def run(self, mode: str, rate: float) -> dict:
         from mtbench.replay.engine import replay_run
@@ -223,7 +231,6 @@ def load_workload(trace: Path, model: str, dtype: str, page_tokens: int, max_req
     """(workload of the first max_requests requests, trace fingerprint)."""
     from mtbench.model import get_config
     from mtbench.model.config import parse_dtype
-    from mtbench.sim.sizes import EntrySizer
     from mtbench.trace import open_trace
 
     cfg = get_config(model)
@@ -312,7 +319,7 @@ def _point_fields(row: dict) -> dict:
 
 
 def _mode_row(server: ModeServer, max_qps: float, question: CapacityQuestion, measured: dict | None) -> dict:
-    outcomes = server.served.outcomes[min(question.warmup, len(server.served.outcomes) - 1):]  # as the figures
+    outcomes = server.outcomes[min(question.warmup, len(server.outcomes) - 1):]  # as the figures
     counts = {name: int(np.count_nonzero(outcomes == name)) for name in ("gpu_hit", "host_hit", "miss", "stale")}
     n = max(len(outcomes), 1)
     at_capacity = server.at(max_qps) if max_qps > 0 else {}
@@ -330,7 +337,9 @@ def _mode_row(server: ModeServer, max_qps: float, question: CapacityQuestion, me
         "slo_attainment": at_capacity.get("slo_attainment"), "goodput": at_capacity.get("goodput"),
         "target_qps": question.target_qps, "gpus_needed": gpus_needed(question.target_qps, max_qps),
     }
-    row["batch_overhead_ms"] = server.mode_cost.batch_overhead_ms
+    overhead = server.mode_cost.overhead
+    row["batch_overhead_ms"] = overhead.ms(question.serving.batcher.max_batch, early=True)
+    row["batch_overhead_curve"] = overhead.to_dict()
     row.update(measured or {})
     return row
 

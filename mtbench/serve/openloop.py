@@ -98,12 +98,12 @@ class OpenLoopDriver:
     """
 
     def __init__(self, columns: dict[str, np.ndarray], arrivals: np.ndarray, batcher: BatcherConfig,
-                 slo_ms: float, description: str) -> None:
+                 slo_ms: float, description: str, pipelined: bool = True) -> None:
         self.columns = columns
         self.arrivals = arrivals
         tokens = columns["n_static"] + columns["n_rt"] + columns["n_cand"]
         self.batcher = DynamicBatcher(arrivals, tokens, batcher)
-        self.config, self.slo_ms, self.description = batcher, slo_ms, description
+        self.config, self.slo_ms, self.description, self.pipelined = batcher, slo_ms, description, pipelined
         self.generator = LoadGenerator(arrivals)
         n = len(arrivals)
         self.start_s, self.finish_s, self.free_s = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
@@ -121,7 +121,7 @@ class OpenLoopDriver:
         return batch
 
     def ahead(self) -> TraceBatch | None:
-        if self.early is not None or self.head >= self.batcher.n:
+        if not self.pipelined or self.early is not None or self.head >= self.batcher.n:
             return None
         room = self.batcher.room(self.head)
         if self.generator.released >= room and self.batcher.full_at(self.head, room) <= self._now():
@@ -182,13 +182,15 @@ def replay_columns(trace: Trace, max_requests: int | None) -> dict[str, np.ndarr
     return columns
 
 
-def saturated_feed(trace: Trace, options: ReplayOptions, batcher: BatcherConfig, slo_ms: float) -> OpenLoopDriver:
+def saturated_feed(trace: Trace, options: ReplayOptions, batcher: BatcherConfig, slo_ms: float,
+                   pipelined: bool = True) -> OpenLoopDriver:
     """Every request queued at time 0: full batches back to back, served exactly as the open-loop server
-    serves them (each batch's end synchronised before the next is issued). Its requests/s is the
-    server's throughput."""
+    serves them (each batch's end synchronised before the next is issued; without `pipelined` a batch
+    is also planned only then, as a batch that was not full is). Its requests/s is the server's
+    throughput."""
     columns = replay_columns(trace, options.max_requests)
     saturated = replace(batcher, max_batch=options.batch_size, max_wait_ms=0.0)
-    return OpenLoopDriver(columns, np.zeros(len(columns["ts"])), saturated, slo_ms, "saturated")
+    return OpenLoopDriver(columns, np.zeros(len(columns["ts"])), saturated, slo_ms, "saturated", pipelined)
 
 
 def open_loop_feeds(serving: ServingOptions, options: ReplayOptions) -> Callable[[Trace], OpenLoopDriver]:

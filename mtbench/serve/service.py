@@ -1,26 +1,36 @@
-"""Per-request outcomes and costs of a trace under one cache mode, for the discrete-event simulator.
+"""Service time of each batch the discrete-event simulator serves, decided batch by batch.
 
-Outcomes come from the cache simulator (`mtbench.sim.simulator.simulate`, the same tier decisions as
-the real cache), with the replay's hierarchy (inclusive, write-through) and the queued batch as
-lookahead; `none` recomputes every prefix. Costs per request come from the cost model: compute time
-(R+C tokens, plus the static tokens it recomputes) and, for a host hit, the host->GPU copy of its
-entry. `BatchCost` turns them into the service time of a batch.
+`CacheService` is the DES's service-time function (`mtbench.serve.des.serve_queue`). For each batch
+the batcher closes it does what the real open-loop server does, in the same order:
+- the cache's decisions come from the one control plane (`mtbench.cache.control`), batch by batch:
+  a batch that was full before the previous one started is planned before the previous one is
+  released (the server's lookahead), any other after it; each batch gets the "auto" load budget
+  (`mtbench.cache.budget`) from the cost model's compute times of the batches before it;
+- its price: compute (R+C tokens plus the static tokens it recomputes) and host->GPU copies of the
+  entries it loads, hidden under compute as the pipeline hides them (`CostModel.exposed_ms`), plus
+  the batch's fixed cost from a `BatchOverhead` (host work, launches and the end-of-batch
+  synchronisation, which a per-request model misses; measured on the device by `capacity --measure`).
+Mode `none` recomputes every prefix; `gpu` has no host tier.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
+from mtbench.cache.budget import AutoLoadBudget
+from mtbench.cache.control import BatchDecisions, ControlPlane, Outcome, Request
+from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
-from mtbench.serve.des import BatchCost
 from mtbench.sim.costmodel import CostModel
-from mtbench.sim.simulator import GPU_HIT, HOST_HIT, MISS, STALE, TierSettings, Workload, simulate
+from mtbench.sim.simulator import TierSettings, Workload, control_config
 
 CACHE_MODES = ("none", "gpu", "tiered")
-OUTCOME_NAMES = np.array(["gpu_hit", "host_hit", "miss", "stale"])
-assert [GPU_HIT, HOST_HIT, MISS, STALE] == [0, 1, 2, 3]  # OUTCOME_NAMES is indexed by these
+OUTCOME_NAMES = np.array([outcome.label for outcome in sorted(Outcome)])
+assert all(OUTCOME_NAMES[int(o)] == o.label for o in Outcome)  # indexed by the outcome codes
 
 
 @dataclass(frozen=True)
@@ -39,30 +49,127 @@ class CacheSetting:
 
 
 @dataclass(frozen=True)
-class ServedRequests:
-    """Outcome names and per-request costs of a trace under one cache setting."""
+class BatchOverhead:
+    """Fixed ms of a batch by its number of requests: `serial` for a batch planned after the previous
+    one finished (points (size, ms), interpolated linearly, flat past the ends), `pipelined` for one
+    planned while the previous one ran (a full batch under load). A constant overhead: one point."""
 
-    outcomes: np.ndarray  # names, OUTCOME_NAMES
-    compute_ms: np.ndarray
-    h2d_ms: np.ndarray
+    serial: tuple[tuple[int, float], ...] = ((1, 0.0),)
+    pipelined: float = 0.0
 
-    def batch_cost(self, cost: CostModel, batch_overhead_ms: float = 0.0) -> BatchCost:
-        return BatchCost(self.compute_ms, self.h2d_ms, cost, batch_overhead_ms)
+    @classmethod
+    def constant(cls, ms: float) -> "BatchOverhead":
+        return cls(((1, ms),), ms)
+
+    def ms(self, size: int, early: bool) -> float:
+        if early:
+            return self.pipelined
+        sizes = [s for s, _ in self.serial]
+        i = bisect.bisect_left(sizes, size)
+        if i == 0:
+            return self.serial[0][1]
+        if i == len(sizes):
+            return self.serial[-1][1]
+        (s0, m0), (s1, m1) = self.serial[i - 1], self.serial[i]
+        return m0 + (m1 - m0) * (size - s0) / (s1 - s0)
+
+    def to_dict(self) -> dict:
+        return {"serial": [list(point) for point in self.serial], "pipelined": self.pipelined}
 
 
-def serve_costs(workload: Workload, setting: CacheSetting, cost: CostModel, batch_size: int) -> ServedRequests:
-    """Simulate the cache over the workload (trace order) and price every request."""
-    setting.check()
-    n_new = workload.n_rt + workload.n_cand
-    if setting.mode == "none":
-        outcomes = np.full(workload.n_requests, MISS, dtype=np.int8)
-        recomputed = workload.n_static
-    else:
-        host = setting.host_capacity if setting.mode == "tiered" else 0
-        # the replay's hierarchy and pipeline: its default write-back, batches of `batch_size`, one batch ahead
-        settings = TierSettings(lookahead=1, batch_size=batch_size)
-        result, recomputed = simulate(workload, setting.policy, setting.gpu_capacity, host, settings, cost=cost,
-                                      keep_outcomes=True)
-        outcomes = result.outcomes
-    h2d = np.where(outcomes == HOST_HIT, cost.h2d_ms(workload.size), 0.0)
-    return ServedRequests(OUTCOME_NAMES[outcomes], cost.compute_ms(n_new, recomputed).astype(np.float64), h2d)
+@dataclass
+class CacheService:
+    """The cache and cost of one server over one workload, served in FIFO batches (module docstring).
+
+    State: the control plane (None for mode none), the planned batch not yet released, the load
+    budget's recent compute, and per request its outcome code and recomputed static tokens (-1 /
+    unset until served). Invariant: batches arrive in FIFO order, each once.
+    """
+
+    workload: Workload
+    setting: CacheSetting
+    cost: CostModel
+    overhead: BatchOverhead = field(default_factory=BatchOverhead)
+    outcomes: np.ndarray = field(init=False)
+    recomputed: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.setting.check()
+        w = self.workload
+        n = w.n_requests
+        self.outcomes = np.full(n, -1, dtype=np.int8)
+        self.recomputed = w.n_static.copy()
+        self._new_tokens = (w.n_rt + w.n_cand).tolist()
+        self._n_static = w.n_static.tolist()
+        self._ts = w.ts.tolist()
+        self._next_use = w.next_use.tolist()
+        pairs = list(zip(w.key_user.tolist(), w.key_version.tolist()))
+        self._keys = [pairs[k] for k in w.key.tolist()]
+        self._plane: ControlPlane | None = None
+        if self.setting.mode != "none":
+            host = self.setting.host_capacity if self.setting.mode == "tiered" else 0
+            self._plane = ControlPlane(control_config(w, self.setting.policy, self.setting.gpu_capacity, host,
+                                                      TierSettings(lookahead=1), self.cost))
+        self._held: tuple[int, BatchDecisions] | None = None  # (first request, its plan): planned, not released
+        self._budget = AutoLoadBudget(self.cost.h2d_GBps) if self.setting.mode == "tiered" else None
+
+    def __call__(self, start: int, end: int, early: bool) -> float:
+        """Plan, release and price the batch [start, end): its service time in ms."""
+        if self._plane is None:
+            self.outcomes[start:end] = int(Outcome.MISS)
+            compute = self._compute_ms(start, end)
+            return self.overhead.ms(end - start, early) + compute
+        if not early:
+            self._release_held()
+        requests = [Request(self._keys[i], self._n_static[i], self._ts[i], self._next_use[i]) for i in range(start, end)]
+        plan = self._plane.plan(requests, self._budget.bytes() if self._budget is not None else None)
+        if early:
+            self._release_held()
+        self._held = (start, plan)
+        self.outcomes[start:end] = [int(o) for o in plan.outcomes]
+        self.recomputed[start:end] = np.asarray(self._n_static[start:end]) - np.asarray(plan.cached)
+        compute = self._compute_ms(start, end)
+        if self._budget is not None:
+            self._budget.observe(compute)
+        moved = self.workload.sizer.moved_bytes
+        h2d = float(self.cost.h2d_ms(sum(moved(tokens) for tokens in self._loaded_tokens(plan))))
+        return self.overhead.ms(end - start, early) + batch_price_ms(self.cost, compute, h2d)
+
+    @property
+    def outcome_names(self) -> np.ndarray:
+        return OUTCOME_NAMES[self.outcomes]
+
+    def _compute_ms(self, start: int, end: int) -> float:
+        return float(np.sum(self.cost.compute_ms(np.asarray(self._new_tokens[start:end]), self.recomputed[start:end])))
+
+    @staticmethod
+    def _loaded_tokens(plan: BatchDecisions) -> list[int]:
+        """Tokens of every entry the batch copies host->GPU, once per key."""
+        seen: dict = {}
+        for request, outcome, tokens in zip(plan.requests, plan.outcomes, plan.cached):
+            if outcome is Outcome.HOST_HIT:
+                seen.setdefault(request.key, tokens)
+        return list(seen.values())
+
+    def _release_held(self) -> None:
+        if self._held is not None and self._plane is not None:
+            self._plane.release(self._held[1])
+        self._held = None
+
+
+def batch_price_ms(cost: CostModel, compute_ms: float, h2d_ms: float) -> float:
+    """A batch's device time by the cost model: its compute, plus the copies not hidden under it."""
+    return compute_ms + cost.exposed_ms(h2d_ms, compute_ms)
+
+
+def price_records(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.Series:
+    """`batch_price_ms` of every batch of a replay's records (its real decisions), by batch_index: what
+    `CacheService` charges for the same decisions, without the fixed cost per batch."""
+    new = (records["n_rt"] + records["n_cand"]).to_numpy()
+    compute = pd.Series(cost.compute_ms(new, records["computed_tokens"].to_numpy()), index=records.index)
+    compute = compute.groupby(records["batch_index"]).sum()
+    loads = records[records["outcome"] == Outcome.HOST_HIT.label].drop_duplicates(["batch_index", "user_id", "static_version"])
+    moved = pd.Series([sizer.moved_bytes(int(t)) for t in loads["n_cached"]], index=loads.index, dtype=np.float64)
+    h2d = moved.groupby(loads["batch_index"]).sum().reindex(compute.index, fill_value=0.0)
+    h2d = cost.h2d_ms(h2d.to_numpy())
+    return pd.Series([batch_price_ms(cost, c, float(h)) for c, h in zip(compute.tolist(), h2d)], index=compute.index)
