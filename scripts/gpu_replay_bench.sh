@@ -215,7 +215,7 @@ if calibration.is_file():
     lines += ["## Simulator vs measured (synthetic trace, same batches, warm-up excluded)", "",
               f"measured speedup {fmt(cal.get('measured_speedup'))}x (hit ratio {fmt(cal.get('measured_hit_ratio'), '{:.4f}')}), "
               f"simulator estimate {fmt(cal.get('estimated_speedup'))}x (hit ratio {fmt(cal.get('simulated_hit_ratio'), '{:.4f}')}), "
-              f"gap {fmt(cal.get('gap'), '{:.1%}')} (limit 15%: {'within' if cal.get('within_limit') else 'OUTSIDE'}); "
+              f"gap {fmt(cal.get('gap'), '{:.1%}')} (limit 10%: {'within' if cal.get('within_limit') else 'OUTSIDE'}); "
               f"per request: measured {fmt(cal.get('measured_ms_per_request'), '{:.4f}')} ms, of which "
               f"{fmt(cal.get('measured_host_ms_per_request'), '{:.4f}')} ms of host work; the cost model's device "
               f"time {fmt(cal.get('estimated_ms_per_request'), '{:.4f}')} ms", ""]
