@@ -43,14 +43,17 @@ def _tiny() -> None:
 
 # Attention variants by name: "tma|ptr MxN wW sS" then optional flags: hi (heads_inner), kK (split_k),
 # tT (tail_m: a request's last block of <= T rows as a T-row tile), rR (maxnreg R), exp2 (no tanh.approx).
-# Predictions (cand B64; the default takes 0.223 ms, 200 rows padded to 256 in 64-row tiles):
-# - t16: 200 rows = 3 x 64 + a 16-row tile instead of 4 x 64 (208 vs 256 rows). If the tail tile costs
-#   ~0.4-0.6 of a 64-row one (it streams the same K/V; mma.sync instead of wgmma), 576 + 192 x 0.5 tile
-#   units instead of 768: ~0.19-0.20 ms. t32: the same with more padding (224 rows): ~0.20 ms.
-# - w8 on 64x32: two warpgroups split the 64x256 accumulator (64 instead of 128 registers each) and hide
-#   more latency per SM; the issue-15 ncu run showed issue stalls, not bandwidth: 0-10%.
-# - s1 / 64x16 tiles with a 168-register cap: 64 KB shared memory per program, so three programs per SM
-#   instead of two (more latency hidden) if registers fit; may spill: -10% .. +10%.
+# Predictions (cand B64; the default takes 0.223 ms with 200 rows padded to 256 in 64-row tiles). Offline
+# sm_90a builds (Triton 3.9 + ptxas 13 on the CPU box; the H200 runs Triton 3.6): the default's prefix loop
+# is clean (311 instructions per 32-key step, 18 HGMMA, no spills), 255 registers and 96 KB of shared
+# memory per program, so two programs per SM; the loop is latency-bound (~3700 cycles per step per SM
+# measured against ~1000 for the tensor cores).
+# - t16: 3 x 64 + one 16-row tile instead of 4 x 64 (208 vs 256 rows). The 16-row tile's step is 201
+#   instructions (mma.sync) and streams the same K/V, so it costs ~0.6 of a 64-row one: 576 + 192 x 0.6
+#   tile units instead of 768: ~0.20 ms (-10%). t32: 224 rows, ~0.21 ms.
+# - s1 / 64x16 with r168: 64 KB shared memory and 168 registers, three programs per SM instead of two
+#   (offline: 8-15 spill loads per step in the prefix loop; s1 also loses the TMA prefetch): -15% .. +10%.
+# - w8 on 64x32: two warpgroups split the 64 x 256 accumulator, 8 warps per program: 0 .. -10%.
 DEFAULT_VARIANT = "tma 64x32 w4 s2 hi"  # default_config for paged head_dim 256 in 16 bits (issue 15)
 ATTENTION_VARIANTS: list[str] = [
     DEFAULT_VARIANT,
@@ -58,13 +61,13 @@ ATTENTION_VARIANTS: list[str] = [
     "tma 64x32 w4 s2 hi t32",
     "tma 64x32 w8 s2 hi",
     "tma 64x32 w8 s2 hi t16",
-    "tma 64x32 w4 s3 hi t16",
     "tma 64x32 w4 s1 hi",
     "tma 64x32 w4 s1 hi r168",
+    "tma 64x32 w4 s1 hi t16 r168",
     "tma 64x16 w4 s2 hi",
     "tma 64x16 w4 s2 hi r168",
     "tma 64x16 w4 s2 hi t16 r168",
-    "ptr 128x64 w8 s2",  # the default before issue 15
+    "ptr 128x64 w8 s2",  # the default before issue 15 (0.247-0.252 ms in calls 1-3: run-to-run anchor)
 ]
 CACHED_SHAPES = {"cached_cand": (N_STATIC + N_RT, 0, 0, N_CAND), "cached": (N_STATIC, 0, N_RT, N_CAND)}
 SCAN_BATCHES: tuple[int, ...] = (16, 32, 64, 128)
