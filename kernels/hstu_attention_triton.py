@@ -28,6 +28,9 @@ ceil(rows_b / BLOCK_M) over the request offsets, inside the kernel (no host sync
 Axis 0 has floor((T + B * (BLOCK_M - 1)) / BLOCK_M) programs, an upper bound on the real block
 count; the at most B surplus programs find no rows and exit after the lookup. Axis 1 is the head
 (with `heads_inner`, axes 0 and 1 swap: the heads of one row block run side by side), axis 2 the split.
+Tail tiles (`tail_m`): a request's last block, when it holds at most tail_m rows, runs the same body
+with tail_m-row tiles (a branch on the block's row count picks one of two compiled tile heights), so
+200 candidates take 3 x 64 + 16 rows of tile work instead of 4 x 64; the block count is unchanged.
 Accumulation is in fp32; the 1/n_i normaliser is applied once to the accumulator.
 """
 
