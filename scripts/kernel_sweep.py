@@ -63,9 +63,11 @@ ATTENTION_VARIANTS: list[str] = [
     "tma 64x32 w4 s2 hi t32",
     "tma 64x32 w8 s2 hi",
     "tma 64x32 w4 s1 hi",
+    "tma 64x32 w4 s1 hi t16",
     "tma 64x32 w4 s1 hi r168",
     "tma 64x32 w4 s1 hi t16 r168",
     "tma 64x16 w4 s2 hi",
+    "tma 64x16 w4 s2 hi t16",
     "tma 64x16 w4 s2 hi r168",
     "tma 64x16 w4 s2 hi t16 r168",
     "ptr 128x64 w8 s2",  # the default before issue 15 (0.247-0.252 ms in calls 1-3: run-to-run anchor)
