@@ -28,6 +28,9 @@ ceil(rows_b / BLOCK_M) over the request offsets, inside the kernel (no host sync
 Axis 0 has floor((T + B * (BLOCK_M - 1)) / BLOCK_M) programs, an upper bound on the real block
 count; the at most B surplus programs find no rows and exit after the lookup. Axis 1 is the head
 (with `heads_inner`, axes 0 and 1 swap: the heads of one row block run side by side), axis 2 the split.
+Tail tiles (`tail_m`): a request's last block, when it holds at most tail_m rows, runs the same body
+with tail_m-row tiles (a branch on the block's row count picks one of two compiled tile heights), so
+200 candidates take 3 x 64 + 16 rows of tile work instead of 4 x 64; the block count is unchanged.
 Accumulation is in fp32; the 1/n_i normaliser is applied once to the accumulator.
 """
 
@@ -58,6 +61,12 @@ class AttentionConfig:
     tma: bool = False  # paged prefix K/V through tensor descriptors (whole page rows, Hopper TMA on CUDA)
     split_k: int = 1  # programs per row block, each over a slice of the prefix; partial sums added atomically
     heads_inner: bool = False  # launch a row block's heads next to each other (they read the same K/V rows)
+    tail_m: int = 0  # > 0: a request's last block, when it has at most tail_m rows, runs as a tail_m-row tile
+    maxnreg: int | None = None  # CUDA register cap per thread (more programs per SM; may spill)
+
+    def __post_init__(self) -> None:
+        if self.tail_m and not (16 <= self.tail_m < self.block_m and self.tail_m & (self.tail_m - 1) == 0):
+            raise ValueError(f"tail_m must be 0 or a power of two in [16, block_m), got {self.tail_m}")
 
 
 def default_config(head_dim: int, element_size: int, paged: bool) -> AttentionConfig:
@@ -133,7 +142,7 @@ def _hstu_fwd_kernel(
     CAUSAL_STATIC: tl.constexpr, VISIBLE_NORM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK_B: tl.constexpr,
     DOT_PRECISION: tl.constexpr, FAST_SILU: tl.constexpr, USE_TMA: tl.constexpr,
-    SPLIT_K: tl.constexpr, HEADS_INNER: tl.constexpr,
+    SPLIT_K: tl.constexpr, HEADS_INNER: tl.constexpr, TAIL_M: tl.constexpr,
 ):
     if HEADS_INNER:
         head, work = tl.program_id(0), tl.program_id(1)
@@ -145,6 +154,50 @@ def _hstu_fwd_kernel(
     b = tl.minimum(request, n_requests - 1)
     row_start = tl.load(offsets_ptr + b)
     n_rows = tl.where(in_range, tl.load(offsets_ptr + b + 1) - row_start, 0)
+    first_row = block * BLOCK_M
+    # (written out three times: Triton needs the tile height as a compile-time constant per call)
+    if TAIL_M == 0:
+        _attend_rows(q_ptr, k_ptr, v_ptr, out_ptr, n_new_static_ptr, n_rt_ptr,
+            prefix_k_ptr, prefix_v_ptr, prefix_offsets_ptr, prefix_lengths_ptr, page_table_ptr,
+            prefix_k_desc, prefix_v_desc, page_rows, head_dim, alpha, inv_norm_constant,
+            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+            stride_pk_token, stride_pk_page, stride_pk_h, stride_pv_token, stride_pv_page, stride_pv_h,
+            stride_page_table, head, split, b, row_start, n_rows, first_row,
+            PREFIX_MODE, PAGE_TOKENS, CAUSAL_STATIC, VISIBLE_NORM, BLOCK_M, BLOCK_N, BLOCK_D,
+            DOT_PRECISION, FAST_SILU, USE_TMA, SPLIT_K)
+    elif n_rows - first_row <= TAIL_M:  # the request's last block (or no rows at all): a short tile
+        _attend_rows(q_ptr, k_ptr, v_ptr, out_ptr, n_new_static_ptr, n_rt_ptr,
+            prefix_k_ptr, prefix_v_ptr, prefix_offsets_ptr, prefix_lengths_ptr, page_table_ptr,
+            prefix_k_desc, prefix_v_desc, page_rows, head_dim, alpha, inv_norm_constant,
+            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+            stride_pk_token, stride_pk_page, stride_pk_h, stride_pv_token, stride_pv_page, stride_pv_h,
+            stride_page_table, head, split, b, row_start, n_rows, first_row,
+            PREFIX_MODE, PAGE_TOKENS, CAUSAL_STATIC, VISIBLE_NORM, TAIL_M, BLOCK_N, BLOCK_D,
+            DOT_PRECISION, FAST_SILU, USE_TMA, SPLIT_K)
+    else:
+        _attend_rows(q_ptr, k_ptr, v_ptr, out_ptr, n_new_static_ptr, n_rt_ptr,
+            prefix_k_ptr, prefix_v_ptr, prefix_offsets_ptr, prefix_lengths_ptr, page_table_ptr,
+            prefix_k_desc, prefix_v_desc, page_rows, head_dim, alpha, inv_norm_constant,
+            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+            stride_pk_token, stride_pk_page, stride_pk_h, stride_pv_token, stride_pv_page, stride_pv_h,
+            stride_page_table, head, split, b, row_start, n_rows, first_row,
+            PREFIX_MODE, PAGE_TOKENS, CAUSAL_STATIC, VISIBLE_NORM, BLOCK_M, BLOCK_N, BLOCK_D,
+            DOT_PRECISION, FAST_SILU, USE_TMA, SPLIT_K)
+
+
+@triton.jit
+def _attend_rows(
+    q_ptr, k_ptr, v_ptr, out_ptr, n_new_static_ptr, n_rt_ptr,
+    prefix_k_ptr, prefix_v_ptr, prefix_offsets_ptr, prefix_lengths_ptr, page_table_ptr,
+    prefix_k_desc, prefix_v_desc, page_rows, head_dim, alpha, inv_norm_constant,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_pk_token, stride_pk_page, stride_pk_h, stride_pv_token, stride_pv_page, stride_pv_h,
+    stride_page_table, head, split, b, row_start, n_rows, first_row,
+    PREFIX_MODE: tl.constexpr, PAGE_TOKENS: tl.constexpr, CAUSAL_STATIC: tl.constexpr, VISIBLE_NORM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FAST_SILU: tl.constexpr, USE_TMA: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    """Rows [first_row, first_row + BLOCK_M) of request b (those < n_rows), one head, one prefix split."""
     n_new = tl.load(n_new_static_ptr + b)
     n_rt = tl.load(n_rt_ptr + b)
     if PREFIX_MODE == 0:
@@ -153,7 +206,7 @@ def _hstu_fwd_kernel(
         n_cached = tl.load(prefix_lengths_ptr + b)
     n_static = n_cached + n_new
 
-    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = first_row + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
     position = n_cached + rows
     row_static = rows < n_new
@@ -363,7 +416,8 @@ def hstu_attention_triton(
         CHUNK_B=min(1024, max(64, triton.next_power_of_2(n_requests))),  # >= 64: one compile for B <= 64
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         FAST_SILU=cfg.fast_silu and q.is_cuda and q.dtype != torch.float32, USE_TMA=use_tma,
-        SPLIT_K=split_k, HEADS_INNER=cfg.heads_inner,
+        SPLIT_K=split_k, HEADS_INNER=cfg.heads_inner, TAIL_M=cfg.tail_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **({} if cfg.maxnreg is None else {"maxnreg": cfg.maxnreg}),
     )
     return out if split_k == 1 else out.to(q.dtype)

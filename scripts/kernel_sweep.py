@@ -20,8 +20,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 
 import torch
 
@@ -34,41 +34,71 @@ DEVICE, DTYPE = "cuda", torch.bfloat16
 def _tiny() -> None:
     """--tiny: a CPU smoke test of this script under TRITON_INTERPRET=1 (sizes small enough to interpret)."""
     global N_STATIC, N_RT, N_CAND, PAGE, HEADS, DIM, BATCHES, DEVICE, DTYPE, ATTENTION_VARIANTS, CACHED_SHAPES
+    global SCAN_BATCHES
     N_STATIC, N_RT, N_CAND, PAGE, HEADS, DIM, BATCHES, DEVICE = 40, 5, 7, 16, 2, 16, (2, 1), "cpu"
+    SCAN_BATCHES = (1, 3)
     DTYPE = torch.float16  # the interpreter's bf16 tl.dot is wrong (numpy has no bf16); compiled bf16 is tested on GPU
-    ATTENTION_VARIANTS = {"ptr 16x16": (16, 16, 4, 1, True, False, 1, False),
-                          "tma 16x16 k2 hi": (16, 16, 4, 1, True, True, 2, True)}
+    ATTENTION_VARIANTS = ["ptr 16x16 w4 s1", "tma 16x16 w4 s1 k2 hi", "ptr 32x16 w4 s1 t16"]
     CACHED_SHAPES = {"cached_cand": (N_STATIC + N_RT, 0, 0, N_CAND), "cached": (N_STATIC, 0, N_RT, N_CAND)}
 
-# name -> AttentionConfig fields
-# (block_m, block_n, num_warps, num_stages, fast_silu, tma, split_k, heads_inner)
-ATTENTION_VARIANTS: dict[str, tuple] = {
-    "ptr 128x64 w8 s2": (128, 64, 8, 2, True, False, 1, False),  # the default before issue 15
-    "ptr 128x64 w8 s2 hi": (128, 64, 8, 2, True, False, 1, True),
-    "ptr 128x64 w8 s2 k2": (128, 64, 8, 2, True, False, 2, False),
-    "tma 128x32 w8 s2 hi": (128, 32, 8, 2, True, True, 1, True),
-    "tma 128x32 w8 s3 k2": (128, 32, 8, 3, True, True, 2, False),
-    "tma 64x32 w4 s2": (64, 32, 4, 2, True, True, 1, False),
-    "tma 64x32 w4 s2 hi": (64, 32, 4, 2, True, True, 1, True),
-    "tma 64x32 w4 s2 k2": (64, 32, 4, 2, True, True, 2, False),
-    "tma 64x32 w4 s4": (64, 32, 4, 4, True, True, 1, False),
-    "ptr 64x32 w4 s2": (64, 32, 4, 2, True, False, 1, False),
-    "ptr 64x32 w4 s2 hi": (64, 32, 4, 2, True, False, 1, True),
-    "ptr 64x64 w4 s2": (64, 64, 4, 2, True, False, 1, False),
-    "ptr 64x64 w4 s2 hi": (64, 64, 4, 2, True, False, 1, True),
-    # not measured yet (candidates for a next call): 8 warps on 64-row tiles, 16-token tiles with 4 stages
-    "tma 64x32 w8 s2 hi": (64, 32, 8, 2, True, True, 1, True),
-    "tma 64x16 w4 s4 hi": (64, 16, 4, 4, True, True, 1, True),
-}
+
+# Attention variants by name: "tma|ptr MxN wW sS" then optional flags: hi (heads_inner), kK (split_k),
+# tT (tail_m: a request's last block of <= T rows as a T-row tile), rR (maxnreg R), exp2 (no tanh.approx).
+# Predictions (cand B64; the default takes 0.223 ms with 200 rows padded to 256 in 64-row tiles). Offline
+# sm_90a builds (Triton 3.9 + ptxas 13 on the CPU box; the H200 runs Triton 3.6): the default's prefix loop
+# is clean (311 instructions per 32-key step, 18 HGMMA, no spills), 255 registers and 96 KB of shared
+# memory per program, so two programs per SM; the loop is latency-bound (~3700 cycles per step per SM
+# measured against ~1000 for the tensor cores).
+# - t16: 3 x 64 + one 16-row tile instead of 4 x 64 (208 vs 256 rows). The 16-row tile's step is 201
+#   instructions (mma.sync) and streams the same K/V, so it costs ~0.6 of a 64-row one: 576 + 192 x 0.6
+#   tile units instead of 768: ~0.20 ms (-10%). t32: 224 rows, ~0.21 ms.
+# - s1 / 64x16 with r168: 64 KB shared memory and 168 registers, three programs per SM instead of two
+#   (offline: 8-15 spill loads per step in the prefix loop; s1 also loses the TMA prefetch): -15% .. +10%.
+# - w8 on 64x32: two warpgroups split the 64 x 256 accumulator; offline 255 registers x 256 threads, so one
+#   program (8 warps) per SM, as many warps as now, one shared K/V stream fewer: +-5%.
+DEFAULT_VARIANT = "tma 64x32 w4 s2 hi"  # default_config for paged head_dim 256 in 16 bits (issue 15)
+ATTENTION_VARIANTS: list[str] = [
+    DEFAULT_VARIANT,
+    "tma 64x32 w4 s2 hi t16",
+    "tma 64x32 w4 s2 hi t32",
+    "tma 64x32 w8 s2 hi",
+    "tma 64x32 w4 s1 hi",
+    "tma 64x32 w4 s1 hi t16",
+    "tma 64x32 w4 s1 hi r168",
+    "tma 64x32 w4 s1 hi t16 r168",
+    "tma 64x16 w4 s2 hi",
+    "tma 64x16 w4 s2 hi t16",
+    "tma 64x16 w4 s2 hi r168",
+    "tma 64x16 w4 s2 hi t16 r168",
+    "ptr 128x64 w8 s2",  # the default before issue 15 (0.247-0.252 ms in calls 1-3: run-to-run anchor)
+]
 CACHED_SHAPES = {"cached_cand": (N_STATIC + N_RT, 0, 0, N_CAND), "cached": (N_STATIC, 0, N_RT, N_CAND)}
-SCAN_BATCHES: tuple[int, ...] = ()
-DIAGNOSE = ("ptr 128x64 w8 s2", "tma 64x32 w4 s2", "tma 64x32 w4 s2 hi", "ptr 16x16")
+SCAN_BATCHES: tuple[int, ...] = (16, 32, 64, 128)
+SCAN_BEST = 3  # variants scanned over SCAN_BATCHES: the fastest on cand B64, plus the default
 
 
-def _config(name: str):
+def variant_config(name: str):
+    """The AttentionConfig a variant name stands for ("default": None, the dispatcher's own choice)."""
     from kernels.hstu_attention_triton import AttentionConfig
 
-    return AttentionConfig(*ATTENTION_VARIANTS[name]) if name != "default" else None
+    if name == "default":
+        return None
+    loads, tiles, *flags = name.split()
+    if loads not in ("tma", "ptr") or "x" not in tiles:
+        raise ValueError(f"variant {name!r}: expected 'tma|ptr MxN wW sS [hi] [kK] [tT] [rR] [exp2]'")
+    block_m, block_n = (int(x) for x in tiles.split("x"))
+    fields = {"block_m": block_m, "block_n": block_n, "tma": loads == "tma"}
+    keys = {"w": "num_warps", "s": "num_stages", "k": "split_k", "t": "tail_m", "r": "maxnreg"}
+    for flag in flags:
+        if flag == "hi":
+            fields["heads_inner"] = True
+        elif flag == "exp2":
+            fields["fast_silu"] = False
+        elif flag[:1] in keys and flag[1:].isdigit():
+            fields[keys[flag[0]]] = int(flag[1:])
+        else:
+            raise ValueError(f"variant {name!r}: unknown flag {flag!r}")
+    return AttentionConfig(**fields)
 
 
 def _attention_inputs(case_name: str, batch: int, seed: int):
@@ -103,7 +133,7 @@ def _warm_here(name: str, case_name: str, batch: int) -> None:
     """Compile and run one (variant, case, batch) once (fills the shared Triton cache)."""
     from kernels.hstu_attention_triton import hstu_attention_triton
 
-    hstu_attention_triton(*_attention_inputs(case_name, batch, 0), config=_config(name))
+    hstu_attention_triton(*_attention_inputs(case_name, batch, 0), config=variant_config(name))
     if DEVICE == "cuda":
         torch.cuda.synchronize()
 
@@ -168,20 +198,13 @@ def _table(title: str, header: list[str], rows: list[list], widths: list[int]) -
 
 
 def visible_pairs(n_cached: int, n_new: int, n_rt: int, n_cand: int) -> int:
-    from mtbench.bench_kernels import Shape
+    from mtbench.bench.kernels import Shape
 
     return Shape(n_cached, n_new, n_rt, n_cand).visible_pairs()
 
 
-def attention_section(jobs: int, results: dict) -> None:
-    from kernels.hstu_attention_ref import hstu_attention_reference
-    from kernels.hstu_attention_triton import hstu_attention_triton
-    from kernels.testing import random_case, relative_error
-    from kernels import AttentionSpec
-
-    big, small = BATCHES
-    # One compile per variant serves every batch <= 64 (the kernel's constexprs do not depend on B).
-    tasks = [(name, "cached_cand", big) for name in ATTENTION_VARIANTS] + [("default", "full", big)]
+def _warm_all(tasks: list[tuple[str, str, int]], jobs: int) -> dict[str, str]:
+    """Compile every (variant, case, batch) in parallel child processes; {variant: error} of the failures."""
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         warmed = list(pool.map(_warm, tasks))
@@ -190,82 +213,151 @@ def attention_section(jobs: int, results: dict) -> None:
           f"({len(failed)} failed)", flush=True)
     for name, err in failed.items():
         print(f"  {name}: {err}")
+    return failed
 
-    # Correctness at real sizes: random lengths, B=16, paged prefix in random page order; bf16 error vs
-    # fp64 within 2x the plain bf16 reference's.
+
+def _check_variants(names: list[str]) -> dict[str, str]:
+    """Correctness at real sizes, bf16 error vs fp64 within 2x the plain bf16 reference's, on two inputs:
+    B16 with random lengths (static up to 1032, R up to 100, C up to 200; last blocks of every height) and
+    the timed cand shape at B16 (200 rows: a last block of 8). Pages in random order. {name: "ok" | error}."""
+    from kernels import AttentionSpec
+    from kernels.hstu_attention_ref import hstu_attention_reference
+    from kernels.hstu_attention_triton import hstu_attention_triton
+    from kernels.testing import random_case, relative_error
+
+    small = BATCHES[1]
     gen = torch.Generator().manual_seed(1)
     case64 = random_case(gen, small, HEADS, DIM, N_STATIC, N_RT, N_CAND, cached=True, dtype=torch.float64, device=DEVICE)
-    spec = AttentionSpec(alpha=DIM ** -0.5)
     prefix64 = case64.paged_prefix(PAGE, gen)
-    rest = (case64.offsets, case64.n_new_static, case64.n_rt, spec)
-    exact = hstu_attention_reference(case64.q, case64.k, case64.v, *rest, prefix64)
-    low = [t.to(DTYPE) for t in (case64.q, case64.k, case64.v)]
-    prefix_low = type(prefix64)(prefix64.k_pages.to(DTYPE), prefix64.v_pages.to(DTYPE), prefix64.page_table,
-                                prefix64.lengths_)
-    plain_err = relative_error(hstu_attention_reference(*low, *rest, prefix_low), exact)
-    checks = {}
-    for name in ATTENTION_VARIANTS:
-        if name in failed:
-            continue
-        out = hstu_attention_triton(*low, *rest, prefix_low, config=_config(name))
-        checks[name] = relative_error(out, exact)
-    print(f"real-size check (B{small} random lengths, paged): plain {DTYPE} reference error {plain_err:.2e}")
+    rest = (case64.offsets, case64.n_new_static, case64.n_rt, AttentionSpec(alpha=DIM ** -0.5))
+    random_low = (*[t.to(DTYPE) for t in (case64.q, case64.k, case64.v)], *rest,
+                  type(prefix64)(prefix64.k_pages.to(DTYPE), prefix64.v_pages.to(DTYPE), prefix64.page_table,
+                                 prefix64.lengths_))
+    random_exact = hstu_attention_reference(case64.q, case64.k, case64.v, *rest, prefix64)
+    cand_low = _attention_inputs("cached_cand", small, 5)
+    prefix = cand_low[-1]
+    cand_exact = hstu_attention_reference(*[t.double() for t in cand_low[:3]], *cand_low[3:-1], type(prefix)(
+        prefix.k_pages.double(), prefix.v_pages.double(), prefix.page_table, prefix.lengths_))
+    inputs = [(random_low, random_exact), (cand_low, cand_exact)]
+    limits = [2 * relative_error(hstu_attention_reference(*low), exact) for low, exact in inputs]
+    print(f"real-size checks (B{small}, paged): plain {DTYPE} reference error {limits[0] / 2:.2e} (random "
+          f"lengths), {limits[1] / 2:.2e} (cand)", flush=True)
+    verdicts = {}
+    for name in names:
+        errors = [relative_error(hstu_attention_triton(*low, config=variant_config(name)), exact)
+                  for low, exact in inputs]
+        bad = [e for e, limit in zip(errors, limits) if not e <= limit]
+        verdicts[name] = "ok" if not bad else f"BAD {bad[0]:.1e}"
+    return verdicts
 
-    rows = []
+
+def _time_attention(name: str, case_name: str, batch: int) -> dict:
+    """do_bench median of one variant on one (case, batch), rotating over 3 input sets."""
+    from kernels.hstu_attention_triton import hstu_attention_triton
+
+    sets = [_attention_inputs(case_name, batch, seed) for seed in range(3)]
+    config = variant_config(name)
+    ms = _bench([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets])
+    shape = CACHED_SHAPES.get(case_name, (0, N_STATIC, N_RT, N_CAND))
+    flops = 4 * DIM * HEADS * batch * visible_pairs(*shape)
+    return {"variant": name, "case": case_name, "batch": batch, "ms": ms, "tflops": flops / ms / 1e9}
+
+
+def _host_launch_ms(name: str) -> float:
+    """Host time per launch: 50 back-to-back launches, no GPU wait in between (0 on the CPU)."""
+    from kernels.hstu_attention_triton import hstu_attention_triton
+
+    if DEVICE != "cuda":
+        return 0.0
+    inputs, config = _attention_inputs("cached_cand", BATCHES[1], 0), variant_config(name)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(50):
+        hstu_attention_triton(*inputs, config=config)
+    ms = 1e3 * (time.perf_counter() - started) / 50
+    torch.cuda.synchronize()
+    return ms
+
+
+def _diagnose(name: str, results: dict) -> str:
+    """cand B64 with every request on the SAME pages (K/V stay in L2: how much of the time is HBM traffic),
+    and the issue-6 harness (CUDA events around one host-synchronised call: adds the launch time)."""
+    from kernels.hstu_attention_triton import hstu_attention_triton
+
+    big, config = BATCHES[0], variant_config(name)
+    shared = []
+    for seed in range(3):
+        args = list(_attention_inputs("cached_cand", big, seed))
+        prefix = args[-1]
+        table = prefix.page_table[:1].expand_as(prefix.page_table).contiguous()
+        args[-1] = type(prefix)(prefix.k_pages, prefix.v_pages, table, prefix.lengths_)
+        shared.append(args)
+    shared_ms = _bench([lambda a=a: hstu_attention_triton(*a, config=config) for a in shared])
+    sets = [_attention_inputs("cached_cand", big, seed) for seed in range(3)]
+    synced_ms = _synced_ms([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets])
+    results.setdefault("diagnostics", []).append({"variant": name, "shared_pages_ms": shared_ms, "synced_ms": synced_ms})
+    return f"{name}: cand B{big} all requests on the same pages {shared_ms:.3f} ms; host-synchronised {synced_ms:.3f} ms"
+
+
+def attention_section(jobs: int, results: dict, save: Callable[[], None]) -> None:
+    """Compile, check and time every variant on cand B64 / R+C B64 / cand B16 (table, then `save`), then
+    diagnostics, the full forward, and a scan of the fastest over SCAN_BATCHES (table, verdict line last)."""
+    from kernels.hstu_attention_triton import default_config
+
+    big, small = BATCHES
+    if DEVICE == "cuda" and variant_config(DEFAULT_VARIANT) != default_config(DIM, 2, paged=True):
+        print(f"note: {DEFAULT_VARIANT!r} is no longer default_config's paged choice")
+    # One compile per variant serves every batch <= 64 (the kernel's constexprs do not depend on B).
+    failed = _warm_all([(name, "cached_cand", big) for name in ATTENTION_VARIANTS] + [("default", "full", big)], jobs)
+    names = [n for n in ATTENTION_VARIANTS if n not in failed]
+    if not names:
+        print("no attention variant compiled")
+        return
+    checks = _check_variants(names)
     timed = [("cached_cand", big), ("cached", big), ("cached_cand", small)]
-    header = ["cand B64", "cached B64", "cand B16"]
-    if SCAN_BATCHES:
-        timed = [(case, batch) for case in ("cached_cand", "cached") for batch in SCAN_BATCHES]
-        header = [f"{'cand' if case == 'cached_cand' else 'R+C'} B{batch}" for case, batch in timed]
-    for name in ATTENTION_VARIANTS:
-        row = [name, "ok" if checks.get(name, 9) <= 2 * plain_err else f"BAD {checks.get(name, float('nan')):.1e}"]
-        for case_name, batch in timed:
-            if name in failed:
-                row.append("-")
-                continue
-            sets = [_attention_inputs(case_name, batch, seed) for seed in range(3)]
-            config = _config(name)
-            ms = _bench([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets])
-            flops = 4 * DIM * HEADS * batch * visible_pairs(*CACHED_SHAPES[case_name])
-            results.setdefault("attention", []).append(
-                {"variant": name, "case": case_name, "batch": batch, "ms": ms, "tflops": flops / ms / 1e9})
-            row.append(ms)
-            del sets
-        rows.append(row)
-        if DEVICE == "cuda":  # host time per launch: back-to-back launches, no GPU wait in between
-            inputs = _attention_inputs("cached_cand", small, 0)
-            torch.cuda.synchronize()
-            started = time.perf_counter()
-            for _ in range(50):
-                hstu_attention_triton(*inputs, config=config)
-            row.append(1e3 * (time.perf_counter() - started) / 50)
-            torch.cuda.synchronize()
-    _table("attention (ms; cand = 200 cand vs 1132 paged keys; cached/R+C = R+C vs 1032; host = launch ms)",
-           ["variant", "check", *header, "host"], rows, [20, 5] + [9] * (len(header) + 1))
-    # Diagnostics on the cand B64 shape: every request reading the SAME pages (K/V stay in L2: how much
-    # of the time is HBM traffic), and the launch-inclusive harness of mtbench bench kernels (CUDA events
-    # around one host-synchronised call: adds the host's launch time, as the numbers before issue 15 did).
-    for name in [n for n in DIAGNOSE if n in ATTENTION_VARIANTS and n not in failed]:
-        config = _config(name)
-        shared = []
-        for seed in range(3):
-            args = list(_attention_inputs("cached_cand", big, seed))
-            prefix = args[-1]
-            table = prefix.page_table[:1].expand_as(prefix.page_table).contiguous()
-            args[-1] = type(prefix)(prefix.k_pages, prefix.v_pages, table, prefix.lengths_)
-            shared.append(args)
-        shared_ms = _bench([lambda a=a: hstu_attention_triton(*a, config=config) for a in shared])
-        sets = [_attention_inputs("cached_cand", big, seed) for seed in range(3)]
-        synced_ms = _synced_ms([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets])
-        print(f"{name}: cand B{big} with all requests on the same pages {shared_ms:.3f} ms; "
-              f"host-synchronised harness {synced_ms:.3f} ms")
-        results.setdefault("diagnostics", []).append({"variant": name, "shared_pages_ms": shared_ms, "synced_ms": synced_ms})
-    sets = [_attention_inputs("full", big, seed) for seed in range(2)]
-    ms = _bench([lambda a=a: hstu_attention_triton(*a) for a in sets])
-    flops = 4 * DIM * HEADS * big * visible_pairs(0, N_STATIC, N_RT, N_CAND)
-    results.setdefault("attention", []).append({"variant": "default", "case": "full", "batch": big, "ms": ms,
-                                                "tflops": flops / ms / 1e9})
-    print(f"full forward B64, default tiles: {ms:.3f} ms, {flops / ms / 1e9:.0f} TFLOP/s")
+    main = {}
+    for name in names:
+        main[name] = [_time_attention(name, case_name, batch) for case_name, batch in timed]
+        results.setdefault("attention", []).extend(main[name])
+        print(f"  {name}: " + " / ".join(f"{r['ms']:.3f}" for r in main[name]) + " ms", flush=True)
+    host = {name: _host_launch_ms(name) for name in names}
+    ranked = sorted(names, key=lambda n: (checks[n] != "ok", main[n][0]["ms"]))
+    _table(f"attention, ms (cand: {N_CAND} cand vs {N_STATIC + N_RT} paged keys; R+C: {N_RT}+{N_CAND} rows vs "
+           f"{N_STATIC}; host: launch ms)", ["variant", "check", f"cand B{big}", f"R+C B{big}", f"cand B{small}", "host"],
+           [[n, checks[n], *(r["ms"] for r in main[n]), host[n]] for n in ranked], [28, 8, 9, 9, 9, 6])
+    save()
+    for name in dict.fromkeys([DEFAULT_VARIANT, ranked[0]]):
+        if name in main:
+            print(_diagnose(name, results))
+    if "default" not in failed:
+        full = _time_attention("default", "full", big)
+        results["attention"].append(full)
+        print(f"full forward B{big}, default tiles: {full['ms']:.3f} ms, {full['tflops']:.0f} TFLOP/s (target >= 300)")
+
+    scan_names = list(dict.fromkeys([n for n in ranked if checks[n] == "ok"][:SCAN_BEST] +
+                                    [n for n in [DEFAULT_VARIANT] if n in main]))
+    if scan_names and SCAN_BATCHES:
+        wide = sorted({b for b in SCAN_BATCHES if b > 64})  # a new CHUNK_B constexpr: compile those first
+        scan_failed = _warm_all([(n, "cached_cand", b) for n in scan_names for b in wide], jobs) if wide else {}
+        scan_cases = [(case, batch) for case in ("cached_cand", "cached") for batch in SCAN_BATCHES]
+        scan_rows = []
+        for name in scan_names:
+            row = [name]
+            for case_name, batch in scan_cases:
+                if name in scan_failed and batch in wide:
+                    row.append("-")
+                    continue
+                record = _time_attention(name, case_name, batch)
+                results.setdefault("scan", []).append(record)
+                row.append(record["ms"])
+            scan_rows.append(row)
+        header = [f"{'cand' if case == 'cached_cand' else 'R+C'} B{batch}" for case, batch in scan_cases]
+        _table("batch scan, ms", ["variant", *header], scan_rows, [28] + [7] * len(header))
+    best = ranked[0]
+    versus = f" (default {main[DEFAULT_VARIANT][0]['ms']:.3f} ms)" if DEFAULT_VARIANT in main else ""
+    print(f"\nfastest on cand B{big}: {best!r} {main[best][0]['ms']:.3f} ms, check {checks[best]}{versus}; "
+          f"target <= 0.200 ms")
+    results["best_cand"] = {"variant": best, "ms": main[best][0]["ms"], "check": checks[best]}
 
 
 def d2d_gbps() -> float:
@@ -372,29 +464,38 @@ def page_copy_section(results: dict) -> None:
 
 
 def main() -> None:
+    global ATTENTION_VARIANTS, SCAN_BATCHES, SCAN_BEST
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--what", default="attention,fp8,page_copy")
     parser.add_argument("--jobs", type=int, default=8, help="parallel compile workers")
     parser.add_argument("--json", default=None)
     parser.add_argument("--warm", default=None, help=argparse.SUPPRESS)  # child: "variant|case|batch"
-    parser.add_argument("--variants", default=None, help="comma-separated attention variant names")
-    parser.add_argument("--scan", default=None, help="time cand and R+C at these batch sizes instead")
+    parser.add_argument("--variants", default=None, help="comma-separated attention variant names (see "
+                        "variant_config), instead of the built-in list")
+    parser.add_argument("--scan", default=None, help="batch sizes of the scan of the fastest variants "
+                        "(default 16,32,64,128; 'none': no scan)")
+    parser.add_argument("--scan-best", type=int, default=SCAN_BEST, help="how many of the fastest to scan")
     parser.add_argument("--profile", default=None, help="run one attention variant 3 times (for ncu)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test (TRITON_INTERPRET=1, tiny sizes)")
     args = parser.parse_args()
     if args.tiny:
         _tiny()
-    global ATTENTION_VARIANTS, SCAN_BATCHES
     if args.variants:
-        ATTENTION_VARIANTS = {name: ATTENTION_VARIANTS[name] for name in args.variants.split(",")}
+        ATTENTION_VARIANTS = [name.strip() for name in args.variants.split(",")]
+    for name in ATTENTION_VARIANTS:
+        try:
+            variant_config(name)
+        except ValueError as err:
+            sys.exit(f"kernel_sweep.py: {err}")
     if args.scan:
-        SCAN_BATCHES = tuple(int(b) for b in args.scan.split(","))
+        SCAN_BATCHES = () if args.scan == "none" else tuple(int(b) for b in args.scan.split(","))
+    SCAN_BEST = args.scan_best
     if args.profile:  # under ncu: a few launches of one variant on the cand shape
         from kernels.hstu_attention_triton import hstu_attention_triton
 
         inputs = _attention_inputs("cached_cand", BATCHES[0], 0)
         for _ in range(3):
-            hstu_attention_triton(*inputs, config=_config(args.profile))
+            hstu_attention_triton(*inputs, config=variant_config(args.profile))
         torch.cuda.synchronize()
         return
     if args.warm:
@@ -408,8 +509,16 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if DEVICE == "cuda" else "CPU (interpreter)"
     print(f"{device_name}, torch {torch.__version__}, triton {triton.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    if args.json:  # fail now, not after minutes of device time
+        open(args.json, "w").close()
     results: dict = {}
-    sections = {"attention": lambda: attention_section(args.jobs, results), "fp8": lambda: fp8_section(results),
+
+    def save() -> None:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+
+    sections = {"attention": lambda: attention_section(args.jobs, results, save), "fp8": lambda: fp8_section(results),
                 "page_copy": lambda: page_copy_section(results)}
     for name in args.what.split(","):
         started = time.perf_counter()
@@ -417,9 +526,7 @@ def main() -> None:
         print(f"[{name}: {time.perf_counter() - started:.0f} s]", flush=True)
         if DEVICE == "cuda":
             torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        save()  # after every section: a later failure or timeout keeps what was measured
 
 
 if __name__ == "__main__":

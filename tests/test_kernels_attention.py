@@ -63,6 +63,30 @@ def test_descriptor_page_loads_and_split_prefix_match_reference():
         assert out.dtype == ref.dtype and relative_error(out, ref) < 1e-5
 
 
+def test_tail_tiles_match_reference():
+    """tail_m: a request's last block of <= tail_m rows runs as a shorter tile (a second tile height in the
+    same launch); last blocks of more rows keep the full height. Random lengths give both kinds (checked),
+    every prefix source, pages in random order, descriptors and pointers, causal and not."""
+    gen = torch.Generator().manual_seed(33)
+    tail = AttentionConfig(block_m=32, block_n=16, num_warps=4, num_stages=1, tail_m=16)
+    tail_tma = AttentionConfig(block_m=32, block_n=16, num_warps=4, num_stages=1, tma=True, heads_inner=True, tail_m=16)
+    tail_split = AttentionConfig(block_m=64, block_n=16, num_warps=4, num_stages=1, split_k=2, tail_m=32)
+    remainders = set()
+    for index, (config, kind) in enumerate([(tail, "none"), (tail, "contiguous"), (tail_tma, "paged"),
+                                            (tail_tma, "paged"), (tail_split, "paged"), (tail, "paged")]):
+        case = random_case(gen, 4, heads=2, head_dim=16, max_static=60, max_rt=9, max_cand=20,
+                           cached=kind != "none", device=DEVICE)
+        rows = (case.offsets[1:] - case.offsets[:-1]).cpu()
+        last = rows - (rows - 1) // config.block_m * config.block_m
+        remainders |= {"tail" if r <= config.tail_m else "full" for r in last.tolist()}
+        spec = AttentionSpec(alpha=0.25, causal_static=index % 2 == 1)
+        out, ref = _run_both(case, spec, case.prefix(kind, gen, page_tokens=16), config)
+        assert out.dtype == ref.dtype and relative_error(out, ref) < 1e-5
+    assert remainders == {"tail", "full"}
+    with pytest.raises(ValueError, match="tail_m"):
+        AttentionConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, tail_m=24)
+
+
 def test_edge_shapes_empty_rt_single_candidate_all_cached():
     """Request 0: no R and one candidate; request 1: every static token cached; request 2: no prefix."""
     gen = torch.Generator().manual_seed(7)
