@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +253,8 @@ def test_fleet_command_writes_a_report_with_both_plots(small_trace: Path, tmp_pa
     (("--backend", "ray", "--ray-address", "127.0.0.1:9"), "--ray-address"),
     (("--target-qps", "0"), "--target-qps"),
     (("--warmup", "2500"), "--warmup"),
+    (("--batch-size", "0"), "--batch-size"),
+    (("--router", "residency", "--batch-size", "4"), "--batch-size"),
 ])
 def test_fleet_bad_input_is_one_line_and_exit_2(small_trace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture, args: tuple, message: str) -> None:
@@ -261,6 +265,21 @@ def test_fleet_bad_input_is_one_line_and_exit_2(small_trace: Path, tmp_path: Pat
     stderr = capsys.readouterr().err
     assert code == 2 and stderr.startswith("error:") and message in stderr and stderr.count("\n") == 1, stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_fleet_ray_address_that_never_answers_is_one_line_not_a_hang(small_trace: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("ray")
+    monkeypatch.setattr("mtbench.fleet.backend.RAY_CONNECT_TIMEOUT_S", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts the connection, never says a word
+        started = time.perf_counter()
+        code = run_cli(monkeypatch, "fleet", str(small_trace), "--model", "tiny", "--gpu-cache", "2MiB", "--backend", "ray",
+                       "--ray-address", f"127.0.0.1:{silent.getsockname()[1]}", "-o", str(tmp_path / "never"))
+        elapsed = time.perf_counter() - started
+    stderr = capsys.readouterr().err
+    assert code == 2 and "no Ray cluster answers" in stderr and stderr.count("\n") == 1, stderr
+    assert elapsed < 5 and not (tmp_path / "never").exists()
 
 
 def test_backend_ray_without_ray_says_how_to_install_it(small_trace: Path, tmp_path: Path,
