@@ -168,7 +168,7 @@ digest = {"model": model, "dtype": dtype, "requests": int(max_requests), "warmup
 fmt = lambda value, spec: "—" if value is None else format(value, spec)
 size = lambda n: f"{int(n) / 2**30:.2f} GiB" if int(n) >= 2**30 else f"{int(n) / 2**20:.2f} MiB"
 table = [f"{'router':<11} {'GPUs':>4} {'req/s':>7}  {'hit ratio per rank':<18} {'speedup':>7} {'sim req/s':>9} "
-         f"{'gap':>6}  {'15%':<6}", "-" * 79]
+         f"{'gap':>7}  {'15%':<6}", "-" * 79]
 notes = []
 for label, router, gpus, row, ranks in measured:
     sim_row = sim_rows.get((router, gpus))
@@ -192,7 +192,7 @@ for label, router, gpus, row, ranks in measured:
         "measured_row": row, "measured_rank_rows": ranks if gpus > 1 else [], "sim_row": sim_row})
     hits = " / ".join(f"{h:.4f}" for h in rank_hits) if rank_hits else "failed" if not row else "—"
     table.append(f"{label:<11} {gpus:>4} {fmt(rps, ',.0f'):>7}  {hits:<18} {fmt(speedup, '.2f') + 'x' if speedup else '—':>7} "
-                 f"{fmt(sim_rps, ',.0f'):>9} {fmt(gap, '.1%'):>6}  {verdict:<6}")
+                 f"{fmt(sim_rps, ',.0f'):>9} {fmt(gap, '.1%'):>7}  {verdict:<6}")
     if sim_row:
         sim_hits = " / ".join(f"{h:.4f}" for h in sim_ranks.get((router, gpus), []))
         notes.append(f"{label}: simulated hit ratio per rank {sim_hits} (GPU {sim_row['gpu_hit_ratio']:.4f}, measured "
