@@ -101,9 +101,9 @@ log "per GPU: GPU tier $GPU B, host tier $HOST B ($USERS active users; $MODEL, $
 COMMON=(--model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" --cache tiered --layout hybrid --policy lru
         --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" --max-requests "$MAX_REQUESTS" --warmup "$WARMUP")
 
-# 2. cost model of GPU0 (what the simulated fleet is priced with)
-step calibrate 120 env CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" $PY -m mtbench calibrate --model "$MODEL" \
-  --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" -o "$WORK/costmodel.json" \
+# 2. cost model of GPU0 (`--device cuda` is the first visible GPU): what the simulated fleet is priced with
+step calibrate 120 $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" \
+  -o "$WORK/costmodel.json" \
   && cp "$WORK/costmodel.json" "$OUT/costmodel.json"
 
 # 3-4. one GPU, then two GPUs per router
