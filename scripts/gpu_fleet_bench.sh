@@ -167,7 +167,7 @@ digest = {"model": model, "dtype": dtype, "requests": int(max_requests), "warmup
           "gap_limit": GAP_LIMIT, "rows": []}
 fmt = lambda value, spec: "—" if value is None else format(value, spec)
 size = lambda n: f"{int(n) / 2**30:.2f} GiB" if int(n) >= 2**30 else f"{int(n) / 2**20:.2f} MiB"
-table = [f"{'router':<11} {'GPUs':>4} {'req/s':>7}  {'hit ratio per rank':<18} {'speedup':>7} {'sim req/s':>9} "
+table = [f"{'router':<11} {'GPUs':>4} {'req/s':>7}  {'hit ratio per rank':<18} {'speedup':>8} {'sim req/s':>9} "
          f"{'gap':>7}  {'15%':<6}", "-" * 79]
 notes = []
 for label, router, gpus, row, ranks in measured:
@@ -190,8 +190,8 @@ for label, router, gpus, row, ranks in measured:
         "sim_gpu_hit_ratio": sim_row["gpu_hit_ratio"] if sim_row else None,
         "sim_rank_hit_ratio": sim_ranks.get((router, gpus)), "gap": gap, "verdict": verdict,
         "measured_row": row, "measured_rank_rows": ranks if gpus > 1 else [], "sim_row": sim_row})
-    hits = " / ".join(f"{h:.4f}" for h in rank_hits) if rank_hits else "failed" if not row else "—"
-    table.append(f"{label:<11} {gpus:>4} {fmt(rps, ',.0f'):>7}  {hits:<18} {fmt(speedup, '.2f') + 'x' if speedup else '—':>7} "
+    hits = " / ".join(f"{h:.4f}" for h in rank_hits) if rank_hits else "not run" if not row else "—"
+    table.append(f"{label:<11} {gpus:>4} {fmt(rps, ',.0f'):>7}  {hits:<18} {fmt(speedup, '.2f') + 'x' if speedup else '—':>8} "
                  f"{fmt(sim_rps, ',.0f'):>9} {fmt(gap, '.1%'):>7}  {verdict:<6}")
     if sim_row:
         sim_hits = " / ".join(f"{h:.4f}" for h in sim_ranks.get((router, gpus), []))
@@ -207,7 +207,7 @@ lines = [f"# Two-GPU fleet benchmark ({model}, {dtype}, batch {batch}, {max_requ
          f"{users} active users)", "",
          "Simulated = `mtbench fleet` with the same routers, tiers, batches and warm-up, priced by the calibrated cost "
          "model (aggregate = timed requests / the slowest replica's time).", ""]
-lines += [f"- {note}" for note in notes]
+lines += [f"- {note}" for note in notes] or ["- no simulated fleet (its step did not run)"]
 if failed:
     lines.append(f"- failed steps: {', '.join(failed)} (fleet.log has their last lines)")
 lines += ["", f"Aggregate requests/s, measured vs simulated (gap = |sim - measured| / measured; worst "
