@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +245,37 @@ def test_fleet_command_writes_a_report_with_both_plots(small_trace: Path, tmp_pa
     assert (out / "plots" / "fleet_p99.png").stat().st_size > 0 or "fleet_p99" in (out / "summary.md").read_text()
 
 
+def test_fleet_command_plans_a_replays_batches_and_warm_up(small_trace: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--batch-size 4 --lookahead 1 --max-requests --warmup` (what gpu_fleet_bench.sh passes) give the rows of
+    the fleet simulation run directly with those settings on the trace's first requests."""
+    from mtbench.model import get_config
+    from mtbench.trace import open_trace
+
+    out = tmp_path / "fleet"
+    code = run_cli(monkeypatch, "fleet", str(small_trace), "--replicas", "1,2", "--router", "user-hash,round-robin",
+                   "--model", "tiny", "--gpu-cache", "2MiB", "--host-cache", "16MiB", "--batch-size", "4",
+                   "--lookahead", "1", "--max-requests", "2000", "--warmup", "501", "--workers", "1", "-o", str(out))
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["config"]["batch_size"], summary["config"]["lookahead"], summary["config"]["max_requests"]) == (4, 1, 2000)
+    names = ["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"]
+    columns = {name: values[:2000] for name, values in open_trace(small_trace).arrays(names).items()}
+    cost = CostModel.default(get_config("tiny"), "bf16")
+    spec = ReplicaSpec("lru", 2 << 20, 16 << 20, TierSettings(lookahead=1, batch_size=4), cost)
+    workload = Workload.from_columns(columns, EntrySizer.for_model("tiny", "bf16"))
+    trace = FleetTrace.prepare(workload, columns["user_id"], FleetSettings(spec, cost, summary["config"]["offered_qps"],
+                                                                         warmup=501))
+    records = pd.read_parquet(out / "records.parquet")
+    for row in summary["rows"]:
+        stats = run_task(plan_tasks([row["router"]], [row["replicas"]])[0], trace)
+        assert row == summary_row(stats, trace)
+        mine = records[(records["router"] == row["router"]) & (records["replicas"] == row["replicas"])]
+        assert mine["requests"].tolist() == [s.requests for s in stats]
+    # one replica leaves out whole batches of 4: the warm-up ends at request 504, not 501
+    assert records[records["replicas"] == 1]["requests"].tolist() == [2000 - 504] * 2
+
+
 @pytest.mark.parametrize("args,message", [
     (("--replicas", "0"), "--replicas"),
     (("--replicas", "2,x"), "--replicas"),
@@ -251,6 +284,8 @@ def test_fleet_command_writes_a_report_with_both_plots(small_trace: Path, tmp_pa
     (("--backend", "ray", "--ray-address", "127.0.0.1:9"), "--ray-address"),
     (("--target-qps", "0"), "--target-qps"),
     (("--warmup", "2500"), "--warmup"),
+    (("--batch-size", "0"), "--batch-size"),
+    (("--router", "residency", "--batch-size", "4"), "--batch-size"),
 ])
 def test_fleet_bad_input_is_one_line_and_exit_2(small_trace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture, args: tuple, message: str) -> None:
@@ -261,6 +296,21 @@ def test_fleet_bad_input_is_one_line_and_exit_2(small_trace: Path, tmp_path: Pat
     stderr = capsys.readouterr().err
     assert code == 2 and stderr.startswith("error:") and message in stderr and stderr.count("\n") == 1, stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_fleet_ray_address_that_never_answers_is_one_line_not_a_hang(small_trace: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("ray")
+    monkeypatch.setattr("mtbench.fleet.backend.RAY_CONNECT_TIMEOUT_S", 0.5)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts the connection, never says a word
+        started = time.perf_counter()
+        code = run_cli(monkeypatch, "fleet", str(small_trace), "--model", "tiny", "--gpu-cache", "2MiB", "--backend", "ray",
+                       "--ray-address", f"127.0.0.1:{silent.getsockname()[1]}", "-o", str(tmp_path / "never"))
+        elapsed = time.perf_counter() - started
+    stderr = capsys.readouterr().err
+    assert code == 2 and "no Ray cluster answers" in stderr and stderr.count("\n") == 1, stderr
+    assert elapsed < 5 and not (tmp_path / "never").exists()
 
 
 def test_backend_ray_without_ray_says_how_to_install_it(small_trace: Path, tmp_path: Path,

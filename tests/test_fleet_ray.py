@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_fleet import COST, SIZER, fleet_trace, random_columns
 
-from mtbench.fleet.backend import LocalBackend, RayBackend
+from mtbench.fleet.backend import LocalBackend, RayBackend, check_backend
 from mtbench.fleet.simulate import plan_tasks, run_task, summary_row
 from mtbench.sim.simulator import TierSettings, Workload
 from mtbench.sim.sweep import SweepPoint, run_sweep
@@ -41,3 +41,8 @@ def test_ray_backend_gives_identical_summary_rows_to_the_local_backend(ray_backe
     points = [SweepPoint(p, c * size, 20 * size) for p in ("lru", "s3fifo", "mtserve") for c in (3, 9)]
     args = (workload, points, TierSettings(), COST, None)
     assert run_sweep(*args, backend=ray_backend) == run_sweep(*args, workers=1)
+
+
+def test_a_running_ray_answers_the_address_probe(ray_backend: RayBackend) -> None:
+    gcs = ray.get_runtime_context().gcs_address  # the local instance's "host:port", as `--ray-address` takes it
+    check_backend("ray", gcs)  # raises MtbenchError when nothing (or no gRPC server) answers there

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mtbench.cli.options import MaxRequestsOpt
 from mtbench.errors import MtbenchError
 
 DEFAULT_ROUTERS = "round-robin,random,user-hash,consistent-hash,residency"
@@ -29,6 +30,10 @@ def fleet(
     page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU page; entries round up to whole pages."),
     write_back: bool = typer.Option(True, "--write-back/--write-through", help="Copy to host on GPU eviction, or at once."),
     inclusive: bool = typer.Option(True, "--inclusive/--exclusive", help="Keep the host copy of a promoted entry."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Requests per planned batch on each replica (1: per request; "
+                                                          "a replay's --batch-size to match `mtbench replay`)."),
+    lookahead: int = typer.Option(0, "--lookahead", help="Batches planned while the oldest computes; the replay uses 1."),
+    max_requests: MaxRequestsOpt = None,
     cost_model: Optional[Path] = typer.Option(None, "--cost-model", help="Calibration JSON from `mtbench calibrate`."),
     target_qps: Optional[float] = typer.Option(None, "--target-qps",
                                                help="Rate the fleet must sustain: latency is estimated at it and the "
@@ -74,13 +79,19 @@ def fleet(
     policy_class(policy)
     if warmup < 0:
         raise MtbenchError(f"--warmup must be >= 0, got {warmup}")
+    if batch_size < 1:
+        raise MtbenchError(f"--batch-size must be >= 1, got {batch_size}")
+    if lookahead < 0:
+        raise MtbenchError(f"--lookahead must be >= 0, got {lookahead}")
+    if max_requests is not None and max_requests < 1:
+        raise MtbenchError(f"--max-requests must be >= 1, got {max_requests}")
     if target_qps is not None and not target_qps > 0:
         raise MtbenchError(f"--target-qps must be > 0, got {target_qps}")
     cfg = get_config(model)
     sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype(dtype)), page_tokens)
     cost = CostModel.load(cost_model) if cost_model is not None else CostModel.default(cfg, dtype)
     gpu_capacity, host_capacity = parse_size(gpu_cache, "--gpu-cache"), parse_size(host_cache, "--host-cache")
-    tier_settings = TierSettings(write_back=write_back, inclusive=inclusive)
+    tier_settings = TierSettings(write_back=write_back, inclusive=inclusive, lookahead=lookahead, batch_size=batch_size)
     spec = ReplicaSpec(policy, gpu_capacity, host_capacity, tier_settings, cost)
     if "residency" in routers:
         spec.check_stepwise()
@@ -91,6 +102,8 @@ def fleet(
     try:
         opened = open_trace(trace, limits=cfg.limits())
         columns = opened.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
+        if max_requests is not None:
+            columns = {name: values[:max_requests] for name, values in columns.items()}
         workload = Workload.from_columns(columns, sizer)
         workload.check_static_lengths(False)
         largest = int(workload.size.max())
@@ -128,7 +141,8 @@ def fleet(
         "kind": "fleet", "trace": trace_fingerprint(trace, opened.num_rows), "model": model, "dtype": dtype,
         "config": {"replicas": counts, "routers": routers, "policy": policy, "gpu_capacity": gpu_capacity,
                    "host_capacity": host_capacity, "page_tokens": page_tokens, "write_back": write_back,
-                   "inclusive": inclusive, "target_qps": target_qps, "offered_qps": offered,
+                   "inclusive": inclusive, "batch_size": batch_size,
+                   "lookahead": lookahead, "max_requests": max_requests, "target_qps": target_qps, "offered_qps": offered,
                    "trace_rate_qps": trace_rate, "queue_bound_ms": queue_bound_ms, "balance": balance, "seed": seed,
                    "warmup": warmup,
                    "backend": backend, "cost_model": cost.to_dict(),

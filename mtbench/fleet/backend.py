@@ -22,6 +22,8 @@ from mtbench.errors import MtbenchError
 BACKEND_NAMES = ("local", "ray")
 RAY_INSTALL_HINT = "pip install -e '.[cluster]'"
 RAY_CONNECT_TIMEOUT_S = 5.0
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+HTTP2_SETTINGS = 4
 
 Task = Callable[[Any, Any], Any]
 
@@ -81,8 +83,9 @@ def _call_with_shared(fn: Task, item: Any) -> Any:
 class RayBackend(Backend):
     """Ray tasks: `shared` is put once in the object store, each item is one task.
 
-    address None starts a local Ray instance (`ray.init()`); "host:port" joins a running cluster (checked
-    to answer first, so a dead address is one line, not a hang); "ray://..." uses Ray Client.
+    address None starts a local Ray instance (`ray.init()`); "host:port" joins a running cluster and
+    "ray://host:port" uses Ray Client (either checked to answer first, so a dead or silent address is one
+    line, not a hang).
     """
 
     name = "ray"
@@ -138,16 +141,30 @@ def import_ray() -> Any:
 
 
 def _check_answers(address: str) -> None:
-    """A "host:port" Ray address must accept a TCP connection within RAY_CONNECT_TIMEOUT_S."""
-    if address == "auto" or "://" in address:
+    """A Ray address ("host:port" of the cluster's GCS, or "ray://host:port" of its Ray Client server) must
+    answer as a gRPC server within RAY_CONNECT_TIMEOUT_S: ray.init retries a silent address for minutes.
+
+    Both are HTTP/2 servers, so the probe is HTTP/2's own handshake: send the client preface and an empty
+    SETTINGS frame; a server's first frame back is its SETTINGS (frame type 4, RFC 9113 section 3.4)."""
+    if address == "auto":
         return
-    host, _, port = address.rpartition(":")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise MtbenchError(f"--ray-address {address!r}: expected host:port, ray://host:port or auto")
     try:
-        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S) as connection:
+            connection.settimeout(RAY_CONNECT_TIMEOUT_S)
+            connection.sendall(HTTP2_PREFACE)
+            head = b""
+            while len(head) < 9 and (chunk := connection.recv(9 - len(head))):
+                head += chunk
+    except socket.timeout:
+        raise MtbenchError(f"--ray-address {address}: no Ray cluster answers there (nothing came back within "
+                           f"{RAY_CONNECT_TIMEOUT_S:g} s)") from None
     except OSError as err:
         raise MtbenchError(f"--ray-address {address}: no Ray cluster answers there ({err})") from None
+    if len(head) < 9 or head[3] != HTTP2_SETTINGS:
+        raise MtbenchError(f"--ray-address {address}: the server there is not a Ray cluster (no gRPC handshake)")
 
 
 def check_backend(name: str, ray_address: str | None = None) -> None:

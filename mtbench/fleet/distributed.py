@@ -31,7 +31,8 @@ from mtbench.trace.writer import write_trace
 
 COUNT_FIELDS = ("requests", "gpu_hits", "host_hits", "host_recomputes", "misses", "stale", "bytes_h2d", "bytes_d2h",
                 "gpu_evictions", "host_evictions")
-LAUNCH_ENV = {"NCCL_NVLS_ENABLE": "0"}
+# NVLink multicast stays off (NCCL's NVLS, torch's symmetric memory, NVSHMEM): not every lent host enables it
+LAUNCH_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,9 @@ class ReplicaSpec:
         if policy_class(self.policy).uses_next_use:
             raise MtbenchError(f"policy {self.policy} needs each request's next use, unknown when replicas are "
                                f"chosen request by request (residency router, streaming); use an online policy")
-        if self.settings.lookahead:
-            raise MtbenchError("--lookahead is not supported request by request (residency router, streaming)")
+        if self.settings.lookahead or self.settings.batch_size != 1:
+            raise MtbenchError("--lookahead and --batch-size > 1 are not supported request by request (residency "
+                               "router, streaming)")
 
 
 def subworkload(workload: Workload, indices: np.ndarray) -> Workload:

@@ -41,6 +41,7 @@ class FleetSettings:
     balance: float = 1.25
     seed: int = 0
     warmup: int = 0  # requests (trace order) simulated but left out of every count, busy time and latency
+    # (per replica in whole batches, as the replay leaves out a GPU's batches that start in the warm-up)
 
 
 @dataclass
@@ -136,7 +137,11 @@ def _replica_stats(task: ShardTask, replica: int, trace: FleetTrace, indices: np
     compute_sum = float(np.sum(compute))
     service = compute * (busy / compute_sum) if compute_sum > 0 else compute
     latency = fifo_latency(trace.arrival_ms[indices], service)  # warm-up requests queue too
-    timed = indices >= warmup
+    # warm-up as the replay counts it on each GPU: its batches that start before the replica's share of the
+    # first `warmup` requests (indices ascend, so that share is the replica's first `before` requests)
+    batch = trace.settings.replica.settings.batch_size
+    before = int(np.count_nonzero(indices < warmup))
+    timed = np.arange(len(indices)) >= -(-before // batch) * batch
     if warmup:
         busy = float(np.sum(service[timed]))
     return ReplicaStats(
