@@ -28,7 +28,7 @@ import torch
 from typer.testing import CliRunner
 
 from mtbench.cache.control import ControlPlane, Outcome, Request, TierSettings, run_batches
-from mtbench.cache.manager import CacheConfig, CacheManager
+from mtbench.cache.manager import BatchPlan, CacheConfig, CacheManager
 from mtbench.cache.pool import KVShape
 from mtbench.cache.transfer import TransferFailed
 from mtbench.cli import app
@@ -150,14 +150,14 @@ def _held_page_growths(workload: Workload, config: CacheConfig, settings: TierSe
 
 
 # ---------------------------------------------------------------- pages after growth
-def _serve(manager: CacheManager, model: MTGR, requests: list[Request]):
+def _serve(manager: CacheManager, model: MTGR, requests: list[Request]) -> BatchPlan:
     """One batch through the manager and the pooled forward, as the replay engine runs it."""
     plan = manager.plan(requests)
     _forward(manager, model, plan)
     return plan
 
 
-def _forward(manager: CacheManager, model: MTGR, plan) -> float:
+def _forward(manager: CacheManager, model: MTGR, plan: BatchPlan) -> float:
     """Refresh, pooled forward and release of a planned batch; returns the scores' largest relative
     error against the full forward."""
     manager.refresh(plan)
