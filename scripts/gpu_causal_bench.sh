@@ -19,7 +19,7 @@
 #     distinct request set: the causal traces of all periods have the same requests, only versions differ);
 #  4. the table, printed last (rows by period, shortest first): per (history, period) the token-weighted
 #     hit ratio (static tokens reused / requested), host hits, partial hits, reused / computed static
-#     tokens, speedup vs no cache (ms per request without / with the cache), verify error (bf16 rule).
+#     tokens, speedup vs no cache (ms per request without / with the cache), verify error (README rule).
 # $OUT gets three flat files: BENCH.md (the table and its setup), bench.json (every run's summary row),
 # both rewritten after every (period, history), so a run cut short keeps what it measured; bench.log.
 # Sizes (override by environment; an empty value means the default): MAX_REQUESTS, WARMUP, BATCH,
@@ -149,7 +149,7 @@ def report(rows: list[dict]) -> list[str]:
              "--history causal. tokens = static tokens reused / requested (token-weighted hit ratio); host = host "
              "hits; partial = partial hits; reused/comp. = static tokens reused / computed; speedup = ms per request "
              "without the cache / with it; verify = largest score error of the sampled cached requests against "
-             "the full forward (bf16 rule: ok or FAIL).", width=100), "",
+             "the full forward (README's precision rule: ok or FAIL).", width=100), "",
              "| history | period | tokens | host | partial | reused/comp. | speedup | verify |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
