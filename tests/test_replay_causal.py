@@ -3,6 +3,10 @@ m tokens of an entry from the pool, compute the other n - m, and extend the entr
 
 - every request's scores equal the full forward (fp32 rule) on random traces whose histories grow,
   and the replay's outcomes and reused / computed tokens equal the simulator's, request by request;
+  entries grow past a page while the pipelined batch before holds them (the growth rule lets them);
+- the one case the growth rule refuses: an entry that S3-FIFO would not take back at its old size
+  stays as it is (never leaves the GPU) while an earlier batch in flight reads it, and leaves only
+  once no batch holds it;
 - after a growth the entry's pages hold the full forward's K/V of all n tokens (a partly filled last
   page continued, new pages appended), on the GPU tier and through the host copy (write-back and
   write-through);
@@ -23,8 +27,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mtbench.cache.control import Outcome, Request, TierSettings
-from mtbench.cache.manager import CacheConfig, CacheManager
+from mtbench.cache.control import ControlPlane, Outcome, Request, TierSettings, run_batches
+from mtbench.cache.manager import BatchPlan, CacheConfig, CacheManager
 from mtbench.cache.pool import KVShape
 from mtbench.cache.transfer import TransferFailed
 from mtbench.cli import app
@@ -34,7 +38,7 @@ from mtbench.model.pooled import DeviceArange, PooledInputs, forward_stage, pool
 from mtbench.replay.engine import ReplayOptions, replay_run
 from mtbench.replay.verify import FP32_RTOL
 from mtbench.sim.costmodel import CostModel
-from mtbench.sim.simulator import Workload, simulate
+from mtbench.sim.simulator import Workload, control_config, request_batches, simulate
 from mtbench.trace import open_trace
 
 CFG = get_config("tiny", history="causal")
@@ -95,7 +99,7 @@ def test_causal_replay_equals_the_full_forward_and_the_simulator(tmp_path: Path,
     reference = replay_run(model, trace, CacheConfig(mode="none"), options, "none")
     columns = trace.arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
     workload = Workload.from_columns(columns, SHAPE.sizer)
-    loaded_bytes = 0
+    loaded_bytes = held_growths = 0
     for kwargs, hook in CONFIGS:
         config = _cache(**kwargs)
         result = replay_run(model, trace, config, options, config.mode, fault_hook=hook)
@@ -122,23 +126,51 @@ def test_causal_replay_equals_the_full_forward_and_the_simulator(tmp_path: Path,
         assert records["outcome"].tolist() == [Outcome(o).label for o in simulated.outcomes], kwargs
         assert records["computed_tokens"].tolist() == recomputed.tolist(), kwargs
         assert row["partial_hits"] == simulated.partial_hits and row["reused_tokens"] == simulated.reused_tokens
+        held_growths += _held_page_growths(workload, config, settings)
     assert loaded_bytes > 0, "no entry came back from the host: the host paths were not exercised"
+    assert held_growths > 0, "no entry grew past a page while an earlier batch held it: the rule was not exercised"
+
+
+def _held_page_growths(workload: Workload, config: CacheConfig, settings: TierSettings) -> int:
+    """Entries grown onto new pages (not loaded from the host) while the batch planned before still held
+    them, in the simulator's run of the replay's decisions (lookahead 1: batch b is planned before
+    batch b - 1 is released)."""
+    host = config.host_capacity if config.mode == "tiered" else 0
+    plane = ControlPlane(control_config(workload, config.policy, config.gpu_capacity, host, settings,
+                                        host_geometry=config.control(SHAPE).host_geometry))
+    plans = []
+    run_batches(plane, request_batches(workload, settings.batch_size), plans.append)
+    held = 0
+    for before, plan in zip(plans, plans[1:]):
+        holders = {request.key for request in before.requests}
+        held += sum(1 for store in plan.stores.values()
+                    if store.first > 0 and not store.scratch and store.key not in plan.loaded and store.key in holders
+                    and SHAPE.pages_for(store.n_tokens) > SHAPE.pages_for(store.first))
+    return held
 
 
 # ---------------------------------------------------------------- pages after growth
-def _serve(manager: CacheManager, model: MTGR, requests: list[Request]):
+def _serve(manager: CacheManager, model: MTGR, requests: list[Request]) -> BatchPlan:
     """One batch through the manager and the pooled forward, as the replay engine runs it."""
     plan = manager.plan(requests)
+    _forward(manager, model, plan)
+    return plan
+
+
+def _forward(manager: CacheManager, model: MTGR, plan: BatchPlan) -> float:
+    """Refresh, pooled forward and release of a planned batch; returns the scores' largest relative
+    error against the full forward."""
     manager.refresh(plan)
     specs = [RequestSpec(r.key[0], r.key[1], 7 + i, r.n_static, 2, 3, n_cached=plan.cached[i])
-             for i, r in enumerate(requests)]
+             for i, r in enumerate(plan.requests)]
     host_batch = build_batch(specs, CFG)
     reads = manager.pool_inputs(plan, host_batch.offsets.numpy())
-    pooled_forward(model, host_batch, PooledInputs.from_batch(reads.kv, host_batch, reads.page_table,
-                                                              reads.store_k_rows), DeviceArange())
+    scores = pooled_forward(model, host_batch, PooledInputs.from_batch(reads.kv, host_batch, reads.page_table,
+                                                                       reads.store_k_rows), DeviceArange())
     manager.release(plan)
     manager.check_invariants()
-    return plan
+    full = model(build_batch([replace(spec, n_cached=0) for spec in specs], CFG)).ctr
+    return float((scores.ctr - full).abs().max() / full.abs().max())
 
 
 def _entry_kv(manager: CacheManager, key: tuple[int, int]) -> torch.Tensor:
@@ -185,6 +217,50 @@ def test_grown_entries_hold_the_full_forwards_kv(model: MTGR, write_back: bool) 
     plan = _serve(manager, model, [Request(key, 50, float(next(ts)))])
     assert plan.outcomes == ["host_hit"]
     assert torch.allclose(_entry_kv(manager, key), _full_kv(model, key, 50), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_growth_never_takes_an_entry_from_a_batch_in_flight(model: MTGR, seed: int) -> None:
+    """S3-FIFO refuses an entry as large as its small queue unless it comes back as a ghost, so such an
+    entry cannot be resized (remove + admit would refuse even its old size). While the pipelined batch
+    before holds it, a longer request reads its tokens as a partial hit and the entry stays as it is
+    (same pages, nothing stored); once no batch holds it, the same request makes it leave the GPU and
+    is recomputed whole. Every forward equals the full forward."""
+    rng = np.random.default_rng(seed)
+    gpu_pages = int(rng.integers(20, 31))
+    small_pages = -(-int(0.1 * gpu_pages * SHAPE.page_bytes) // SHAPE.page_bytes)  # S3-FIFO's small queue
+    big_pages = small_pages + int(rng.integers(0, 2))
+    manager = CacheManager(_cache("gpu", gpu_pages=gpu_pages, policy="s3fifo"), SHAPE, "cpu",
+                           max_entry_tokens=(big_pages + 1) * PAGE, scratch_entries=2)
+    key, ts, others = (1, 0), iter(range(1000)), iter(range(10, 1000))
+
+    def request(k: tuple[int, int], n: int) -> Request:
+        return Request(k, n, float(next(ts)))
+
+    def other() -> Request:
+        return request((next(others), 0), int(rng.integers(1, PAGE + 1)))
+
+    errors = [_forward(manager, model, manager.plan([request(key, int(rng.integers(1, PAGE + 1)))]))]
+    while key in manager.gpu:  # one-page entries push it out of the small queue: a ghost
+        errors.append(_forward(manager, model, manager.plan([other() for _ in range(6)])))
+    n = big_pages * PAGE - int(rng.integers(0, PAGE - 1))
+    grown = big_pages * PAGE + int(rng.integers(1, PAGE + 1))  # one page more
+    errors.append(_forward(manager, model, manager.plan([request(key, n)])))
+    size = manager.plane.sizer.size_of(n)
+    assert manager.gpu[key].n_tokens == n and not manager.plane.gpu.readmits(size), "setup: not a large ghost entry"
+    pages = list(manager.gpu[key].pages)
+
+    holder = manager.plan([request(key, n), other()])
+    later = manager.plan([request(key, grown), other()])  # planned while `holder` is in flight
+    assert later.outcomes[0] == "partial_hit" and later.cached[0] == n and 0 not in later.decisions.stores
+    assert manager.gpu[key].pages == pages and manager.gpu[key].n_tokens == n
+    errors += [_forward(manager, model, holder), _forward(manager, model, later)]
+    assert manager.gpu[key].pages == pages
+
+    alone = manager.plan([request(key, grown)])
+    assert alone.outcomes == ["miss"] and key not in manager.gpu
+    errors.append(_forward(manager, model, alone))
+    assert max(errors) < FP32_RTOL
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -498,16 +498,19 @@ class ControlPlane:
 
     def _grow(self, plan: BatchDecisions, i: int, key: Key, cached: int, n: int, now: float) -> bool:
         """Append variant: the GPU entry of `key` (cached tokens) grows to n tokens and the request stores
-        the new ones. Without room for the larger entry it keeps its old size (nothing stored); when even
-        that is refused now (S3-FIFO's size rule) and no other batch in flight reads it, it leaves the GPU
-        tier (demoted like any victim) and False tells the caller to recompute the request whole."""
+        the new ones. Growth appends pages and never moves the entry's pages or its first `cached` tokens,
+        so an earlier batch in flight that reads (or writes) them is unaffected, as long as the entry stays.
+        The policy resizes by remove + admit: without room for the larger entry the entry keeps its old
+        size (nothing stored). Only an admission rule can refuse the old size back (S3-FIFO's size rule):
+        while an earlier batch in flight holds the entry it is then not resized at all; otherwise a
+        refused entry leaves the GPU tier (demoted like any victim) and False tells the caller to
+        recompute the request whole."""
         old_size, new_size = self.sizer.size_of(cached), self.sizer.size_of(n)
         if new_size != old_size:
-            in_this_batch = sum(1 for request in plan.requests if request.key == key)
-            if self._in_flight[key[0]][key[1]] > in_this_batch:  # an earlier batch in flight reads its pages
+            gpu = self.gpu
+            if not gpu.readmits(old_size) and self._held_by_earlier_batch(plan, key):
                 self.stats.gpu_admission_failures += 1
                 return True
-            gpu = self.gpu
             gpu.remove(key)
             evicted = gpu.admit(key, new_size, now)
             if evicted is None:
@@ -523,6 +526,11 @@ class ControlPlane:
         self.data.gpu_grow(key, n)
         plan.stores[i] = StoreDecision(key, cached, n, scratch=False)
         return True
+
+    def _held_by_earlier_batch(self, plan: BatchDecisions, key: Key) -> bool:
+        """Whether a batch planned before `plan` and not released yet has a request of `key`."""
+        in_this_batch = sum(1 for request in plan.requests if request.key == key)
+        return self._in_flight[key[0]][key[1]] > in_this_batch
 
     def _admit_gpu(self, key: Key, n_tokens: int, now: float) -> bool:
         """Admit `key` to the GPU tier, demoting and evicting victims; False when it does not fit."""

@@ -103,6 +103,12 @@ class ReplacementPolicy(ABC):
         """Whether `evict_until_fits(size)` would succeed right now (pinned bytes cannot be freed)."""
         return size <= self.capacity - self._pinned_bytes
 
+    def readmits(self, size: int) -> bool:
+        """Whether a resident key of `size` removed now would be admitted back at that size: its room is
+        still there, so only an admission rule (S3-FIFO's) can refuse it. The append variant asks before
+        it resizes an entry that a batch in flight still reads."""
+        return True
+
     # ---------------------------------------------------------------- pins
     def pin(self, key: Key) -> None:
         """Protect `key` from eviction until a matching `unpin` (pins nest; the key need not be resident)."""

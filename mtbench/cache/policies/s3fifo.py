@@ -84,6 +84,9 @@ class S3FIFO(ReplacementPolicy):
         """libCacheSim refuses a key that is neither a ghost nor smaller than the small queue."""
         return not was_ghost and size >= self._small_capacity
 
+    def readmits(self, size: int) -> bool:
+        return not self._refuses(size, was_ghost=False)  # a removed key leaves no ghost
+
     def _enters_main(self, key: Key, was_ghost: bool) -> bool:
         """Ghosts go to main; so do keys that find small full before the first eviction ever."""
         return was_ghost or (not self._has_evicted and self._small_bytes >= self._small_capacity)
