@@ -19,7 +19,7 @@
 #     speedup, throughput speedup); the capacity report's PNGs are copied to $OUT/plots.
 # Everything lands in $OUT: SERVING.md, serving.json, serving.log, costmodel.json, capacity_summary.json,
 # capacity_points.csv, plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
-# SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE.
+# SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/gpu-serving}
@@ -77,9 +77,13 @@ PY
 )
 log "trace: $USERS active users in the first $MAX_REQUESTS requests; GPU tier $GPU B ($GPU_SHARE of their KV), host tier $HOST B"
 
-# 3. cost model at the benchmark's batch size
-timeout 150 $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" \
-  -o "$OUT/costmodel.json" 2>&1 | tee -a "$OUT/serving.log"
+# 3. cost model at the benchmark's batch size (or COST_MODEL: one calibrated at that batch size already)
+if [ -n "${COST_MODEL:-}" ]; then
+  cp "$COST_MODEL" "$OUT/costmodel.json"
+else
+  timeout 150 $PY -m mtbench calibrate --model "$MODEL" --device "$DEVICE" --dtype "$DTYPE" --batch-size "$BATCH" \
+    -o "$OUT/costmodel.json" 2>&1 | tee -a "$OUT/serving.log"
+fi
 
 # 4. simulated curves + capacity, checked by the real open-loop replay
 timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \

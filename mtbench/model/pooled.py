@@ -82,15 +82,16 @@ class PooledInputs:
     def num_rows(self) -> int:
         return int(self.offsets[-1])
 
-    def padded(self, requests: int, rows: int) -> "PooledInputs":
-        """The same batch padded to `requests` requests and `rows` rows (see the module docstring)."""
+    def padded(self, requests: int, rows: int, width: int = 0) -> "PooledInputs":
+        """The same batch padded to `requests` requests, `rows` rows and a page table at least `width`
+        pages wide (see the module docstring)."""
         extra_requests, extra_rows = requests - self.num_requests, rows - self.num_rows
         if extra_requests < 1 or extra_rows < 0:
             raise ValueError(f"cannot pad {self.num_requests} requests / {self.num_rows} rows to {requests} / {rows}")
         offsets = np.concatenate([self.offsets, np.full(extra_requests, self.num_rows, np.int32)])
         offsets[-1] = rows
         zeros, minus = np.zeros(extra_requests, np.int32), np.full(extra_rows, -1, np.int32)
-        table = np.zeros((requests, self.page_table.shape[1]), np.int32)
+        table = np.zeros((requests, max(width, self.page_table.shape[1])), np.int32)
         table[: self.num_requests] = self.page_table
         return PooledInputs(
             self.kv, offsets, np.concatenate([self.n_new_static, zeros]), np.concatenate([self.n_rt, zeros]),
@@ -170,8 +171,10 @@ class ForwardGraphs:
     (graphs replay in capture order, so later stages may reuse earlier stages' temporaries).
     """
 
-    def __init__(self, max_requests: int, row_bucket: int = 2048, max_rows: int = 32768, max_buckets: int = 16) -> None:
+    def __init__(self, max_requests: int, row_bucket: int = 2048, max_rows: int = 32768, max_buckets: int = 16,
+                 table_width: int = 0) -> None:
         self.max_requests, self.row_bucket, self.max_rows, self.max_buckets = max_requests, row_bucket, max_rows, max_buckets
+        self.table_width = table_width  # page tables padded to this width: one bucket per row count
         self._buckets: OrderedDict[tuple[int, int], _Bucket] = OrderedDict()
         self._arange = DeviceArange()
         self.captures = 0
@@ -217,7 +220,7 @@ class ForwardGraphs:
                  before_layer: Callable[[int], None] | None) -> _Bucket:
         """The bucket of `rows` padded rows with these inputs in its static buffers (captured first when
         new: its eager pass computes the batch)."""
-        padded = inputs.padded(self.max_requests + 1, rows)
+        padded = inputs.padded(self.max_requests + 1, rows, self.table_width)
         key = (padded.num_rows, padded.page_table.shape[1])
         bucket = self._buckets.get(key)
         if bucket is not None and bucket.pool.kv.data_ptr() != inputs.kv.data_ptr():

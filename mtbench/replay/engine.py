@@ -261,7 +261,9 @@ class _BatchRunner:
         self.timed_device_mallocs = 0  # cudaMalloc calls (each may synchronise the device) in timed batches
         self.arange = DeviceArange()
         use_graphs = options.cuda_graphs and self.manager.enabled and graphs_supported(model)
-        self.graphs = ForwardGraphs(options.batch_size) if use_graphs else None
+        # page tables as wide as the longest prefix: a bucket per row count, whatever the batch's widest entry
+        widest = -(-model.cfg.max_static // options.page_tokens)
+        self.graphs = ForwardGraphs(options.batch_size, table_width=widest) if use_graphs else None
 
     def _next_uses(self) -> np.ndarray | None:
         if not self.manager.needs_next_use:

@@ -160,14 +160,14 @@ class MeasureContext:
     def _saturated(self, mode: str, batch_size: int, pipelined: bool) -> tuple[float, pd.DataFrame]:
         """(measured ms per request, timed records) of `mode` with every request queued at once
         (`saturated_feed`: full batches served as the open-loop server serves them, each planned while
-        the previous one runs if `pipelined`, else after it finished; first quarter warm-up); memoised."""
+        the previous one runs if `pipelined`, else after it finished; after the question's warm-up); memoised."""
         from mtbench.replay.engine import replay_run
         from mtbench.replay.runner import planned_runs
         from mtbench.serve.openloop import saturated_feed
 
         if (mode, batch_size, pipelined) not in self._closed:
-            requests = self._requests(batch_size)
-            options = replace(self.setup.options, batch_size=batch_size, max_requests=requests, warmup=requests // 4)
+            requests, warmup = self._requests(batch_size)
+            options = replace(self.setup.options, batch_size=batch_size, max_requests=requests, warmup=warmup)
             setup = replace(self.setup, cache=mode, baseline=False, options=options)
             label, config = planned_runs(setup)[0]
             serving = self.question.serving
@@ -199,10 +199,12 @@ class MeasureContext:
 
         return BatchOverhead(tuple((size, overhead(size, False)) for size in sizes), overhead(big, True))
 
-    def _requests(self, batch_size: int) -> int:
-        """Requests of a saturated measurement: 32 full batches (the first quarter warm-up), within the trace."""
+    def _requests(self, batch_size: int) -> tuple[int, int]:
+        """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what
+        they hold when the open-loop runs are timed), then 24 timed batches, within the trace."""
         available = self.trace.num_rows if self.setup.options.max_requests is None else self.setup.options.max_requests
-        return min(available, 32 * batch_size)
+        warmup = min(self.question.warmup, available // 2)
+        return min(available, warmup + 24 * batch_size), warmup
 
     def run(self, mode: str, rate: float) -> dict:
         from mtbench.replay.engine import replay_run

@@ -111,7 +111,7 @@ class CacheService:
             self._plane = ControlPlane(control_config(w, self.setting.policy, self.setting.gpu_capacity, host,
                                                       TierSettings(lookahead=1), self.cost))
         self._held: tuple[int, BatchDecisions] | None = None  # (first request, its plan): planned, not released
-        self._budget = AutoLoadBudget(self.cost.h2d_GBps) if self.setting.mode == "tiered" else None
+        self._budget = AutoLoadBudget() if self.setting.mode == "tiered" else None
 
     def __call__(self, start: int, end: int, early: bool) -> float:
         """Plan, release and price the batch [start, end): its service time in ms."""
@@ -129,11 +129,12 @@ class CacheService:
         self.outcomes[start:end] = [int(o) for o in plan.outcomes]
         self.recomputed[start:end] = np.asarray(self._n_static[start:end]) - np.asarray(plan.cached)
         compute = self._compute_ms(start, end)
+        fixed = self.overhead.ms(end - start, early)
         if self._budget is not None:
-            self._budget.observe(compute)
+            self._budget.observe(fixed + compute)  # the batch's device time without copy stalls, as the replay feeds it
         moved = self.workload.sizer.moved_bytes
         h2d = float(self.cost.h2d_ms(sum(moved(tokens) for tokens in self._loaded_tokens(plan))))
-        return self.overhead.ms(end - start, early) + batch_price_ms(self.cost, compute, h2d)
+        return fixed + batch_price_ms(self.cost, compute, h2d)
 
     @property
     def outcome_names(self) -> np.ndarray:
