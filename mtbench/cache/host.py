@@ -12,6 +12,8 @@ Data structures:
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from kernels.fp8_rows_ref import fp8_row_bytes
@@ -20,6 +22,22 @@ from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
 
 __all__ = ["ExtentAllocator", "FIT_STRATEGIES", "Fp8RowArena", "HostArena"]
+
+
+def allocate_host(elements: int, dtype: torch.dtype, pin: bool) -> torch.Tensor:
+    """A flat host tensor, pinned when `pin`. If pinning fails, a finished run's arena may still be held
+    by garbage or by the CUDA host allocator's cache (several replays in one process: `capacity
+    --measure`): collect, release that cache where this torch has it, and try once more."""
+    try:
+        return torch.empty(elements, dtype=dtype, pin_memory=pin)
+    except RuntimeError:
+        if not pin:
+            raise
+    gc.collect()
+    release = getattr(torch._C, "_host_emptyCache", None)
+    if release is not None:
+        release()
+    return torch.empty(elements, dtype=dtype, pin_memory=pin)
 
 
 class HostArena:
@@ -34,7 +52,7 @@ class HostArena:
         elements = int(capacity_bytes) // element_size
         kind = "pinned" if pin else "plain"
         try:
-            self.buffer = torch.empty(elements, dtype=dtype, pin_memory=pin)
+            self.buffer = allocate_host(elements, dtype, pin)
         except RuntimeError as err:
             raise MtbenchError(
                 f"cannot allocate {format_bytes(capacity_bytes)} ({capacity_bytes} bytes) of {kind} host memory "
@@ -82,7 +100,7 @@ class Fp8RowArena:
         self.row_bytes = fp8_row_bytes(heads, head_dim)
         rows = int(capacity_bytes) // self.row_bytes
         try:
-            buffer = torch.empty(rows * self.row_bytes, dtype=torch.uint8, pin_memory=pin)
+            buffer = allocate_host(rows * self.row_bytes, torch.uint8, pin)
         except RuntimeError as err:
             raise MtbenchError(
                 f"cannot allocate {format_bytes(capacity_bytes)} ({capacity_bytes} bytes) of "
