@@ -53,7 +53,8 @@ def _recording_class(cls: type, log: list[Call], tier: int) -> type:
             return result
         return recorded
 
-    names = [n for n in RECORDED if n != "hint_upcoming" or cls.hint_upcoming is not control.ReplacementPolicy.hint_upcoming]
+    hints = cls.hint_upcoming is not control.ReplacementPolicy.hint_upcoming  # the control plane hints only then
+    names = [n for n in RECORDED if n != "hint_upcoming" or hints]
     return type(f"Recording{cls.__name__}", (cls,), {n: wrap(n) for n in names})
 
 

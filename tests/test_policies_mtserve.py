@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtbench.cache.policies import S3FIFO, MTServe
-from mtbench.cache.policies.mtserve import USER_MODE_AFTER
+from mtbench.cache.policies.mtserve import USER_MODE_AFTER, GapHistogram, _gap_bin
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, simulate
 from mtbench.sim.sizes import EntrySizer
@@ -69,6 +69,25 @@ def test_plain_keys_are_s3fifo(seed: int) -> None:
             assert fast.tolist() == S3FIFO.unit_hit_mask(keys, capacity).tolist()
         else:
             assert not S3FIFO.unit_hit_mask(keys, capacity).any() and fast.sum() > 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gap_histogram_tail_counts_the_spread_gaps_above_each_bin(seed: int) -> None:
+    """Counts per bin, spread when read: the tail equals spreading every gap over its bin and two on each
+    side (1 2 3 2 1 / 9, piled up at the ends) and summing from the top."""
+    rng = np.random.default_rng(seed)
+    gaps = np.concatenate([rng.exponential(rng.uniform(0.5, 1e5), int(rng.integers(1, 300))), [0.0, 2e7]])
+    histogram, spread = GapHistogram(), np.zeros(40)
+    for gap in gaps:
+        histogram.add_to_bin(_gap_bin(float(gap)))
+        center = _gap_bin(float(gap))
+        for offset, weight in zip(range(-2, 3), (1, 2, 3, 2, 1)):
+            spread[min(max(center + offset, 0), 39)] += weight / 9
+        if rng.random() < 0.1:  # a read between arrivals is dropped by the next one
+            assert histogram.tail()[0] == pytest.approx(spread.sum(), rel=1e-6)
+    expected = np.append(np.cumsum(spread[::-1])[::-1], 0.0)
+    np.testing.assert_allclose(histogram.tail(), expected, rtol=1e-6, atol=1e-9)
+    assert histogram.tail()[0] == pytest.approx(len(gaps))
 
 
 def test_user_mode_starts_after_enough_version_changes() -> None:

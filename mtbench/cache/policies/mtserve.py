@@ -10,8 +10,8 @@ Design (one paragraph the README and reports/POLICIES.md quote):
     turns most GR entries into misses at small capacities). (2) *Users with versions* (once
     `USER_MODE_AFTER` arrivals have carried a new version of a known user; the switch is one-way,
     S3-FIFO's probation queue drains first and main is kept in LRU order from then on): recency is
-    the backbone, as on every GR trace measured, and three things are added. Dead first: when the versions of arriving requests behave as a
-    global clock (detected online; at most 0.1% of arrivals may disagree) every entry older than the
+    the backbone, as on every GR trace measured, and three things are added. Dead first: when the
+    versions of arriving requests behave as a global clock (detected online; at most 0.1% of arrivals may disagree) every entry older than the
     newest version is certain to be stale at its user's next request; those go first, oldest version
     first. Without a global clock an entry is dead once a request (or a queued one) of its user
     carries a newer version. Evidence-gated value: among the `window` least recently used entries,
@@ -97,7 +97,7 @@ class GapHistogram:
     """Inter-request gaps counted per half-octave bin; read through `tail()`, the spread gaps in bins >= b.
 
     `_counts[c]`: gaps that fell in bin c (float32 per user, float64 for the population); `_tail`: the
-    cumulative tail of the spread counts (`_SPREAD`), 41 floats, built on first read, dropped by `add`.
+    cumulative tail of the spread counts (`_SPREAD`), 41 floats, built on first read, dropped by `add_to_bin`.
     40 bins reach 2^20 s (12 days); longer gaps share the last bin.
     """
 
@@ -106,10 +106,6 @@ class GapHistogram:
     def __init__(self, typecode: str = "f") -> None:
         self._counts = array(typecode, bytes(array(typecode).itemsize * _N_BINS))
         self._tail: list[float] | None = None
-
-    def add(self, gap: float) -> None:
-        """Count one gap."""
-        self.add_to_bin(_gap_bin(gap))
 
     def add_to_bin(self, b: int) -> None:
         self._counts[b] += 1
@@ -127,10 +123,6 @@ class GapHistogram:
         """Free the cached tail (rebuilt on the next read)."""
         self._tail = None
 
-    def longer_than(self, age: float) -> float:
-        """Number of recorded gaps longer than `age` (interpolated inside age's bin)."""
-        return _longer(self.tail(), age)
-
 
 def _position(point: float) -> tuple[int, float]:
     """(bin of `point`, the share of that bin above `point`), for reading a tail at `point`."""
@@ -139,17 +131,12 @@ def _position(point: float) -> tuple[int, float]:
     return b, 0.0 if inside < 0.0 else 1.0 if inside > 1.0 else inside
 
 
-def _longer(tail: list[float], point: float) -> float:
-    """Gaps longer than `point` from a tail: whole bins above point's bin, the part of its bin above it."""
-    b, inside = _position(point)
-    return tail[b + 1] + (tail[b] - tail[b + 1]) * inside
-
-
 def _reuse_probability(user_tail: list[float] | None, population_tail: list[float], age: float, horizon: float,
                        prior_weight: float) -> float:
     """P(the next gap ends within `horizon` | it already lasted `age`): the user's own gaps shrunk toward
-    the population's with `prior_weight` pseudo-gaps (the population's alone without user gaps).
-    `_longer` inlined: both tails are read at the same two points."""
+    the population's with `prior_weight` pseudo-gaps (the population's alone without user gaps). Gaps
+    longer than a point: the whole bins above its bin plus the part of its bin above it (both tails are
+    read at the same two points)."""
     b, inside = _position(age)
     b_later, inside_later = _position(age + horizon)
     tail = population_tail
