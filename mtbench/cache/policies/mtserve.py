@@ -356,7 +356,7 @@ class MTServe(S3FIFO):
             values.clear()
             self._values_epoch = epoch
         # with a version clock every evictable entry older than the newest version is gone already (dead
-        # first), so no candidate is dead; without one, a value cached before its user's newer version is
+        # first), so no candidate is dead; without one, a cached value may predate its user's newer version
         newest = None if epoch[1] else self._newest_version
         window, horizon, population = self._window, None, None
         candidates: list[Key] = []
