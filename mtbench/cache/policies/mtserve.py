@@ -2,26 +2,27 @@
 
 Design (one paragraph the README and reports/POLICIES.md quote):
 
-    mtserve picks its backbone from the structure it sees. (1) *Plain keys* (no user ever changes
-    static version: block traces, or any trace whose keys are its users): S3-FIFO, libCacheSim's
-    variant (a probation FIFO of 10% of the capacity, a main CLOCK with 2-bit counters, a ghost
-    queue of 90%), the best general policy on the ARC and CloudPhysics traces; unlike libCacheSim it
-    admits every entry that fits (S3-FIFO refuses entries as large as its probation queue, which
-    turns most GR entries into misses at small capacities). (2) *Users with versions* (once
-    `USER_MODE_AFTER` arrivals have carried a new version of a known user; the switch is one-way,
-    S3-FIFO's probation queue drains first and main is kept in LRU order from then on): recency is
-    the backbone, as on every GR trace measured, and three things are added. Dead first: when the
-    versions of arriving requests behave as a global clock (detected online; at most 0.1% of arrivals may disagree) every entry older than the
-    newest version is certain to be stale at its user's next request; those go first, oldest version
-    first. Without a global clock an entry is dead once a request (or a queued one) of its user
-    carries a newer version. Evidence-gated value: among the `window` least recently used entries,
-    mtserve estimates P(reuse before the stale point), the chance that the user's next request comes
-    within the time left until the next version (the version period is learned online), given how
-    long the user has been idle, from a histogram of the user's own gaps shrunk toward the
-    population's; the value of keeping an entry is that probability x the reload cost per byte
-    (`reload_ms(size) / size`: PCIe when the host keeps a copy, recomputing the prefix when not) /
-    size; the least recently used candidate within `TIE_FACTOR` (4x) of the lowest value goes.
-    Lookahead: keys of queued requests are never chosen while another entry can go.
+    mtserve picks its backbone from the structure it sees. (1) *Plain keys* (no user ever changes static
+    version: block traces, or any trace whose keys are its users): S3-FIFO, libCacheSim's variant (a
+    probation FIFO of 10% of the capacity, a main CLOCK with 2-bit counters, a ghost queue of 90%), the
+    best general policy on the ARC and CloudPhysics traces; unlike libCacheSim it admits every entry
+    that fits (S3-FIFO refuses entries as large as its probation queue, which turns most GR entries into
+    misses at small capacities). (2) *Users with versions* (once `USER_MODE_AFTER` arrivals have carried
+    a new version of a known user; the switch is one-way, S3-FIFO's probation queue drains first and
+    main is kept in LRU order from then on): recency is the backbone, as on every GR trace measured, and
+    three things are added. Dead first: when the versions of arriving requests behave as a global clock
+    (detected online; at most 0.1% of arrivals may disagree) every entry older than the newest version
+    is certain to be stale at its user's next request; those go first, oldest version first. Without a
+    global clock an entry is dead once a request (or a queued one) of its user carries a newer version.
+    Evidence-gated value: among the `window` least recently used entries, mtserve estimates P(reuse
+    before the stale point), the chance that the user's next request comes within the time left until
+    the next version (the version period is learned online), given how long the user has been idle, from
+    a histogram of the user's own gaps shrunk toward the population's; the value of keeping an entry is
+    that probability x the reload cost per byte (`reload_ms(size) / size`: PCIe when the host keeps a
+    copy, recomputing the prefix when not) / size; the least recently used candidate within `TIE_FACTOR`
+    (4x) of the lowest value goes (a value is reused until the entry is used again, its idle time
+    doubles or the clock moves). Lookahead: keys of queued requests are never chosen while another entry
+    can go.
 
 Memory is O(resident keys + ghost keys + users): per user a 40-bin float32 gap histogram, the last
 arrival time and the newest version; nothing grows with the number of requests.
