@@ -2,36 +2,44 @@
 
 Design (one paragraph the README and reports/POLICIES.md quote):
 
-    mtserve picks its backbone from the structure it sees. (1) *Plain keys* (no user ever changes
-    static version: block traces, or any trace whose keys are its users): S3-FIFO, libCacheSim's
-    variant (a probation FIFO of 10% of the capacity, a main CLOCK with 2-bit counters, a ghost
-    queue of 90%), the best general policy on the ARC and CloudPhysics traces; unlike libCacheSim it
-    admits every entry that fits (S3-FIFO refuses entries as large as its probation queue, which
-    turns most GR entries into misses at small capacities). (2) *Users with versions* (once
-    `USER_MODE_AFTER` arrivals have carried a new version of a known user; the switch is one-way,
-    S3-FIFO's probation queue drains first and main is kept in LRU order from then on): recency is
-    the backbone, as on every GR trace measured, and three things are added. Dead first: when the versions of arriving requests behave as a
-    global clock (detected online; at most 0.1% of arrivals may disagree) every entry older than the
-    newest version is certain to be stale at its user's next request; those go first, oldest version
-    first. Without a global clock an entry is dead once a request (or a queued one) of its user
-    carries a newer version. Evidence-gated value: among the `window` least recently used entries,
-    mtserve estimates P(reuse before the stale point), the chance that the user's next request comes
-    within the time left until the next version (the version period is learned online), given how
-    long the user has been idle, from a histogram of the user's own gaps shrunk toward the
-    population's; the value of keeping an entry is that probability x the reload cost per byte
-    (`reload_ms(size) / size`: PCIe when the host keeps a copy, recomputing the prefix when not) /
-    size; the least recently used candidate within `TIE_FACTOR` (4x) of the lowest value goes.
-    Lookahead: keys of queued requests are never chosen while another entry can go.
+    mtserve picks its backbone from the structure it sees. (1) *Plain keys* (no user ever changes static
+    version: block traces, or any trace whose keys are its users): S3-FIFO, libCacheSim's variant (a
+    probation FIFO of 10% of the capacity, a main CLOCK with 2-bit counters, a ghost queue of 90%), the
+    best general policy on the ARC and CloudPhysics traces; unlike libCacheSim it admits every entry
+    that fits (S3-FIFO refuses entries as large as its probation queue, which turns most GR entries into
+    misses at small capacities). (2) *Users with versions* (once `USER_MODE_AFTER` arrivals have carried
+    a new version of a known user; the switch is one-way, S3-FIFO's probation queue drains first and
+    main is kept in LRU order from then on): recency is the backbone, as on every GR trace measured, and
+    three things are added. Dead first: when the versions of arriving requests behave as a global clock
+    (detected online; at most 0.1% of arrivals may disagree) every entry older than the newest version
+    is certain to be stale at its user's next request; those go first, oldest version first. Without a
+    global clock an entry is dead once a request (or a queued one) of its user carries a newer version.
+    Evidence-gated value: among the `window` least recently used entries, mtserve estimates P(reuse
+    before the stale point), the chance that the user's next request comes within the time left until
+    the next version (the version period is learned online), given how long the user has been idle, from
+    a histogram of the user's own gaps shrunk toward the population's; the value of keeping an entry is
+    that probability x the reload cost per byte (`reload_ms(size) / size`: PCIe when the host keeps a
+    copy, recomputing the prefix when not) / size; the least recently used candidate within `TIE_FACTOR`
+    (4x) of the lowest value goes (a value is reused until the entry is used again, its idle time
+    doubles or the clock moves). Lookahead: keys of queued requests are never chosen while another entry
+    can go.
 
 Memory is O(resident keys + ghost keys + users): per user a 40-bin float32 gap histogram, the last
-arrival time and the newest version; nothing grows with the number of requests. Speed: the unit-size
-fast path is S3-FIFO's loop (no users, no versions); the generic path costs a few dict operations per
-request, and in user mode at most `window` value estimates per eviction.
+arrival time and the newest version; nothing grows with the number of requests.
+
+Speed (O(1) amortised per request, small constants): the unit-size fast path is S3-FIFO's loop (no
+users, no versions). On the generic path an arrival costs a few dict operations and, in user mode,
+one increment in the user's and the population's histograms (the spread is applied when a histogram
+is read, and its cumulative tail is cached until the next arrival of its user). An eviction in user
+mode scans at most `window` candidates at main's LRU end; a candidate's value is computed when it first
+becomes a candidate and reused until the entry is used again, its idle time has grown by
+`VALUE_REFRESH` (100%) or the version clock moves, so about two values are computed per eviction
+instead of 16. Reusing values this way moves a few hits either way against recomputing them at every
+eviction (synth-small: within 15 GPU hits of 50,000 at every capacity measured).
 
 Gap histograms: half-octave bins of log2(1 + gap seconds), each gap spread over its bin and two on
 either side; P(gap in (a, a+h] | gap > a) is read from the bin counts with linear interpolation
-inside a bin. Keys are `(user_id, static_version)` tuples by default; the simulator passes `user_of` /
-`version_of` for its integer keys.
+inside a bin. Keys are `(user_id, static_version)` tuples; any other key is its own user at version 0.
 """
 
 from __future__ import annotations
@@ -54,15 +62,24 @@ CLOCK_TOLERANCE = 0.001
 """Share of arrivals allowed to carry an older version than the newest seen while versions count as a clock."""
 USER_MODE_AFTER = 8
 """Arrivals carrying a new version of an already seen user before mtserve switches to user mode."""
+VALUE_REFRESH = 1.0
+"""A candidate's value is reused until its idle time grew by this fraction (values drift slowly at the LRU end;
+recomputing every candidate's value at every eviction made mtserve 10x slower than LRU for the same hits)."""
+"""Arrivals carrying a new version of an already seen user before mtserve switches to user mode."""
 
 _N_BINS = 40
 _BIN_EDGES = [2 ** (b / 2) - 1 for b in range(_N_BINS + 1)]
-_SPREAD = [
-    [(min(max(center + offset, 0), _N_BINS - 1), (3 - abs(offset)) / 9) for offset in range(-2, 3)]
-    for center in range(_N_BINS)
-]
-"""Each gap is spread over its bin and two on either side (weights 1 2 3 2 1 / 9), so that a slightly
-longer idle time than ever seen is not 'never'."""
+_BIN_WIDTH = [_BIN_EDGES[b + 1] - _BIN_EDGES[b] for b in range(_N_BINS)]
+_SPREAD = np.zeros((_N_BINS, _N_BINS))
+"""`_SPREAD[c, b]`: the share of a gap of bin c counted in bin b. Each gap is spread over its bin and two on
+either side (weights 1 2 3 2 1 / 9, piled up at the ends), so that a slightly longer idle time than ever
+seen is not 'never'."""
+for _center in range(_N_BINS):
+    for _offset in range(-2, 3):
+        _SPREAD[_center, min(max(_center + _offset, 0), _N_BINS - 1)] += (3 - abs(_offset)) / 9
+_TAIL_OF_BIN = np.zeros((_N_BINS, _N_BINS + 1))
+"""`_TAIL_OF_BIN[c, b]`: the share of a gap of bin c counted in bins >= b (so counts @ it = the tail)."""
+_TAIL_OF_BIN[:, :_N_BINS] = np.cumsum(_SPREAD[:, ::-1], axis=1)[:, ::-1]
 
 
 def _gap_bin(gap: float) -> int:
@@ -72,67 +89,83 @@ def _gap_bin(gap: float) -> int:
     return b if b < _N_BINS else _N_BINS - 1
 
 
-def _user_of_tuple(key: Key) -> Hashable:
-    return key[0] if isinstance(key, tuple) else key
-
-
-def _version_of_tuple(key: Key) -> int:
-    return int(key[1]) if isinstance(key, tuple) else 0
+def _split(key: Key) -> tuple[Hashable, int]:
+    """(user, version) of a key: `(user_id, static_version)` tuples; any other key is its own user, version 0."""
+    return key if key.__class__ is tuple else (key, 0)
 
 
 class GapHistogram:
-    """Counts of inter-request gaps in half-octave bins (float32); `tail[b]` = gaps in bins >= b (lazy).
+    """Inter-request gaps counted per half-octave bin; read through `tail()`, the spread gaps in bins >= b.
 
+    `_counts[c]`: gaps that fell in bin c (float32 per user, float64 for the population); `_tail`: the
+    cumulative tail of the spread counts (`_SPREAD`), 41 floats, built on first read, dropped by `add_to_bin`.
     40 bins reach 2^20 s (12 days); longer gaps share the last bin.
     """
 
     __slots__ = ("_counts", "_tail")
 
-    def __init__(self) -> None:
-        self._counts = array("f", bytes(4 * _N_BINS))
-        self._tail: array | None = None
+    def __init__(self, typecode: str = "f") -> None:
+        self._counts = array(typecode, bytes(array(typecode).itemsize * _N_BINS))
+        self._tail: list[float] | None = None
 
-    def add(self, gap: float) -> None:
-        """Count one gap, spread over its bin and two on each side (a factor 2 either way)."""
-        counts = self._counts
-        for b, weight in _SPREAD[_gap_bin(gap)]:
-            counts[b] += weight
+    def add_to_bin(self, b: int) -> None:
+        self._counts[b] += 1
         self._tail = None
 
-    def longer_than(self, age: float) -> float:
-        """Number of recorded gaps longer than `age` (interpolated inside age's bin)."""
-        return self.longer_than_both(age, age)[0]
-
-    def longer_than_both(self, age: float, later: float) -> tuple[float, float]:
-        """(gaps longer than `age`, gaps longer than `later`): one call for the two ends of a horizon."""
+    def tail(self) -> list[float]:
+        """`tail[b]` = spread gaps in bins >= b, for b in 0..40 (`tail[40] == 0`)."""
         tail = self._tail
         if tail is None:
-            tail = array("f", bytes(4 * (_N_BINS + 1)))
-            counts, running = self._counts, 0.0
-            for b in range(_N_BINS - 1, -1, -1):
-                running += counts[b]
-                tail[b] = running
-            self._tail = tail
-        longer = []
-        for point in (age, later):
-            b = _gap_bin(point)
-            low, high = _BIN_EDGES[b], _BIN_EDGES[b + 1]
-            inside = (high - point) / (high - low)
-            inside = 0.0 if inside < 0.0 else 1.0 if inside > 1.0 else inside
-            longer.append(tail[b + 1] + (tail[b] - tail[b + 1]) * inside)
-        return longer[0], longer[1]
+            counts = np.frombuffer(self._counts, dtype=np.float32 if self._counts.typecode == "f" else np.float64)
+            tail = self._tail = (counts @ _TAIL_OF_BIN).tolist()
+        return tail
+
+    def drop_tail(self) -> None:
+        """Free the cached tail (rebuilt on the next read)."""
+        self._tail = None
+
+
+def _position(point: float) -> tuple[int, float]:
+    """(bin of `point`, the share of that bin above `point`), for reading a tail at `point`."""
+    b = _gap_bin(point)
+    inside = (_BIN_EDGES[b + 1] - point) / _BIN_WIDTH[b]
+    return b, 0.0 if inside < 0.0 else 1.0 if inside > 1.0 else inside
+
+
+def _reuse_probability(user_tail: list[float] | None, population_tail: list[float], age: float, horizon: float,
+                       prior_weight: float) -> float:
+    """P(the next gap ends within `horizon` | it already lasted `age`): the user's own gaps shrunk toward
+    the population's with `prior_weight` pseudo-gaps (the population's alone without user gaps). Gaps
+    longer than a point: the whole bins above its bin plus the part of its bin above it (both tails are
+    read at the same two points)."""
+    b, inside = _position(age)
+    b_later, inside_later = _position(age + horizon)
+    tail = population_tail
+    longer = tail[b + 1] + (tail[b] - tail[b + 1]) * inside
+    longer_later = tail[b_later + 1] + (tail[b_later] - tail[b_later + 1]) * inside_later
+    pop_p = (longer - longer_later) / longer if longer > 0 else 0.0
+    if user_tail is None:
+        return pop_p
+    tail = user_tail
+    longer = tail[b + 1] + (tail[b] - tail[b + 1]) * inside
+    longer_later = tail[b_later + 1] + (tail[b_later] - tail[b_later + 1]) * inside_later
+    return (longer - longer_later + prior_weight * pop_p) / (longer + prior_weight)
 
 
 class MTServe(S3FIFO):
     """S3-FIFO queues (see s3fifo.py) plus user mode: `_main` in LRU order, dead-first, value-gated victims.
 
-    Added state: `_user_mode`; `_last_use[key]` (resident keys); `_by_version[v]`: resident keys of
-    version v (insertion order); per user `_newest_version` (arrivals and hints), `_arrived_version`, `_last_seen` and (user mode) `_gaps`;
-    `_population`: everyone's gaps; version clock: `_max_version`, `_arrivals`, `_clock_violations`,
+    Added state: `_user_mode`; `_last_use[key]` (resident keys); per user `_newest_version` (arrivals
+    and hints) and, before user mode, `_arrived_version` (its last arrival's version, to count version
+    changes); in user mode per user `_last_seen` and `_gaps`, `_population` (everyone's gaps) and
+    `_by_version[v]` (resident keys of version v, in insertion order; built from `_sizes`, which has the
+    same order, at the switch); version clock: `_max_version`, `_arrivals`, `_clock_violations`,
     `_version_changes`, the first times versions `_clock_start` and `_max_version` were seen;
     `_upcoming`: keys of queued requests; `_now`: latest time seen; `_reload_per_byte[size]`: the
-    reload cost per byte of an entry size (one per distinct size). In user mode every admitted key
-    enters `_main`, a hit moves it to `_main`'s end, and `_small` only drains (oldest first).
+    reload cost per byte of an entry size (one per distinct size); `_values[key]`: (value, valid until,
+    last use it was computed for) of recent candidates (resident keys only; cleared when the version clock
+    moves). In user mode every admitted key enters `_main`, a hit moves it to
+    `_main`'s end, `_small` only drains (oldest first) and S3-FIFO's access counters are left alone.
     """
 
     name = "mtserve"
@@ -141,8 +174,6 @@ class MTServe(S3FIFO):
         self,
         capacity: int,
         reload_ms: Callable[[int], float] | None = None,
-        user_of: Callable[[Key], Hashable] = _user_of_tuple,
-        version_of: Callable[[Key], int] = _version_of_tuple,
         session_gap: float = DEFAULT_HORIZON_S,
         window: int = DEFAULT_WINDOW,
         prior_weight: float = DEFAULT_PRIOR_WEIGHT,
@@ -150,8 +181,6 @@ class MTServe(S3FIFO):
         """`session_gap`: the reuse horizon (seconds) while the version period is not yet known."""
         super().__init__(capacity)
         self._reload_ms = reload_ms
-        self._user_of = user_of
-        self._version_of = version_of
         self._default_horizon = float(session_gap)
         self._window = max(1, int(window))
         self._prior_weight = float(prior_weight)
@@ -159,10 +188,10 @@ class MTServe(S3FIFO):
         self._last_use: dict[Key, float] = {}
         self._by_version: dict[int, dict[Key, None]] = {}
         self._newest_version: dict[Hashable, int] = {}
-        self._arrived_version: dict[Hashable, int] = {}  # version of each user's last arrival (hints excluded)
+        self._arrived_version: dict[Hashable, int] = {}
         self._last_seen: dict[Hashable, float] = {}
         self._gaps: dict[Hashable, GapHistogram] = {}
-        self._population = GapHistogram()
+        self._population = GapHistogram("d")
         self._max_version = -1
         self._max_version_since = 0.0
         self._clock_start: tuple[int, float] | None = None
@@ -172,44 +201,56 @@ class MTServe(S3FIFO):
         self._upcoming: set[Key] = set()
         self._now = 0.0
         self._reload_per_byte: dict[int, float] = {}
+        self._values: dict[Key, tuple[float, float, float]] = {}
+        self._values_epoch: tuple[int, bool] | None = None
 
     # ------------------------------------------------------------ learning from arrivals
     def access(self, key: Key, now: float) -> bool:
-        self._observe_arrival(key, now)
-        if key not in self._sizes:
-            return False
-        self._count[key] += 1
-        self._last_use[key] = now
-        if self._user_mode and key in self._main:
-            self._main.move_to_end(key)
-        return True
-
-    def _observe_arrival(self, key: Key, now: float) -> None:
-        """Learn from every request (hit or miss); `access` is called once per request on each tier."""
-        user, version = self._user_of(key), self._version_of(key)
-        if self._user_mode:
-            last = self._last_seen.get(user)
-            if last is not None and now >= last:
-                gaps = self._gaps.get(user)
-                if gaps is None:
-                    gaps = self._gaps[user] = GapHistogram()
-                gaps.add(now - last)
-                self._population.add(now - last)
-            self._last_seen[user] = now
-        self._now = max(self._now, now)
+        """Learn from every request (hit or miss; called once per request on each tier), then look up."""
+        user, version = key if key.__class__ is tuple else (key, 0)
+        if now > self._now:
+            self._now = now
         self._arrivals += 1
         if version < self._max_version:
             self._clock_violations += 1
-        # a hint (`hint_upcoming`) may already have raised `_newest_version` to this arrival's version, so
-        # version changes are counted between arrivals only
-        previous = self._arrived_version.get(user)
-        self._arrived_version[user] = version
-        if previous is not None and version != previous and not self._user_mode:
-            self._version_changes += 1
-            if self._version_changes >= USER_MODE_AFTER:
-                self._user_mode = True
-        self._raise_versions(user, version, now)
-        self._upcoming.discard(key)
+        if self._user_mode:  # one gap more for the user and the population
+            last = self._last_seen.get(user)
+            self._last_seen[user] = now
+            if last is not None and now >= last:
+                b = _gap_bin(now - last)
+                gaps = self._gaps.get(user)
+                if gaps is None:
+                    gaps = self._gaps[user] = GapHistogram()
+                gaps.add_to_bin(b)
+                self._population.add_to_bin(b)
+        else:
+            # a hint (`hint_upcoming`) may already have raised `_newest_version` to this arrival's version, so
+            # version changes are counted between arrivals only
+            previous = self._arrived_version.get(user)
+            self._arrived_version[user] = version
+            if previous is not None and version != previous:
+                self._version_changes += 1
+                if self._version_changes >= USER_MODE_AFTER:
+                    self._enter_user_mode()
+        if version > self._newest_version.get(user, -1) or version > self._max_version:
+            self._raise_versions(user, version, now)
+        if self._upcoming:
+            self._upcoming.discard(key)
+        if key not in self._sizes:
+            return False
+        self._last_use[key] = now
+        if not self._user_mode:
+            self._count[key] += 1
+        elif key in self._main:
+            self._main.move_to_end(key)
+        return True
+
+    def _enter_user_mode(self) -> None:
+        """The one-way switch: index the resident keys by version (in `_sizes`' order, their insertion order)."""
+        self._user_mode = True
+        self._arrived_version.clear()
+        for key in self._sizes:
+            self._by_version.setdefault(_split(key)[1], {})[key] = None
 
     def _raise_versions(self, user: Hashable, version: int, now: float) -> None:
         if version > self._newest_version.get(user, -1):
@@ -221,8 +262,11 @@ class MTServe(S3FIFO):
 
     def hint_upcoming(self, keys: Sequence[Key], now: float) -> None:
         self._upcoming = set(keys)
+        newest = self._newest_version
         for key in keys:
-            self._raise_versions(self._user_of(key), self._version_of(key), now)
+            user, version = _split(key)
+            if version > newest.get(user, -1) or version > self._max_version:
+                self._raise_versions(user, version, now)
 
     @property
     def user_mode(self) -> bool:
@@ -249,14 +293,11 @@ class MTServe(S3FIFO):
     def _enters_main(self, key: Key, was_ghost: bool) -> bool:
         return self._user_mode or super()._enters_main(key, was_ghost)
 
-    def _on_hit(self, key: Key, now: float) -> None:
-        self._count[key] += 1
-        self._last_use[key] = now
-
     def _on_insert(self, key: Key, size: int, now: float) -> None:
         super()._on_insert(key, size, now)
         self._last_use[key] = now
-        self._by_version.setdefault(self._version_of(key), {})[key] = None
+        if self._user_mode:
+            self._by_version.setdefault(_split(key)[1], {})[key] = None
 
     def _on_remove(self, key: Key) -> None:
         super()._on_remove(key)
@@ -264,11 +305,17 @@ class MTServe(S3FIFO):
 
     def _forget_key(self, key: Key) -> None:
         del self._last_use[key]
-        version = self._version_of(key)
+        if not self._user_mode:
+            return
+        self._values.pop(key, None)
+        user, version = _split(key)
         bucket = self._by_version[version]
         del bucket[key]
         if not bucket:
             del self._by_version[version]
+        gaps = self._gaps.get(user)
+        if gaps is not None:  # tails are kept for resident users only
+            gaps.drop_tail()
 
     def _pop_victim(self, incoming: Key | None) -> Key:
         if not self._user_mode:
@@ -283,62 +330,85 @@ class MTServe(S3FIFO):
         return victim
 
     # ------------------------------------------------------------ user mode
-    def _evictable(self, key: Key) -> bool:
-        return key not in self._pins and key not in self._upcoming
-
     def _dead_victim(self) -> Key | None:
         """An evictable entry of the oldest version older than the newest (clock mode)."""
-        if len(self._by_version) == 1 and self._max_version in self._by_version:
+        by_version, newest = self._by_version, self._max_version
+        if len(by_version) == 1 and newest in by_version:
             return None
-        for version in sorted(v for v in self._by_version if v < self._max_version):
-            for key in self._by_version[version]:
-                if self._evictable(key):
+        pins, upcoming = self._pins, self._upcoming
+        for version in sorted(v for v in by_version if v < newest):
+            for key in by_version[version]:
+                if key not in pins and key not in upcoming:
                     return key
         return None
 
     def _live_victim(self) -> Key:
-        """Small's leftovers first (oldest first), then the value-gated choice among main's LRU end."""
+        """Small's leftovers first (oldest first), then the value-gated choice among main's LRU end: the least
+        recently used of the `window` least recently used evictable entries within `TIE_FACTOR` of the
+        lowest value among them. A value is reused (`_values`) until the entry is used again, its idle time
+        grew by `VALUE_REFRESH`, or the version clock moves."""
+        pins, upcoming = self._pins, self._upcoming
+        for key in self._small:
+            if key not in pins and key not in upcoming:
+                return key
+        values, now, last_use = self._values, self._now, self._last_use
+        epoch = (self._max_version, self.versions_are_a_clock)
+        if epoch != self._values_epoch:
+            values.clear()
+            self._values_epoch = epoch
+        # with a version clock every evictable entry older than the newest version is gone already (dead
+        # first), so no candidate is dead; without one, a cached value may predate its user's newer version
+        newest = None if epoch[1] else self._newest_version
+        window, horizon, population = self._window, None, None
         candidates: list[Key] = []
-        for queue in (self._small, self._main):
-            for key in queue:
-                if self._evictable(key):
-                    if queue is self._small:
-                        return key
-                    candidates.append(key)
-                    if len(candidates) >= self._window:
-                        break
+        scores: list[float] = []
+        for key in self._main:
+            if key in pins or key in upcoming:
+                continue
+            used = last_use[key]
+            cached = values.get(key)
+            if cached is None or now > cached[1] or cached[2] != used:
+                if horizon is None:
+                    horizon, population = self.stale_horizon(), self._population.tail()
+                cached = values[key] = (self._value(key, now, horizon, population),
+                                        now + VALUE_REFRESH * (now - used), used)
+            score = cached[0]
+            if newest is not None and score > 0.0:
+                user, version = _split(key)
+                if version < newest.get(user, -1):
+                    score = 0.0
+            candidates.append(key)
+            scores.append(score)
+            if len(candidates) >= window:
+                break
         if not candidates:  # only queued keys are unpinned: the least recent of them goes
             return next(key for queue in (self._small, self._main) for key in self._unpinned(queue))
-        now, horizon = self._now, self.stale_horizon()
-        values = [self._value(key, now, horizon) for key in candidates]
-        floor = min(values) * TIE_FACTOR
-        return next(key for key, value in zip(candidates, values) if value <= floor)
+        floor = min(scores) * TIE_FACTOR
+        return next(key for key, score in zip(candidates, scores) if score <= floor)
 
     def value_density(self, key: Key, now: float) -> float:
         """Value of keeping resident `key` at time `now` (0 for a dead entry; see module doc)."""
-        return self._value(key, now, self.stale_horizon())
+        return self._value(key, now, self.stale_horizon(), self._population.tail())
 
-    def _value(self, key: Key, now: float, horizon: float) -> float:
-        user = self._user_of(key)
-        if self._version_of(key) < self._newest_version.get(user, -1):
+    def _value(self, key: Key, now: float, horizon: float, population_tail: list[float]) -> float:
+        user, version = _split(key)
+        if version < self._newest_version.get(user, -1):
             return 0.0
         size = max(self._sizes[key], 1)
         reload_per_byte = self._reload_per_byte.get(size)
         if reload_per_byte is None:
             reload_per_byte = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
             self._reload_per_byte[size] = reload_per_byte
-        return self.reuse_probability(user, now - self._last_use[key], horizon) * reload_per_byte / size
+        gaps = self._gaps.get(user)
+        probability = _reuse_probability(None if gaps is None else gaps.tail(), population_tail,
+                                         now - self._last_use[key], horizon, self._prior_weight)
+        return probability * reload_per_byte / size
 
     def reuse_probability(self, user: Hashable, age: float, horizon: float) -> float:
         """P(the user's next gap ends within `horizon` | it already lasted `age`), user shrunk to population."""
-        pop_longer, pop_longer_later = self._population.longer_than_both(age, age + horizon)
-        pop_p = (pop_longer - pop_longer_later) / pop_longer if pop_longer > 0 else 0.0
         gaps = self._gaps.get(user)
-        if gaps is None:
-            return pop_p
-        longer, longer_later = gaps.longer_than_both(age, age + horizon)
-        weight = self._prior_weight
-        return (longer - longer_later + weight * pop_p) / (longer + weight)
+        return _reuse_probability(None if gaps is None else gaps.tail(), self._population.tail(), age, horizon,
+                                  self._prior_weight)
 
     # ------------------------------------------------------------ fast path
     @classmethod
