@@ -111,8 +111,9 @@ lines = [f"# Serving under load ({summary['model']}, {summary['dtype']}, {summar
          f"Poisson arrivals, dynamic batcher (max batch {config['batch_size']}, max wait {config['max_wait_ms']} ms), "
          f"SLO p{config['percentile']:g} <= {config['slo_ms']:g} ms; {config['max_requests']} requests per run, the first "
          f"{config['warmup']} warm-up; GPU tier {size(config['gpu_cache'])}, host tier "
-         f"{size(config['host_cache'])}. Simulated: the cache simulator's outcomes, the calibrated cost model "
-         "plus a measured fixed cost per batch, a discrete-event server. Measured: the real open-loop replay "
+         f"{size(config['host_cache'])}. Simulated: a discrete-event server whose dynamic batches go through "
+         "the control plane (the replay's load budget), priced by the calibrated cost model plus the fixed cost per batch "
+         "size measured on the device. Measured: the real open-loop replay "
          "(latency from arrival to scores, CUDA-synchronised batch ends).", "",
          "| mode | rate /s | load | sim p50 | meas p50 | sim p99 | meas p99 | p99 gap | sim SLO % | meas SLO % |",
          "|---|---|---|---|---|---|---|---|---|---|"]
