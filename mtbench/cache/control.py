@@ -86,7 +86,6 @@ class MissKind(IntEnum):
 # Plain module names for the members: the per-request path reads them millions of times.
 GPU_HIT, HOST_HIT, MISS, STALE, HOST_RECOMPUTE, PARTIAL_HIT = Outcome
 COMPULSORY, STALE_VERSION, CAPACITY = MissKind
-_OUTCOMES, _KINDS = len(Outcome), len(MissKind)
 
 
 @dataclass(frozen=True)
@@ -325,6 +324,9 @@ class ControlPlane:
         self._first_batch: dict[Key, int] = {}
         self._user_first_key: dict[Hashable, Key] = {}
         self._serial = 0
+        self._single = BatchDecisions(0, [Request((0, 0), 0, 0.0)], [MISS], [0], [None])  # `serve`'s plan, reused
+        self._budget = self.settings.load_budget
+        self._deferred: Request | None = None  # `serve`'s request until it takes its pins (`_take_deferred`)
 
     # ------------------------------------------------------------------ queries
     def gpu_keys(self) -> set[Key]:
@@ -353,11 +355,64 @@ class ControlPlane:
     def is_pinned(self, key: Key) -> bool:
         return self.gpu.is_pinned(key)
 
-    def serve(self, request: Request) -> Outcome:
-        """One request on its own (`plan` + `release`): the per-request API (routers, simulators)."""
-        plan = self.plan([request])
-        self.release(plan)
-        return plan.outcomes[0]
+    def serve(self, request: Request) -> tuple[Outcome, int]:
+        """One request on its own, when no batch is in flight: exactly `plan([request])` + `release`, by the
+        same code, without building a batch (the per-request API: the simulator at batch size 1, fleet
+        replicas, streaming). Returns (outcome, tokens read from the cache).
+
+        Its pins and in-flight mark wait for its first admission or eviction (`_take_deferred`): with
+        nothing else in flight only those see them, and a GPU hit has none, so it pins nothing."""
+        if self._in_flight:
+            raise RuntimeError("ControlPlane.serve with batches in flight: use plan/release")
+        plan = self._single
+        plan.serial = self._serial = self._serial + 1
+        self._deferred = request
+        plan.cached[0] = 0
+        now = request.ts
+        if now > self.now:  # `_tick`
+            self.now = float(now)
+        now = self.now
+        if self._hints:
+            for tier in self._tiers:
+                tier.hint_upcoming((request.key,), now)
+        if self._oracle:
+            self._tell_next_use(request)
+        if self._budget is None:
+            outcome = self._decide(plan, 0, request, now, True)
+        else:
+            loads = self._loads_within_budget([request.key], self._budget)
+            outcome = self._decide(plan, 0, request, now, loads is None or request.key in loads)
+        cached = plan.cached[0]
+        self._count_request(request.n_static, outcome, cached, plan.kinds[0])
+        if self._deferred is None:
+            self._release_single(plan, request.key)
+        else:
+            self._deferred = None
+        return outcome, cached
+
+    def _take_deferred(self) -> None:
+        """Pin `serve`'s request and mark it in flight, as `plan` does up front for a batch."""
+        request, self._deferred = self._deferred, None
+        self._single.requests[0] = request
+        key = request.key
+        for tier in self._tiers:
+            tier.pin(key)
+        self._in_flight[key[0]] = {key[1]: 1}
+
+    def _release_single(self, plan: BatchDecisions, key: Key) -> None:
+        """`release` of `serve`'s request once it took its pins (`_count_request` already counted it)."""
+        self._copy_to_host(plan)
+        for tier in self._tiers:
+            tier.unpin(key)
+        del self._in_flight[key[0]]
+        if self._doomed:
+            self._drop_doomed()
+        if plan.stores:
+            plan.stores.clear()
+        if plan.promoted:
+            plan.promoted.clear()
+        if plan.loaded:
+            plan.loaded.clear()
 
     # ------------------------------------------------------------------ 1. plan
     def plan(self, requests: Sequence[Request], load_budget: int | None = None) -> BatchDecisions:
@@ -386,19 +441,50 @@ class ControlPlane:
             key = request.key
             now = self._tick(request.ts)
             if self._oracle:
-                self._next_use[key] = request.next_use
-                for tier in tiers:
-                    tier.set_next_use(key, request.next_use)
+                self._tell_next_use(request)
             row = first_row.get(key)
             if row is not None:
                 self._repeat(plan, i, row, now)
                 continue
             first_row[key] = i
-            plan.kinds[i] = self._miss_kind(key, serial)
-            stale = self._drop_other_versions(key)
-            outcome = self._lookup(plan, i, request, now, loads is None or key in loads)
-            plan.outcomes[i] = STALE if outcome is MISS and stale else outcome
+            self._decide(plan, i, request, now, loads is None or key in loads)
         return plan
+
+    def _tell_next_use(self, request: Request) -> None:
+        self._next_use[request.key] = request.next_use
+        for tier in self._tiers:
+            tier.set_next_use(request.key, request.next_use)
+
+    def _decide(self, plan: BatchDecisions, i: int, request: Request, now: float, load: bool) -> Outcome:
+        """Row i, the first request of its key in the batch: its miss kind, stale drops, then the lookup: a
+        GPU hit here, else `_gpu_entry_short` or `_not_on_gpu`."""
+        key = request.key
+        user, version = key
+        # miss kind: the key was first requested in an earlier batch (capacity), else it is the user's first
+        # key (compulsory) or a new version of the user (stale)
+        if self._first_batch.setdefault(key, plan.serial) != plan.serial:
+            plan.kinds[i] = CAPACITY
+        else:
+            plan.kinds[i] = COMPULSORY if self._user_first_key.setdefault(user, key) == key else STALE_VERSION
+        cached, flying = self._versions.get(user), self._in_flight and self._in_flight.get(user)
+        stale = False
+        if (cached and (len(cached) > 1 or version not in cached)) or (flying and len(flying) > 1):
+            stale = self._drop_other_versions(key)  # the user has other versions (in flight: besides this one)
+        if self.gpu.access(key, now):
+            if self.host is not None:
+                self.host.access(key, now)
+            tokens, n = self.gpu_tokens[key], request.n_static
+            if n <= tokens:
+                plan.cached[i] = n
+                plan.outcomes[i] = GPU_HIT
+                return GPU_HIT
+            outcome = self._gpu_entry_short(plan, i, key, tokens, n, now)
+        else:
+            outcome = self._not_on_gpu(plan, i, key, request.n_static, now, load)
+        if outcome is MISS and stale:
+            outcome = STALE
+        plan.outcomes[i] = outcome
+        return outcome
 
     def _tick(self, ts: float) -> float:
         if ts > self.now:
@@ -423,13 +509,6 @@ class ControlPlane:
                 budget -= moved
         return chosen
 
-    def _miss_kind(self, key: Key, serial: int) -> MissKind:
-        """Why this request would miss: its key was first requested in an earlier batch (capacity), or it
-        is the user's first key (compulsory), or a new version of the user (stale)."""
-        if self._first_batch.setdefault(key, serial) != serial:
-            return CAPACITY
-        return COMPULSORY if self._user_first_key.setdefault(key[0], key) == key else STALE_VERSION
-
     def _repeat(self, plan: BatchDecisions, i: int, row: int, now: float) -> None:
         """A later request of a key the batch already decided: it reads what the first one read (the
         forward computes the entry once) and computes the rest without storing it."""
@@ -446,21 +525,22 @@ class ControlPlane:
             plan.outcomes[i] = MISS
             plan.kinds[i] = plan.kinds[row]
 
-    def _lookup(self, plan: BatchDecisions, i: int, request: Request, now: float, load: bool) -> Outcome:
-        key, n = request.key, request.n_static
-        gpu, host = self.gpu, self.host
-        if gpu.access(key, now):
-            if host is not None:
-                host.access(key, now)
-            cached = self.gpu_tokens[key]
-            plan.cached[i] = min(cached, n)
-            if n <= cached:
-                return GPU_HIT
-            if self._grow(plan, i, key, cached, n, now):
-                return PARTIAL_HIT
-            plan.cached[i] = 0
-            self._compute(plan, i, key, 0, n, now, keep_scratch=host is not None)
-            return MISS
+    def _gpu_entry_short(self, plan: BatchDecisions, i: int, key: Key, cached: int, n: int, now: float) -> Outcome:
+        """A GPU entry of `cached` tokens, shorter than the request's n (append variant)."""
+        plan.cached[i] = cached
+        if self._deferred is not None:
+            self._take_deferred()
+        if self._grow(plan, i, key, cached, n, now):
+            return PARTIAL_HIT
+        plan.cached[i] = 0
+        self._compute(plan, i, key, 0, n, now, keep_scratch=self.host is not None)
+        return MISS
+
+    def _not_on_gpu(self, plan: BatchDecisions, i: int, key: Key, n: int, now: float, load: bool) -> Outcome:
+        """A host hit (loaded unless `load` is False) or a miss."""
+        if self._deferred is not None:
+            self._take_deferred()
+        host = self.host
         if host is not None and host.access(key, now):
             host_tokens = self.host_tokens[key]
             if not load:
@@ -631,17 +711,7 @@ class ControlPlane:
     def release(self, plan: BatchDecisions) -> None:
         """The batch's forward is issued: copy what the host lacks, drop exclusive copies, count,
         unpin, drop stale versions that were in flight."""
-        now = self.now
-        if self.host is not None:
-            write_through = not self.settings.write_back
-            for store in plan.stores.values():
-                if ((store.scratch or write_through) and store.key not in self._doomed
-                        and self.host_tokens.get(store.key, -1) < store.n_tokens):
-                    self._store_host(store.key, store.n_tokens, now, scratch=store.scratch)
-            if not self.settings.inclusive:
-                for key in plan.promoted:
-                    if key in self.host_tokens and key in self.gpu_tokens:
-                        self._drop_host(key)
+        self._copy_to_host(plan)
         self._count(plan)
         keys = [request.key for request in plan.requests]
         for tier in self._tiers:
@@ -656,34 +726,59 @@ class ControlPlane:
                 if not versions:
                     del in_flight[user]
         if self._doomed:
-            for key in sorted(self._doomed):
-                if key[1] not in self._in_flight.get(key[0], ()):
-                    self._doomed.discard(key)
-                    self._remove(key)
+            self._drop_doomed()
+
+    def _copy_to_host(self, plan: BatchDecisions) -> None:
+        """Host copies decided at release: entries the host lacks (write-through: all the batch computed;
+        write-back: the scratch ones), and exclusive tiers drop the host copy of promoted entries."""
+        if self.host is None:
+            return
+        now = self.now
+        write_through = not self.settings.write_back
+        for store in plan.stores.values():
+            if ((store.scratch or write_through) and store.key not in self._doomed
+                    and self.host_tokens.get(store.key, -1) < store.n_tokens):
+                self._store_host(store.key, store.n_tokens, now, scratch=store.scratch)
+        if not self.settings.inclusive:
+            for key in plan.promoted:
+                if key in self.host_tokens and key in self.gpu_tokens:
+                    self._drop_host(key)
+
+    def _drop_doomed(self) -> None:
+        """Stale versions whose requests are all released leave the tiers."""
+        for key in sorted(self._doomed):
+            if key[1] not in self._in_flight.get(key[0], ()):
+                self._doomed.discard(key)
+                self._remove(key)
 
     def _count(self, plan: BatchDecisions) -> None:
-        outcomes = [0] * _OUTCOMES
-        kinds = [0] * _KINDS
-        static = hit_tokens = 0
         for request, outcome, cached, kind in zip(plan.requests, plan.outcomes, plan.cached, plan.kinds):
-            outcomes[outcome] += 1
-            static += request.n_static
-            hit_tokens += cached  # 0 unless the request read the cache
-            if outcome is MISS or outcome is STALE:
-                kinds[kind] += 1
+            self._count_request(request.n_static, outcome, cached, kind)
+
+    def _count_request(self, n_static: int, outcome: Outcome, cached: int, kind: MissKind | None) -> None:
         stats = self.stats
-        stats.requests += len(plan.requests)
-        stats.static_tokens += static
-        stats.hit_tokens += hit_tokens
-        stats.gpu_hits += outcomes[GPU_HIT]
-        stats.host_hits += outcomes[HOST_HIT]
-        stats.partial_hits += outcomes[PARTIAL_HIT]
-        stats.host_recomputes += outcomes[HOST_RECOMPUTE]
-        stats.misses += outcomes[MISS]
-        stats.stale += outcomes[STALE]
-        stats.misses_compulsory += kinds[COMPULSORY]
-        stats.misses_stale += kinds[STALE_VERSION]
-        stats.misses_capacity += kinds[CAPACITY]
+        stats.requests += 1
+        stats.static_tokens += n_static
+        stats.hit_tokens += cached  # 0 unless the request read the cache
+        if outcome is GPU_HIT:
+            stats.gpu_hits += 1
+        elif outcome is MISS or outcome is STALE:
+            if outcome is MISS:
+                stats.misses += 1
+            else:
+                stats.stale += 1
+            if kind is COMPULSORY:
+                stats.misses_compulsory += 1
+            elif kind is STALE_VERSION:
+                stats.misses_stale += 1
+            else:
+                stats.misses_capacity += 1
+        elif outcome is HOST_HIT:
+            stats.host_hits += 1
+        elif outcome is PARTIAL_HIT:
+            stats.partial_hits += 1
+        else:
+            stats.host_recomputes += 1
 
     # ------------------------------------------------------------------ data-plane faults
     def forget_host(self, key: Key) -> None:
