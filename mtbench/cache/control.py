@@ -460,19 +460,22 @@ class ControlPlane:
         GPU hit here, else `_gpu_entry_short` or `_not_on_gpu`."""
         key = request.key
         user, version = key
+        serial = plan.serial
         # miss kind: the key was first requested in an earlier batch (capacity), else it is the user's first
         # key (compulsory) or a new version of the user (stale)
-        if self._first_batch.setdefault(key, plan.serial) != plan.serial:
+        if self._first_batch.setdefault(key, serial) != serial:
             plan.kinds[i] = CAPACITY
         else:
             plan.kinds[i] = COMPULSORY if self._user_first_key.setdefault(user, key) == key else STALE_VERSION
-        cached, flying = self._versions.get(user), self._in_flight and self._in_flight.get(user)
+        cached = self._versions.get(user)
+        flying = self._in_flight.get(user) if self._in_flight else None
         stale = False
         if (cached and (len(cached) > 1 or version not in cached)) or (flying and len(flying) > 1):
             stale = self._drop_other_versions(key)  # the user has other versions (in flight: besides this one)
         if self.gpu.access(key, now):
-            if self.host is not None:
-                self.host.access(key, now)
+            host = self.host
+            if host is not None:
+                host.access(key, now)
             tokens, n = self.gpu_tokens[key], request.n_static
             if n <= tokens:
                 plan.cached[i] = n
