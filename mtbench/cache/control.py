@@ -315,7 +315,10 @@ class ControlPlane:
         self.gpu_tokens: dict[Key, int] = {}
         self.host_tokens: dict[Key, int] = {}
         self.host_offsets: dict[Key, list[int]] = {}
-        self.stats = CacheStats()
+        self._stats = CacheStats()
+        # requests by outcome and miss kind, and their tokens, not yet added to `_stats` (see `stats`)
+        self._tally: list[list[int]] = [[0] * len(MissKind) for _ in Outcome]
+        self._tokens = [0, 0]  # static tokens, tokens read from the cache
         self.now = float("-inf")
         self._versions: dict[Hashable, set[int]] = {}
         self._doomed: set[Key] = set()
@@ -329,6 +332,28 @@ class ControlPlane:
         self._deferred: Request | None = None  # `serve`'s request until it takes its pins (`_take_deferred`)
 
     # ------------------------------------------------------------------ queries
+    @property
+    def stats(self) -> CacheStats:
+        """The counters of every released request (and the data plane's own, which it adds here)."""
+        tally, stats = self._tally, self._stats
+        gpu_hits, host_hits, misses, stale, host_recomputes, partial_hits = (sum(row) for row in tally)
+        stats.gpu_hits += gpu_hits
+        stats.host_hits += host_hits
+        stats.partial_hits += partial_hits
+        stats.host_recomputes += host_recomputes
+        stats.misses += misses
+        stats.stale += stale
+        stats.requests += gpu_hits + host_hits + misses + stale + host_recomputes + partial_hits
+        missed = [m + s for m, s in zip(tally[MISS], tally[STALE])]
+        stats.misses_compulsory += missed[COMPULSORY]
+        stats.misses_stale += missed[STALE_VERSION]
+        stats.misses_capacity += missed[CAPACITY]
+        stats.static_tokens += self._tokens[0]
+        stats.hit_tokens += self._tokens[1]
+        self._tally = [[0] * len(MissKind) for _ in Outcome]
+        self._tokens = [0, 0]
+        return stats
+
     def gpu_keys(self) -> set[Key]:
         return set(self.gpu_tokens)
 
@@ -383,7 +408,10 @@ class ControlPlane:
             loads = self._loads_within_budget([request.key], self._budget)
             outcome = self._decide(plan, 0, request, now, loads is None or request.key in loads)
         cached = plan.cached[0]
-        self._count_request(request.n_static, outcome, cached, plan.kinds[0])
+        self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
+        tokens = self._tokens
+        tokens[0] += request.n_static
+        tokens[1] += cached
         if self._deferred is None:
             self._release_single(plan, request.key)
         else:
@@ -400,7 +428,7 @@ class ControlPlane:
         self._in_flight[key[0]] = {key[1]: 1}
 
     def _release_single(self, plan: BatchDecisions, key: Key) -> None:
-        """`release` of `serve`'s request once it took its pins (`_count_request` already counted it)."""
+        """`release` of `serve`'s request once it took its pins (already counted)."""
         self._copy_to_host(plan)
         for tier in self._tiers:
             tier.unpin(key)
@@ -549,7 +577,7 @@ class ControlPlane:
             if not load:
                 self._compute(plan, i, key, 0, n, now, keep_scratch=False)
                 return HOST_RECOMPUTE
-            self.stats.bytes_h2d += self.sizer.moved_bytes(host_tokens)
+            self._stats.bytes_h2d += self.sizer.moved_bytes(host_tokens)
             tokens = max(host_tokens, n)  # a promoted entry gets its grown size at once (append variant)
             promoted = self._admit_gpu(key, tokens, now)
             if promoted:
@@ -611,7 +639,7 @@ class ControlPlane:
         """Admit `key` to the GPU tier, demoting and evicting victims; False when it does not fit."""
         evicted = self.gpu.admit(key, self.sizer.size_of(n_tokens), now)
         if evicted is None:
-            self.stats.gpu_admission_failures += 1
+            self._stats.gpu_admission_failures += 1
             return False
         self._evicted_from_gpu(evicted, now)
         self.gpu_tokens[key] = n_tokens
@@ -620,7 +648,7 @@ class ControlPlane:
 
     def _evicted_from_gpu(self, evicted: list[Key], now: float) -> None:
         for victim in evicted:
-            self.stats.gpu_evictions += 1
+            self._stats.gpu_evictions += 1
             tokens = self.gpu_tokens.pop(victim)
             if self.host is not None and self.host_tokens.get(victim, -1) < tokens:
                 self._store_host(victim, tokens, now, scratch=False)
@@ -636,23 +664,23 @@ class ControlPlane:
             host.set_next_use(key, self._next_use.get(key, NEVER))
         evicted = host.admit(key, self.sizer.host_size_of(n_tokens), now)
         if evicted is None:
-            self.stats.host_admission_failures += 1
+            self._stats.host_admission_failures += 1
             return False
         for victim in evicted:
-            self.stats.host_evictions += 1
+            self._stats.host_evictions += 1
             self._free_host(victim)
         offsets: list[int] = []
         if self.extents is not None:
             placed = self.extents.place(self.config.host_geometry.lengths(n_tokens))
             if placed is None:  # fragmentation: the policy had room, the arena has no extent
                 host.remove(key)
-                self.stats.host_admission_failures += 1
+                self._stats.host_admission_failures += 1
                 return False
             offsets = placed
         self.host_tokens[key] = n_tokens
         self.host_offsets[key] = offsets
         self._note_version(key)
-        self.stats.bytes_d2h += self.sizer.moved_bytes(n_tokens)
+        self._stats.bytes_d2h += self.sizer.moved_bytes(n_tokens)
         self.data.host_store(key, n_tokens, offsets, scratch)
         return True
 
@@ -755,33 +783,11 @@ class ControlPlane:
                 self._remove(key)
 
     def _count(self, plan: BatchDecisions) -> None:
+        tally, tokens = self._tally, self._tokens
         for request, outcome, cached, kind in zip(plan.requests, plan.outcomes, plan.cached, plan.kinds):
-            self._count_request(request.n_static, outcome, cached, kind)
-
-    def _count_request(self, n_static: int, outcome: Outcome, cached: int, kind: MissKind | None) -> None:
-        stats = self.stats
-        stats.requests += 1
-        stats.static_tokens += n_static
-        stats.hit_tokens += cached  # 0 unless the request read the cache
-        if outcome is GPU_HIT:
-            stats.gpu_hits += 1
-        elif outcome is MISS or outcome is STALE:
-            if outcome is MISS:
-                stats.misses += 1
-            else:
-                stats.stale += 1
-            if kind is COMPULSORY:
-                stats.misses_compulsory += 1
-            elif kind is STALE_VERSION:
-                stats.misses_stale += 1
-            else:
-                stats.misses_capacity += 1
-        elif outcome is HOST_HIT:
-            stats.host_hits += 1
-        elif outcome is PARTIAL_HIT:
-            stats.partial_hits += 1
-        else:
-            stats.host_recomputes += 1
+            tally[outcome][kind or 0] += 1  # a repeat of a hit has no miss kind: counted as kind 0, never read
+            tokens[0] += request.n_static
+            tokens[1] += cached  # 0 unless the request read the cache
 
     # ------------------------------------------------------------------ data-plane faults
     def forget_host(self, key: Key) -> None:
