@@ -15,7 +15,6 @@ as the real host arena does (fragmentation included).
 from __future__ import annotations
 
 import bisect
-from itertools import compress, count
 from dataclasses import dataclass
 
 from mtbench.errors import MtbenchError
@@ -115,8 +114,8 @@ class ExtentAllocator:
         return start
 
     def _find(self, need: int) -> int | None:
-        if self.fit == "first":  # the first length >= need, scanned in C (the simulator places millions)
-            return next(compress(count(), map(need.__le__, self._lengths)), None)
+        if self.fit == "first":
+            return next((i for i, length in enumerate(self._lengths) if length >= need), None)
         fitting = [(length, i) for i, length in enumerate(self._lengths) if length >= need]
         return min(fitting)[1] if fitting else None
 
