@@ -8,6 +8,9 @@ Both drive it the same way, batch by batch:
     ...                                        # (pipelined: the next batch may be planned here)
     plane.release(plan)                        # write to the host, unpin, drop stale, count
 
+or, one request at a time with nothing in flight (the simulator at batch size 1, fleet replicas,
+streaming), `plane.serve(request)`: the same decisions by the same code, without a batch's objects.
+
 State: two replacement policies (`gpu`, `host`; host is None for a single tier) over keys
 `(user_id, static_version)` sized by `EntrySizer.size_of` / `host_size_of` (page-rounded bytes of the
 GPU pool's / the host tier's KV dtype; copies move `moved_bytes`, the host's); per resident key its
@@ -393,10 +396,7 @@ class ControlPlane:
         plan.serial = self._serial = self._serial + 1
         self._deferred = request
         plan.cached[0] = 0
-        now = request.ts
-        if now > self.now:  # `_tick`
-            self.now = float(now)
-        now = self.now
+        now = self._tick(request.ts)
         if self._hints:
             for tier in self._tiers:
                 tier.hint_upcoming((request.key,), now)
