@@ -5,7 +5,8 @@ inclusive / exclusive, stale drops, pins, hints, load budget, append growth) is 
 `mtbench.cache.control.ControlPlane`, the same code the real tiers run; the simulator adds only the
 cost model's clock. Requests go through in batches of `TierSettings.batch_size` (1 by default: per
 request, as libCacheSim), planned `lookahead` batches ahead of the one being released, exactly as the
-replay drives its `CacheManager` (batch size B, lookahead 1), so the two decide identically.
+replay drives its `CacheManager` (batch size B, lookahead 1), so the two decide identically; one
+request at a time without lookahead goes through `ControlPlane.serve` (the same decisions, no batch).
 Entry sizes are whole pages (`mtbench.cache.sizes`); `host_capacity == 0` means a single tier.
 
 Fast path: one tier, unit sizes, no lookahead, no append, no version changes: the policy's
