@@ -166,16 +166,30 @@ def test_a_host_tier_with_room_never_loses_an_entry() -> None:
     assert simulate(workload, "s3fifo", gpu, host, TierSettings(), COST)[0].gpu_admission_failures > 0
 
 
-def test_serve_is_plan_then_release_of_one_request() -> None:
-    """The per-request API decides as the simulator's per-request run (batch size 1, no lookahead)."""
-    rng = np.random.default_rng(3)
-    workload = Workload.from_columns(_trace(rng, append=False), SHAPE.sizer)
-    for policy in ("lru", "mtserve", "opt"):
-        gpu, host = 4 * SHAPE.entry_bytes(40), 12 * SHAPE.entry_bytes(40)
-        plane = ControlPlane(control_config(workload, policy, gpu, host, TierSettings(), COST))
-        served = [plane.serve(request) for batch in request_batches(workload, 1) for request in batch]
-        result, _ = simulate(workload, policy, gpu, host, TierSettings(), COST, keep_outcomes=True)
-        assert served == result.outcomes.tolist() and plane.stats.host_hits == result.host_hits
+@pytest.mark.parametrize("seed", range(40))
+def test_serve_is_plan_then_release_of_one_request(seed: int) -> None:
+    """`serve` (one request, its pins deferred to its first admission, no batch built) decides exactly as
+    `plan([request])` + `release`: same outcome and cached tokens, same tier contents, host extents,
+    pins and counters after every request (random traces, every policy, both tiers, append, budgets)."""
+    columns, config, settings = _case(2000 + seed)
+    settings = replace(settings, batch_size=1, lookahead=0)
+    workload = Workload.from_columns(columns, SHAPE.sizer)
+    host = config.host_capacity if config.mode == "tiered" else 0
+    geometry = config.control(SHAPE, COST).host_geometry
+    served = ControlPlane(control_config(workload, config.policy, config.gpu_capacity, host, settings, COST, geometry))
+    planned = ControlPlane(control_config(workload, config.policy, config.gpu_capacity, host, settings, COST, geometry))
+    for (request,) in request_batches(workload, 1):
+        plan = planned.plan([request])
+        planned.release(plan)
+        assert served.serve(request) == (plan.outcomes[0], plan.cached[0])
+        for plane in (served, planned):
+            plane.check_invariants()
+        assert served.gpu_tokens == planned.gpu_tokens and served.host_tokens == planned.host_tokens
+        assert served.host_offsets == planned.host_offsets and served.stats == planned.stats
+        for a, b in zip(served._tiers, planned._tiers):
+            assert list(a) == list(b) and a.used == b.used and a.pinned_bytes == b.pinned_bytes == 0
+    with pytest.raises(RuntimeError):  # serve needs every batch released
+        served.plan([request]) and served.serve(request)
 
 
 @pytest.mark.parametrize("policy", POLICY_NAMES)

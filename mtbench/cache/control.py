@@ -8,6 +8,9 @@ Both drive it the same way, batch by batch:
     ...                                        # (pipelined: the next batch may be planned here)
     plane.release(plan)                        # write to the host, unpin, drop stale, count
 
+or, one request at a time with nothing in flight (the simulator at batch size 1, fleet replicas,
+streaming), `plane.serve(request)`: the same decisions by the same code, without a batch's objects.
+
 State: two replacement policies (`gpu`, `host`; host is None for a single tier) over keys
 `(user_id, static_version)` sized by `EntrySizer.size_of` / `host_size_of` (page-rounded bytes of the
 GPU pool's / the host tier's KV dtype; copies move `moved_bytes`, the host's); per resident key its
@@ -86,7 +89,6 @@ class MissKind(IntEnum):
 # Plain module names for the members: the per-request path reads them millions of times.
 GPU_HIT, HOST_HIT, MISS, STALE, HOST_RECOMPUTE, PARTIAL_HIT = Outcome
 COMPULSORY, STALE_VERSION, CAPACITY = MissKind
-_OUTCOMES, _KINDS = len(Outcome), len(MissKind)
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,10 @@ class ControlPlane:
         self.gpu_tokens: dict[Key, int] = {}
         self.host_tokens: dict[Key, int] = {}
         self.host_offsets: dict[Key, list[int]] = {}
-        self.stats = CacheStats()
+        self._stats = CacheStats()
+        # requests by outcome and miss kind, and their tokens, not yet added to `_stats` (see `stats`)
+        self._tally: list[list[int]] = [[0] * len(MissKind) for _ in Outcome]
+        self._tokens = [0, 0]  # static tokens, tokens read from the cache
         self.now = float("-inf")
         self._versions: dict[Hashable, set[int]] = {}
         self._doomed: set[Key] = set()
@@ -325,8 +330,33 @@ class ControlPlane:
         self._first_batch: dict[Key, int] = {}
         self._user_first_key: dict[Hashable, Key] = {}
         self._serial = 0
+        self._single = BatchDecisions(0, [Request((0, 0), 0, 0.0)], [MISS], [0], [None])  # `serve`'s plan, reused
+        self._budget = self.settings.load_budget
+        self._deferred: Request | None = None  # `serve`'s request until it takes its pins (`_take_deferred`)
 
     # ------------------------------------------------------------------ queries
+    @property
+    def stats(self) -> CacheStats:
+        """The counters of every released request (and the data plane's own, which it adds here)."""
+        tally, stats = self._tally, self._stats
+        gpu_hits, host_hits, misses, stale, host_recomputes, partial_hits = (sum(row) for row in tally)
+        stats.gpu_hits += gpu_hits
+        stats.host_hits += host_hits
+        stats.partial_hits += partial_hits
+        stats.host_recomputes += host_recomputes
+        stats.misses += misses
+        stats.stale += stale
+        stats.requests += gpu_hits + host_hits + misses + stale + host_recomputes + partial_hits
+        missed = [m + s for m, s in zip(tally[MISS], tally[STALE])]
+        stats.misses_compulsory += missed[COMPULSORY]
+        stats.misses_stale += missed[STALE_VERSION]
+        stats.misses_capacity += missed[CAPACITY]
+        stats.static_tokens += self._tokens[0]
+        stats.hit_tokens += self._tokens[1]
+        self._tally = [[0] * len(MissKind) for _ in Outcome]
+        self._tokens = [0, 0]
+        return stats
+
     def gpu_keys(self) -> set[Key]:
         return set(self.gpu_tokens)
 
@@ -353,11 +383,64 @@ class ControlPlane:
     def is_pinned(self, key: Key) -> bool:
         return self.gpu.is_pinned(key)
 
-    def serve(self, request: Request) -> Outcome:
-        """One request on its own (`plan` + `release`): the per-request API (routers, simulators)."""
-        plan = self.plan([request])
-        self.release(plan)
-        return plan.outcomes[0]
+    def serve(self, request: Request) -> tuple[Outcome, int]:
+        """One request on its own, when no batch is in flight: exactly `plan([request])` + `release`, by the
+        same code, without building a batch (the per-request API: the simulator at batch size 1, fleet
+        replicas, streaming). Returns (outcome, tokens read from the cache).
+
+        Its pins and in-flight mark wait for its first admission or eviction (`_take_deferred`): with
+        nothing else in flight only those see them, and a GPU hit has none, so it pins nothing."""
+        if self._in_flight:
+            raise RuntimeError("ControlPlane.serve with batches in flight: use plan/release")
+        plan = self._single
+        plan.serial = self._serial = self._serial + 1
+        self._deferred = request
+        plan.cached[0] = 0
+        now = self._tick(request.ts)
+        if self._hints:
+            for tier in self._tiers:
+                tier.hint_upcoming((request.key,), now)
+        if self._oracle:
+            self._tell_next_use(request)
+        if self._budget is None:
+            outcome = self._decide(plan, 0, request, now, True)
+        else:
+            loads = self._loads_within_budget([request.key], self._budget)
+            outcome = self._decide(plan, 0, request, now, loads is None or request.key in loads)
+        cached = plan.cached[0]
+        self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
+        tokens = self._tokens
+        tokens[0] += request.n_static
+        tokens[1] += cached
+        if self._deferred is None:
+            self._release_single(plan, request.key)
+        else:
+            self._deferred = None
+        return outcome, cached
+
+    def _take_deferred(self) -> None:
+        """Pin `serve`'s request and mark it in flight, as `plan` does up front for a batch."""
+        request, self._deferred = self._deferred, None
+        self._single.requests[0] = request
+        key = request.key
+        for tier in self._tiers:
+            tier.pin(key)
+        self._in_flight[key[0]] = {key[1]: 1}
+
+    def _release_single(self, plan: BatchDecisions, key: Key) -> None:
+        """`release` of `serve`'s request once it took its pins (already counted)."""
+        self._copy_to_host(plan)
+        for tier in self._tiers:
+            tier.unpin(key)
+        del self._in_flight[key[0]]
+        if self._doomed:
+            self._drop_doomed()
+        if plan.stores:
+            plan.stores.clear()
+        if plan.promoted:
+            plan.promoted.clear()
+        if plan.loaded:
+            plan.loaded.clear()
 
     # ------------------------------------------------------------------ 1. plan
     def plan(self, requests: Sequence[Request], load_budget: int | None = None) -> BatchDecisions:
@@ -386,19 +469,53 @@ class ControlPlane:
             key = request.key
             now = self._tick(request.ts)
             if self._oracle:
-                self._next_use[key] = request.next_use
-                for tier in tiers:
-                    tier.set_next_use(key, request.next_use)
+                self._tell_next_use(request)
             row = first_row.get(key)
             if row is not None:
                 self._repeat(plan, i, row, now)
                 continue
             first_row[key] = i
-            plan.kinds[i] = self._miss_kind(key, serial)
-            stale = self._drop_other_versions(key)
-            outcome = self._lookup(plan, i, request, now, loads is None or key in loads)
-            plan.outcomes[i] = STALE if outcome is MISS and stale else outcome
+            self._decide(plan, i, request, now, loads is None or key in loads)
         return plan
+
+    def _tell_next_use(self, request: Request) -> None:
+        self._next_use[request.key] = request.next_use
+        for tier in self._tiers:
+            tier.set_next_use(request.key, request.next_use)
+
+    def _decide(self, plan: BatchDecisions, i: int, request: Request, now: float, load: bool) -> Outcome:
+        """Row i, the first request of its key in the batch: its miss kind, stale drops, then the lookup: a
+        GPU hit here, else `_gpu_entry_short` or `_not_on_gpu`."""
+        key = request.key
+        user, version = key
+        serial = plan.serial
+        # miss kind: the key was first requested in an earlier batch (capacity), else it is the user's first
+        # key (compulsory) or a new version of the user (stale)
+        if self._first_batch.setdefault(key, serial) != serial:
+            plan.kinds[i] = CAPACITY
+        else:
+            plan.kinds[i] = COMPULSORY if self._user_first_key.setdefault(user, key) == key else STALE_VERSION
+        cached = self._versions.get(user)
+        flying = self._in_flight.get(user) if self._in_flight else None
+        stale = False
+        if (cached and (len(cached) > 1 or version not in cached)) or (flying and len(flying) > 1):
+            stale = self._drop_other_versions(key)  # the user has other versions (in flight: besides this one)
+        if self.gpu.access(key, now):
+            host = self.host
+            if host is not None:
+                host.access(key, now)
+            tokens, n = self.gpu_tokens[key], request.n_static
+            if n <= tokens:
+                plan.cached[i] = n
+                plan.outcomes[i] = GPU_HIT
+                return GPU_HIT
+            outcome = self._gpu_entry_short(plan, i, key, tokens, n, now)
+        else:
+            outcome = self._not_on_gpu(plan, i, key, request.n_static, now, load)
+        if outcome is MISS and stale:
+            outcome = STALE
+        plan.outcomes[i] = outcome
+        return outcome
 
     def _tick(self, ts: float) -> float:
         if ts > self.now:
@@ -423,13 +540,6 @@ class ControlPlane:
                 budget -= moved
         return chosen
 
-    def _miss_kind(self, key: Key, serial: int) -> MissKind:
-        """Why this request would miss: its key was first requested in an earlier batch (capacity), or it
-        is the user's first key (compulsory), or a new version of the user (stale)."""
-        if self._first_batch.setdefault(key, serial) != serial:
-            return CAPACITY
-        return COMPULSORY if self._user_first_key.setdefault(key[0], key) == key else STALE_VERSION
-
     def _repeat(self, plan: BatchDecisions, i: int, row: int, now: float) -> None:
         """A later request of a key the batch already decided: it reads what the first one read (the
         forward computes the entry once) and computes the rest without storing it."""
@@ -446,27 +556,28 @@ class ControlPlane:
             plan.outcomes[i] = MISS
             plan.kinds[i] = plan.kinds[row]
 
-    def _lookup(self, plan: BatchDecisions, i: int, request: Request, now: float, load: bool) -> Outcome:
-        key, n = request.key, request.n_static
-        gpu, host = self.gpu, self.host
-        if gpu.access(key, now):
-            if host is not None:
-                host.access(key, now)
-            cached = self.gpu_tokens[key]
-            plan.cached[i] = min(cached, n)
-            if n <= cached:
-                return GPU_HIT
-            if self._grow(plan, i, key, cached, n, now):
-                return PARTIAL_HIT
-            plan.cached[i] = 0
-            self._compute(plan, i, key, 0, n, now, keep_scratch=host is not None)
-            return MISS
+    def _gpu_entry_short(self, plan: BatchDecisions, i: int, key: Key, cached: int, n: int, now: float) -> Outcome:
+        """A GPU entry of `cached` tokens, shorter than the request's n (append variant)."""
+        plan.cached[i] = cached
+        if self._deferred is not None:
+            self._take_deferred()
+        if self._grow(plan, i, key, cached, n, now):
+            return PARTIAL_HIT
+        plan.cached[i] = 0
+        self._compute(plan, i, key, 0, n, now, keep_scratch=self.host is not None)
+        return MISS
+
+    def _not_on_gpu(self, plan: BatchDecisions, i: int, key: Key, n: int, now: float, load: bool) -> Outcome:
+        """A host hit (loaded unless `load` is False) or a miss."""
+        if self._deferred is not None:
+            self._take_deferred()
+        host = self.host
         if host is not None and host.access(key, now):
             host_tokens = self.host_tokens[key]
             if not load:
                 self._compute(plan, i, key, 0, n, now, keep_scratch=False)
                 return HOST_RECOMPUTE
-            self.stats.bytes_h2d += self.sizer.moved_bytes(host_tokens)
+            self._stats.bytes_h2d += self.sizer.moved_bytes(host_tokens)
             tokens = max(host_tokens, n)  # a promoted entry gets its grown size at once (append variant)
             promoted = self._admit_gpu(key, tokens, now)
             if promoted:
@@ -536,7 +647,7 @@ class ControlPlane:
         """Admit `key` to the GPU tier, demoting and evicting victims; False when it does not fit."""
         evicted = self.gpu.admit(key, self.sizer.size_of(n_tokens), now)
         if evicted is None:
-            self.stats.gpu_admission_failures += 1
+            self._stats.gpu_admission_failures += 1
             return False
         self._evicted_from_gpu(evicted, now)
         self.gpu_tokens[key] = n_tokens
@@ -545,7 +656,7 @@ class ControlPlane:
 
     def _evicted_from_gpu(self, evicted: list[Key], now: float) -> None:
         for victim in evicted:
-            self.stats.gpu_evictions += 1
+            self._stats.gpu_evictions += 1
             tokens = self.gpu_tokens.pop(victim)
             if self.host is not None and self.host_tokens.get(victim, -1) < tokens:
                 self._store_host(victim, tokens, now, scratch=False)
@@ -561,23 +672,23 @@ class ControlPlane:
             host.set_next_use(key, self._next_use.get(key, NEVER))
         evicted = host.admit(key, self.sizer.host_size_of(n_tokens), now)
         if evicted is None:
-            self.stats.host_admission_failures += 1
+            self._stats.host_admission_failures += 1
             return False
         for victim in evicted:
-            self.stats.host_evictions += 1
+            self._stats.host_evictions += 1
             self._free_host(victim)
         offsets: list[int] = []
         if self.extents is not None:
             placed = self.extents.place(self.config.host_geometry.lengths(n_tokens))
             if placed is None:  # fragmentation: the policy had room, the arena has no extent
                 host.remove(key)
-                self.stats.host_admission_failures += 1
+                self._stats.host_admission_failures += 1
                 return False
             offsets = placed
         self.host_tokens[key] = n_tokens
         self.host_offsets[key] = offsets
         self._note_version(key)
-        self.stats.bytes_d2h += self.sizer.moved_bytes(n_tokens)
+        self._stats.bytes_d2h += self.sizer.moved_bytes(n_tokens)
         self.data.host_store(key, n_tokens, offsets, scratch)
         return True
 
@@ -639,17 +750,7 @@ class ControlPlane:
     def release(self, plan: BatchDecisions) -> None:
         """The batch's forward is issued: copy what the host lacks, drop exclusive copies, count,
         unpin, drop stale versions that were in flight."""
-        now = self.now
-        if self.host is not None:
-            write_through = not self.settings.write_back
-            for store in plan.stores.values():
-                if ((store.scratch or write_through) and store.key not in self._doomed
-                        and self.host_tokens.get(store.key, -1) < store.n_tokens):
-                    self._store_host(store.key, store.n_tokens, now, scratch=store.scratch)
-            if not self.settings.inclusive:
-                for key in plan.promoted:
-                    if key in self.host_tokens and key in self.gpu_tokens:
-                        self._drop_host(key)
+        self._copy_to_host(plan)
         self._count(plan)
         keys = [request.key for request in plan.requests]
         for tier in self._tiers:
@@ -664,34 +765,37 @@ class ControlPlane:
                 if not versions:
                     del in_flight[user]
         if self._doomed:
-            for key in sorted(self._doomed):
-                if key[1] not in self._in_flight.get(key[0], ()):
-                    self._doomed.discard(key)
-                    self._remove(key)
+            self._drop_doomed()
+
+    def _copy_to_host(self, plan: BatchDecisions) -> None:
+        """Host copies decided at release: entries the host lacks (write-through: all the batch computed;
+        write-back: the scratch ones), and exclusive tiers drop the host copy of promoted entries."""
+        if self.host is None:
+            return
+        now = self.now
+        write_through = not self.settings.write_back
+        for store in plan.stores.values():
+            if ((store.scratch or write_through) and store.key not in self._doomed
+                    and self.host_tokens.get(store.key, -1) < store.n_tokens):
+                self._store_host(store.key, store.n_tokens, now, scratch=store.scratch)
+        if not self.settings.inclusive:
+            for key in plan.promoted:
+                if key in self.host_tokens and key in self.gpu_tokens:
+                    self._drop_host(key)
+
+    def _drop_doomed(self) -> None:
+        """Stale versions whose requests are all released leave the tiers."""
+        for key in sorted(self._doomed):
+            if key[1] not in self._in_flight.get(key[0], ()):
+                self._doomed.discard(key)
+                self._remove(key)
 
     def _count(self, plan: BatchDecisions) -> None:
-        outcomes = [0] * _OUTCOMES
-        kinds = [0] * _KINDS
-        static = hit_tokens = 0
+        tally, tokens = self._tally, self._tokens
         for request, outcome, cached, kind in zip(plan.requests, plan.outcomes, plan.cached, plan.kinds):
-            outcomes[outcome] += 1
-            static += request.n_static
-            hit_tokens += cached  # 0 unless the request read the cache
-            if outcome is MISS or outcome is STALE:
-                kinds[kind] += 1
-        stats = self.stats
-        stats.requests += len(plan.requests)
-        stats.static_tokens += static
-        stats.hit_tokens += hit_tokens
-        stats.gpu_hits += outcomes[GPU_HIT]
-        stats.host_hits += outcomes[HOST_HIT]
-        stats.partial_hits += outcomes[PARTIAL_HIT]
-        stats.host_recomputes += outcomes[HOST_RECOMPUTE]
-        stats.misses += outcomes[MISS]
-        stats.stale += outcomes[STALE]
-        stats.misses_compulsory += kinds[COMPULSORY]
-        stats.misses_stale += kinds[STALE_VERSION]
-        stats.misses_capacity += kinds[CAPACITY]
+            tally[outcome][kind or 0] += 1  # a repeat of a hit has no miss kind: counted as kind 0, never read
+            tokens[0] += request.n_static
+            tokens[1] += cached  # 0 unless the request read the cache
 
     # ------------------------------------------------------------------ data-plane faults
     def forget_host(self, key: Key) -> None:

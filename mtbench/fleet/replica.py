@@ -7,8 +7,9 @@ so the control-plane merge (issue 12: one `ControlPlane` per replica) re-points 
 - `SimReplica`: the same two tiers served one request at a time, for the residency router (which must
   see the live tiers) and for the streaming simulator (which never holds the whole trace). It drives the
   one control plane (`mtbench.cache.control.ControlPlane`) with batches of one request, exactly as the
-  simulator does at `--batch-size 1`; the plane keys entries by (user, version), so keys need not be
-  dense or known in advance. `tests/test_fleet.py` checks request by request that both paths agree.
+  simulator does at `--batch-size 1` (`ControlPlane.serve`: a batch of one, without building one); the
+  plane keys entries by (user, version), so keys need not be dense or known in advance.
+  `tests/test_fleet.py` checks request by request that both paths agree.
 """
 
 from __future__ import annotations
@@ -97,12 +98,9 @@ class SimReplica:
 
     def serve(self, key: int, n_static: int, t: float) -> tuple[int, int]:
         """Serve one request at trace time `t`: (outcome code, static tokens recomputed)."""
-        plane = self._plane
-        plan = plane.plan([Request(self._entry(key), int(n_static), float(t))])
-        plane.release(plan)
-        outcome = int(plan.outcomes[0])
+        outcome, cached = self._plane.serve(Request(self._entry(key), int(n_static), float(t)))
         self.outcome_counts[outcome] += 1
-        return outcome, int(n_static) - int(plan.cached[0])
+        return int(outcome), int(n_static) - cached
 
     @property
     def bytes_h2d(self) -> int:

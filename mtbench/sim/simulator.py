@@ -5,7 +5,8 @@ inclusive / exclusive, stale drops, pins, hints, load budget, append growth) is 
 `mtbench.cache.control.ControlPlane`, the same code the real tiers run; the simulator adds only the
 cost model's clock. Requests go through in batches of `TierSettings.batch_size` (1 by default: per
 request, as libCacheSim), planned `lookahead` batches ahead of the one being released, exactly as the
-replay drives its `CacheManager` (batch size B, lookahead 1), so the two decide identically.
+replay drives its `CacheManager` (batch size B, lookahead 1), so the two decide identically; one
+request at a time without lookahead goes through `ControlPlane.serve` (the same decisions, no batch).
 Entry sizes are whole pages (`mtbench.cache.sizes`); `host_capacity == 0` means a single tier.
 
 Fast path: one tier, unit sizes, no lookahead, no append, no version changes: the policy's
@@ -18,6 +19,7 @@ recomputing every prefix (no cache) by it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice, repeat
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -192,12 +194,18 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
     plane = ControlPlane(control_config(workload, policy, gpu_capacity, host_capacity, settings, cost, host_geometry))
     outcomes: list[int] = []
     cached: list[int] = []
+    if settings.batch_size == 1 and settings.lookahead == 0:
+        serve, outcome_of, cached_of = plane.serve, outcomes.append, cached.append
+        for request in requests(workload):
+            outcome, tokens = serve(request)
+            outcome_of(outcome)
+            cached_of(tokens)
+    else:
+        def released(plan) -> None:
+            outcomes.extend(plan.outcomes)
+            cached.extend(plan.cached)
 
-    def released(plan) -> None:
-        outcomes.extend(plan.outcomes)
-        cached.extend(plan.cached)
-
-    run_batches(plane, request_batches(workload, settings.batch_size), released)
+        run_batches(plane, request_batches(workload, settings.batch_size), released)
     result = SimResult(**vars(plane.stats), policy=policy, gpu_capacity=int(gpu_capacity),
                        host_capacity=int(host_capacity),
                        outcomes=np.array(outcomes, dtype=np.int8) if keep_outcomes else None)
@@ -212,15 +220,20 @@ def control_config(workload: Workload, policy: str, gpu_capacity: int, host_capa
                          host_geometry if host_capacity else None, cost)
 
 
-def request_batches(workload: Workload, batch_size: int) -> Iterator[list[Request]]:
-    """The workload's requests as control-plane batches of `batch_size`, in order; keys are
-    (user_id, static_version) pairs, as the real tiers use."""
+def requests(workload: Workload) -> Iterator[Request]:
+    """The workload's requests in order, as the control plane takes them; keys are (user_id,
+    static_version) pairs, as the real tiers use."""
     pairs = list(zip(workload.key_user.tolist(), workload.key_version.tolist()))
-    keys, n_static, ts, next_use = (workload.key.tolist(), workload.n_static.tolist(), workload.ts.tolist(),
-                                    workload.next_use.tolist())
-    for start in range(0, len(keys), batch_size):
-        yield [Request(pairs[keys[i]], n_static[i], ts[i], next_use[i])
-               for i in range(start, min(start + batch_size, len(keys)))]
+    fields = zip(map(pairs.__getitem__, workload.key.tolist()), workload.n_static.tolist(), workload.ts.tolist(),
+                 workload.next_use.tolist())
+    return map(tuple.__new__, repeat(Request), fields)  # Request(*row), without a Python call per request
+
+
+def request_batches(workload: Workload, batch_size: int) -> Iterator[list[Request]]:
+    """The workload's requests as control-plane batches of `batch_size`, in order."""
+    stream = requests(workload)
+    while batch := list(islice(stream, batch_size)):
+        yield batch
 
 
 def _count_unit_hits(stats: CacheStats, workload: Workload, mask: np.ndarray, capacity: int) -> None:
