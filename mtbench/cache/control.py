@@ -281,7 +281,7 @@ def policy_options(name: str, reload: str, costs: ReloadCosts | None, sizer: Ent
 
     reload: "h2d" (a GPU tier backed by a host tier) or "recompute" (a host tier, or a lone GPU tier);
     host_tier: the tier's sizes are host sizes (`EntrySizer.host_size_of`).
-    Keys are (user_id, static_version) tuples, which mtserve reads by default (user_of, version_of).
+    Keys are (user_id, static_version) tuples; mtserve reads the user and version from them.
     """
     if name not in ("mtserve", "gdsf") or costs is None or sizer.unit:
         return {}
