@@ -217,3 +217,19 @@ def test_drop_invalid_imports_the_rest_and_counts(tmp_path: Path, monkeypatch: p
     assert _run(monkeypatch, "trace", "import", "movielens", ratings, "--drop-invalid", "-o", str(out)) == 0
     assert pd.read_parquet(out)["item_id"].tolist() == [10, 13]
     assert "invalid rows dropped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [
+    ["capacity", SYNTH, "--model", "mini", "--dtype", "fp32", "--cache", "none", "--gpu-cache", "64MiB",
+     "--host-cache", "1GiB", "--max-requests", "300", "--slo-ms", "50"],
+    ["fleet", SYNTH, "--replicas", "1", "--router", "round-robin", "--gpu-cache", "256MiB", "--host-cache", "1GiB",
+     "--max-requests", "300", "--workers", "1"],
+], ids=["capacity", "fleet"])
+def test_capacity_and_fleet_replace_a_report_only_with_force(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    target = _report(tmp_path, "replay")
+    assert _run(monkeypatch, *command, "-o", str(target)) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert '"kind": "replay"' in (target / "summary.json").read_text()
+    assert _run(monkeypatch, *command, "-o", str(target), "--force") == 0
+    assert f'"kind": "{command[0]}"' in (target / "summary.json").read_text()

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mtbench.cli.options import ForceOpt
 from mtbench.errors import MtbenchError
 
 def capacity(
@@ -48,6 +49,7 @@ def capacity(
                                                          "mode's simulated saturation (0.2,0.5,...)."),
     device: str = typer.Option("auto", "--device", help="--measure: cpu, cuda, or auto."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default reports/runs/capacity-<time>)."),
+    force: ForceOpt = False,
 ) -> None:
     """Find the highest rate one GPU sustains within the SLO, per cache mode, and GPUs for a target rate.
 
@@ -100,7 +102,7 @@ def capacity(
 
         arrival_times(workload.ts, question.arrivals_at(1.0))
     if out is not None:
-        validate_out_dir(out)
+        validate_out_dir(out, force, "capacity")
     console = Console()
     progress = Progress(TextColumn("[bold]capacity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), console=Console(stderr=True))
@@ -127,7 +129,7 @@ def capacity(
                    "fleet_split": "even by user hash"},
         "result": outcome.result, "rows": outcome.rows,
     }
-    report_dir = write_report(out, summary, pd.DataFrame(outcome.points), "capacity")
+    report_dir = write_report(out, summary, pd.DataFrame(outcome.points), "capacity", force)
     console.print(capacity_table(outcome.rows, question))
     console.print(curve_table(outcome.points))
     console.print(outcome.result)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mtbench.cli.options import MaxRequestsOpt
+from mtbench.cli.options import ForceOpt, MaxRequestsOpt
 from mtbench.errors import MtbenchError
 
 DEFAULT_ROUTERS = "round-robin,random,user-hash,consistent-hash,residency"
@@ -47,6 +47,7 @@ def fleet(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (host:port); default a local ray.init()."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes / Ray CPUs (default: every core)."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default: reports/runs/fleet-<time>)."),
+    force: ForceOpt = False,
 ) -> None:
     """Simulate a fleet of cache replicas behind each router: hit ratios, load imbalance, p99, GPUs needed.
 
@@ -97,7 +98,7 @@ def fleet(
         spec.check_stepwise()
     check_backend(backend, ray_address)
     if out is not None:
-        validate_out_dir(out)
+        validate_out_dir(out, force, "fleet")
     pool = make_backend(backend, workers, ray_address)
     try:
         opened = open_trace(trace, limits=cfg.limits())
@@ -152,7 +153,7 @@ def fleet(
     }
     if target_qps is not None:
         summary["gpus_for_target"] = gpus_for_target(rows, target_qps)
-    target = write_report(out, summary, records, "fleet")
+    target = write_report(out, summary, records, "fleet", force)
     print_summary(summary, console)
     if target_qps is not None:
         for name, gpus in summary["gpus_for_target"].items():
