@@ -24,20 +24,27 @@ from mtbench.units import format_bytes
 __all__ = ["ExtentAllocator", "FIT_STRATEGIES", "Fp8RowArena", "HostArena"]
 
 
-def allocate_host(elements: int, dtype: torch.dtype, pin: bool) -> torch.Tensor:
-    """A flat host tensor, pinned when `pin`. If pinning fails, a finished run's arena may still be held
-    by garbage or by the CUDA host allocator's cache (several replays in one process: `capacity
-    --measure`): collect, release that cache where this torch has it, and try once more."""
+def allocate_host(elements: int, dtype: torch.dtype, pin: bool, capacity_bytes: int, what: str) -> torch.Tensor:
+    """A flat host tensor, pinned when `pin`; MtbenchError naming `what` if it cannot be had. If pinning
+    fails, a finished run's arena may still be held by garbage or by the CUDA host allocator's cache
+    (several replays in one process: `capacity --measure`): collect, release that cache where this
+    torch has it, and try once more."""
     try:
+        try:
+            return torch.empty(elements, dtype=dtype, pin_memory=pin)
+        except RuntimeError:
+            if not pin:
+                raise
+        gc.collect()
+        release = getattr(torch._C, "_host_emptyCache", None)
+        if release is not None:
+            release()
         return torch.empty(elements, dtype=dtype, pin_memory=pin)
-    except RuntimeError:
-        if not pin:
-            raise
-    gc.collect()
-    release = getattr(torch._C, "_host_emptyCache", None)
-    if release is not None:
-        release()
-    return torch.empty(elements, dtype=dtype, pin_memory=pin)
+    except RuntimeError as err:
+        raise MtbenchError(
+            f"cannot allocate {format_bytes(capacity_bytes)} ({capacity_bytes} bytes) of {'pinned' if pin else 'plain'} "
+            f"host memory for {what}: {str(err).splitlines()[0]}"
+        ) from None
 
 
 class HostArena:
@@ -50,14 +57,7 @@ class HostArena:
         """`allocator`: the extents' bookkeeping when someone else owns it (the control plane)."""
         element_size = torch.empty((), dtype=dtype).element_size()
         elements = int(capacity_bytes) // element_size
-        kind = "pinned" if pin else "plain"
-        try:
-            self.buffer = allocate_host(elements, dtype, pin)
-        except RuntimeError as err:
-            raise MtbenchError(
-                f"cannot allocate {format_bytes(capacity_bytes)} ({capacity_bytes} bytes) of {kind} host memory "
-                f"for the host cache: {str(err).splitlines()[0]}"
-            ) from None
+        self.buffer = allocate_host(elements, dtype, pin, capacity_bytes, "the host cache")
         self.pinned = pin
         self.element_size = element_size
         self.allocator = allocator or ExtentAllocator(elements, fit=fit, alignment=max(1, self.ALIGN_BYTES // element_size))
@@ -99,14 +99,7 @@ class Fp8RowArena:
         self.width, self.heads = heads * head_dim, heads
         self.row_bytes = fp8_row_bytes(heads, head_dim)
         rows = int(capacity_bytes) // self.row_bytes
-        try:
-            buffer = allocate_host(rows * self.row_bytes, torch.uint8, pin)
-        except RuntimeError as err:
-            raise MtbenchError(
-                f"cannot allocate {format_bytes(capacity_bytes)} ({capacity_bytes} bytes) of "
-                f"{'pinned' if pin else 'plain'} host memory for the fp8 host cache: {str(err).splitlines()[0]}"
-            ) from None
-        self.buffer = buffer
+        self.buffer = buffer = allocate_host(rows * self.row_bytes, torch.uint8, pin, capacity_bytes, "the fp8 host cache")
         self.codes = buffer[: rows * self.width].view(rows, self.width)
         self.scales = buffer[rows * self.width :].view(rows, heads)
         self.pinned = pin

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtbench.cache.control import Outcome
 from mtbench.errors import MtbenchError
 from mtbench.fleet.replica import ReplicaSpec, SimReplica
 from mtbench.sim.simulator import GPU_HIT, HOST_HIT, MISS, STALE
@@ -52,15 +51,12 @@ def stream_simulate(trace: Trace, spec: ReplicaSpec, sizer: EntrySizer, batch_ro
     key_static: list[int] = []
     replica = SimReplica(spec, key_user, key_version, sizer)
     result = StreamResult()
-    counts = [0] * len(Outcome)
     row = 0
     for frame in trace.iter_frames(STREAM_COLUMNS, batch_rows):
         n_static = frame["n_static"].to_numpy()
-        sizes = sizer.entry_bytes(n_static).tolist()
         recomputed = np.empty(len(frame), dtype=np.int64)
-        columns = zip(frame["user_id"].tolist(), frame["static_version"].tolist(), n_static.tolist(), sizes,
-                      frame["ts"].tolist())
-        for i, (user, version, static, size, t) in enumerate(columns):
+        columns = zip(frame["user_id"].tolist(), frame["static_version"].tolist(), n_static.tolist(), frame["ts"].tolist())
+        for i, (user, version, static, t) in enumerate(columns):
             key = key_of.get((user, version))
             if key is None:
                 key = key_of[(user, version)] = len(key_user)
@@ -70,8 +66,7 @@ def stream_simulate(trace: Trace, spec: ReplicaSpec, sizer: EntrySizer, batch_ro
             elif key_static[key] != static and not spec.settings.append:
                 raise MtbenchError(f"{trace.path}: row {row + i}: n_static {static} differs from an earlier request of the "
                                    f"same (user_id, static_version); a version's prefix must not change")
-            outcome, recomputed[i] = replica.serve(key, static, t)
-            counts[outcome] += 1
+            _, recomputed[i] = replica.serve(key, static, t)
         cost = spec.cost
         if cost is not None:
             result.compute_ms += float(np.sum(cost.compute_ms(frame["n_rt"].to_numpy() + frame["n_cand"].to_numpy(),
@@ -82,6 +77,7 @@ def stream_simulate(trace: Trace, spec: ReplicaSpec, sizer: EntrySizer, batch_ro
         if on_batch:
             on_batch(len(frame))
     result.requests = row
+    counts = replica.outcome_counts
     result.gpu_hits, result.host_hits, result.misses, result.stale = (
         counts[GPU_HIT], counts[HOST_HIT], counts[MISS], counts[STALE])
     result.keys = len(key_user)

@@ -99,7 +99,7 @@ class CacheService:
         n = w.n_requests
         self.outcomes = np.full(n, -1, dtype=np.int8)
         self.recomputed = w.n_static.copy()
-        self._new_tokens = (w.n_rt + w.n_cand).tolist()
+        self._new_tokens = w.n_rt + w.n_cand
         self._n_static = w.n_static.tolist()
         self._ts = w.ts.tolist()
         self._next_use = w.next_use.tolist()
@@ -110,7 +110,7 @@ class CacheService:
             host = self.setting.host_capacity if self.setting.mode == "tiered" else 0
             self._plane = ControlPlane(control_config(w, self.setting.policy, self.setting.gpu_capacity, host,
                                                       TierSettings(lookahead=1), self.cost))
-        self._held: tuple[int, BatchDecisions] | None = None  # (first request, its plan): planned, not released
+        self._held: BatchDecisions | None = None  # the last batch's plan: planned, not released
         self._budget = AutoLoadBudget() if self.setting.mode == "tiered" else None
 
     def __call__(self, start: int, end: int, early: bool) -> float:
@@ -122,18 +122,18 @@ class CacheService:
         if not early:
             self._release_held()
         requests = [Request(self._keys[i], self._n_static[i], self._ts[i], self._next_use[i]) for i in range(start, end)]
+        loaded_before = self._plane.stats.bytes_h2d
         plan = self._plane.plan(requests, self._budget.bytes() if self._budget is not None else None)
+        h2d = float(self.cost.h2d_ms(self._plane.stats.bytes_h2d - loaded_before))
         if early:
             self._release_held()
-        self._held = (start, plan)
+        self._held = plan
         self.outcomes[start:end] = [int(o) for o in plan.outcomes]
-        self.recomputed[start:end] = np.asarray(self._n_static[start:end]) - np.asarray(plan.cached)
+        self.recomputed[start:end] = self.workload.n_static[start:end] - np.asarray(plan.cached)
         compute = self._compute_ms(start, end)
         fixed = self.overhead.ms(end - start, early)
         if self._budget is not None:
             self._budget.observe(fixed + compute)  # the batch's device time without copy stalls, as the replay feeds it
-        moved = self.workload.sizer.moved_bytes
-        h2d = float(self.cost.h2d_ms(sum(moved(tokens) for tokens in self._loaded_tokens(plan))))
         return fixed + batch_price_ms(self.cost, compute, h2d)
 
     @property
@@ -141,20 +141,11 @@ class CacheService:
         return OUTCOME_NAMES[self.outcomes]
 
     def _compute_ms(self, start: int, end: int) -> float:
-        return float(np.sum(self.cost.compute_ms(np.asarray(self._new_tokens[start:end]), self.recomputed[start:end])))
-
-    @staticmethod
-    def _loaded_tokens(plan: BatchDecisions) -> list[int]:
-        """Tokens of every entry the batch copies host->GPU, once per key."""
-        seen: dict = {}
-        for request, outcome, tokens in zip(plan.requests, plan.outcomes, plan.cached):
-            if outcome is Outcome.HOST_HIT:
-                seen.setdefault(request.key, tokens)
-        return list(seen.values())
+        return float(np.sum(self.cost.compute_ms(self._new_tokens[start:end], self.recomputed[start:end])))
 
     def _release_held(self) -> None:
-        if self._held is not None and self._plane is not None:
-            self._plane.release(self._held[1])
+        if self._held is not None:
+            self._plane.release(self._held)
         self._held = None
 
 
