@@ -44,9 +44,12 @@ def _label(reports: list[Report], report: Report, text: str) -> str:
 def plot_latency_vs_load(reports: list[Report]) -> Figure:
     """p50 (dashed) and p99 (solid) latency vs offered rate per cache mode; measured points as markers;
     overloaded levels are left out (their percentiles mean nothing); the SLO as a grey line."""
-    figure = _figure(reports, "Latency vs load (simulated lines, measured markers)", (9, 5))
+    curves = _curves(reports)
+    measured_any = any((frame["source"] == "measured").any() for _, frame in curves)
+    title = "Latency vs load (simulated lines, measured markers)" if measured_any else "Latency vs load (simulated)"
+    figure = _figure(reports, title, (9, 5))
     ax = figure.subplots()
-    for variant, (report, frame) in enumerate(_curves(reports)):
+    for variant, (report, frame) in enumerate(curves):
         for mode, part in frame.groupby("cache_mode", sort=False):
             color = _mode_color(mode)
             simulated = part[(part["source"] == "simulated") & ~part["overloaded"].astype(bool)].sort_values("rate")

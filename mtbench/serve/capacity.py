@@ -33,12 +33,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mtbench.cache.control import READS_CACHE
 from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
 from mtbench.serve.arrivals import ArrivalSpec, arrival_times
 from mtbench.serve.des import closed_loop_rate, serve_queue
 from mtbench.serve.options import ServingOptions
-from mtbench.serve.service import BatchOverhead, CacheService, CacheSetting, price_records
+from mtbench.serve.service import OUTCOME_NAMES, BatchOverhead, CacheService, CacheSetting, price_records
 from mtbench.serve.stats import Timeline, serving_stats
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import Workload
@@ -322,17 +323,19 @@ def _point_fields(row: dict) -> dict:
 
 def _mode_row(server: ModeServer, max_qps: float, question: CapacityQuestion, measured: dict | None) -> dict:
     outcomes = server.outcomes[min(question.warmup, len(server.outcomes) - 1):]  # as the figures
-    counts = {name: int(np.count_nonzero(outcomes == name)) for name in ("gpu_hit", "host_hit", "miss", "stale")}
+    counts = {name: int(np.count_nonzero(outcomes == name)) for name in OUTCOME_NAMES}
     n = max(len(outcomes), 1)
     at_capacity = server.at(max_qps) if max_qps > 0 else {}
     setting = server.setting
+    hits = sum(counts[outcome.label] for outcome in READS_CACHE)
     row = {
         "run": setting.mode, "cache_mode": setting.mode, "policy": setting.policy if setting.mode != "none" else "none",
         "gpu_capacity": setting.gpu_capacity if setting.mode != "none" else 0,
         "host_capacity": setting.host_capacity if setting.mode == "tiered" else 0,
         "requests": len(outcomes), "gpu_hits": counts["gpu_hit"], "host_hits": counts["host_hit"],
+        "partial_hits": counts["partial_hit"], "host_recomputes": counts["host_recompute"],
         "misses": counts["miss"], "stale": counts["stale"],
-        "hit_ratio": (counts["gpu_hit"] + counts["host_hit"]) / n, "gpu_hit_ratio": counts["gpu_hit"] / n,
+        "hit_ratio": hits / n, "gpu_hit_ratio": counts["gpu_hit"] / n,
         "saturation_qps": server.saturation_qps, "max_qps": max_qps,
         "p50_ms": at_capacity.get("p50_ms"), "p99_ms": at_capacity.get("p99_ms"),
         "latency_at_percentile_ms": at_capacity.get("latency_at_percentile_ms"),
