@@ -9,6 +9,9 @@ from mtbench.errors import MtbenchError
 from mtbench.units import format_bytes
 
 MEMORY_HEADROOM = 0.9  # a cache may take at most this share of the memory available now
+# Triton compiles a kernel variant per 16-byte alignment of each pointer argument: views of one
+# upload at data-dependent offsets would compile new variants mid-run (seconds on the GPU each).
+UPLOAD_ALIGN_BYTES = 16
 
 
 def available_host_memory() -> int | None:
@@ -56,6 +59,28 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MtbenchError(f"--device {name}: no CUDA GPU is available on this machine (use --device cpu)")
     return device
+
+
+def aligned_numel(numel: int, element_size: int) -> int:
+    """`numel` rounded up so the next part of a packed upload starts UPLOAD_ALIGN_BYTES-aligned."""
+    step = max(1, UPLOAD_ALIGN_BYTES // element_size)
+    return -(-numel // step) * step
+
+
+def pack_aligned(parts: list[torch.Tensor]) -> torch.Tensor:
+    """One flat tensor of `parts` (one dtype) end to end, each padded to UPLOAD_ALIGN_BYTES (see there)."""
+    flat = [part.reshape(-1) for part in parts]
+    padding = [aligned_numel(p.numel(), p.element_size()) - p.numel() for p in flat]
+    pieces = [piece for p, pad in zip(flat, padding) for piece in (p, p.new_zeros(pad))]
+    return torch.cat(pieces) if pieces else torch.empty(0)
+
+
+def split_aligned(packed: torch.Tensor, numels: list[int]) -> list[torch.Tensor]:
+    """The parts of a `pack_aligned` tensor (flat), each starting UPLOAD_ALIGN_BYTES-aligned."""
+    element_size = packed.element_size()
+    padded = [aligned_numel(n, element_size) for n in numels]
+    chunks = packed.split(padded)
+    return [chunk[:n] for chunk, n in zip(chunks, numels)]
 
 
 class PinnedStaging:

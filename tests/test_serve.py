@@ -136,6 +136,45 @@ def test_a_batch_is_early_when_it_was_full_before_the_previous_one_started(seed:
     assert [(s, e) for s, e, _ in seen] == [(s, batcher.close(s, timeline.server_free[s])[0]) for s, _, _ in seen]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_warmup_is_served_before_the_clock_in_full_batches(seed: int) -> None:
+    """Warm-up requests: all queued, full batches, none shared with a timed request, all finished by time 0;
+    the timed requests then arrive from 0 as if the warm-up had never happened."""
+    rng = np.random.default_rng(seed)
+    n, warmup = 400, int(rng.integers(1, 120))
+    arrivals = np.cumsum(rng.exponential(0.002, n))
+    cost = rng.uniform(0.5, 3.0, n)
+    config = BatcherConfig(max_batch=8, max_wait_ms=1.0)
+    seen: list[tuple[int, int, bool]] = []
+
+    def service(s: int, e: int, early: bool) -> float:
+        seen.append((s, e, early))
+        return float(cost[s:e].sum())
+
+    timeline = serve_queue(arrivals, service, config, warmup=warmup)
+    cold = [(s, e) for s, e, _ in seen if s < warmup]
+    assert all(e <= warmup for _, e in cold) and cold[-1][1] == warmup
+    assert all(e - s == config.max_batch for s, e in cold[:-1])
+    full = [e - s == config.max_batch for s, e in cold]  # a last, partial warm-up batch is not known full
+    assert [early for s, _, early in seen if s < warmup] == [False] + full[1:]
+    assert np.all(timeline.finish[:warmup] <= 0) and timeline.finish[warmup - 1] == 0
+    assert timeline.arrival[0] == timeline.start[0] < 0
+    again: list[tuple[int, int, bool]] = []
+    alone = serve_queue(arrivals[warmup:] - arrivals[warmup],
+                        lambda s, e, early: again.append((s + warmup, e + warmup, early)) or float(cost[s + warmup:e + warmup].sum()),
+                        config)
+    assert again == seen[len(cold):]
+    for name in ("arrival", "start", "finish", "server_free"):
+        assert np.array_equal(getattr(timeline, name)[warmup:], getattr(alone, name))
+
+
+def test_closed_loop_rate_leaves_out_the_warmup() -> None:
+    cost = np.r_[np.full(16, 4.0), np.full(32, 1.0)]  # a slow cold start, then fast hits
+    service = (lambda s, e, early: float(cost[s:e].sum()))
+    assert closed_loop_rate(48, service, 8, warmup=16) == pytest.approx(32 / 0.032)
+    assert closed_loop_rate(48, service, 8) == pytest.approx(48 / 0.096)
+
+
 def test_batch_overhead_interpolates_serial_sizes_and_is_flat_past_the_ends() -> None:
     overhead = BatchOverhead(((1, 3.0), (4, 3.6), (16, 6.0)), pipelined=1.5)
     assert [overhead.ms(n, False) for n in (1, 2, 4, 10, 16, 64)] == pytest.approx([3.0, 3.2, 3.6, 4.8, 6.0, 6.0])

@@ -78,3 +78,34 @@ def test_bad_serving_options_exit_2_without_a_report(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "mtbench", "replay", str(flat), "--model", "tiny", "--arrivals", "trace"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 2 and "same ts" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_driver_serves_the_warmup_before_starting_the_clock(seed: int) -> None:
+    """Warm-up batches are full (the last may be partial), never cross into the timed requests, all finish
+    before the clock starts (time 0), and then the timed requests are batched from their own arrivals."""
+    import time
+
+    from mtbench.replay.batching import BATCH_COLUMNS
+    from mtbench.serve.batcher import BatcherConfig
+    from mtbench.serve.openloop import OpenLoopDriver
+
+    rng = np.random.default_rng(seed)
+    n, warmup, size = 40, int(rng.integers(1, 20)), 4
+    columns = {name: rng.integers(1, 9, n).astype(np.int64) for name in BATCH_COLUMNS}
+    driver = OpenLoopDriver(columns, np.zeros(n), BatcherConfig(max_batch=size, max_wait_ms=0.0), 50.0, "test",
+                            warmup=warmup)
+    served: list[tuple[int, int, bool]] = []
+    batch, early = driver.after(None, None), False
+    while batch is not None:
+        served.append((int(batch.request_index[0]), int(batch.request_index[-1]) + 1, early))
+        early = driver.ahead() is not None
+        batch = driver.after(batch, time.perf_counter())
+    cold = [(s, e) for s, e, _ in served if s < warmup]
+    expected = [(s, min(s + size, warmup)) for s in range(0, warmup, size)]
+    expected += [(s, min(s + size, n)) for s in range(warmup, n, size)]
+    assert [(s, e) for s, e, _ in served] == expected
+    assert cold and all(e - s == size for s, e in cold[:-1])
+    assert [flag for *_, flag in served] == [False] + [e - s == size and s != warmup for s, e, _ in served[1:]]
+    assert np.all(driver.finish_s[:warmup] <= 0) and np.all(driver.start_s[warmup:] >= 0)
+    assert np.all(driver.arrival_s[:warmup] <= driver.start_s[:warmup]) and np.all(driver.arrival_s[warmup:] == 0)

@@ -40,7 +40,7 @@ def capacity(
     seed: int = typer.Option(0, "--seed", help="Poisson arrivals seed (and model weights with --measure)."),
     target_qps: Optional[float] = typer.Option(None, "--target-qps", help="Also size the fleet for this rate."),
     max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Use only the first N requests."),
-    warmup: Optional[int] = typer.Option(None, "--warmup", help="Requests left out of the figures (default: a tenth)."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Requests that fill the cache before the clock starts, left out of the figures (default: a tenth)."),
     measure: bool = typer.Option(False, "--measure", help="Check each mode's answer with the real open-loop replay."),
     measure_rates: Optional[str] = typer.Option(None, "--measure-rates",
                                                 help="With --measure: also replay at these rates (r1,r2,...)."),

@@ -67,7 +67,7 @@ def replay(
     baseline: bool = typer.Option(False, "--baseline", help="Also run no-cache, GPU-only and --sync baselines."),
     verify: int = typer.Option(0, "--verify", help="Re-run N sampled requests with the full forward and check."),
     max_requests: MaxRequestsOpt = None,
-    warmup: int = typer.Option(0, "--warmup", help="Leave the batches of the first N requests out of the figures."),
+    warmup: int = typer.Option(0, "--warmup", help="Leave the batches of the first N requests out of the figures (open loop: served before the clock starts)."),
     page_tokens: int = typer.Option(32, "--page-tokens", help="Tokens per GPU pool page."),
     seed: int = typer.Option(0, "--seed", help="Model weights and verify sampling seed."),
     load_budget: str = typer.Option("auto", "--load-budget",

@@ -12,7 +12,7 @@ from dataclasses import fields, replace
 
 import torch
 
-from mtbench.device import PINNED_STAGING
+from mtbench.device import PINNED_STAGING, pack_aligned, split_aligned
 from mtbench.model.batch import GroupFeatures, RequestBatch
 
 
@@ -36,8 +36,8 @@ def batch_to_device(batch: RequestBatch, device: torch.device) -> RequestBatch:
     moved: dict[int, torch.Tensor] = {}
     for dtype in {tensor.dtype for _, _, tensor in slots}:
         group = [(index, tensor) for index, (_, _, tensor) in enumerate(slots) if tensor.dtype == dtype]
-        packed = PINNED_STAGING.upload(torch.cat([tensor.reshape(-1) for _, tensor in group]), device)
-        pieces = packed.split([tensor.numel() for _, tensor in group])
+        packed = PINNED_STAGING.upload(pack_aligned([tensor for _, tensor in group]), device)
+        pieces = split_aligned(packed, [tensor.numel() for _, tensor in group])
         for (index, tensor), piece in zip(group, pieces):
             moved[index] = piece.view(tensor.shape)
     changes: dict[str, object] = {}

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import kernels
-from mtbench.device import PINNED_STAGING
+from mtbench.device import PINNED_STAGING, pack_aligned, split_aligned
 from mtbench.model.batch import GROUP_C, RequestBatch
 from mtbench.model.device_batch import batch_to_device
 from mtbench.model.features import FEATURE_COLUMNS
@@ -101,12 +101,14 @@ class PooledInputs:
             np.concatenate([self.row_ids, np.zeros((extra_rows, FEATURE_COLUMNS), np.int32)]))
 
     def packed(self) -> np.ndarray:
-        return np.concatenate([np.ascontiguousarray(getattr(self, name), dtype=np.int32).reshape(-1) for name in _FIELDS])
+        """Every field as int32, end to end, each starting 16-byte aligned (`mtbench.device.pack_aligned`)."""
+        return pack_aligned([torch.from_numpy(np.ascontiguousarray(getattr(self, name), dtype=np.int32))
+                             for name in _FIELDS]).numpy()
 
     def views(self, packed: torch.Tensor, src_rows: torch.Tensor) -> tuple[RowLayout, PoolIO, torch.Tensor]:
         """Row layout, pool IO and row feature ids as views into `packed` (a device copy of `packed()`)."""
         sizes = [getattr(self, name).size for name in _FIELDS]
-        parts = dict(zip(_FIELDS, packed.split(sizes)))
+        parts = dict(zip(_FIELDS, split_aligned(packed, sizes)))
         rows = RowLayout(parts["offsets"], parts["n_new_static"], parts["n_rt"], parts["group_ids"], None)
         pool = PoolIO(self.kv, parts["page_table"].view(self.page_table.shape), parts["lengths"],
                       parts["store_k_rows"], parts["store_v_rows"], src_rows[: self.num_rows])
@@ -202,8 +204,8 @@ class ForwardGraphs:
             graph.replay()
         head.replay()
         self.replays += 1
-        candidates = PINNED_STAGING.upload(torch.cat([batch.cand.rows, batch.cand_offsets]), bucket.packed.device)
-        rows, offsets = candidates.split([batch.cand.rows.numel(), batch.cand_offsets.numel()])
+        candidates = PINNED_STAGING.upload(pack_aligned([batch.cand.rows, batch.cand_offsets]), bucket.packed.device)
+        rows, offsets = split_aligned(candidates, [batch.cand.rows.numel(), batch.cand_offsets.numel()])
         return model.scores(bucket.logits.index_select(0, rows), offsets, bucket.hidden[: inputs.num_rows])
 
     def capture_buckets(self, model: MTGR, inputs: PooledInputs, smallest_rows: int) -> None:

@@ -5,8 +5,8 @@ Per cache mode (`ModeServer`): the discrete-event simulator serves the requests 
 rate (`serve_queue`); each batch it closes is decided by the control plane and priced by the cost
 model plus a fixed cost per batch (`mtbench.serve.service.CacheService`). A rate *meets the SLO* when the run is not overloaded and the latency
 at `percentile` (over the requests after warm-up) is at most `slo_ms`. The search:
-- saturation = closed-loop throughput (full batches back to back): no open-loop rate above it is
-  sustainable;
+- saturation = closed-loop throughput (full batches back to back) of the requests after warm-up: no
+  open-loop rate above it is sustainable;
 - the SLO rate is bisected on a log scale between 1% of saturation and saturation (excluded), assuming a rate
   meets the SLO when a higher one does (tail latency grows with load) until it brackets the answer
   within `SEARCH_PRECISION`.
@@ -45,6 +45,7 @@ from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import Workload
 
 SEARCH_PRECISION = 0.005  # relative width of the final bracket of the SLO rate
+READS_CACHE_NAMES = sorted(outcome.label for outcome in READS_CACHE)
 LOWEST_FRACTION = 0.01  # of saturation: below this the SLO is called unreachable
 CURVE_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0, 1.1)
 
@@ -93,7 +94,8 @@ class ModeServer:
         self.workload, self.setting, self.question, self.mode_cost = workload, setting, question, mode_cost
         self.tokens = workload.n_static + workload.n_rt + workload.n_cand
         saturated = self._service()
-        self.saturation_qps = closed_loop_rate(workload.n_requests, saturated, question.serving.batcher.max_batch)
+        self.saturation_qps = closed_loop_rate(workload.n_requests, saturated, question.serving.batcher.max_batch,
+                                               question.warmup)
         self.outcomes = saturated.outcome_names
         self._rows: dict[float, dict] = {}
 
@@ -106,7 +108,7 @@ class ModeServer:
             question = self.question
             arrivals = arrival_times(self.workload.ts, question.arrivals_at(rate))
             service = self._service()
-            timeline = serve_queue(arrivals, service, question.serving.batcher, self.tokens)
+            timeline = serve_queue(arrivals, service, question.serving.batcher, self.tokens, question.warmup)
             self._rows[rate] = point_row(timeline, service.outcome_names, question, rate)
         return self._rows[rate]
 
@@ -129,6 +131,7 @@ def point_row(timeline: Timeline, outcomes: np.ndarray, question: CapacityQuesti
     serving = question.serving
     row = {"rate": rate, **serving_stats(timed, outcomes[keep], serving.slo_ms, serving.batcher.max_batch)}
     latency = timed.latency_ms
+    row["hit_ratio"] = float(np.isin(outcomes[keep], READS_CACHE_NAMES).mean()) if len(latency) else None
     at_percentile = float(np.percentile(latency, question.percentile)) if len(latency) else math.inf
     row["latency_at_percentile_ms"] = None if row["overloaded"] else at_percentile
     row["meets_slo"] = bool(not row["overloaded"] and at_percentile <= serving.slo_ms)
@@ -216,7 +219,7 @@ class MeasureContext:
         label, config = planned_runs(setup)[0]
         serving = replace(self.question.serving, arrivals=self.question.arrivals_at(rate))
         feed = open_loop_feeds(serving, setup.options)(self.trace)
-        total = len(feed.arrivals)
+        total = feed.n
         progress = self.progress(f"{label} @ {rate:,.0f}/s", total) if self.progress else None
         result = replay_run(self.model, self.trace, config, setup.options, label, progress, feed=feed)
         timed = result.records[~result.records["warmup"].to_numpy(dtype=bool)]

@@ -10,6 +10,10 @@ GPU is free, and wait in a queue for the dynamic batcher.
   (the queue is the cache's lookahead). A batch is finished when its end marker completed: on CUDA
   the driver synchronises the batch's end event and reads the host clock (the scores are then on
   the device and their small copy to the host is issued next), on the CPU it is the end time itself.
+- Warm-up (`ReplayOptions.warmup` requests) fills the cache before the clock starts, exactly as the
+  simulator does it (`mtbench.serve.des`): those requests are all queued at once and served in full
+  batches, and the load generator starts when the last of them finished (request `warmup` arrives at
+  0). A cold cache's backlog (misses are slow) thus never spills into the timed requests' latency.
 - Latency of a request = its batch's finish - its scheduled arrival (so a late load generator never
   hides queueing); the records get `arrival_s`, `start_s`, `finish_s`, `service_ms` (the batch's
   device time) and `latency_ms` becomes the open-loop latency; the run's row gets the serving fields
@@ -31,6 +35,7 @@ from mtbench.replay.batching import BATCH_COLUMNS, TraceBatch
 from mtbench.replay.engine import ReplayOptions, RunResult
 from mtbench.serve.arrivals import arrival_times
 from mtbench.serve.batcher import BatcherConfig, DynamicBatcher
+from mtbench.serve.des import warmup_batcher
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.stats import Timeline, serving_stats
 from mtbench.trace import Trace, open_trace
@@ -50,12 +55,13 @@ class LoadGenerator:
         self.released = 0
         self.lag_s = np.zeros(len(arrivals))
         self.t0 = 0.0
+        self.started = False
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mtbench-load-generator", daemon=True)
 
     def start(self, t0: float) -> None:
-        self.t0 = t0
+        self.t0, self.started = t0, True
         self._thread.start()
 
     def stop(self) -> None:
@@ -90,25 +96,33 @@ class LoadGenerator:
 class OpenLoopDriver:
     """Feeds the replay engine batches of requests that arrive in real time (see module docstring).
 
-    Data: the replayed requests' columns in trace (= FIFO) order, their arrival times, the batcher,
-    and per request `start_s`/`finish_s`/`free_s` (seconds since t0: its batch's start and finish, and
-    when the server became free before that batch), filled as batches are served.
-    Invariant: batches are handed out in FIFO order, each once; `head` is the first request not yet
-    handed out; `early` is a batch handed out by `ahead` and not yet by `after`.
+    Data: the replayed requests' columns in trace (= FIFO) order; the warm-up's batcher (its requests
+    all queued at once) and the timed requests' batcher over their arrival times (the first timed
+    request at 0); per request `arrival_s`/`start_s`/`finish_s`/`free_s` (seconds since t0, the start of
+    the timed requests' clock: arrival, its batch's start and finish, and when the server became free
+    before that batch), filled as batches are served.
+    Invariant: batches are handed out in FIFO order, each once, none across the warm-up's end; `head`
+    is the first request not yet handed out; `early` is a batch handed out by `ahead` and not yet by
+    `after`; the load generator starts when the last warm-up batch finished.
     """
 
     def __init__(self, columns: dict[str, np.ndarray], arrivals: np.ndarray, batcher: BatcherConfig,
-                 slo_ms: float, description: str, pipelined: bool = True) -> None:
+                 slo_ms: float, description: str, pipelined: bool = True, warmup: int = 0) -> None:
         self.columns = columns
-        self.arrivals = arrivals
-        tokens = columns["n_static"] + columns["n_rt"] + columns["n_cand"]
-        self.batcher = DynamicBatcher(arrivals, tokens, batcher)
-        self.config, self.slo_ms, self.description, self.pipelined = batcher, slo_ms, description, pipelined
-        self.generator = LoadGenerator(arrivals)
         n = len(arrivals)
+        self.n, self.warmup = n, min(max(warmup, 0), n)
+        tokens = columns["n_static"] + columns["n_rt"] + columns["n_cand"]
+        timed_arrivals = np.asarray(arrivals[self.warmup:], dtype=np.float64)
+        timed_arrivals = timed_arrivals - (timed_arrivals[0] if len(timed_arrivals) else 0.0)
+        self.cold = DynamicBatcher(np.zeros(self.warmup), tokens[: self.warmup], warmup_batcher(batcher))
+        self.batcher = DynamicBatcher(timed_arrivals, tokens[self.warmup:], batcher)
+        self.config, self.slo_ms, self.description, self.pipelined = batcher, slo_ms, description, pipelined
+        self.generator = LoadGenerator(timed_arrivals)
+        self.arrival_s = np.concatenate([np.full(self.warmup, np.nan), timed_arrivals])
         self.start_s, self.finish_s, self.free_s = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-        self.head, self.number, self.free_at = 0, 0, 0.0
+        self.head, self.number, self.free_at = 0, 0, -np.inf
         self.early: TraceBatch | None = None
+        self._warm_began = 0.0
 
     def _now(self) -> float:
         return time.perf_counter() - self.generator.t0
@@ -121,32 +135,55 @@ class OpenLoopDriver:
         return batch
 
     def ahead(self) -> TraceBatch | None:
-        if not self.pipelined or self.early is not None or self.head >= self.batcher.n:
+        """The next batch, handed out now if it is already full (the simulator's `early` rule)."""
+        if not self.pipelined or self.early is not None or self.head >= self.n:
             return None
-        room = self.batcher.room(self.head)
-        if self.generator.released >= room and self.batcher.full_at(self.head, room) <= self._now():
-            self.early = self._take(room)
+        if self.head < self.warmup:
+            batcher, first, offset = self.cold, self.head, 0
+        elif self.generator.started:
+            batcher, first, offset = self.batcher, self.head - self.warmup, self.warmup
+        else:
+            return None
+        room = batcher.room(first)
+        released = room if batcher is self.cold else self.generator.released
+        if released >= room and batcher.full_at(first, room) <= self._now():
+            self.early = self._take(offset + room)
         return self.early
 
     def after(self, done: TraceBatch | None, end: object) -> TraceBatch | None:
         if done is None:
-            self.generator.start(time.perf_counter())
+            self._warm_began = time.perf_counter()
         else:
             self.free_at = self._finished_at(end)
             self.finish_s[done.request_index] = self.free_at
         if self.early is not None:
             batch, self.early = self.early, None
             began = self.free_at
-        elif self.head < self.batcher.n:
-            last, closes = self.batcher.close(self.head, self._now())
+        elif self.head < self.warmup:
+            batch, began = self._take(self.cold.room(self.head)), self._now()
+        elif self.head < self.n:
+            if not self.generator.started:
+                self._start_clock()
+            last, closes = self.batcher.close(self.head - self.warmup, self._now())
             self.generator.wait(last, closes)
-            batch, began = self._take(last), self._now()
+            batch, began = self._take(self.warmup + last), self._now()
         else:
             self.generator.stop()
             return None
         self.start_s[batch.request_index] = began
-        self.free_s[batch.request_index] = self.free_at if done is not None else -np.inf
+        self.free_s[batch.request_index] = self.free_at
         return batch
+
+    def _start_clock(self) -> None:
+        """Start the timed requests' clock now: the warm-up's times (absolute until now) move onto it,
+        its requests arriving when it began; the server is idle at 0, as in `serve_queue`."""
+        t0 = time.perf_counter()
+        warm = slice(0, self.warmup)
+        for times in (self.start_s, self.finish_s, self.free_s):
+            times[warm] -= t0
+        self.arrival_s[warm] = self._warm_began - t0
+        self.free_at = -np.inf
+        self.generator.start(t0)
 
     def _finished_at(self, end: object) -> float:
         if isinstance(end, float):  # the CPU clock's marker is the perf_counter time itself
@@ -160,7 +197,7 @@ class OpenLoopDriver:
         records = result.records.sort_values("request_index", kind="stable").reset_index(drop=True)
         index = records["request_index"].to_numpy()
         records["service_ms"] = records["latency_ms"]
-        records["arrival_s"] = self.arrivals[index]
+        records["arrival_s"] = self.arrival_s[index]
         records["start_s"] = self.start_s[index]
         records["finish_s"] = self.finish_s[index]
         records["latency_ms"] = (records["finish_s"] - records["arrival_s"]) * 1e3
@@ -190,7 +227,8 @@ def saturated_feed(trace: Trace, options: ReplayOptions, batcher: BatcherConfig,
     throughput."""
     columns = replay_columns(trace, options.max_requests)
     saturated = replace(batcher, max_batch=options.batch_size, max_wait_ms=0.0)
-    return OpenLoopDriver(columns, np.zeros(len(columns["ts"])), saturated, slo_ms, "saturated", pipelined)
+    return OpenLoopDriver(columns, np.zeros(len(columns["ts"])), saturated, slo_ms, "saturated", pipelined,
+                          options.warmup)
 
 
 def open_loop_feeds(serving: ServingOptions, options: ReplayOptions) -> Callable[[Trace], OpenLoopDriver]:
@@ -200,7 +238,8 @@ def open_loop_feeds(serving: ServingOptions, options: ReplayOptions) -> Callable
     def make(trace: Trace) -> OpenLoopDriver:
         columns = replay_columns(trace, options.max_requests)
         arrivals = arrival_times(columns["ts"], serving.arrivals)
-        return OpenLoopDriver(columns, arrivals, batcher, serving.slo_ms, serving.arrivals.describe())
+        return OpenLoopDriver(columns, arrivals, batcher, serving.slo_ms, serving.arrivals.describe(),
+                              warmup=options.warmup)
 
     return make
 
