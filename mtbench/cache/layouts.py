@@ -86,7 +86,7 @@ class HostLayout(ABC):
         self.shape = shape
         self.width = shape.heads * shape.head_dim  # elements of one K or V row (one token, one layer)
         self.arena: HostArena | None = None  # set by the TransferEngine that uses this layout
-        self._staging: dict[bool, torch.Tensor] = {}  # store? -> [capacity rows, H * D] device buffer
+        self._staging: dict[bool, torch.Tensor] = {}  # store? -> reused device buffer (`_reused_staging`)
 
     def _staging_rows(self, n_rows: int, device: torch.device, store: bool = False) -> torch.Tensor:
         """The first `n_rows` rows of [H * D] of a reused device staging buffer (`_reused_staging`)."""
@@ -352,7 +352,7 @@ class Fp8ZeroCopyLayout(ZeroCopyLayout):
 
 
 @dataclass
-class _StagedBatch:
+class StagedBatch:
     """Where a batch's fp8 blocks sit in one layer's staging: entry j's block (2n_j rows: codes, then
     scales) at bytes [bases[j], bases[j] + sizes[j]), every base a multiple of `ALIGN_BYTES`; and, per
     staged row (job after job, K then V tokens), its code start (in units of `align` bytes), its scale
@@ -410,7 +410,7 @@ class Fp8HybridLayout(HybridLayout):
     def reserve(self, n_tokens, device):
         self._staging_bytes(2 * n_tokens * self.row_bytes, device)
 
-    def _staged_batch(self, jobs: list[TransferJob], device: torch.device) -> _StagedBatch:
+    def staged_batch(self, jobs: list[TransferJob], device: torch.device) -> StagedBatch:
         """The staging plan of `jobs` (the same for every layer), its per-row indices on `device` in one copy."""
         width, heads = self.width, self.shape.heads
         bases, sizes, code_at, scale_at = [], [], [], []
@@ -427,7 +427,7 @@ class Fp8HybridLayout(HybridLayout):
         indices = np.stack([np.concatenate(code_at), np.concatenate(scale_at), pool_rows])
         small = int(indices.max(initial=0)) < 2**31
         indices = to_device_async(torch.from_numpy(indices.astype(np.int32) if small else indices), device)
-        return _StagedBatch(bases, sizes, base, indices[0], indices[1], indices[2])
+        return StagedBatch(bases, sizes, base, indices[0], indices[1], indices[2])
 
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
         """Per layer: one copy per entry of its block into the staging, then ONE dequantise + scatter
@@ -436,7 +436,7 @@ class Fp8HybridLayout(HybridLayout):
             for layer in range(self.shape.layers):
                 layer_done(layer)
             return
-        batch = self._staged_batch(jobs, pool.device)
+        batch = self.staged_batch(jobs, pool.device)
         staging = self._staging_bytes(batch.layer_bytes, pool.device)
         staged, blocks = batch.rows(staging, self.shape.heads, self.align), batch.blocks(staging)
         for layer in range(self.shape.layers):
@@ -447,7 +447,7 @@ class Fp8HybridLayout(HybridLayout):
     def store_many(self, jobs, views, pool, non_blocking):
         """Per layer: ONE gather + quantise launch of every entry's K and V rows into that layer's part of
         the store staging, then one copy per entry of its block into its extent of that layer."""
-        batch = self._staged_batch(jobs, pool.device)
+        batch = self.staged_batch(jobs, pool.device)
         staging = self._staging_bytes(self.shape.layers * batch.layer_bytes, pool.device, store=True)
         for layer in range(self.shape.layers):
             layer_staging = staging[layer * batch.layer_bytes : (layer + 1) * batch.layer_bytes]
