@@ -26,9 +26,12 @@ from test_model_pooled import PAGE, _forward, _inputs
 from test_replay import make_trace
 
 
-def _random_pool(gen: torch.Generator, shape: KVShape, pages: int) -> PagedKVPool:
+CUDA = torch.cuda.is_available()
+
+
+def _random_pool(gen: torch.Generator, shape: KVShape, pages: int, device: str = "cpu") -> PagedKVPool:
     """A pool of random K/V whose heads span 8 decades (scales differ per token and head)."""
-    pool = PagedKVPool(shape, pages * shape.page_bytes, "cpu")
+    pool = PagedKVPool(shape, pages * shape.page_bytes, device)
     values = torch.randn(pool.kv.shape, generator=gen)
     values *= 10.0 ** (8 * torch.rand(*pool.kv.shape[:-1], 1, generator=gen) - 4)
     pool.kv.copy_(values)
@@ -51,25 +54,28 @@ def _jobs(arena: Fp8RowArena, layout, token_counts: list[int], sources: list[lis
 
 
 def _tokens(pool: PagedKVPool, job: TransferJob, layer: int) -> torch.Tensor:
-    """[2n, H, D]: the job's K tokens then V tokens at `layer`, read from its pages."""
+    """[2n, H, D] on the CPU: the job's K tokens then V tokens at `layer`, read from its pages."""
     slots = pool.host_slots(job.pages, job.placement.n_tokens)
     page_tokens = pool.shape.page_tokens
-    kv = pool.kv[layer][slots // page_tokens, :, slots % page_tokens]  # [n, 2, H, D]
+    kv = pool.kv[layer].cpu()[slots // page_tokens, :, slots % page_tokens]  # [n, 2, H, D]
     return kv.transpose(0, 1).reshape(-1, pool.shape.heads, pool.shape.head_dim)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not CUDA, reason="needs CUDA")])])
 @pytest.mark.parametrize("seed", range(3))
-def test_hybrid_fp8_round_trip_equals_the_zero_copy_layout(seed: int) -> None:
+def test_hybrid_fp8_round_trip_equals_the_zero_copy_layout(seed: int, device: str) -> None:
     """Store the same pool pages through both fp8 layouts: every extent holds the reference quantisation
     of its tokens (the same codes and scales in either layout); reloading fills fresh pages with identical
-    values, within the error bound of the originals; the bytes counted are the fp8 rows'."""
+    values, within the error bound of the originals; the bytes counted are the fp8 rows'. On CUDA: pinned
+    arena, side streams, the loader thread (odd seeds) and the Triton kernels."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     heads, head_dim = int(rng.integers(1, 4)), int(rng.choice([4, 6, 8, 16]))
     shape = KVShape(layers=int(rng.integers(1, 4)), heads=heads, head_dim=head_dim, dtype=torch.bfloat16,
                     page_tokens=int(rng.choice([2, 4, 8])))
     token_counts = rng.integers(1, 20, int(rng.integers(1, 6))).tolist()
-    pool = _random_pool(gen, shape, 3 * sum(shape.pages_for(n) for n in token_counts) + 2)
+    pool = _random_pool(gen, shape, 3 * sum(shape.pages_for(n) for n in token_counts) + 2, device)
     row_bytes = fp8_row_bytes(heads, head_dim)
     arena_rows = 2 * shape.layers * sum(token_counts) + int(rng.integers(0, 20))
     hybrid, zerocopy = make_layout("hybrid", shape, "fp8"), make_layout("zerocopy", shape, "fp8")
@@ -79,11 +85,14 @@ def test_hybrid_fp8_round_trip_equals_the_zero_copy_layout(seed: int) -> None:
     sources = _sources(gen, pool, token_counts)
     reloaded = {}
     for layout in (hybrid, zerocopy):
-        arena = Fp8RowArena((arena_rows + 3) * row_bytes, heads, head_dim, pin=False)
+        arena = Fp8RowArena((arena_rows + 3) * row_bytes, heads, head_dim, pin=device == "cuda")
         arena.allocate(int(rng.integers(1, 4)))  # extents start past row 0: blocks at odd byte offsets
         engine = TransferEngine(pool, arena, layout, load_thread=bool(seed % 2))
         jobs = _jobs(arena, layout, token_counts, sources)
         handles = engine.store_many(jobs)
+        for handle in handles:
+            if handle.event is not None:
+                handle.event.synchronize()
         assert all(h is not None and h.done() for h in handles)
         assert sum(h.bytes_moved for h in handles) == sum(token_counts) * 2 * shape.layers * row_bytes
         for job in jobs:

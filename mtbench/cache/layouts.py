@@ -408,7 +408,8 @@ class Fp8HybridLayout(HybridLayout):
         return self._reused_staging(n_bytes, (), torch.uint8, device, store)
 
     def reserve(self, n_tokens, device):
-        self._staging_bytes(2 * n_tokens * self.row_bytes, device)
+        """Room for n_tokens of blocks, each padded to ALIGN_BYTES (at most one pad per token)."""
+        self._staging_bytes(n_tokens * (2 * self.row_bytes + ALIGN_BYTES), device)
 
     def staged_batch(self, jobs: list[TransferJob], device: torch.device) -> StagedBatch:
         """The staging plan of `jobs` (the same for every layer), its per-row indices on `device` in one copy."""
