@@ -15,7 +15,10 @@ from types import ModuleType
 import torch
 
 from kernels.copy_rows_ref import copy_rows_reference
-from kernels.fp8_rows_ref import dequantize_rows_reference, quantize_rows_reference
+from kernels.fp8_rows_ref import (
+    StagedFp8Rows, dequantize_rows_reference, dequantize_scatter_reference, gather_quantize_reference,
+    quantize_rows_reference,
+)
 from kernels.group_layernorm_ref import group_layernorm_reference
 from kernels.hstu_attention_ref import AttentionSpec, Prefix, hstu_attention_reference
 from kernels.page_copy_ref import gather_from_pages_reference, scatter_to_pages_reference
@@ -114,3 +117,20 @@ def dequantize_rows_fp8(codes: torch.Tensor, scales: torch.Tensor, src_rows: tor
         _triton_module("fp8_rows_triton").dequantize_rows_triton(codes, scales, src_rows, dst, dst_rows)
     else:
         dequantize_rows_reference(codes, scales, src_rows, dst, dst_rows)
+
+
+def dequantize_scatter_fp8(staged: StagedFp8Rows, dst: torch.Tensor, dst_rows: torch.Tensor, impl: str = "auto") -> None:
+    """dst[dst_rows[i]] = dequantised staged row i (rows anywhere in one flat uint8 buffer, e.g. device
+    staging the copy engine filled); see fp8_rows_ref.py."""
+    if _use_triton(dst, impl):
+        _triton_module("fp8_rows_triton").dequantize_scatter_triton(staged, dst, dst_rows)
+    else:
+        dequantize_scatter_reference(staged, dst, dst_rows)
+
+
+def gather_quantize_fp8(src: torch.Tensor, src_rows: torch.Tensor, staged: StagedFp8Rows, impl: str = "auto") -> None:
+    """staged row i = e4m3 quantisation of src[src_rows[i]] (one scale per head); see fp8_rows_ref.py."""
+    if _use_triton(src, impl):
+        _triton_module("fp8_rows_triton").gather_quantize_triton(src, src_rows, staged)
+    else:
+        gather_quantize_reference(src, src_rows, staged)

@@ -24,9 +24,21 @@ entry, valid destination indices are distinct):
         codes[dst_rows[i]], scales[dst_rows[i]] = quantise(src[src_rows[i]])
     dequantize_rows(codes [N, W] uint8, scales [N, H] uint8, src_rows, dst [M, W], dst_rows)
         dst[dst_rows[i]] = dequantise(codes[src_rows[i]], scales[src_rows[i]])
+
+Staged rows (`StagedFp8Rows`: the same rows anywhere in one flat uint8 buffer, e.g. device staging that
+whole host extents were copied into, each extent's codes then its scales): row i's W codes sit at byte
+`code_starts[i] * align` and its H scale exponents at byte `scale_starts[i]`. The fused copies between
+staged rows and a float tensor's indexed rows (a negative float-side row or code start skips the entry;
+valid float-side rows are distinct, staged rows do not overlap):
+    dequantize_scatter(staged, dst [M, W], dst_rows)   dst[dst_rows[i]] = dequantise(staged row i)
+    gather_quantize(src [N, W], src_rows, staged)      staged row i = quantise(src[src_rows[i]])
+`align` only tells the kernel how the codes are aligned (it vectorises on it): 16 when every code start
+is a multiple of 16 bytes.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -135,3 +147,89 @@ def dequantize_rows_reference(codes: torch.Tensor, scales: torch.Tensor, src_row
     q = codes.index_select(0, take.to(codes.device)).view(-1, heads, codes.shape[1] // heads)
     e = scales.index_select(0, take.to(scales.device))
     dst.index_copy_(0, put.to(dst.device), dequantize_fp8_reference(q, e, dst.dtype).view(-1, dst.shape[1]).to(dst.device))
+
+
+@dataclass(frozen=True)
+class StagedFp8Rows:
+    """R quantised rows in one flat uint8 `buffer` (module docstring): codes of row i at byte
+    `code_starts[i] * align`, its `heads` scale exponents at byte `scale_starts[i]`."""
+
+    buffer: torch.Tensor
+    code_starts: torch.Tensor
+    scale_starts: torch.Tensor
+    heads: int
+    align: int = 1
+
+    @property
+    def num_rows(self) -> int:
+        return self.code_starts.numel()
+
+
+def code_alignment(width: int, at_most: int = 16) -> int:
+    """The largest power of two <= `at_most` dividing `width`: the alignment of code rows laid end to
+    end from an aligned start (what `StagedFp8Rows.align` can promise for them)."""
+    align = 1
+    while align < at_most and width % (2 * align) == 0:
+        align *= 2
+    return align
+
+
+def validate_staged_args(rows_f: torch.Tensor, f_rows: torch.Tensor, staged: StagedFp8Rows) -> None:
+    """Raise ValueError naming the first argument that breaks the staged-rows contract."""
+    buffer = staged.buffer
+    if buffer.dtype != torch.uint8 or buffer.dim() != 1 or (buffer.numel() > 1 and buffer.stride(0) != 1):
+        raise ValueError(f"fp8 staged rows: the buffer must be a contiguous 1-d uint8 tensor, got {buffer.dtype} "
+                         f"{tuple(buffer.shape)}")
+    if rows_f.dim() != 2 or (rows_f.shape[1] > 1 and rows_f.stride(1) != 1):
+        raise ValueError(f"fp8 staged rows: float rows must be 2-d with unit inner stride, got {tuple(rows_f.shape)}")
+    if rows_f.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"fp8 staged rows: float rows must be fp16/bf16/fp32, got {rows_f.dtype}")
+    if staged.heads < 1 or rows_f.shape[1] % staged.heads:
+        raise ValueError(f"fp8 staged rows: {staged.heads} heads do not divide rows of {rows_f.shape[1]}")
+    if staged.align < 1:
+        raise ValueError(f"fp8 staged rows: align must be >= 1, got {staged.align}")
+    for name, rows in (("float-side rows", f_rows), ("code starts", staged.code_starts),
+                       ("scale starts", staged.scale_starts)):
+        if rows.dim() != 1 or rows.dtype not in INDEX_DTYPES:
+            raise ValueError(f"fp8 staged rows: {name} must be a 1-d int32/int64 tensor, got {rows.dtype} {tuple(rows.shape)}")
+        if rows.numel() != f_rows.numel():
+            raise ValueError(f"fp8 staged rows: {name} has {rows.numel()} entries, the float-side rows {f_rows.numel()}")
+
+
+def _staged_bytes(staged: StagedFp8Rows, take: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Byte indices into `staged.buffer` of the codes [n, W] and scales [n, H] of staged rows `take`."""
+    device = staged.buffer.device
+    code_at = staged.code_starts.to(device)[take].long() * staged.align
+    scale_at = staged.scale_starts.to(device)[take].long()
+    return (code_at[:, None] + torch.arange(width, device=device),
+            scale_at[:, None] + torch.arange(staged.heads, device=device))
+
+
+def _staged_pairs(f_rows: torch.Tensor, staged: StagedFp8Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float-side rows, staged row numbers) of the entries that are not skipped."""
+    f_rows = f_rows.to(staged.buffer.device)
+    valid = (f_rows >= 0) & (staged.code_starts.to(f_rows.device) >= 0)
+    return f_rows[valid].long(), valid.nonzero().flatten()
+
+
+def dequantize_scatter_reference(staged: StagedFp8Rows, dst: torch.Tensor, dst_rows: torch.Tensor) -> None:
+    """dst[dst_rows[i]] = dequantise(staged row i) for every entry not skipped (module docstring)."""
+    validate_staged_args(dst, dst_rows, staged)
+    put, take = _staged_pairs(dst_rows, staged)
+    width = dst.shape[1]
+    code_at, scale_at = _staged_bytes(staged, take, width)
+    q = staged.buffer[code_at].view(-1, staged.heads, width // staged.heads)
+    values = dequantize_fp8_reference(q, staged.buffer[scale_at], dst.dtype).view(-1, width)
+    dst.index_copy_(0, put.to(dst.device), values.to(dst.device))
+
+
+def gather_quantize_reference(src: torch.Tensor, src_rows: torch.Tensor, staged: StagedFp8Rows) -> None:
+    """staged row i = quantise(src[src_rows[i]]) for every entry not skipped (module docstring)."""
+    validate_staged_args(src, src_rows, staged)
+    take_f, rows = _staged_pairs(src_rows, staged)
+    width = src.shape[1]
+    values = src.index_select(0, take_f.to(src.device)).view(-1, staged.heads, width // staged.heads)
+    q, e = quantize_fp8_reference(values)
+    code_at, scale_at = _staged_bytes(staged, rows, width)
+    staged.buffer[code_at.flatten()] = q.flatten().to(staged.buffer.device)
+    staged.buffer[scale_at.flatten()] = e.flatten().to(staged.buffer.device)

@@ -5,6 +5,10 @@ whole heads and computes their scales in registers; entries with a negative inde
 grid depends on the entry count only (CUDA-graph friendly), exactly like copy_rows_triton.py. Like
 copy_rows, the fp8 side may be a pinned host tensor read or written in place over PCIe (zero-copy):
 `dequantize_rows` is the load into the bf16 pool, `quantize_rows` the write-back.
+`dequantize_scatter` / `gather_quantize` are the same conversions between staged rows (anywhere in one
+flat device buffer: the hybrid layout's staging, filled and drained by the copy engine) and indexed
+float rows: one launch per layer for a whole batch; the codes' alignment comes in as a constexpr
+multiplier, so the compiler vectorises their loads and stores.
 
 The e4m3 conversion is integer and fp32 arithmetic on the bits, not a float8 cast: Triton's CPU
 interpreter rounds fp32 -> float8 wrongly at binade tops (7.99 -> 4.0 in Triton 3.9), and the same
@@ -18,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.fp8_rows_ref import validate_fp8_rows_args
+from kernels.fp8_rows_ref import StagedFp8Rows, validate_fp8_rows_args, validate_staged_args
 from kernels.triton_support import check_triton_device
 
 ELEMENTS_PER_PROGRAM = 8192
@@ -60,6 +64,24 @@ def _e4m3_value(code):
 
 
 @triton.jit
+def _convert_head(float_addr, codes_addr, scale_addr, mask, row_ok, QUANTIZE: tl.constexpr):
+    """One head of BLOCK_R rows: quantise float_addr's values into codes and a scale (QUANTIZE), or
+    dequantise codes and scale into float_addr."""
+    if QUANTIZE:
+        x = tl.load(float_addr, mask=mask, other=0.0).to(tl.float32)
+        exponent = _scale_exponent(tl.max(tl.abs(x), 1))
+        inverse = ((254 - exponent) << 23).to(tl.float32, bitcast=True)
+        scaled = tl.minimum(tl.maximum(x * inverse[:, None], -448.0), 448.0)
+        tl.store(codes_addr, _e4m3_bits(scaled).to(tl.uint8), mask=mask)
+        tl.store(scale_addr, exponent.to(tl.uint8), mask=row_ok)
+    else:
+        code = tl.load(codes_addr, mask=mask, other=0).to(tl.int32)
+        exponent = tl.load(scale_addr, mask=row_ok, other=127).to(tl.int32)
+        scale = (exponent << 23).to(tl.float32, bitcast=True)
+        tl.store(float_addr, (_e4m3_value(code) * scale[:, None]).to(float_addr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _fp8_rows_kernel(
     float_ptr, float_rows_ptr, codes_ptr, scales_ptr, fp8_rows_ptr,
     n_entries, head_dim, n_float_rows, n_fp8_rows, stride_float, stride_codes, stride_scales,
@@ -77,18 +99,30 @@ def _fp8_rows_kernel(
     float_addr = float_ptr + (f_row * stride_float)[:, None] + cols[None, :]
     codes_addr = codes_ptr + (q_row * stride_codes)[:, None] + cols[None, :]
     scale_addr = scales_ptr + q_row * stride_scales + head
-    if QUANTIZE:
-        x = tl.load(float_addr, mask=mask, other=0.0).to(tl.float32)
-        exponent = _scale_exponent(tl.max(tl.abs(x), 1))
-        inverse = ((254 - exponent) << 23).to(tl.float32, bitcast=True)
-        scaled = tl.minimum(tl.maximum(x * inverse[:, None], -448.0), 448.0)
-        tl.store(codes_addr, _e4m3_bits(scaled).to(tl.uint8), mask=mask)
-        tl.store(scale_addr, exponent.to(tl.uint8), mask=row_ok)
-    else:
-        code = tl.load(codes_addr, mask=mask, other=0).to(tl.int32)
-        exponent = tl.load(scale_addr, mask=row_ok, other=127).to(tl.int32)
-        scale = (exponent << 23).to(tl.float32, bitcast=True)
-        tl.store(float_addr, (_e4m3_value(code) * scale[:, None]).to(float_ptr.dtype.element_ty), mask=mask)
+    _convert_head(float_addr, codes_addr, scale_addr, mask, row_ok, QUANTIZE)
+
+
+@triton.jit
+def _fp8_staged_kernel(
+    float_ptr, float_rows_ptr, staging_ptr, code_starts_ptr, scale_starts_ptr,
+    n_entries, head_dim, n_float_rows, staging_bytes, stride_float,
+    QUANTIZE: tl.constexpr, ALIGN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    entries = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    head = tl.program_id(1)
+    heads = tl.num_programs(1)
+    entry_ok = entries < n_entries
+    f_row = tl.load(float_rows_ptr + entries, mask=entry_ok, other=-1).to(tl.int64)
+    code_at = tl.load(code_starts_ptr + entries, mask=entry_ok, other=-1).to(tl.int64) * ALIGN  # ALIGN | code_at
+    scale_at = tl.load(scale_starts_ptr + entries, mask=entry_ok, other=0).to(tl.int64)
+    row_ok = ((f_row >= 0) & (f_row < n_float_rows) & (code_at >= 0) & (code_at + heads * head_dim <= staging_bytes)
+              & (scale_at >= 0) & (scale_at + heads <= staging_bytes))
+    dims = tl.arange(0, BLOCK_D)
+    mask = row_ok[:, None] & (dims < head_dim)[None, :]
+    cols = head * head_dim + dims
+    float_addr = float_ptr + (f_row * stride_float)[:, None] + cols[None, :]
+    codes_addr = staging_ptr + code_at[:, None] + cols[None, :]
+    _convert_head(float_addr, codes_addr, staging_ptr + scale_at + head, mask, row_ok, QUANTIZE)
 
 
 def fp8_rows_blocks(head_dim: int) -> tuple[int, int]:
@@ -126,3 +160,30 @@ def dequantize_rows_triton(codes: torch.Tensor, scales: torch.Tensor, src_rows: 
                            dst_rows: torch.Tensor) -> None:
     """dst[dst_rows[i]] = dequantise(codes/scales[src_rows[i]]) in one launch (see fp8_rows_ref.py)."""
     _launch(dst, dst_rows, codes, scales, src_rows, quantize=False)
+
+
+def _launch_staged(rows_f: torch.Tensor, f_rows: torch.Tensor, staged: StagedFp8Rows, quantize: bool) -> None:
+    validate_staged_args(rows_f, f_rows, staged)
+    check_triton_device(rows_f, _fp8_staged_kernel, peer=staged.buffer)
+    check_triton_device(staged.buffer, _fp8_staged_kernel, peer=rows_f)
+    n_entries = f_rows.numel()
+    if n_entries == 0 or rows_f.shape[1] == 0:
+        return
+    head_dim = rows_f.shape[1] // staged.heads
+    device = rows_f.device
+    block_r, block_d = fp8_rows_blocks(head_dim)
+    _fp8_staged_kernel[(triton.cdiv(n_entries, block_r), staged.heads)](
+        rows_f, f_rows.to(device).contiguous(), staged.buffer, staged.code_starts.to(device).contiguous(),
+        staged.scale_starts.to(device).contiguous(), n_entries, head_dim, rows_f.shape[0], staged.buffer.numel(),
+        rows_f.stride(0), QUANTIZE=quantize, ALIGN=staged.align, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4,
+    )
+
+
+def dequantize_scatter_triton(staged: StagedFp8Rows, dst: torch.Tensor, dst_rows: torch.Tensor) -> None:
+    """dst[dst_rows[i]] = dequantise(staged row i) in one launch (see fp8_rows_ref.py)."""
+    _launch_staged(dst, dst_rows, staged, quantize=False)
+
+
+def gather_quantize_triton(src: torch.Tensor, src_rows: torch.Tensor, staged: StagedFp8Rows) -> None:
+    """staged row i = quantise(src[src_rows[i]]) in one launch (see fp8_rows_ref.py)."""
+    _launch_staged(src, src_rows, staged, quantize=True)

@@ -14,7 +14,7 @@
 #  4. `mtbench replay` per trace: layouts hybrid,user,paged, --baseline (none, gpu-only, sync), --verify;
 #     batch size 128 by default (one forward per batch; larger batches amortise launch overhead);
 #  5. per host KV dtype of KV_DTYPES after the first (fp8): the synthetic replay again with that host
-#     tier, layout hybrid only (fp8 hybrid = the fp8 zero-copy kernel), --verify, no baselines (its
+#     tier, layout hybrid only (fp8 hybrid: copy engine + a fused dequantise kernel), --verify, no baselines (its
 #     speedup is against the first run's `none` row: same trace, batches and model);
 #  6. BENCH.md + bench.json digest: hit ratio per tier, speedup vs none / gpu / sync, host- vs GPU-hit
 #     latency, pipeline efficiency, time breakdown, the targets (>= 3.1x vs no cache at >= 98.5%

@@ -2,7 +2,8 @@
 
 Sections (pick with --what): `attention` (tile / TMA variants of the HSTU kernel on the cached shapes,
 plus the default full forward), `fp8` (fp8 host rows: quantise / dequantise copies against bf16
-zero-copy and the copy engine), `page_copy` (tile variants of scatter / gather against D2D copy).
+zero-copy and the copy engine, and the hybrid fp8 layout's per-layer load / store: copy engine + one
+fused kernel), `page_copy` (tile variants of scatter / gather against D2D copy).
 Compilation (~20 s per head_dim-256 attention variant) runs first in parallel worker processes that
 share one Triton cache; timing then runs in this process, one kernel at a time:
 triton.testing.do_bench medians, rotating over several input sets.
@@ -422,8 +423,82 @@ def fp8_section(results: dict) -> None:
         ms = _bench([fn], warmup_ms=20, rep_ms=150)
         rows.append([name, ms, moved / ms / 1e6, n_rows / 2 / ms / 1e3])
         results.setdefault("fp8", []).append({"case": name, "ms": ms, "GBps": moved / ms / 1e6})
-    _table("fp8 host rows: one layer of 64 x 1032-token entries (K+V rows of 3x256)",
+    for name, (fn, moved) in _fp8_hybrid_cases(impl).items():
+        ms = _bench([fn], warmup_ms=20, rep_ms=150)
+        rows.append([name, ms, moved / ms / 1e6, n_rows / 2 / ms / 1e3])
+        results.setdefault("fp8", []).append({"case": name, "ms": ms, "GBps": moved / ms / 1e6})
+    _table(f"fp8 host rows: one layer of {BATCHES[0]} x {N_STATIC}-token entries (K+V rows of {HEADS}x{DIM})",
            ["case", "ms", "GB/s", "Mtok/s"], rows, [26, 8, 8, 8])
+
+
+def _fp8_hybrid_cases(impl: str) -> dict[str, tuple[Callable[[], None], int]]:
+    """The `hybrid` fp8 layout's work per layer (`Fp8HybridLayout`): a load is one copy-engine copy per
+    entry of its block (codes then scales, placed in the pinned arena as a busy arena places them: odd
+    byte offsets) into device staging, then ONE fused dequantise + scatter launch into the pool rows;
+    a store is ONE fused gather + quantise launch, then one copy per entry back. Checks both bit-exact
+    against the reference first; returns {case: (one layer's work, host bytes moved)}."""
+    import kernels
+    from kernels.fp8_rows_ref import dequantize_fp8_reference, quantize_fp8_reference
+    from mtbench.cache.host import Fp8RowArena
+    from mtbench.cache.layouts import Fp8HybridLayout, HostPlacement, TransferJob
+    from mtbench.cache.pool import KVShape, PagedKVPool
+
+    entries, width = BATCHES[0], HEADS * DIM
+    shape = KVShape(1, HEADS, DIM, torch.bfloat16, PAGE)
+    pool = PagedKVPool(shape, (entries * shape.pages_for(N_STATIC) + 8) * shape.page_bytes, DEVICE)
+    gen = torch.Generator().manual_seed(1)
+    pool.kv.copy_(torch.randn(pool.kv.shape, generator=gen))
+    layout = Fp8HybridLayout(shape)
+    arena = Fp8RowArena((entries * 2 * N_STATIC + 1) * layout.row_bytes, HEADS, DIM, pin=DEVICE == "cuda")
+    arena.allocate(1)
+    per_entry = shape.pages_for(N_STATIC)
+    pages = pool.allocate(entries * per_entry * PAGE)  # dealt out in random order: scattered pages
+    pages = [pages[i] for i in torch.randperm(len(pages), generator=gen).tolist()]
+    jobs = [TransferJob((j, 0), HostPlacement([arena.allocate(2 * N_STATIC)], N_STATIC),
+                        pages[j * per_entry: (j + 1) * per_entry]) for j in range(entries)]
+    batch = layout.staged_batch(jobs, pool.device)
+    blocks = [layout.row_views(arena, job.placement)[0] for job in jobs]
+    load_staging, store_staging = (torch.empty(batch.layer_bytes, dtype=torch.uint8, device=DEVICE) for _ in range(2))
+    load_rows, store_rows = (batch.rows(buffer, HEADS, layout.align) for buffer in (load_staging, store_staging))
+    pool_layer = pool.layer(0).view(-1, width)
+
+    def copy_in() -> None:
+        torch._foreach_copy_(batch.blocks(load_staging), blocks, non_blocking=True)
+
+    def dequantize() -> None:
+        kernels.dequantize_scatter_fp8(load_rows, pool_layer, batch.pool_rows, impl=impl)
+
+    def quantize() -> None:
+        kernels.gather_quantize_fp8(pool_layer, batch.pool_rows, store_rows, impl=impl)
+
+    def copy_out() -> None:
+        torch._foreach_copy_(blocks, batch.blocks(store_staging), non_blocking=True)
+
+    original = pool_layer.cpu()
+    quantize()
+    copy_out()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    rows = batch.pool_rows.cpu().long()
+    codes, scales = quantize_fp8_reference(original[rows].view(-1, HEADS, DIM))
+    host = torch.cat([blocks[j].view(-1) for j in range(entries)])
+    n = 2 * N_STATIC
+    expected = torch.cat([torch.cat([codes[j * n: (j + 1) * n].flatten(), scales[j * n: (j + 1) * n].flatten()])
+                          for j in range(entries)])
+    exact_store = torch.equal(host, expected)
+    copy_in()
+    dequantize()
+    back = pool_layer.cpu()[rows]
+    exact_load = torch.equal(back, dequantize_fp8_reference(codes, scales, torch.bfloat16).view(-1, width))
+    print(f"fp8 hybrid (copy engine + fused kernel): store bit-exact {exact_store}, load bit-exact {exact_load}")
+
+    moved = len(rows) * layout.row_bytes
+    return {
+        "H2D CE, fp8 blocks/entry": (copy_in, moved),
+        "fused dequant stage->pool": (dequantize, moved + len(rows) * width * 2),
+        "load fp8 hybrid CE+deq": (lambda: (copy_in(), dequantize()), moved),
+        "store fp8 hybrid quant+CE": (lambda: (quantize(), copy_out()), moved),
+    }
 
 
 def page_copy_section(results: dict) -> None:

@@ -1,12 +1,15 @@
 """fp8 KV rows: the reference rounds to the nearest e4m3 value, the Triton kernels (CPU interpreter, or
-CUDA when present) match it bit for bit, and the round trip obeys the documented error bound."""
+CUDA when present) match it bit for bit, and the round trip obeys the documented error bound. The staged
+variants (rows anywhere in one flat buffer: the hybrid layout's device staging) match their reference
+and produce exactly the row kernels' codes, scales and values."""
 
 import pytest
 import torch
 
-from kernels import dequantize_rows_fp8, quantize_rows_fp8
+from kernels import StagedFp8Rows, dequantize_rows_fp8, dequantize_scatter_fp8, gather_quantize_fp8, quantize_rows_fp8
 from kernels.fp8_rows_ref import (
-    E4M3_MAX, dequantize_fp8_reference, exponent_scale, fp8_error_bound, fp8_row_bytes, quantize_fp8_reference,
+    E4M3_MAX, code_alignment, dequantize_fp8_reference, exponent_scale, fp8_error_bound, fp8_row_bytes,
+    quantize_fp8_reference,
 )
 
 CUDA = torch.cuda.is_available()
@@ -167,6 +170,137 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="index"):
         dequantize_rows_fp8(torch.zeros(1, 6, dtype=torch.uint8), torch.zeros(1, 2, dtype=torch.uint8), rows,
                             x, rows.int())
+
+
+def _staged_case(gen: torch.Generator, heads: int, head_dim: int, n: int, index_dtype: torch.dtype):
+    """n staged rows at random places of a random buffer: code and scale slots shuffled together, random
+    gaps between them, code slots at multiples of a random alignment; some entries skipped (-1). Returns
+    (staged, code byte starts [n], scale byte starts [n], alignment)."""
+    width = heads * head_dim
+    align = int(2 ** torch.randint(0, code_alignment(width).bit_length(), (1,), generator=gen))
+    slots = [("code", i) for i in range(n)] + [("scale", i) for i in range(n)]
+    code_at, scale_at = [0] * n, [0] * n
+    at = 0
+    for index in torch.randperm(2 * n, generator=gen).tolist():
+        kind, row = slots[index]
+        at += int(torch.randint(0, 9, (1,), generator=gen))
+        if kind == "code":
+            at = -(-at // align) * align
+            code_at[row], at = at, at + width
+        else:
+            scale_at[row], at = at, at + heads
+    buffer = torch.randint(0, 256, (at + int(torch.randint(0, 5, (1,), generator=gen)),), generator=gen, dtype=torch.uint8)
+    code_starts = torch.tensor(code_at, dtype=torch.int64) // align
+    code_starts[torch.rand(n, generator=gen) < 0.1] = -1
+    staged = StagedFp8Rows(buffer, code_starts.to(index_dtype), torch.tensor(scale_at, dtype=index_dtype), heads, align)
+    return staged, torch.tensor(code_at), torch.tensor(scale_at)
+
+
+def _on_device(staged: StagedFp8Rows) -> StagedFp8Rows:
+    return StagedFp8Rows(*_on(staged.buffer.clone(), staged.code_starts, staged.scale_starts), staged.heads, staged.align)
+
+
+def _float_case(gen: torch.Generator, n: int, heads: int, head_dim: int, dtype: torch.dtype, index_dtype: torch.dtype):
+    """A float tensor (a wider parent's first W columns) and n distinct rows of it, some -1."""
+    n_float = n + int(torch.randint(0, 6, (1,), generator=gen))
+    wide = torch.randn(n_float, heads * head_dim + 5, generator=gen).to(dtype)
+    wide[:, : heads * head_dim] = _random_values(gen, n_float, heads, head_dim, dtype).view(n_float, -1)
+    rows = torch.randperm(n_float, generator=gen)[:n]
+    rows[torch.rand(n, generator=gen) < 0.1] = -1
+    return wide, rows.to(index_dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_gather_quantize_triton_matches_reference(dtype, index_dtype):
+    gen = torch.Generator().manual_seed(60 + 2 * (dtype == torch.bfloat16) + (index_dtype == torch.int64))
+    for _ in range(4):
+        heads, head_dim = int(torch.randint(1, 4, (1,), generator=gen)), int(torch.randint(1, 40, (1,), generator=gen))
+        n = int(torch.randint(0, 30, (1,), generator=gen))
+        staged, code_at, scale_at = _staged_case(gen, heads, head_dim, n, index_dtype)
+        wide, rows = _float_case(gen, n, heads, head_dim, dtype, index_dtype)
+        src = wide[:, : heads * head_dim]
+        results = []
+        for impl in ("triton", "reference"):
+            target = _on_device(staged)
+            gather_quantize_fp8(*_on(src, rows), target, impl=impl)
+            results.append(target.buffer.cpu())
+        assert torch.equal(results[0], results[1])
+        written = torch.zeros(staged.buffer.numel(), dtype=torch.bool)
+        for i in ((rows >= 0) & (staged.code_starts >= 0)).nonzero().flatten().tolist():
+            written[code_at[i]: code_at[i] + heads * head_dim] = True
+            written[scale_at[i]: scale_at[i] + heads] = True
+            codes, scales = quantize_fp8_reference(src[int(rows[i])].view(heads, head_dim))
+            assert torch.equal(results[0][code_at[i]: code_at[i] + heads * head_dim], codes.flatten())
+            assert torch.equal(results[0][scale_at[i]: scale_at[i] + heads], scales)
+        assert torch.equal(results[0][~written], staged.buffer[~written]), "bytes of no staged row stay untouched"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dequantize_scatter_triton_matches_reference(dtype):
+    gen = torch.Generator().manual_seed(70 + (dtype == torch.bfloat16) + 2 * (dtype == torch.float16))
+    for _ in range(4):
+        heads, head_dim = int(torch.randint(1, 4, (1,), generator=gen)), int(torch.randint(1, 40, (1,), generator=gen))
+        n = int(torch.randint(0, 30, (1,), generator=gen))
+        staged, code_at, scale_at = _staged_case(gen, heads, head_dim, n, torch.int64)
+        buffer = staged.buffer
+        buffer[(buffer & 0x7F) == 0x7F] = 0x7E  # finite codes, and scales that keep fp16 finite
+        for start in scale_at.tolist():
+            buffer[start: start + heads].clamp_(118, 134)
+        wide, rows = _float_case(gen, n, heads, head_dim, dtype, torch.int64)
+        results = []
+        for impl in ("triton", "reference"):
+            target = wide.clone()
+            t_dev, r_dev = _on(target, rows)
+            dequantize_scatter_fp8(_on_device(staged), t_dev[:, : heads * head_dim], r_dev, impl=impl)
+            results.append(t_dev.cpu())
+        assert torch.equal(results[0], results[1])
+        written = torch.zeros(wide.shape[0], dtype=torch.bool)
+        for i in ((rows >= 0) & (staged.code_starts >= 0)).nonzero().flatten().tolist():
+            written[int(rows[i])] = True
+            codes = buffer[code_at[i]: code_at[i] + heads * head_dim].view(heads, head_dim)
+            expected = dequantize_fp8_reference(codes, buffer[scale_at[i]: scale_at[i] + heads], dtype)
+            assert torch.equal(results[0][int(rows[i]), : heads * head_dim], expected.flatten())
+        assert torch.equal(results[0][~written], wide[~written]) and torch.equal(results[0][:, heads * head_dim:], wide[:, heads * head_dim:])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_staged_rows_hold_exactly_what_the_row_kernels_write(seed):
+    """Pool rows -> staged rows -> other pool rows gives the row kernels' codes, scales and values bit for
+    bit (the hybrid fp8 layout and the zero-copy one store and load the same numbers)."""
+    gen = torch.Generator().manual_seed(80 + seed)
+    heads, head_dim, n = 2, 16, 24
+    width = heads * head_dim
+    staged, code_at, scale_at = _staged_case(gen, heads, head_dim, n, torch.int64)
+    staged = StagedFp8Rows(staged.buffer, code_at // staged.align, staged.scale_starts, heads, staged.align)  # none skipped
+    pool = _random_values(gen, 3 * n, heads, head_dim, torch.bfloat16).view(3 * n, width).to(DEVICE)
+    take, put = torch.randperm(3 * n, generator=gen)[:n].to(DEVICE), torch.randperm(3 * n, generator=gen)[:n].to(DEVICE)
+    staged = _on_device(staged)
+    gather_quantize_fp8(pool, take, staged, impl="triton")
+    codes = torch.empty(n, width, dtype=torch.uint8, device=DEVICE)
+    scales = torch.empty(n, heads, dtype=torch.uint8, device=DEVICE)
+    quantize_rows_fp8(pool, take, codes, scales, torch.arange(n, device=DEVICE), impl="triton")
+    buffer = staged.buffer.cpu()
+    for i in range(n):
+        assert torch.equal(buffer[code_at[i]: code_at[i] + width], codes[i].cpu())
+        assert torch.equal(buffer[scale_at[i]: scale_at[i] + heads], scales[i].cpu())
+    staged_back, row_back = torch.zeros_like(pool), torch.zeros_like(pool)
+    dequantize_scatter_fp8(staged, staged_back, put, impl="triton")
+    dequantize_rows_fp8(codes, scales, torch.arange(n, device=DEVICE), row_back, put, impl="triton")
+    assert torch.equal(staged_back, row_back) and staged_back.abs().sum() > 0
+
+
+def test_staged_bad_arguments_are_named():
+    rows = torch.zeros(2, dtype=torch.int64)
+    x = torch.zeros(4, 6)
+    good = StagedFp8Rows(torch.zeros(64, dtype=torch.uint8), rows, rows, heads=2)
+    with pytest.raises(ValueError, match="1-d uint8"):
+        gather_quantize_fp8(x, rows, StagedFp8Rows(torch.zeros(8, 8, dtype=torch.uint8), rows, rows, 2), impl="reference")
+    with pytest.raises(ValueError, match="heads do not divide"):
+        dequantize_scatter_fp8(StagedFp8Rows(good.buffer, rows, rows, heads=4), x, rows, impl="reference")
+    with pytest.raises(ValueError, match="scale starts has 1 entries"):
+        dequantize_scatter_fp8(StagedFp8Rows(good.buffer, rows, rows[:1], heads=2), x, rows)
+    assert [code_alignment(w) for w in (768, 24, 6, 7, 48)] == [16, 8, 2, 1, 16]
 
 
 def test_kv_bytes_per_token_counts_what_the_fp8_rows_hold():

@@ -5,9 +5,13 @@ Data structures:
   `ExtentAllocator` (`cache.extents`) over element indices; `view(offset, shape)` returns the extent as
   a tensor. In the cache manager the allocator is the control plane's (it decides placements, the arena
   only holds the bytes).
-- `Fp8RowArena`: the fp8 host tier (kernels/fp8_rows_ref.py's row format): one uint8 allocation
-  holding two planes, `codes [rows, H * D]` and `scales [rows, H]`, with an `ExtentAllocator` over
-  ROW indices; an extent [start, start + n) owns codes[start:start + n] and scales[start:start + n].
+- `Fp8RowArena`: the fp8 host tier (kernels/fp8_rows_ref.py's row format): one uint8 allocation of
+  `rows` rows with an `ExtentAllocator` over ROW indices. The layout that uses it picks how an extent
+  [start, start + n) holds its rows: as two planes, `codes [rows, H * D]` and `scales [rows, H]` (the
+  extent owns codes[start:start + n] and scales[start:start + n]; the zero-copy kernels index rows),
+  or as one block, `block(start, n)` = bytes [start, start + n) * row_bytes holding the n rows' codes
+  then their scales (one contiguous copy per extent: the hybrid layout). Either way an extent of n
+  rows owns n * row_bytes bytes.
 """
 
 from __future__ import annotations
@@ -121,3 +125,8 @@ class Fp8RowArena:
 
     def fragmentation(self) -> float:
         return self.allocator.fragmentation()
+
+    def block(self, start: int, n_rows: int) -> torch.Tensor:
+        """Rows [start, start + n_rows) as one flat block of bytes: their codes [n_rows, H * D], then their
+        scales [n_rows, H] (the block use of the arena, module docstring)."""
+        return self.buffer[start * self.row_bytes : (start + n_rows) * self.row_bytes]

@@ -17,11 +17,19 @@ copies a transfer takes (small copies are launch-bound, DESIGN.md section 7):
 - `zerocopy`: `hybrid`'s placement, moved by a kernel (`kernels.copy_rows`) that reads or writes the
   pinned host extents directly over PCIe (unified addressing): ONE launch per layer for every entry
   of a batch, straight into / out of pool pages, no staging buffer and no copy-engine calls.
-- `zerocopy-fp8` (`Fp8ZeroCopyLayout`, over an `Fp8RowArena`): `zerocopy` with the host rows in fp8
-  (e4m3 + a scale per token and head): loads dequantise and stores quantise in the copy kernel, so
-  PCIe moves half of bf16's bytes. Lossy (kernels/fp8_rows_ref.py). Not a `--layout` choice: an fp8
-  host tier (`--kv-dtype fp8`) takes it for `hybrid` (same per-layer placement, and the fused kernel is
-  what a staged fp8 copy would need anyway) and `zerocopy`; `paged` and `user` have no fp8 path.
+An fp8 host tier (`--kv-dtype fp8`, an `Fp8RowArena`; rows of e4m3 codes + a scale per token and head,
+kernels/fp8_rows_ref.py; lossy) halves the bytes over PCIe. Its entries take 2n arena ROWS per layer
+in both fp8 layouts (the same host bytes; `paged` and `user` have no fp8 path):
+- `hybrid-fp8` (`Fp8HybridLayout`, what `--layout hybrid` takes): `hybrid` with each layer's extent one
+  block, the 2n rows' codes then their scales; per layer, a load copies every entry's block with the
+  copy engine (one copy per entry) into device staging, then ONE fused dequantise + scatter kernel
+  (`kernels.dequantize_scatter_fp8`) writes the whole batch into its pool rows; layer-wise overlap as
+  in `hybrid`. Stores: ONE fused gather + quantise launch per layer into store staging, then one copy
+  per entry.
+- `zerocopy-fp8` (`Fp8ZeroCopyLayout`, what `--layout zerocopy` takes): `zerocopy` over the arena's two
+  planes (codes, scales): the kernel dequantises while reading the pinned host rows over PCIe (and
+  quantises while writing them), one launch per layer, no staging, no copy engine; it occupies SMs
+  for the whole transfer, which the copy engine does not.
 
 A load is issued layer-major for a whole batch (`load_layers` calls `layer_done(l)` once layer l of
 every job is issued), so per-layer events cover every entry of the batch. The per-entry copies of one
@@ -39,7 +47,8 @@ import numpy as np
 import torch
 
 import kernels
-from mtbench.cache.extents import extent_lengths
+from kernels.fp8_rows_ref import StagedFp8Rows, code_alignment, fp8_row_bytes
+from mtbench.cache.extents import ALIGN_BYTES, extent_lengths
 from mtbench.cache.host import Fp8RowArena, HostArena
 from mtbench.cache.pool import FP8, FP8_LAYOUT, KVShape, PagedKVPool, to_device_async
 from mtbench.errors import MtbenchError
@@ -77,18 +86,23 @@ class HostLayout(ABC):
         self.shape = shape
         self.width = shape.heads * shape.head_dim  # elements of one K or V row (one token, one layer)
         self.arena: HostArena | None = None  # set by the TransferEngine that uses this layout
-        self._staging: dict[bool, torch.Tensor] = {}  # store? -> [capacity rows, H * D] device buffer
+        self._staging: dict[bool, torch.Tensor] = {}  # store? -> reused device buffer (`_reused_staging`)
 
     def _staging_rows(self, n_rows: int, device: torch.device, store: bool = False) -> torch.Tensor:
-        """The first `n_rows` rows of a reused device staging buffer, one for loads and one for stores
-        (grown to a power of two when short). Reuse is safe: all loads run on one stream and all stores
-        on another, so a batch's copies into a buffer run after the previous batch's copies out of it."""
+        """The first `n_rows` rows of [H * D] of a reused device staging buffer (`_reused_staging`)."""
+        return self._reused_staging(n_rows, (self.width,), self.shape.dtype, device, store)
+
+    def _reused_staging(self, n: int, row_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                        store: bool) -> torch.Tensor:
+        """The first `n` rows of a reused device staging buffer, one for loads and one for stores (grown
+        to a power of two when short). Reuse is safe: all loads run on one stream and all stores on
+        another, so a batch's copies into a buffer run after the previous batch's copies out of it."""
         buffer = self._staging.get(store)
-        if buffer is None or buffer.shape[0] < n_rows or buffer.device != device:
-            capacity = 1 << max(int(n_rows) - 1, 0).bit_length()
-            buffer = torch.empty((capacity, self.width), dtype=self.shape.dtype, device=device)
+        if buffer is None or buffer.shape[0] < n or buffer.device != device:
+            capacity = 1 << max(int(n) - 1, 0).bit_length()
+            buffer = torch.empty((capacity, *row_shape), dtype=dtype, device=device)
             self._staging[store] = buffer
-        return buffer[:n_rows]
+        return buffer[:n]
 
     @property
     def bytes_per_token(self) -> int:
@@ -337,11 +351,115 @@ class Fp8ZeroCopyLayout(ZeroCopyLayout):
         kernels.quantize_rows_fp8(pool_layer, pool_rows, self.arena.codes, self.arena.scales, host_rows)
 
 
+@dataclass
+class StagedBatch:
+    """Where a batch's fp8 blocks sit in one layer's staging: entry j's block (2n_j rows: codes, then
+    scales) at bytes [bases[j], bases[j] + sizes[j]), every base a multiple of `ALIGN_BYTES`; and, per
+    staged row (job after job, K then V tokens), its code start (in units of `align` bytes), its scale
+    start (bytes) and its row in one pool layer, on the device."""
+
+    bases: list[int]
+    sizes: list[int]
+    layer_bytes: int  # staging bytes per layer (a multiple of ALIGN_BYTES)
+    code_starts: torch.Tensor
+    scale_starts: torch.Tensor
+    pool_rows: torch.Tensor
+
+    def rows(self, buffer: torch.Tensor, heads: int, align: int) -> StagedFp8Rows:
+        """The staged rows of one layer's staging `buffer` (`layer_bytes` bytes)."""
+        return StagedFp8Rows(buffer, self.code_starts, self.scale_starts, heads, align)
+
+    def blocks(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """Each entry's block in one layer's staging `buffer`."""
+        return [buffer[base : base + size] for base, size in zip(self.bases, self.sizes)]
+
+
+class Fp8HybridLayout(HybridLayout):
+    """`hybrid` over an fp8 host tier (`Fp8RowArena` used as blocks, row format in kernels/fp8_rows_ref.py):
+    an entry's extent per layer is 2n arena ROWS (K rows, then V rows) holding one block, their codes
+    [2n, H * D] then their scales [2n, H], so it moves in ONE copy-engine copy. Per layer, a load copies
+    every entry's block into the load staging (blocks at ALIGN_BYTES-aligned offsets), then ONE fused
+    dequantise + scatter launch fills the whole batch's pool rows of that layer; a store runs ONE fused
+    gather + quantise launch into that layer's part of the store staging, then one copy per entry.
+    The numbers stored and loaded are the zero-copy fp8 layout's, bit for bit. Lossy: bound in the ref."""
+
+    name = "hybrid-fp8"
+
+    def __init__(self, shape: KVShape) -> None:
+        super().__init__(shape)
+        self.row_bytes = fp8_row_bytes(shape.heads, shape.head_dim)
+        self.align = code_alignment(self.width)  # code rows laid end to end from an aligned base
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.shape.host_bytes_per_token(FP8)
+
+    def extent_elements(self, n_tokens: int) -> list[int]:
+        """Rows (not elements) of each layer's extent in the `Fp8RowArena`."""
+        return [2 * n_tokens] * self.shape.layers
+
+    def row_views(self, arena: Fp8RowArena, placement: HostPlacement) -> list[torch.Tensor]:
+        """Each layer's block of bytes (codes of the 2n rows, then their scales)."""
+        if placement.rows is None:
+            placement.rows = [arena.block(offset, 2 * placement.n_tokens) for offset in placement.offsets]
+        return placement.rows
+
+    def _staging_bytes(self, n_bytes: int, device: torch.device, store: bool = False) -> torch.Tensor:
+        return self._reused_staging(n_bytes, (), torch.uint8, device, store)
+
+    def reserve(self, n_tokens, device):
+        """Room for n_tokens of blocks, each padded to ALIGN_BYTES (at most one pad per token)."""
+        self._staging_bytes(n_tokens * (2 * self.row_bytes + ALIGN_BYTES), device)
+
+    def staged_batch(self, jobs: list[TransferJob], device: torch.device) -> StagedBatch:
+        """The staging plan of `jobs` (the same for every layer), its per-row indices on `device` in one copy."""
+        width, heads = self.width, self.shape.heads
+        bases, sizes, code_at, scale_at = [], [], [], []
+        base = 0
+        for job in jobs:
+            rows = 2 * job.placement.n_tokens
+            position = np.arange(rows, dtype=np.int64)
+            bases.append(base)
+            sizes.append(rows * self.row_bytes)
+            code_at.append((base + position * width) // self.align)
+            scale_at.append(base + rows * width + position * heads)
+            base += -(-rows * self.row_bytes // ALIGN_BYTES) * ALIGN_BYTES
+        pool_rows = np.concatenate([_pool_rows(job, self.shape) for job in jobs])
+        indices = np.stack([np.concatenate(code_at), np.concatenate(scale_at), pool_rows])
+        small = int(indices.max(initial=0)) < 2**31
+        indices = to_device_async(torch.from_numpy(indices.astype(np.int32) if small else indices), device)
+        return StagedBatch(bases, sizes, base, indices[0], indices[1], indices[2])
+
+    def load_layers(self, jobs, views, pool, non_blocking, layer_done):
+        """Per layer: one copy per entry of its block into the staging, then ONE dequantise + scatter
+        launch from the staging into every entry's pool rows."""
+        if not jobs:
+            for layer in range(self.shape.layers):
+                layer_done(layer)
+            return
+        batch = self.staged_batch(jobs, pool.device)
+        staging = self._staging_bytes(batch.layer_bytes, pool.device)
+        staged, blocks = batch.rows(staging, self.shape.heads, self.align), batch.blocks(staging)
+        for layer in range(self.shape.layers):
+            torch._foreach_copy_(blocks, [v[layer] for v in views], non_blocking=non_blocking)
+            kernels.dequantize_scatter_fp8(staged, pool.layer(layer).view(-1, self.width), batch.pool_rows)
+            layer_done(layer)
+
+    def store_many(self, jobs, views, pool, non_blocking):
+        """Per layer: ONE gather + quantise launch of every entry's K and V rows into that layer's part of
+        the store staging, then one copy per entry of its block into its extent of that layer."""
+        batch = self.staged_batch(jobs, pool.device)
+        staging = self._staging_bytes(self.shape.layers * batch.layer_bytes, pool.device, store=True)
+        for layer in range(self.shape.layers):
+            layer_staging = staging[layer * batch.layer_bytes : (layer + 1) * batch.layer_bytes]
+            staged = batch.rows(layer_staging, self.shape.heads, self.align)
+            kernels.gather_quantize_fp8(pool.layer(layer).view(-1, self.width), batch.pool_rows, staged)
+            torch._foreach_copy_([v[layer] for v in views], batch.blocks(layer_staging), non_blocking=non_blocking)
+
+
 LAYOUTS: dict[str, type[HostLayout]] = {cls.name: cls for cls in (PagedLayout, UserLayout, HybridLayout, ZeroCopyLayout)}
 LAYOUT_NAMES: tuple[str, ...] = tuple(LAYOUTS)
-
-
-FP8_LAYOUTS = ("hybrid", "zerocopy")  # --layout choices an fp8 host tier serves with Fp8ZeroCopyLayout
+FP8_LAYOUTS: dict[str, type[HostLayout]] = {"hybrid": Fp8HybridLayout, "zerocopy": Fp8ZeroCopyLayout}  # --layout -> fp8
 
 
 def host_layout_name(name: str, host_kv: str | None) -> str:
@@ -352,12 +470,12 @@ def host_layout_name(name: str, host_kv: str | None) -> str:
         return name
     if name not in FP8_LAYOUTS:
         raise MtbenchError(f"--layout {name} has no {host_kv} host tier (--kv-dtype {host_kv} works with "
-                           f"{' or '.join(FP8_LAYOUTS)}, both through the fp8 zero-copy kernel)")
-    return Fp8ZeroCopyLayout.name
+                           f"{' or '.join(FP8_LAYOUTS)})")
+    return FP8_LAYOUTS[name].name
 
 
 def make_layout(name: str, shape: KVShape, host_kv: str | None = None) -> HostLayout:
     """The layout called `name` for a host tier storing `host_kv` (None: the pool's dtype; MtbenchError
     naming the choices when unknown)."""
-    effective = host_layout_name(name, host_kv)
-    return Fp8ZeroCopyLayout(shape) if effective == Fp8ZeroCopyLayout.name else LAYOUTS[effective](shape)
+    host_layout_name(name, host_kv)
+    return (LAYOUTS if host_kv is None else FP8_LAYOUTS)[name](shape)

@@ -32,7 +32,7 @@ from mtbench.units import format_bytes
 
 
 FP8 = "fp8"
-FP8_LAYOUT = "zerocopy-fp8"  # the one host layout of an fp8 host tier (`cache.layouts.Fp8ZeroCopyLayout`)
+FP8_LAYOUT = "zerocopy-fp8"  # the extent geometry of an fp8 host tier (2n rows per layer; both fp8 layouts)
 
 
 def parse_host_kv(name: str, dtype: str) -> str | None:

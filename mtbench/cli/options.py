@@ -43,8 +43,9 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help=f"Compute and KV dtype: {
 KvDtypeOpt = Annotated[str, typer.Option("--dtype", help=f"KV element type (sets bytes per token): {', '.join(DTYPES)}.")]
 HostKvOpt = Annotated[str, typer.Option(
     "--kv-dtype", help="Host tier's KV: auto (= --dtype, exact) or fp8 (e4m3, a scale per token and head: half the "
-                       "host bytes and PCIe traffic; LOSSY). fp8 serves --layout hybrid and zerocopy through the fp8 "
-                       "zero-copy kernel (dequantise on load, quantise on store); paged and user are refused.")]
+                       "host bytes and PCIe traffic; LOSSY). fp8 serves --layout hybrid (copy engine, then one fused "
+                       "dequantise/quantise kernel per layer) and zerocopy (the fp8 zero-copy kernel); paged and "
+                       "user are refused.")]
 SortOpt = Annotated[bool, typer.Option("--sort", help="Sort an unsorted trace by ts (in memory) instead of refusing it.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing report directory at --out.")]
 MaxRequestsOpt = Annotated[Optional[int], typer.Option("--max-requests", help="Use only the first N requests of the trace.")]

@@ -125,7 +125,7 @@ def measure_compute(model: MTGR, batch_size: int, n_static: int, new_tokens: tup
 def measure_bandwidth(cfg, dtype: torch.dtype, device: torch.device, entries: int, n_static: int,
                       repeats: int, page_tokens: int = 32, host_kv: str | None = None) -> dict[str, float]:
     """h2d_GBps / d2h_GBps through the hybrid layout (the replay's default path; with an fp8 host tier
-    its fp8 zero-copy kernel), in host bytes (what the cost model prices `moved_bytes` with)."""
+    its copy-engine fp8 path), in host bytes (what the cost model prices `moved_bytes` with)."""
     shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, dtype, page_tokens)
     sizer = shape.sizer_for(host_kv)
     pool = PagedKVPool(shape, entries * sizer.size_of(n_static), device)

@@ -44,7 +44,8 @@ def lossy_note(host_kv: str) -> str:
     """The note every report of a lossy run carries."""
     return (f"LOSSY: the host tier stores KV as {host_kv} (e4m3, a power-of-two scale per token and head; "
             f"per element |error| <= |x|/16 + amax/229376), so host hits' scores differ from recomputation; "
-            f"layouts {' and '.join(FP8_LAYOUTS)} both move it through the fp8 zero-copy kernel")
+            f"layouts {' and '.join(FP8_LAYOUTS)} move it bit-identically (hybrid: copy engine + a fused "
+            f"dequantise kernel; zerocopy: the fp8 zero-copy kernel)")
 
 
 CPU_TIMING_NOTE = ("timings measured on the CPU say nothing about GPU speed (latencies, throughput and "
