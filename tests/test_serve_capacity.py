@@ -22,7 +22,7 @@ from mtbench.cache.control import Outcome
 from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, gpus_needed
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.des import closed_loop_rate
-from mtbench.serve.service import BatchOverhead, CacheService, CacheSetting, price_records
+from mtbench.serve.service import BatchOverhead, CacheService, CacheSetting, batch_costs, batch_price_ms
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, simulate
 from mtbench.sim.sizes import EntrySizer
@@ -133,10 +133,10 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
 def test_des_decides_through_the_control_plane_as_the_simulator_does(seed: int, mode: str) -> None:
     """Closed loop (every batch full and planned while the previous one runs) the DES's decisions equal
     the simulator's with the replay's lookahead of one batch; the service time of each batch is the
-    fixed cost plus `price_records` of its decisions."""
+    fixed cost plus `batch_costs` of its decisions, priced by `batch_price_ms`."""
     sizer = EntrySizer(CFG.kv_bytes_per_token(torch.float32), 32)
     workload = Workload.from_columns(_columns(seed, n=1200, users=80), sizer)
-    cost = CostModel(static_token_ms=0.02, new_token_ms=0.01, request_overhead_ms=0.05, h2d_GBps=1e6)  # budget never binds
+    cost = CostModel(static_token_ms=0.02, new_token_ms=0.01, request_overhead_ms=0.05, h2d_GBps=0.05)  # copies partly exposed
     entry = int(workload.size.max())
     setting = CacheSetting(mode, "lru", 12 * entry, 40 * entry)
     service = CacheService(workload, setting, cost, BatchOverhead(((1, 0.4), (8, 0.9)), pipelined=0.3))
@@ -154,6 +154,7 @@ def test_des_decides_through_the_control_plane_as_the_simulator_does(seed: int, 
                             "computed_tokens": service.recomputed, "outcome": service.outcome_names,
                             "n_cached": workload.n_static - service.recomputed,
                             "user_id": workload.key_user[workload.key], "static_version": workload.key_version[workload.key]})
-    prices = price_records(records, cost, sizer)
+    costs = batch_costs(records, cost, sizer)
     fixed = [0.3 if early else 0.9 for _, _, early, _ in charged]
-    np.testing.assert_allclose([ms for *_, ms in charged], prices.to_numpy() + fixed, rtol=1e-9)
+    expected_ms = [batch_price_ms(cost, c, h, f) for c, h, f in zip(costs["compute_ms"], costs["h2d_ms"], fixed)]
+    np.testing.assert_allclose([ms for *_, ms in charged], expected_ms, rtol=1e-9)

@@ -209,7 +209,8 @@ class _Recorder:
             "static_version": batch.static_version, "outcome": plan.outcomes, "n_static": batch.n_static,
             "n_cached": plan.cached, "reused_tokens": plan.cached,
             "computed_tokens": batch.n_static - np.asarray(plan.cached), "load_budget": np.full(n, -1 if plan.load_budget is None else plan.load_budget),
-            "n_rt": batch.n_rt, "n_cand": batch.n_cand, "latency_ms": np.full(n, batch_ms), "batch_index": np.full(n, batch.index),
+            "n_rt": batch.n_rt, "n_cand": batch.n_cand, "latency_ms": np.full(n, batch_ms), "stall_ms": np.full(n, stall),
+            "batch_index": np.full(n, batch.index),
             "gpu_used_bytes": np.full(n, timing.used_bytes[0]), "host_used_bytes": np.full(n, timing.used_bytes[1]),
             "warmup": np.full(n, timing.warmup),
         })
@@ -222,7 +223,8 @@ class _Recorder:
         types = {"request_index": np.int64, "ts": np.float64, "user_id": np.int64, "static_version": np.int64,
                  "n_cached": np.int64, "reused_tokens": np.int64, "computed_tokens": np.int64, "load_budget": np.int64,
                  "n_static": np.int64, "n_rt": np.int64, "n_cand": np.int64, "batch_index": np.int64,
-                 "gpu_used_bytes": np.int64, "host_used_bytes": np.int64, "warmup": bool, "latency_ms": np.float64}
+                 "gpu_used_bytes": np.int64, "host_used_bytes": np.int64, "warmup": bool, "latency_ms": np.float64,
+                 "stall_ms": np.float64}
         return pd.DataFrame({name: values.astype(types[name]) if name in types else values for name, values in columns.items()})
 
     @property

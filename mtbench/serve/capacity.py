@@ -19,8 +19,8 @@ least as often with the same tier sizes under recency-based policies. Routers th
 `throughput`: requests/s with every request queued at once). `MeasureContext.batch_overhead` measures
 what a per-request cost model misses: the fixed cost of a batch (host work, launches, the
 synchronisation of its end, a GPU not filled by a small batch), per cache mode and batch size, as
-measured batch time minus the cost model's price of the same batch's decisions, from saturated
-replays served exactly as the open-loop server serves them.
+measured batch time minus its measured copy stall minus the cost model's compute for the same batch's
+decisions, from saturated replays served exactly as the open-loop server serves them.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from mtbench.errors import MtbenchError
 from mtbench.serve.arrivals import ArrivalSpec, arrival_times
 from mtbench.serve.des import closed_loop_rate, serve_queue
 from mtbench.serve.options import ServingOptions
-from mtbench.serve.service import OUTCOME_NAMES, BatchOverhead, CacheService, CacheSetting, price_records
+from mtbench.serve.service import OUTCOME_NAMES, BatchOverhead, CacheService, CacheSetting, batch_costs
 from mtbench.serve.stats import Timeline, serving_stats
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import Workload
@@ -188,18 +188,20 @@ class MeasureContext:
         return 1e3 / self._saturated(mode, self.question.serving.batcher.max_batch, True)[0]
 
     def batch_overhead(self, mode: str, cost: CostModel, sizer: EntrySizer) -> BatchOverhead:
-        """What a batch of `mode` costs beyond the cost model's price of its decisions: the mean of
-        (measured batch time - `price_records`) over saturated replays of the same requests, served one
-        batch after another at each power-of-two size up to max_batch (`serial`) and pipelined at
-        max_batch (`pipelined`)."""
+        """What a batch of `mode` costs beyond the cost model's compute for its decisions: the mean of
+        (measured batch time - its measured copy stall - `batch_costs`' compute) over saturated replays
+        of the same requests, served one batch after another at each power-of-two size up to max_batch
+        (`serial`) and pipelined at max_batch (`pipelined`). The simulator adds the copies the pipeline
+        does not hide under fixed + compute (`batch_price_ms`), so fixed + compute is the busy time the
+        replay's load budget observes."""
         big = self.question.serving.batcher.max_batch
         sizes = sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big})
 
         def overhead(size: int, pipelined: bool) -> float:
             records = self._saturated(mode, size, pipelined)[1]
-            wall = records.groupby("batch_index")[["start_s", "finish_s"]].first()
-            measured = (wall["finish_s"] - wall["start_s"]) * 1e3
-            return float((measured - price_records(records, cost, sizer)).mean())
+            batches = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms"]].first()
+            measured = (batches["finish_s"] - batches["start_s"]) * 1e3 - batches["stall_ms"]
+            return float((measured - batch_costs(records, cost, sizer)["compute_ms"]).mean())
 
         return BatchOverhead(tuple((size, overhead(size, False)) for size in sizes), overhead(big, True))
 

@@ -6,10 +6,12 @@ the batcher closes it does what the real open-loop server does, in the same orde
   a batch that was full before the previous one started is planned before the previous one is
   released (the server's lookahead), any other after it; each batch gets the "auto" load budget
   (`mtbench.cache.budget`) from the cost model's compute times of the batches before it;
-- its price: compute (R+C tokens plus the static tokens it recomputes) and host->GPU copies of the
-  entries it loads, hidden under compute as the pipeline hides them (`CostModel.exposed_ms`), plus
-  the batch's fixed cost from a `BatchOverhead` (host work, launches and the end-of-batch
-  synchronisation, which a per-request model misses; measured on the device by `capacity --measure`).
+- its price: the batch's fixed cost from a `BatchOverhead` (host work, launches, the end-of-batch
+  synchronisation and device work a per-request model misses; measured on the device by `capacity
+  --measure`), compute (R+C tokens plus the static tokens it recomputes), and the host->GPU copies of
+  the entries it loads not hidden under those two (`CostModel.exposed_ms`), as the layer-wise
+  pipeline hides them. The load budget observes fixed + compute, as the replay observes a batch's
+  device time minus its copy stalls.
 Mode `none` recomputes every prefix; `gpu` has no host tier.
 """
 
@@ -134,7 +136,7 @@ class CacheService:
         fixed = self.overhead.ms(end - start, early)
         if self._budget is not None:
             self._budget.observe(fixed + compute)  # the batch's device time without copy stalls, as the replay feeds it
-        return fixed + batch_price_ms(self.cost, compute, h2d)
+        return batch_price_ms(self.cost, compute, h2d, fixed)
 
     @property
     def outcome_names(self) -> np.ndarray:
@@ -149,19 +151,21 @@ class CacheService:
         self._held = None
 
 
-def batch_price_ms(cost: CostModel, compute_ms: float, h2d_ms: float) -> float:
-    """A batch's device time by the cost model: its compute, plus the copies not hidden under it."""
-    return compute_ms + cost.exposed_ms(h2d_ms, compute_ms)
+def batch_price_ms(cost: CostModel, compute_ms: float, h2d_ms: float, fixed_ms: float = 0.0) -> float:
+    """A batch's device time by the cost model: its fixed cost and compute, plus the copies not hidden
+    under them (the layer-wise pipeline overlaps copies with all of the batch's device work)."""
+    busy = fixed_ms + compute_ms
+    return busy + cost.exposed_ms(h2d_ms, busy)
 
 
-def price_records(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.Series:
-    """`batch_price_ms` of every batch of a replay's records (its real decisions), by batch_index: what
-    `CacheService` charges for the same decisions, without the fixed cost per batch."""
+def batch_costs(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.DataFrame:
+    """Per batch_index of a replay's records (its real decisions): `compute_ms` (R+C tokens and the
+    recomputed static tokens) and `h2d_ms` (its host hits' loads) by the cost model, as `CacheService`
+    charges them."""
     new = (records["n_rt"] + records["n_cand"]).to_numpy()
     compute = pd.Series(cost.compute_ms(new, records["computed_tokens"].to_numpy()), index=records.index)
     compute = compute.groupby(records["batch_index"]).sum()
     loads = records[records["outcome"] == Outcome.HOST_HIT.label].drop_duplicates(["batch_index", "user_id", "static_version"])
     moved = pd.Series([sizer.moved_bytes(int(t)) for t in loads["n_cached"]], index=loads.index, dtype=np.float64)
     h2d = moved.groupby(loads["batch_index"]).sum().reindex(compute.index, fill_value=0.0)
-    h2d = cost.h2d_ms(h2d.to_numpy())
-    return pd.Series([batch_price_ms(cost, c, float(h)) for c, h in zip(compute.tolist(), h2d)], index=compute.index)
+    return pd.DataFrame({"compute_ms": compute, "h2d_ms": cost.h2d_ms(h2d.to_numpy())}, index=compute.index)
