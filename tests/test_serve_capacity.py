@@ -127,6 +127,9 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     measured = points[points["source"] == "measured"]
     assert len(measured) == 1 and measured["rate"].iloc[0] == pytest.approx(row["max_qps"])
     assert "measured: max QPS per GPU" in result.output
+    requests = pd.read_parquet(out / "measured_requests.parquet")  # the measured run's timed requests
+    assert len(requests) == 40 - 8 and set(requests["rate"]) == set(measured["rate"])
+    assert (requests["cache_mode"] == "tiered").all() and (requests["finish_s"] >= requests["arrival_s"]).all()
 
 
 @pytest.mark.parametrize("seed, mode", [(3, "gpu"), (4, "tiered"), (5, "tiered")])

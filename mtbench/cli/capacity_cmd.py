@@ -129,7 +129,8 @@ def capacity(
                    "fleet_split": "even by user hash"},
         "result": outcome.result, "rows": outcome.rows,
     }
-    report_dir = write_report(out, summary, pd.DataFrame(outcome.points), "capacity", force)
+    tables = {"measured_requests": outcome.measured_requests} if outcome.measured_requests is not None else None
+    report_dir = write_report(out, summary, pd.DataFrame(outcome.points), "capacity", force, tables)
     console.print(capacity_table(outcome.rows, question))
     console.print(curve_table(outcome.points))
     console.print(outcome.result)

@@ -67,6 +67,12 @@ class ReportWriter:
             records.to_parquet(path, index=False)
         return path
 
+    def write_table(self, name: str, table: pa.Table) -> Path:
+        """Another record table, as NAME.parquet (e.g. a capacity run's measured requests)."""
+        path = self.staging / f"{name}.parquet"
+        pq.write_table(table, path)
+        return path
+
     def write_summary(self, summary: dict[str, Any]) -> Path:
         path = self.staging / SUMMARY_FILE
         path.write_text(json.dumps(summary, indent=2, sort_keys=False, default=_json_default) + "\n")

@@ -158,6 +158,7 @@ class MeasureContext:
         from mtbench.replay.runner import build_model, validate_setup
 
         self._closed: dict[tuple[str, int, bool], tuple[float, pd.DataFrame]] = {}
+        self.requests: list[pd.DataFrame] = []  # every open-loop run's timed records (`run`), with mode and rate
         cfg, self.trace, device, dtype = validate_setup(self.setup)
         self.model = build_model(cfg, device, dtype, self.setup.options.seed)
 
@@ -225,6 +226,7 @@ class MeasureContext:
         progress = self.progress(f"{label} @ {rate:,.0f}/s", total) if self.progress else None
         result = replay_run(self.model, self.trace, config, setup.options, label, progress, feed=feed)
         timed = result.records[~result.records["warmup"].to_numpy(dtype=bool)]
+        self.requests.append(timed.assign(cache_mode=mode, rate=rate))
         latency = timed["latency_ms"].to_numpy(dtype=float)
         row = dict(result.row)
         at_percentile = float(np.percentile(latency, self.question.percentile)) if len(latency) else math.inf
@@ -259,6 +261,7 @@ class CapacityOutcome:
     rows: list[dict]
     points: list[dict]
     result: str
+    measured_requests: pd.DataFrame | None = None  # the measured runs' timed records (`--measure`)
 
 
 def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[str, ModeCost],
@@ -299,7 +302,8 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
     rows = [_mode_row(servers[mode], max_qps[mode], question, measured.get(mode)) for mode in servers]
     _add_speedups(rows)
     lines = [result_line(rows, question)] + ([result_line(rows, question, "measured_")] if measured else [])
-    return CapacityOutcome(rows, points, "\n".join(lines))
+    requests = pd.concat(measure.requests, ignore_index=True) if measure is not None and measure.requests else None
+    return CapacityOutcome(rows, points, "\n".join(lines), requests)
 
 
 def _measured_summary(runs: list[dict], simulated_max: float, throughput: float) -> dict:
@@ -319,7 +323,7 @@ POINT_FIELDS = ("rate", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "latency_at_per
                 "slo_attainment", "goodput", "offered_rate", "served_rate", "overloaded", "queue_growth", "queue_max",
                 "queue_mean", "utilization", "queueing_ms_mean", "formation_ms_mean", "service_ms_mean",
                 "gpu_hit_p50_ms", "gpu_hit_p99_ms", "host_hit_p50_ms", "host_hit_p99_ms", "miss_p50_ms", "miss_p99_ms",
-                "hit_ratio", "arrival_lag_ms_max")
+                "hit_ratio", "arrival_lag_ms_max", "graphed_batches", "device_mallocs", "transfer_wait_ms")
 
 
 def _point_fields(row: dict) -> dict:
