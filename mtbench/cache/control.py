@@ -701,8 +701,7 @@ class ControlPlane:
         del self.host_tokens[key]
         offsets = self.host_offsets.pop(key)
         if self.extents is not None:
-            for offset in offsets:
-                self.extents.free(offset)
+            self.extents.free_all(offsets)
         self.data.host_evict(key)
         self._forget_version(key)
 
