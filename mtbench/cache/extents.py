@@ -131,7 +131,7 @@ class ExtentAllocator:
         starts as `allocate` called for each length in turn."""
         starts: list[int] = []
         for length, group in groupby(lengths):
-            count = sum(1 for _ in group)
+            count = len(list(group))
             taken = self._take(self._rounded(length), count)
             starts += taken
             if len(taken) < count:
@@ -155,9 +155,7 @@ class ExtentAllocator:
             carved = min(count - len(taken), length // need) * need
             taken += range(start, start + carved, need)
             self._shrink(block, index, carved)
-        allocated = self._allocated
-        for start in taken:
-            allocated[start] = need
+        self._allocated.update(dict.fromkeys(taken, need))
         return taken
 
     def _find(self, need: int) -> tuple[int, int] | None:
@@ -204,13 +202,21 @@ class ExtentAllocator:
         """`free` of each of `starts` (all or nothing); adjacent ones are released as one run, which leaves
         the same free extents (they are the maximal free runs whatever the order)."""
         allocated = self._allocated
-        if len(set(starts)) != len(starts) or not all(start in allocated for start in starts):
-            bad = next(start for start in starts if start not in allocated or starts.count(start) > 1)
-            raise RuntimeError(f"freeing extent at {bad}, which is not allocated (double free?)")
-        spans = sorted((start, allocated.pop(start)) for start in starts)
+        spans: list[tuple[int, int]] = []
+        for start in starts:
+            length = allocated.pop(start, None)
+            if length is None:
+                allocated.update(spans)
+                raise RuntimeError(f"freeing extent at {start}, which is not allocated (double free?)")
+            spans.append((start, length))
         if not spans:
             return
-        run_start, run_end = spans[0][0], spans[0][0]
+        spans.sort()
+        first, (last, last_length) = spans[0][0], spans[-1]
+        if last + last_length - first == sum(length for _, length in spans):  # one run (allocated never overlap)
+            self._release(first, last + last_length - first)
+            return
+        run_start = run_end = first
         for start, length in spans:
             if start != run_end:
                 self._release(run_start, run_end - run_start)
