@@ -276,15 +276,20 @@ def require_fits(what: str, capacity: int, largest: int, tokens: int) -> None:
 
 
 def policy_options(name: str, reload: str, costs: ReloadCosts | None, sizer: EntrySizer,
-                   host_tier: bool = False) -> dict[str, Any]:
+                   host_tier: bool = False, gpu_policy: ReplacementPolicy | None = None) -> dict[str, Any]:
     """Constructor options of policy `name` for one tier: what bringing an entry back costs there.
 
     reload: "h2d" (a GPU tier backed by a host tier) or "recompute" (a host tier, or a lone GPU tier);
-    host_tier: the tier's sizes are host sizes (`EntrySizer.host_size_of`).
+    host_tier: the tier's sizes are host sizes (`EntrySizer.host_size_of`); gpu_policy: the GPU tier's
+    policy when this is the host tier's (both are accessed and hinted for every request, in that order,
+    so mtserve's host tier reads the request statistics the GPU tier's learns).
     Keys are (user_id, static_version) tuples; mtserve reads the user and version from them.
     """
+    options: dict[str, Any] = {}
+    if name == "mtserve" and gpu_policy is not None:
+        options["traffic"] = gpu_policy.traffic
     if name not in ("mtserve", "gdsf") or costs is None or sizer.unit:
-        return {}
+        return options
     if reload == "h2d":  # a GPU entry of `size` bytes comes back as its host copy's bytes (fp8: fewer)
         def reload_ms(size: int) -> float:
             return float(costs.h2d_ms(size / sizer.bytes_per_token * sizer.host_token_bytes))
@@ -293,7 +298,8 @@ def policy_options(name: str, reload: str, costs: ReloadCosts | None, sizer: Ent
 
         def reload_ms(size: int) -> float:
             return float(costs.recompute_ms(size / per_token))
-    return {"reload_ms" if name == "mtserve" else "cost_of": reload_ms}
+    options["reload_ms" if name == "mtserve" else "cost_of"] = reload_ms
+    return options
 
 
 class ControlPlane:
@@ -309,7 +315,8 @@ class ControlPlane:
         self.gpu: ReplacementPolicy = make_policy(
             name, config.gpu_capacity, **policy_options(name, "h2d" if two_tiers else "recompute", config.costs, sizer))
         self.host: ReplacementPolicy | None = make_policy(
-            name, config.host_capacity, **policy_options(name, "recompute", config.costs, sizer, host_tier=True)) if two_tiers else None
+            name, config.host_capacity, **policy_options(name, "recompute", config.costs, sizer, host_tier=True,
+                                                         gpu_policy=self.gpu)) if two_tiers else None
         self.extents: ExtentAllocator | None = (config.host_geometry.allocator()
                                                 if two_tiers and config.host_geometry is not None else None)
         self._tiers = (self.gpu,) if self.host is None else (self.gpu, self.host)
