@@ -339,6 +339,7 @@ class ControlPlane:
         self._serial = 0
         self._single = BatchDecisions(0, [Request((0, 0), 0, 0.0)], [MISS], [0], [None])  # `serve`'s plan, reused
         self._budget = self.settings.load_budget
+        self._plain = not self._hints and not self._oracle and self._budget is None  # `serve` skips `_announce`
         self._deferred: Request | None = None  # `serve`'s request until it takes its pins (`_take_deferred`)
 
     # ------------------------------------------------------------------ queries
@@ -404,16 +405,7 @@ class ControlPlane:
         self._deferred = request
         plan.cached[0] = 0
         now = self._tick(request.ts)
-        if self._hints:
-            for tier in self._tiers:
-                tier.hint_upcoming((request.key,), now)
-        if self._oracle:
-            self._tell_next_use(request)
-        if self._budget is None:
-            outcome = self._decide(plan, 0, request, now, True)
-        else:
-            loads = self._loads_within_budget([request.key], self._budget)
-            outcome = self._decide(plan, 0, request, now, loads is None or request.key in loads)
+        outcome = self._decide(plan, 0, request, now, True if self._plain else self._announce(request, now))
         cached = plan.cached[0]
         self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
         tokens = self._tokens
@@ -424,6 +416,19 @@ class ControlPlane:
         else:
             self._deferred = None
         return outcome, cached
+
+    def _announce(self, request: Request, now: float) -> bool:
+        """What `plan` does for a batch before deciding it, for `serve`'s request: hints, OPT's next use and
+        the load budget. Returns whether a host hit may be loaded."""
+        if self._hints:
+            for tier in self._tiers:
+                tier.hint_upcoming((request.key,), now)
+        if self._oracle:
+            self._tell_next_use(request)
+        if self._budget is None:
+            return True
+        loads = self._loads_within_budget([request.key], self._budget)
+        return loads is None or request.key in loads
 
     def _take_deferred(self) -> None:
         """Pin `serve`'s request and mark it in flight, as `plan` does up front for a batch."""
@@ -436,7 +441,8 @@ class ControlPlane:
 
     def _release_single(self, plan: BatchDecisions, key: Key) -> None:
         """`release` of `serve`'s request once it took its pins (already counted)."""
-        self._copy_to_host(plan)
+        if plan.stores or plan.promoted:
+            self._copy_to_host(plan)
         for tier in self._tiers:
             tier.unpin(key)
         del self._in_flight[key[0]]
@@ -714,7 +720,11 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ versions
     def _note_version(self, key: Key) -> None:
-        self._versions.setdefault(key[0], set()).add(key[1])
+        versions = self._versions.get(key[0])
+        if versions is None:
+            self._versions[key[0]] = {key[1]}
+        else:
+            versions.add(key[1])
 
     def _forget_version(self, key: Key) -> None:
         if key not in self.gpu_tokens and key not in self.host_tokens:

@@ -78,7 +78,7 @@ class ExtentAllocator:
     sum(free lengths) + sum(allocated lengths) == total.
     """
 
-    BLOCK = 32
+    BLOCK = 16
 
     def __init__(self, total: int, fit: str = "first", alignment: int = 1) -> None:
         if fit not in FIT_STRATEGIES:
@@ -141,13 +141,52 @@ class ExtentAllocator:
         return starts
 
     def _take(self, need: int, count: int) -> list[int]:
-        """Up to `count` extents of `need` units, each where `allocate` would put it. An extent carved from
-        the front of the chosen free extent leaves it the chosen one while the rest still fits (first fit:
-        every extent before it is too short; best fit: every other fitting one is at least as long as it
-        was), so the run of equal extents is carved from it at once."""
+        """Up to `count` extents of `need` units, each where `allocate` would put it."""
+        taken = self._carve_first_fits(need, count) if self.fit == "first" else self._carve_best_fits(need, count)
+        self._allocated.update(dict.fromkeys(taken, need))
+        return taken
+
+    def _carve_first_fits(self, need: int, count: int) -> list[int]:
+        """First fit, `count` times, in one walk over the free extents by address: every extent behind the
+        walk is too short, so the next fitting one is where `allocate` would put the next extent, and it
+        gives extents from its front while the rest still fits. Blocks whose longest extent is too short
+        are skipped whole."""
+        taken: list[int] = []
+        maxes = self._maxes
+        block = 0
+        while len(taken) < count:
+            for block in range(block, len(maxes)):
+                if maxes[block] >= need:
+                    break
+            else:
+                break  # no block holds a fitting extent
+            starts, lengths = self._starts[block], self._lengths[block]
+            index = 0
+            while len(taken) < count:
+                for index in range(index, len(lengths)):
+                    if lengths[index] >= need:
+                        break
+                else:
+                    break  # the rest of the block is too short
+                start, length = starts[index], lengths[index]
+                carved = min(count - len(taken), length // need) * need
+                taken += range(start, start + carved, need)
+                if carved == length:
+                    del starts[index], lengths[index]
+                else:
+                    starts[index] = start + carved
+                    lengths[index] = length - carved
+                    index += 1
+            block = self._refreshed(block)
+        return taken
+
+    def _carve_best_fits(self, need: int, count: int) -> list[int]:
+        """Best fit, `count` times: an extent carved from the front of the chosen free extent leaves it the
+        chosen one while the rest still fits (every other fitting one is at least as long as it was), so
+        the run is carved from it at once."""
         taken: list[int] = []
         while len(taken) < count:
-            found = self._find(need)
+            found = self._best_fit(need)
             if found is None:
                 break
             block, index = found
@@ -155,21 +194,12 @@ class ExtentAllocator:
             carved = min(count - len(taken), length // need) * need
             taken += range(start, start + carved, need)
             self._shrink(block, index, carved)
-        self._allocated.update(dict.fromkeys(taken, need))
         return taken
 
-    def _find(self, need: int) -> tuple[int, int] | None:
-        """(block, index) of the free extent that allocation picks, or None when none fits."""
-        maxes = self._maxes
-        if self.fit == "first":
-            for block, largest in enumerate(maxes):
-                if largest >= need:
-                    for index, length in enumerate(self._lengths[block]):
-                        if length >= need:
-                            return block, index
-            return None
-        best: tuple[int, int, int] | None = None  # smallest fitting length, lowest address on ties
-        for block, largest in enumerate(maxes):
+    def _best_fit(self, need: int) -> tuple[int, int] | None:
+        """(block, index) of the smallest free extent that fits (lowest address on ties), or None."""
+        best: tuple[int, int, int] | None = None
+        for block, largest in enumerate(self._maxes):
             if largest >= need and (best is None or best[0] > need):
                 for index, length in enumerate(self._lengths[block]):
                     if need <= length and (best is None or length < best[0]):
@@ -296,6 +326,21 @@ class ExtentAllocator:
             self._maxes[block] = max(lengths)
         if len(starts) < self.BLOCK // 2 and len(self._starts) > 1:
             self._merge(block - 1 if block else block)
+
+    def _refreshed(self, block: int) -> int:
+        """Restore the invariants of a block whose extents shrank or went; returns the block to walk next
+        (a merged block again: its extents before the walk are all too short)."""
+        starts = self._starts[block]
+        if not starts:
+            del self._starts[block], self._lengths[block], self._maxes[block], self._firsts[block]
+            return block
+        self._firsts[block] = starts[0]
+        self._maxes[block] = max(self._lengths[block])
+        if len(starts) < self.BLOCK // 2 and len(self._starts) > 1:
+            merged = block - 1 if block else block
+            self._merge(merged)
+            return merged
+        return block + 1
 
     def _split(self, block: int) -> None:
         """Cut a full block in two halves."""
