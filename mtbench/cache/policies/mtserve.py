@@ -44,7 +44,7 @@ inside a bin. Keys are `(user_id, static_version)` tuples; any other key is its 
 
 from __future__ import annotations
 
-import math
+from math import log2
 from array import array
 from collections.abc import Callable, Hashable, Sequence
 
@@ -84,7 +84,7 @@ _TAIL_OF_BIN[:, :_N_BINS] = np.cumsum(_SPREAD[:, ::-1], axis=1)[:, ::-1]
 def _gap_bin(gap: float) -> int:
     if gap <= 0.0:
         return 0
-    b = int(2 * math.log2(1.0 + gap))
+    b = int(2 * log2(1.0 + gap))
     return b if b < _N_BINS else _N_BINS - 1
 
 
@@ -405,9 +405,10 @@ class MTServe(S3FIFO):
         # with a version clock every evictable entry older than the newest version is gone already (dead
         # first), so no candidate is dead; without one, a cached value may predate its user's newer version
         newest = None if epoch[1] else traffic.newest_version
-        window, horizon, population = self._window, None, None
+        left, horizon, population = self._window, None, None
         candidates: list[Key] = []
         scores: list[float] = []
+        add_candidate, add_score = candidates.append, scores.append
         for key in self._main:
             if key in pins or key in upcoming:
                 continue
@@ -423,9 +424,10 @@ class MTServe(S3FIFO):
                 user, version = _split(key)
                 if version < newest.get(user, -1):
                     score = 0.0
-            candidates.append(key)
-            scores.append(score)
-            if len(candidates) >= window:
+            add_candidate(key)
+            add_score(score)
+            left -= 1
+            if not left:
                 break
         if not candidates:  # only queued keys are unpinned: the least recent of them goes
             return next(key for queue in (self._small, self._main) for key in self._unpinned(queue))
