@@ -67,11 +67,12 @@ class ExtentAllocator:
 
     Data structure: the free extents, sorted by start, cut into blocks of `BLOCK // 2` to `2 * BLOCK`
     extents (a single block may be smaller); per block b the parallel lists `_starts[b]` and
-    `_lengths[b]`, its largest length `_maxes[b]` and its first start `_firsts[b]`. First fit scans
-    the block maxima for the first block holding an extent that fits, then that block's lengths:
-    O(n / BLOCK + BLOCK) per allocation instead of a scan of every free extent. Freeing finds its
-    neighbours by bisection over `_firsts`, then within the block. `_allocated` maps each allocated
-    start to its length.
+    `_lengths[b]`, its largest length `_maxes[b]` and its first start `_firsts[b]`. First fit walks the
+    blocks by address, skipping every block whose largest extent is too short, and places a run of
+    equal extents (an entry's per-layer extents) in that one walk: O(n / BLOCK + BLOCK) per fitting
+    extent instead of a scan of every free extent per extent. Freeing finds its neighbours by
+    bisection over `_firsts`, then within the block. `_allocated` maps each allocated start to its
+    length.
     Invariants: no block is empty; the concatenated starts are increasing; free extents are disjoint and
     never adjacent (freeing coalesces with both neighbours), so they are exactly the maximal free runs,
     whatever the order of frees; `_maxes[b] == max(_lengths[b])` and `_firsts[b] == _starts[b][0]`;
