@@ -25,7 +25,8 @@ Design (one paragraph the README and reports/POLICIES.md quote):
     can go.
 
 Memory is O(resident keys + ghost keys + users): per user a 40-bin float32 gap histogram, the last
-arrival time and the newest version; nothing grows with the number of requests.
+arrival time and the newest version (`Traffic`, one for both tiers of a control plane: the host tier's
+mtserve reads the GPU tier's); nothing grows with the number of requests.
 
 Speed (O(1) amortised per request, small constants): the unit-size fast path is S3-FIFO's loop (no
 users, no versions). On the generic path an arrival costs a few dict operations and, in user mode,
