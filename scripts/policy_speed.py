@@ -81,7 +81,11 @@ def record(case: TableCase, policy: str, capacity: int) -> tuple[list[Call], lis
 
 def replay_seconds(policy: str, log: list[Call], tiers: list[tuple[int, dict]], check: bool) -> float:
     """CPU seconds to replay `log` on fresh policies (checking every result against the log if `check`)."""
-    objects = [policy_class(policy)(capacity, **options) for capacity, options in tiers]
+    objects: list = []
+    for capacity, options in tiers:
+        if "traffic" in options:  # mtserve's host tier reads the (fresh) GPU tier's request statistics
+            options = {**options, "traffic": objects[0].traffic}
+        objects.append(policy_class(policy)(capacity, **options))
     calls = [(getattr(objects[tier], name), args) for tier, name, args, _ in log]
     if check:
         for (fn, args), (_, name, _, expected) in zip(calls, log):

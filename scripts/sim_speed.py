@@ -6,7 +6,12 @@ measurement, with PYTHONPATH naming the tree under test, and keep the best of th
                              1 GiB GPU / 8 GiB host, default cost model (write-back, inclusive)
   unit POLICY CAPACITY       ARC OLTP trace (914,145 requests), unit size, one tier
   fleet ROUTER               synth-small, 8 replicas, 256 MiB GPU / 4 GiB host, LRU (fleet task CPU time)
-  stream                     synth-small through one streaming replica, 256 MiB GPU / 4 GiB host, LRU"""
+  stream                     synth-small through one streaming replica, 256 MiB GPU / 4 GiB host, LRU
+  decisions [POLICY ...]     no timing: one line per simulate run (every counter and a digest of every
+                             outcome and reused-token count) over synth-small and movielens-small, first
+                             12,000 requests, 3 capacity pairs, 5 tier settings, no / hybrid / paged host
+                             extents; `diff` the output of two trees to show a speed-up changed nothing"""
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -37,7 +42,29 @@ else:
     cfg = get_config("large")
     sizer = EntrySizer(cfg.kv_bytes_per_token(parse_dtype("bf16")), 32)
     cost = CostModel.default(cfg, "bf16")
-    columns = open_trace(TRACE, limits=cfg.limits()).arrays(["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"])
+    fields = ["ts", "user_id", "static_version", "n_static", "n_rt", "n_cand"]
+    columns = open_trace(TRACE, limits=cfg.limits()).arrays(fields)
+    if mode == "decisions":
+        from mtbench.cache.policies import POLICY_NAMES
+        from mtbench.cache.pool import KVShape
+        shape = KVShape(cfg.n_layers, cfg.n_heads, cfg.head_dim, parse_dtype("bf16"), 32)
+        settings = {"write-back": TierSettings(), "write-through-exclusive": TierSettings(write_back=False, inclusive=False),
+                    "append": TierSettings(append=True), "batch-8-lookahead-1": TierSettings(batch_size=8, lookahead=1),
+                    "load-budget-64MiB": TierSettings(load_budget=64 << 20)}
+        for trace in ("synth-small", "movielens-small"):
+            trace_columns = open_trace(ROOT / "traces" / f"{trace}.parquet", limits=cfg.limits()).arrays(fields)
+            w = Workload.from_columns({k: v[:12000] for k, v in trace_columns.items()}, sizer)
+            for policy in args or POLICY_NAMES:
+                for gpu, host in ((256 << 20, 2 << 30), (1 << 30, 8 << 30), (512 << 20, 0)):
+                    for name, tiers in settings.items():
+                        for layout in ("none", "hybrid", "paged") if host else ("none",):
+                            geometry = shape.host_geometry(layout, None, host) if layout != "none" else None
+                            result, recomputed = simulate(w, policy, gpu, host, tiers, cost, keep_outcomes=True,
+                                                          host_geometry=geometry)
+                            digest = hashlib.md5(result.outcomes.tobytes() + recomputed.tobytes()).hexdigest()[:12]
+                            counters = {k: v for k, v in vars(result).items() if k != "outcomes"}
+                            print(trace, policy, gpu, host, name, layout, digest, counters, flush=True)
+        sys.exit(0)
     if mode == "general":
         w = Workload.from_columns({k: v[:20000] for k, v in columns.items()}, sizer)
         geometry = None

@@ -261,7 +261,8 @@ def test_memory_is_bounded_by_keys_not_requests() -> None:
         for _ in range(rounds * 3000):
             t += 1.0
             _request(policy, (int(rng.integers(0, 300)), int(t // 500)), t)
-        footprints.append((len(policy._gaps), len(policy._last_seen), len(policy._newest_version)))
+        traffic = policy.traffic
+        footprints.append((len(traffic.gaps), len(traffic.last_seen), len(traffic.newest_version)))
         assert len(policy._last_use) == len(policy) and len(policy._ghost) <= policy.capacity
         assert sum(len(bucket) for bucket in policy._by_version.values()) == len(policy)
     assert footprints[0] == footprints[1] == (300, 300, 300 + USER_MODE_AFTER)
@@ -350,3 +351,35 @@ def test_gr_traces_pinned_and_never_half_a_point_below_the_best_classic(shared_d
             if (case.title.split(",")[0], view, capacity) in STRICTLY_BETTER:
                 assert ours.gpu_hits > max(r.gpu_hits for r in runs.values()), (ours, runs)
     assert got == MTSERVE_ON_GR_TRACES
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_host_tier_reading_the_gpu_tiers_traffic_decides_as_with_its_own(seed: int) -> None:
+    """The host tier's mtserve reads the GPU tier's `Traffic` (both see every request): every outcome,
+    both tiers' contents and the counters equal those of a host tier that learns its own copy, per
+    request and in pipelined batches (hints), through user mode and the version clock."""
+    from mtbench.cache.control import ControlPlane, policy_options, run_batches
+    from mtbench.cache.policies import make_policy
+    from mtbench.sim.simulator import control_config, request_batches
+
+    rng = np.random.default_rng(seed)
+    workload = Workload.from_columns(_clock_trace(seed, n=2500, n_users=int(rng.integers(30, 90)),
+                                                  period=float(rng.choice([300.0, 1000.0]))), SIZER)
+    entry = int(np.median(workload.size))
+    gpu, host = int(rng.integers(4, 12)) * entry, int(rng.integers(12, 40)) * entry
+    settings = TierSettings(batch_size=int(rng.integers(1, 4)), lookahead=int(rng.integers(0, 2)))
+    config = control_config(workload, "mtserve", gpu, host, settings, COST)
+    shared, own = ControlPlane(config), ControlPlane(config)
+    assert shared.host.traffic is shared.gpu.traffic
+    own.host = make_policy("mtserve", host, **policy_options("mtserve", "recompute", COST, SIZER, host_tier=True))
+    own._tiers = (own.gpu, own.host)
+    runs = []
+    for plane in (shared, own):
+        after: list = []
+        run_batches(plane, request_batches(workload, settings.batch_size),
+                    lambda plan, plane=plane, after=after: after.append(
+                        (plan.outcomes[:], sorted(plane.gpu_tokens.items()), sorted(plane.host_tokens.items()))))
+        runs.append((after, plane.stats))
+    assert own.host.traffic is not own.gpu.traffic and own.gpu.user_mode and own.host.user_mode
+    assert runs[0] == runs[1]
+    assert runs[0][1].host_hits > 0 and runs[0][1].host_evictions > 0

@@ -276,15 +276,20 @@ def require_fits(what: str, capacity: int, largest: int, tokens: int) -> None:
 
 
 def policy_options(name: str, reload: str, costs: ReloadCosts | None, sizer: EntrySizer,
-                   host_tier: bool = False) -> dict[str, Any]:
+                   host_tier: bool = False, gpu_policy: ReplacementPolicy | None = None) -> dict[str, Any]:
     """Constructor options of policy `name` for one tier: what bringing an entry back costs there.
 
     reload: "h2d" (a GPU tier backed by a host tier) or "recompute" (a host tier, or a lone GPU tier);
-    host_tier: the tier's sizes are host sizes (`EntrySizer.host_size_of`).
+    host_tier: the tier's sizes are host sizes (`EntrySizer.host_size_of`); gpu_policy: the GPU tier's
+    policy when this is the host tier's (both are accessed and hinted for every request, in that order,
+    so mtserve's host tier reads the request statistics the GPU tier's learns).
     Keys are (user_id, static_version) tuples; mtserve reads the user and version from them.
     """
+    options: dict[str, Any] = {}
+    if name == "mtserve" and gpu_policy is not None:
+        options["traffic"] = gpu_policy.traffic
     if name not in ("mtserve", "gdsf") or costs is None or sizer.unit:
-        return {}
+        return options
     if reload == "h2d":  # a GPU entry of `size` bytes comes back as its host copy's bytes (fp8: fewer)
         def reload_ms(size: int) -> float:
             return float(costs.h2d_ms(size / sizer.bytes_per_token * sizer.host_token_bytes))
@@ -293,7 +298,8 @@ def policy_options(name: str, reload: str, costs: ReloadCosts | None, sizer: Ent
 
         def reload_ms(size: int) -> float:
             return float(costs.recompute_ms(size / per_token))
-    return {"reload_ms" if name == "mtserve" else "cost_of": reload_ms}
+    options["reload_ms" if name == "mtserve" else "cost_of"] = reload_ms
+    return options
 
 
 class ControlPlane:
@@ -309,7 +315,8 @@ class ControlPlane:
         self.gpu: ReplacementPolicy = make_policy(
             name, config.gpu_capacity, **policy_options(name, "h2d" if two_tiers else "recompute", config.costs, sizer))
         self.host: ReplacementPolicy | None = make_policy(
-            name, config.host_capacity, **policy_options(name, "recompute", config.costs, sizer, host_tier=True)) if two_tiers else None
+            name, config.host_capacity, **policy_options(name, "recompute", config.costs, sizer, host_tier=True,
+                                                         gpu_policy=self.gpu)) if two_tiers else None
         self.extents: ExtentAllocator | None = (config.host_geometry.allocator()
                                                 if two_tiers and config.host_geometry is not None else None)
         self._tiers = (self.gpu,) if self.host is None else (self.gpu, self.host)
@@ -332,6 +339,7 @@ class ControlPlane:
         self._serial = 0
         self._single = BatchDecisions(0, [Request((0, 0), 0, 0.0)], [MISS], [0], [None])  # `serve`'s plan, reused
         self._budget = self.settings.load_budget
+        self._plain = not self._hints and not self._oracle and self._budget is None  # `serve` skips `_announce`
         self._deferred: Request | None = None  # `serve`'s request until it takes its pins (`_take_deferred`)
 
     # ------------------------------------------------------------------ queries
@@ -397,16 +405,7 @@ class ControlPlane:
         self._deferred = request
         plan.cached[0] = 0
         now = self._tick(request.ts)
-        if self._hints:
-            for tier in self._tiers:
-                tier.hint_upcoming((request.key,), now)
-        if self._oracle:
-            self._tell_next_use(request)
-        if self._budget is None:
-            outcome = self._decide(plan, 0, request, now, True)
-        else:
-            loads = self._loads_within_budget([request.key], self._budget)
-            outcome = self._decide(plan, 0, request, now, loads is None or request.key in loads)
+        outcome = self._decide(plan, 0, request, now, True if self._plain else self._announce(request, now))
         cached = plan.cached[0]
         self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
         tokens = self._tokens
@@ -417,6 +416,19 @@ class ControlPlane:
         else:
             self._deferred = None
         return outcome, cached
+
+    def _announce(self, request: Request, now: float) -> bool:
+        """What `plan` does for a batch before deciding it, for `serve`'s request: hints, OPT's next use and
+        the load budget. Returns whether a host hit may be loaded."""
+        if self._hints:
+            for tier in self._tiers:
+                tier.hint_upcoming((request.key,), now)
+        if self._oracle:
+            self._tell_next_use(request)
+        if self._budget is None:
+            return True
+        loads = self._loads_within_budget([request.key], self._budget)
+        return loads is None or request.key in loads
 
     def _take_deferred(self) -> None:
         """Pin `serve`'s request and mark it in flight, as `plan` does up front for a batch."""
@@ -429,7 +441,8 @@ class ControlPlane:
 
     def _release_single(self, plan: BatchDecisions, key: Key) -> None:
         """`release` of `serve`'s request once it took its pins (already counted)."""
-        self._copy_to_host(plan)
+        if plan.stores or plan.promoted:
+            self._copy_to_host(plan)
         for tier in self._tiers:
             tier.unpin(key)
         del self._in_flight[key[0]]
@@ -701,14 +714,17 @@ class ControlPlane:
         del self.host_tokens[key]
         offsets = self.host_offsets.pop(key)
         if self.extents is not None:
-            for offset in offsets:
-                self.extents.free(offset)
+            self.extents.free_all(offsets)
         self.data.host_evict(key)
         self._forget_version(key)
 
     # ------------------------------------------------------------------ versions
     def _note_version(self, key: Key) -> None:
-        self._versions.setdefault(key[0], set()).add(key[1])
+        versions = self._versions.get(key[0])
+        if versions is None:
+            self._versions[key[0]] = {key[1]}
+        else:
+            versions.add(key[1])
 
     def _forget_version(self, key: Key) -> None:
         if key not in self.gpu_tokens and key not in self.host_tokens:

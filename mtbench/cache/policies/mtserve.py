@@ -25,7 +25,8 @@ Design (one paragraph the README and reports/POLICIES.md quote):
     can go.
 
 Memory is O(resident keys + ghost keys + users): per user a 40-bin float32 gap histogram, the last
-arrival time and the newest version; nothing grows with the number of requests.
+arrival time and the newest version (`Traffic`, one for both tiers of a control plane: the host tier's
+mtserve reads the GPU tier's); nothing grows with the number of requests.
 
 Speed (O(1) amortised per request, small constants): the unit-size fast path is S3-FIFO's loop (no
 users, no versions). On the generic path an arrival costs a few dict operations and, in user mode,
@@ -44,7 +45,7 @@ inside a bin. Keys are `(user_id, static_version)` tuples; any other key is its 
 
 from __future__ import annotations
 
-import math
+from math import log2
 from array import array
 from collections.abc import Callable, Hashable, Sequence
 
@@ -65,7 +66,6 @@ USER_MODE_AFTER = 8
 VALUE_REFRESH = 1.0
 """A candidate's value is reused until its idle time grew by this fraction (values drift slowly at the LRU end;
 recomputing every candidate's value at every eviction made mtserve 10x slower than LRU for the same hits)."""
-"""Arrivals carrying a new version of an already seen user before mtserve switches to user mode."""
 
 _N_BINS = 40
 _BIN_EDGES = [2 ** (b / 2) - 1 for b in range(_N_BINS + 1)]
@@ -85,7 +85,7 @@ _TAIL_OF_BIN[:, :_N_BINS] = np.cumsum(_SPREAD[:, ::-1], axis=1)[:, ::-1]
 def _gap_bin(gap: float) -> int:
     if gap <= 0.0:
         return 0
-    b = int(2 * math.log2(1.0 + gap))
+    b = int(2 * log2(1.0 + gap))
     return b if b < _N_BINS else _N_BINS - 1
 
 
@@ -152,20 +152,110 @@ def _reuse_probability(user_tail: list[float] | None, population_tail: list[floa
     return (longer - longer_later + prior_weight * pop_p) / (longer + prior_weight)
 
 
+class Traffic:
+    """What mtserve learns from the requests (not from its tier's contents): the version clock, per-user
+    gaps, the newest version of each user, the queued keys and the latest time.
+
+    The tiers of one control plane see every request in the same order (both are accessed and hinted
+    for each), so the host tier's mtserve reads the GPU tier's `Traffic` instead of learning the same
+    statistics a second time (`MTServe(traffic=...)`).
+
+    State: `user_mode` (the one-way switch); `newest_version[user]` (arrivals and hints) and, before user
+    mode, `arrived_version[user]` (its last arrival's version, to count version changes); in user mode
+    `last_seen[user]`, `gaps[user]` and `population` (everyone's gaps); version clock: `max_version`,
+    `arrivals`, `clock_violations`, `version_changes`, the first times versions `clock_start` and
+    `max_version` were seen; `upcoming`: keys of queued requests; `now`: latest time seen.
+    """
+
+    __slots__ = ("user_mode", "newest_version", "arrived_version", "last_seen", "gaps", "population", "max_version",
+                 "max_version_since", "clock_start", "arrivals", "clock_violations", "version_changes", "upcoming",
+                 "now")
+
+    def __init__(self) -> None:
+        self.user_mode = False
+        self.newest_version: dict[Hashable, int] = {}
+        self.arrived_version: dict[Hashable, int] = {}
+        self.last_seen: dict[Hashable, float] = {}
+        self.gaps: dict[Hashable, GapHistogram] = {}
+        self.population = GapHistogram("d")
+        self.max_version = -1
+        self.max_version_since = 0.0
+        self.clock_start: tuple[int, float] | None = None
+        self.arrivals = 0
+        self.clock_violations = 0
+        self.version_changes = 0
+        self.upcoming: set[Key] = set()
+        self.now = 0.0
+
+    def arrive(self, key: Key, now: float) -> None:
+        """Learn from one request (hit or miss)."""
+        user, version = key if key.__class__ is tuple else (key, 0)
+        if now > self.now:
+            self.now = now
+        self.arrivals += 1
+        if version < self.max_version:
+            self.clock_violations += 1
+        if self.user_mode:  # one gap more for the user and the population
+            last_seen = self.last_seen
+            last = last_seen.get(user)
+            last_seen[user] = now
+            if last is not None and now >= last:
+                b = _gap_bin(now - last)
+                gaps = self.gaps.get(user)
+                if gaps is None:
+                    gaps = self.gaps[user] = GapHistogram()
+                gaps.add_to_bin(b)
+                self.population.add_to_bin(b)
+        else:
+            # a hint may already have raised `newest_version` to this arrival's version, so version changes
+            # are counted between arrivals only
+            previous = self.arrived_version.get(user)
+            self.arrived_version[user] = version
+            if previous is not None and version != previous:
+                self.version_changes += 1
+                if self.version_changes >= USER_MODE_AFTER:
+                    self.user_mode = True
+                    self.arrived_version.clear()
+        if version > self.newest_version.get(user, -1) or version > self.max_version:
+            self._raise_versions(user, version, now)
+        if self.upcoming:
+            self.upcoming.discard(key)
+
+    def hint(self, keys: Sequence[Key], now: float) -> None:
+        """The keys of the queued requests, in arrival order."""
+        self.upcoming = set(keys)
+        newest = self.newest_version
+        for key in keys:
+            user, version = key if key.__class__ is tuple else (key, 0)
+            if version > newest.get(user, -1) or version > self.max_version:
+                self._raise_versions(user, version, now)
+
+    def _raise_versions(self, user: Hashable, version: int, now: float) -> None:
+        if version > self.newest_version.get(user, -1):
+            self.newest_version[user] = version
+        if version > self.max_version:
+            self.max_version, self.max_version_since = version, now
+            if self.clock_start is None:
+                self.clock_start = (version, now)
+
+    @property
+    def versions_are_a_clock(self) -> bool:
+        """Whether arriving versions behave as one global clock (then older versions are dead)."""
+        return self.clock_violations <= CLOCK_TOLERANCE * self.arrivals
+
+
 class MTServe(S3FIFO):
     """S3-FIFO queues (see s3fifo.py) plus user mode: `_main` in LRU order, dead-first, value-gated victims.
 
-    Added state: `_user_mode`; `_last_use[key]` (resident keys); per user `_newest_version` (arrivals
-    and hints) and, before user mode, `_arrived_version` (its last arrival's version, to count version
-    changes); in user mode per user `_last_seen` and `_gaps`, `_population` (everyone's gaps) and
+    Added state: `traffic` (`Traffic`: what the requests taught; its own, or the GPU tier's when this is
+    the host tier's policy, then `_learns` is False); `_user_mode` (this tier's queues follow
+    `traffic.user_mode` from its next access); `_last_use[key]` (resident keys); in user mode
     `_by_version[v]` (resident keys of version v, in insertion order; built from `_sizes`, which has the
-    same order, at the switch); version clock: `_max_version`, `_arrivals`, `_clock_violations`,
-    `_version_changes`, the first times versions `_clock_start` and `_max_version` were seen;
-    `_upcoming`: keys of queued requests; `_now`: latest time seen; `_reload_per_byte[size]`: the
-    reload cost per byte of an entry size (one per distinct size); `_values[key]`: (value, valid until,
-    last use it was computed for) of recent candidates (resident keys only; cleared when the version clock
-    moves). In user mode every admitted key enters `_main`, a hit moves it to
-    `_main`'s end, `_small` only drains (oldest first) and S3-FIFO's access counters are left alone.
+    same order, at the switch); `_reload_per_byte[size]`: the reload cost per byte of an entry size (one
+    per distinct size); `_values[key]`: (value, valid until, last use it was computed for) of recent
+    candidates (resident keys only; cleared when the version clock moves). In user mode every admitted
+    key enters `_main`, a hit moves it to `_main`'s end, `_small` only drains (oldest first) and
+    S3-FIFO's access counters are left alone.
     """
 
     name = "mtserve"
@@ -177,29 +267,21 @@ class MTServe(S3FIFO):
         session_gap: float = DEFAULT_HORIZON_S,
         window: int = DEFAULT_WINDOW,
         prior_weight: float = DEFAULT_PRIOR_WEIGHT,
+        traffic: Traffic | None = None,
     ) -> None:
-        """`session_gap`: the reuse horizon (seconds) while the version period is not yet known."""
+        """`session_gap`: the reuse horizon (seconds) while the version period is not yet known; `traffic`: the
+        statistics of another tier's mtserve that is accessed and hinted first for every request (this one
+        then only reads them); None: its own."""
         super().__init__(capacity)
         self._reload_ms = reload_ms
         self._default_horizon = float(session_gap)
         self._window = max(1, int(window))
         self._prior_weight = float(prior_weight)
+        self._learns = traffic is None
+        self.traffic = Traffic() if traffic is None else traffic
         self._user_mode = False
         self._last_use: dict[Key, float] = {}
         self._by_version: dict[int, dict[Key, None]] = {}
-        self._newest_version: dict[Hashable, int] = {}
-        self._arrived_version: dict[Hashable, int] = {}
-        self._last_seen: dict[Hashable, float] = {}
-        self._gaps: dict[Hashable, GapHistogram] = {}
-        self._population = GapHistogram("d")
-        self._max_version = -1
-        self._max_version_since = 0.0
-        self._clock_start: tuple[int, float] | None = None
-        self._arrivals = 0
-        self._clock_violations = 0
-        self._version_changes = 0
-        self._upcoming: set[Key] = set()
-        self._now = 0.0
         self._reload_per_byte: dict[int, float] = {}
         self._values: dict[Key, tuple[float, float, float]] = {}
         self._values_epoch: tuple[int, bool] | None = None
@@ -207,35 +289,11 @@ class MTServe(S3FIFO):
     # ------------------------------------------------------------ learning from arrivals
     def access(self, key: Key, now: float) -> bool:
         """Learn from every request (hit or miss; called once per request on each tier), then look up."""
-        user, version = key if key.__class__ is tuple else (key, 0)
-        if now > self._now:
-            self._now = now
-        self._arrivals += 1
-        if version < self._max_version:
-            self._clock_violations += 1
-        if self._user_mode:  # one gap more for the user and the population
-            last = self._last_seen.get(user)
-            self._last_seen[user] = now
-            if last is not None and now >= last:
-                b = _gap_bin(now - last)
-                gaps = self._gaps.get(user)
-                if gaps is None:
-                    gaps = self._gaps[user] = GapHistogram()
-                gaps.add_to_bin(b)
-                self._population.add_to_bin(b)
-        else:
-            # a hint (`hint_upcoming`) may already have raised `_newest_version` to this arrival's version, so
-            # version changes are counted between arrivals only
-            previous = self._arrived_version.get(user)
-            self._arrived_version[user] = version
-            if previous is not None and version != previous:
-                self._version_changes += 1
-                if self._version_changes >= USER_MODE_AFTER:
-                    self._enter_user_mode()
-        if version > self._newest_version.get(user, -1) or version > self._max_version:
-            self._raise_versions(user, version, now)
-        if self._upcoming:
-            self._upcoming.discard(key)
+        traffic = self.traffic
+        if self._learns:
+            traffic.arrive(key, now)
+        if traffic.user_mode and not self._user_mode:
+            self._enter_user_mode()
         if key not in self._sizes:
             return False
         self._last_use[key] = now
@@ -248,25 +306,12 @@ class MTServe(S3FIFO):
     def _enter_user_mode(self) -> None:
         """The one-way switch: index the resident keys by version (in `_sizes`' order, their insertion order)."""
         self._user_mode = True
-        self._arrived_version.clear()
         for key in self._sizes:
             self._by_version.setdefault(_split(key)[1], {})[key] = None
 
-    def _raise_versions(self, user: Hashable, version: int, now: float) -> None:
-        if version > self._newest_version.get(user, -1):
-            self._newest_version[user] = version
-        if version > self._max_version:
-            self._max_version, self._max_version_since = version, now
-            if self._clock_start is None:
-                self._clock_start = (version, now)
-
     def hint_upcoming(self, keys: Sequence[Key], now: float) -> None:
-        self._upcoming = set(keys)
-        newest = self._newest_version
-        for key in keys:
-            user, version = _split(key)
-            if version > newest.get(user, -1) or version > self._max_version:
-                self._raise_versions(user, version, now)
+        if self._learns:
+            self.traffic.hint(keys, now)
 
     @property
     def user_mode(self) -> bool:
@@ -276,15 +321,16 @@ class MTServe(S3FIFO):
     @property
     def versions_are_a_clock(self) -> bool:
         """Whether arriving versions behave as one global clock (then older versions are dead)."""
-        return self._clock_violations <= CLOCK_TOLERANCE * self._arrivals
+        return self.traffic.versions_are_a_clock
 
     def stale_horizon(self) -> float:
         """Seconds until the next version is expected (the default horizon until a period is known)."""
-        start = self._clock_start
-        if not self.versions_are_a_clock or start is None or self._max_version == start[0]:
+        traffic = self.traffic
+        start = traffic.clock_start
+        if not traffic.versions_are_a_clock or start is None or traffic.max_version == start[0]:
             return self._default_horizon
-        period = (self._max_version_since - start[1]) / (self._max_version - start[0])
-        return max(self._max_version_since + period - self._now, 0.05 * period)
+        period = (traffic.max_version_since - start[1]) / (traffic.max_version - start[0])
+        return max(traffic.max_version_since + period - traffic.now, 0.05 * period)
 
     # ------------------------------------------------------------ S3-FIFO hooks
     def _refuses(self, size: int, was_ghost: bool) -> bool:
@@ -313,7 +359,7 @@ class MTServe(S3FIFO):
         del bucket[key]
         if not bucket:
             del self._by_version[version]
-        gaps = self._gaps.get(user)
+        gaps = self.traffic.gaps.get(user)
         if gaps is not None:  # tails are kept for resident users only
             gaps.drop_tail()
 
@@ -332,10 +378,10 @@ class MTServe(S3FIFO):
     # ------------------------------------------------------------ user mode
     def _dead_victim(self) -> Key | None:
         """An evictable entry of the oldest version older than the newest (clock mode)."""
-        by_version, newest = self._by_version, self._max_version
+        by_version, newest = self._by_version, self.traffic.max_version
         if len(by_version) == 1 and newest in by_version:
             return None
-        pins, upcoming = self._pins, self._upcoming
+        pins, upcoming = self._pins, self.traffic.upcoming
         for version in sorted(v for v in by_version if v < newest):
             for key in by_version[version]:
                 if key not in pins and key not in upcoming:
@@ -347,21 +393,23 @@ class MTServe(S3FIFO):
         recently used of the `window` least recently used evictable entries within `TIE_FACTOR` of the
         lowest value among them. A value is reused (`_values`) until the entry is used again, its idle time
         grew by `VALUE_REFRESH`, or the version clock moves."""
-        pins, upcoming = self._pins, self._upcoming
+        traffic = self.traffic
+        pins, upcoming = self._pins, traffic.upcoming
         for key in self._small:
             if key not in pins and key not in upcoming:
                 return key
-        values, now, last_use = self._values, self._now, self._last_use
-        epoch = (self._max_version, self.versions_are_a_clock)
+        values, now, last_use = self._values, traffic.now, self._last_use
+        epoch = (traffic.max_version, traffic.versions_are_a_clock)
         if epoch != self._values_epoch:
             values.clear()
             self._values_epoch = epoch
         # with a version clock every evictable entry older than the newest version is gone already (dead
         # first), so no candidate is dead; without one, a cached value may predate its user's newer version
-        newest = None if epoch[1] else self._newest_version
-        window, horizon, population = self._window, None, None
+        newest = None if epoch[1] else traffic.newest_version
+        left, horizon, population = self._window, None, None
         candidates: list[Key] = []
         scores: list[float] = []
+        add_candidate, add_score = candidates.append, scores.append
         for key in self._main:
             if key in pins or key in upcoming:
                 continue
@@ -369,7 +417,7 @@ class MTServe(S3FIFO):
             cached = values.get(key)
             if cached is None or now > cached[1] or cached[2] != used:
                 if horizon is None:
-                    horizon, population = self.stale_horizon(), self._population.tail()
+                    horizon, population = self.stale_horizon(), traffic.population.tail()
                 cached = values[key] = (self._value(key, now, horizon, population),
                                         now + VALUE_REFRESH * (now - used), used)
             score = cached[0]
@@ -377,9 +425,10 @@ class MTServe(S3FIFO):
                 user, version = _split(key)
                 if version < newest.get(user, -1):
                     score = 0.0
-            candidates.append(key)
-            scores.append(score)
-            if len(candidates) >= window:
+            add_candidate(key)
+            add_score(score)
+            left -= 1
+            if not left:
                 break
         if not candidates:  # only queued keys are unpinned: the least recent of them goes
             return next(key for queue in (self._small, self._main) for key in self._unpinned(queue))
@@ -388,26 +437,27 @@ class MTServe(S3FIFO):
 
     def value_density(self, key: Key, now: float) -> float:
         """Value of keeping resident `key` at time `now` (0 for a dead entry; see module doc)."""
-        return self._value(key, now, self.stale_horizon(), self._population.tail())
+        return self._value(key, now, self.stale_horizon(), self.traffic.population.tail())
 
     def _value(self, key: Key, now: float, horizon: float, population_tail: list[float]) -> float:
         user, version = _split(key)
-        if version < self._newest_version.get(user, -1):
+        if version < self.traffic.newest_version.get(user, -1):
             return 0.0
         size = max(self._sizes[key], 1)
         reload_per_byte = self._reload_per_byte.get(size)
         if reload_per_byte is None:
             reload_per_byte = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
             self._reload_per_byte[size] = reload_per_byte
-        gaps = self._gaps.get(user)
+        gaps = self.traffic.gaps.get(user)
         probability = _reuse_probability(None if gaps is None else gaps.tail(), population_tail,
                                          now - self._last_use[key], horizon, self._prior_weight)
         return probability * reload_per_byte / size
 
     def reuse_probability(self, user: Hashable, age: float, horizon: float) -> float:
         """P(the user's next gap ends within `horizon` | it already lasted `age`), user shrunk to population."""
-        gaps = self._gaps.get(user)
-        return _reuse_probability(None if gaps is None else gaps.tail(), self._population.tail(), age, horizon,
+        traffic = self.traffic
+        gaps = traffic.gaps.get(user)
+        return _reuse_probability(None if gaps is None else gaps.tail(), traffic.population.tail(), age, horizon,
                                   self._prior_weight)
 
     # ------------------------------------------------------------ fast path
