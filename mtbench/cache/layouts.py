@@ -318,13 +318,11 @@ class ZeroCopyLayout(HybridLayout):
         kernels.copy_rows(pool_layer, pool_rows, self._rows(self.arena.buffer), host_rows)
 
 
-class Fp8ZeroCopyLayout(ZeroCopyLayout):
-    """`zerocopy` over an fp8 host tier (`Fp8RowArena`, row format in kernels/fp8_rows_ref.py): a load
-    dequantises the pinned host rows straight into the bf16 pool pages, a store quantises pool pages
-    straight into host rows, one kernel launch per layer either way. An entry's extent per layer is 2n
-    arena ROWS (K rows, then V rows), so placements hold row offsets. Lossy: error bound in the ref."""
+class Fp8Rows:
+    """What every fp8 host layout shares: an entry's extent per layer is 2n `Fp8RowArena` ROWS (K rows,
+    then V rows), so placements hold row offsets, and a token costs the fp8 bytes on the host."""
 
-    name = FP8_LAYOUT
+    shape: KVShape
 
     @property
     def bytes_per_token(self) -> int:
@@ -333,6 +331,15 @@ class Fp8ZeroCopyLayout(ZeroCopyLayout):
     def extent_elements(self, n_tokens: int) -> list[int]:
         """Rows (not elements) of each layer's extent in the `Fp8RowArena`."""
         return [2 * n_tokens] * self.shape.layers
+
+
+class Fp8ZeroCopyLayout(Fp8Rows, ZeroCopyLayout):
+    """`zerocopy` over an fp8 host tier (`Fp8RowArena`, row format in kernels/fp8_rows_ref.py): a load
+    dequantises the pinned host rows straight into the bf16 pool pages, a store quantises pool pages
+    straight into host rows, one kernel launch per layer either way. An entry's extent per layer is 2n
+    arena ROWS (K rows, then V rows), so placements hold row offsets. Lossy: error bound in the ref."""
+
+    name = FP8_LAYOUT
 
     def row_views(self, arena: Fp8RowArena, placement: HostPlacement) -> list[torch.Tensor]:
         """Each layer's e4m3 code rows [2n, H * D] (K then V); the scales sit at the same rows of arena.scales."""
@@ -374,7 +381,7 @@ class StagedBatch:
         return [buffer[base : base + size] for base, size in zip(self.bases, self.sizes)]
 
 
-class Fp8HybridLayout(HybridLayout):
+class Fp8HybridLayout(Fp8Rows, HybridLayout):
     """`hybrid` over an fp8 host tier (`Fp8RowArena` used as blocks, row format in kernels/fp8_rows_ref.py):
     an entry's extent per layer is 2n arena ROWS (K rows, then V rows) holding one block, their codes
     [2n, H * D] then their scales [2n, H], so it moves in ONE copy-engine copy. Per layer, a load copies
@@ -389,14 +396,6 @@ class Fp8HybridLayout(HybridLayout):
         super().__init__(shape)
         self.row_bytes = fp8_row_bytes(shape.heads, shape.head_dim)
         self.align = code_alignment(self.width)  # code rows laid end to end from an aligned base
-
-    @property
-    def bytes_per_token(self) -> int:
-        return self.shape.host_bytes_per_token(FP8)
-
-    def extent_elements(self, n_tokens: int) -> list[int]:
-        """Rows (not elements) of each layer's extent in the `Fp8RowArena`."""
-        return [2 * n_tokens] * self.shape.layers
 
     def row_views(self, arena: Fp8RowArena, placement: HostPlacement) -> list[torch.Tensor]:
         """Each layer's block of bytes (codes of the 2n rows, then their scales)."""

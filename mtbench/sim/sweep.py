@@ -45,6 +45,11 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.terminate()
     pool.shutdown(wait=False, cancel_futures=True)
+    # let the executor's manager thread close its wake-up pipe now: left to interpreter exit, its close
+    # can race Python 3.11's exit hook writing to that pipe (an "OSError: Bad file descriptor" traceback)
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(timeout=5.0)
 
 
 def _run_point(point: SweepPoint) -> dict:
