@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -42,14 +43,19 @@ def _terminate(pool: ProcessPoolExecutor) -> None:
     if terminate is not None:
         terminate()
         return
+    wakeup = getattr(pool, "_executor_manager_thread_wakeup", None)
+    manager = getattr(pool, "_executor_manager_thread", None)
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.terminate()
     pool.shutdown(wait=False, cancel_futures=True)
-    # let the executor's manager thread close its wake-up pipe now: left to interpreter exit, its close
-    # can race Python 3.11's exit hook writing to that pipe (an "OSError: Bad file descriptor" traceback)
-    manager = getattr(pool, "_executor_manager_thread", None)
+    # Python 3.11's exit hook writes to every executor's wake-up pipe that is not marked closed; after
+    # the workers were killed that pipe can already be gone ("OSError: Bad file descriptor" printed at
+    # exit). Let the manager thread finish, then mark the pipe closed.
     if manager is not None:
         manager.join(timeout=5.0)
+    if wakeup is not None and not (manager is not None and manager.is_alive()):
+        with contextlib.suppress(OSError):
+            wakeup.close()
 
 
 def _run_point(point: SweepPoint) -> dict:
