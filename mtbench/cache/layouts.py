@@ -140,6 +140,13 @@ class HostLayout(ABC):
         """Every layer of every job, layer-major; `layer_done(l)` after layer l of all jobs is issued.
         `views[j]` are job j's `row_views`."""
 
+    def _layer_by_layer(self, layer_done: Callable[[int], None], load_layer: Callable[[int], None] | None = None) -> None:
+        """`load_layer(l)` then `layer_done(l)` for every layer (only the signals when nothing loads)."""
+        for layer in range(self.shape.layers):
+            if load_layer is not None:
+                load_layer(layer)
+            layer_done(layer)
+
     @abstractmethod
     def store_many(self, jobs: list[TransferJob], views: list[list[torch.Tensor]], pool: PagedKVPool,
                    non_blocking: bool) -> None:
@@ -236,16 +243,17 @@ class HybridLayout(HostLayout):
         """Per layer: one copy per entry of its K and V rows into the staging rows, then ONE index copy
         from the staging rows into every entry's pool rows."""
         if not jobs:
-            for layer in range(self.shape.layers):
-                layer_done(layer)
+            self._layer_by_layer(layer_done)
             return
         pool_rows = self._pool_rows(jobs, pool.device)
         staging = self._staging_rows(pool_rows.numel(), pool.device)
         slices = self._slices(staging, jobs, 2)
-        for layer in range(self.shape.layers):
+
+        def load_layer(layer: int) -> None:
             torch._foreach_copy_(slices, [v[layer] for v in views], non_blocking=non_blocking)
             pool.layer(layer).view(-1, self.width).index_copy_(0, pool_rows, staging)
-            layer_done(layer)
+
+        self._layer_by_layer(layer_done, load_layer)
 
 
     def _view_shapes(self, n_tokens: int) -> list[tuple[int, ...]]:
@@ -300,11 +308,12 @@ class ZeroCopyLayout(HybridLayout):
         return bases // self.width
 
     def load_layers(self, jobs, views, pool, non_blocking, layer_done):
-        host_rows, pool_rows = self._indices(jobs, pool.device) if jobs else (None, None)
-        for layer in range(self.shape.layers):
-            if jobs:
-                self._load_layer(host_rows[layer], self._rows(pool.layer(layer)), pool_rows)
-            layer_done(layer)
+        if not jobs:
+            self._layer_by_layer(layer_done)
+            return
+        host_rows, pool_rows = self._indices(jobs, pool.device)
+        self._layer_by_layer(layer_done, lambda layer: self._load_layer(host_rows[layer], self._rows(pool.layer(layer)),
+                                                                        pool_rows))
 
     def store_many(self, jobs, views, pool, non_blocking):
         host_rows, pool_rows = self._indices(jobs, pool.device)
@@ -433,16 +442,17 @@ class Fp8HybridLayout(Fp8Rows, HybridLayout):
         """Per layer: one copy per entry of its block into the staging, then ONE dequantise + scatter
         launch from the staging into every entry's pool rows."""
         if not jobs:
-            for layer in range(self.shape.layers):
-                layer_done(layer)
+            self._layer_by_layer(layer_done)
             return
         batch = self.staged_batch(jobs, pool.device)
         staging = self._staging_bytes(batch.layer_bytes, pool.device)
         staged, blocks = batch.rows(staging, self.shape.heads, self.align), batch.blocks(staging)
-        for layer in range(self.shape.layers):
+
+        def load_layer(layer: int) -> None:
             torch._foreach_copy_(blocks, [v[layer] for v in views], non_blocking=non_blocking)
             kernels.dequantize_scatter_fp8(staged, pool.layer(layer).view(-1, self.width), batch.pool_rows)
-            layer_done(layer)
+
+        self._layer_by_layer(layer_done, load_layer)
 
     def store_many(self, jobs, views, pool, non_blocking):
         """Per layer: ONE gather + quantise launch of every entry's K and V rows into that layer's part of
