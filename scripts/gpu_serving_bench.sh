@@ -18,7 +18,7 @@
 #     of saturation (target 15%), and the one-line result (max QPS per GPU within p99 <= SLO_MS, capacity
 #     speedup, throughput speedup); the capacity report's PNGs are copied to $OUT/plots.
 # Everything lands in $OUT: SERVING.md, serving.json, serving.log, costmodel.json, capacity_summary.json,
-# capacity_points.csv, measured_requests.parquet, plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
+# capacity_points.csv, measured_requests.parquet, serving_gap.txt/.csv (scripts/serving_gap.py), plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
 # SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,6 +93,9 @@ timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODE
   -o "$WORK/capacity" 2>&1 | tee -a "$OUT/serving.log"
 cp "$WORK/capacity/summary.json" "$OUT/capacity_summary.json"
 cp "$WORK/capacity/measured_requests.parquet" "$OUT/measured_requests.parquet"  # per request, batch by batch
+# every measured batch priced as the simulator prices its own decisions: where the two differ
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" $PY scripts/serving_gap.py "$WORK/capacity" --csv "$OUT/serving_gap.csv" | tee "$OUT/serving_gap.txt" \
+  || log "serving_gap.py failed (the digest below does not need it)"
 mkdir -p "$OUT/plots" && cp "$WORK/capacity/plots/"*.png "$OUT/plots/"
 
 # 5. digest: simulated vs measured per rate and mode

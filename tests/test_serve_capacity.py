@@ -22,6 +22,7 @@ from mtbench.cache.control import Outcome
 from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, gpus_needed
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.des import closed_loop_rate
+from mtbench.serve.gap import batch_gaps, gap_summary
 from mtbench.serve.service import BatchOverhead, CacheService, CacheSetting, batch_costs, batch_price_ms
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, simulate
@@ -130,6 +131,12 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     requests = pd.read_parquet(out / "measured_requests.parquet")  # the measured run's timed requests
     assert len(requests) == 40 - 8 and set(requests["rate"]) == set(measured["rate"])
     assert (requests["cache_mode"] == "tiered").all() and (requests["finish_s"] >= requests["arrival_s"]).all()
+    gaps = batch_gaps(out)  # every measured batch priced as the simulator prices it
+    assert len(gaps) == requests["batch_index"].nunique() and gaps["size"].sum() == len(requests)
+    assert (gaps["simulated_ms"] >= gaps["fixed_ms"] + gaps["compute_ms"] - 1e-9).all()
+    assert (gaps["exposed_ms"] >= -1e-9).all() and (gaps["stall_ms"] == 0).all()  # no copy stalls on the CPU
+    table = gap_summary(gaps)
+    assert table["batches"].sum() == len(gaps)
 
 
 @pytest.mark.parametrize("seed, mode", [(3, "gpu"), (4, "tiered"), (5, "tiered")])

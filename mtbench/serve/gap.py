@@ -1,0 +1,83 @@
+"""Where a capacity run's simulated service times differ from the measured ones, batch by batch.
+
+`batch_gaps` reads a `mtbench capacity --measure` report (measured_requests.parquet, summary.json) and
+prices every measured open-loop batch's REAL decisions as the simulator prices its own
+(`batch_costs` + the mode's `BatchOverhead` + `batch_price_ms`), beside what the batch took (start to
+finish) and the copy stall the replay measured. `gap_summary` averages them per mode, early/serial
+batch and size class. A batch is `early` when it held max_batch requests, the last of which arrived
+before the previous batch started (the server planned it while that one ran): the simulator's rule
+(`mtbench.serve.des`) for a batcher without a token budget.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mtbench.cache.sizes import EntrySizer
+from mtbench.errors import MtbenchError
+from mtbench.model import get_config
+from mtbench.model.config import parse_dtype
+from mtbench.serve.service import BatchOverhead, batch_costs, batch_price_ms
+from mtbench.sim.costmodel import CostModel
+
+SIZE_CLASSES = (1, 8, 16, 32, 64)  # a class holds sizes from its bound up to the next one
+SIZE_LABELS = ("1-7", "8-15", "16-31", "32-63", "64+")
+
+
+def batch_gaps(report: Path) -> pd.DataFrame:
+    """One row per measured batch: cache_mode, rate, size, early, measured_ms, simulated_ms, fixed_ms,
+    compute_ms, exposed_ms (the copies the model leaves unhidden) and stall_ms (measured)."""
+    report = Path(report)
+    requests_path, summary_path = report / "measured_requests.parquet", report / "summary.json"
+    if not requests_path.exists() or not summary_path.exists():
+        raise MtbenchError(f"{report}: not a `mtbench capacity --measure` report (needs measured_requests.parquet "
+                           "and summary.json)")
+    summary = json.loads(summary_path.read_text())
+    config = summary["config"]
+    cost = CostModel(**config["cost_model"])
+    sizer = EntrySizer(get_config(summary["model"]).kv_bytes_per_token(parse_dtype(summary["dtype"])),
+                       config["page_tokens"])
+    overheads = {row["cache_mode"]: _overhead(row["batch_overhead_curve"]) for row in summary["rows"]}
+    requests = pd.read_parquet(requests_path)
+    frames = [_run_gaps(run, cost, sizer, overheads[mode], config["batch_size"], mode, rate)
+              for (mode, rate), run in requests.groupby(["cache_mode", "rate"], sort=False)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def gap_summary(gaps: pd.DataFrame) -> pd.DataFrame:
+    """Means per (cache_mode, early, size class) of `batch_gaps`, with the relative gap of the means."""
+    position = np.searchsorted(np.asarray(SIZE_CLASSES), gaps["size"], side="right") - 1
+    keyed = gaps.assign(size_class=pd.Categorical(np.asarray(SIZE_LABELS)[position], categories=SIZE_LABELS, ordered=True))
+    columns = ["measured_ms", "simulated_ms", "fixed_ms", "compute_ms", "exposed_ms", "stall_ms"]
+    groups = keyed.groupby(["cache_mode", "early", "size_class"], sort=True, observed=True)
+    table = groups[columns].mean()
+    table.insert(0, "batches", groups.size())
+    table["gap"] = (table["simulated_ms"] - table["measured_ms"]) / table["measured_ms"]
+    return table.reset_index()
+
+
+def _overhead(curve: dict) -> BatchOverhead:
+    return BatchOverhead(tuple((int(size), float(ms)) for size, ms in curve["serial"]), float(curve["pipelined"]))
+
+
+def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: BatchOverhead, max_batch: int,
+              mode: str, rate: float) -> pd.DataFrame:
+    batches = run.groupby("batch_index").agg(size=("request_index", "size"), start=("start_s", "first"),
+                                            finish=("finish_s", "first"), last_arrival=("arrival_s", "max"),
+                                            stall_ms=("stall_ms", "first")).sort_index()
+    previous_start = batches["start"].shift(1, fill_value=-np.inf)
+    early = (batches["size"] == max_batch) & (batches["last_arrival"] <= previous_start)
+    costs = batch_costs(run, cost, sizer).reindex(batches.index)
+    fixed = np.array([overhead.ms(int(size), bool(e)) for size, e in zip(batches["size"], early)])
+    simulated = np.array([batch_price_ms(cost, c, h, f) for c, h, f in zip(costs["compute_ms"], costs["h2d_ms"], fixed)])
+    return pd.DataFrame({
+        "cache_mode": mode, "rate": rate, "batch_index": batches.index, "size": batches["size"].to_numpy(),
+        "early": early.to_numpy(), "measured_ms": ((batches["finish"] - batches["start"]) * 1e3).to_numpy(),
+        "simulated_ms": simulated, "fixed_ms": fixed, "compute_ms": costs["compute_ms"].to_numpy(),
+        "exposed_ms": simulated - fixed - costs["compute_ms"].to_numpy(), "stall_ms": batches["stall_ms"].to_numpy(),
+    })
+

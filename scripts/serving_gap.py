@@ -1,0 +1,47 @@
+"""Print where a capacity run's simulated batch times differ from the measured ones (`mtbench.serve.gap`).
+
+    PYTHONPATH=$PWD python3 scripts/serving_gap.py REPORT_DIR [--csv OUT.csv]
+
+REPORT_DIR is a `mtbench capacity --measure` report (scripts/gpu_serving_bench.sh keeps its
+measured_requests.parquet and summary.json as $OUT/measured_requests.parquet and
+$OUT/capacity_summary.json: copy them into one folder as measured_requests.parquet and summary.json).
+Per cache mode, early (planned while the previous batch ran) or serial, and batch-size class: batches,
+mean measured and simulated ms, the fixed cost, the model's compute, the copies the model leaves
+exposed against the stall the replay measured, and the relative gap. Runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mtbench.errors import MtbenchError
+from mtbench.serve.gap import batch_gaps, gap_summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report", type=Path)
+    parser.add_argument("--csv", type=Path, help="also write every batch's row here")
+    args = parser.parse_args()
+    try:
+        gaps = batch_gaps(args.report)
+    except MtbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.csv is not None:
+        gaps.to_csv(args.csv, index=False)
+    table = gap_summary(gaps)
+    print(f"{'mode':<7} {'kind':<6} {'size':>5} {'n':>5} {'meas':>6} {'sim':>6} {'fixed':>6} {'comp':>6} "
+          f"{'expo':>5} {'stall':>5} {'gap':>6}")
+    for row in table.itertuples(index=False):
+        print(f"{row.cache_mode:<7} {'early' if row.early else 'serial':<6} {row.size_class:>5} {row.batches:>5} "
+              f"{row.measured_ms:>6.2f} {row.simulated_ms:>6.2f} {row.fixed_ms:>6.2f} {row.compute_ms:>6.2f} "
+              f"{row.exposed_ms:>5.2f} {row.stall_ms:>5.2f} {row.gap:>+6.0%}")
+    print("ms per batch (means); n: batches; gap: (simulated - measured) / measured")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
