@@ -119,6 +119,20 @@ def test_transfers_hide_under_compute_as_the_cost_model_says() -> None:
     assert batch_price_ms(CostModel(0.0, 0.0, transfer_overlap=0.0), 2.0, 3.0) == 5.0
 
 
+def test_a_batch_held_up_by_its_copies_ends_the_copy_tail_after_them() -> None:
+    cost = CostModel(static_token_ms=0.0, new_token_ms=0.0, transfer_overlap=1.0)
+    assert batch_price_ms(cost, 2.0, 3.0, 0.5, copy_tail_ms=1.5) == pytest.approx(4.5)  # copies + tail
+    assert batch_price_ms(cost, 6.0, 3.0, 0.5, copy_tail_ms=1.5) == pytest.approx(6.5)  # compute-bound
+    assert batch_price_ms(cost, 2.0, 0.0, 0.5, copy_tail_ms=1.5) == pytest.approx(2.5)  # nothing loaded
+
+
+def test_batch_overhead_charges_the_copy_tail_to_serial_batches_and_round_trips() -> None:
+    overhead = BatchOverhead(((1, 3.0), (16, 6.0)), pipelined=1.5, copy_tail=2.25)
+    assert overhead.tail_ms(early=False) == 2.25 and overhead.tail_ms(early=True) == 0.0
+    assert BatchOverhead.from_dict(overhead.to_dict()) == overhead
+    assert BatchOverhead.from_dict({"serial": [[1, 3.0]], "pipelined": 1.0}).copy_tail == 0.0  # older reports
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_batch_is_early_when_it_was_full_before_the_previous_one_started(seed: int) -> None:
     rng = np.random.default_rng(seed)

@@ -47,6 +47,7 @@ from mtbench.sim.simulator import Workload
 SEARCH_PRECISION = 0.005  # relative width of the final bracket of the SLO rate
 READS_CACHE_NAMES = sorted(outcome.label for outcome in READS_CACHE)
 LOWEST_FRACTION = 0.01  # of saturation: below this the SLO is called unreachable
+COPY_BOUND_STALL_MS = 1.0  # a serial batch stalled longer than this waited on its host loads
 CURVE_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0, 1.1)
 
 
@@ -194,17 +195,25 @@ class MeasureContext:
         of the same requests, served one batch after another at each power-of-two size up to max_batch
         (`serial`) and pipelined at max_batch (`pipelined`). The simulator adds the copies the pipeline
         does not hide under fixed + compute (`batch_price_ms`), so fixed + compute is the busy time the
-        replay's load budget observes."""
+        replay's load budget observes. `copy_tail`: the median of (batch time - `batch_costs`' copy time)
+        over the serial batches the copies held up (stall over COPY_BOUND_STALL_MS), 0 without any."""
         big = self.question.serving.batcher.max_batch
         sizes = sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big})
 
-        def overhead(size: int, pipelined: bool) -> float:
+        def batches(size: int, pipelined: bool) -> pd.DataFrame:
             records = self._saturated(mode, size, pipelined)[1]
-            batches = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms"]].first()
-            measured = (batches["finish_s"] - batches["start_s"]) * 1e3 - batches["stall_ms"]
-            return float((measured - batch_costs(records, cost, sizer)["compute_ms"]).mean())
+            timed = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms"]].first()
+            timed["batch_ms"] = (timed["finish_s"] - timed["start_s"]) * 1e3
+            return timed.join(batch_costs(records, cost, sizer))
 
-        return BatchOverhead(tuple((size, overhead(size, False)) for size in sizes), overhead(big, True))
+        def overhead(size: int, pipelined: bool) -> float:
+            timed = batches(size, pipelined)
+            return float((timed["batch_ms"] - timed["stall_ms"] - timed["compute_ms"]).mean())
+
+        serial = pd.concat([batches(size, False) for size in sizes])
+        held_up = serial[serial["stall_ms"] > COPY_BOUND_STALL_MS]
+        tail = float((held_up["batch_ms"] - held_up["h2d_ms"]).median()) if len(held_up) else 0.0
+        return BatchOverhead(tuple((size, overhead(size, False)) for size in sizes), overhead(big, True), tail)
 
     def _requests(self, batch_size: int) -> tuple[int, int]:
         """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what

@@ -41,7 +41,7 @@ def batch_gaps(report: Path) -> pd.DataFrame:
     cost = CostModel(**config["cost_model"])
     sizer = EntrySizer(get_config(summary["model"]).kv_bytes_per_token(parse_dtype(summary["dtype"])),
                        config["page_tokens"])
-    overheads = {row["cache_mode"]: _overhead(row["batch_overhead_curve"]) for row in summary["rows"]}
+    overheads = {row["cache_mode"]: BatchOverhead.from_dict(row["batch_overhead_curve"]) for row in summary["rows"]}
     requests = pd.read_parquet(requests_path)
     frames = [_run_gaps(run, cost, sizer, overheads[mode], config["batch_size"], mode, rate)
               for (mode, rate), run in requests.groupby(["cache_mode", "rate"], sort=False)]
@@ -60,10 +60,6 @@ def gap_summary(gaps: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def _overhead(curve: dict) -> BatchOverhead:
-    return BatchOverhead(tuple((int(size), float(ms)) for size, ms in curve["serial"]), float(curve["pipelined"]))
-
-
 def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: BatchOverhead, max_batch: int,
               mode: str, rate: float) -> pd.DataFrame:
     batches = run.groupby("batch_index").agg(size=("request_index", "size"), start=("start_s", "first"),
@@ -73,7 +69,8 @@ def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: B
     early = (batches["size"] == max_batch) & (batches["last_arrival"] <= previous_start)
     costs = batch_costs(run, cost, sizer).reindex(batches.index)
     fixed = np.array([overhead.ms(int(size), bool(e)) for size, e in zip(batches["size"], early)])
-    simulated = np.array([batch_price_ms(cost, c, h, f) for c, h, f in zip(costs["compute_ms"], costs["h2d_ms"], fixed)])
+    simulated = np.array([batch_price_ms(cost, c, h, f, overhead.tail_ms(bool(e)))
+                          for c, h, f, e in zip(costs["compute_ms"], costs["h2d_ms"], fixed, early)])
     return pd.DataFrame({
         "cache_mode": mode, "rate": rate, "batch_index": batches.index, "size": batches["size"].to_numpy(),
         "early": early.to_numpy(), "measured_ms": ((batches["finish"] - batches["start"]) * 1e3).to_numpy(),

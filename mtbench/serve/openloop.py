@@ -23,6 +23,7 @@ GPU is free, and wait in a queue for the dynamic batcher.
 from __future__ import annotations
 
 import bisect
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,13 +42,14 @@ from mtbench.serve.stats import Timeline, serving_stats
 from mtbench.trace import Trace, open_trace
 
 POLL_S = 0.05  # longest sleep of the load generator, so a stop request is seen quickly
+SWITCH_S = 0.0005  # the interpreter's thread switch interval while requests are released
 
 
 class LoadGenerator:
     """Releases request i at t0 + arrivals[i] (seconds, wall clock) from its own thread.
 
     `released` counts the requests released so far (a prefix: arrivals are sorted); `lag_s[i]` is how
-    late request i was released. Waiters block on the condition until enough are released.
+    late request i was released. `released` only grows, and only this thread writes it.
     """
 
     def __init__(self, arrivals: np.ndarray) -> None:
@@ -56,18 +58,24 @@ class LoadGenerator:
         self.lag_s = np.zeros(len(arrivals))
         self.t0 = 0.0
         self.started = False
-        self._cond = threading.Condition()
+        self._switch_s = sys.getswitchinterval()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mtbench-load-generator", daemon=True)
 
     def start(self, t0: float) -> None:
+        """Start releasing; until `stop`, a thread waiting for the GIL gets it within SWITCH_S (Python's
+        default 5 ms would let the server's host work hold back a release by up to that much)."""
         self.t0, self.started = t0, True
+        self._switch_s = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_s, SWITCH_S))
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self.started:
+            sys.setswitchinterval(self._switch_s)
 
     def _run(self) -> None:
         arrivals, n, head = self.arrivals.tolist(), len(self.arrivals), 0
@@ -78,19 +86,18 @@ class LoadGenerator:
                 continue
             end = bisect.bisect_right(arrivals, now, lo=head)
             self.lag_s[head:end] = now - self.arrivals[head:end]
-            with self._cond:
-                self.released = end
-                self._cond.notify_all()
+            self.released = end
             head = end
 
     def wait(self, count: int, until: float) -> None:
-        """Block until `count` requests were released and the clock reached t0 + until."""
-        with self._cond:
-            while self.released < count:
-                self._cond.wait(POLL_S)
-        delay = until - (time.perf_counter() - self.t0)
-        if delay > 0:
-            time.sleep(delay)
+        """Return once `count` requests were released and the clock reached t0 + until. The server
+        thread polls, yielding the GIL at each turn, instead of sleeping: after a sleep of 10 ms or
+        more its CPU core has dropped into an idle state, and the next batch's host work (planning,
+        kernel launches) runs 2-5 ms slower on the H200 host (reports/BENCHMARKS.md, section 9). A
+        latency-critical server busy-polls for the same reason."""
+        t0, clock = self.t0, time.perf_counter
+        while self.released < count or clock() - t0 < until:
+            time.sleep(0)
 
 
 class OpenLoopDriver:

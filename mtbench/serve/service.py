@@ -10,7 +10,8 @@ the batcher closes it does what the real open-loop server does, in the same orde
   synchronisation and device work a per-request model misses; measured on the device by `capacity
   --measure`), compute (R+C tokens plus the static tokens it recomputes), and the host->GPU copies of
   the entries it loads not hidden under those two (`CostModel.exposed_ms`), as the layer-wise
-  pipeline hides them. The load budget observes fixed + compute, as the replay observes a batch's
+  pipeline hides them; a serial batch whose copies outlast that work ends the overhead's
+  `copy_tail` after its last copy. The load budget observes fixed + compute, as the replay observes a batch's
   device time minus its copy stalls.
 Mode `none` recomputes every prefix; `gpu` has no host tier.
 """
@@ -54,14 +55,23 @@ class CacheSetting:
 class BatchOverhead:
     """Fixed ms of a batch by its number of requests: `serial` for a batch planned after the previous
     one finished (points (size, ms), interpolated linearly, flat past the ends), `pipelined` for one
-    planned while the previous one ran (a full batch under load). A constant overhead: one point."""
+    planned while the previous one ran (a full batch under load). A constant overhead: one point.
+    `copy_tail`: ms a serial batch whose host loads outlast its device work still takes after its
+    last copy (the last layer, the heads, the end of the batch); a pipelined batch's loads began while
+    the previous batch ran, so none is charged there."""
 
     serial: tuple[tuple[int, float], ...] = ((1, 0.0),)
     pipelined: float = 0.0
+    copy_tail: float = 0.0
 
     @classmethod
     def constant(cls, ms: float) -> "BatchOverhead":
         return cls(((1, ms),), ms)
+
+    @classmethod
+    def from_dict(cls, curve: dict) -> "BatchOverhead":
+        return cls(tuple((int(size), float(ms)) for size, ms in curve["serial"]), float(curve["pipelined"]),
+                   float(curve.get("copy_tail", 0.0)))
 
     def ms(self, size: int, early: bool) -> float:
         if early:
@@ -75,8 +85,11 @@ class BatchOverhead:
         (s0, m0), (s1, m1) = self.serial[i - 1], self.serial[i]
         return m0 + (m1 - m0) * (size - s0) / (s1 - s0)
 
+    def tail_ms(self, early: bool) -> float:
+        return 0.0 if early else self.copy_tail
+
     def to_dict(self) -> dict:
-        return {"serial": [list(point) for point in self.serial], "pipelined": self.pipelined}
+        return {"serial": [list(point) for point in self.serial], "pipelined": self.pipelined, "copy_tail": self.copy_tail}
 
 
 @dataclass
@@ -136,7 +149,7 @@ class CacheService:
         fixed = self.overhead.ms(end - start, early)
         if self._budget is not None:
             self._budget.observe(fixed + compute)  # the batch's device time without copy stalls, as the replay feeds it
-        return batch_price_ms(self.cost, compute, h2d, fixed)
+        return batch_price_ms(self.cost, compute, h2d, fixed, self.overhead.tail_ms(early))
 
     @property
     def outcome_names(self) -> np.ndarray:
@@ -151,11 +164,14 @@ class CacheService:
         self._held = None
 
 
-def batch_price_ms(cost: CostModel, compute_ms: float, h2d_ms: float, fixed_ms: float = 0.0) -> float:
+def batch_price_ms(cost: CostModel, compute_ms: float, h2d_ms: float, fixed_ms: float = 0.0,
+                   copy_tail_ms: float = 0.0) -> float:
     """A batch's device time by the cost model: its fixed cost and compute, plus the copies not hidden
-    under them (the layer-wise pipeline overlaps copies with all of the batch's device work)."""
+    under them (the layer-wise pipeline overlaps copies with all of the batch's device work); a batch
+    that loads anything takes at least its copies and the `copy_tail_ms` after the last one."""
     busy = fixed_ms + compute_ms
-    return busy + cost.exposed_ms(h2d_ms, busy)
+    price = busy + cost.exposed_ms(h2d_ms, busy)
+    return max(price, h2d_ms + copy_tail_ms) if h2d_ms > 0 else price
 
 
 def batch_costs(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.DataFrame:
