@@ -101,7 +101,8 @@ class ModeServer:
         self._rows: dict[float, dict] = {}
 
     def _service(self) -> CacheService:
-        return CacheService(self.workload, self.setting, self.mode_cost.cost, self.mode_cost.overhead)
+        return CacheService(self.workload, self.setting, self.mode_cost.cost, self.mode_cost.overhead,
+                            self.question.serving.arrivals.seed)
 
     def at(self, rate: float) -> dict:
         """Serving row at `rate` requests/s (simulated), plus `latency_at_percentile_ms` and `meets_slo`."""
@@ -190,10 +191,12 @@ class MeasureContext:
         return 1e3 / self._saturated(mode, self.question.serving.batcher.max_batch, True)[0]
 
     def batch_overhead(self, mode: str, cost: CostModel, sizer: EntrySizer) -> BatchOverhead:
-        """What a batch of `mode` costs beyond the cost model's compute for its decisions: the mean of
-        (measured batch time - its measured copy stall - `batch_costs`' compute) over saturated replays
-        of the same requests, served one batch after another at each power-of-two size up to max_batch
-        (`serial`) and pipelined at max_batch (`pipelined`). The simulator adds the copies the pipeline
+        """What a batch of `mode` costs beyond the cost model's compute for its decisions: its fixed cost
+        = measured batch time - its measured copy stall - `batch_costs`' compute, over saturated replays
+        of the same requests served one batch after another at each power-of-two size up to max_batch
+        (`serial`: a least-squares line in the batch size through all of those batches, which averages
+        out the noise of 24 batches per size; `spread`: each batch's deviation from the line), and
+        pipelined at max_batch (`pipelined`: the mean). The simulator adds the copies the pipeline
         does not hide under fixed + compute (`batch_price_ms`), so fixed + compute is the busy time the
         replay's load budget observes. `copy_tail`: the median of (batch time - `batch_costs`' copy time)
         over the serial batches the copies held up (stall over COPY_BOUND_STALL_MS), 0 without any."""
@@ -204,16 +207,19 @@ class MeasureContext:
             records = self._saturated(mode, size, pipelined)[1]
             timed = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms"]].first()
             timed["batch_ms"] = (timed["finish_s"] - timed["start_s"]) * 1e3
+            timed["size"] = records.groupby("batch_index").size()
             return timed.join(batch_costs(records, cost, sizer))
 
-        def overhead(size: int, pipelined: bool) -> float:
-            timed = batches(size, pipelined)
-            return float((timed["batch_ms"] - timed["stall_ms"] - timed["compute_ms"]).mean())
+        def fixed_ms(timed: pd.DataFrame) -> pd.Series:
+            return timed["batch_ms"] - timed["stall_ms"] - timed["compute_ms"]
 
         serial = pd.concat([batches(size, False) for size in sizes])
+        line = _fit_line(serial["size"].to_numpy(dtype=float), fixed_ms(serial).to_numpy())
+        spread = fixed_ms(serial).to_numpy() - np.polyval(line, serial["size"].to_numpy(dtype=float))
         held_up = serial[serial["stall_ms"] > COPY_BOUND_STALL_MS]
         tail = float((held_up["batch_ms"] - held_up["h2d_ms"]).median()) if len(held_up) else 0.0
-        return BatchOverhead(tuple((size, overhead(size, False)) for size in sizes), overhead(big, True), tail)
+        return BatchOverhead(tuple((size, max(0.0, float(np.polyval(line, size)))) for size in sizes),
+                             float(fixed_ms(batches(big, True)).mean()), tail, tuple((spread - spread.mean()).tolist()))
 
     def _requests(self, batch_size: int) -> tuple[int, int]:
         """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what
@@ -243,6 +249,13 @@ class MeasureContext:
         row["latency_at_percentile_ms"] = None if row["overloaded"] else at_percentile
         row["meets_slo"] = bool(not row["overloaded"] and at_percentile <= self.question.serving.slo_ms)
         return row
+
+
+def _fit_line(sizes: np.ndarray, ms: np.ndarray) -> np.ndarray:
+    """Coefficients (slope, intercept) of the least-squares line ms ~ size; flat with one size."""
+    if len(np.unique(sizes)) < 2:
+        return np.array([0.0, float(ms.mean())])
+    return np.polyfit(sizes, ms, 1)
 
 
 def load_workload(trace: Path, model: str, dtype: str, page_tokens: int, max_requests: int | None
