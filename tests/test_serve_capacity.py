@@ -141,26 +141,7 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     curve = row["batch_overhead_curve"]  # serial fixed cost: one least-squares line over sizes 1, 2, 4
     sizes, ms = np.array(curve["serial"]).T
     assert list(sizes) == [1, 2, 4] and (ms[1] - ms[0]) * 2 == pytest.approx(ms[2] - ms[1]) or (ms == 0).any()
-    assert len(curve["spread"]) >= 3 and abs(np.mean(curve["spread"])) < 1e-9 and curve["copy_tail"] == 0.0
-
-
-@pytest.mark.parametrize("mode", ["none", "tiered"])
-def test_the_overhead_spread_varies_batches_reproducibly_around_the_mean(mode: str) -> None:
-    workload = Workload.from_columns(_columns(6, n=600, users=40), EntrySizer(CFG.kv_bytes_per_token(torch.float32), 32))
-    cost = CostModel(static_token_ms=0.02, new_token_ms=0.01)
-    entry = int(workload.size.max())
-    setting = CacheSetting(mode, "lru", 12 * entry, 40 * entry)
-
-    def times(overhead: BatchOverhead, seed: int) -> np.ndarray:
-        service = CacheService(workload, setting, cost, overhead, seed)
-        return np.array([service(s, s + 6, False) for s in range(0, 600, 6)])
-
-    plain = times(BatchOverhead.constant(2.0), 0)
-    spread = BatchOverhead(((1, 2.0),), 2.0, spread=(-1.0, 0.0, 1.0))
-    drawn = times(spread, 0) - plain
-    np.testing.assert_array_equal(times(spread, 0), times(spread, 0))  # one seed, one run
-    assert set(np.round(drawn, 9)) == {-1.0, 0.0, 1.0} and abs(drawn.mean()) < 0.3
-    assert not np.array_equal(times(spread, 1), times(spread, 0))
+    assert curve["copy_tail"] == 0.0  # no copy stalls on the CPU
 
 
 @pytest.mark.parametrize("seed, mode", [(3, "gpu"), (4, "tiered"), (5, "tiered")])

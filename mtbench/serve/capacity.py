@@ -101,8 +101,7 @@ class ModeServer:
         self._rows: dict[float, dict] = {}
 
     def _service(self) -> CacheService:
-        return CacheService(self.workload, self.setting, self.mode_cost.cost, self.mode_cost.overhead,
-                            self.question.serving.arrivals.seed)
+        return CacheService(self.workload, self.setting, self.mode_cost.cost, self.mode_cost.overhead)
 
     def at(self, rate: float) -> dict:
         """Serving row at `rate` requests/s (simulated), plus `latency_at_percentile_ms` and `meets_slo`."""
@@ -195,7 +194,7 @@ class MeasureContext:
         = measured batch time - its measured copy stall - `batch_costs`' compute, over saturated replays
         of the same requests served one batch after another at each power-of-two size up to max_batch
         (`serial`: a least-squares line in the batch size through all of those batches, which averages
-        out the noise of 24 batches per size; `spread`: each batch's deviation from the line), and
+        out the noise of 24 batches per size), and
         pipelined at max_batch (`pipelined`: the mean). The simulator adds the copies the pipeline
         does not hide under fixed + compute (`batch_price_ms`), so fixed + compute is the busy time the
         replay's load budget observes. `copy_tail`: the median of (batch time - `batch_costs`' copy time)
@@ -215,11 +214,10 @@ class MeasureContext:
 
         serial = pd.concat([batches(size, False) for size in sizes])
         line = _fit_line(serial["size"].to_numpy(dtype=float), fixed_ms(serial).to_numpy())
-        spread = fixed_ms(serial).to_numpy() - np.polyval(line, serial["size"].to_numpy(dtype=float))
         held_up = serial[serial["stall_ms"] > COPY_BOUND_STALL_MS]
         tail = float((held_up["batch_ms"] - held_up["h2d_ms"]).median()) if len(held_up) else 0.0
         return BatchOverhead(tuple((size, max(0.0, float(np.polyval(line, size)))) for size in sizes),
-                             float(fixed_ms(batches(big, True)).mean()), tail, tuple((spread - spread.mean()).tolist()))
+                             float(fixed_ms(batches(big, True)).mean()), tail)
 
     def _requests(self, batch_size: int) -> tuple[int, int]:
         """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what

@@ -8,7 +8,7 @@ the batcher closes it does what the real open-loop server does, in the same orde
   (`mtbench.cache.budget`) from the cost model's compute times of the batches before it;
 - its price: the batch's fixed cost from a `BatchOverhead` (host work, launches, the end-of-batch
   synchronisation and device work a per-request model misses; measured on the device by `capacity
-  --measure`, with one of the measured batches' deviations from it drawn at random), compute (R+C tokens plus the static tokens it recomputes), and the host->GPU copies of
+  --measure`), compute (R+C tokens plus the static tokens it recomputes), and the host->GPU copies of
   the entries it loads not hidden under those two (`CostModel.exposed_ms`), as the layer-wise
   pipeline hides them; a serial batch whose copies outlast that work ends the overhead's
   `copy_tail` after its last copy. The load budget observes fixed + compute, as the replay observes a batch's
@@ -58,14 +58,11 @@ class BatchOverhead:
     planned while the previous one ran (a full batch under load). A constant overhead: one point.
     `copy_tail`: ms a serial batch whose host loads outlast its device work still takes after its
     last copy (the last layer, the heads, the end of the batch); a pipelined batch's loads began while
-    the previous batch ran, so none is charged there. `spread`: measured deviations (ms, mean 0) of
-    single batches from the fixed cost; the simulator adds one drawn at random to each batch, so its
-    batches vary as the device's do (empty: every batch costs the mean)."""
+    the previous batch ran, so none is charged there."""
 
     serial: tuple[tuple[int, float], ...] = ((1, 0.0),)
     pipelined: float = 0.0
     copy_tail: float = 0.0
-    spread: tuple[float, ...] = ()
 
     @classmethod
     def constant(cls, ms: float) -> "BatchOverhead":
@@ -74,7 +71,7 @@ class BatchOverhead:
     @classmethod
     def from_dict(cls, curve: dict) -> "BatchOverhead":
         return cls(tuple((int(size), float(ms)) for size, ms in curve["serial"]), float(curve["pipelined"]),
-                   float(curve.get("copy_tail", 0.0)), tuple(float(ms) for ms in curve.get("spread", ())))
+                   float(curve.get("copy_tail", 0.0)))
 
     def ms(self, size: int, early: bool) -> float:
         if early:
@@ -91,13 +88,8 @@ class BatchOverhead:
     def tail_ms(self, early: bool) -> float:
         return 0.0 if early else self.copy_tail
 
-    def draw_ms(self, rng: np.random.Generator) -> float:
-        """One batch's deviation from the mean fixed cost, drawn from `spread` (0 without one)."""
-        return self.spread[int(rng.integers(len(self.spread)))] if self.spread else 0.0
-
     def to_dict(self) -> dict:
-        return {"serial": [list(point) for point in self.serial], "pipelined": self.pipelined, "copy_tail": self.copy_tail,
-                "spread": list(self.spread)}
+        return {"serial": [list(point) for point in self.serial], "pipelined": self.pipelined, "copy_tail": self.copy_tail}
 
 
 @dataclass
@@ -105,16 +97,14 @@ class CacheService:
     """The cache and cost of one server over one workload, served in FIFO batches (module docstring).
 
     State: the control plane (None for mode none), the planned batch not yet released, the load
-    budget's recent compute, per request its outcome code and recomputed static tokens (-1 /
-    unset until served), and the random draws of the overhead's spread (seeded by `seed`, so a run
-    is reproducible). Invariant: batches arrive in FIFO order, each once.
+    budget's recent compute, and per request its outcome code and recomputed static tokens (-1 /
+    unset until served). Invariant: batches arrive in FIFO order, each once.
     """
 
     workload: Workload
     setting: CacheSetting
     cost: CostModel
     overhead: BatchOverhead = field(default_factory=BatchOverhead)
-    seed: int = 0
     outcomes: np.ndarray = field(init=False)
     recomputed: np.ndarray = field(init=False)
 
@@ -137,13 +127,12 @@ class CacheService:
                                                       TierSettings(lookahead=1), self.cost))
         self._held: BatchDecisions | None = None  # the last batch's plan: planned, not released
         self._budget = AutoLoadBudget() if self.setting.mode == "tiered" else None
-        self._rng = np.random.default_rng(self.seed)
 
     def __call__(self, start: int, end: int, early: bool) -> float:
         """Plan, release and price the batch [start, end): its service time in ms."""
         if self._plane is None:
             self.outcomes[start:end] = int(Outcome.MISS)
-            return self._fixed_ms(end - start, early) + self._compute_ms(start, end)
+            return self.overhead.ms(end - start, early) + self._compute_ms(start, end)
         if not early:
             self._release_held()
         requests = [Request(self._keys[i], self._n_static[i], self._ts[i], self._next_use[i]) for i in range(start, end)]
@@ -156,7 +145,7 @@ class CacheService:
         self.outcomes[start:end] = [int(o) for o in plan.outcomes]
         self.recomputed[start:end] = self.workload.n_static[start:end] - np.asarray(plan.cached)
         compute = self._compute_ms(start, end)
-        fixed = self._fixed_ms(end - start, early)
+        fixed = self.overhead.ms(end - start, early)
         if self._budget is not None:
             self._budget.observe(fixed + compute)  # the batch's device time without copy stalls, as the replay feeds it
         return batch_price_ms(self.cost, compute, h2d, fixed, self.overhead.tail_ms(early))
@@ -164,9 +153,6 @@ class CacheService:
     @property
     def outcome_names(self) -> np.ndarray:
         return OUTCOME_NAMES[self.outcomes]
-
-    def _fixed_ms(self, size: int, early: bool) -> float:
-        return max(0.0, self.overhead.ms(size, early) + self.overhead.draw_ms(self._rng))
 
     def _compute_ms(self, start: int, end: int) -> float:
         return float(np.sum(self.cost.compute_ms(self._new_tokens[start:end], self.recomputed[start:end])))
