@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from mtbench.cli import app
 from mtbench.cli.options import EXAMPLE_ORDER, GPU_ONLY, HELP_WIDTH, OPTION_ALIASES, SLOW, command_examples, is_group
+from mtbench.errors import MtbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = CliRunner()
@@ -85,6 +86,18 @@ def _example_runs() -> list[tuple[str, str]]:
     for name in _ordered(list(COMMANDS)):
         runs += [(name, example) for example in command_examples(COMMANDS[name])]
     return runs
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="test_every_example_runs runs them here")
+def test_gpu_only_examples_parse_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a GPU they stop at the device check (one line, exit 2), never at a usage error: their
+    options parse (a flag named like a value option once broke `bench kernels --model` on the GPU)."""
+    monkeypatch.chdir(tmp_path)
+    examples = [example for _, example in _example_runs() if example.endswith(GPU_ONLY)]
+    assert examples
+    for example in examples:
+        result = RUNNER.invoke(app, shlex.split(example, comments=True)[1:], env={"COLUMNS": "120"})
+        assert isinstance(result.exception, MtbenchError) and "CUDA" in str(result.exception), f"{example}\n{result.output}"
 
 
 def test_every_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -55,7 +55,7 @@ def bench_kernels(
     input_sets: int = typer.Option(3, min=1, help="Input sets rotated between timed calls."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     reference: bool = typer.Option(True, help="Also time the padded PyTorch references (speedup column)."),
-    model: bool = typer.Option(True, help="Also time the whole MTGR forward, full vs cached, Triton vs reference."),
+    forward: bool = typer.Option(True, help="Also time the whole MTGR forward, full vs cached, Triton vs reference."),
     sweep: bool = typer.Option(False, help="Also time several attention tile configs (largest batch, first preset)."),
 ) -> None:
     """Time the Triton kernels (attention full/cached, Group LayerNorm, page copy) against the PyTorch references.
@@ -87,7 +87,7 @@ def bench_kernels(
     console = Console()
     torch_dtype = DTYPES[dtype]
     with console.status("benchmarking kernels") as status:
-        rows, env = run_kernel_bench(preset_list, batches, torch_dtype, input_sets, reference, model,
+        rows, env = run_kernel_bench(preset_list, batches, torch_dtype, input_sets, reference, forward,
                                      progress=lambda text: status.update(f"benchmarking kernels: {text}"))
         if sweep:
             status.update("sweeping attention tile configs")
