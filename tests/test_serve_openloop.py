@@ -109,3 +109,32 @@ def test_driver_serves_the_warmup_before_starting_the_clock(seed: int) -> None:
     assert [flag for *_, flag in served] == [False] + [e - s == size and s != warmup for s, e, _ in served[1:]]
     assert np.all(driver.finish_s[:warmup] <= 0) and np.all(driver.start_s[warmup:] >= 0)
     assert np.all(driver.arrival_s[:warmup] <= driver.start_s[:warmup]) and np.all(driver.arrival_s[warmup:] == 0)
+
+
+def test_the_timed_phase_starts_before_its_first_batch_is_handed_out(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay snapshots the warm-up's statistics (and waits for the device) when the last warm-up
+    batch is done, so that bookkeeping never counts in the first timed batch's time (start to finish)."""
+    import time
+
+    import mtbench.replay.engine as engine
+
+    slow_ms = 300.0
+    real = engine._device_mallocs
+
+    def slow_snapshot(device):
+        time.sleep(slow_ms / 1e3)
+        return real(device)
+
+    monkeypatch.setattr(engine, "_device_mallocs", slow_snapshot)
+    trace = make_trace(tmp_path / "t.parquet", 5)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, [
+        "replay", str(trace), "--model", "tiny", "--device", "cpu", "--dtype", "fp32", "--cache", "gpu",
+        "--gpu-cache", "64KiB", "--max-batch", "4", "--max-wait-ms", "1", "--warmup", "8",
+        "--arrivals", "poisson", "--rate", "200", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    records = pd.read_parquet(out / "records.parquet")
+    timed = records[~records["warmup"]]
+    first = timed[timed["batch_index"] == timed["batch_index"].min()]
+    assert len(timed) == 40 and ((first["finish_s"] - first["start_s"]) * 1e3 < slow_ms).all()

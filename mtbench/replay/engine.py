@@ -288,10 +288,7 @@ class _BatchRunner:
         while current is not None:
             warmup = current.first_index < self.options.warmup
             if not warmup and wall_start is None:
-                self.clock.synchronize()
-                self._warm_stats = replace(self.manager.stats)
-                self._mallocs_at_start = _device_mallocs(self.device)
-                wall_start = time.perf_counter()
+                wall_start = self._start_timing()
             if not warmup:
                 timed_requests += len(current)
                 timed_candidates += int(current.n_cand.sum())
@@ -299,6 +296,8 @@ class _BatchRunner:
             start = self.clock.mark()
             next_plan = self._plan(upcoming) if lookahead and upcoming is not None else None
             end = self._execute(current, plan, warmup, start)
+            if warmup and wall_start is None and current.request_index[-1] + 1 >= self.options.warmup:
+                wall_start = self._start_timing()  # before the first timed batch is handed out, not inside its time
             if feed is not None:
                 upcoming = feed.after(current, end)
             if upcoming is not None and next_plan is None:
@@ -313,6 +312,13 @@ class _BatchRunner:
         self._pending.clear()
         self.timed_device_mallocs = _device_mallocs(self.device) - self._mallocs_at_start
         return seconds, timed_requests, timed_candidates
+
+    def _start_timing(self) -> float:
+        """Wait for the device, snapshot the warm-up's statistics; returns the timed phase's start."""
+        self.clock.synchronize()
+        self._warm_stats = replace(self.manager.stats)
+        self._mallocs_at_start = _device_mallocs(self.device)
+        return time.perf_counter()
 
     def _cache_call(self, fn: Callable, *args):
         started = time.perf_counter()
