@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import mtbench.replay.engine as engine
 from mtbench.cli import app
 from mtbench.errors import MtbenchError
 from mtbench.model import get_config
@@ -115,10 +117,6 @@ def test_the_timed_phase_starts_before_its_first_batch_is_handed_out(tmp_path: P
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The replay snapshots the warm-up's statistics (and waits for the device) when the last warm-up
     batch is done, so that bookkeeping never counts in the first timed batch's time (start to finish)."""
-    import time
-
-    import mtbench.replay.engine as engine
-
     slow_ms = 300.0
     real = engine._device_mallocs
 

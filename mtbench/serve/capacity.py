@@ -190,15 +190,15 @@ class MeasureContext:
         return 1e3 / self._saturated(mode, self.question.serving.batcher.max_batch, True)[0]
 
     def batch_overhead(self, mode: str, cost: CostModel, sizer: EntrySizer) -> BatchOverhead:
-        """What a batch of `mode` costs beyond the cost model's compute for its decisions: its fixed cost
-        = measured batch time - its measured copy stall - `batch_costs`' compute, over saturated replays
-        of the same requests served one batch after another at each power-of-two size up to max_batch
-        (`serial`: a least-squares line in the batch size through all of those batches, which averages
-        out the noise of 24 batches per size), and
-        pipelined at max_batch (`pipelined`: the mean). The simulator adds the copies the pipeline
-        does not hide under fixed + compute (`batch_price_ms`), so fixed + compute is the busy time the
-        replay's load budget observes. `copy_tail`: the median of (batch time - `batch_costs`' copy time)
-        over the serial batches the copies held up (stall over COPY_BOUND_STALL_MS), 0 without any."""
+        """What a batch of `mode` costs beyond the cost model's compute for its decisions. Its fixed cost
+        is measured batch time - its measured copy stall - `batch_costs`' compute, over saturated
+        replays of the same requests: `serial`, served one batch after another at each power-of-two size
+        up to max_batch, is a least-squares line in the batch size through all of those batches (it
+        averages out the noise of 24 batches per size); `pipelined`, at max_batch, is their mean. The
+        simulator adds the copies the pipeline does not hide under fixed + compute (`batch_price_ms`),
+        so fixed + compute is the busy time the replay's load budget observes. `copy_tail`: the median
+        of (batch time - `batch_costs`' copy time) over the serial batches the copies held up (stall
+        over COPY_BOUND_STALL_MS), 0 without any."""
         big = self.question.serving.batcher.max_batch
         sizes = sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big})
 

@@ -58,7 +58,7 @@ class LoadGenerator:
         self.lag_s = np.zeros(len(arrivals))
         self.t0 = 0.0
         self.started = False
-        self._switch_s = sys.getswitchinterval()
+        self._switch_s: float | None = None  # the interval to restore at stop, while one is set
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mtbench-load-generator", daemon=True)
 
@@ -74,8 +74,9 @@ class LoadGenerator:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        if self.started:
+        if self._switch_s is not None:
             sys.setswitchinterval(self._switch_s)
+            self._switch_s = None
 
     def _run(self) -> None:
         arrivals, n, head = self.arrivals.tolist(), len(self.arrivals), 0
@@ -91,9 +92,9 @@ class LoadGenerator:
 
     def wait(self, count: int, until: float) -> None:
         """Return once `count` requests were released and the clock reached t0 + until. The server
-        thread polls, yielding the GIL at each turn, instead of sleeping: after a sleep of 10 ms or
+        thread polls, yielding the GIL at each turn, instead of sleeping: after a sleep of 20 ms or
         more its CPU core has dropped into an idle state, and the next batch's host work (planning,
-        kernel launches) runs 2-5 ms slower on the H200 host (reports/BENCHMARKS.md, section 9). A
+        kernel launches) ran up to 7 ms slower on the H200 host (reports/BENCHMARKS.md, section 9). A
         latency-critical server busy-polls for the same reason."""
         t0, clock = self.t0, time.perf_counter
         while self.released < count or clock() - t0 < until:

@@ -11,8 +11,8 @@ the batcher closes it does what the real open-loop server does, in the same orde
   --measure`), compute (R+C tokens plus the static tokens it recomputes), and the host->GPU copies of
   the entries it loads not hidden under those two (`CostModel.exposed_ms`), as the layer-wise
   pipeline hides them; a serial batch whose copies outlast that work ends the overhead's
-  `copy_tail` after its last copy. The load budget observes fixed + compute, as the replay observes a batch's
-  device time minus its copy stalls.
+  `copy_tail` after its last copy. The load budget observes fixed + compute, as the replay observes
+  a batch's device time minus its copy stalls.
 Mode `none` recomputes every prefix; `gpu` has no host tier.
 """
 
@@ -89,7 +89,8 @@ class BatchOverhead:
         return 0.0 if early else self.copy_tail
 
     def to_dict(self) -> dict:
-        return {"serial": [list(point) for point in self.serial], "pipelined": self.pipelined, "copy_tail": self.copy_tail}
+        return {"serial": [list(point) for point in self.serial], "pipelined": self.pipelined,
+                "copy_tail": self.copy_tail}
 
 
 @dataclass
