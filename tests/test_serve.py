@@ -127,10 +127,11 @@ def test_a_batch_held_up_by_its_copies_ends_the_copy_tail_after_them() -> None:
 
 
 def test_batch_overhead_charges_the_copy_tail_to_serial_batches_and_round_trips() -> None:
-    overhead = BatchOverhead(((1, 3.0), (16, 6.0)), pipelined=1.5, copy_tail=2.25)
+    overhead = BatchOverhead(3.0, pipelined=1.5, per_recompute=0.25, per_reuse=0.01, copy_tail=2.25)
     assert overhead.tail_ms(early=False) == 2.25 and overhead.tail_ms(early=True) == 0.0
     assert BatchOverhead.from_dict(overhead.to_dict()) == overhead
-    assert BatchOverhead.from_dict({"serial": [[1, 3.0]], "pipelined": 1.0}).copy_tail == 0.0  # older reports
+    with pytest.raises(MtbenchError, match="re-run"):  # a report that priced serial batches by their size
+        BatchOverhead.from_dict({"serial": [[1, 3.0]], "pipelined": 1.0})
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -189,11 +190,12 @@ def test_closed_loop_rate_leaves_out_the_warmup() -> None:
     assert closed_loop_rate(48, service, 8) == pytest.approx(48 / 0.096)
 
 
-def test_batch_overhead_interpolates_serial_sizes_and_is_flat_past_the_ends() -> None:
-    overhead = BatchOverhead(((1, 3.0), (4, 3.6), (16, 6.0)), pipelined=1.5)
-    assert [overhead.ms(n, False) for n in (1, 2, 4, 10, 16, 64)] == pytest.approx([3.0, 3.2, 3.6, 4.8, 6.0, 6.0])
-    assert overhead.ms(1, True) == overhead.ms(64, True) == 1.5
-    assert BatchOverhead.constant(0.7).ms(5, False) == BatchOverhead.constant(0.7).ms(5, True) == 0.7
+def test_batch_overhead_is_a_plane_in_the_batch_composition() -> None:
+    overhead = BatchOverhead(3.0, pipelined=1.5, per_recompute=0.25, per_reuse=0.01)
+    assert overhead.ms(0, 0, False) == 3.0 and overhead.ms(0, 0, True) == 1.5
+    assert overhead.ms(4, 10, False) == pytest.approx(3.0 + 1.0 + 0.1)
+    assert overhead.ms(4, 10, True) == pytest.approx(1.5 + 1.0 + 0.1)
+    assert BatchOverhead.constant(0.7).ms(3, 2, False) == BatchOverhead.constant(0.7).ms(3, 2, True) == 0.7
 
 
 # -------------------------------------------------------------------------------------- queueing theory

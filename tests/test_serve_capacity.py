@@ -19,7 +19,7 @@ from mtbench.model import get_config
 from mtbench.serve.arrivals import ArrivalSpec
 from mtbench.serve.batcher import BatcherConfig
 from mtbench.cache.control import Outcome
-from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, gpus_needed
+from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, fit_plane, gpus_needed
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.des import closed_loop_rate
 from mtbench.serve.gap import batch_gaps, gap_summary
@@ -138,10 +138,26 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     assert (gaps["exposed_ms"] >= -1e-9).all() and (gaps["stall_ms"] == 0).all()  # no copy stalls on the CPU
     table = gap_summary(gaps)
     assert table["batches"].sum() == len(gaps)
-    curve = row["batch_overhead_curve"]  # serial fixed cost: one least-squares line over sizes 1, 2, 4
-    sizes, ms = np.array(curve["serial"]).T
-    assert list(sizes) == [1, 2, 4] and (ms[1] - ms[0]) * 2 == pytest.approx(ms[2] - ms[1]) or (ms == 0).any()
+    curve = row["batch_overhead_curve"]  # a plane in the composition, fitted over serial batches of 1, 2 and 4
+    assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail"}
+    assert all(np.isfinite(value) for value in curve.values())
     assert curve["copy_tail"] == 0.0  # no copy stalls on the CPU
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fit_plane_recovers_the_fixed_cost_per_batch_and_per_request(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    size = rng.integers(1, 65, 200)
+    recomputed = rng.binomial(size, rng.uniform(0.1, 0.9))
+    intercept, per_recompute, per_reuse = rng.uniform(0.5, 10), rng.uniform(0, 0.5), rng.uniform(0, 0.1)
+    ms = intercept + per_recompute * recomputed + per_reuse * (size - recomputed)
+    assert fit_plane(recomputed, size - recomputed, ms) == pytest.approx((intercept, per_recompute, per_reuse))
+    noisy = ms + rng.normal(0, 0.01, len(ms))
+    assert fit_plane(recomputed, size - recomputed, noisy) == pytest.approx((intercept, per_recompute, per_reuse),
+                                                                            abs=0.02)
+    # no cache: every request recomputes, so the reuse term is absent and the plane is a line in the size
+    assert fit_plane(size, np.zeros(len(size)), intercept + per_recompute * size) == pytest.approx(
+        (intercept, per_recompute, 0.0))
 
 
 @pytest.mark.parametrize("seed, mode", [(3, "gpu"), (4, "tiered"), (5, "tiered")])
@@ -154,7 +170,7 @@ def test_des_decides_through_the_control_plane_as_the_simulator_does(seed: int, 
     cost = CostModel(static_token_ms=0.02, new_token_ms=0.01, request_overhead_ms=0.05, h2d_GBps=0.05)  # copies partly exposed
     entry = int(workload.size.max())
     setting = CacheSetting(mode, "lru", 12 * entry, 40 * entry)
-    service = CacheService(workload, setting, cost, BatchOverhead(((1, 0.4), (8, 0.9)), pipelined=0.3))
+    service = CacheService(workload, setting, cost, BatchOverhead(0.4, pipelined=0.3, per_recompute=0.05, per_reuse=0.01))
     charged: list[tuple[int, int, bool, float]] = []
     closed_loop_rate(workload.n_requests, lambda s, e, early: charged.append((s, e, early, service(s, e, early)))
                      or charged[-1][3], max_batch=8)
@@ -170,6 +186,7 @@ def test_des_decides_through_the_control_plane_as_the_simulator_does(seed: int, 
                             "n_cached": workload.n_static - service.recomputed,
                             "user_id": workload.key_user[workload.key], "static_version": workload.key_version[workload.key]})
     costs = batch_costs(records, cost, sizer)
-    fixed = [0.3 if early else 0.9 for _, _, early, _ in charged]
+    fixed = [(0.3 if early else 0.4) + 0.05 * r + 0.01 * u
+             for (*_, early, _), r, u in zip(charged, costs["recomputed"], costs["reused"])]
     expected_ms = [batch_price_ms(cost, c, h, f) for c, h, f in zip(costs["compute_ms"], costs["h2d_ms"], fixed)]
     np.testing.assert_allclose([ms for *_, ms in charged], expected_ms, rtol=1e-9)

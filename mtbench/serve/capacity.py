@@ -190,15 +190,15 @@ class MeasureContext:
         return 1e3 / self._saturated(mode, self.question.serving.batcher.max_batch, True)[0]
 
     def batch_overhead(self, mode: str, cost: CostModel, sizer: EntrySizer) -> BatchOverhead:
-        """What a batch of `mode` costs beyond the cost model's compute for its decisions. Its fixed cost
-        is measured batch time - its measured copy stall - `batch_costs`' compute, over saturated
-        replays of the same requests: `serial`, served one batch after another at each power-of-two size
-        up to max_batch, is a least-squares line in the batch size through all of those batches (it
-        averages out the noise of 24 batches per size); `pipelined`, at max_batch, is their mean. The
-        simulator adds the copies the pipeline does not hide under fixed + compute (`batch_price_ms`),
-        so fixed + compute is the busy time the replay's load budget observes. `copy_tail`: the median
-        of (batch time - `batch_costs`' copy time) over the serial batches the copies held up (stall
-        over COPY_BOUND_STALL_MS), 0 without any."""
+        """What a batch of `mode` costs beyond the cost model's compute for its decisions, from saturated
+        replays of the same requests served as the open-loop server serves them. A batch's fixed cost is
+        its measured time - its measured copy stall - `batch_costs`' compute. `serial` batches are
+        served one after another at each power-of-two size up to max_batch; over all of them a
+        least-squares plane gives the intercept and the ms per recomputed and per reused request
+        (`BatchOverhead`; a count that never varies gets no term). `pipelined`, at max_batch, is the
+        mean of those batches' fixed cost less the same per-request terms. `copy_tail`: the median of
+        (batch time - `batch_costs`' copy time) over the serial batches the copies held up (stall over
+        COPY_BOUND_STALL_MS), 0 without any."""
         big = self.question.serving.batcher.max_batch
         sizes = sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big})
 
@@ -206,18 +206,19 @@ class MeasureContext:
             records = self._saturated(mode, size, pipelined)[1]
             timed = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms"]].first()
             timed["batch_ms"] = (timed["finish_s"] - timed["start_s"]) * 1e3
-            timed["size"] = records.groupby("batch_index").size()
-            return timed.join(batch_costs(records, cost, sizer))
-
-        def fixed_ms(timed: pd.DataFrame) -> pd.Series:
-            return timed["batch_ms"] - timed["stall_ms"] - timed["compute_ms"]
+            timed = timed.join(batch_costs(records, cost, sizer))
+            timed["fixed_ms"] = timed["batch_ms"] - timed["stall_ms"] - timed["compute_ms"]
+            return timed
 
         serial = pd.concat([batches(size, False) for size in sizes])
-        line = _fit_line(serial["size"].to_numpy(dtype=float), fixed_ms(serial).to_numpy())
+        intercept, per_recompute, per_reuse = fit_plane(serial["recomputed"].to_numpy(dtype=float),
+                                                        serial["reused"].to_numpy(dtype=float),
+                                                        serial["fixed_ms"].to_numpy(dtype=float))
+        full = batches(big, True)
+        pipelined = float((full["fixed_ms"] - per_recompute * full["recomputed"] - per_reuse * full["reused"]).mean())
         held_up = serial[serial["stall_ms"] > COPY_BOUND_STALL_MS]
         tail = float((held_up["batch_ms"] - held_up["h2d_ms"]).median()) if len(held_up) else 0.0
-        return BatchOverhead(tuple((size, max(0.0, float(np.polyval(line, size)))) for size in sizes),
-                             float(fixed_ms(batches(big, True)).mean()), tail)
+        return BatchOverhead(intercept, pipelined, per_recompute, per_reuse, tail)
 
     def _requests(self, batch_size: int) -> tuple[int, int]:
         """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what
@@ -249,11 +250,13 @@ class MeasureContext:
         return row
 
 
-def _fit_line(sizes: np.ndarray, ms: np.ndarray) -> np.ndarray:
-    """Coefficients (slope, intercept) of the least-squares line ms ~ size; flat with one size."""
-    if len(np.unique(sizes)) < 2:
-        return np.array([0.0, float(ms.mean())])
-    return np.polyfit(sizes, ms, 1)
+def fit_plane(recomputed: np.ndarray, reused: np.ndarray, ms: np.ndarray) -> tuple[float, float, float]:
+    """(intercept, ms per recomputed request, ms per reused request) of the least-squares plane
+    ms ~ recomputed, reused; a count that is the same in every batch gets no term (0.0)."""
+    columns = [np.ones(len(ms))] + [counts for counts in (recomputed, reused) if np.ptp(counts) > 0]
+    coefficients = np.linalg.lstsq(np.column_stack(columns), ms, rcond=None)[0].tolist()
+    slopes = iter(coefficients[1:])
+    return (coefficients[0], *(next(slopes) if np.ptp(counts) > 0 else 0.0 for counts in (recomputed, reused)))
 
 
 def load_workload(trace: Path, model: str, dtype: str, page_tokens: int, max_requests: int | None
@@ -372,7 +375,8 @@ def _mode_row(server: ModeServer, max_qps: float, question: CapacityQuestion, me
         "target_qps": question.target_qps, "gpus_needed": gpus_needed(question.target_qps, max_qps),
     }
     overhead = server.mode_cost.overhead
-    row["batch_overhead_ms"] = overhead.ms(question.serving.batcher.max_batch, early=True)
+    full, reused_share = question.serving.batcher.max_batch, hits / n  # a full batch at the saturated run's mix
+    row["batch_overhead_ms"] = overhead.ms(full * (1 - reused_share), full * reused_share, early=True)
     row["batch_overhead_curve"] = overhead.to_dict()
     row.update(measured or {})
     return row

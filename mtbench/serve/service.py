@@ -7,7 +7,7 @@ the batcher closes it does what the real open-loop server does, in the same orde
   released (the server's lookahead), any other after it; each batch gets the "auto" load budget
   (`mtbench.cache.budget`) from the cost model's compute times of the batches before it;
 - its price: the batch's fixed cost from a `BatchOverhead` (host work, launches, the end-of-batch
-  synchronisation and device work a per-request model misses; measured on the device by `capacity
+  synchronisation, and per request what the per-token model misses; measured on the device by `capacity
   --measure`), compute (R+C tokens plus the static tokens it recomputes), and the host->GPU copies of
   the entries it loads not hidden under those two (`CostModel.exposed_ms`), as the layer-wise
   pipeline hides them; a serial batch whose copies outlast that work ends the overhead's
@@ -18,14 +18,13 @@ Mode `none` recomputes every prefix; `gpu` has no host tier.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from mtbench.cache.budget import AutoLoadBudget
-from mtbench.cache.control import BatchDecisions, ControlPlane, Outcome, Request
+from mtbench.cache.control import READS_CACHE, BatchDecisions, ControlPlane, Outcome, Request
 from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
 from mtbench.sim.costmodel import CostModel
@@ -53,44 +52,47 @@ class CacheSetting:
 
 @dataclass(frozen=True)
 class BatchOverhead:
-    """Fixed ms of a batch by its number of requests: `serial` for a batch planned after the previous
-    one finished (points (size, ms), interpolated linearly, flat past the ends), `pipelined` for one
-    planned while the previous one ran (a full batch under load). A constant overhead: one point.
-    `copy_tail`: ms a serial batch whose host loads outlast its device work still takes after its
-    last copy (the last layer, the heads, the end of the batch); a pipelined batch's loads began while
-    the previous batch ran, so none is charged there."""
+    """What a batch costs beyond the cost model's compute and copies: a plane in its composition,
+    `serial` (a batch planned after the previous one finished) or `pipelined` (planned while the
+    previous one ran: a full batch under load) ms, plus `per_recompute` ms for each request that
+    computes its prefix and `per_reuse` ms for each that reads one from the cache (`READS_CACHE`).
+    The per-request terms carry what the per-token cost model misses per request on the device (on
+    the H200, a recomputed prefix in a cache mode costs about 0.26 ms more than the model says: its
+    admission into the pool); the intercepts carry the host work, launches and end-of-batch
+    synchronisation. `copy_tail`: ms a serial batch whose host loads outlast its device work still
+    takes after its last copy (the last layer, the heads, the end of the batch); a pipelined batch's
+    loads began while the previous batch ran, so none is charged there. A constant overhead:
+    `constant(ms)`."""
 
-    serial: tuple[tuple[int, float], ...] = ((1, 0.0),)
+    serial: float = 0.0
     pipelined: float = 0.0
+    per_recompute: float = 0.0
+    per_reuse: float = 0.0
     copy_tail: float = 0.0
 
     @classmethod
     def constant(cls, ms: float) -> "BatchOverhead":
-        return cls(((1, ms),), ms)
+        return cls(ms, ms)
 
     @classmethod
     def from_dict(cls, curve: dict) -> "BatchOverhead":
-        return cls(tuple((int(size), float(ms)) for size, ms in curve["serial"]), float(curve["pipelined"]),
-                   float(curve.get("copy_tail", 0.0)))
+        if not isinstance(curve.get("serial"), (int, float)):
+            raise MtbenchError("batch_overhead_curve: a report whose serial fixed cost is by batch size (before session 8's "
+                               "composition pricing); re-run `mtbench capacity --measure`")
+        return cls(**{name: float(curve[name]) for name in
+                      ("serial", "pipelined", "per_recompute", "per_reuse", "copy_tail")})
 
-    def ms(self, size: int, early: bool) -> float:
-        if early:
-            return self.pipelined
-        sizes = [s for s, _ in self.serial]
-        i = bisect.bisect_left(sizes, size)
-        if i == 0:
-            return self.serial[0][1]
-        if i == len(sizes):
-            return self.serial[-1][1]
-        (s0, m0), (s1, m1) = self.serial[i - 1], self.serial[i]
-        return m0 + (m1 - m0) * (size - s0) / (s1 - s0)
+    def ms(self, recomputed: int, reused: int, early: bool) -> float:
+        """Fixed ms of a batch with `recomputed` + `reused` requests."""
+        base = self.pipelined if early else self.serial
+        return base + self.per_recompute * recomputed + self.per_reuse * reused
 
     def tail_ms(self, early: bool) -> float:
         return 0.0 if early else self.copy_tail
 
     def to_dict(self) -> dict:
-        return {"serial": [list(point) for point in self.serial], "pipelined": self.pipelined,
-                "copy_tail": self.copy_tail}
+        return {"serial": self.serial, "pipelined": self.pipelined, "per_recompute": self.per_recompute,
+                "per_reuse": self.per_reuse, "copy_tail": self.copy_tail}
 
 
 @dataclass
@@ -133,7 +135,7 @@ class CacheService:
         """Plan, release and price the batch [start, end): its service time in ms."""
         if self._plane is None:
             self.outcomes[start:end] = int(Outcome.MISS)
-            return self.overhead.ms(end - start, early) + self._compute_ms(start, end)
+            return self.overhead.ms(end - start, 0, early) + self._compute_ms(start, end)
         if not early:
             self._release_held()
         requests = [Request(self._keys[i], self._n_static[i], self._ts[i], self._next_use[i]) for i in range(start, end)]
@@ -146,7 +148,8 @@ class CacheService:
         self.outcomes[start:end] = [int(o) for o in plan.outcomes]
         self.recomputed[start:end] = self.workload.n_static[start:end] - np.asarray(plan.cached)
         compute = self._compute_ms(start, end)
-        fixed = self.overhead.ms(end - start, early)
+        reused = sum(outcome in READS_CACHE for outcome in plan.outcomes)
+        fixed = self.overhead.ms(end - start - reused, reused, early)
         if self._budget is not None:
             self._budget.observe(fixed + compute)  # the batch's device time without copy stalls, as the replay feeds it
         return batch_price_ms(self.cost, compute, h2d, fixed, self.overhead.tail_ms(early))
@@ -177,11 +180,15 @@ def batch_price_ms(cost: CostModel, compute_ms: float, h2d_ms: float, fixed_ms: 
 def batch_costs(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.DataFrame:
     """Per batch_index of a replay's records (its real decisions): `compute_ms` (R+C tokens and the
     recomputed static tokens) and `h2d_ms` (its host hits' loads) by the cost model, as `CacheService`
-    charges them."""
+    charges them, and the requests that `reused` a cached prefix or `recomputed` theirs (`BatchOverhead`)."""
     new = (records["n_rt"] + records["n_cand"]).to_numpy()
     compute = pd.Series(cost.compute_ms(new, records["computed_tokens"].to_numpy()), index=records.index)
     compute = compute.groupby(records["batch_index"]).sum()
     loads = records[records["outcome"] == Outcome.HOST_HIT.label].drop_duplicates(["batch_index", "user_id", "static_version"])
     moved = pd.Series([sizer.moved_bytes(int(t)) for t in loads["n_cached"]], index=loads.index, dtype=np.float64)
     h2d = moved.groupby(loads["batch_index"]).sum().reindex(compute.index, fill_value=0.0)
-    return pd.DataFrame({"compute_ms": compute, "h2d_ms": cost.h2d_ms(h2d.to_numpy())}, index=compute.index)
+    reused = records["outcome"].isin([outcome.label for outcome in READS_CACHE]).groupby(records["batch_index"]).sum()
+    size = records.groupby("batch_index").size()
+    return pd.DataFrame({"compute_ms": compute, "h2d_ms": cost.h2d_ms(h2d.to_numpy()),
+                         "reused": reused.astype(np.int64), "recomputed": (size - reused).astype(np.int64)},
+                        index=compute.index)
