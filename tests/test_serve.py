@@ -124,6 +124,7 @@ def test_a_batch_held_up_by_its_copies_ends_the_copy_tail_after_them() -> None:
     assert batch_price_ms(cost, 2.0, 3.0, 0.5, copy_tail_ms=1.5) == pytest.approx(4.5)  # copies + tail
     assert batch_price_ms(cost, 6.0, 3.0, 0.5, copy_tail_ms=1.5) == pytest.approx(6.5)  # compute-bound
     assert batch_price_ms(cost, 2.0, 0.0, 0.5, copy_tail_ms=1.5) == pytest.approx(2.5)  # nothing loaded
+    assert batch_price_ms(cost, 2.0, 0.0, -3.0) == 0.0  # a fitted correction below the model's compute
 
 
 def test_batch_overhead_charges_the_copy_tail_to_serial_batches_and_round_trips() -> None:

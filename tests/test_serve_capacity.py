@@ -120,8 +120,8 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     out = tmp_path / "m"
     result = CliRunner().invoke(app, ["capacity", str(trace), "--model", "tiny", "--dtype", "fp32", "--gpu-cache",
                                       "256KiB", "--host-cache", "2MiB", "--cache", "tiered", "--batch-size", "4",
-                                      "--slo-ms", "20", "--measure", "--device", "cpu", "--warmup", "8",
-                                      "--batch-overhead-ms", "auto", "-o", str(out)])
+                                      "--slo-ms", "10000", "--measure", "--device", "cpu", "--warmup", "8",
+                                      "--batch-overhead-ms", "auto", "-o", str(out)])  # an SLO a busy CPU meets
     assert result.exit_code == 0, result.output
     row = json.loads((out / "summary.json").read_text())["rows"][0]
     assert row["measured_saturation_qps"] > 0 and "measured_max_qps" in row and "measured_meets_slo" in row

@@ -171,8 +171,9 @@ def batch_price_ms(cost: CostModel, compute_ms: float, h2d_ms: float, fixed_ms: 
                    copy_tail_ms: float = 0.0) -> float:
     """A batch's device time by the cost model: its fixed cost and compute, plus the copies not hidden
     under them (the layer-wise pipeline overlaps copies with all of the batch's device work); a batch
-    that loads anything takes at least its copies and the `copy_tail_ms` after the last one."""
-    busy = fixed_ms + compute_ms
+    that loads anything takes at least its copies and the `copy_tail_ms` after the last one. A fitted
+    fixed cost may be negative (it corrects the cost model); the busy time never is."""
+    busy = max(fixed_ms + compute_ms, 0.0)
     price = busy + cost.exposed_ms(h2d_ms, busy)
     return max(price, h2d_ms + copy_tail_ms) if h2d_ms > 0 else price
 
