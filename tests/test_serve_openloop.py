@@ -3,6 +3,7 @@ batches, latency runs from arrival to scores; bad serving options exit 2 without
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -136,3 +137,42 @@ def test_the_timed_phase_starts_before_its_first_batch_is_handed_out(tmp_path: P
     timed = records[~records["warmup"]]
     first = timed[timed["batch_index"] == timed["batch_index"].min()]
     assert len(timed) == 40 and ((first["finish_s"] - first["start_s"]) * 1e3 < slow_ms).all()
+
+
+def test_load_generator_quiets_the_interpreter_only_while_it_runs() -> None:
+    from mtbench.serve.openloop import SWITCH_S, LoadGenerator
+
+    switch_s = sys.getswitchinterval()
+    assert gc.isenabled()
+    generator = LoadGenerator(np.array([0.0, 0.002, 0.004]))
+    t0 = generator.start()
+    assert t0 == generator.t0 and not gc.isenabled() and sys.getswitchinterval() <= SWITCH_S
+    generator.wait(3, 0.0)
+    generator.stop()
+    generator.stop()  # idempotent
+    assert generator.released == 3 and (generator.lag_s >= 0).all()
+    assert gc.isenabled() and sys.getswitchinterval() == switch_s and gc.get_freeze_count() == 0
+
+
+def test_a_run_that_fails_in_its_timed_phase_restores_the_interpreter(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtbench.serve.openloop import OpenLoopDriver
+
+    real_after = OpenLoopDriver.after
+
+    def failing_after(self, done, end):
+        if self.generator.started and self.head > self.warmup + 4:
+            raise MtbenchError("device lost")
+        return real_after(self, done, end)
+
+    monkeypatch.setattr(OpenLoopDriver, "after", failing_after)
+    switch_s = sys.getswitchinterval()
+    trace = make_trace(tmp_path / "t.parquet", 6)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, [
+        "replay", str(trace), "--model", "tiny", "--device", "cpu", "--dtype", "fp32", "--cache", "gpu",
+        "--gpu-cache", "64KiB", "--max-batch", "4", "--max-wait-ms", "1", "--warmup", "8",
+        "--arrivals", "poisson", "--rate", "200", "-o", str(out)])
+    assert isinstance(result.exception, MtbenchError) and "device lost" in str(result.exception)
+    assert gc.isenabled() and sys.getswitchinterval() == switch_s and gc.get_freeze_count() == 0
+    assert not out.exists()

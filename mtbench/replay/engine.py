@@ -117,13 +117,16 @@ class BatchFeed(Protocol):
     perf_counter time on the CPU); returns the next batch once it closes, None when no requests are
     left (done = None asks for the first batch). `ahead()`: asked when a batch starts, returns the
     next batch if it is already closed (the engine then plans it now, so its loads overlap the
-    current batch; `after` then returns that same batch), else None. `finish(result)`: the run's
+    current batch; `after` then returns that same batch), else None. `close()`: the run ended, with
+    or without an error (the driver stops what it started; idempotent). `finish(result)`: the run's
     result, to which the driver adds its own records and fields.
     """
 
     def ahead(self) -> TraceBatch | None: ...
 
     def after(self, done: TraceBatch | None, end: object) -> TraceBatch | None: ...
+
+    def close(self) -> None: ...
 
     def finish(self, result: "RunResult") -> None: ...
 
@@ -435,7 +438,11 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     """One replay of `trace` with one cache configuration; returns its records and summary row.
     With `feed` (open loop) the batches come from it, and it completes the result (`BatchFeed`)."""
     runner = _BatchRunner(model, trace, cache, options, label, fault_hook)
-    seconds, requests, candidates = runner.run(progress, feed)
+    try:
+        seconds, requests, candidates = runner.run(progress, feed)
+    finally:
+        if feed is not None:
+            feed.close()
     stats = _diff(runner.manager.stats, runner._warm_stats)
     recorder = runner.recorder
     records = recorder.records()

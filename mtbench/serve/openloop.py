@@ -23,6 +23,7 @@ GPU is free, and wait in a queue for the dynamic batcher.
 from __future__ import annotations
 
 import bisect
+import gc
 import sys
 import threading
 import time
@@ -49,7 +50,8 @@ class LoadGenerator:
     """Releases request i at t0 + arrivals[i] (seconds, wall clock) from its own thread.
 
     `released` counts the requests released so far (a prefix: arrivals are sorted); `lag_s[i]` is how
-    late request i was released. `released` only grows, and only this thread writes it.
+    late request i was released. `released` only grows, and only this thread writes it. While it runs
+    the interpreter is set up as a latency-critical server sets it up (`start`); `stop` restores it.
     """
 
     def __init__(self, arrivals: np.ndarray) -> None:
@@ -58,25 +60,40 @@ class LoadGenerator:
         self.lag_s = np.zeros(len(arrivals))
         self.t0 = 0.0
         self.started = False
-        self._switch_s: float | None = None  # the interval to restore at stop, while one is set
+        self._restore: tuple[float, bool] | None = None  # (switch interval, gc enabled) while changed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mtbench-load-generator", daemon=True)
 
-    def start(self, t0: float) -> None:
-        """Start releasing; until `stop`, a thread waiting for the GIL gets it within SWITCH_S (Python's
-        default 5 ms would let the server's host work hold back a release by up to that much)."""
-        self.t0, self.started = t0, True
-        self._switch_s = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_s, SWITCH_S))
+    def start(self) -> float:
+        """Start releasing now; returns t0. Until `stop`:
+        - a thread waiting for the GIL gets it within SWITCH_S (Python's default 5 ms would let the
+          server's host work hold back a release by up to that much);
+        - the cyclic garbage collector is off, after one full collection and `gc.freeze()`: a
+          collection of the oldest generation walks every object of the process (the model, the
+          cache's maps, the records so far), 50-80 ms on this project's CPUs, and one timed batch on
+          the H200 took 209 ms instead of 10 (reports/BENCHMARKS.md, section 10). Latency-critical
+          Python servers do the same; reference counting still frees everything without cycles."""
+        self._restore = (sys.getswitchinterval(), gc.isenabled())
+        sys.setswitchinterval(min(self._restore[0], SWITCH_S))
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        self.t0, self.started = time.perf_counter(), True
         self._thread.start()
+        return self.t0
 
     def stop(self) -> None:
+        """Stop releasing and restore the interpreter (idempotent)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        if self._switch_s is not None:
-            sys.setswitchinterval(self._switch_s)
-            self._switch_s = None
+        if self._restore is not None:
+            switch_s, collecting = self._restore
+            sys.setswitchinterval(switch_s)
+            gc.unfreeze()
+            if collecting:
+                gc.enable()
+            self._restore = None
 
     def _run(self) -> None:
         arrivals, n, head = self.arrivals.tolist(), len(self.arrivals), 0
@@ -185,13 +202,12 @@ class OpenLoopDriver:
     def _start_clock(self) -> None:
         """Start the timed requests' clock now: the warm-up's times (absolute until now) move onto it,
         its requests arriving when it began; the server is idle at 0, as in `serve_queue`."""
-        t0 = time.perf_counter()
+        t0 = self.generator.start()
         warm = slice(0, self.warmup)
         for times in (self.start_s, self.finish_s, self.free_s):
             times[warm] -= t0
         self.arrival_s[warm] = self._warm_began - t0
         self.free_at = -np.inf
-        self.generator.start(t0)
 
     def _finished_at(self, end: object) -> float:
         if isinstance(end, float):  # the CPU clock's marker is the perf_counter time itself
@@ -199,9 +215,11 @@ class OpenLoopDriver:
         end.synchronize()
         return self._now()
 
+    def close(self) -> None:
+        self.generator.stop()
+
     def finish(self, result: RunResult) -> None:
         """Open-loop latency columns in the records and serving fields in the row (module docstring)."""
-        self.generator.stop()
         records = result.records.sort_values("request_index", kind="stable").reset_index(drop=True)
         index = records["request_index"].to_numpy()
         records["service_ms"] = records["latency_ms"]
