@@ -20,3 +20,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is missing")
     return SHARED_DATA
+
+
+def pytest_report_header() -> str:
+    """Which control-plane modules this run uses (`mtbench/compiled.py`): compiled, pure or stale."""
+    from mtbench.compiled import status
+
+    states = list(status().values())
+    return "mtbench compiled core: " + ", ".join(f"{state} {states.count(state)}" for state in sorted(set(states)))

@@ -34,7 +34,7 @@ Virtual time `now` is the request's trace time in seconds (non-decreasing; the s
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import ClassVar
 
@@ -47,7 +47,7 @@ NEVER = 1 << 62
 """Next-use time of a key that is never requested again (larger than any virtual time)."""
 
 
-class ReplacementPolicy(ABC):
+class ReplacementPolicy:
     """Byte-capacity replacement policy with pins; subclasses implement the four `_` hooks.
 
     Hooks (called only by this base class, with the base bookkeeping already consistent):
@@ -58,6 +58,8 @@ class ReplacementPolicy(ABC):
       it; `incoming` is the key being admitted (ARC looks at it) or None. Only called while at least
       one resident key is unpinned;
     - `_on_remove(key)`: a resident key is being dropped explicitly (no ghost is recorded).
+    Not an `ABC`: the compiled core (`mtbench/compiled.py`, `base.pxd`) makes this an extension type, which
+    takes no metaclass; `tests/test_compiled.py` checks that every registered policy implements the hooks.
     """
 
     name: ClassVar[str] = "base"

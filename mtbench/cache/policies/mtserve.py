@@ -333,20 +333,22 @@ class MTServe(S3FIFO):
         return max(traffic.max_version_since + period - traffic.now, 0.05 * period)
 
     # ------------------------------------------------------------ S3-FIFO hooks
+    # (S3FIFO.hook(self, ...) rather than super().hook(...): compiled (mtserve.pxd), a C method has no
+    # zero-argument super())
     def _refuses(self, size: int, was_ghost: bool) -> bool:
         return False
 
     def _enters_main(self, key: Key, was_ghost: bool) -> bool:
-        return self._user_mode or super()._enters_main(key, was_ghost)
+        return self._user_mode or S3FIFO._enters_main(self, key, was_ghost)
 
     def _on_insert(self, key: Key, size: int, now: float) -> None:
-        super()._on_insert(key, size, now)
+        S3FIFO._on_insert(self, key, size, now)
         self._last_use[key] = now
         if self._user_mode:
             self._by_version.setdefault(_split(key)[1], {})[key] = None
 
     def _on_remove(self, key: Key) -> None:
-        super()._on_remove(key)
+        S3FIFO._on_remove(self, key)
         self._forget_key(key)
 
     def _forget_key(self, key: Key) -> None:
@@ -365,7 +367,7 @@ class MTServe(S3FIFO):
 
     def _pop_victim(self, incoming: Key | None) -> Key:
         if not self._user_mode:
-            victim = super()._pop_victim(incoming)
+            victim = S3FIFO._pop_victim(self, incoming)
             self._forget_key(victim)
             return victim
         self._has_evicted = True

@@ -1,0 +1,49 @@
+# Types for the compiled core (mtbench/compiled.py): which classes of control.py are extension types, their
+# attributes and the methods called as C functions. Declarations only: every rule stays in control.py.
+cimport cython
+from mtbench.cache.policies.base cimport ReplacementPolicy as CPolicy
+
+cdef class ControlPlane:
+    cdef public object config, settings, sizer, data, extents, _stats, now, _serial, _single, _budget, _deferred
+    cdef public CPolicy gpu
+    cdef public CPolicy host
+    cdef public tuple _tiers
+    cdef public bint _oracle, _hints, _plain
+    cdef public dict gpu_tokens, host_tokens, host_offsets, _versions, _in_flight, _next_use, _first_batch, _user_first_key
+    cdef public list _tally, _tokens
+    cdef public set _doomed
+    cdef dict __dict__
+
+    @cython.locals(tier=CPolicy)
+    cpdef serve(self, request)
+    @cython.locals(tier=CPolicy)
+    cpdef _announce(self, request, now)
+    @cython.locals(tier=CPolicy)
+    cpdef _take_deferred(self)
+    @cython.locals(tier=CPolicy)
+    cpdef _release_single(self, plan, key)
+    @cython.locals(tier=CPolicy)
+    cpdef _tell_next_use(self, request)
+    @cython.locals(host=CPolicy)
+    cpdef _decide(self, plan, Py_ssize_t i, request, now, bint load)
+    cpdef _tick(self, ts)
+    @cython.locals(tier=CPolicy)
+    cpdef _repeat(self, plan, Py_ssize_t i, Py_ssize_t row, now)
+    cpdef _gpu_entry_short(self, plan, Py_ssize_t i, key, cached, n, now)
+    @cython.locals(host=CPolicy)
+    cpdef _not_on_gpu(self, plan, Py_ssize_t i, key, n, now, bint load)
+    cpdef _compute(self, plan, Py_ssize_t i, key, first, n, now, bint keep_scratch)
+    @cython.locals(gpu=CPolicy)
+    cpdef _grow(self, plan, Py_ssize_t i, key, cached, n, now)
+    cpdef bint _admit_gpu(self, key, n_tokens, now)
+    cpdef _evicted_from_gpu(self, evicted, now)
+    @cython.locals(host=CPolicy)
+    cpdef _store_host(self, key, n_tokens, now, bint scratch)
+    cpdef _drop_host(self, key)
+    cpdef _free_host(self, key)
+    cpdef _note_version(self, key)
+    cpdef _forget_version(self, key)
+    cpdef _drop_other_versions(self, key)
+    cpdef _remove(self, key)
+    cpdef _copy_to_host(self, plan)
+    cpdef _drop_doomed(self)
