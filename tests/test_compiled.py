@@ -44,3 +44,34 @@ def test_the_compiled_core_is_in_use() -> None:
     assert set(compiled.status().values()) == {"compiled"}, compiled.status()
     for module in (mtbench.cache.control, mtbench.cache.policies.lru, mtbench.sim.simulator):
         assert not Path(module.__file__).name.endswith(".py"), module.__file__
+
+
+def test_a_stale_extension_never_runs(tmp_path: Path) -> None:
+    """An extension module older than its `.py` is skipped for the `.py` (here a bogus one that would fail to
+    load), with a warning; a fresh one would be what `import` loads."""
+    import importlib
+    import sys
+    import time
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    package = tmp_path / "stalepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    built = package / ("rules" + EXTENSION_SUFFIXES[0])
+    built.write_bytes(b"not a shared object")
+    time.sleep(0.01)
+    (package / "rules.py").write_text("RULE = 'from source'\n")
+    modules = ("stalepkg.rules",)
+    assert compiled.status(modules, tmp_path) == {"stalepkg.rules": "stale"}
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.warns(RuntimeWarning, match="stalepkg.rules"):
+            assert compiled.run_stale_modules_from_source(modules, tmp_path) == ["stalepkg.rules"]
+        assert importlib.import_module("stalepkg.rules").RULE == "from source"
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, compiled.SourceFirst)]
+        for name in ("stalepkg.rules", "stalepkg"):
+            sys.modules.pop(name, None)
+    os.utime(built)  # rebuilt after the edit: compiled again
+    assert compiled.status(modules, tmp_path) == {"stalepkg.rules": "compiled"}
