@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 import mtbench.replay.engine as engine
@@ -34,6 +35,14 @@ def make_trace(path: Path, seed: int, requests: int = 48, users: int = 10, equal
         "n_rt": rng.integers(0, 6, requests).astype(np.int64), "n_cand": rng.integers(1, 5, requests).astype(np.int64),
     }).to_parquet(path, index=False)
     return path
+
+
+def small_open_loop_replay(trace: Path, out: Path) -> Result:
+    """48 requests, 8 of them warm-up, Poisson at 200/s through the GPU tier, batches of up to 4."""
+    return CliRunner().invoke(app, [
+        "replay", str(trace), "--model", "tiny", "--device", "cpu", "--dtype", "fp32", "--cache", "gpu",
+        "--gpu-cache", "64KiB", "--max-batch", "4", "--max-wait-ms", "1", "--warmup", "8",
+        "--arrivals", "poisson", "--rate", "200", "-o", str(out)])
 
 
 def test_open_loop_replay_end_to_end(tmp_path: Path) -> None:
@@ -126,12 +135,8 @@ def test_the_timed_phase_starts_before_its_first_batch_is_handed_out(tmp_path: P
         return real(device)
 
     monkeypatch.setattr(engine, "_device_mallocs", slow_snapshot)
-    trace = make_trace(tmp_path / "t.parquet", 5)
     out = tmp_path / "report"
-    result = CliRunner().invoke(app, [
-        "replay", str(trace), "--model", "tiny", "--device", "cpu", "--dtype", "fp32", "--cache", "gpu",
-        "--gpu-cache", "64KiB", "--max-batch", "4", "--max-wait-ms", "1", "--warmup", "8",
-        "--arrivals", "poisson", "--rate", "200", "-o", str(out)])
+    result = small_open_loop_replay(make_trace(tmp_path / "t.parquet", 5), out)
     assert result.exit_code == 0, result.output
     records = pd.read_parquet(out / "records.parquet")
     timed = records[~records["warmup"]]
@@ -167,12 +172,8 @@ def test_a_run_that_fails_in_its_timed_phase_restores_the_interpreter(tmp_path: 
 
     monkeypatch.setattr(OpenLoopDriver, "after", failing_after)
     switch_s = sys.getswitchinterval()
-    trace = make_trace(tmp_path / "t.parquet", 6)
     out = tmp_path / "report"
-    result = CliRunner().invoke(app, [
-        "replay", str(trace), "--model", "tiny", "--device", "cpu", "--dtype", "fp32", "--cache", "gpu",
-        "--gpu-cache", "64KiB", "--max-batch", "4", "--max-wait-ms", "1", "--warmup", "8",
-        "--arrivals", "poisson", "--rate", "200", "-o", str(out)])
+    result = small_open_loop_replay(make_trace(tmp_path / "t.parquet", 6), out)
     assert isinstance(result.exception, MtbenchError) and "device lost" in str(result.exception)
     assert gc.isenabled() and sys.getswitchinterval() == switch_s and gc.get_freeze_count() == 0
     assert not out.exists()
