@@ -18,7 +18,7 @@
 #     of saturation (target 15%), and the one-line result (max QPS per GPU within p99 <= SLO_MS, capacity
 #     speedup, throughput speedup); the capacity report's PNGs are copied to $OUT/plots.
 # Everything lands in $OUT: SERVING.md, serving.json, serving.log, costmodel.json, capacity_summary.json,
-# capacity_points.csv, measured_requests.parquet, serving_gap.txt/.csv (scripts/serving_gap.py), plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
+# capacity_points.csv, measured_requests.parquet, gpu_clocks.csv (with nvidia-smi), serving_gap.txt/.csv (scripts/serving_gap.py), plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
 # SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,7 +85,16 @@ else
     -o "$OUT/costmodel.json" 2>&1 | tee -a "$OUT/serving.log"
 fi
 
-# 4. simulated curves + capacity, checked by the real open-loop replay
+# 4. simulated curves + capacity, checked by the real open-loop replay; the GPU's clocks, power and
+#    temperature are sampled every 100 ms beside it (gpu_clocks.csv: the no-cache server's slow spells at
+#    low load, BENCHMARKS.md section 10, are not explained yet)
+CLOCKS_PID=
+if command -v nvidia-smi > /dev/null && [ "$DEVICE" != cpu ]; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu \
+    --format=csv -lms 100 > "$OUT/gpu_clocks.csv" 2>/dev/null &
+  CLOCKS_PID=$!
+  trap '[ -n "$CLOCKS_PID" ] && kill "$CLOCKS_PID" 2>/dev/null' EXIT
+fi
 timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
   --cache none,gpu,tiered --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
   --max-wait-ms "$MAX_WAIT_MS" --slo-ms "$SLO_MS" --percentile 99 --cost-model "$OUT/costmodel.json" \
