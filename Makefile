@@ -21,7 +21,7 @@ demo: install
 compile:
 	$(PIP) install -q $(CYTHON_PIN) || echo "compile: Cython not installed, the compiled core is not built (pure Python)"
 	$(PYTHON) setup.py -q build_ext --inplace
-	$(PYTHON) -c "from mtbench.compiled import status; s = status(); print('compiled core:', ', '.join(f'{v} {list(s.values()).count(v)}' for v in sorted(set(s.values()))))"
+	$(PYTHON) -c "from mtbench.compiled import summary; print('compiled core:', summary())"
 
 test: install-test compile
 	$(PYTHON) -m pytest

@@ -73,6 +73,12 @@ def status(modules: tuple[str, ...] = MODULES, root: Path = ROOT) -> dict[str, s
     return states
 
 
+def summary() -> str:
+    """`status()` counted per state, e.g. "compiled 15" or "compiled 14, stale 1"."""
+    states = list(status().values())
+    return ", ".join(f"{state} {states.count(state)}" for state in sorted(set(states)))
+
+
 class SourceFirst(importlib.abc.MetaPathFinder):
     """Imports the named modules from their `.py` files (`sources`), wherever an extension module sits."""
 

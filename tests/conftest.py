@@ -24,7 +24,6 @@ def shared_data() -> Path:
 
 def pytest_report_header() -> str:
     """Which control-plane modules this run uses (`mtbench/compiled.py`): compiled, pure or stale."""
-    from mtbench.compiled import status
+    from mtbench.compiled import summary
 
-    states = list(status().values())
-    return "mtbench compiled core: " + ", ".join(f"{state} {states.count(state)}" for state in sorted(set(states)))
+    return "mtbench compiled core: " + summary()

@@ -70,7 +70,7 @@ class LoadGenerator:
           server's host work hold back a release by up to that much);
         - the cyclic garbage collector is off, after one full collection and `gc.freeze()`: a
           collection of the oldest generation walks every object of the process (the model, the
-          cache's maps, the records so far), 50-80 ms on this project's CPUs, and one timed batch on
+          cache's maps, the records so far): up to 79 ms on the development CPU, and one timed batch on
           the H200 took 209 ms instead of 10 (reports/BENCHMARKS.md, section 10). Latency-critical
           Python servers do the same; reference counting still frees everything without cycles."""
         self._restore = (sys.getswitchinterval(), gc.isenabled())

@@ -77,12 +77,12 @@ class BatchOverhead:
     @classmethod
     def from_dict(cls, curve: dict) -> "BatchOverhead":
         if not isinstance(curve.get("serial"), (int, float)):
-            raise MtbenchError("batch_overhead_curve: a report whose serial fixed cost is by batch size (before session 8's "
-                               "composition pricing); re-run `mtbench capacity --measure`")
+            raise MtbenchError("batch_overhead_curve: a report of an older mtbench (serial fixed cost by batch size, "
+                               "not by composition); re-run `mtbench capacity --measure`")
         return cls(**{name: float(curve[name]) for name in
                       ("serial", "pipelined", "per_recompute", "per_reuse", "copy_tail")})
 
-    def ms(self, recomputed: int, reused: int, early: bool) -> float:
+    def ms(self, recomputed: float, reused: float, early: bool) -> float:
         """Fixed ms of a batch with `recomputed` + `reused` requests."""
         base = self.pipelined if early else self.serial
         return base + self.per_recompute * recomputed + self.per_reuse * reused
