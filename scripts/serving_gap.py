@@ -7,7 +7,9 @@ measured_requests.parquet and summary.json as $OUT/measured_requests.parquet and
 $OUT/capacity_summary.json: copy them into one folder as measured_requests.parquet and summary.json).
 Per cache mode, early (planned while the previous batch ran) or serial, and batch-size class: batches,
 mean measured and simulated ms, the fixed cost, the model's compute, the copies the model leaves
-exposed against the stall the replay measured, and the relative gap. Runs on the CPU.
+exposed against the stall the replay measured, and the relative gap; then per run, the batches that took
+over 3 ms more than their price against the rest, with the host's wall and CPU time issuing their
+forwards (reports made before 2026-12-01 lack those two: `-`). Runs on the CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 
 from mtbench.errors import MtbenchError
-from mtbench.serve.gap import batch_gaps, gap_summary
+from mtbench.serve.gap import SLOW_MS, batch_gaps, gap_summary, host_summary
 
 
 def main() -> int:
@@ -40,6 +42,14 @@ def main() -> int:
               f"{row.measured_ms:>6.2f} {row.simulated_ms:>6.2f} {row.fixed_ms:>6.2f} {row.compute_ms:>6.2f} "
               f"{row.exposed_ms:>5.2f} {row.stall_ms:>5.2f} {row.gap:>+6.0%}")
     print("ms per batch (means); n: batches; gap: (simulated - measured) / measured")
+    print()
+    ms = lambda value: "     -" if value != value else f"{value:>6.2f}"
+    print(f"{'mode':<7} {'rate /s':>8} {'batches':<7} {'n':>5} {'meas':>6} {'sim':>6} {'host':>6} {'cpu':>6}")
+    for row in host_summary(gaps).itertuples(index=False):
+        print(f"{row.cache_mode:<7} {row.rate:>8,.0f} {'slow' if row.slow else 'rest':<7} {row.batches:>5} "
+              f"{ms(row.measured_ms)} {ms(row.simulated_ms)} {ms(row.host_ms)} {ms(row.host_cpu_ms)}")
+    print(f"slow: measured over {SLOW_MS:g} ms above simulated; host / cpu: the forwards' host issue, wall and "
+          "the server thread's CPU time (ms)")
     return 0
 
 

@@ -22,7 +22,7 @@ from mtbench.cache.control import Outcome
 from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, fit_plane, gpus_needed
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.des import closed_loop_rate
-from mtbench.serve.gap import batch_gaps, gap_summary
+from mtbench.serve.gap import batch_gaps, gap_summary, host_summary
 from mtbench.serve.service import BatchOverhead, CacheService, CacheSetting, batch_costs, batch_price_ms
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, simulate
@@ -138,6 +138,10 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     assert (gaps["exposed_ms"] >= -1e-9).all() and (gaps["stall_ms"] == 0).all()  # no copy stalls on the CPU
     table = gap_summary(gaps)
     assert table["batches"].sum() == len(gaps)
+    # the forwards' host issue per batch: the server thread's CPU time never exceeds its wall time
+    assert (gaps["host_ms"] > 0).all() and (gaps["host_cpu_ms"] <= gaps["host_ms"] + 0.05).all()
+    hosts = host_summary(gaps)
+    assert hosts["batches"].sum() == len(gaps) and set(hosts["slow"]) <= {True, False}
     curve = row["batch_overhead_curve"]  # a plane in the composition, fitted over serial batches of 1, 2 and 4
     assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail"}
     assert all(np.isfinite(value) for value in curve.values())

@@ -142,6 +142,7 @@ class _BatchTiming:
     end: object
     used_bytes: tuple[int, int]
     forward_seconds: float  # host wall time of the forwards (CPU compute time)
+    forward_cpu_seconds: float  # the server thread's CPU time in them (less than the wall when it was descheduled)
     host_cache_seconds: float  # host time inside the cache manager
 
 
@@ -215,7 +216,8 @@ class _Recorder:
             "n_rt": batch.n_rt, "n_cand": batch.n_cand, "latency_ms": np.full(n, batch_ms), "stall_ms": np.full(n, stall),
             "batch_index": np.full(n, batch.index),
             "gpu_used_bytes": np.full(n, timing.used_bytes[0]), "host_used_bytes": np.full(n, timing.used_bytes[1]),
-            "warmup": np.full(n, timing.warmup),
+            "warmup": np.full(n, timing.warmup), "host_forward_ms": np.full(n, timing.forward_seconds * 1e3),
+            "host_forward_cpu_ms": np.full(n, timing.forward_cpu_seconds * 1e3),
         })
 
     def records(self) -> pd.DataFrame:
@@ -227,7 +229,7 @@ class _Recorder:
                  "n_cached": np.int64, "reused_tokens": np.int64, "computed_tokens": np.int64, "load_budget": np.int64,
                  "n_static": np.int64, "n_rt": np.int64, "n_cand": np.int64, "batch_index": np.int64,
                  "gpu_used_bytes": np.int64, "host_used_bytes": np.int64, "warmup": bool, "latency_ms": np.float64,
-                 "stall_ms": np.float64}
+                 "stall_ms": np.float64, "host_forward_ms": np.float64, "host_forward_cpu_ms": np.float64}
         return pd.DataFrame({name: values.astype(types[name]) if name in types else values for name, values in columns.items()})
 
     @property
@@ -352,14 +354,15 @@ class _BatchRunner:
         """Run the batch; returns its end marker."""
         manager = self.manager
         self._cache_call(manager.refresh, plan)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         self._forward(batch, plan)
-        forward_seconds = time.perf_counter() - started
+        forward_seconds, forward_cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu_started
         self._cache_call(manager.release, plan)
         end = self.clock.mark()
         host_seconds, self._host_cache_seconds = self._host_cache_seconds, 0.0
         timing = _BatchTiming(batch, plan, warmup, start, end,
-                              (manager.gpu_used_bytes, manager.host_used_bytes), forward_seconds, host_seconds)
+                              (manager.gpu_used_bytes, manager.host_used_bytes), forward_seconds, forward_cpu_seconds,
+                              host_seconds)
         self._pending.append(timing)
         self._resolve_finished()
         return end

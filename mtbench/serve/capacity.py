@@ -172,7 +172,7 @@ class MeasureContext:
         from mtbench.serve.openloop import saturated_feed
 
         if (mode, batch_size, pipelined) not in self._closed:
-            requests, warmup = self._requests(batch_size)
+            requests, warmup = self._requests(batch_size, pipelined)
             options = replace(self.setup.options, batch_size=batch_size, max_requests=requests, warmup=warmup)
             setup = replace(self.setup, cache=mode, baseline=False, options=options)
             label, config = planned_runs(setup)[0]
@@ -220,12 +220,14 @@ class MeasureContext:
         tail = float((held_up["batch_ms"] - held_up["h2d_ms"]).median()) if len(held_up) else 0.0
         return BatchOverhead(intercept, pipelined, per_recompute, per_reuse, tail)
 
-    def _requests(self, batch_size: int) -> tuple[int, int]:
+    def _requests(self, batch_size: int, pipelined: bool) -> tuple[int, int]:
         """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what
-        they hold when the open-loop runs are timed), then 24 timed batches, within the trace."""
+        they hold when the open-loop runs are timed), then every request the open-loop runs time when
+        `pipelined` (the throughput: the same requests as the simulated saturation, whose hit ratio drifts
+        along the trace), else 24 serial batches (the calibration of the fixed cost), within the trace."""
         available = self.trace.num_rows if self.setup.options.max_requests is None else self.setup.options.max_requests
         warmup = min(self.question.warmup, available // 2)
-        return min(available, warmup + 24 * batch_size), warmup
+        return (available if pipelined else min(available, warmup + 24 * batch_size)), warmup
 
     def run(self, mode: str, rate: float) -> dict:
         from mtbench.replay.engine import replay_run

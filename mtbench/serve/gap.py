@@ -6,7 +6,9 @@ prices every measured open-loop batch's REAL decisions as the simulator prices i
 finish) and the copy stall the replay measured. `gap_summary` averages them per mode, early/serial
 batch and size class. A batch is `early` when it held max_batch requests, the last of which arrived
 before the previous batch started (the server planned it while that one ran): the simulator's rule
-(`mtbench.serve.des`) for a batcher without a token budget.
+(`mtbench.serve.des`) for a batcher without a token budget. `host_summary` sets the batches that took
+SLOW_MS longer than their price beside the rest: the host's wall time issuing their forwards and the
+server thread's CPU time in it (a thread that waited for a core shows less CPU than wall time).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from mtbench.sim.costmodel import CostModel
 
 SIZE_CLASSES = (1, 8, 16, 32, 64)  # a class holds sizes from its bound up to the next one
 SIZE_LABELS = ("1-7", "8-15", "16-31", "32-63", "64+")
+HOST_COLUMNS = {"host_forward_ms": "host_ms", "host_forward_cpu_ms": "host_cpu_ms"}  # records -> gaps (newer reports)
+SLOW_MS = 3.0  # a batch this much slower than its price is `slow` in `host_summary`
 
 
 def batch_gaps(report: Path) -> pd.DataFrame:
     """One row per measured batch: cache_mode, rate, size, early, measured_ms, simulated_ms, fixed_ms,
-    compute_ms, exposed_ms (the copies the model leaves unhidden) and stall_ms (measured)."""
+    compute_ms, exposed_ms (the copies the model leaves unhidden), stall_ms (measured) and, where the
+    report has them, host_ms and host_cpu_ms (the forwards' host issue: wall and the thread's CPU time)."""
     report = Path(report)
     requests_path, summary_path = report / "measured_requests.parquet", report / "summary.json"
     if not requests_path.exists() or not summary_path.exists():
@@ -60,11 +65,24 @@ def gap_summary(gaps: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def host_summary(gaps: pd.DataFrame) -> pd.DataFrame:
+    """Per (cache_mode, rate) and slow or not (measured - simulated > SLOW_MS): batches and the means of
+    measured, simulated, host_ms and host_cpu_ms."""
+    modes = {mode: order for order, mode in enumerate(pd.unique(gaps["cache_mode"]))}
+    keyed = gaps.assign(slow=gaps["measured_ms"] - gaps["simulated_ms"] > SLOW_MS,
+                        mode_order=gaps["cache_mode"].map(modes))
+    groups = keyed.groupby(["mode_order", "cache_mode", "rate", "slow"], sort=True)
+    table = groups[["measured_ms", "simulated_ms", "host_ms", "host_cpu_ms"]].mean()
+    table.insert(0, "batches", groups.size())
+    return table.reset_index().drop(columns="mode_order")
+
+
 def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: BatchOverhead, max_batch: int,
               mode: str, rate: float) -> pd.DataFrame:
     batches = run.groupby("batch_index").agg(size=("request_index", "size"), start=("start_s", "first"),
                                             finish=("finish_s", "first"), last_arrival=("arrival_s", "max"),
                                             stall_ms=("stall_ms", "first")).sort_index()
+    host = run.groupby("batch_index")[[c for c in HOST_COLUMNS if c in run]].first().reindex(batches.index)
     previous_start = batches["start"].shift(1, fill_value=-np.inf)
     early = (batches["size"] == max_batch) & (batches["last_arrival"] <= previous_start)
     costs = batch_costs(run, cost, sizer).reindex(batches.index)
@@ -77,5 +95,7 @@ def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: B
         "early": early.to_numpy(), "measured_ms": ((batches["finish"] - batches["start"]) * 1e3).to_numpy(),
         "simulated_ms": simulated, "fixed_ms": fixed, "compute_ms": costs["compute_ms"].to_numpy(),
         "exposed_ms": simulated - fixed - costs["compute_ms"].to_numpy(), "stall_ms": batches["stall_ms"].to_numpy(),
+        **{name: host[column].to_numpy() if column in host else np.full(len(batches), np.nan)
+           for column, name in HOST_COLUMNS.items()},
     })
 
