@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from mtbench.model import get_config
 from mtbench.serve.arrivals import ArrivalSpec
 from mtbench.serve.batcher import BatcherConfig
 from mtbench.cache.control import Outcome
-from mtbench.serve.capacity import SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, fit_plane, gpus_needed
+from mtbench.serve.capacity import (SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, fit_plane, gpus_needed,
+                                     measured_search)
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.des import closed_loop_rate
 from mtbench.serve.gap import batch_gaps, gap_summary, host_summary
@@ -102,6 +104,8 @@ def test_capacity_command_report_and_plots(tmp_path: Path) -> None:
     (["--cache", "none,disk"], "--cache"),
     (["--target-qps", "-5"], "--target-qps"),
     (["--measure-rates", "100"], "need --measure"),
+    (["--measure-steps", "2"], "need --measure"),
+    (["--measure", "--measure-steps", "-1"], "--measure-steps"),
     (["--batch-overhead-ms", "soon"], "--batch-overhead-ms"),
     (["--arrivals", "closed"], "--arrivals"),
     (["--gpu-cache", "1KiB"], "cannot hold one entry"),
@@ -113,6 +117,27 @@ def test_capacity_bad_input(tmp_path: Path, args: list[str], message: str) -> No
                                       "256KiB", "--host-cache", "2MiB", *args, "-o", str(out)])
     assert isinstance(result.exception, MtbenchError) and message in str(result.exception), result.output
     assert not out.exists() and not out.with_name("out.partial").exists()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_measured_search_bisects_the_slo_rate_between_the_measured_runs(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    threshold = float(rng.uniform(150, 900))  # the device meets the SLO up to this rate
+    grid = sorted(rng.uniform(50, 1000, 4).tolist() + [100.0, 1200.0])
+    run_at = lambda rate: {"rate": rate, "meets_slo": rate <= threshold}
+    runs = [run_at(rate) for rate in grid]
+    low = max(rate for rate in grid if rate <= threshold)
+    high = min(rate for rate in grid if rate > threshold)
+    added = measured_search(runs, run_at, 4)
+    assert len(added) == 4
+    for row in added:  # each run bisects the bracket left by the ones before it (geometric midpoint)
+        assert row["rate"] == pytest.approx(math.sqrt(low * high))
+        low, high = (row["rate"], high) if row["meets_slo"] else (low, row["rate"])
+    assert high / low == pytest.approx((min(r for r in grid if r > threshold) / max(r for r in grid if r <= threshold))
+                                       ** (1 / 16))
+    assert measured_search(runs, run_at, 0) == []
+    assert measured_search([run_at(2000.0)], run_at, 3) == []  # nothing met the SLO: nothing to bisect
+    assert measured_search([run_at(50.0), run_at(100.0)], run_at, 3) == []  # nothing above the best missed it
 
 
 def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:

@@ -47,6 +47,10 @@ def capacity(
     measure_fractions: Optional[str] = typer.Option(None, "--measure-fractions",
                                                     help="With --measure: also replay at these fractions of each "
                                                          "mode's simulated saturation (0.2,0.5,...)."),
+    measure_steps: Optional[int] = typer.Option(None, "--measure-steps",
+                                                help="With --measure: device runs that bisect between the highest "
+                                                     "measured rate within the SLO and the lowest above it that "
+                                                     "missed, so the measured max QPS is searched (default 3)."),
     device: str = typer.Option("auto", "--device", help="--measure: cpu, cuda, or auto."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default reports/runs/capacity-<time>)."),
     force: ForceOpt = False,
@@ -72,7 +76,7 @@ def capacity(
     from mtbench.report import validate_out_dir, write_report
     from mtbench.serve.arrivals import ArrivalSpec
     from mtbench.serve.batcher import BatcherConfig
-    from mtbench.serve.capacity import CapacityQuestion, ModeCost, load_workload, plan_capacity
+    from mtbench.serve.capacity import MEASURE_STEPS, CapacityQuestion, ModeCost, load_workload, plan_capacity
     from mtbench.serve.options import ServingOptions
     from mtbench.serve.service import BatchOverhead, CacheSetting
     from mtbench.sim.costmodel import CostModel
@@ -87,8 +91,11 @@ def capacity(
     overhead = _overhead(batch_overhead_ms)
     rates = _rates(measure_rates, "--measure-rates") if measure_rates else ()
     fractions = _rates(measure_fractions, "--measure-fractions") if measure_fractions else ()
-    if (rates or fractions) and not measure:
-        raise MtbenchError("--measure-rates and --measure-fractions need --measure")
+    if (rates or fractions or measure_steps is not None) and not measure:
+        raise MtbenchError("--measure-rates, --measure-fractions and --measure-steps need --measure")
+    if measure_steps is not None and measure_steps < 0:
+        raise MtbenchError(f"--measure-steps must be >= 0, got {measure_steps}")
+    steps = MEASURE_STEPS if measure_steps is None else measure_steps
     serving = ServingOptions(ArrivalSpec(arrivals, rate=1.0, seed=seed), BatcherConfig(batch_size, max_wait_ms, max_batch_tokens),
                              slo_ms)
     CapacityQuestion(serving, percentile, target_qps).check()
@@ -115,7 +122,7 @@ def capacity(
             costs = {s.mode: ModeCost(cost, BatchOverhead.constant(overhead)) for s in settings}
         task = progress.add_task("", total=len(settings) * (3 if measure else 2))
         outcome = plan_capacity(workload, settings, costs, question, context if measure else None,
-                                rates, fractions, lambda what: progress.update(task, advance=1, description=what))
+                                rates, fractions, lambda what: progress.update(task, advance=1, description=what), steps)
     summary = {
         "kind": "capacity", "trace": fingerprint, "model": model, "dtype": dtype,
         "config": {"slo_ms": slo_ms, "percentile": percentile, "cache": modes, "policy": policy,
@@ -123,7 +130,7 @@ def capacity(
                    "page_tokens": page_tokens, "batch_size": batch_size, "max_wait_ms": max_wait_ms,
                    "max_batch_tokens": max_batch_tokens, "arrivals": arrivals, "seed": seed, "target_qps": target_qps,
                    "max_requests": max_requests, "warmup": question.warmup, "measure": measure,
-                   "measure_rates": list(rates), "measure_fractions": list(fractions),
+                   "measure_rates": list(rates), "measure_fractions": list(fractions), "measure_steps": steps,
                    "device": device if context is not None else None, "cost_model": cost.to_dict(),
                    "batch_overhead_ms": batch_overhead_ms,
                    "fleet_split": "even by user hash"},

@@ -47,6 +47,7 @@ from mtbench.sim.simulator import Workload
 SEARCH_PRECISION = 0.005  # relative width of the final bracket of the SLO rate
 READS_CACHE_NAMES = sorted(outcome.label for outcome in READS_CACHE)
 LOWEST_FRACTION = 0.01  # of saturation: below this the SLO is called unreachable
+MEASURE_STEPS = 3  # default device runs of the measured max-QPS search (`measured_search`)
 COPY_BOUND_STALL_MS = 1.0  # a serial batch stalled longer than this waited on its host loads
 CURVE_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0, 1.1)
 
@@ -292,10 +293,11 @@ class CapacityOutcome:
 def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[str, ModeCost],
                   question: CapacityQuestion, measure: MeasureContext | None = None,
                   measure_rates: tuple[float, ...] = (), measure_fractions: tuple[float, ...] = (),
-                  step: Callable[[str], None] | None = None) -> CapacityOutcome:
+                  step: Callable[[str], None] | None = None, measure_steps: int = MEASURE_STEPS) -> CapacityOutcome:
     """Search every mode's SLO rate, draw its latency-vs-load curve, and (with `measure`) check on the device:
     each mode at `measure_rates`, at `measure_fractions` of its simulated saturation and at its SLO rate,
-    plus its saturated throughput."""
+    then `measure_steps` runs of `measured_search`, plus its saturated throughput. Every measured rate
+    has a simulated point beside it."""
     question.check()
     servers: dict[str, ModeServer] = {}
     max_qps: dict[str, float] = {}
@@ -320,6 +322,9 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
     if measure is not None:
         for mode in servers:
             runs = [measure.run(mode, rate) for rate in measured_at[mode]]
+            searched = measured_search(runs, lambda rate: measure.run(mode, rate), measure_steps)
+            points += [{"source": "simulated", "cache_mode": mode, **servers[mode].at(row["rate"])} for row in searched]
+            runs += searched
             points += [{"source": "measured", "cache_mode": mode, **_point_fields(row)} for row in runs]
             measured[mode] = _measured_summary(runs, max_qps[mode], measure.throughput(mode))
             if step:
@@ -329,6 +334,24 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
     lines = [result_line(rows, question)] + ([result_line(rows, question, "measured_")] if measured else [])
     requests = pd.concat(measure.requests, ignore_index=True) if measure is not None and measure.requests else None
     return CapacityOutcome(rows, points, "\n".join(lines), requests)
+
+
+def measured_search(runs: list[dict], run_at: Callable[[float], dict], steps: int) -> list[dict]:
+    """Up to `steps` more measured runs (`run_at(rate)`), each at the geometric mean of the highest rate
+    of all runs so far that met the SLO and the lowest higher rate that did not (the simulated search's
+    log-scale bisection, on the device): the measured max QPS is then searched, not read off the grid
+    of measured rates. Stops early when no run met the SLO or none above the best one missed it.
+    Returns the new runs."""
+    added: list[dict] = []
+    for _ in range(steps):
+        done = runs + added
+        low = max((row["rate"] for row in done if row["meets_slo"]), default=None)
+        high = min((row["rate"] for row in done if not row["meets_slo"] and low is not None and row["rate"] > low),
+                   default=None)
+        if low is None or high is None:
+            break
+        added.append(run_at(math.sqrt(low * high)))
+    return added
 
 
 def _measured_summary(runs: list[dict], simulated_max: float, throughput: float) -> dict:
