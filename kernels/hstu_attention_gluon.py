@@ -65,6 +65,7 @@ ROWS_PER_WARPGROUP = 64  # the wgmma M
 BLOCK_M = gl.constexpr(ROWS_PER_PROGRAM)  # the same, as compile-time constants inside the kernels
 HALF_M = gl.constexpr(ROWS_PER_WARPGROUP)
 HEAD_DIMS = (64, 128, 256)
+GLUON_API_VERSION = "3.6."  # prefix of the Triton release whose Gluon API this is written against (the H200's)
 _PREFIX_NONE, _PREFIX_CONTIGUOUS, _PREFIX_PAGED = 0, 1, 2
 
 
@@ -392,7 +393,7 @@ def _page_rows_view(pages: torch.Tensor) -> tuple[list[int], list[int], int] | N
     token j is row p * page_rows + j. None unless tokens and heads are dense and the page stride is whole rows."""
     n_pages, page_tokens, heads, dim = pages.shape
     width = heads * dim
-    if pages.stride()[1:] != (width, dim, 1) or pages.stride(0) % width or pages.data_ptr() % 16:
+    if not n_pages or pages.stride()[1:] != (width, dim, 1) or pages.stride(0) % width or pages.data_ptr() % 16:
         return None
     page_rows = pages.stride(0) // width
     return [(n_pages - 1) * page_rows + page_tokens, width], [width, 1], page_rows
@@ -403,6 +404,8 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix
     """Why the Gluon kernel cannot take these inputs (None when it can)."""
     if not q.is_cuda or _capability(q.device.index if q.device.index is not None else -1) != (9, 0):
         return "needs a CUDA sm_90 device"
+    if not triton.__version__.startswith(GLUON_API_VERSION):
+        return f"written for Triton {GLUON_API_VERSION}x's Gluon API (it changes between releases)"
     if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
         return "q, k, v must share one [T, H, D] shape"
     if q.dtype not in _GL_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:

@@ -3,7 +3,7 @@
 #
 #     OUT=<dir> bash scripts/attn_gpu_check.sh
 #
-# 1. the sweep (scripts/kernel_sweep.py): compile every variant in a child process (60 s limit each: a
+# 1. the sweep (scripts/kernel_sweep.py): compile every variant in a child process (75 s limit each: a
 #    compile error or a hung kernel drops that variant, reported), check each at real size (bf16 error vs
 #    fp64 within 2x the plain bf16 reference's: B16 random lengths and the cand shape), then one do_bench
 #    table of cand B64 / R+C B64 / cand B16 for the current default next to the Gluon variants, the
@@ -27,11 +27,11 @@ VARIANTS="${VARIANTS:-tma 64x32 w4 s2 hi,gluon n32 s4,gluon n32 s5,gluon n32 s3}
 
 echo "== 1. sweep: $VARIANTS"
 timeout -k 5 "${SWEEP_TIMEOUT:-135}" python3 scripts/kernel_sweep.py --what attention --variants "$VARIANTS" \
-    --scan none --jobs 6 --warm-timeout 60 --json "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log"
+    --scan none --jobs 6 --warm-timeout 75 --json "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log"
 sweep_rc=$?
 
 echo "== 2. Gluon kernel GPU tests"
-timeout -k 5 "${TEST_TIMEOUT:-95}" python3 -m pytest -v -rfE -p no:cacheprovider -m gpu \
+timeout -k 5 "${TEST_TIMEOUT:-95}" python3 -m pytest -vv -rfE -p no:cacheprovider -m gpu \
     tests/test_kernels_attention_gluon.py 2>&1 | tee "$OUT/tests.log"
 tests_rc=$?
 

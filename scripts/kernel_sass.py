@@ -100,24 +100,28 @@ def _compile_gluon(name: str):
     return 32 * kernel.metadata.num_warps, kernel
 
 
-def _instructions(sass: str) -> list[tuple[int, str]]:
+def _instructions(sass: str) -> list[tuple[int, str, bool]]:
+    """(address, instruction without its predicate, whether it had one) of every SASS line."""
     found = []
     for line in sass.splitlines():
         match = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s*(.*?);", line)
         if match:
-            found.append((int(match.group(1), 16), re.sub(r"^@!?U?P\w+\s+", "", match.group(2).strip())))
+            text = match.group(2).strip()
+            bare = re.sub(r"^@!?U?P\w+\s+", "", text)
+            found.append((int(match.group(1), 16), bare, bare != text))
     return found
 
 
 def _key_loops(sass: str) -> list[dict[str, int]]:
-    """Opcode counts of every innermost backward-branch loop with tensor-core instructions (a loop holding
-    another such loop, e.g. the state machine around warp-specialised partitions, is left out)."""
+    """Opcode counts of every innermost loop with tensor-core instructions: a conditional backward branch
+    (unconditional ones jump back from out-of-line mbarrier retry code) whose range holds no other such loop
+    (the state machine around warp-specialised partitions holds the partitions' loops)."""
     code = _instructions(sass)
     ranges = []
-    for address, text in code:
+    for address, text, predicated in code:
         target = re.search(r"BRA\s+0x([0-9a-f]+)", text)
-        if target and int(target.group(1), 16) < address:
-            body = [op.split()[0].split(".")[0] for at, op in code if int(target.group(1), 16) <= at <= address]
+        if predicated and target and int(target.group(1), 16) < address:
+            body = [op.split()[0].split(".")[0] for at, op, _ in code if int(target.group(1), 16) <= at <= address]
             if ("HGMMA" in body or "HMMA" in body) and len(body) < 3000:  # not the whole-kernel retry branch
                 ranges.append((int(target.group(1), 16), address, body))
     loops = []

@@ -102,11 +102,12 @@ def test_random_batches_match_reference(head_dim, prefix_kind, page_tokens, caus
 @needs_sm90
 def test_edge_shapes_match_reference():
     """A lone candidate with no keys but itself, everything cached, exactly 64 and 128 rows, 129 rows (a
-    second program of one row), R rows only up to one candidate; causal and not."""
+    second program of one row), 120 R rows (causal edges in both warpgroups) and one candidate; causal and
+    not."""
     n_cached = torch.tensor([0, 40, 33, 0, 70, 5])
     n_new = torch.tensor([0, 0, 30, 64, 20, 0])
     n_rt = torch.tensor([0, 0, 20, 0, 30, 120])
-    n_cand = torch.tensor([1, 7, 14, 64, 59, 1])
+    n_cand = torch.tensor([1, 7, 14, 64, 79, 1])
     rows = n_new + n_rt + n_cand
     offsets = torch.zeros(len(rows) + 1, dtype=torch.long)
     offsets[1:] = rows.cumsum(0)
