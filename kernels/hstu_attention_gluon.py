@@ -76,10 +76,14 @@ class GluonAttentionConfig:
     block_n: int = 32
     stages: int = 4  # >= 3: the loader refills the ring STAGES - 2 tiles ahead of its own step
     worker_registers: int = 240  # setmaxnreg of the second warpgroup; the first keeps what is left
+    prefetch_scores: bool = False  # issue S of tile t + 1 before tile t's SiLU (needs stages >= 4)
 
     def __post_init__(self) -> None:
-        if self.block_n not in (16, 32, 64) or self.stages < 3 or not 24 <= self.worker_registers <= 256:
-            raise ValueError(f"block_n must be 16, 32 or 64, stages >= 3, worker_registers in [24, 256]: {self}")
+        if self.block_n not in (16, 32, 64) or not 24 <= self.worker_registers <= 256:
+            raise ValueError(f"block_n must be 16, 32 or 64 and worker_registers in [24, 256]: {self}")
+        if self.stages < (4 if self.prefetch_scores else 3):
+            raise ValueError(f"stages must be >= 3, >= 4 with prefetch_scores (tile t + 1 is awaited at step t and "
+                             f"loaded stages - 2 steps ahead): {self}")
 
 
 DEFAULT_GLUON_CONFIG = GluonAttentionConfig()
@@ -212,12 +216,27 @@ def _diagonal_weights(q_ptr, k_ptr, stride_qt, stride_kt, column, row_start, row
 
 
 @gluon.jit
+def _tile_weights(s, t, alpha, n_cached, n_prefix_tiles, hi_first, hi, key_offsets, dtype: gl.constexpr,
+                  p_layout: gl.constexpr, BLOCK_N: gl.constexpr):
+    """P = silu(alpha S) of key tile t, masked (keys past the prefix, or past a row's range where the tile
+    reaches past the warpgroup's first row's), as the P V wgmma's 16-bit register operand."""
+    p = _silu(s * alpha)
+    is_prefix = t < n_prefix_tiles
+    key = gl.where(is_prefix, t * BLOCK_N, n_cached + (t - n_prefix_tiles) * BLOCK_N)
+    if key + BLOCK_N > gl.where(is_prefix, n_cached, hi_first):
+        limit = gl.where(is_prefix, n_cached, hi)
+        p = gl.where((key + key_offsets)[None, :] < limit[:, None], p, 0.0)
+    return gl.convert_layout(p.to(dtype), p_layout)
+
+
+@gluon.jit
 def _warpgroup(
     half, q_desc, k_desc, v_desc, prefix_k_desc, prefix_v_desc, q_smem, k_ring, v_ring, ready, empty, q_ready,
     q_ptr, k_ptr, v_ptr, out_ptr, stride_qt, stride_kt, stride_vt, stride_ot, page_table_ptr, page_rows,
     prefix_row, head, row_start, block_row, n_rows, n_cached, n_new, n_rt, n_tiles, alpha, inv_norm_constant,
     LOADER: gl.constexpr, PREFIX_MODE: gl.constexpr, PAGE_TOKENS: gl.constexpr, CAUSAL_STATIC: gl.constexpr,
     VISIBLE_NORM: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+    PREFETCH_S: gl.constexpr,
 ):
     """One consumer warpgroup: rows [first_row, first_row + HALF_M) of the request (those < n_rows), where
     first_row = block_row + half * HALF_M; the LOADER warpgroup also issues every TMA load of the block,
@@ -258,25 +277,47 @@ def _warpgroup(
     s_zero = gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout)
     acc = warpgroup_mma_init(gl.zeros([HALF_M, HEAD_DIM], gl.float32, acc_layout))
     mbarrier.wait(q_ready, 0)
-    for t in range(my_tiles):
-        slot = t % STAGES
-        mbarrier.wait(ready.index(slot), (t // STAGES) & 1)
-        s = warpgroup_mma(q_half, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
-        # acc += P V of the previous tile is complete too: release its slot, refill the ring.
-        mbarrier.arrive(empty.index((t + STAGES - 1) % STAGES), pred=t > 0)
-        if LOADER:
-            next_row = _refill(t + LOOKAHEAD, next_row, n_tiles, k_desc, v_desc, prefix_k_desc, prefix_v_desc,
-                               k_ring, v_ring, ready, empty, page_table_ptr, page_rows, prefix_row, row_start,
-                               column, n_prefix_tiles, PREFIX_MODE, PAGE_TOKENS, BLOCK_N, STAGES)
-        p = _silu(s * alpha)
-        is_prefix = t < n_prefix_tiles
-        key = gl.where(is_prefix, t * BLOCK_N, n_cached + (t - n_prefix_tiles) * BLOCK_N)
-        if key + BLOCK_N > gl.where(is_prefix, n_cached, hi_first):  # past the prefix or a row's range
-            limit = gl.where(is_prefix, n_cached, hi)
-            p = gl.where((key + key_offsets)[None, :] < limit[:, None], p, 0.0)
-        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_ring.index(slot), acc, is_async=True)
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    if PREFETCH_S:  # S of tile t + 1 is issued before tile t's SiLU, so it runs under it
+        s = s_zero
+        if my_tiles > 0:
+            mbarrier.wait(ready.index(0), 0)
+            s_first = warpgroup_mma(q_half, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=0, deps=(s_first,))
+        p_prev = gl.zeros([HALF_M, BLOCK_N], dtype, p_layout)
+        for t in range(my_tiles):
+            upcoming = gl.minimum(t + 1, my_tiles - 1)  # the last step recomputes its own S (unused)
+            upcoming_slot = upcoming % STAGES
+            mbarrier.wait(ready.index(upcoming_slot), (upcoming // STAGES) & 1)
+            s_next = warpgroup_mma(q_half, k_ring.index(upcoming_slot).permute((1, 0)), s_zero, use_acc=False,
+                                   is_async=True)
+            p = _tile_weights(s, t, alpha, n_cached, n_prefix_tiles, hi_first, hi, key_offsets, dtype, p_layout,
+                              BLOCK_N)
+            acc = warpgroup_mma(p, v_ring.index(t % STAGES), acc, is_async=True)
+            # All but this P V are complete: S of tile t + 1, and P V of tile t - 1 (its P may go, its slot too).
+            s, p_prev = warpgroup_mma_wait(num_outstanding=1, deps=(s_next, p_prev))
+            p_prev = p
+            mbarrier.arrive(empty.index((t + STAGES - 1) % STAGES), pred=t > 0)
+            if LOADER:
+                next_row = _refill(t + LOOKAHEAD, next_row, n_tiles, k_desc, v_desc, prefix_k_desc, prefix_v_desc,
+                                   k_ring, v_ring, ready, empty, page_table_ptr, page_rows, prefix_row, row_start,
+                                   column, n_prefix_tiles, PREFIX_MODE, PAGE_TOKENS, BLOCK_N, STAGES)
+        acc, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_prev))
+    else:
+        for t in range(my_tiles):
+            slot = t % STAGES
+            mbarrier.wait(ready.index(slot), (t // STAGES) & 1)
+            s = warpgroup_mma(q_half, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
+            # acc += P V of the previous tile is complete too: release its slot, refill the ring.
+            mbarrier.arrive(empty.index((t + STAGES - 1) % STAGES), pred=t > 0)
+            if LOADER:
+                next_row = _refill(t + LOOKAHEAD, next_row, n_tiles, k_desc, v_desc, prefix_k_desc, prefix_v_desc,
+                                   k_ring, v_ring, ready, empty, page_table_ptr, page_rows, prefix_row, row_start,
+                                   column, n_prefix_tiles, PREFIX_MODE, PAGE_TOKENS, BLOCK_N, STAGES)
+            p = _tile_weights(s, t, alpha, n_cached, n_prefix_tiles, hi_first, hi, key_offsets, dtype, p_layout,
+                              BLOCK_N)
+            acc = warpgroup_mma(p, v_ring.index(slot), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     mbarrier.arrive(empty.index((my_tiles + STAGES - 1) % STAGES), pred=my_tiles > 0)
     for t in range(my_tiles, n_tiles):  # tiles only the other warpgroup's rows see
         slot = t % STAGES
@@ -312,7 +353,7 @@ def _hstu_gluon_kernel(
     stride_page_table, page_rows, n_requests, alpha, inv_norm_constant,
     PREFIX_MODE: gl.constexpr, PAGE_TOKENS: gl.constexpr, CAUSAL_STATIC: gl.constexpr, VISIBLE_NORM: gl.constexpr,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CHUNK_B: gl.constexpr,
-    WORKER_REGISTERS: gl.constexpr,
+    PREFETCH_S: gl.constexpr, WORKER_REGISTERS: gl.constexpr,
 ):
     head = gl.program_id(0)
     b, block = _locate_block(offsets_ptr, n_requests, gl.program_id(1), CHUNK_B)
@@ -349,12 +390,12 @@ def _hstu_gluon_kernel(
                           empty, q_ready, q_ptr, k_ptr, v_ptr, out_ptr, stride_qt, stride_kt, stride_vt, stride_ot,
                           request_pages, page_rows, prefix_row, head, row_start, block_row, n_rows, n_cached,
                           n_new, n_rt, n_tiles, alpha, inv_norm_constant, True, PREFIX_MODE, PAGE_TOKENS,
-                          CAUSAL_STATIC, VISIBLE_NORM, HEAD_DIM, BLOCK_N, STAGES)),
+                          CAUSAL_STATIC, VISIBLE_NORM, HEAD_DIM, BLOCK_N, STAGES, PREFETCH_S)),
             (_warpgroup, (1, q_desc, k_desc, v_desc, prefix_k_desc, prefix_v_desc, q_smem, k_ring, v_ring, ready,
                           empty, q_ready, q_ptr, k_ptr, v_ptr, out_ptr, stride_qt, stride_kt, stride_vt, stride_ot,
                           request_pages, page_rows, prefix_row, head, row_start, block_row, n_rows, n_cached,
                           n_new, n_rt, n_tiles, alpha, inv_norm_constant, False, PREFIX_MODE, PAGE_TOKENS,
-                          CAUSAL_STATIC, VISIBLE_NORM, HEAD_DIM, BLOCK_N, STAGES)),
+                          CAUSAL_STATIC, VISIBLE_NORM, HEAD_DIM, BLOCK_N, STAGES, PREFETCH_S)),
         ], [4], [WORKER_REGISTERS])
 
 
@@ -486,7 +527,7 @@ def hstu_attention_gluon(
         PREFIX_MODE=mode, PAGE_TOKENS=page_tokens, CAUSAL_STATIC=bool(spec.causal_static),
         VISIBLE_NORM=spec.normalizer == "visible", HEAD_DIM=head_dim, BLOCK_N=block_n, STAGES=config.stages,
         CHUNK_B=min(1024, max(64, triton.next_power_of_2(n_requests))),
-        WORKER_REGISTERS=config.worker_registers,
+        PREFETCH_S=config.prefetch_scores, WORKER_REGISTERS=config.worker_registers,
         num_warps=4,
     )
     return out

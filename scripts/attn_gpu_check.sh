@@ -16,7 +16,7 @@ set -o pipefail
 : "${OUT:?set OUT to an output folder}"
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR="${TMPDIR:-/tmp}/attn_gpu_check_triton_cache"
-VARIANTS="${VARIANTS:-tma 64x32 w4 s2 hi,gluon n32 s4,gluon n32 s5,gluon n32 s3}"
+VARIANTS="${VARIANTS:-tma 64x32 w4 s2 hi,gluon n32 s4,gluon n32 s5,gluon n32 s4 p,gluon n32 s5 p,gluon n32 s3}"
 
 {
     date -u
@@ -26,12 +26,12 @@ VARIANTS="${VARIANTS:-tma 64x32 w4 s2 hi,gluon n32 s4,gluon n32 s5,gluon n32 s3}
 } 2>&1 | tee "$OUT/env.txt"
 
 echo "== 1. sweep: $VARIANTS"
-timeout -k 5 "${SWEEP_TIMEOUT:-135}" python3 scripts/kernel_sweep.py --what attention --variants "$VARIANTS" \
-    --scan none --jobs 6 --warm-timeout 75 --json "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log"
+timeout -k 5 "${SWEEP_TIMEOUT:-130}" python3 scripts/kernel_sweep.py --what attention --variants "$VARIANTS" \
+    --scan none --jobs 8 --warm-timeout 75 --json "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log"
 sweep_rc=$?
 
 echo "== 2. Gluon kernel GPU tests"
-timeout -k 5 "${TEST_TIMEOUT:-95}" python3 -m pytest -vv -rfE -p no:cacheprovider -m gpu \
+timeout -k 5 "${TEST_TIMEOUT:-100}" python3 -m pytest -vv -rfE -p no:cacheprovider -m gpu \
     tests/test_kernels_attention_gluon.py 2>&1 | tee "$OUT/tests.log"
 tests_rc=$?
 

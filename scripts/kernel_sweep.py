@@ -91,7 +91,7 @@ def variant_config(name: str):
         return _gluon_config(name)
     loads, tiles, *flags = name.split()
     if loads not in ("tma", "ptr") or "x" not in tiles:
-        raise ValueError(f"variant {name!r}: expected 'tma|ptr MxN wW sS [hi] [kK] [tT] [rR] [exp2]' or 'gluon nN sS'")
+        raise ValueError(f"variant {name!r}: expected 'tma|ptr MxN wW sS [hi] [kK] [tT] [rR] [exp2]' or 'gluon nN sS [p]'")
     block_m, block_n = (int(x) for x in tiles.split("x"))
     fields = {"block_m": block_m, "block_n": block_n, "tma": loads == "tma"}
     keys = {"w": "num_warps", "s": "num_stages", "k": "split_k", "t": "tail_m", "r": "maxnreg"}
@@ -108,15 +108,19 @@ def variant_config(name: str):
 
 
 def _gluon_config(name: str):
-    """"gluon [nN] [sS] [rR]": key tile width N, ring depth S, setmaxnreg R of the second warpgroup."""
+    """"gluon [nN] [sS] [rR] [p]": key tile width N, ring depth S, setmaxnreg R of the second warpgroup,
+    p = prefetch_scores (S of the next tile issued before this tile's SiLU)."""
     from kernels.hstu_attention_gluon import GluonAttentionConfig
 
     keys = {"n": "block_n", "s": "stages", "r": "worker_registers"}
-    fields = {}
+    fields: dict = {}
     for flag in name.split()[1:]:
-        if flag[:1] not in keys or not flag[1:].isdigit():
-            raise ValueError(f"variant {name!r}: unknown flag {flag!r} (expected nN, sS, rR)")
-        fields[keys[flag[0]]] = int(flag[1:])
+        if flag == "p":
+            fields["prefetch_scores"] = True
+        elif flag[:1] in keys and flag[1:].isdigit():
+            fields[keys[flag[0]]] = int(flag[1:])
+        else:
+            raise ValueError(f"variant {name!r}: unknown flag {flag!r} (expected nN, sS, rR, p)")
     return GluonAttentionConfig(**fields)
 
 

@@ -20,6 +20,7 @@ from kernels.testing import AttentionCase, random_case, relative_error
 
 SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 needs_sm90 = pytest.mark.skipif(not SM90, reason="needs an sm_90 (Hopper) GPU")
+PREFETCHING = GluonAttentionConfig(stages=5, prefetch_scores=True)
 
 
 def test_token_and_page_views_for_tma():
@@ -40,7 +41,7 @@ def test_supported_inputs_and_configs():
     assert unsupported_reason(q, q, q, None) == "needs a CUDA sm_90 device"
     assert shared_memory_bytes(256, GluonAttentionConfig(stages=5)) <= SHARED_MEMORY_LIMIT
     assert shared_memory_bytes(256, GluonAttentionConfig(stages=6)) > SHARED_MEMORY_LIMIT
-    for bad in ({"stages": 2}, {"block_n": 48}, {"worker_registers": 300}):
+    for bad in ({"stages": 2}, {"block_n": 48}, {"worker_registers": 300}, {"stages": 3, "prefetch_scores": True}):
         with pytest.raises(ValueError):
             GluonAttentionConfig(**bad)
 
@@ -106,7 +107,7 @@ def test_random_batches_match_reference(head_dim, prefix_kind, page_tokens, caus
 def test_edge_shapes_match_reference():
     """A lone candidate with no keys but itself, everything cached, exactly 64 and 128 rows, 129 rows (a
     second program of one row), 120 R rows (causal edges in both warpgroups) and one candidate; causal and
-    not."""
+    not; with S prefetching too."""
     n_cached = torch.tensor([0, 40, 33, 0, 70, 5])
     n_new = torch.tensor([0, 0, 30, 64, 20, 0])
     n_rt = torch.tensor([0, 0, 20, 0, 30, 120])
@@ -122,28 +123,29 @@ def test_edge_shapes_match_reference():
     case64 = AttentionCase(tensor(int(offsets[-1])), tensor(int(offsets[-1])), tensor(int(offsets[-1])),
                            offsets.cuda(), n_new.cuda(), n_rt.cuda(), tensor(int(n_cached.sum())),
                            tensor(int(n_cached.sum())), n_cached.cuda())
-    for causal in (False, True):
-        _check_against_fp64(case64, AttentionSpec(alpha=0.125, causal_static=causal), "paged", 32, torch.bfloat16)
+    for causal, config in ((False, GluonAttentionConfig()), (True, GluonAttentionConfig()), (True, PREFETCHING)):
+        spec = AttentionSpec(alpha=0.125, causal_static=causal)
+        _check_against_fp64(case64, spec, "paged", 32, torch.bfloat16, config)
 
 
 @pytest.mark.gpu
 @needs_sm90
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_real_sizes_match_reference(dtype):
-    """MTGR-large (3 heads x 256; U+S up to 1032, R up to 100, C up to 200, pages of 32), then the timed
-    candidate-only shape (200 candidates over 1132 cached keys)."""
+@pytest.mark.parametrize("config", [GluonAttentionConfig(), PREFETCHING], ids=["default", "prefetch"])
+def test_real_sizes_match_reference(config):
+    """MTGR-large in bf16 (3 heads x 256; U+S up to 1032, R up to 100, C up to 200, pages of 32), then the
+    timed candidate-only shape (200 candidates over 1132 cached keys)."""
     gen = torch.Generator().manual_seed(17)
     case64 = random_case(gen, 8, heads=3, head_dim=256, max_static=1032, max_rt=100, max_cand=200, cached=True,
                          dtype=torch.float64, device="cuda")
     spec = AttentionSpec(alpha=256 ** -0.5)
-    _check_against_fp64(case64, spec, "paged", 32, dtype)
+    _check_against_fp64(case64, spec, "paged", 32, torch.bfloat16, config)
     batch = 4
     count = lambda n: torch.full((batch,), n, dtype=torch.long, device="cuda")  # noqa: E731
     rows = lambda n: torch.randn(n, 3, 256, generator=gen, dtype=torch.float64).cuda()  # noqa: E731
     offsets = torch.arange(batch + 1, device="cuda") * 200
     cand = AttentionCase(rows(200 * batch), rows(200 * batch), rows(200 * batch), offsets, count(0), count(0),
                          rows(1132 * batch), rows(1132 * batch), count(1132))
-    _check_against_fp64(cand, spec, "paged", 32, dtype)
+    _check_against_fp64(cand, spec, "paged", 32, torch.bfloat16, config)
 
 
 @pytest.mark.gpu
