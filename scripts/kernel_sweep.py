@@ -165,10 +165,32 @@ def _attention_inputs(case_name: str, batch: int, seed: int):
 
 
 def _warm_here(name: str, case_name: str, batch: int) -> None:
-    """Compile and run one (variant, case, batch) once (fills the shared Triton cache)."""
-    attention_kernel(name)(*_attention_inputs(case_name, batch, 0))
+    """Compile and run one (variant, case, batch) once (fills the shared Triton cache); a variant on the
+    cand shape also runs the check's random-lengths batch, so that a kernel which faults or hangs there is
+    dropped here, in a child, not in the main process's check."""
+    kernel = attention_kernel(name)
+    kernel(*_attention_inputs(case_name, batch, 0))
+    if case_name == "cached_cand":
+        kernel(*_random_lengths_inputs()[0])
     if DEVICE == "cuda":
         torch.cuda.synchronize()
+
+
+def _random_lengths_inputs() -> tuple[tuple, tuple]:
+    """The check's first batch, in DTYPE and in fp64: B16 (BATCHES[1]) with random lengths (static up to
+    N_STATIC, R up to N_RT, C up to N_CAND; last blocks of every height), paged prefix in random order."""
+    from kernels import AttentionSpec
+    from kernels.testing import random_case
+
+    small = BATCHES[1]
+    gen = torch.Generator().manual_seed(1)
+    case64 = random_case(gen, small, HEADS, DIM, N_STATIC, N_RT, N_CAND, cached=True, dtype=torch.float64, device=DEVICE)
+    prefix64 = case64.paged_prefix(PAGE, gen)
+    rest = (case64.offsets, case64.n_new_static, case64.n_rt, AttentionSpec(alpha=DIM ** -0.5))
+    low = (*[t.to(DTYPE) for t in (case64.q, case64.k, case64.v)], *rest,
+           type(prefix64)(prefix64.k_pages.to(DTYPE), prefix64.v_pages.to(DTYPE), prefix64.page_table,
+                          prefix64.lengths_))
+    return low, (case64.q, case64.k, case64.v, *rest, prefix64)
 
 
 def _warm(task: tuple[str, str, int]) -> tuple[str, str, int, float, str]:
@@ -253,19 +275,12 @@ def _check_variants(names: list[str]) -> dict[str, str]:
     """Correctness at real sizes, bf16 error vs fp64 within 2x the plain bf16 reference's, on two inputs:
     B16 with random lengths (static up to 1032, R up to 100, C up to 200; last blocks of every height) and
     the timed cand shape at B16 (200 rows: a last block of 8). Pages in random order. {name: "ok" | error}."""
-    from kernels import AttentionSpec
     from kernels.hstu_attention_ref import hstu_attention_reference
-    from kernels.testing import random_case, relative_error
+    from kernels.testing import relative_error
 
     small = BATCHES[1]
-    gen = torch.Generator().manual_seed(1)
-    case64 = random_case(gen, small, HEADS, DIM, N_STATIC, N_RT, N_CAND, cached=True, dtype=torch.float64, device=DEVICE)
-    prefix64 = case64.paged_prefix(PAGE, gen)
-    rest = (case64.offsets, case64.n_new_static, case64.n_rt, AttentionSpec(alpha=DIM ** -0.5))
-    random_low = (*[t.to(DTYPE) for t in (case64.q, case64.k, case64.v)], *rest,
-                  type(prefix64)(prefix64.k_pages.to(DTYPE), prefix64.v_pages.to(DTYPE), prefix64.page_table,
-                                 prefix64.lengths_))
-    random_exact = hstu_attention_reference(case64.q, case64.k, case64.v, *rest, prefix64)
+    random_low, random_exact_inputs = _random_lengths_inputs()
+    random_exact = hstu_attention_reference(*random_exact_inputs)
     cand_low = _attention_inputs("cached_cand", small, 5)
     prefix = cand_low[-1]
     cand_exact = hstu_attention_reference(*[t.double() for t in cand_low[:3]], *cand_low[3:-1], type(prefix)(
