@@ -23,6 +23,8 @@ function in two 4-warp partitions, one warpgroup each:
     a step before its TMA, so its latency is not waited for.
   A dedicated 1-warp producer partition would make 12 warps, a 168-register launch limit and, under ptxas
   12.8, serialised wgmma (C7512); with 8 warps each warpgroup has 240-256 registers and no spills.
+  With `prefetch_scores` each warpgroup also overlaps itself: S of tile t + 1 is issued before tile t's
+  SiLU, and the wait leaves one wgmma group (this tile's P V) outstanding.
 
 Key sequence of a block (every computed row sees the whole cached prefix, so the prefix needs no per-row mask):
   1. prefix tiles t < ceil(n_cached / BLOCK_N): BLOCK_N cached tokens, from the page pool (one TMA box of one
