@@ -1,4 +1,4 @@
-"""Hopper (sm_90) HSTU attention in Triton's Gluon dialect: two wgmma warpgroups fed by TMA through an mbarrier ring.
+"""Hopper (sm_90) HSTU attention in Gluon: two wgmma warpgroups fed by TMA through an mbarrier ring.
 
 Semantics: kernels/hstu_attention_ref.py (the MTGR mask, SiLU(alpha q.k) / n, no softmax). This kernel is the
 warp-specialised sibling of kernels/hstu_attention_triton.py for 16-bit inputs with head_dim 64, 128 or 256;

@@ -156,7 +156,7 @@ def report(name: str, tools: Path) -> str:
     shared = kernel.metadata.shared
     per_sm = min(SM_REGISTERS // (registers * threads), SM_SHARED // max(shared + 1024, 1), SM_THREADS // threads)
     loops = " ".join(_loop_label(loop) for loop in _key_loops(sass))
-    serialized = " (wgmma serialized: C7512)" if "C7512" in info else ""
+    serialized = " (wgmma serialized)" if "wgmma.mma_async instructions are serialized" in info else ""
     return f"{name:28s} {registers:4d} {spills:6d} {shared // 1024:4d}K {per_sm:3d}  {loops}{serialized}"
 
 
