@@ -23,8 +23,6 @@ function in two 4-warp partitions, one warpgroup each:
     a step before its TMA, so its latency is not waited for.
   A dedicated 1-warp producer partition would make 12 warps, a 168-register launch limit and, under ptxas
   12.8, serialised wgmma (C7512); with 8 warps each warpgroup has 240-256 registers and no spills.
-  With `prefetch_scores` each warpgroup also overlaps itself: S of tile t + 1 is issued before tile t's
-  SiLU, and the wait leaves one wgmma group (this tile's P V) outstanding.
 
 Key sequence of a block (every computed row sees the whole cached prefix, so the prefix needs no per-row mask):
   1. prefix tiles t < ceil(n_cached / BLOCK_N): BLOCK_N cached tokens, from the page pool (one TMA box of one
@@ -76,16 +74,14 @@ class GluonAttentionConfig:
     """Key tile width, K/V ring depth and the second warpgroup's register count of the Gluon kernel."""
 
     block_n: int = 32
-    stages: int = 4  # >= 3: the loader refills the ring STAGES - 2 tiles ahead of its own step
+    stages: int = 5  # >= 3: the loader refills the ring STAGES - 2 tiles ahead of its own step
     worker_registers: int = 240  # setmaxnreg of the second warpgroup; the first keeps what is left
-    prefetch_scores: bool = False  # issue S of tile t + 1 before tile t's SiLU (needs stages >= 4)
 
     def __post_init__(self) -> None:
         if self.block_n not in (16, 32, 64) or not 24 <= self.worker_registers <= 256:
             raise ValueError(f"block_n must be 16, 32 or 64 and worker_registers in [24, 256]: {self}")
-        if self.stages < (4 if self.prefetch_scores else 3):
-            raise ValueError(f"stages must be >= 3, >= 4 with prefetch_scores (tile t + 1 is awaited at step t and "
-                             f"loaded stages - 2 steps ahead): {self}")
+        if self.stages < 3:
+            raise ValueError(f"stages must be >= 3 (the loader runs stages - 2 tiles ahead): {self}")
 
 
 DEFAULT_GLUON_CONFIG = GluonAttentionConfig()
@@ -238,7 +234,6 @@ def _warpgroup(
     prefix_row, head, row_start, block_row, n_rows, n_cached, n_new, n_rt, n_tiles, alpha, inv_norm_constant,
     LOADER: gl.constexpr, PREFIX_MODE: gl.constexpr, PAGE_TOKENS: gl.constexpr, CAUSAL_STATIC: gl.constexpr,
     VISIBLE_NORM: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-    PREFETCH_S: gl.constexpr,
 ):
     """One consumer warpgroup: rows [first_row, first_row + HALF_M) of the request (those < n_rows), where
     first_row = block_row + half * HALF_M; the LOADER warpgroup also issues every TMA load of the block,
@@ -279,47 +274,21 @@ def _warpgroup(
     s_zero = gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout)
     acc = warpgroup_mma_init(gl.zeros([HALF_M, HEAD_DIM], gl.float32, acc_layout))
     mbarrier.wait(q_ready, 0)
-    if PREFETCH_S:  # S of tile t + 1 is issued before tile t's SiLU, so it runs under it
-        s = s_zero
-        if my_tiles > 0:
-            mbarrier.wait(ready.index(0), 0)
-            s_first = warpgroup_mma(q_half, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(num_outstanding=0, deps=(s_first,))
-        p_prev = gl.zeros([HALF_M, BLOCK_N], dtype, p_layout)
-        for t in range(my_tiles):
-            upcoming = gl.minimum(t + 1, my_tiles - 1)  # the last step recomputes its own S (unused)
-            upcoming_slot = upcoming % STAGES
-            mbarrier.wait(ready.index(upcoming_slot), (upcoming // STAGES) & 1)
-            s_next = warpgroup_mma(q_half, k_ring.index(upcoming_slot).permute((1, 0)), s_zero, use_acc=False,
-                                   is_async=True)
-            p = _tile_weights(s, t, alpha, n_cached, n_prefix_tiles, hi_first, hi, key_offsets, dtype, p_layout,
-                              BLOCK_N)
-            acc = warpgroup_mma(p, v_ring.index(t % STAGES), acc, is_async=True)
-            # All but this P V are complete: S of tile t + 1, and P V of tile t - 1 (its P may go, its slot too).
-            s, p_prev = warpgroup_mma_wait(num_outstanding=1, deps=(s_next, p_prev))
-            p_prev = p
-            mbarrier.arrive(empty.index((t + STAGES - 1) % STAGES), pred=t > 0)
-            if LOADER:
-                next_row = _refill(t + LOOKAHEAD, next_row, n_tiles, k_desc, v_desc, prefix_k_desc, prefix_v_desc,
-                                   k_ring, v_ring, ready, empty, page_table_ptr, page_rows, prefix_row, row_start,
-                                   column, n_prefix_tiles, PREFIX_MODE, PAGE_TOKENS, BLOCK_N, STAGES)
-        acc, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_prev))
-    else:
-        for t in range(my_tiles):
-            slot = t % STAGES
-            mbarrier.wait(ready.index(slot), (t // STAGES) & 1)
-            s = warpgroup_mma(q_half, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
-            # acc += P V of the previous tile is complete too: release its slot, refill the ring.
-            mbarrier.arrive(empty.index((t + STAGES - 1) % STAGES), pred=t > 0)
-            if LOADER:
-                next_row = _refill(t + LOOKAHEAD, next_row, n_tiles, k_desc, v_desc, prefix_k_desc, prefix_v_desc,
-                                   k_ring, v_ring, ready, empty, page_table_ptr, page_rows, prefix_row, row_start,
-                                   column, n_prefix_tiles, PREFIX_MODE, PAGE_TOKENS, BLOCK_N, STAGES)
-            p = _tile_weights(s, t, alpha, n_cached, n_prefix_tiles, hi_first, hi, key_offsets, dtype, p_layout,
-                              BLOCK_N)
-            acc = warpgroup_mma(p, v_ring.index(slot), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    for t in range(my_tiles):
+        slot = t % STAGES
+        mbarrier.wait(ready.index(slot), (t // STAGES) & 1)
+        s = warpgroup_mma(q_half, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s, acc = warpgroup_mma_wait(num_outstanding=0, deps=(s, acc))
+        # acc += P V of the previous tile is complete too: release its slot, refill the ring.
+        mbarrier.arrive(empty.index((t + STAGES - 1) % STAGES), pred=t > 0)
+        if LOADER:
+            next_row = _refill(t + LOOKAHEAD, next_row, n_tiles, k_desc, v_desc, prefix_k_desc, prefix_v_desc,
+                               k_ring, v_ring, ready, empty, page_table_ptr, page_rows, prefix_row, row_start,
+                               column, n_prefix_tiles, PREFIX_MODE, PAGE_TOKENS, BLOCK_N, STAGES)
+        p = _tile_weights(s, t, alpha, n_cached, n_prefix_tiles, hi_first, hi, key_offsets, dtype, p_layout,
+                          BLOCK_N)
+        acc = warpgroup_mma(p, v_ring.index(slot), acc, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
     mbarrier.arrive(empty.index((my_tiles + STAGES - 1) % STAGES), pred=my_tiles > 0)
     for t in range(my_tiles, n_tiles):  # tiles only the other warpgroup's rows see
         slot = t % STAGES
@@ -355,7 +324,7 @@ def _hstu_gluon_kernel(
     stride_page_table, page_rows, n_requests, alpha, inv_norm_constant,
     PREFIX_MODE: gl.constexpr, PAGE_TOKENS: gl.constexpr, CAUSAL_STATIC: gl.constexpr, VISIBLE_NORM: gl.constexpr,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CHUNK_B: gl.constexpr,
-    PREFETCH_S: gl.constexpr, WORKER_REGISTERS: gl.constexpr,
+    WORKER_REGISTERS: gl.constexpr,
 ):
     head = gl.program_id(0)
     b, block = _locate_block(offsets_ptr, n_requests, gl.program_id(1), CHUNK_B)
@@ -392,12 +361,12 @@ def _hstu_gluon_kernel(
                           empty, q_ready, q_ptr, k_ptr, v_ptr, out_ptr, stride_qt, stride_kt, stride_vt, stride_ot,
                           request_pages, page_rows, prefix_row, head, row_start, block_row, n_rows, n_cached,
                           n_new, n_rt, n_tiles, alpha, inv_norm_constant, True, PREFIX_MODE, PAGE_TOKENS,
-                          CAUSAL_STATIC, VISIBLE_NORM, HEAD_DIM, BLOCK_N, STAGES, PREFETCH_S)),
+                          CAUSAL_STATIC, VISIBLE_NORM, HEAD_DIM, BLOCK_N, STAGES)),
             (_warpgroup, (1, q_desc, k_desc, v_desc, prefix_k_desc, prefix_v_desc, q_smem, k_ring, v_ring, ready,
                           empty, q_ready, q_ptr, k_ptr, v_ptr, out_ptr, stride_qt, stride_kt, stride_vt, stride_ot,
                           request_pages, page_rows, prefix_row, head, row_start, block_row, n_rows, n_cached,
                           n_new, n_rt, n_tiles, alpha, inv_norm_constant, False, PREFIX_MODE, PAGE_TOKENS,
-                          CAUSAL_STATIC, VISIBLE_NORM, HEAD_DIM, BLOCK_N, STAGES, PREFETCH_S)),
+                          CAUSAL_STATIC, VISIBLE_NORM, HEAD_DIM, BLOCK_N, STAGES)),
         ], [4], [WORKER_REGISTERS])
 
 
@@ -529,7 +498,7 @@ def hstu_attention_gluon(
         PREFIX_MODE=mode, PAGE_TOKENS=page_tokens, CAUSAL_STATIC=bool(spec.causal_static),
         VISIBLE_NORM=spec.normalizer == "visible", HEAD_DIM=head_dim, BLOCK_N=block_n, STAGES=config.stages,
         CHUNK_B=min(1024, max(64, triton.next_power_of_2(n_requests))),
-        PREFETCH_S=config.prefetch_scores, WORKER_REGISTERS=config.worker_registers,
+        WORKER_REGISTERS=config.worker_registers,
         num_warps=4,
     )
     return out

@@ -89,7 +89,7 @@ def _compile_gluon(name: str):
                                          "prefix_lengths_ptr", "page_table_ptr")})
     args.update(stride_page_table=37, inv_norm_constant=1.0)
     constants = dict(PREFIX_MODE=2, PAGE_TOKENS=page, CAUSAL_STATIC=False, VISIBLE_NORM=True, HEAD_DIM=dim,
-                     BLOCK_N=cfg.block_n, STAGES=cfg.stages, CHUNK_B=64, PREFETCH_S=cfg.prefetch_scores,
+                     BLOCK_N=cfg.block_n, STAGES=cfg.stages, CHUNK_B=64,
                      WORKER_REGISTERS=cfg.worker_registers)
     fn = gluon._hstu_gluon_kernel
     signature = {a: "constexpr" if a in constants else mangle_type(args[a]) for a in fn.arg_names}

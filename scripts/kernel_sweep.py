@@ -108,19 +108,16 @@ def variant_config(name: str):
 
 
 def _gluon_config(name: str):
-    """"gluon [nN] [sS] [rR] [p]": key tile width N, ring depth S, setmaxnreg R of the second warpgroup,
-    p = prefetch_scores (S of the next tile issued before this tile's SiLU)."""
+    """"gluon [nN] [sS] [rR]": key tile width N, ring depth S, setmaxnreg R of the second warpgroup."""
     from kernels.hstu_attention_gluon import GluonAttentionConfig
 
     keys = {"n": "block_n", "s": "stages", "r": "worker_registers"}
     fields: dict = {}
     for flag in name.split()[1:]:
-        if flag == "p":
-            fields["prefetch_scores"] = True
-        elif flag[:1] in keys and flag[1:].isdigit():
+        if flag[:1] in keys and flag[1:].isdigit():
             fields[keys[flag[0]]] = int(flag[1:])
         else:
-            raise ValueError(f"variant {name!r}: unknown flag {flag!r} (expected nN, sS, rR, p)")
+            raise ValueError(f"variant {name!r}: unknown flag {flag!r} (expected nN, sS, rR)")
     return GluonAttentionConfig(**fields)
 
 

@@ -20,7 +20,7 @@ from kernels.testing import AttentionCase, random_case, relative_error
 
 SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 needs_sm90 = pytest.mark.skipif(not SM90, reason="needs an sm_90 (Hopper) GPU")
-PREFETCHING = GluonAttentionConfig(stages=5, prefetch_scores=True)
+SHALLOW_RING = GluonAttentionConfig(stages=3)  # the loader one tile ahead: the ring's tightest protocol
 
 
 def test_token_and_page_views_for_tma():
@@ -41,7 +41,7 @@ def test_supported_inputs_and_configs():
     assert unsupported_reason(q, q, q, None) == "needs a CUDA sm_90 device"
     assert shared_memory_bytes(256, GluonAttentionConfig(stages=5)) <= SHARED_MEMORY_LIMIT
     assert shared_memory_bytes(256, GluonAttentionConfig(stages=6)) > SHARED_MEMORY_LIMIT
-    for bad in ({"stages": 2}, {"block_n": 48}, {"worker_registers": 300}, {"stages": 3, "prefetch_scores": True}):
+    for bad in ({"stages": 2}, {"block_n": 48}, {"worker_registers": 300}):
         with pytest.raises(ValueError):
             GluonAttentionConfig(**bad)
 
@@ -107,7 +107,7 @@ def test_random_batches_match_reference(head_dim, prefix_kind, page_tokens, caus
 def test_edge_shapes_match_reference():
     """A lone candidate with no keys but itself, everything cached, exactly 64 and 128 rows, 129 rows (a
     second program of one row), 120 R rows (causal edges in both warpgroups) and one candidate; causal and
-    not; with S prefetching too."""
+    not; with the shallowest ring too."""
     n_cached = torch.tensor([0, 40, 33, 0, 70, 5])
     n_new = torch.tensor([0, 0, 30, 64, 20, 0])
     n_rt = torch.tensor([0, 0, 20, 0, 30, 120])
@@ -123,14 +123,14 @@ def test_edge_shapes_match_reference():
     case64 = AttentionCase(tensor(int(offsets[-1])), tensor(int(offsets[-1])), tensor(int(offsets[-1])),
                            offsets.cuda(), n_new.cuda(), n_rt.cuda(), tensor(int(n_cached.sum())),
                            tensor(int(n_cached.sum())), n_cached.cuda())
-    for causal, config in ((False, GluonAttentionConfig()), (True, GluonAttentionConfig()), (True, PREFETCHING)):
+    for causal, config in ((False, GluonAttentionConfig()), (True, GluonAttentionConfig()), (True, SHALLOW_RING)):
         spec = AttentionSpec(alpha=0.125, causal_static=causal)
         _check_against_fp64(case64, spec, "paged", 32, torch.bfloat16, config)
 
 
 @pytest.mark.gpu
 @needs_sm90
-@pytest.mark.parametrize("config", [GluonAttentionConfig(), PREFETCHING], ids=["default", "prefetch"])
+@pytest.mark.parametrize("config", [GluonAttentionConfig(), SHALLOW_RING], ids=["default", "shallow-ring"])
 def test_real_sizes_match_reference(config):
     """MTGR-large in bf16 (3 heads x 256; U+S up to 1032, R up to 100, C up to 200, pages of 32), then the
     timed candidate-only shape (200 candidates over 1132 cached keys)."""
