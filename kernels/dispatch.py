@@ -3,6 +3,11 @@
 `impl`: "auto" (Triton for CUDA tensors the kernel supports, else the reference), "triton" (always;
 CPU tensors need TRITON_INTERPRET=1 set before the first Triton call), "reference".
 MTBENCH_KERNELS=reference in the environment forces the references everywhere.
+
+Attention has two compiled kernels: the Triton one (everywhere) and the Hopper Gluon one
+(kernels/hstu_attention_gluon.py: CUDA sm_90, 16-bit, head_dim 64/128/256, pages of a multiple of 32
+tokens). "auto" takes the Gluon kernel only for the prefix kinds in GLUON_ATTENTION_FASTER (measured faster
+on the H200, reports/KERNELS.md); MTBENCH_ATTENTION_KERNEL=gluon takes it wherever it applies, =triton never.
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ from kernels.fp8_rows_ref import (
     quantize_rows_reference,
 )
 from kernels.group_layernorm_ref import group_layernorm_reference
-from kernels.hstu_attention_ref import AttentionSpec, Prefix, hstu_attention_reference
+from kernels.hstu_attention_ref import AttentionSpec, ContiguousPrefix, Prefix, hstu_attention_reference
 from kernels.page_copy_ref import gather_from_pages_reference, scatter_to_pages_reference
 
 IMPLS = ("auto", "triton", "reference")
+ATTENTION_KERNELS = ("auto", "triton", "gluon")
+# Prefix kinds ("paged", "contiguous", "none") where the Gluon kernel was measured faster than the Triton one
+# on the H200 (scripts/attn_gpu_check.sh, reports/KERNELS.md): paged, 200 candidates over 1132 cached keys
+# at B64 0.176 against 0.219 ms, R+C 0.226 against 0.288 ms. The full-prefix forward stays on Triton.
+GLUON_ATTENTION_FASTER: frozenset[str] = frozenset({"paged"})
 
 
 @functools.cache
@@ -55,9 +65,28 @@ def hstu_attention(
     """Jagged HSTU attention with the MTGR mask; see kernels/hstu_attention_ref.py for the contract."""
     supported = q.dim() == 3 and q.shape[-1] <= 256 and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
     if _use_triton(q, impl, supported):
+        if _gluon_attention_chosen(q, k, v, prefix):
+            kernel = _triton_module("hstu_attention_gluon")
+            return kernel.hstu_attention_gluon(q, k, v, offsets, n_new_static, n_rt, spec, prefix)
         kernel = _triton_module("hstu_attention_triton")
         return kernel.hstu_attention_triton(q, k, v, offsets, n_new_static, n_rt, spec, prefix)
     return hstu_attention_reference(q, k, v, offsets, n_new_static, n_rt, spec, prefix)
+
+
+def _prefix_kind(prefix: Prefix | None) -> str:
+    return "none" if prefix is None else "contiguous" if isinstance(prefix, ContiguousPrefix) else "paged"
+
+
+def _gluon_attention_chosen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix: Prefix | None) -> bool:
+    """Whether attention on these compiled-path inputs runs the Gluon kernel (see the module docstring)."""
+    choice = os.environ.get("MTBENCH_ATTENTION_KERNEL", "auto")
+    if choice not in ATTENTION_KERNELS:
+        raise ValueError(f"MTBENCH_ATTENTION_KERNEL must be one of {ATTENTION_KERNELS}, got {choice!r}")
+    if choice == "triton" or (choice == "auto" and _prefix_kind(prefix) not in GLUON_ATTENTION_FASTER):
+        return False
+    if not q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":  # Gluon kernels are never interpreted
+        return False
+    return _triton_module("hstu_attention_gluon").unsupported_reason(q, k, v, prefix) is None
 
 
 def group_layernorm(

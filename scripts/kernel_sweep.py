@@ -16,6 +16,7 @@ Needs CUDA; prints compact tables (80 columns) as each section finishes.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import subprocess
@@ -76,17 +77,21 @@ ATTENTION_VARIANTS: list[str] = [
 CACHED_SHAPES = {"cached_cand": (N_STATIC + N_RT, 0, 0, N_CAND), "cached": (N_STATIC, 0, N_RT, N_CAND)}
 SCAN_BATCHES: tuple[int, ...] = (16, 32, 64, 128)
 SCAN_BEST = 3  # variants scanned over SCAN_BATCHES: the fastest on cand B64, plus the default
+WARM_TIMEOUT_S = 300  # per compile-and-first-run child (a hung kernel costs this much)
 
 
 def variant_config(name: str):
-    """The AttentionConfig a variant name stands for ("default": None, the dispatcher's own choice)."""
+    """The config a variant name stands for ("default": None, the dispatcher's own choice): an AttentionConfig
+    of the Triton kernel, or for "gluon nN sS" a GluonAttentionConfig of the Hopper Gluon kernel."""
     from kernels.hstu_attention_triton import AttentionConfig
 
     if name == "default":
         return None
+    if name.split()[0] == "gluon":
+        return _gluon_config(name)
     loads, tiles, *flags = name.split()
     if loads not in ("tma", "ptr") or "x" not in tiles:
-        raise ValueError(f"variant {name!r}: expected 'tma|ptr MxN wW sS [hi] [kK] [tT] [rR] [exp2]'")
+        raise ValueError(f"variant {name!r}: expected 'tma|ptr MxN wW sS [hi] [kK] [tT] [rR] [exp2]' or 'gluon nN sS [p]'")
     block_m, block_n = (int(x) for x in tiles.split("x"))
     fields = {"block_m": block_m, "block_n": block_n, "tma": loads == "tma"}
     keys = {"w": "num_warps", "s": "num_stages", "k": "split_k", "t": "tail_m", "r": "maxnreg"}
@@ -100,6 +105,32 @@ def variant_config(name: str):
         else:
             raise ValueError(f"variant {name!r}: unknown flag {flag!r}")
     return AttentionConfig(**fields)
+
+
+def _gluon_config(name: str):
+    """"gluon [nN] [sS] [rR]": key tile width N, ring depth S, setmaxnreg R of the second warpgroup."""
+    from kernels.hstu_attention_gluon import GluonAttentionConfig
+
+    keys = {"n": "block_n", "s": "stages", "r": "worker_registers"}
+    fields: dict = {}
+    for flag in name.split()[1:]:
+        if flag[:1] in keys and flag[1:].isdigit():
+            fields[keys[flag[0]]] = int(flag[1:])
+        else:
+            raise ValueError(f"variant {name!r}: unknown flag {flag!r} (expected nN, sS, rR)")
+    return GluonAttentionConfig(**fields)
+
+
+def attention_kernel(name: str) -> Callable:
+    """The attention function of a variant, called like hstu_attention_reference (config bound)."""
+    config = variant_config(name)
+    if name.split()[0] == "gluon":
+        from kernels.hstu_attention_gluon import hstu_attention_gluon
+
+        return functools.partial(hstu_attention_gluon, config=config)
+    from kernels.hstu_attention_triton import hstu_attention_triton
+
+    return functools.partial(hstu_attention_triton, config=config)
 
 
 def _attention_inputs(case_name: str, batch: int, seed: int):
@@ -131,12 +162,32 @@ def _attention_inputs(case_name: str, batch: int, seed: int):
 
 
 def _warm_here(name: str, case_name: str, batch: int) -> None:
-    """Compile and run one (variant, case, batch) once (fills the shared Triton cache)."""
-    from kernels.hstu_attention_triton import hstu_attention_triton
-
-    hstu_attention_triton(*_attention_inputs(case_name, batch, 0), config=variant_config(name))
+    """Compile and run one (variant, case, batch) once (fills the shared Triton cache); a variant on the
+    cand shape also runs the check's random-lengths batch, so that a kernel which faults or hangs there is
+    dropped here, in a child, not in the main process's check."""
+    kernel = attention_kernel(name)
+    kernel(*_attention_inputs(case_name, batch, 0))
+    if case_name == "cached_cand":
+        kernel(*_random_lengths_inputs()[0])
     if DEVICE == "cuda":
         torch.cuda.synchronize()
+
+
+def _random_lengths_inputs() -> tuple[tuple, tuple]:
+    """The check's first batch, in DTYPE and in fp64: B16 (BATCHES[1]) with random lengths (static up to
+    N_STATIC, R up to N_RT, C up to N_CAND; last blocks of every height), paged prefix in random order."""
+    from kernels import AttentionSpec
+    from kernels.testing import random_case
+
+    small = BATCHES[1]
+    gen = torch.Generator().manual_seed(1)
+    case64 = random_case(gen, small, HEADS, DIM, N_STATIC, N_RT, N_CAND, cached=True, dtype=torch.float64, device=DEVICE)
+    prefix64 = case64.paged_prefix(PAGE, gen)
+    rest = (case64.offsets, case64.n_new_static, case64.n_rt, AttentionSpec(alpha=DIM ** -0.5))
+    low = (*[t.to(DTYPE) for t in (case64.q, case64.k, case64.v)], *rest,
+           type(prefix64)(prefix64.k_pages.to(DTYPE), prefix64.v_pages.to(DTYPE), prefix64.page_table,
+                          prefix64.lengths_))
+    return low, (case64.q, case64.k, case64.v, *rest, prefix64)
 
 
 def _warm(task: tuple[str, str, int]) -> tuple[str, str, int, float, str]:
@@ -146,7 +197,7 @@ def _warm(task: tuple[str, str, int]) -> tuple[str, str, int, float, str]:
     try:
         tiny = ["--tiny"] if DEVICE == "cpu" else []
         done = subprocess.run([sys.executable, __file__, *tiny, "--warm", f"{name}|{case_name}|{batch}"],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=WARM_TIMEOUT_S)
         err = "" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["exit"])[-1][:90]
     except subprocess.TimeoutExpired:
         err = "compile timed out"
@@ -221,20 +272,12 @@ def _check_variants(names: list[str]) -> dict[str, str]:
     """Correctness at real sizes, bf16 error vs fp64 within 2x the plain bf16 reference's, on two inputs:
     B16 with random lengths (static up to 1032, R up to 100, C up to 200; last blocks of every height) and
     the timed cand shape at B16 (200 rows: a last block of 8). Pages in random order. {name: "ok" | error}."""
-    from kernels import AttentionSpec
     from kernels.hstu_attention_ref import hstu_attention_reference
-    from kernels.hstu_attention_triton import hstu_attention_triton
-    from kernels.testing import random_case, relative_error
+    from kernels.testing import relative_error
 
     small = BATCHES[1]
-    gen = torch.Generator().manual_seed(1)
-    case64 = random_case(gen, small, HEADS, DIM, N_STATIC, N_RT, N_CAND, cached=True, dtype=torch.float64, device=DEVICE)
-    prefix64 = case64.paged_prefix(PAGE, gen)
-    rest = (case64.offsets, case64.n_new_static, case64.n_rt, AttentionSpec(alpha=DIM ** -0.5))
-    random_low = (*[t.to(DTYPE) for t in (case64.q, case64.k, case64.v)], *rest,
-                  type(prefix64)(prefix64.k_pages.to(DTYPE), prefix64.v_pages.to(DTYPE), prefix64.page_table,
-                                 prefix64.lengths_))
-    random_exact = hstu_attention_reference(case64.q, case64.k, case64.v, *rest, prefix64)
+    random_low, random_exact_inputs = _random_lengths_inputs()
+    random_exact = hstu_attention_reference(*random_exact_inputs)
     cand_low = _attention_inputs("cached_cand", small, 5)
     prefix = cand_low[-1]
     cand_exact = hstu_attention_reference(*[t.double() for t in cand_low[:3]], *cand_low[3:-1], type(prefix)(
@@ -245,8 +288,13 @@ def _check_variants(names: list[str]) -> dict[str, str]:
           f"lengths), {limits[1] / 2:.2e} (cand)", flush=True)
     verdicts = {}
     for name in names:
-        errors = [relative_error(hstu_attention_triton(*low, config=variant_config(name)), exact)
-                  for low, exact in inputs]
+        kernel = attention_kernel(name)
+        try:
+            errors = [relative_error(kernel(*low), exact) for low, exact in inputs]
+        except Exception as error:  # a kernel that compiled on the cand shape but fails on another: keep going
+            verdicts[name] = f"ERR {type(error).__name__}"
+            print(f"  {name}: {type(error).__name__}: {str(error)[:200]}", flush=True)
+            continue
         bad = [e for e, limit in zip(errors, limits) if not e <= limit]
         verdicts[name] = "ok" if not bad else f"BAD {bad[0]:.1e}"
     return verdicts
@@ -254,11 +302,9 @@ def _check_variants(names: list[str]) -> dict[str, str]:
 
 def _time_attention(name: str, case_name: str, batch: int) -> dict:
     """do_bench median of one variant on one (case, batch), rotating over 3 input sets."""
-    from kernels.hstu_attention_triton import hstu_attention_triton
-
     sets = [_attention_inputs(case_name, batch, seed) for seed in range(3)]
-    config = variant_config(name)
-    ms = _bench([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets])
+    kernel = attention_kernel(name)
+    ms = _bench([lambda a=a: kernel(*a) for a in sets])
     shape = CACHED_SHAPES.get(case_name, (0, N_STATIC, N_RT, N_CAND))
     flops = 4 * DIM * HEADS * batch * visible_pairs(*shape)
     return {"variant": name, "case": case_name, "batch": batch, "ms": ms, "tflops": flops / ms / 1e9}
@@ -266,15 +312,13 @@ def _time_attention(name: str, case_name: str, batch: int) -> dict:
 
 def _host_launch_ms(name: str) -> float:
     """Host time per launch: 50 back-to-back launches, no GPU wait in between (0 on the CPU)."""
-    from kernels.hstu_attention_triton import hstu_attention_triton
-
     if DEVICE != "cuda":
         return 0.0
-    inputs, config = _attention_inputs("cached_cand", BATCHES[1], 0), variant_config(name)
+    inputs, kernel = _attention_inputs("cached_cand", BATCHES[1], 0), attention_kernel(name)
     torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(50):
-        hstu_attention_triton(*inputs, config=config)
+        kernel(*inputs)
     ms = 1e3 * (time.perf_counter() - started) / 50
     torch.cuda.synchronize()
     return ms
@@ -283,9 +327,7 @@ def _host_launch_ms(name: str) -> float:
 def _diagnose(name: str, results: dict) -> str:
     """cand B64 with every request on the SAME pages (K/V stay in L2: how much of the time is HBM traffic),
     and the issue-6 harness (CUDA events around one host-synchronised call: adds the launch time)."""
-    from kernels.hstu_attention_triton import hstu_attention_triton
-
-    big, config = BATCHES[0], variant_config(name)
+    big, kernel = BATCHES[0], attention_kernel(name)
     shared = []
     for seed in range(3):
         args = list(_attention_inputs("cached_cand", big, seed))
@@ -293,9 +335,9 @@ def _diagnose(name: str, results: dict) -> str:
         table = prefix.page_table[:1].expand_as(prefix.page_table).contiguous()
         args[-1] = type(prefix)(prefix.k_pages, prefix.v_pages, table, prefix.lengths_)
         shared.append(args)
-    shared_ms = _bench([lambda a=a: hstu_attention_triton(*a, config=config) for a in shared])
+    shared_ms = _bench([lambda a=a: kernel(*a) for a in shared])
     sets = [_attention_inputs("cached_cand", big, seed) for seed in range(3)]
-    synced_ms = _synced_ms([lambda a=a: hstu_attention_triton(*a, config=config) for a in sets])
+    synced_ms = _synced_ms([lambda a=a: kernel(*a) for a in sets])
     results.setdefault("diagnostics", []).append({"variant": name, "shared_pages_ms": shared_ms, "synced_ms": synced_ms})
     return f"{name}: cand B{big} all requests on the same pages {shared_ms:.3f} ms; host-synchronised {synced_ms:.3f} ms"
 
@@ -539,7 +581,7 @@ def page_copy_section(results: dict) -> None:
 
 
 def main() -> None:
-    global ATTENTION_VARIANTS, SCAN_BATCHES, SCAN_BEST
+    global ATTENTION_VARIANTS, SCAN_BATCHES, SCAN_BEST, WARM_TIMEOUT_S
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--what", default="attention,fp8,page_copy")
     parser.add_argument("--jobs", type=int, default=8, help="parallel compile workers")
@@ -550,6 +592,8 @@ def main() -> None:
     parser.add_argument("--scan", default=None, help="batch sizes of the scan of the fastest variants "
                         "(default 16,32,64,128; 'none': no scan)")
     parser.add_argument("--scan-best", type=int, default=SCAN_BEST, help="how many of the fastest to scan")
+    parser.add_argument("--warm-timeout", type=float, default=WARM_TIMEOUT_S,
+                        help="seconds each compile-and-first-run child may take")
     parser.add_argument("--profile", default=None, help="run one attention variant 3 times (for ncu)")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test (TRITON_INTERPRET=1, tiny sizes)")
     args = parser.parse_args()
@@ -565,12 +609,11 @@ def main() -> None:
     if args.scan:
         SCAN_BATCHES = () if args.scan == "none" else tuple(int(b) for b in args.scan.split(","))
     SCAN_BEST = args.scan_best
+    WARM_TIMEOUT_S = args.warm_timeout
     if args.profile:  # under ncu: a few launches of one variant on the cand shape
-        from kernels.hstu_attention_triton import hstu_attention_triton
-
-        inputs = _attention_inputs("cached_cand", BATCHES[0], 0)
+        inputs, kernel = _attention_inputs("cached_cand", BATCHES[0], 0), attention_kernel(args.profile)
         for _ in range(3):
-            hstu_attention_triton(*inputs, config=variant_config(args.profile))
+            kernel(*inputs)
         torch.cuda.synchronize()
         return
     if args.warm:
