@@ -19,7 +19,9 @@
 #     speedup, throughput speedup); the capacity report's PNGs are copied to $OUT/plots.
 # Everything lands in $OUT: SERVING.md, serving.json, serving.log, costmodel.json, capacity_summary.json,
 # capacity_points.csv, measured_requests.parquet, gpu_clocks.csv (with nvidia-smi), serving_gap.txt/.csv (scripts/serving_gap.py), plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
-# SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL.
+# SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL, and REPEATS (each
+# measured rate replayed that many times on the same arrivals: SERVING.md then shows the median run's p99
+# and the lowest-highest over the runs, the measurement's own spread; default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/gpu-serving}
@@ -42,6 +44,7 @@ BATCH=${BATCH:-64}
 MAX_WAIT_MS=${MAX_WAIT_MS:-5}
 SLO_MS=${SLO_MS:-50}
 FRACTIONS=${FRACTIONS:-0.25,0.5,0.7,0.85,1.0}
+REPEATS=${REPEATS:-1}
 GPU_SHARE=${GPU_SHARE:-0.10}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
@@ -98,7 +101,7 @@ fi
 timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
   --cache none,gpu,tiered --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
   --max-wait-ms "$MAX_WAIT_MS" --slo-ms "$SLO_MS" --percentile 99 --cost-model "$OUT/costmodel.json" \
-  --batch-overhead-ms auto --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --measure --measure-fractions "$FRACTIONS" \
+  --batch-overhead-ms auto --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --measure --measure-fractions "$FRACTIONS" --measure-repeats "$REPEATS" \
   -o "$WORK/capacity" 2>&1 | tee -a "$OUT/serving.log"
 cp "$WORK/capacity/summary.json" "$OUT/capacity_summary.json"
 cp "$WORK/capacity/measured_requests.parquet" "$OUT/measured_requests.parquet"  # per request, batch by batch
@@ -131,6 +134,17 @@ lines = [f"# Serving under load ({summary['model']}, {summary['dtype']}, {summar
          "| mode | rate /s | load | hit sim / meas | sim p50 | meas p50 | sim p99 | meas p99 | p99 gap | sim SLO % | meas SLO % |",
          "|---|---|---|---|---|---|---|---|---|---|---|"]
 gaps, hits = [], {}
+
+
+def spread(r) -> str:  # lowest-highest p99 over repeated runs (REPEATS > 1)
+    if (r.get("repeats") or 1) <= 1:
+        return ""
+    low, high = r["latency_at_percentile_ms_min"], r["latency_at_percentile_ms_max"]
+    if low != low:  # every run overloaded
+        return ""
+    return f" ({fmt(low)}-{'overloaded' if high != high else fmt(high)})"
+
+
 for mode, part in points.groupby("cache_mode", sort=False):
     simulated = part[part["source"] == "simulated"].set_index("rate")
     saturation = rows[mode]["saturation_qps"]
@@ -146,7 +160,7 @@ for mode, part in points.groupby("cache_mode", sort=False):
         hits.setdefault(mode, []).append((sim["hit_ratio"], real["hit_ratio"]))
         lines.append(f"| {mode} | {rate(real['rate'])} | {load:.2f} | {fmt(sim['hit_ratio'], '{:.3f}')} / "
                      f"{fmt(real['hit_ratio'], '{:.3f}')} | {fmt(sim['p50_ms'])} | {fmt(real['p50_ms'])} | "
-                     f"{p99(sim)} | {p99(real)} | {fmt(gap, '{:.1%}')} | {fmt(100 * sim['slo_attainment'])} | "
+                     f"{p99(sim)} | {p99(real)}{spread(real)} | {fmt(gap, '{:.1%}')} | {fmt(100 * sim['slo_attainment'])} | "
                      f"{fmt(100 * real['slo_attainment'])} |")
 mean = lambda pairs, i: sum(p[i] for p in pairs) / len(pairs) if pairs else None
 lines += ["", "| mode | hit ratio at the measured rates (sim / meas) | batch overhead ms | saturation /s (sim / meas) | max /s within SLO (sim / meas) |",

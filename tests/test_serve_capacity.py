@@ -106,6 +106,8 @@ def test_capacity_command_report_and_plots(tmp_path: Path) -> None:
     (["--measure-rates", "100"], "need --measure"),
     (["--measure-steps", "2"], "need --measure"),
     (["--measure", "--measure-steps", "-1"], "--measure-steps"),
+    (["--measure-repeats", "2"], "need --measure"),
+    (["--measure", "--measure-repeats", "0"], "--measure-repeats"),
     (["--batch-overhead-ms", "soon"], "--batch-overhead-ms"),
     (["--arrivals", "closed"], "--arrivals"),
     (["--gpu-cache", "1KiB"], "cannot hold one entry"),
@@ -171,6 +173,31 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail"}
     assert all(np.isfinite(value) for value in curve.values())
     assert curve["copy_tail"] == 0.0  # no copy stalls on the CPU
+
+
+def test_capacity_measure_repeats_each_rate_on_the_same_arrivals(tmp_path: Path) -> None:
+    trace = _trace(tmp_path / "t.parquet", n=40)
+    out = tmp_path / "r"
+    result = CliRunner().invoke(app, ["capacity", str(trace), "--model", "tiny", "--dtype", "fp32", "--cache", "none",
+                                      "--batch-size", "4", "--slo-ms", "10000", "--measure", "--device", "cpu",
+                                      "--warmup", "8", "--batch-overhead-ms", "1", "--measure-repeats", "2",
+                                      "--measure-rates", "2", "--measure-steps", "0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "over repeated runs" in result.output
+    points = pd.read_parquet(out / "records.parquet")
+    measured = points[points["source"] == "measured"]
+    assert len(measured) == 2 and (measured["repeats"] == 2).all()  # 2/s and the simulated SLO rate
+    slow = measured[measured["rate"] == 2.0].iloc[0]  # 2 requests/s: a rate the tiny model keeps up with
+    low, median, high = (slow[f"latency_at_percentile_ms{suffix}"] for suffix in ("_min", "", "_max"))
+    assert low <= median <= high
+    requests = pd.read_parquet(out / "measured_requests.parquet")
+    assert (requests.groupby(["rate", "repeat"]).size() == 40 - 8).all() and set(requests["repeat"]) == {0, 1}
+    runs = requests[requests["rate"] == 2.0].groupby("repeat")
+    for column in ("request_index", "arrival_s"):  # the same requests at the same arrival times
+        first, second = (part[column].to_numpy() for _, part in runs)
+        assert np.array_equal(first, second)
+    gaps = batch_gaps(out)  # batches of each repeat priced on their own
+    assert gaps["size"].sum() == len(requests)
 
 
 @pytest.mark.parametrize("seed", range(5))

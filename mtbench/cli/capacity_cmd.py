@@ -51,6 +51,10 @@ def capacity(
                                                 help="With --measure: device runs that bisect between the highest "
                                                      "measured rate within the SLO and the lowest above it that "
                                                      "missed, so the measured max QPS is searched (default 3)."),
+    measure_repeats: Optional[int] = typer.Option(None, "--measure-repeats",
+                                                  help="With --measure: replay each rate N times on the same "
+                                                       "arrivals and report the median run and the spread of "
+                                                       "its percentile latency (default 1)."),
     device: str = typer.Option("auto", "--device", help="--measure: cpu, cuda, or auto."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default reports/runs/capacity-<time>)."),
     force: ForceOpt = False,
@@ -91,8 +95,11 @@ def capacity(
     overhead = _overhead(batch_overhead_ms)
     rates = _rates(measure_rates, "--measure-rates") if measure_rates else ()
     fractions = _rates(measure_fractions, "--measure-fractions") if measure_fractions else ()
-    if (rates or fractions or measure_steps is not None) and not measure:
-        raise MtbenchError("--measure-rates, --measure-fractions and --measure-steps need --measure")
+    if (rates or fractions or measure_steps is not None or measure_repeats is not None) and not measure:
+        raise MtbenchError("--measure-rates, --measure-fractions, --measure-steps and --measure-repeats need --measure")
+    if measure_repeats is not None and measure_repeats < 1:
+        raise MtbenchError(f"--measure-repeats must be >= 1, got {measure_repeats}")
+    repeats = 1 if measure_repeats is None else measure_repeats
     if measure_steps is not None and measure_steps < 0:
         raise MtbenchError(f"--measure-steps must be >= 0, got {measure_steps}")
     steps = MEASURE_STEPS if measure_steps is None else measure_steps
@@ -114,7 +121,7 @@ def capacity(
     progress = Progress(TextColumn("[bold]capacity"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), console=Console(stderr=True))
     context = _measure_context(trace, model, dtype, device, settings, question, page_tokens, max_requests, seed,
-                               progress) if measure or overhead is None else None
+                               progress, repeats) if measure or overhead is None else None
     with progress:
         if overhead is None:
             costs = {s.mode: ModeCost(cost, context.batch_overhead(s.mode, cost, workload.sizer)) for s in settings}
@@ -131,6 +138,7 @@ def capacity(
                    "max_batch_tokens": max_batch_tokens, "arrivals": arrivals, "seed": seed, "target_qps": target_qps,
                    "max_requests": max_requests, "warmup": question.warmup, "measure": measure,
                    "measure_rates": list(rates), "measure_fractions": list(fractions), "measure_steps": steps,
+                   "measure_repeats": repeats,
                    "device": device if context is not None else None, "cost_model": cost.to_dict(),
                    "batch_overhead_ms": batch_overhead_ms,
                    "fleet_split": "even by user hash"},
@@ -140,6 +148,9 @@ def capacity(
     report_dir = write_report(out, summary, pd.DataFrame(outcome.points), "capacity", force, tables)
     console.print(capacity_table(outcome.rows, question))
     console.print(curve_table(outcome.points))
+    spread = spread_table(outcome.points, percentile)
+    if spread is not None:
+        console.print(spread)
     console.print(outcome.result)
     console.print(f"report: {report_dir}")
 
@@ -180,7 +191,8 @@ def _check_entries(workload, settings) -> None:
                                    f"entry needs {format_bytes(largest)}")
 
 
-def _measure_context(trace, model, dtype, device, settings, question, page_tokens, max_requests, seed, progress):
+def _measure_context(trace, model, dtype, device, settings, question, page_tokens, max_requests, seed, progress,
+                     repeats):
     from mtbench.cli.options import resolve_device_dtype
     from mtbench.replay.engine import ReplayOptions
     from mtbench.replay.runner import ReplaySetup
@@ -197,7 +209,7 @@ def _measure_context(trace, model, dtype, device, settings, question, page_token
         task = progress.add_task(f"replay {label}", total=total)
         return lambda n: progress.advance(task, n)
 
-    return MeasureContext(setup, question, make)
+    return MeasureContext(setup, question, make, repeats)
 
 
 def _ms(value) -> str:
@@ -235,15 +247,37 @@ def curve_table(points: list[dict]) -> Table:
     table = Table(title="Latency vs load (simulated | measured)", box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("mode", "QPS", "p50", "p99", "SLO %", "p50 m", "p99 m", "SLO % m"):
         table.add_column(name, justify="left" if name == "mode" else "right")
-    for point in points:
-        if point["source"] != "simulated":
-            continue
+    modes = list(dict.fromkeys(p["cache_mode"] for p in points))
+    simulated = sorted((p for p in points if p["source"] == "simulated"),
+                       key=lambda p: (modes.index(p["cache_mode"]), p["rate"]))
+    for point in simulated:
         real = measured.get((point["cache_mode"], round(point["rate"], 6)), {})
         table.add_row(point["cache_mode"], format_rate(point["rate"]), _ms(point["p50_ms"]),
                       "overloaded" if point["overloaded"] else _ms(point["p99_ms"]),
                       _percent(point["slo_attainment"]), _ms(real.get("p50_ms")),
                       ("overloaded" if real.get("overloaded") else _ms(real.get("p99_ms"))) if real else "—",
                       _percent(real.get("slo_attainment")))
+    return table
+
+
+def spread_table(points: list[dict], percentile: float) -> Table | None:
+    """Per measured rate replayed more than once (`--measure-repeats`): the lowest, median and highest
+    latency at the percentile over its runs; None when no rate was repeated."""
+    from mtbench.serve.capacity import format_rate
+
+    repeated = [p for p in points if p["source"] == "measured" and (p.get("repeats") or 1) > 1]
+    if not repeated:
+        return None
+    table = Table(title=f"Measured p{percentile:g} over repeated runs (same arrivals), ms", box=box.SIMPLE_HEAD,
+                  title_justify="left")
+    for name in ("mode", "QPS", "runs", "lowest", "median run", "highest"):
+        table.add_column(name, justify="left" if name == "mode" else "right")
+    for point in repeated:
+        median = "overloaded" if point["overloaded"] else _ms(point["latency_at_percentile_ms"])
+        highest = point["latency_at_percentile_ms_max"]
+        table.add_row(point["cache_mode"], format_rate(point["rate"]), str(point["repeats"]),
+                      _ms(point["latency_at_percentile_ms_min"]), median,
+                      "overloaded" if highest is None else _ms(highest))
     return table
 
 

@@ -48,8 +48,9 @@ def batch_gaps(report: Path) -> pd.DataFrame:
                        config["page_tokens"])
     overheads = {row["cache_mode"]: BatchOverhead.from_dict(row["batch_overhead_curve"]) for row in summary["rows"]}
     requests = pd.read_parquet(requests_path)
-    frames = [_run_gaps(run, cost, sizer, overheads[mode], config["batch_size"], mode, rate)
-              for (mode, rate), run in requests.groupby(["cache_mode", "rate"], sort=False)]
+    runs = ["cache_mode", "rate"] + (["repeat"] if "repeat" in requests else [])  # one run per repeat (`--measure-repeats`)
+    frames = [_run_gaps(run, cost, sizer, overheads[key[0]], config["batch_size"], key[0], key[1])
+              for key, run in requests.groupby(runs, sort=False)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
