@@ -18,7 +18,7 @@
 #     of saturation (target 15%), and the one-line result (max QPS per GPU within p99 <= SLO_MS, capacity
 #     speedup, throughput speedup); the capacity report's PNGs are copied to $OUT/plots.
 # Everything lands in $OUT: SERVING.md, serving.json, serving.log, costmodel.json, capacity_summary.json,
-# capacity_points.csv, measured_requests.parquet, gpu_clocks.csv (with nvidia-smi), serving_gap.txt/.csv (scripts/serving_gap.py), plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
+# capacity_points.csv, measured_requests.parquet, calibration_requests.parquet, gpu_clocks.csv (with nvidia-smi), serving_gap.txt/.csv (scripts/serving_gap.py), plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
 # SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL, and REPEATS (each
 # measured rate replayed that many times on the same arrivals: SERVING.md then shows the median run's p99
 # and the lowest-highest over the runs, the measurement's own spread; default 1).
@@ -105,6 +105,7 @@ timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODE
   -o "$WORK/capacity" 2>&1 | tee -a "$OUT/serving.log"
 cp "$WORK/capacity/summary.json" "$OUT/capacity_summary.json"
 cp "$WORK/capacity/measured_requests.parquet" "$OUT/measured_requests.parquet"  # per request, batch by batch
+cp "$WORK/capacity/calibration_requests.parquet" "$OUT/calibration_requests.parquet"  # the saturated replays' too
 # every measured batch priced as the simulator prices its own decisions: where the two differ
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" $PY scripts/serving_gap.py "$WORK/capacity" --csv "$OUT/serving_gap.csv" | tee "$OUT/serving_gap.txt" \
   || log "serving_gap.py failed (the digest below does not need it)"

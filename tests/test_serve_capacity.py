@@ -169,6 +169,10 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     assert (gaps["host_ms"] > 0).all() and (gaps["host_cpu_ms"] <= gaps["host_ms"] + 0.05).all()
     hosts = host_summary(gaps)
     assert hosts["batches"].sum() == len(gaps) and set(hosts["slow"]) <= {True, False}
+    calibration = pd.read_parquet(out / "calibration_requests.parquet")  # the saturated replays' records
+    sizes = calibration.groupby(["batch_size", "pipelined"]).size()
+    assert set(sizes.index) == {(1, False), (2, False), (4, False), (4, True)} and (calibration["cache_mode"] == "tiered").all()
+    assert sizes[(4, True)] == 40 - 8  # the throughput replays every timed request
     curve = row["batch_overhead_curve"]  # a plane in the composition, fitted over serial batches of 1, 2 and 4
     assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail"}
     assert all(np.isfinite(value) for value in curve.values())

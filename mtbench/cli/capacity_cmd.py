@@ -144,7 +144,9 @@ def capacity(
                    "fleet_split": "even by user hash"},
         "result": outcome.result, "rows": outcome.rows,
     }
-    tables = {"measured_requests": outcome.measured_requests} if outcome.measured_requests is not None else None
+    tables = {name: table for name, table in (("measured_requests", outcome.measured_requests),
+                                              ("calibration_requests", outcome.calibration_requests))
+              if table is not None} or None
     report_dir = write_report(out, summary, pd.DataFrame(outcome.points), "capacity", force, tables)
     console.print(capacity_table(outcome.rows, question))
     console.print(curve_table(outcome.points))

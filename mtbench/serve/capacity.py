@@ -189,6 +189,13 @@ class MeasureContext:
             self._closed[(mode, batch_size, pipelined)] = (float(result.row["ms_per_request"]), timed)
         return self._closed[(mode, batch_size, pipelined)]
 
+    def calibration_requests(self) -> pd.DataFrame | None:
+        """Every saturated replay's timed records (the fixed-cost calibration and the throughput), with
+        cache_mode, batch_size and pipelined; None before any ran."""
+        frames = [records.assign(cache_mode=mode, batch_size=size, pipelined=pipelined)
+                  for (mode, size, pipelined), (_, records) in self._closed.items()]
+        return pd.concat(frames, ignore_index=True) if frames else None
+
     def throughput(self, mode: str) -> float:
         """Measured requests/s of `mode` with every request queued, at the question's batch size."""
         return 1e3 / self._saturated(mode, self.question.serving.batcher.max_batch, True)[0]
@@ -307,6 +314,7 @@ class CapacityOutcome:
     points: list[dict]
     result: str
     measured_requests: pd.DataFrame | None = None  # the measured runs' timed records (`--measure`)
+    calibration_requests: pd.DataFrame | None = None  # the saturated replays' timed records (`--measure`)
 
 
 def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[str, ModeCost],
@@ -352,7 +360,8 @@ def plan_capacity(workload: Workload, settings: list[CacheSetting], costs: dict[
     _add_speedups(rows)
     lines = [result_line(rows, question)] + ([result_line(rows, question, "measured_")] if measured else [])
     requests = pd.concat(measure.requests, ignore_index=True) if measure is not None and measure.requests else None
-    return CapacityOutcome(rows, points, "\n".join(lines), requests)
+    calibration = measure.calibration_requests() if measure is not None else None
+    return CapacityOutcome(rows, points, "\n".join(lines), requests, calibration)
 
 
 def measured_search(runs: list[dict], run_at: Callable[[float], dict], steps: int) -> list[dict]:
