@@ -12,7 +12,6 @@ cdef class ControlPlane:
     cdef public dict gpu_tokens, host_tokens, host_offsets, _versions, _in_flight, _next_use, _first_batch, _user_first_key
     cdef public list _tally, _tokens
     cdef public set _doomed
-    cdef dict __dict__
 
     @cython.locals(tier=CPolicy)
     cpdef serve(self, request)
