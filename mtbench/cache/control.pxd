@@ -22,6 +22,7 @@ cdef class ControlPlane:
 
     @cython.locals(tier=CPolicy, plan=BatchDecisions)
     cpdef serve(self, request)
+    cpdef serve_each(self, requests, list outcomes, list cached)
     @cython.locals(tier=CPolicy)
     cpdef _announce(self, request, now)
     @cython.locals(tier=CPolicy)

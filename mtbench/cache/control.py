@@ -418,12 +418,20 @@ class ControlPlane:
             self._deferred = None
         return outcome, cached
 
+    def serve_each(self, requests: Iterable[Request], outcomes: list[Outcome], cached: list[int]) -> None:
+        """`serve` the requests in order, appending each one's outcome and tokens read (the simulator's loop)."""
+        for request in requests:
+            outcome, tokens = self.serve(request)
+            outcomes.append(outcome)
+            cached.append(tokens)
+
     def _announce(self, request: Request, now: float) -> bool:
         """What `plan` does for a batch before deciding it, for `serve`'s request: hints, OPT's next use and
         the load budget. Returns whether a host hit may be loaded."""
         if self._hints:
+            keys = (request.key,)
             for tier in self._tiers:
-                tier.hint_upcoming((request.key,), now)
+                tier.hint_upcoming(keys, now)
         if self._oracle:
             self._tell_next_use(request)
         if self._budget is None:
