@@ -116,8 +116,7 @@ class GapHistogram:
         """`tail[b]` = spread gaps in bins >= b, for b in 0..40 (`tail[40] == 0`)."""
         tail = self._tail
         if tail is None:
-            counts = np.frombuffer(self._counts, dtype=np.float32 if self._counts.typecode == "f" else np.float64)
-            tail = self._tail = (counts @ _TAIL_OF_BIN).tolist()
+            tail = self._tail = (np.asarray(self._counts) @ _TAIL_OF_BIN).tolist()  # float32 or float64 counts
         return tail
 
     def drop_tail(self) -> None:
