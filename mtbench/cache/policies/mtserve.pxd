@@ -49,7 +49,7 @@ cdef class MTServe(S3FIFO):
     cpdef _forget_key(self, key)
     cpdef _dead_victim(self)
     @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double, population=list, cached=tuple,
-                   score=double, floor=double)
+                   score=double, floor=double, held=set)
     cpdef _live_victim(self)
     @cython.locals(gaps=GapHistogram)
     cpdef double _value(self, key, double now, double horizon, list population_tail) except? -1

@@ -82,6 +82,10 @@ _TAIL_OF_BIN = np.zeros((_N_BINS, _N_BINS + 1))
 _TAIL_OF_BIN[:, :_N_BINS] = np.cumsum(_SPREAD[:, ::-1], axis=1)[:, ::-1]
 
 
+_ZERO_COUNTS = {typecode: array(typecode, bytes(array(typecode).itemsize * _N_BINS)) for typecode in "fd"}
+"""A new histogram's counts per typecode (copied: slicing an array is one memcpy)."""
+
+
 def _gap_bin(gap: float) -> int:
     if gap <= 0.0:
         return 0
@@ -105,7 +109,7 @@ class GapHistogram:
     __slots__ = ("_counts", "_tail")
 
     def __init__(self, typecode: str = "f") -> None:
-        self._counts = array(typecode, bytes(array(typecode).itemsize * _N_BINS))
+        self._counts = _ZERO_COUNTS[typecode][:]
         self._tail: list[float] | None = None
 
     def add_to_bin(self, b: int) -> None:
@@ -397,9 +401,9 @@ class MTServe(S3FIFO):
         lowest value among them. A value is reused (`_values`) until the entry is used again, its idle time
         grew by `VALUE_REFRESH`, or the version clock moves."""
         traffic = self.traffic
-        pins, upcoming = self._pins, traffic.upcoming
+        held = traffic.upcoming.union(self._pins)  # pinned or queued: not a candidate (one look-up per key)
         for key in self._small:
-            if key not in pins and key not in upcoming:
+            if key not in held:
                 return key
         values, now, last_use = self._values, traffic.now, self._last_use
         epoch = (traffic.max_version, traffic.versions_are_a_clock)
@@ -413,7 +417,7 @@ class MTServe(S3FIFO):
         candidates: list[Key] = []
         scores: list[float] = []
         for key in self._main:
-            if key in pins or key in upcoming:
+            if key in held:
                 continue
             used = last_use[key]
             cached = values.get(key)
