@@ -120,7 +120,8 @@ class GapHistogram:
         """`tail[b]` = spread gaps in bins >= b, for b in 0..40 (`tail[40] == 0`)."""
         tail = self._tail
         if tail is None:
-            tail = self._tail = (np.asarray(self._counts) @ _TAIL_OF_BIN).tolist()  # float32 or float64 counts
+            # ndarray.dot: the same BLAS product as `@` (bit for bit), with a third of its dispatch cost
+            tail = self._tail = np.asarray(self._counts).dot(_TAIL_OF_BIN).tolist()
         return tail
 
     def drop_tail(self) -> None:
