@@ -120,7 +120,7 @@ class GapHistogram:
         """`tail[b]` = spread gaps in bins >= b, for b in 0..40 (`tail[40] == 0`)."""
         tail = self._tail
         if tail is None:
-            # ndarray.dot: the same BLAS product as `@` (bit for bit), with a third of its dispatch cost
+            # ndarray.dot: the same BLAS product as `@` (bit for bit), 0.5 us less of numpy's dispatch
             tail = self._tail = np.asarray(self._counts).dot(_TAIL_OF_BIN).tolist()
         return tail
 
@@ -442,7 +442,7 @@ class MTServe(S3FIFO):
                 for key in self._unpinned(queue):
                     return key
         floor = min(scores) * TIE_FACTOR
-        for key, score in zip(candidates, scores):
+        for key, score in zip(candidates, scores):  # least recently used first; the lowest is within the floor
             if score <= floor:
                 break
         return key
