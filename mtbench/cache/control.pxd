@@ -3,8 +3,15 @@
 cimport cython
 from mtbench.cache.policies.base cimport ReplacementPolicy as CPolicy
 
+cdef class BatchDecisions:
+    cdef public object serial
+    cdef public list requests, outcomes, cached, kinds, promoted
+    cdef public dict stores
+    cdef public set loaded
+
 cdef class ControlPlane:
-    cdef public object config, settings, sizer, data, extents, _stats, now, _serial, _single, _budget, _deferred
+    cdef public object config, settings, sizer, data, extents, _stats, now, _serial, _budget, _deferred
+    cdef public BatchDecisions _single
     cdef public CPolicy gpu
     cdef public CPolicy host
     cdef public tuple _tiers
@@ -12,29 +19,29 @@ cdef class ControlPlane:
     cdef public dict gpu_tokens, host_tokens, host_offsets, _versions, _in_flight, _next_use, _first_batch, _user_first_key
     cdef public list _tally, _tokens
     cdef public set _doomed
-    cdef dict __dict__
 
-    @cython.locals(tier=CPolicy)
+    @cython.locals(tier=CPolicy, plan=BatchDecisions)
     cpdef serve(self, request)
+    cpdef serve_each(self, requests, list outcomes, list cached)
     @cython.locals(tier=CPolicy)
     cpdef _announce(self, request, now)
     @cython.locals(tier=CPolicy)
     cpdef _take_deferred(self)
     @cython.locals(tier=CPolicy)
-    cpdef _release_single(self, plan, key)
+    cpdef _release_single(self, BatchDecisions plan, key)
     @cython.locals(tier=CPolicy)
     cpdef _tell_next_use(self, request)
     @cython.locals(host=CPolicy)
-    cpdef _decide(self, plan, Py_ssize_t i, request, now, bint load)
+    cpdef _decide(self, BatchDecisions plan, Py_ssize_t i, key, n, now, bint load)
     cpdef _tick(self, ts)
     @cython.locals(tier=CPolicy)
-    cpdef _repeat(self, plan, Py_ssize_t i, Py_ssize_t row, now)
-    cpdef _gpu_entry_short(self, plan, Py_ssize_t i, key, cached, n, now)
+    cpdef _repeat(self, BatchDecisions plan, Py_ssize_t i, Py_ssize_t row, now)
+    cpdef _gpu_entry_short(self, BatchDecisions plan, Py_ssize_t i, key, cached, n, now)
     @cython.locals(host=CPolicy)
-    cpdef _not_on_gpu(self, plan, Py_ssize_t i, key, n, now, bint load)
-    cpdef _compute(self, plan, Py_ssize_t i, key, first, n, now, bint keep_scratch)
+    cpdef _not_on_gpu(self, BatchDecisions plan, Py_ssize_t i, key, n, now, bint load)
+    cpdef _compute(self, BatchDecisions plan, Py_ssize_t i, key, first, n, now, bint keep_scratch)
     @cython.locals(gpu=CPolicy)
-    cpdef _grow(self, plan, Py_ssize_t i, key, cached, n, now)
+    cpdef _grow(self, BatchDecisions plan, Py_ssize_t i, key, cached, n, now)
     cpdef bint _admit_gpu(self, key, n_tokens, now)
     cpdef _evicted_from_gpu(self, evicted, now)
     @cython.locals(host=CPolicy)
@@ -45,5 +52,5 @@ cdef class ControlPlane:
     cpdef _forget_version(self, key)
     cpdef _drop_other_versions(self, key)
     cpdef _remove(self, key)
-    cpdef _copy_to_host(self, plan)
+    cpdef _copy_to_host(self, BatchDecisions plan)
     cpdef _drop_doomed(self)

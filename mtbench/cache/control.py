@@ -400,29 +400,38 @@ class ControlPlane:
         nothing else in flight only those see them, and a GPU hit has none, so it pins nothing."""
         if self._in_flight:
             raise RuntimeError("ControlPlane.serve with batches in flight: use plan/release")
+        key, n_static, ts, _ = request
         plan = self._single
         plan.serial = self._serial = self._serial + 1
         self._deferred = request
         plan.cached[0] = 0
-        now = self._tick(request.ts)
-        outcome = self._decide(plan, 0, request, now, True if self._plain else self._announce(request, now))
+        now = self._tick(ts)
+        outcome = self._decide(plan, 0, key, n_static, now, True if self._plain else self._announce(request, now))
         cached = plan.cached[0]
         self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
         tokens = self._tokens
-        tokens[0] += request.n_static
+        tokens[0] += n_static
         tokens[1] += cached
         if self._deferred is None:
-            self._release_single(plan, request.key)
+            self._release_single(plan, key)
         else:
             self._deferred = None
         return outcome, cached
+
+    def serve_each(self, requests: Iterable[Request], outcomes: list[Outcome], cached: list[int]) -> None:
+        """`serve` the requests in order, appending each one's outcome and tokens read (the simulator's loop)."""
+        for request in requests:
+            outcome, tokens = self.serve(request)
+            outcomes.append(outcome)
+            cached.append(tokens)
 
     def _announce(self, request: Request, now: float) -> bool:
         """What `plan` does for a batch before deciding it, for `serve`'s request: hints, OPT's next use and
         the load budget. Returns whether a host hit may be loaded."""
         if self._hints:
+            keys = (request.key,)
             for tier in self._tiers:
-                tier.hint_upcoming((request.key,), now)
+                tier.hint_upcoming(keys, now)
         if self._oracle:
             self._tell_next_use(request)
         if self._budget is None:
@@ -488,7 +497,7 @@ class ControlPlane:
                 self._repeat(plan, i, row, now)
                 continue
             first_row[key] = i
-            self._decide(plan, i, request, now, loads is None or key in loads)
+            self._decide(plan, i, key, request.n_static, now, loads is None or key in loads)
         return plan
 
     def _tell_next_use(self, request: Request) -> None:
@@ -496,10 +505,9 @@ class ControlPlane:
         for tier in self._tiers:
             tier.set_next_use(request.key, request.next_use)
 
-    def _decide(self, plan: BatchDecisions, i: int, request: Request, now: float, load: bool) -> Outcome:
-        """Row i, the first request of its key in the batch: its miss kind, stale drops, then the lookup: a
-        GPU hit here, else `_gpu_entry_short` or `_not_on_gpu`."""
-        key = request.key
+    def _decide(self, plan: BatchDecisions, i: int, key: Key, n: int, now: float, load: bool) -> Outcome:
+        """Row i, the first request of its key (of n static tokens) in the batch: its miss kind, stale drops,
+        then the lookup: a GPU hit here, else `_gpu_entry_short` or `_not_on_gpu`."""
         user, version = key
         serial = plan.serial
         # miss kind: the key was first requested in an earlier batch (capacity), else it is the user's first
@@ -517,14 +525,14 @@ class ControlPlane:
             host = self.host
             if host is not None:
                 host.access(key, now)
-            tokens, n = self.gpu_tokens[key], request.n_static
+            tokens = self.gpu_tokens[key]
             if n <= tokens:
                 plan.cached[i] = n
                 plan.outcomes[i] = GPU_HIT
                 return GPU_HIT
             outcome = self._gpu_entry_short(plan, i, key, tokens, n, now)
         else:
-            outcome = self._not_on_gpu(plan, i, key, request.n_static, now, load)
+            outcome = self._not_on_gpu(plan, i, key, n, now, load)
         if outcome is MISS and stale:
             outcome = STALE
         plan.outcomes[i] = outcome

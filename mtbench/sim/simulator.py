@@ -195,11 +195,7 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
     outcomes: list[int] = []
     cached: list[int] = []
     if settings.batch_size == 1 and settings.lookahead == 0:
-        serve, outcome_of, cached_of = plane.serve, outcomes.append, cached.append
-        for request in requests(workload):
-            outcome, tokens = serve(request)
-            outcome_of(outcome)
-            cached_of(tokens)
+        plane.serve_each(requests(workload), outcomes, cached)
     else:
         def released(plan) -> None:
             outcomes.extend(plan.outcomes)

@@ -6,7 +6,6 @@ cdef class ReplacementPolicy:
     cdef public long long capacity, used, _pinned_bytes
     cdef public dict _sizes
     cdef public dict _pins
-    cdef dict __dict__
 
     cpdef bint can_fit(self, long long size)
     cpdef bint readmits(self, long long size)
