@@ -94,7 +94,9 @@ def _add(a, b):
 
 @gluon.jit
 def _locate_block(offsets_ptr, n_requests, work_index, CHUNK_B: gl.constexpr):
-    """(request, row block) of program `work_index`; request == n_requests when past the last block."""
+    """(request, row block) of program `work_index`; request == n_requests when past the last block.
+    The Triton kernel's search in Gluon (a Gluon function cannot call a Triton one): the same chunked
+    prefix sum of row blocks per request."""
     layout: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0])
     requests_before = 0
     blocks_before = 0
