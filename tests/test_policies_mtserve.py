@@ -263,7 +263,7 @@ def test_memory_is_bounded_by_keys_not_requests() -> None:
             _request(policy, (int(rng.integers(0, 300)), int(t // 500)), t)
         traffic = policy.traffic
         footprints.append((len(traffic.gaps), len(traffic.last_seen), len(traffic.newest_version)))
-        assert len(policy._last_use) == len(policy) and len(policy._ghost) <= policy.capacity
+        assert len(policy._entries) == len(policy) and len(policy._ghost) <= policy.capacity
         assert sum(len(bucket) for bucket in policy._by_version.values()) == len(policy)
     assert footprints[0] == footprints[1] == (300, 300, 300 + USER_MODE_AFTER)
 

@@ -36,20 +36,25 @@ cdef class Traffic:
     cpdef hint(self, keys, double now)
     cpdef _raise_versions(self, user, version, double now)
 
+cdef class ResidentEntry:
+    cdef public double last_use, value, value_until, value_for_use
+    cdef public long long value_generation
+
 cdef class MTServe(S3FIFO):
     cdef public object _reload_ms, _values_epoch
     cdef public double _default_horizon, _prior_weight
     cdef public Py_ssize_t _window
+    cdef public long long _value_generation
     cdef public bint _learns, _user_mode
     cdef public Traffic traffic
-    cdef public dict _last_use, _by_version, _reload_per_byte, _values
+    cdef public dict _entries, _by_version, _reload_per_byte
 
     cpdef _enter_user_mode(self)
     cpdef double stale_horizon(self) except? -1
     cpdef _forget_key(self, key)
     cpdef _dead_victim(self)
-    @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double, population=list, cached=tuple,
-                   score=double, floor=double, held=set)
+    @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double, population=list,
+                   entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double, held=set)
     cpdef _live_victim(self)
     @cython.locals(gaps=GapHistogram)
     cpdef double _value(self, key, double now, double horizon, list population_tail) except? -1

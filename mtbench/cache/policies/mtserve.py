@@ -250,16 +250,33 @@ class Traffic:
         return self.clock_violations <= CLOCK_TOLERANCE * self.arrivals
 
 
+class ResidentEntry:
+    """What mtserve keeps per resident key: `last_use`, the time of its latest access (or its insertion), and its
+    value as a candidate, cached: `value` holds while `value_generation` is the policy's `_value_generation`
+    (moved on when the version clock moves), `now <= value_until` and `value_for_use == last_use` (the entry
+    was not used since). A new entry has no value (`value_generation` -1; generations start at 0)."""
+
+    __slots__ = ("last_use", "value", "value_until", "value_for_use", "value_generation")
+
+    def __init__(self, last_use: float) -> None:
+        self.last_use = last_use
+        self.value = 0.0
+        self.value_until = 0.0
+        self.value_for_use = 0.0
+        self.value_generation = -1
+
+
 class MTServe(S3FIFO):
     """S3-FIFO queues (see s3fifo.py) plus user mode: `_main` in LRU order, dead-first, value-gated victims.
 
     Added state: `traffic` (`Traffic`: what the requests taught; its own, or the GPU tier's when this is
     the host tier's policy, then `_learns` is False); `_user_mode` (this tier's queues follow
-    `traffic.user_mode` from its next access); `_last_use[key]` (resident keys); in user mode
+    `traffic.user_mode` from its next access); `_entries[key]`: a `ResidentEntry` per resident key (last use,
+    cached value: one look-up per candidate); in user mode
     `_by_version[v]` (resident keys of version v, in insertion order; built from `_sizes`, which has the
     same order, at the switch); `_reload_per_byte[size]`: the reload cost per byte of an entry size (one
-    per distinct size); `_values[key]`: (value, valid until, last use it was computed for) of recent
-    candidates (resident keys only; cleared when the version clock moves). In user mode every admitted
+    per distinct size); `_value_generation`: moves on when the version clock (`_values_epoch`: the newest
+    version and whether versions are a clock) moves, which drops every cached value. In user mode every admitted
     key enters `_main`, a hit moves it to `_main`'s end, `_small` only drains (oldest first) and
     S3-FIFO's access counters are left alone.
     """
@@ -286,11 +303,11 @@ class MTServe(S3FIFO):
         self._learns = traffic is None
         self.traffic = Traffic() if traffic is None else traffic
         self._user_mode = False
-        self._last_use: dict[Key, float] = {}
+        self._entries: dict[Key, ResidentEntry] = {}
         self._by_version: dict[int, dict[Key, None]] = {}
         self._reload_per_byte: dict[int, float] = {}
-        self._values: dict[Key, tuple[float, float, float]] = {}
         self._values_epoch: tuple[int, bool] | None = None
+        self._value_generation = 0
 
     # ------------------------------------------------------------ learning from arrivals
     def access(self, key: Key, now: float) -> bool:
@@ -300,9 +317,10 @@ class MTServe(S3FIFO):
             traffic.arrive(key, now)
         if traffic.user_mode and not self._user_mode:
             self._enter_user_mode()
-        if key not in self._sizes:
+        entry = self._entries.get(key)
+        if entry is None:
             return False
-        self._last_use[key] = now
+        entry.last_use = now
         if not self._user_mode:
             self._count[key] += 1
         elif key in self._main:
@@ -349,7 +367,7 @@ class MTServe(S3FIFO):
 
     def _on_insert(self, key: Key, size: int, now: float) -> None:
         S3FIFO._on_insert(self, key, size, now)
-        self._last_use[key] = now
+        self._entries[key] = ResidentEntry(now)
         if self._user_mode:
             self._by_version.setdefault(_split(key)[1], {})[key] = None
 
@@ -358,10 +376,9 @@ class MTServe(S3FIFO):
         self._forget_key(key)
 
     def _forget_key(self, key: Key) -> None:
-        del self._last_use[key]
+        del self._entries[key]
         if not self._user_mode:
             return
-        self._values.pop(key, None)
         user, version = _split(key)
         bucket = self._by_version[version]
         del bucket[key]
@@ -399,18 +416,19 @@ class MTServe(S3FIFO):
     def _live_victim(self) -> Key:
         """Small's leftovers first (oldest first), then the value-gated choice among main's LRU end: the least
         recently used of the `window` least recently used evictable entries within `TIE_FACTOR` of the
-        lowest value among them. A value is reused (`_values`) until the entry is used again, its idle time
+        lowest value among them. A value is reused (`ResidentEntry.value`) until the entry is used again, its idle time
         grew by `VALUE_REFRESH`, or the version clock moves."""
         traffic = self.traffic
         held = traffic.upcoming.union(self._pins)  # pinned or queued: not a candidate (one look-up per key)
         for key in self._small:
             if key not in held:
                 return key
-        values, now, last_use = self._values, traffic.now, self._last_use
+        entries, now = self._entries, traffic.now
         epoch = (traffic.max_version, traffic.versions_are_a_clock)
         if epoch != self._values_epoch:
-            values.clear()
+            self._value_generation += 1
             self._values_epoch = epoch
+        generation = self._value_generation
         # with a version clock every evictable entry older than the newest version is gone already (dead
         # first), so no candidate is dead; without one, a cached value may predate its user's newer version
         newest = None if epoch[1] else traffic.newest_version
@@ -420,14 +438,16 @@ class MTServe(S3FIFO):
         for key in self._main:
             if key in held:
                 continue
-            used = last_use[key]
-            cached = values.get(key)
-            if cached is None or now > cached[1] or cached[2] != used:
+            entry = entries[key]
+            used = entry.last_use
+            if entry.value_generation != generation or now > entry.value_until or entry.value_for_use != used:
                 if population is None:
                     horizon, population = self.stale_horizon(), traffic.population.tail()
-                cached = values[key] = (self._value(key, now, horizon, population),
-                                        now + VALUE_REFRESH * (now - used), used)
-            score = cached[0]
+                entry.value = self._value(key, now, horizon, population)
+                entry.value_until = now + VALUE_REFRESH * (now - used)
+                entry.value_for_use = used
+                entry.value_generation = generation
+            score = entry.value
             if newest is not None and score > 0.0:
                 user, version = _split(key)
                 if version < newest.get(user, -1):
@@ -462,7 +482,7 @@ class MTServe(S3FIFO):
             self._reload_per_byte[size] = reload_per_byte
         gaps = self.traffic.gaps.get(user)
         probability = _reuse_probability(None if gaps is None else gaps.tail(), population_tail,
-                                         now - self._last_use[key], horizon, self._prior_weight)
+                                         now - self._entries[key].last_use, horizon, self._prior_weight)
         return probability * reload_per_byte / size
 
     def reuse_probability(self, user: Hashable, age: float, horizon: float) -> float:
