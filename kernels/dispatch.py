@@ -67,7 +67,7 @@ def hstu_attention(
     if _use_triton(q, impl, supported):
         if _gluon_attention_chosen(q, k, v, prefix):
             kernel = _triton_module("hstu_attention_gluon")
-            return kernel.hstu_attention_gluon(q, k, v, offsets, n_new_static, n_rt, spec, prefix)
+            return kernel.launch_gluon_attention(q, k, v, offsets, n_new_static, n_rt, spec, prefix)
         kernel = _triton_module("hstu_attention_triton")
         return kernel.hstu_attention_triton(q, k, v, offsets, n_new_static, n_rt, spec, prefix)
     return hstu_attention_reference(q, k, v, offsets, n_new_static, n_rt, spec, prefix)

@@ -457,6 +457,15 @@ def hstu_attention_gluon(
     reason = unsupported_reason(q, k, v, prefix, config)
     if reason is not None:
         raise ValueError(f"hstu_attention_gluon: {reason}")
+    return launch_gluon_attention(q, k, v, offsets, n_new_static, n_rt, spec, prefix, config)
+
+
+def launch_gluon_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor,
+    n_new_static: torch.Tensor, n_rt: torch.Tensor, spec: AttentionSpec,
+    prefix: Prefix | None = None, config: GluonAttentionConfig = DEFAULT_GLUON_CONFIG,
+) -> torch.Tensor:
+    """`hstu_attention_gluon` on inputs `unsupported_reason` already accepted (the dispatcher's path)."""
     total, heads, head_dim = q.shape
     n_requests = offsets.numel() - 1
     out = torch.empty((total, heads, head_dim), dtype=q.dtype, device=q.device)

@@ -89,8 +89,8 @@ else
 fi
 
 # 4. simulated curves + capacity, checked by the real open-loop replay; the GPU's clocks, power and
-#    temperature are sampled every 100 ms beside it (gpu_clocks.csv: the no-cache server's slow spells at
-#    low load, BENCHMARKS.md section 10, are not explained yet)
+#    temperature are sampled every 100 ms beside it (gpu_clocks.csv: they stayed at 1,980 MHz through the
+#    no-cache server's slow spells, which are host work, BENCHMARKS.md section 11)
 CLOCKS_PID=
 if command -v nvidia-smi > /dev/null && [ "$DEVICE" != cpu ]; then
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu \

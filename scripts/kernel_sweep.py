@@ -91,7 +91,7 @@ def variant_config(name: str):
         return _gluon_config(name)
     loads, tiles, *flags = name.split()
     if loads not in ("tma", "ptr") or "x" not in tiles:
-        raise ValueError(f"variant {name!r}: expected 'tma|ptr MxN wW sS [hi] [kK] [tT] [rR] [exp2]' or 'gluon nN sS [p]'")
+        raise ValueError(f"variant {name!r}: expected 'tma|ptr MxN wW sS [hi] [kK] [tT] [rR] [exp2]' or 'gluon [nN] [sS] [rR]'")
     block_m, block_n = (int(x) for x in tiles.split("x"))
     fields = {"block_m": block_m, "block_n": block_n, "tma": loads == "tma"}
     keys = {"w": "num_warps", "s": "num_stages", "k": "split_k", "t": "tail_m", "r": "maxnreg"}

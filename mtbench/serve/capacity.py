@@ -245,14 +245,14 @@ class MeasureContext:
         latency at the question's percentile (an overloaded run counts as the slowest; of two, the
         slower), with `repeats` and the lowest and highest of that latency over the repeats
         (`latency_at_percentile_ms_min` / `_max`, None where a run was overloaded)."""
-        rows = [self._run_once(mode, rate, repeat) for repeat in range(self.repeats)]
-        latency = [math.inf if row["latency_at_percentile_ms"] is None else row["latency_at_percentile_ms"]
-                   for row in rows]
-        order = sorted(range(len(rows)), key=lambda i: latency[i])
-        row = dict(rows[order[len(rows) // 2]])
-        row["repeats"] = len(rows)
-        row["latency_at_percentile_ms_min"] = min(latency) if math.isfinite(min(latency)) else None
-        row["latency_at_percentile_ms_max"] = max(latency) if math.isfinite(max(latency)) else None
+        def latency(row: dict) -> float:
+            return math.inf if row["latency_at_percentile_ms"] is None else row["latency_at_percentile_ms"]
+
+        ranked = sorted((self._run_once(mode, rate, repeat) for repeat in range(self.repeats)), key=latency)
+        row = dict(ranked[len(ranked) // 2])
+        row["repeats"] = len(ranked)
+        for name, end in (("min", ranked[0]), ("max", ranked[-1])):
+            row[f"latency_at_percentile_ms_{name}"] = latency(end) if math.isfinite(latency(end)) else None
         return row
 
     def _run_once(self, mode: str, rate: float, repeat: int) -> dict:
@@ -374,9 +374,10 @@ def measured_search(runs: list[dict], run_at: Callable[[float], dict], steps: in
     for _ in range(steps):
         done = runs + added
         low = max((row["rate"] for row in done if row["meets_slo"]), default=None)
-        high = min((row["rate"] for row in done if not row["meets_slo"] and low is not None and row["rate"] > low),
-                   default=None)
-        if low is None or high is None:
+        if low is None:
+            break
+        high = min((row["rate"] for row in done if not row["meets_slo"] and row["rate"] > low), default=None)
+        if high is None:
             break
         added.append(run_at(math.sqrt(low * high)))
     return added

@@ -82,8 +82,9 @@ def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: B
               mode: str, rate: float) -> pd.DataFrame:
     batches = run.groupby("batch_index").agg(size=("request_index", "size"), start=("start_s", "first"),
                                             finish=("finish_s", "first"), last_arrival=("arrival_s", "max"),
-                                            stall_ms=("stall_ms", "first")).sort_index()
-    host = run.groupby("batch_index")[[c for c in HOST_COLUMNS if c in run]].first().reindex(batches.index)
+                                            stall_ms=("stall_ms", "first"),
+                                            **{name: (column, "first") for column, name in HOST_COLUMNS.items()
+                                               if column in run}).sort_index()
     previous_start = batches["start"].shift(1, fill_value=-np.inf)
     early = (batches["size"] == max_batch) & (batches["last_arrival"] <= previous_start)
     costs = batch_costs(run, cost, sizer).reindex(batches.index)
@@ -96,7 +97,7 @@ def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: B
         "early": early.to_numpy(), "measured_ms": ((batches["finish"] - batches["start"]) * 1e3).to_numpy(),
         "simulated_ms": simulated, "fixed_ms": fixed, "compute_ms": costs["compute_ms"].to_numpy(),
         "exposed_ms": simulated - fixed - costs["compute_ms"].to_numpy(), "stall_ms": batches["stall_ms"].to_numpy(),
-        **{name: host[column].to_numpy() if column in host else np.full(len(batches), np.nan)
-           for column, name in HOST_COLUMNS.items()},
+        **{name: batches[name].to_numpy() if name in batches else np.full(len(batches), np.nan)
+           for name in HOST_COLUMNS.values()},
     })
 
