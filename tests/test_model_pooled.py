@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from mtbench.cache.manager import CacheConfig, CacheManager
+from mtbench.cache.pool import KVShape
 from mtbench.model import MTGR, build_batch, get_config, sample_requests
-from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, forward_stage
+from mtbench.model.device_batch import batch_to_device
+from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, forward_stage, pooled_forward
 
 CFG = get_config("tiny")
 PAGE = 8
@@ -109,6 +112,49 @@ def test_padding_changes_no_real_row(model: MTGR, seed: int) -> None:
                       requests=len(specs) + int(rng.integers(1, 5)))
     for graphed, eager in zip(padded, reference):
         assert torch.allclose(graphed, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_recompute_forward_over_empty_page_tables_equals_the_plain_forward(model: MTGR, seed: int) -> None:
+    """Mode none's graphed forward: the inputs of a cache-less manager (`blank_reads`: empty page tables over
+    a one-page stand-in pool, nothing stored) through the pooled forward, eager and as the graphs' padded
+    stages, give the plain forward's scores for random batches, and leave the stand-in pool untouched."""
+    rng = np.random.default_rng(seed)
+    shape = KVShape(CFG.n_layers, CFG.n_heads, CFG.head_dim, torch.float32, PAGE)
+    manager = CacheManager(CacheConfig(mode="none"), shape, "cpu", CFG.max_static)
+    host_batch = build_batch(sample_requests(CFG, int(rng.integers(1, 7)), seed=seed), CFG)
+    reads = manager.blank_reads(host_batch.batch_size)
+    assert reads.page_table.shape == (host_batch.batch_size, 0) and reads.kv.shape[1] == 1
+    inputs = PooledInputs.from_batch(reads.kv, host_batch, reads.page_table)
+    plain = model(host_batch)
+    padded = {"rows": inputs.num_rows + int(rng.integers(0, 40)),
+              "requests": host_batch.batch_size + int(rng.integers(1, 4))}
+    for hidden, _ in (_forward(model, host_batch, inputs), _forward(model, host_batch, inputs, **padded)):
+        scores = model.score(hidden, host_batch)
+        assert torch.allclose(scores.ctr, plain.ctr, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(scores.ctcvr, plain.ctcvr, rtol=1e-5, atol=1e-6)
+    assert not reads.kv.any()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (graph replay)")
+def test_graphed_recompute_forward_equals_the_plain_forward_on_cuda() -> None:
+    """Mode none on CUDA: random batches through the graphs over a cache-less manager's inputs give the
+    plain forward's scores (fp32, one capture per bucket, then replays)."""
+    model = MTGR(CFG).eval().to("cuda")
+    shape = KVShape(CFG.n_layers, CFG.n_heads, CFG.head_dim, torch.float32, PAGE)
+    manager = CacheManager(CacheConfig(mode="none"), shape, "cuda", CFG.max_static)
+    graphs = ForwardGraphs(max_requests=8, row_bucket=64, max_rows=4096)
+    for seed in range(6):
+        host_batch = build_batch(sample_requests(CFG, 1 + seed % 4, seed=seed), CFG, "cpu")
+        reads = manager.blank_reads(host_batch.batch_size)
+        inputs = PooledInputs.from_batch(reads.kv, host_batch, reads.page_table)
+        assert graphs.accepts(inputs)
+        graphed = pooled_forward(model, host_batch, inputs, DeviceArange(), graphs=graphs)
+        plain = model(batch_to_device(host_batch, "cuda"))
+        assert torch.allclose(graphed.ctr, plain.ctr, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(graphed.ctcvr, plain.ctcvr, rtol=1e-5, atol=1e-6)
+    assert graphs.replays == 6 and graphs.captures == 2  # rows 77-147: buckets of 128 and 192
 
 
 @pytest.mark.parametrize("seed", range(4))

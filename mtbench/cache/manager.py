@@ -176,7 +176,9 @@ class CacheManager:
         self._releasing: list[tuple[TransferJob, GpuEntry]] = []
         self._current_release: BatchPlan | None = None
         self._scratch_in_use: list[GpuEntry] = []
+        self._stand_in_kv: torch.Tensor | None = None
         if config.mode == "none":
+            self.table_width = 0  # nothing is ever read (blank_reads)
             return
         control = config.control(shape, costs)
         sizer = control.sizer
@@ -492,9 +494,17 @@ class CacheManager:
             self._layout.reserve(min(batch_tokens, self._pool.num_pages * self._shape.page_tokens), self.device)
 
     def blank_reads(self, batch_size: int) -> PoolReads:
-        """Pool inputs that read page 0 (whatever it holds) and store nothing: warm-up forwards."""
+        """Pool inputs that read page 0 (whatever it holds) and store nothing: warm-up forwards. Mode none:
+        empty page tables over a one-page stand-in pool (the graphed recompute forward's inputs)."""
         table = np.zeros((batch_size, self.table_width), dtype=np.int32)
-        return PoolReads(self._pool.kv, table, np.zeros(batch_size, dtype=np.int32), np.zeros(0, dtype=np.int32))
+        return PoolReads(self._pool_kv(), table, np.zeros(batch_size, dtype=np.int32), np.zeros(0, dtype=np.int32))
+
+    def _pool_kv(self) -> torch.Tensor:
+        if self._pool is not None:
+            return self._pool.kv
+        if self._stand_in_kv is None:
+            self._stand_in_kv = PagedKVPool(self._shape, self._shape.page_bytes, self.device).kv
+        return self._stand_in_kv
 
     # ------------------------------------------------------------------ checks
     def check_invariants(self) -> None:

@@ -85,7 +85,8 @@ class PoolIO:
     a GPU page pool `kv` [layers, pages, 2, P, H, D].
 
     Request b's first lengths[b] static tokens are read at every layer from pages page_table[b]
-    (int32 [B, W]; a hit has lengths[b] = n_static, a miss 0). Computed row t's K and V are written at
+    (int32 [B, W]; a hit has lengths[b] = n_static, a miss 0; W = 0: nothing is read, the attention runs
+    without a prefix, as the plain forward's does). Computed row t's K and V are written at
     every layer l to rows store_k_rows[t] and store_v_rows[t] of `kv[l].view(-1, H * D)` (int32 [T]; -1 =
     not stored); `src_rows` is arange(T) (int32), the rows being read. Every tensor lives on kv's device.
     """
@@ -298,7 +299,8 @@ class MTGR(nn.Module):
     def pooled_layer(self, index: int, x: torch.Tensor, rows: "RowLayout", pool: PoolIO) -> torch.Tensor:
         """Layer `index` of `forward_pooled`: attention over the pool prefix, then the stores of new K/V."""
         layer_kv = pool.kv[index]
-        prefix = PagedPrefix(layer_kv[:, 0], layer_kv[:, 1], pool.page_table, pool.lengths)
+        prefix = (PagedPrefix(layer_kv[:, 0], layer_kv[:, 1], pool.page_table, pool.lengths)
+                  if pool.page_table.shape[1] else None)
         x, k, v = self.layers[index](x, rows, self.attention_spec, lambda: prefix)
         token_rows = layer_kv.view(-1, self.cfg.n_heads * self.cfg.head_dim)
         kernels.copy_rows(k.flatten(1), pool.src_rows, token_rows, pool.store_k_rows)

@@ -186,8 +186,11 @@ class ForwardGraphs:
         return max(1, -(-rows // self.row_bucket)) * self.row_bucket
 
     def accepts(self, inputs: PooledInputs) -> bool:
-        return (inputs.kv.is_cuda and inputs.num_requests <= self.max_requests
-                and self.padded_rows(inputs.num_rows) <= self.max_rows)
+        return inputs.kv.is_cuda and self.takes(inputs.num_requests, inputs.num_rows)
+
+    def takes(self, requests: int, rows: int) -> bool:
+        """Whether a batch of this many requests and computed rows fits a bucket."""
+        return requests <= self.max_requests and self.padded_rows(rows) <= self.max_rows
 
     @torch.no_grad()
     def run(self, model: MTGR, batch: RequestBatch, inputs: PooledInputs,

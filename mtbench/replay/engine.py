@@ -13,7 +13,9 @@ Per batch (`_BatchRunner.run`):
    a partly filled last page, then the pages the control plane appended). On CUDA the whole forward
    replays CUDA graphs captured per padded batch shape (`ForwardGraphs`: embeddings, one graph per
    layer, heads; the cached forward is otherwise bound by the host's kernel launches; partial hits
-   change the graphs' inputs, not their shapes). Without a cache (mode none) the plain forward.
+   change the graphs' inputs, not their shapes). Without a cache (mode none) the same graphs, over empty
+   page tables (nothing read or stored), take the batches a bucket holds (the small batches of an open-loop
+   server, otherwise bound by the host as well); larger ones run the plain forward.
 4. `release`: the control plane's host copies (write-back stream), unpin, drop stale entries, fence
    the side streams. Every tier decision is the control plane's (`mtbench.cache.control`), the same
    code `compare-policies` simulates with.
@@ -267,9 +269,10 @@ class _BatchRunner:
         self._mallocs_at_start = 0
         self.timed_device_mallocs = 0  # cudaMalloc calls (each may synchronise the device) in timed batches
         self.arange = DeviceArange()
-        use_graphs = options.cuda_graphs and self.manager.enabled and graphs_supported(model)
-        # page tables as wide as the longest prefix: a bucket per row count, whatever the batch's widest entry
-        widest = -(-model.cfg.max_static // options.page_tokens)
+        # mode none needs a cache-safe model too: the graphed stages are the pooled forward's
+        use_graphs = options.cuda_graphs and graphs_supported(model) and (self.manager.enabled or model.cfg.cache_safe)
+        # page tables as wide as the longest prefix (empty without a cache): a bucket per row count
+        widest = -(-model.cfg.max_static // options.page_tokens) if self.manager.enabled else 0
         self.graphs = ForwardGraphs(options.batch_size, table_width=widest) if use_graphs else None
 
     def _next_uses(self) -> np.ndarray | None:
@@ -381,12 +384,16 @@ class _BatchRunner:
                              n_cached=int(plan.cached[i]))
                  for i in range(len(batch))]
         host_batch = build_batch(specs, self.model.cfg, "cpu")
-        if not self.manager.enabled:
-            scores = self.model(batch_to_device(host_batch, self.device))
-        else:
+        if self.manager.enabled:
             inputs = self._pooled_inputs(host_batch, plan)
             scores = pooled_forward(self.model, host_batch, inputs, self.arange,
                                     lambda layer: self.manager.wait_layer(plan, layer), self.graphs)
+        elif self.graphs is not None and self.graphs.takes(host_batch.batch_size, host_batch.num_rows):
+            reads = self.manager.blank_reads(host_batch.batch_size)
+            inputs = PooledInputs.from_batch(reads.kv, host_batch, reads.page_table)
+            scores = pooled_forward(self.model, host_batch, inputs, self.arange, graphs=self.graphs)
+        else:
+            scores = self.model(batch_to_device(host_batch, self.device))
         self._sample(batch, plan, specs, scores)
 
     def _pooled_inputs(self, host_batch: RequestBatch, plan: BatchPlan) -> PooledInputs:

@@ -14,8 +14,6 @@ It only writes free pool pages and free host extents, and leaves the cache state
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 
@@ -46,13 +44,14 @@ def batch_size_classes(trace: Trace, batch_size: int, window: float | None, max_
     return sorted(representatives.values())
 
 
-def _warm_specs(model: MTGR, size: int, residue: int, page_tokens: int) -> list[RequestSpec]:
-    """`size` requests, the first a whole-prefix hit of one page, whose computed rows total
-    `residue` modulo 16 (misses: 2 static + 1 candidate rows each)."""
+def _warm_specs(model: MTGR, size: int, residue: int, page_tokens: int, cached: bool) -> list[RequestSpec]:
+    """`size` requests, the first a whole-prefix hit of one page (a miss when not `cached`: mode none),
+    whose computed rows total `residue` modulo 16 (misses: 2 static + 1 candidate rows each)."""
     cfg = model.cfg
     hit_static = min(page_tokens, cfg.max_static)
     cand = (residue - 3 * (size - 1)) % 16 or 16
-    specs = [RequestSpec(WARM_USER, 0, WARM_USER, hit_static, 0, min(cand, cfg.max_cand), n_cached=hit_static)]
+    specs = [RequestSpec(WARM_USER, 0, WARM_USER, hit_static, 0, min(cand, cfg.max_cand),
+                         n_cached=hit_static if cached else 0)]
     specs += [RequestSpec(WARM_USER + b, 0, WARM_USER + b, 2, 0, 1) for b in range(1, size)]
     return specs
 
@@ -61,16 +60,16 @@ def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_to
     device = model.device
     for size in sizes:
         for residue in (0, 5):
-            specs = _warm_specs(model, size, residue, page_tokens)
+            host_batch = build_batch(_warm_specs(model, size, residue, page_tokens, manager.enabled), model.cfg, "cpu")
             if not manager.enabled:
-                model(batch_to_device(build_batch([replace(s, n_cached=0) for s in specs], model.cfg, "cpu"), device))
+                model(batch_to_device(host_batch, device))
                 continue
-            host_batch = build_batch(specs, model.cfg, "cpu")
             pooled_forward(model, host_batch, _warm_inputs(manager, host_batch), DeviceArange())
 
 
 def _warm_inputs(manager: CacheManager, host_batch) -> PooledInputs:
-    """Pool inputs of a warm-up batch: prefixes read from page 0 (whatever it holds), nothing stored."""
+    """Pool inputs of a warm-up batch: prefixes read from page 0 (whatever it holds; mode none reads
+    nothing), nothing stored."""
     reads = manager.blank_reads(host_batch.batch_size)
     return PooledInputs.from_batch(reads.kv, host_batch, reads.page_table)
 
@@ -82,7 +81,7 @@ def _capture_graphs(model: MTGR, manager: CacheManager, graphs: ForwardGraphs, t
     columns = trace.arrays(["n_rt", "n_cand"])
     fewest = int((columns["n_rt"] + columns["n_cand"]).min())
     smallest = 1 if dynamic else options.batch_size
-    host_batch = build_batch(_warm_specs(model, smallest, 0, options.page_tokens), model.cfg, "cpu")
+    host_batch = build_batch(_warm_specs(model, smallest, 0, options.page_tokens, manager.enabled), model.cfg, "cpu")
     graphs.capture_buckets(model, _warm_inputs(manager, host_batch), smallest * fewest)
 
 
