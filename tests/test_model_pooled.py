@@ -151,7 +151,7 @@ def test_graphed_recompute_forward_equals_the_plain_forward_on_cuda() -> None:
         inputs = PooledInputs.from_batch(reads.kv, host_batch, reads.page_table)
         assert graphs.accepts(inputs)
         graphed = pooled_forward(model, host_batch, inputs, DeviceArange(), graphs=graphs)
-        plain = model(batch_to_device(host_batch, "cuda"))
+        plain = model(batch_to_device(host_batch, torch.device("cuda")))
         assert torch.allclose(graphed.ctr, plain.ctr, rtol=1e-5, atol=1e-6)
         assert torch.allclose(graphed.ctcvr, plain.ctcvr, rtol=1e-5, atol=1e-6)
     assert graphs.replays == 6 and graphs.captures == 2  # rows 77-147: buckets of 128 and 192
