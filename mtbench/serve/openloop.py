@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import gc
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,7 +42,6 @@ from mtbench.serve.stats import Timeline, serving_stats
 from mtbench.trace import Trace, open_trace
 
 POLL_S = 0.05  # longest sleep of the load generator, so a stop request is seen quickly
-SWITCH_S = 0.0005  # the interpreter's thread switch interval while requests are released
 
 
 class LoadGenerator:
@@ -51,7 +49,14 @@ class LoadGenerator:
 
     `released` counts the requests released so far (a prefix: arrivals are sorted); `lag_s[i]` is how
     late request i was released. `released` only grows, and only this thread writes it. While it runs
-    the interpreter is set up as a latency-critical server sets it up (`start`); `stop` restores it.
+    the garbage collector is off (`start`); `stop` restores it.
+
+    The interpreter's thread switch interval is left as it is (5 ms by default). A shorter one (0.5 ms
+    until 2026-12-01) makes every release a forced GIL hand-over in the middle of the server's host
+    work, each waiting for this thread to be scheduled and back: on the H200 host that added about 0.8
+    ms to every small open-loop batch (BENCHMARKS.md section 12), a cost no calibration replay pays.
+    A release the server's host work holds back changes nothing the server decides meanwhile: it
+    yields the GIL while it waits for requests (`wait`) and at each device synchronisation.
     """
 
     def __init__(self, arrivals: np.ndarray) -> None:
@@ -60,21 +65,18 @@ class LoadGenerator:
         self.lag_s = np.zeros(len(arrivals))
         self.t0 = 0.0
         self.started = False
-        self._restore: tuple[float, bool] | None = None  # (switch interval, gc enabled) while changed
+        self._restore_gc: bool | None = None  # whether gc was enabled, while it is off
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mtbench-load-generator", daemon=True)
 
     def start(self) -> float:
-        """Start releasing now; returns t0. Until `stop`:
-        - a thread waiting for the GIL gets it within SWITCH_S (Python's default 5 ms would let the
-          server's host work hold back a release by up to that much);
-        - the cyclic garbage collector is off, after one full collection and `gc.freeze()`: a
-          collection of the oldest generation walks every object of the process (the model, the
-          cache's maps, the records so far): up to 79 ms on the development CPU, and one timed batch on
-          the H200 took 209 ms instead of 10 (reports/BENCHMARKS.md, section 10). Latency-critical
-          Python servers do the same; reference counting still frees everything without cycles."""
-        self._restore = (sys.getswitchinterval(), gc.isenabled())
-        sys.setswitchinterval(min(self._restore[0], SWITCH_S))
+        """Start releasing now; returns t0. Until `stop` the cyclic garbage collector is off, after one
+        full collection and `gc.freeze()`: a collection of the oldest generation walks every object of
+        the process (the model, the cache's maps, the records so far): up to 79 ms on the development
+        CPU, and one timed batch on the H200 took 209 ms instead of 10 (reports/BENCHMARKS.md, section
+        10). Latency-critical Python servers do the same; reference counting still frees everything
+        without cycles."""
+        self._restore_gc = gc.isenabled()
         gc.collect()
         gc.freeze()
         gc.disable()
@@ -87,13 +89,11 @@ class LoadGenerator:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        if self._restore is not None:
-            switch_s, collecting = self._restore
-            sys.setswitchinterval(switch_s)
+        if self._restore_gc is not None:
             gc.unfreeze()
-            if collecting:
+            if self._restore_gc:
                 gc.enable()
-            self._restore = None
+            self._restore_gc = None
 
     def _run(self) -> None:
         arrivals, n, head = self.arrivals.tolist(), len(self.arrivals), 0
