@@ -9,7 +9,8 @@ Per cache mode, early (planned while the previous batch ran) or serial, and batc
 mean measured and simulated ms, the fixed cost, the model's compute, the copies the model leaves
 exposed against the stall the replay measured, and the relative gap; then per run, the batches that took
 over 3 ms more than their price against the rest, with the host's wall and CPU time issuing their
-forwards (reports made before 2026-12-01 lack those two: `-`). Runs on the CPU.
+forwards, the kernel's part of that CPU time and the minor page faults (reports made before 2026-12-01
+lack some of these: `-`). Runs on the CPU.
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ def main() -> int:
     print("ms per batch (means); n: batches; gap: (simulated - measured) / measured")
     print()
     ms = lambda value: "     -" if value != value else f"{value:>6.2f}"
-    print(f"{'mode':<7} {'rate /s':>8} {'batches':<7} {'n':>5} {'meas':>6} {'sim':>6} {'host':>6} {'cpu':>6}")
+    print(f"{'mode':<7} {'rate /s':>8} {'batches':<7} {'n':>5} {'meas':>6} {'sim':>6} {'host':>6} {'cpu':>6} "
+          f"{'kernel':>6} {'faults':>6}")
     for row in host_summary(gaps).itertuples(index=False):
+        faults = "     -" if row.host_faults != row.host_faults else f"{row.host_faults:>6.0f}"
         print(f"{row.cache_mode:<7} {row.rate:>8,.0f} {'slow' if row.slow else 'rest':<7} {row.batches:>5} "
-              f"{ms(row.measured_ms)} {ms(row.simulated_ms)} {ms(row.host_ms)} {ms(row.host_cpu_ms)}")
-    print(f"slow: measured over {SLOW_MS:g} ms above simulated; host / cpu: the forwards' host issue, wall and "
-          "the server thread's CPU time (ms)")
+              f"{ms(row.measured_ms)} {ms(row.simulated_ms)} {ms(row.host_ms)} {ms(row.host_cpu_ms)} "
+              f"{ms(row.host_kernel_ms)} {faults}")
+    print(f"slow: measured over {SLOW_MS:g} ms above simulated; host / cpu / kernel: the forwards' host issue, "
+          "wall, the server thread's CPU time and its kernel part (ms); faults: minor page faults per batch")
     return 0
 
 

@@ -43,6 +43,7 @@ for the forwards that are not graphed).
 from __future__ import annotations
 
 import random
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -144,8 +145,31 @@ class _BatchTiming:
     end: object
     used_bytes: tuple[int, int]
     forward_seconds: float  # host wall time of the forwards (CPU compute time)
-    forward_cpu_seconds: float  # the server thread's CPU time in them (less than the wall when it was descheduled)
+    forward_usage: "ThreadUsage"  # the server thread's CPU time in them (less than the wall when it was descheduled)
     host_cache_seconds: float  # host time inside the cache manager
+
+
+@dataclass(frozen=True)
+class ThreadUsage:
+    """The calling thread's CPU seconds (user + kernel), kernel seconds and minor page faults so far
+    (`getrusage(RUSAGE_THREAD)`; on a platform without it, CPU seconds only and NaN for the rest). Kernel
+    time and faults tell a host slowed by memory management (page faults, compaction) from one running
+    the same code slower."""
+
+    cpu_seconds: float
+    kernel_seconds: float
+    minor_faults: float
+
+    @classmethod
+    def now(cls) -> "ThreadUsage":
+        if not hasattr(resource, "RUSAGE_THREAD"):
+            return cls(time.thread_time(), float("nan"), float("nan"))
+        usage = resource.getrusage(resource.RUSAGE_THREAD)
+        return cls(usage.ru_utime + usage.ru_stime, usage.ru_stime, float(usage.ru_minflt))
+
+    def since(self, before: "ThreadUsage") -> "ThreadUsage":
+        return ThreadUsage(self.cpu_seconds - before.cpu_seconds, self.kernel_seconds - before.kernel_seconds,
+                           self.minor_faults - before.minor_faults)
 
 
 class _Clock:
@@ -219,7 +243,9 @@ class _Recorder:
             "batch_index": np.full(n, batch.index),
             "gpu_used_bytes": np.full(n, timing.used_bytes[0]), "host_used_bytes": np.full(n, timing.used_bytes[1]),
             "warmup": np.full(n, timing.warmup), "host_forward_ms": np.full(n, timing.forward_seconds * 1e3),
-            "host_forward_cpu_ms": np.full(n, timing.forward_cpu_seconds * 1e3),
+            "host_forward_cpu_ms": np.full(n, timing.forward_usage.cpu_seconds * 1e3),
+            "host_forward_kernel_ms": np.full(n, timing.forward_usage.kernel_seconds * 1e3),
+            "host_forward_faults": np.full(n, timing.forward_usage.minor_faults),
         })
 
     def records(self) -> pd.DataFrame:
@@ -231,7 +257,8 @@ class _Recorder:
                  "n_cached": np.int64, "reused_tokens": np.int64, "computed_tokens": np.int64, "load_budget": np.int64,
                  "n_static": np.int64, "n_rt": np.int64, "n_cand": np.int64, "batch_index": np.int64,
                  "gpu_used_bytes": np.int64, "host_used_bytes": np.int64, "warmup": bool, "latency_ms": np.float64,
-                 "stall_ms": np.float64, "host_forward_ms": np.float64, "host_forward_cpu_ms": np.float64}
+                 "stall_ms": np.float64, "host_forward_ms": np.float64, "host_forward_cpu_ms": np.float64,
+                 "host_forward_kernel_ms": np.float64, "host_forward_faults": np.float64}
         return pd.DataFrame({name: values.astype(types[name]) if name in types else values for name, values in columns.items()})
 
     @property
@@ -357,14 +384,14 @@ class _BatchRunner:
         """Run the batch; returns its end marker."""
         manager = self.manager
         self._cache_call(manager.refresh, plan)
-        started, cpu_started = time.perf_counter(), time.thread_time()
+        started, usage_before = time.perf_counter(), ThreadUsage.now()
         self._forward(batch, plan)
-        forward_seconds, forward_cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu_started
+        forward_seconds, forward_usage = time.perf_counter() - started, ThreadUsage.now().since(usage_before)
         self._cache_call(manager.release, plan)
         end = self.clock.mark()
         host_seconds, self._host_cache_seconds = self._host_cache_seconds, 0.0
         timing = _BatchTiming(batch, plan, warmup, start, end,
-                              (manager.gpu_used_bytes, manager.host_used_bytes), forward_seconds, forward_cpu_seconds,
+                              (manager.gpu_used_bytes, manager.host_used_bytes), forward_seconds, forward_usage,
                               host_seconds)
         self._pending.append(timing)
         self._resolve_finished()

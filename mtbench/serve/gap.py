@@ -7,8 +7,9 @@ finish) and the copy stall the replay measured. `gap_summary` averages them per 
 batch and size class. A batch is `early` when it held max_batch requests, the last of which arrived
 before the previous batch started (the server planned it while that one ran): the simulator's rule
 (`mtbench.serve.des`) for a batcher without a token budget. `host_summary` sets the batches that took
-SLOW_MS longer than their price beside the rest: the host's wall time issuing their forwards and the
-server thread's CPU time in it (a thread that waited for a core shows less CPU than wall time).
+SLOW_MS longer than their price beside the rest: the host's wall time issuing their forwards, the
+server thread's CPU time in it (a thread that waited for a core shows less CPU than wall time), the
+kernel's share of that CPU time and the minor page faults taken (reports from 2026-12-01 on).
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ from mtbench.sim.costmodel import CostModel
 
 SIZE_CLASSES = (1, 8, 16, 32, 64)  # a class holds sizes from its bound up to the next one
 SIZE_LABELS = ("1-7", "8-15", "16-31", "32-63", "64+")
-HOST_COLUMNS = {"host_forward_ms": "host_ms", "host_forward_cpu_ms": "host_cpu_ms"}  # records -> gaps (newer reports)
+HOST_COLUMNS = {"host_forward_ms": "host_ms", "host_forward_cpu_ms": "host_cpu_ms",  # records -> gaps (newer reports)
+                "host_forward_kernel_ms": "host_kernel_ms", "host_forward_faults": "host_faults"}
 SLOW_MS = 3.0  # a batch this much slower than its price is `slow` in `host_summary`
 
 
 def batch_gaps(report: Path) -> pd.DataFrame:
     """One row per measured batch: cache_mode, rate, size, early, measured_ms, simulated_ms, fixed_ms,
     compute_ms, exposed_ms (the copies the model leaves unhidden), stall_ms (measured) and, where the
-    report has them, host_ms and host_cpu_ms (the forwards' host issue: wall and the thread's CPU time)."""
+    report has them, host_ms, host_cpu_ms, host_kernel_ms and host_faults (the forwards' host issue: wall,
+    the thread's CPU time, its kernel part and minor page faults; NaN where the report lacks them)."""
     report = Path(report)
     requests_path, summary_path = report / "measured_requests.parquet", report / "summary.json"
     if not requests_path.exists() or not summary_path.exists():
@@ -68,12 +71,12 @@ def gap_summary(gaps: pd.DataFrame) -> pd.DataFrame:
 
 def host_summary(gaps: pd.DataFrame) -> pd.DataFrame:
     """Per (cache_mode, rate) and slow or not (measured - simulated > SLOW_MS): batches and the means of
-    measured, simulated, host_ms and host_cpu_ms."""
+    measured, simulated and the host columns (`HOST_COLUMNS`)."""
     modes = {mode: order for order, mode in enumerate(pd.unique(gaps["cache_mode"]))}
     keyed = gaps.assign(slow=gaps["measured_ms"] - gaps["simulated_ms"] > SLOW_MS,
                         mode_order=gaps["cache_mode"].map(modes))
     groups = keyed.groupby(["mode_order", "cache_mode", "rate", "slow"], sort=True)
-    table = groups[["measured_ms", "simulated_ms", "host_ms", "host_cpu_ms"]].mean()
+    table = groups[["measured_ms", "simulated_ms", *HOST_COLUMNS.values()]].mean()
     table.insert(0, "batches", groups.size())
     return table.reset_index().drop(columns="mode_order")
 
