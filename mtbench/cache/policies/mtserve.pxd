@@ -4,37 +4,52 @@
 cimport cython
 from mtbench.cache.policies.s3fifo cimport S3FIFO
 
+cdef Py_ssize_t _N_BINS
+
 @cython.locals(b=Py_ssize_t)
 cpdef Py_ssize_t _gap_bin(double gap) except -1
 cpdef tuple _split(key)
 @cython.locals(b=Py_ssize_t, inside=double)
 cpdef (Py_ssize_t, double) _position(double point) except *
-@cython.locals(b=Py_ssize_t, b_later=Py_ssize_t, inside=double, inside_later=double, tail=list, longer=double,
-               longer_later=double, pop_p=double)
-cpdef double _reuse_probability(list user_tail, list population_tail, double age, double horizon,
+@cython.locals(b=Py_ssize_t, b_later=Py_ssize_t, inside=double, inside_later=double, tail="double[::1]",
+               longer=double, longer_later=double, pop_p=double)
+cpdef double _reuse_probability(double[::1] user_tail, double[::1] population_tail, double age, double horizon,
                                 double prior_weight) except? -1
 
 cdef class GapHistogram:
-    cdef public object _counts
-    cdef public list _tail
+    cdef double[::1] _spread, _tail
+    cdef bint _tail_valid
 
-    cpdef add_to_bin(self, Py_ssize_t b)
-    cpdef list tail(self)
-    cpdef drop_tail(self)
+    @cython.locals(spread="double[::1]", offset=Py_ssize_t, b=Py_ssize_t)
+    cpdef add_to_bin(self, Py_ssize_t center)
+    @cython.locals(spread="double[::1]", tail="double[::1]", above=double, b=Py_ssize_t)
+    cpdef double[::1] tail(self)
+
+cdef class UserTraffic:
+    cdef public long long newest_version
+    cdef public double last_seen
+    cdef public GapHistogram gaps
 
 cdef class Traffic:
     cdef public bint user_mode
-    cdef public dict newest_version, arrived_version, last_seen, gaps
+    cdef public dict users, arrived_version
     cdef public GapHistogram population
     cdef public object max_version, clock_start
     cdef public double max_version_since, now
     cdef public long long arrivals, clock_violations, version_changes
     cdef public set upcoming
 
-    @cython.locals(gaps=GapHistogram)
+    @cython.locals(record=UserTraffic, gaps=GapHistogram, last=double, b=Py_ssize_t)
     cpdef arrive(self, key, double now)
+    @cython.locals(record=UserTraffic)
     cpdef hint(self, keys, double now)
-    cpdef _raise_versions(self, user, version, double now)
+    @cython.locals(record=UserTraffic)
+    cpdef UserTraffic _user(self, user)
+    cpdef _raise_versions(self, UserTraffic record, version, double now)
+    @cython.locals(record=UserTraffic)
+    cpdef long long newest_version(self, user) except? -2
+    @cython.locals(record=UserTraffic)
+    cpdef GapHistogram gaps(self, user)
 
 cdef class ResidentEntry:
     cdef public double last_use, value, value_until, value_for_use
@@ -54,7 +69,8 @@ cdef class MTServe(S3FIFO):
     cpdef _forget_key(self, key)
     cpdef _dead_victim(self)
     @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double, population=list,
-                   entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double, held=set)
+                   entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double, held=set,
+                   population="double[::1]", check_newest=bint)
     cpdef _live_victim(self)
-    @cython.locals(gaps=GapHistogram)
-    cpdef double _value(self, key, double now, double horizon, list population_tail) except? -1
+    @cython.locals(record=UserTraffic, gaps=GapHistogram)
+    cpdef double _value(self, key, double now, double horizon, double[::1] population_tail) except? -1
