@@ -5,25 +5,33 @@ cimport cython
 from mtbench.cache.policies.s3fifo cimport S3FIFO
 
 cdef Py_ssize_t _N_BINS
+cdef double _BIN_EDGES[41]
+cdef double _BIN_WIDTH[40]
+cdef double _SPREAD_WEIGHTS[5]
+cdef double _SPREAD_WEIGHT, CLOCK_TOLERANCE, VALUE_REFRESH, TIE_FACTOR
 
 @cython.locals(b=Py_ssize_t)
 cpdef Py_ssize_t _gap_bin(double gap) except -1
 cpdef tuple _split(key)
 @cython.locals(b=Py_ssize_t, inside=double)
 cpdef (Py_ssize_t, double) _position(double point) except *
-@cython.locals(b=Py_ssize_t, b_later=Py_ssize_t, inside=double, inside_later=double, tail="double[::1]",
-               longer=double, longer_later=double, pop_p=double)
-cpdef double _reuse_probability(double[::1] user_tail, double[::1] population_tail, double age, double horizon,
-                                double prior_weight) except? -1
 
 cdef class GapHistogram:
-    cdef double[::1] _spread, _tail
+    cdef double _spread[40]
+    cdef double _tail[41]
     cdef bint _tail_valid
 
-    @cython.locals(spread="double[::1]", offset=Py_ssize_t, b=Py_ssize_t)
+    @cython.locals(offset=Py_ssize_t, b=Py_ssize_t)
     cpdef add_to_bin(self, Py_ssize_t center)
-    @cython.locals(spread="double[::1]", tail="double[::1]", above=double, b=Py_ssize_t)
-    cpdef double[::1] tail(self)
+    cpdef list tail(self)
+    @cython.locals(above=double, b=Py_ssize_t)
+    cpdef _refresh_tail(self)
+    cpdef double _longer(self, Py_ssize_t b, double inside) except? -1
+
+@cython.locals(b=Py_ssize_t, b_later=Py_ssize_t, inside=double, inside_later=double, longer=double,
+               longer_later=double, pop_p=double)
+cpdef double _reuse_probability(GapHistogram user, GapHistogram population, double age, double horizon,
+                                double prior_weight) except? -1
 
 cdef class UserTraffic:
     cdef public long long newest_version
@@ -70,7 +78,7 @@ cdef class MTServe(S3FIFO):
     cpdef _dead_victim(self)
     @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double, population=list,
                    entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double, held=set,
-                   population="double[::1]", check_newest=bint)
+                   check_newest=bint)
     cpdef _live_victim(self)
-    @cython.locals(record=UserTraffic, gaps=GapHistogram)
-    cpdef double _value(self, key, double now, double horizon, double[::1] population_tail) except? -1
+    @cython.locals(record=UserTraffic, size=cython.longlong, reload_per_byte=double)
+    cpdef double _value(self, key, double now, double horizon) except? -1

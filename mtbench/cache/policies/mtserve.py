@@ -71,12 +71,13 @@ recomputing every candidate's value at every eviction made mtserve 10x slower th
 _N_BINS = 40
 _BIN_EDGES = [2 ** (b / 2) - 1 for b in range(_N_BINS + 1)]
 _BIN_WIDTH = [_BIN_EDGES[b + 1] - _BIN_EDGES[b] for b in range(_N_BINS)]
-_SPREAD_WEIGHT = 9
-"""A gap is spread over its bin and two on either side with weights 1 2 3 2 1 (of 9, piled up at the ends), so that
-a slightly longer idle time than ever seen is not 'never'; the histogram counts in ninths (integers: exact)."""
+_SPREAD_WEIGHTS = (1.0, 2.0, 3.0, 2.0, 1.0)
+"""A gap is spread over its bin and two on either side with these weights (piled up at the ends), so that a slightly
+longer idle time than ever seen is not 'never'; histograms count in these units (integers: exact)."""
+_SPREAD_WEIGHT = sum(_SPREAD_WEIGHTS)
 _ZERO_SPREAD = array("d", bytes(8 * _N_BINS))
 _ZERO_TAIL = array("d", bytes(8 * (_N_BINS + 1)))
-"""A new histogram's arrays (copied: slicing an array is one memcpy)."""
+"""A new histogram's arrays (C arrays in the object when compiled)."""
 
 
 def _gap_bin(gap: float) -> int:
@@ -94,10 +95,10 @@ def _split(key: Key) -> tuple[Hashable, int]:
 class GapHistogram:
     """Inter-request gaps counted per half-octave bin, each spread when it is added; read through `tail()`.
 
-    `_spread[b]`: the gaps spread into bin b, in ninths (`_SPREAD_WEIGHT`: integers, exact in a double below 2^53);
-    `_tail[b]`: the spread gaps in bins >= b for b in 0..40 (`_tail[40] == 0`), the suffix sums of `_spread`
-    divided by 9 (each one rounded once), valid while `_tail_valid` (an arrival invalidates it, the next read
-    rebuilds it in place). 40 bins reach 2^20 s (12 days); longer gaps share the last bin.
+    `_spread[b]`: the gaps spread into bin b, in ninths (`_SPREAD_WEIGHTS`: integers, exact in a double below
+    2^53); `_tail[b]`: the spread gaps in bins >= b for b in 0..40 (`_tail[40] == 0`), the suffix sums of
+    `_spread` divided by 9 (each one rounded once), valid while `_tail_valid` (an arrival invalidates it,
+    `_refresh_tail` rebuilds it in place). 40 bins reach 2^20 s (12 days); longer gaps share the last bin.
     """
 
     __slots__ = ("_spread", "_tail", "_tail_valid")
@@ -108,24 +109,29 @@ class GapHistogram:
         self._tail_valid = True
 
     def add_to_bin(self, center: int) -> None:
-        """Count one gap of bin `center`: weights 1 2 3 2 1 on bins center-2..center+2, clamped to the ends."""
-        spread = self._spread
-        for offset in range(-2, 3):
-            b = center + offset
-            spread[0 if b < 0 else _N_BINS - 1 if b >= _N_BINS else b] += 3 - abs(offset)
+        """Count one gap of bin `center`: `_SPREAD_WEIGHTS` on bins center-2..center+2, clamped to the ends."""
+        for offset in range(5):
+            b = center + offset - 2
+            self._spread[0 if b < 0 else _N_BINS - 1 if b >= _N_BINS else b] += _SPREAD_WEIGHTS[offset]
         self._tail_valid = False
 
-    def tail(self) -> array:
-        """`tail[b]` = spread gaps in bins >= b, for b in 0..40 (`tail[40] == 0`); valid until the next `add_to_bin`."""
-        tail = self._tail
-        if not self._tail_valid:
-            spread = self._spread
-            above = 0.0
-            for b in range(_N_BINS - 1, -1, -1):  # one explicit loop: the same sums in the same order, pure or compiled
-                above += spread[b]
-                tail[b] = above / _SPREAD_WEIGHT
-            self._tail_valid = True
-        return tail
+    def tail(self) -> list[float]:
+        """`tail[b]` = spread gaps in bins >= b, for b in 0..40 (`tail[40] == 0`), a copy."""
+        self._refresh_tail()
+        return list(self._tail)
+
+    def _refresh_tail(self) -> None:
+        if self._tail_valid:
+            return
+        above = 0.0
+        for b in range(_N_BINS - 1, -1, -1):  # one explicit loop: the same sums in the same order, pure or compiled
+            above += self._spread[b]
+            self._tail[b] = above / _SPREAD_WEIGHT
+        self._tail_valid = True
+
+    def _longer(self, b: int, inside: float) -> float:
+        """Spread gaps longer than a point in bin b with the share `inside` of its bin above it (tail refreshed)."""
+        return self._tail[b + 1] + (self._tail[b] - self._tail[b + 1]) * inside
 
 
 def _position(point: float) -> tuple[int, float]:
@@ -135,7 +141,7 @@ def _position(point: float) -> tuple[int, float]:
     return b, 0.0 if inside < 0.0 else 1.0 if inside > 1.0 else inside
 
 
-def _reuse_probability(user_tail: array | None, population_tail: array, age: float, horizon: float,
+def _reuse_probability(user: GapHistogram | None, population: GapHistogram, age: float, horizon: float,
                        prior_weight: float) -> float:
     """P(the next gap ends within `horizon` | it already lasted `age`): the user's own gaps shrunk toward
     the population's with `prior_weight` pseudo-gaps (the population's alone without user gaps). Gaps
@@ -143,15 +149,15 @@ def _reuse_probability(user_tail: array | None, population_tail: array, age: flo
     read at the same two points)."""
     b, inside = _position(age)
     b_later, inside_later = _position(age + horizon)
-    tail = population_tail
-    longer = tail[b + 1] + (tail[b] - tail[b + 1]) * inside
-    longer_later = tail[b_later + 1] + (tail[b_later] - tail[b_later + 1]) * inside_later
+    population._refresh_tail()
+    longer = population._longer(b, inside)
+    longer_later = population._longer(b_later, inside_later)
     pop_p = (longer - longer_later) / longer if longer > 0 else 0.0
-    if user_tail is None:
+    if user is None:
         return pop_p
-    tail = user_tail
-    longer = tail[b + 1] + (tail[b] - tail[b + 1]) * inside
-    longer_later = tail[b_later + 1] + (tail[b_later] - tail[b_later + 1]) * inside_later
+    user._refresh_tail()
+    longer = user._longer(b, inside)
+    longer_later = user._longer(b_later, inside_later)
     return (longer - longer_later + prior_weight * pop_p) / (longer + prior_weight)
 
 
@@ -456,7 +462,7 @@ class MTServe(S3FIFO):
         # with a version clock every evictable entry older than the newest version is gone already (dead
         # first), so no candidate is dead; without one, a cached value may predate its user's newer version
         check_newest = not epoch[1]
-        left, horizon, population = self._window, 0.0, None  # horizon and population: read with the first value
+        left, horizon = self._window, -1.0  # horizon: read with the first value (-1: not yet)
         candidates: list[Key] = []
         scores: list[float] = []
         for key in self._main:
@@ -465,9 +471,9 @@ class MTServe(S3FIFO):
             entry = entries[key]
             used = entry.last_use
             if entry.value_generation != generation or now > entry.value_until or entry.value_for_use != used:
-                if population is None:
-                    horizon, population = self.stale_horizon(), traffic.population.tail()
-                entry.value = self._value(key, now, horizon, population)
+                if horizon < 0.0:
+                    horizon = self.stale_horizon()
+                entry.value = self._value(key, now, horizon)
                 entry.value_until = now + VALUE_REFRESH * (now - used)
                 entry.value_for_use = used
                 entry.value_generation = generation
@@ -493,29 +499,25 @@ class MTServe(S3FIFO):
 
     def value_density(self, key: Key, now: float) -> float:
         """Value of keeping resident `key` at time `now` (0 for a dead entry; see module doc)."""
-        return self._value(key, now, self.stale_horizon(), self.traffic.population.tail())
+        return self._value(key, now, self.stale_horizon())
 
-    def _value(self, key: Key, now: float, horizon: float, population_tail: array) -> float:
+    def _value(self, key: Key, now: float, horizon: float) -> float:
         user, version = _split(key)
         record = self.traffic.users.get(user)
         if record is not None and version < record.newest_version:
             return 0.0
         size = max(self._sizes[key], 1)
-        reload_per_byte = self._reload_per_byte.get(size)
-        if reload_per_byte is None:
-            reload_per_byte = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
-            self._reload_per_byte[size] = reload_per_byte
-        gaps = None if record is None else record.gaps
-        probability = _reuse_probability(None if gaps is None else gaps.tail(), population_tail,
+        if size not in self._reload_per_byte:
+            self._reload_per_byte[size] = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
+        reload_per_byte = self._reload_per_byte[size]
+        probability = _reuse_probability(None if record is None else record.gaps, self.traffic.population,
                                          now - self._entries[key].last_use, horizon, self._prior_weight)
         return probability * reload_per_byte / size
 
     def reuse_probability(self, user: Hashable, age: float, horizon: float) -> float:
         """P(the user's next gap ends within `horizon` | it already lasted `age`), user shrunk to population."""
         traffic = self.traffic
-        gaps = traffic.gaps(user)
-        return _reuse_probability(None if gaps is None else gaps.tail(), traffic.population.tail(), age, horizon,
-                                  self._prior_weight)
+        return _reuse_probability(traffic.gaps(user), traffic.population, age, horizon, self._prior_weight)
 
     # ------------------------------------------------------------ fast path
     @classmethod
