@@ -42,18 +42,18 @@ cdef class Traffic:
     cdef public bint user_mode
     cdef public dict users, arrived_version
     cdef public GapHistogram population
-    cdef public object max_version, clock_start
+    cdef public object clock_start
     cdef public double max_version_since, now
-    cdef public long long arrivals, clock_violations, version_changes
+    cdef public long long max_version, arrivals, clock_violations, version_changes
     cdef public set upcoming
 
-    @cython.locals(record=UserTraffic, gaps=GapHistogram, last=double, b=Py_ssize_t)
+    @cython.locals(record=UserTraffic, gaps=GapHistogram, last=double, b=Py_ssize_t, version=cython.longlong)
     cpdef arrive(self, key, double now)
-    @cython.locals(record=UserTraffic)
+    @cython.locals(record=UserTraffic, version=cython.longlong)
     cpdef hint(self, keys, double now)
     @cython.locals(record=UserTraffic)
     cpdef UserTraffic _user(self, user)
-    cpdef _raise_versions(self, UserTraffic record, version, double now)
+    cpdef _raise_versions(self, UserTraffic record, long long version, double now)
     @cython.locals(record=UserTraffic)
     cpdef long long newest_version(self, user) except? -2
     @cython.locals(record=UserTraffic)
