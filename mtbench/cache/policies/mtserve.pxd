@@ -4,6 +4,7 @@
 cimport cython
 from mtbench.cache.policies.s3fifo cimport S3FIFO
 
+# C constants and tables (a C array's length is a literal here: _N_BINS + 1 and _N_BINS)
 cdef Py_ssize_t _N_BINS
 cdef double _BIN_EDGES[41]
 cdef double _BIN_WIDTH[40]
@@ -17,6 +18,7 @@ cpdef tuple _split(key)
 cpdef (Py_ssize_t, double) _position(double point) except *
 
 cdef class GapHistogram:
+    # _N_BINS and _N_BINS + 1
     cdef double _spread[40]
     cdef double _tail[41]
     cdef bint _tail_valid
@@ -76,7 +78,7 @@ cdef class MTServe(S3FIFO):
     cpdef double stale_horizon(self) except? -1
     cpdef _forget_key(self, key)
     cpdef _dead_victim(self)
-    @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double, population=list,
+    @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double,
                    entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double, held=set,
                    check_newest=bint)
     cpdef _live_victim(self)
