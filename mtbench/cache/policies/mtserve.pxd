@@ -4,37 +4,62 @@
 cimport cython
 from mtbench.cache.policies.s3fifo cimport S3FIFO
 
+# C constants and tables (a C array's length is a literal here: _N_BINS + 1 and _N_BINS)
+cdef Py_ssize_t _N_BINS
+cdef double _BIN_EDGES[41]
+cdef double _BIN_WIDTH[40]
+cdef double _SPREAD_WEIGHTS[5]
+cdef double _SPREAD_WEIGHT, CLOCK_TOLERANCE, VALUE_REFRESH, TIE_FACTOR
+
 @cython.locals(b=Py_ssize_t)
 cpdef Py_ssize_t _gap_bin(double gap) except -1
 cpdef tuple _split(key)
 @cython.locals(b=Py_ssize_t, inside=double)
 cpdef (Py_ssize_t, double) _position(double point) except *
-@cython.locals(b=Py_ssize_t, b_later=Py_ssize_t, inside=double, inside_later=double, tail=list, longer=double,
-               longer_later=double, pop_p=double)
-cpdef double _reuse_probability(list user_tail, list population_tail, double age, double horizon,
-                                double prior_weight) except? -1
 
 cdef class GapHistogram:
-    cdef public object _counts
-    cdef public list _tail
+    # _N_BINS and _N_BINS + 1
+    cdef double _spread[40]
+    cdef double _tail[41]
+    cdef bint _tail_valid
 
-    cpdef add_to_bin(self, Py_ssize_t b)
+    @cython.locals(offset=Py_ssize_t, b=Py_ssize_t)
+    cpdef add_to_bin(self, Py_ssize_t center)
     cpdef list tail(self)
-    cpdef drop_tail(self)
+    @cython.locals(above=double, b=Py_ssize_t)
+    cpdef _refresh_tail(self)
+    cpdef double _longer(self, Py_ssize_t b, double inside) except? -1
+
+@cython.locals(b=Py_ssize_t, b_later=Py_ssize_t, inside=double, inside_later=double, longer=double,
+               longer_later=double, pop_p=double)
+cpdef double _reuse_probability(GapHistogram user, GapHistogram population, double age, double horizon,
+                                double prior_weight) except? -1
+
+cdef class UserTraffic:
+    cdef public long long newest_version
+    cdef public double last_seen
+    cdef public GapHistogram gaps
 
 cdef class Traffic:
     cdef public bint user_mode
-    cdef public dict newest_version, arrived_version, last_seen, gaps
+    cdef public dict users, arrived_version
     cdef public GapHistogram population
-    cdef public object max_version, clock_start
+    cdef public object clock_start
     cdef public double max_version_since, now
-    cdef public long long arrivals, clock_violations, version_changes
+    cdef public long long max_version, arrivals, clock_violations, version_changes
     cdef public set upcoming
 
-    @cython.locals(gaps=GapHistogram)
+    @cython.locals(record=UserTraffic, gaps=GapHistogram, last=double, b=Py_ssize_t, version=cython.longlong)
     cpdef arrive(self, key, double now)
+    @cython.locals(record=UserTraffic, version=cython.longlong)
     cpdef hint(self, keys, double now)
-    cpdef _raise_versions(self, user, version, double now)
+    @cython.locals(record=UserTraffic)
+    cpdef UserTraffic _user(self, user)
+    cpdef _raise_versions(self, UserTraffic record, long long version, double now)
+    @cython.locals(record=UserTraffic)
+    cpdef long long newest_version(self, user) except? -2
+    @cython.locals(record=UserTraffic)
+    cpdef GapHistogram gaps(self, user)
 
 cdef class ResidentEntry:
     cdef public double last_use, value, value_until, value_for_use
@@ -53,8 +78,9 @@ cdef class MTServe(S3FIFO):
     cpdef double stale_horizon(self) except? -1
     cpdef _forget_key(self, key)
     cpdef _dead_victim(self)
-    @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double, population=list,
-                   entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double, held=set)
+    @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double,
+                   entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double, held=set,
+                   check_newest=bint)
     cpdef _live_victim(self)
-    @cython.locals(gaps=GapHistogram)
-    cpdef double _value(self, key, double now, double horizon, list population_tail) except? -1
+    @cython.locals(record=UserTraffic, size=cython.longlong, reload_per_byte=double)
+    cpdef double _value(self, key, double now, double horizon) except? -1

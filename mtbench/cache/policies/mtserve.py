@@ -24,14 +24,15 @@ Design (one paragraph the README and reports/POLICIES.md quote):
     doubles or the clock moves). Lookahead: keys of queued requests are never chosen while another entry
     can go.
 
-Memory is O(resident keys + ghost keys + users): per user a 40-bin float32 gap histogram, the last
-arrival time and the newest version (`Traffic`, one for both tiers of a control plane: the host tier's
-mtserve reads the GPU tier's); nothing grows with the number of requests.
+Memory is O(resident keys + ghost keys + users): per user one record (`UserTraffic`: the newest version,
+the last arrival time and a gap histogram of 40 bins and its 41-value tail, doubles) in `Traffic`, one for
+both tiers of a control plane (the host tier's mtserve reads the GPU tier's); nothing grows with the number
+of requests.
 
 Speed (O(1) amortised per request, small constants): the unit-size fast path is S3-FIFO's loop (no
-users, no versions). On the generic path an arrival costs a few dict operations and, in user mode,
-one increment in the user's and the population's histograms (the spread is applied when a histogram
-is read, and its cumulative tail is cached until the next arrival of its user). An eviction in user
+users, no versions). On the generic path an arrival costs one look-up of its user's record and, in user
+mode, five increments in the user's and the population's histograms (each gap is spread when it is added;
+a histogram's cumulative tail is rebuilt on its first read after an arrival, 40 additions). An eviction in user
 mode scans at most `window` candidates at main's LRU end; a candidate's value is computed when it first
 becomes a candidate and reused until the entry is used again, its idle time has grown by
 `VALUE_REFRESH` (100%) or the version clock moves, so about two values are computed per eviction
@@ -45,7 +46,7 @@ inside a bin. Keys are `(user_id, static_version)` tuples; any other key is its 
 
 from __future__ import annotations
 
-from math import log2
+from math import log2, nan
 from array import array
 from collections.abc import Callable, Hashable, Sequence
 
@@ -70,20 +71,13 @@ recomputing every candidate's value at every eviction made mtserve 10x slower th
 _N_BINS = 40
 _BIN_EDGES = [2 ** (b / 2) - 1 for b in range(_N_BINS + 1)]
 _BIN_WIDTH = [_BIN_EDGES[b + 1] - _BIN_EDGES[b] for b in range(_N_BINS)]
-_SPREAD = np.zeros((_N_BINS, _N_BINS))
-"""`_SPREAD[c, b]`: the share of a gap of bin c counted in bin b. Each gap is spread over its bin and two on
-either side (weights 1 2 3 2 1 / 9, piled up at the ends), so that a slightly longer idle time than ever
-seen is not 'never'."""
-for _center in range(_N_BINS):
-    for _offset in range(-2, 3):
-        _SPREAD[_center, min(max(_center + _offset, 0), _N_BINS - 1)] += (3 - abs(_offset)) / 9
-_TAIL_OF_BIN = np.zeros((_N_BINS, _N_BINS + 1))
-"""`_TAIL_OF_BIN[c, b]`: the share of a gap of bin c counted in bins >= b (so counts @ it = the tail)."""
-_TAIL_OF_BIN[:, :_N_BINS] = np.cumsum(_SPREAD[:, ::-1], axis=1)[:, ::-1]
-
-
-_ZERO_COUNTS = {typecode: array(typecode, bytes(array(typecode).itemsize * _N_BINS)) for typecode in "fd"}
-"""A new histogram's counts per typecode (copied: slicing an array is one memcpy)."""
+_SPREAD_WEIGHTS = (1.0, 2.0, 3.0, 2.0, 1.0)
+"""A gap is spread over its bin and two on either side with these weights (piled up at the ends), so that a slightly
+longer idle time than ever seen is not 'never'; histograms count in these units (integers: exact)."""
+_SPREAD_WEIGHT = sum(_SPREAD_WEIGHTS)
+_ZERO_SPREAD = array("d", bytes(8 * _N_BINS))
+_ZERO_TAIL = array("d", bytes(8 * (_N_BINS + 1)))
+"""A new histogram's arrays (C arrays in the object when compiled)."""
 
 
 def _gap_bin(gap: float) -> int:
@@ -99,34 +93,45 @@ def _split(key: Key) -> tuple[Hashable, int]:
 
 
 class GapHistogram:
-    """Inter-request gaps counted per half-octave bin; read through `tail()`, the spread gaps in bins >= b.
+    """Inter-request gaps counted per half-octave bin, each spread when it is added; read through `tail()`.
 
-    `_counts[c]`: gaps that fell in bin c (float32 per user, float64 for the population); `_tail`: the
-    cumulative tail of the spread counts (`_SPREAD`), 41 floats, built on first read, dropped by `add_to_bin`.
-    40 bins reach 2^20 s (12 days); longer gaps share the last bin.
+    `_spread[b]`: the gaps spread into bin b, in ninths (`_SPREAD_WEIGHTS`: integers, exact in a double below
+    2^53); `_tail[b]`: the spread gaps in bins >= b for b in 0..40 (`_tail[40] == 0`), the suffix sums of
+    `_spread` divided by 9 (each one rounded once), valid while `_tail_valid` (an arrival invalidates it,
+    `_refresh_tail` rebuilds it in place). 40 bins reach 2^20 s (12 days); longer gaps share the last bin.
     """
 
-    __slots__ = ("_counts", "_tail")
+    __slots__ = ("_spread", "_tail", "_tail_valid")
 
-    def __init__(self, typecode: str = "f") -> None:
-        self._counts = _ZERO_COUNTS[typecode][:]
-        self._tail: list[float] | None = None
+    def __init__(self) -> None:
+        self._spread = _ZERO_SPREAD[:]
+        self._tail = _ZERO_TAIL[:]
+        self._tail_valid = True
 
-    def add_to_bin(self, b: int) -> None:
-        self._counts[b] += 1
-        self._tail = None
+    def add_to_bin(self, center: int) -> None:
+        """Count one gap of bin `center`: `_SPREAD_WEIGHTS` on bins center-2..center+2, clamped to the ends."""
+        for offset in range(5):
+            b = center + offset - 2
+            self._spread[0 if b < 0 else _N_BINS - 1 if b >= _N_BINS else b] += _SPREAD_WEIGHTS[offset]
+        self._tail_valid = False
 
     def tail(self) -> list[float]:
-        """`tail[b]` = spread gaps in bins >= b, for b in 0..40 (`tail[40] == 0`)."""
-        tail = self._tail
-        if tail is None:
-            # ndarray.dot: the same BLAS product as `@` (bit for bit), 0.5 us less of numpy's dispatch
-            tail = self._tail = np.asarray(self._counts).dot(_TAIL_OF_BIN).tolist()
-        return tail
+        """`tail[b]` = spread gaps in bins >= b, for b in 0..40 (`tail[40] == 0`), a copy."""
+        self._refresh_tail()
+        return list(self._tail)
 
-    def drop_tail(self) -> None:
-        """Free the cached tail (rebuilt on the next read)."""
-        self._tail = None
+    def _refresh_tail(self) -> None:
+        if self._tail_valid:
+            return
+        above = 0.0
+        for b in range(_N_BINS - 1, -1, -1):  # one explicit loop: the same sums in the same order, pure or compiled
+            above += self._spread[b]
+            self._tail[b] = above / _SPREAD_WEIGHT
+        self._tail_valid = True
+
+    def _longer(self, b: int, inside: float) -> float:
+        """Spread gaps longer than a point in bin b with the share `inside` of its bin above it (tail refreshed)."""
+        return self._tail[b + 1] + (self._tail[b] - self._tail[b + 1]) * inside
 
 
 def _position(point: float) -> tuple[int, float]:
@@ -136,7 +141,7 @@ def _position(point: float) -> tuple[int, float]:
     return b, 0.0 if inside < 0.0 else 1.0 if inside > 1.0 else inside
 
 
-def _reuse_probability(user_tail: list[float] | None, population_tail: list[float], age: float, horizon: float,
+def _reuse_probability(user: GapHistogram | None, population: GapHistogram, age: float, horizon: float,
                        prior_weight: float) -> float:
     """P(the next gap ends within `horizon` | it already lasted `age`): the user's own gaps shrunk toward
     the population's with `prior_weight` pseudo-gaps (the population's alone without user gaps). Gaps
@@ -144,16 +149,29 @@ def _reuse_probability(user_tail: list[float] | None, population_tail: list[floa
     read at the same two points)."""
     b, inside = _position(age)
     b_later, inside_later = _position(age + horizon)
-    tail = population_tail
-    longer = tail[b + 1] + (tail[b] - tail[b + 1]) * inside
-    longer_later = tail[b_later + 1] + (tail[b_later] - tail[b_later + 1]) * inside_later
+    population._refresh_tail()
+    longer = population._longer(b, inside)
+    longer_later = population._longer(b_later, inside_later)
     pop_p = (longer - longer_later) / longer if longer > 0 else 0.0
-    if user_tail is None:
+    if user is None:
         return pop_p
-    tail = user_tail
-    longer = tail[b + 1] + (tail[b] - tail[b + 1]) * inside
-    longer_later = tail[b_later + 1] + (tail[b_later] - tail[b_later + 1]) * inside_later
+    user._refresh_tail()
+    longer = user._longer(b, inside)
+    longer_later = user._longer(b_later, inside_later)
     return (longer - longer_later + prior_weight * pop_p) / (longer + prior_weight)
+
+
+class UserTraffic:
+    """What `Traffic` learned of one user: `newest_version` (from arrivals and hints; -1 before any), `last_seen`
+    (its latest arrival in user mode; NaN before the first, so that no gap is counted then: every comparison
+    with NaN is false) and `gaps` (its gap histogram, from its first gap; None before)."""
+
+    __slots__ = ("newest_version", "last_seen", "gaps")
+
+    def __init__(self) -> None:
+        self.newest_version = -1
+        self.last_seen = nan
+        self.gaps: GapHistogram | None = None
 
 
 class Traffic:
@@ -164,24 +182,22 @@ class Traffic:
     for each), so the host tier's mtserve reads the GPU tier's `Traffic` instead of learning the same
     statistics a second time (`MTServe(traffic=...)`).
 
-    State: `user_mode` (the one-way switch); `newest_version[user]` (arrivals and hints) and, before user
-    mode, `arrived_version[user]` (its last arrival's version, to count version changes); in user mode
-    `last_seen[user]`, `gaps[user]` and `population` (everyone's gaps); version clock: `max_version`,
-    `arrivals`, `clock_violations`, `version_changes`, the first times versions `clock_start` and
-    `max_version` were seen; `upcoming`: keys of queued requests; `now`: latest time seen.
+    State: `user_mode` (the one-way switch); `users[user]`: one `UserTraffic` per user that arrived or was
+    hinted (newest version; in user mode its last arrival and gaps: one look-up per arrival); before user
+    mode, `arrived_version[user]` (its last arrival's version, to count version changes); `population`
+    (everyone's gaps, in user mode); version clock: `max_version`, `arrivals`, `clock_violations`,
+    `version_changes`, the first times versions `clock_start` and `max_version` were seen; `upcoming`: keys
+    of queued requests; `now`: latest time seen.
     """
 
-    __slots__ = ("user_mode", "newest_version", "arrived_version", "last_seen", "gaps", "population", "max_version",
-                 "max_version_since", "clock_start", "arrivals", "clock_violations", "version_changes", "upcoming",
-                 "now")
+    __slots__ = ("user_mode", "users", "arrived_version", "population", "max_version", "max_version_since",
+                 "clock_start", "arrivals", "clock_violations", "version_changes", "upcoming", "now")
 
     def __init__(self) -> None:
         self.user_mode = False
-        self.newest_version: dict[Hashable, int] = {}
+        self.users: dict[Hashable, UserTraffic] = {}
         self.arrived_version: dict[Hashable, int] = {}
-        self.last_seen: dict[Hashable, float] = {}
-        self.gaps: dict[Hashable, GapHistogram] = {}
-        self.population = GapHistogram("d")
+        self.population = GapHistogram()
         self.max_version = -1
         self.max_version_since = 0.0
         self.clock_start: tuple[int, float] | None = None
@@ -199,15 +215,15 @@ class Traffic:
         self.arrivals += 1
         if version < self.max_version:
             self.clock_violations += 1
+        record = self._user(user)
         if self.user_mode:  # one gap more for the user and the population
-            last_seen = self.last_seen
-            last = last_seen.get(user)
-            last_seen[user] = now
-            if last is not None and now >= last:
+            last = record.last_seen
+            record.last_seen = now
+            if now >= last:
                 b = _gap_bin(now - last)
-                gaps = self.gaps.get(user)
+                gaps = record.gaps
                 if gaps is None:
-                    gaps = self.gaps[user] = GapHistogram()
+                    gaps = record.gaps = GapHistogram()
                 gaps.add_to_bin(b)
                 self.population.add_to_bin(b)
         else:
@@ -220,8 +236,8 @@ class Traffic:
                 if self.version_changes >= USER_MODE_AFTER:
                     self.user_mode = True
                     self.arrived_version.clear()
-        if version > self.newest_version.get(user, -1) or version > self.max_version:
-            self._raise_versions(user, version, now)
+        if version > record.newest_version or version > self.max_version:
+            self._raise_versions(record, version, now)
         if self.upcoming:
             self.upcoming.discard(key)
 
@@ -230,19 +246,36 @@ class Traffic:
         upcoming = self.upcoming
         upcoming.clear()
         upcoming.update(keys)
-        newest = self.newest_version
         for key in keys:
             user, version = key if type(key) is tuple else (key, 0)
-            if version > newest.get(user, -1) or version > self.max_version:
-                self._raise_versions(user, version, now)
+            record = self._user(user)
+            if version > record.newest_version or version > self.max_version:
+                self._raise_versions(record, version, now)
 
-    def _raise_versions(self, user: Hashable, version: int, now: float) -> None:
-        if version > self.newest_version.get(user, -1):
-            self.newest_version[user] = version
+    def _user(self, user: Hashable) -> UserTraffic:
+        """The user's record, made on first sight."""
+        record = self.users.get(user)
+        if record is None:
+            record = self.users[user] = UserTraffic()
+        return record
+
+    def _raise_versions(self, record: UserTraffic, version: int, now: float) -> None:
+        if version > record.newest_version:
+            record.newest_version = version
         if version > self.max_version:
             self.max_version, self.max_version_since = version, now
             if self.clock_start is None:
                 self.clock_start = (version, now)
+
+    def newest_version(self, user: Hashable) -> int:
+        """The newest version of `user` seen (arrivals and hints), -1 if none."""
+        record = self.users.get(user)
+        return -1 if record is None else record.newest_version
+
+    def gaps(self, user: Hashable) -> GapHistogram | None:
+        """The gap histogram of `user`, None before its first gap (in user mode)."""
+        record = self.users.get(user)
+        return None if record is None else record.gaps
 
     @property
     def versions_are_a_clock(self) -> bool:
@@ -379,14 +412,11 @@ class MTServe(S3FIFO):
         del self._entries[key]
         if not self._user_mode:
             return
-        user, version = _split(key)
+        version = _split(key)[1]
         bucket = self._by_version[version]
         del bucket[key]
         if not bucket:
             del self._by_version[version]
-        gaps = self.traffic.gaps.get(user)
-        if gaps is not None:  # tails are kept for resident users only
-            gaps.drop_tail()
 
     def _pop_victim(self, incoming: Key | None) -> Key:
         if not self._user_mode:
@@ -431,8 +461,8 @@ class MTServe(S3FIFO):
         generation = self._value_generation
         # with a version clock every evictable entry older than the newest version is gone already (dead
         # first), so no candidate is dead; without one, a cached value may predate its user's newer version
-        newest = None if epoch[1] else traffic.newest_version
-        left, horizon, population = self._window, 0.0, None  # horizon and population: read with the first value
+        check_newest = not epoch[1]
+        left, horizon = self._window, -1.0  # horizon: read with the first value (-1: not yet)
         candidates: list[Key] = []
         scores: list[float] = []
         for key in self._main:
@@ -441,16 +471,16 @@ class MTServe(S3FIFO):
             entry = entries[key]
             used = entry.last_use
             if entry.value_generation != generation or now > entry.value_until or entry.value_for_use != used:
-                if population is None:
-                    horizon, population = self.stale_horizon(), traffic.population.tail()
-                entry.value = self._value(key, now, horizon, population)
+                if horizon < 0.0:
+                    horizon = self.stale_horizon()
+                entry.value = self._value(key, now, horizon)
                 entry.value_until = now + VALUE_REFRESH * (now - used)
                 entry.value_for_use = used
                 entry.value_generation = generation
             score = entry.value
-            if newest is not None and score > 0.0:
+            if check_newest and score > 0.0:
                 user, version = _split(key)
-                if version < newest.get(user, -1):
+                if version < traffic.newest_version(user):
                     score = 0.0
             candidates.append(key)
             scores.append(score)
@@ -469,28 +499,25 @@ class MTServe(S3FIFO):
 
     def value_density(self, key: Key, now: float) -> float:
         """Value of keeping resident `key` at time `now` (0 for a dead entry; see module doc)."""
-        return self._value(key, now, self.stale_horizon(), self.traffic.population.tail())
+        return self._value(key, now, self.stale_horizon())
 
-    def _value(self, key: Key, now: float, horizon: float, population_tail: list[float]) -> float:
+    def _value(self, key: Key, now: float, horizon: float) -> float:
         user, version = _split(key)
-        if version < self.traffic.newest_version.get(user, -1):
+        record = self.traffic.users.get(user)
+        if record is not None and version < record.newest_version:
             return 0.0
         size = max(self._sizes[key], 1)
-        reload_per_byte = self._reload_per_byte.get(size)
-        if reload_per_byte is None:
-            reload_per_byte = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
-            self._reload_per_byte[size] = reload_per_byte
-        gaps = self.traffic.gaps.get(user)
-        probability = _reuse_probability(None if gaps is None else gaps.tail(), population_tail,
+        if size not in self._reload_per_byte:
+            self._reload_per_byte[size] = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
+        reload_per_byte = self._reload_per_byte[size]
+        probability = _reuse_probability(None if record is None else record.gaps, self.traffic.population,
                                          now - self._entries[key].last_use, horizon, self._prior_weight)
         return probability * reload_per_byte / size
 
     def reuse_probability(self, user: Hashable, age: float, horizon: float) -> float:
         """P(the user's next gap ends within `horizon` | it already lasted `age`), user shrunk to population."""
         traffic = self.traffic
-        gaps = traffic.gaps.get(user)
-        return _reuse_probability(None if gaps is None else gaps.tail(), traffic.population.tail(), age, horizon,
-                                  self._prior_weight)
+        return _reuse_probability(traffic.gaps(user), traffic.population, age, horizon, self._prior_weight)
 
     # ------------------------------------------------------------ fast path
     @classmethod
