@@ -151,10 +151,11 @@ class _BatchTiming:
 
 @dataclass(frozen=True)
 class ThreadUsage:
-    """The calling thread's CPU seconds (user + kernel), kernel seconds and minor page faults so far
-    (`getrusage(RUSAGE_THREAD)`; on a platform without it, CPU seconds only and NaN for the rest). Kernel
-    time and faults tell a host slowed by memory management (page faults, compaction) from one running
-    the same code slower."""
+    """The calling thread's CPU seconds (`time.thread_time`, exact), kernel seconds and minor page faults
+    so far (`getrusage(RUSAGE_THREAD)`; NaN on a platform without it). Kernel time and faults tell a host
+    slowed by memory management (page faults, compaction) from one running the same code slower. The
+    kernel's share is apportioned from scheduler ticks, so compare it as a mean over many batches: a
+    single batch's can be off by a tick (4 ms at 250 Hz) either way."""
 
     cpu_seconds: float
     kernel_seconds: float
@@ -165,7 +166,7 @@ class ThreadUsage:
         if not hasattr(resource, "RUSAGE_THREAD"):
             return cls(time.thread_time(), float("nan"), float("nan"))
         usage = resource.getrusage(resource.RUSAGE_THREAD)
-        return cls(usage.ru_utime + usage.ru_stime, usage.ru_stime, float(usage.ru_minflt))
+        return cls(time.thread_time(), usage.ru_stime, float(usage.ru_minflt))
 
     def since(self, before: "ThreadUsage") -> "ThreadUsage":
         return ThreadUsage(self.cpu_seconds - before.cpu_seconds, self.kernel_seconds - before.kernel_seconds,
