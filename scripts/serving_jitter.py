@@ -49,9 +49,11 @@ class JitteredOverhead:
 
 
 class JitteredServer(ModeServer):
-    factors: np.ndarray = np.ones(1)
-    block: int = 1
-    seed: int = 0
+    """A `ModeServer` whose every DES run prices batches through a fresh `JitteredOverhead`."""
+
+    def __init__(self, factors: np.ndarray, block: int, seed: int, *args) -> None:
+        self.factors, self.block, self.seed = factors, block, seed  # before ModeServer prices its saturated run
+        super().__init__(*args)
 
     def _service(self) -> CacheService:
         overhead = JitteredOverhead(self.mode_cost.overhead, self.factors, self.block, self.seed)
@@ -81,9 +83,7 @@ def main() -> None:
                              BatcherConfig(config["batch_size"], config["max_wait_ms"], config["max_batch_tokens"]),
                              config["slo_ms"])
     question = CapacityQuestion(serving, config["percentile"], None, config["warmup"])
-    JitteredServer.factors = slowdown_factors(pd.read_parquet(args.serving / "calibration_requests.parquet"))
-    JitteredServer.block, JitteredServer.seed = args.block, args.seed
-    factors = JitteredServer.factors
+    factors = slowdown_factors(pd.read_parquet(args.serving / "calibration_requests.parquet"))
     print(f"{len(factors)} calibration batches: slowdown median {np.median(factors):.2f}, "
           f"p99 {np.quantile(factors, 0.99):.2f}, share over 1.5x {np.mean(factors > 1.5):.3f}; block {args.block}")
     points = pd.read_csv(args.serving / "capacity_points.csv")
@@ -94,7 +94,7 @@ def main() -> None:
         mode = row["cache_mode"]
         cost_of_mode = ModeCost(cost, BatchOverhead.from_dict(row["batch_overhead_curve"]))
         plain = ModeServer(workload, settings[mode], cost_of_mode, question)
-        jittered = JitteredServer(workload, settings[mode], cost_of_mode, question)
+        jittered = JitteredServer(factors, args.block, args.seed, workload, settings[mode], cost_of_mode, question)
         measured = points[(points["source"] == "measured") & (points["cache_mode"] == mode)]
         for rate, p99 in zip(measured["rate"], measured["p99_ms"]):
             cells = [plain.at(rate)["latency_at_percentile_ms"], jittered.at(rate)["latency_at_percentile_ms"], p99]

@@ -62,7 +62,7 @@ from mtbench.model import MTGR, RequestBatch, RequestSpec, build_batch
 from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, graphs_supported, pooled_forward
 from mtbench.replay.batching import TraceBatch, iter_batches
 from mtbench.model.device_batch import batch_to_device
-from mtbench.replay.prewarm import prewarm
+from mtbench.replay.prewarm import blank_inputs, prewarm
 from mtbench.cache.budget import PCIE_GBPS, AutoLoadBudget
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.oracle import next_use_indices
@@ -145,7 +145,7 @@ class _BatchTiming:
     end: object
     used_bytes: tuple[int, int]
     forward_seconds: float  # host wall time of the forwards (CPU compute time)
-    forward_usage: "ThreadUsage"  # the server thread's CPU time in them (less than the wall when it was descheduled)
+    forward_usage: "ThreadUsage"  # the server thread's CPU and kernel time and page faults in them
     host_cache_seconds: float  # host time inside the cache manager
 
 
@@ -417,9 +417,8 @@ class _BatchRunner:
             scores = pooled_forward(self.model, host_batch, inputs, self.arange,
                                     lambda layer: self.manager.wait_layer(plan, layer), self.graphs)
         elif self.graphs is not None and self.graphs.takes(host_batch.batch_size, host_batch.num_rows):
-            reads = self.manager.blank_reads(host_batch.batch_size)
-            inputs = PooledInputs.from_batch(reads.kv, host_batch, reads.page_table)
-            scores = pooled_forward(self.model, host_batch, inputs, self.arange, graphs=self.graphs)
+            scores = pooled_forward(self.model, host_batch, blank_inputs(self.manager, host_batch), self.arange,
+                                    graphs=self.graphs)
         else:
             scores = self.model(batch_to_device(host_batch, self.device))
         self._sample(batch, plan, specs, scores)

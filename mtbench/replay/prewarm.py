@@ -64,12 +64,12 @@ def _warm_forwards(model: MTGR, manager: CacheManager, sizes: list[int], page_to
             if not manager.enabled:
                 model(batch_to_device(host_batch, device))
                 continue
-            pooled_forward(model, host_batch, _warm_inputs(manager, host_batch), DeviceArange())
+            pooled_forward(model, host_batch, blank_inputs(manager, host_batch), DeviceArange())
 
 
-def _warm_inputs(manager: CacheManager, host_batch) -> PooledInputs:
-    """Pool inputs of a warm-up batch: prefixes read from page 0 (whatever it holds; mode none reads
-    nothing), nothing stored."""
+def blank_inputs(manager: CacheManager, host_batch) -> PooledInputs:
+    """Pool inputs of a batch that stores nothing: prefixes read from page 0 (whatever it holds: warm-up
+    forwards), or, without a cache, nothing read at all (mode none's graphed forward)."""
     reads = manager.blank_reads(host_batch.batch_size)
     return PooledInputs.from_batch(reads.kv, host_batch, reads.page_table)
 
@@ -82,7 +82,7 @@ def _capture_graphs(model: MTGR, manager: CacheManager, graphs: ForwardGraphs, t
     fewest = int((columns["n_rt"] + columns["n_cand"]).min())
     smallest = 1 if dynamic else options.batch_size
     host_batch = build_batch(_warm_specs(model, smallest, 0, options.page_tokens, manager.enabled), model.cfg, "cpu")
-    graphs.capture_buckets(model, _warm_inputs(manager, host_batch), smallest * fewest)
+    graphs.capture_buckets(model, blank_inputs(manager, host_batch), smallest * fewest)
 
 
 def prewarm(model: MTGR, manager: CacheManager, trace: Trace, options, graphs: ForwardGraphs | None = None,
