@@ -18,10 +18,13 @@
 #     of saturation (target 15%), and the one-line result (max QPS per GPU within p99 <= SLO_MS, capacity
 #     speedup, throughput speedup); the capacity report's PNGs are copied to $OUT/plots.
 # Everything lands in $OUT: SERVING.md, serving.json, serving.log, costmodel.json, capacity_summary.json,
-# capacity_points.csv, measured_requests.parquet, calibration_requests.parquet, gpu_clocks.csv (with nvidia-smi), serving_gap.txt/.csv (scripts/serving_gap.py), plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
-# SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL, and REPEATS (each
+# capacity_points.csv, measured_requests.parquet, calibration_requests.parquet, gpu_clocks.csv (with nvidia-smi),
+# host_samples.csv (scripts/host_sampler.py: the machine's busy and stolen CPU time), serving_gap.txt/.csv
+# (scripts/serving_gap.py), plots/*.png. Sizes can be overridden: MAX_REQUESTS, WARMUP, BATCH, MAX_WAIT_MS,
+# SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL, REPEATS (each
 # measured rate replayed that many times on the same arrivals: SERVING.md then shows the median run's p99
-# and the lowest-highest over the runs, the measurement's own spread; default 1).
+# and the lowest-highest over the runs, the measurement's own spread; default 1) and MEASURE_STEPS (device
+# runs of the measured max-QPS search; default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/gpu-serving}
@@ -96,18 +99,28 @@ if command -v nvidia-smi > /dev/null && [ "$DEVICE" != cpu ]; then
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu \
     --format=csv -lms 100 > "$OUT/gpu_clocks.csv" 2>/dev/null &
   CLOCKS_PID=$!
-  trap '[ -n "$CLOCKS_PID" ] && kill "$CLOCKS_PID" 2>/dev/null' EXIT
 fi
+SAMPLER_PID=
+if [ -r /proc/stat ]; then
+  $PY scripts/host_sampler.py "$OUT/host_samples.csv" --interval 0.05 &
+  SAMPLER_PID=$!
+fi
+stop_samplers() { for pid in $CLOCKS_PID $SAMPLER_PID; do kill "$pid" 2>/dev/null || true; done; }
+trap stop_samplers EXIT
 timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
   --cache none,gpu,tiered --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
   --max-wait-ms "$MAX_WAIT_MS" --slo-ms "$SLO_MS" --percentile 99 --cost-model "$OUT/costmodel.json" \
   --batch-overhead-ms auto --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --measure --measure-fractions "$FRACTIONS" --measure-repeats "$REPEATS" \
+  --measure-steps "${MEASURE_STEPS:-3}" \
   -o "$WORK/capacity" 2>&1 | tee -a "$OUT/serving.log"
 cp "$WORK/capacity/summary.json" "$OUT/capacity_summary.json"
 cp "$WORK/capacity/measured_requests.parquet" "$OUT/measured_requests.parquet"  # per request, batch by batch
 cp "$WORK/capacity/calibration_requests.parquet" "$OUT/calibration_requests.parquet"  # the saturated replays' too
+stop_samplers
 # every measured batch priced as the simulator prices its own decisions: where the two differ
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" $PY scripts/serving_gap.py "$WORK/capacity" --csv "$OUT/serving_gap.csv" | tee "$OUT/serving_gap.txt" \
+SAMPLES=()
+[ -s "$OUT/host_samples.csv" ] && SAMPLES=(--host-samples "$OUT/host_samples.csv")
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" $PY scripts/serving_gap.py "$WORK/capacity" --csv "$OUT/serving_gap.csv" "${SAMPLES[@]}" | tee "$OUT/serving_gap.txt" \
   || log "serving_gap.py failed (the digest below does not need it)"
 mkdir -p "$OUT/plots" && cp "$WORK/capacity/plots/"*.png "$OUT/plots/"
 

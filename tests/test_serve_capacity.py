@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +29,12 @@ from mtbench.serve.capacity import (SEARCH_PRECISION, CapacityQuestion, ModeCost
                                      measured_search)
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.des import closed_loop_rate
-from mtbench.serve.gap import batch_gaps, gap_summary, host_summary
+from mtbench.serve.gap import batch_gaps, gap_summary, host_summary, with_host_samples
 from mtbench.serve.service import BatchOverhead, CacheService, CacheSetting, batch_costs, batch_price_ms
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, simulate
+
+ROOT = Path(__file__).resolve().parents[1]
 from mtbench.sim.sizes import EntrySizer
 
 CFG = get_config("tiny")
@@ -170,8 +177,31 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     # with the kernel's part (Linux: getrusage per thread, apportioned by ticks) and its minor page faults
     assert (gaps["host_kernel_ms"] >= 0).all() and gaps["host_kernel_ms"].mean() <= gaps["host_cpu_ms"].mean() + 4
     assert (gaps["host_faults"] >= 0).all() and (gaps["host_faults"] == gaps["host_faults"].round()).all()
+    assert (gaps["host_preemptions"] >= 0).all() and (gaps["host_preemptions"] == gaps["host_preemptions"].round()).all()
+    # batches on the host's monotonic clock, in order, each as long as its measured time
+    assert (np.diff(gaps["clock_start_s"]) > 0).all()
+    assert np.allclose((gaps["clock_finish_s"] - gaps["clock_start_s"]) * 1e3, gaps["measured_ms"])
     hosts = host_summary(gaps)
     assert hosts["batches"].sum() == len(gaps) and set(hosts["slow"]) <= {True, False}
+    # the machine around each batch, from a host_sampler.py CSV: 100 Hz ticks, 1.5 CPUs busy, 0.25 stolen
+    clock = np.arange(gaps["clock_start_s"].min() - 1, gaps["clock_finish_s"].max() + 1, 0.05)
+    ticks = lambda cpus: np.round(100 * cpus * (clock - clock[0])).astype(np.int64)
+    samples = pd.DataFrame({"clock_s": clock, "user": ticks(1.0), "nice": 0, "system": ticks(0.5), "idle": ticks(14.0),
+                            "iowait": 0, "irq": 0, "softirq": 0, "steal": ticks(0.25), "procs_running": 2})
+    samples.to_csv(tmp_path / "host_samples.csv", index=False)
+    machine = with_host_samples(gaps, tmp_path / "host_samples.csv")
+    assert np.allclose(machine["busy_cpus"], 1.5, atol=0.2) and np.allclose(machine["steal_cpus"], 0.25, atol=0.2)
+    assert {"busy_cpus", "steal_cpus"} <= set(host_summary(machine).columns)
+    with pytest.raises(MtbenchError, match="not a host_sampler.py CSV"):
+        with_host_samples(gaps, trace)  # a parquet file is no sampler CSV
+    script = [sys.executable, str(ROOT / "scripts" / "serving_gap.py"), str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    printed = subprocess.run([*script, "--host-samples", str(tmp_path / "host_samples.csv")], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert printed.returncode == 0, printed.stderr
+    assert "steal" in printed.stdout and all(len(line) <= 80 for line in printed.stdout.splitlines())
+    refused = subprocess.run([*script, "--host-samples", str(trace)], env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     calibration = pd.read_parquet(out / "calibration_requests.parquet")  # the saturated replays' records
     sizes = calibration.groupby(["batch_size", "pipelined"]).size()
     assert set(sizes.index) == {(1, False), (2, False), (4, False), (4, True)} and (calibration["cache_mode"] == "tiered").all()
@@ -180,6 +210,21 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail"}
     assert all(np.isfinite(value) for value in curve.values())
     assert curve["copy_tail"] == 0.0  # no copy stalls on the CPU
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="host_sampler.py reads /proc/stat (Linux)")
+def test_host_sampler_writes_cumulative_ticks_on_the_monotonic_clock_until_sigterm(tmp_path: Path) -> None:
+    out = tmp_path / "samples.csv"
+    before = time.perf_counter()
+    sampler = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "host_sampler.py"), str(out), "--interval", "0.02"])
+    time.sleep(1.0)
+    sampler.send_signal(signal.SIGTERM)
+    assert sampler.wait(timeout=30) == 0
+    samples = pd.read_csv(out)
+    assert len(samples) >= 5 and list(samples.columns)[:2] == ["clock_s", "user"] and "steal" in samples
+    assert (samples["clock_s"] >= before).all() and (np.diff(samples["clock_s"]) > 0).all()
+    ticks = samples.drop(columns=["clock_s", "procs_running"]).to_numpy()
+    assert (np.diff(ticks, axis=0) >= 0).all() and (samples["procs_running"] >= 1).all()  # the sampler itself runs
 
 
 def test_capacity_measure_repeats_each_rate_on_the_same_arrivals(tmp_path: Path) -> None:

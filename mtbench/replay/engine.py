@@ -145,32 +145,35 @@ class _BatchTiming:
     end: object
     used_bytes: tuple[int, int]
     forward_seconds: float  # host wall time of the forwards (CPU compute time)
-    forward_usage: "ThreadUsage"  # the server thread's CPU and kernel time and page faults in them
+    forward_usage: "ThreadUsage"  # the server thread's CPU and kernel time, page faults and preemptions in them
     host_cache_seconds: float  # host time inside the cache manager
 
 
 @dataclass(frozen=True)
 class ThreadUsage:
-    """The calling thread's CPU seconds (`time.thread_time`, exact), kernel seconds and minor page faults
-    so far (`getrusage(RUSAGE_THREAD)`; NaN on a platform without it). Kernel time and faults tell a host
-    slowed by memory management (page faults, compaction) from one running the same code slower. The
-    kernel's share is apportioned from scheduler ticks, so compare it as a mean over many batches: a
-    single batch's can be off by a tick (4 ms at 250 Hz) either way."""
+    """The calling thread's CPU seconds (`time.thread_time`, exact), kernel seconds, minor page faults
+    and involuntary context switches so far (`getrusage(RUSAGE_THREAD)`; NaN on a platform without it).
+    Kernel time and faults tell a host slowed by memory management (page faults, compaction) from one
+    running the same code slower; preemptions (the scheduler took the core from the running thread)
+    tell a thread that lost its core to another one. The kernel's share is apportioned from scheduler
+    ticks, so compare it as a mean over many batches: a single batch's can be off by a tick (4 ms at
+    250 Hz) either way."""
 
     cpu_seconds: float
     kernel_seconds: float
     minor_faults: float
+    preemptions: float
 
     @classmethod
     def now(cls) -> "ThreadUsage":
         if not hasattr(resource, "RUSAGE_THREAD"):
-            return cls(time.thread_time(), float("nan"), float("nan"))
+            return cls(time.thread_time(), float("nan"), float("nan"), float("nan"))
         usage = resource.getrusage(resource.RUSAGE_THREAD)
-        return cls(time.thread_time(), usage.ru_stime, float(usage.ru_minflt))
+        return cls(time.thread_time(), usage.ru_stime, float(usage.ru_minflt), float(usage.ru_nivcsw))
 
     def since(self, before: "ThreadUsage") -> "ThreadUsage":
         return ThreadUsage(self.cpu_seconds - before.cpu_seconds, self.kernel_seconds - before.kernel_seconds,
-                           self.minor_faults - before.minor_faults)
+                           self.minor_faults - before.minor_faults, self.preemptions - before.preemptions)
 
 
 class _Clock:
@@ -247,6 +250,7 @@ class _Recorder:
             "host_forward_cpu_ms": np.full(n, timing.forward_usage.cpu_seconds * 1e3),
             "host_forward_kernel_ms": np.full(n, timing.forward_usage.kernel_seconds * 1e3),
             "host_forward_faults": np.full(n, timing.forward_usage.minor_faults),
+            "host_forward_preemptions": np.full(n, timing.forward_usage.preemptions),
         })
 
     def records(self) -> pd.DataFrame:
@@ -259,7 +263,8 @@ class _Recorder:
                  "n_static": np.int64, "n_rt": np.int64, "n_cand": np.int64, "batch_index": np.int64,
                  "gpu_used_bytes": np.int64, "host_used_bytes": np.int64, "warmup": bool, "latency_ms": np.float64,
                  "stall_ms": np.float64, "host_forward_ms": np.float64, "host_forward_cpu_ms": np.float64,
-                 "host_forward_kernel_ms": np.float64, "host_forward_faults": np.float64}
+                 "host_forward_kernel_ms": np.float64, "host_forward_faults": np.float64,
+                 "host_forward_preemptions": np.float64}
         return pd.DataFrame({name: values.astype(types[name]) if name in types else values for name, values in columns.items()})
 
     @property

@@ -9,12 +9,15 @@ before the previous batch started (the server planned it while that one ran): th
 (`mtbench.serve.des`) for a batcher without a token budget. `host_summary` sets the batches that took
 SLOW_MS longer than their price beside the rest: the host's wall time issuing their forwards, the
 server thread's CPU time in it (a thread that waited for a core shows less CPU than wall time), the
-kernel's share of that CPU time and the minor page faults taken (reports from 2026-12-01 on).
+kernel's share of that CPU time, the minor page faults taken and the times the scheduler took the
+thread's core (reports from 2026-12-01 on). `with_host_samples` adds what the whole machine did around
+each batch, from `scripts/host_sampler.py`'s CSV: CPUs busy and CPUs stolen by the hypervisor.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +33,20 @@ from mtbench.sim.costmodel import CostModel
 SIZE_CLASSES = (1, 8, 16, 32, 64)  # a class holds sizes from its bound up to the next one
 SIZE_LABELS = ("1-7", "8-15", "16-31", "32-63", "64+")
 HOST_COLUMNS = {"host_forward_ms": "host_ms", "host_forward_cpu_ms": "host_cpu_ms",  # records -> gaps (newer reports)
-                "host_forward_kernel_ms": "host_kernel_ms", "host_forward_faults": "host_faults"}
+                "host_forward_kernel_ms": "host_kernel_ms", "host_forward_faults": "host_faults",
+                "host_forward_preemptions": "host_preemptions"}
+SAMPLE_COLUMNS = ("busy_cpus", "steal_cpus")  # `with_host_samples`
+BUSY_TICKS = ("user", "nice", "system", "irq", "softirq")  # /proc/stat fields of a CPU doing work
 SLOW_MS = 3.0  # a batch this much slower than its price is `slow` in `host_summary`
 
 
 def batch_gaps(report: Path) -> pd.DataFrame:
     """One row per measured batch: cache_mode, rate, size, early, measured_ms, simulated_ms, fixed_ms,
     compute_ms, exposed_ms (the copies the model leaves unhidden), stall_ms (measured) and, where the
-    report has them, host_ms, host_cpu_ms, host_kernel_ms and host_faults (the forwards' host issue: wall,
-    the thread's CPU time, its kernel part and minor page faults; NaN where the report lacks them)."""
+    report has them, host_ms, host_cpu_ms, host_kernel_ms, host_faults and host_preemptions (the forwards'
+    host issue: wall, the thread's CPU time, its kernel part, minor page faults and involuntary context
+    switches), clock_start_s and clock_finish_s (the batch on the host's monotonic clock); NaN where the
+    report lacks them."""
     report = Path(report)
     requests_path, summary_path = report / "measured_requests.parquet", report / "summary.json"
     if not requests_path.exists() or not summary_path.exists():
@@ -69,23 +77,53 @@ def gap_summary(gaps: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def with_host_samples(gaps: pd.DataFrame, samples: Path, window_s: float = 0.05) -> pd.DataFrame:
+    """`gaps` with SAMPLE_COLUMNS: the CPUs the whole machine kept busy and the CPUs the hypervisor stole
+    (both in CPUs, e.g. 1.5) over the batch widened by `window_s` on each side (a tick is 10 ms and the
+    sampler's interval about 50 ms, so a single batch's figure is coarse: compare means), from the
+    cumulative ticks in `scripts/host_sampler.py`'s CSV interpolated on the monotonic clock."""
+    try:
+        table = pd.read_csv(samples)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        table = pd.DataFrame()
+    missing = {"clock_s", "steal", *BUSY_TICKS} - set(table.columns)
+    if missing or len(table) < 2:
+        raise MtbenchError(f"{samples}: not a host_sampler.py CSV (missing {sorted(missing) or 'rows'})")
+    if gaps["clock_start_s"].isna().all():
+        raise MtbenchError("the report's records have no clock_origin_s (made before 2026-12-01): cannot align host samples")
+    hertz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    clock = table["clock_s"].to_numpy(dtype=float)
+    begin = gaps["clock_start_s"].to_numpy(dtype=float) - window_s
+    end = gaps["clock_finish_s"].to_numpy(dtype=float) + window_s
+
+    def cpus(ticks: np.ndarray) -> np.ndarray:
+        return (np.interp(end, clock, ticks) - np.interp(begin, clock, ticks)) / hertz / (end - begin)
+
+    busy = table[list(BUSY_TICKS)].sum(axis=1).to_numpy(dtype=float)
+    return gaps.assign(busy_cpus=cpus(busy), steal_cpus=cpus(table["steal"].to_numpy(dtype=float)))
+
+
 def host_summary(gaps: pd.DataFrame) -> pd.DataFrame:
     """Per (cache_mode, rate) and slow or not (measured - simulated > SLOW_MS): batches and the means of
-    measured, simulated and the host columns (`HOST_COLUMNS`)."""
+    measured, simulated, the host columns (`HOST_COLUMNS`) and, after `with_host_samples`, the machine's."""
     modes = {mode: order for order, mode in enumerate(pd.unique(gaps["cache_mode"]))}
     keyed = gaps.assign(slow=gaps["measured_ms"] - gaps["simulated_ms"] > SLOW_MS,
                         mode_order=gaps["cache_mode"].map(modes))
     groups = keyed.groupby(["mode_order", "cache_mode", "rate", "slow"], sort=True)
-    table = groups[["measured_ms", "simulated_ms", *HOST_COLUMNS.values()]].mean()
+    machine = [name for name in SAMPLE_COLUMNS if name in gaps]
+    table = groups[["measured_ms", "simulated_ms", *HOST_COLUMNS.values(), *machine]].mean()
     table.insert(0, "batches", groups.size())
     return table.reset_index().drop(columns="mode_order")
 
 
 def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: BatchOverhead, max_batch: int,
               mode: str, rate: float) -> pd.DataFrame:
+    if "clock_origin_s" not in run:  # reports made before 2026-12-01
+        run = run.assign(clock_origin_s=np.nan)
     batches = run.groupby("batch_index").agg(size=("request_index", "size"), start=("start_s", "first"),
                                             finish=("finish_s", "first"), last_arrival=("arrival_s", "max"),
                                             stall_ms=("stall_ms", "first"),
+                                            origin=("clock_origin_s", "first"),
                                             **{name: (column, "first") for column, name in HOST_COLUMNS.items()
                                                if column in run}).sort_index()
     previous_start = batches["start"].shift(1, fill_value=-np.inf)
@@ -100,6 +138,8 @@ def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: B
         "early": early.to_numpy(), "measured_ms": ((batches["finish"] - batches["start"]) * 1e3).to_numpy(),
         "simulated_ms": simulated, "fixed_ms": fixed, "compute_ms": costs["compute_ms"].to_numpy(),
         "exposed_ms": simulated - fixed - costs["compute_ms"].to_numpy(), "stall_ms": batches["stall_ms"].to_numpy(),
+        "clock_start_s": (batches["origin"] + batches["start"]).to_numpy(),
+        "clock_finish_s": (batches["origin"] + batches["finish"]).to_numpy(),
         **{name: batches[name].to_numpy() if name in batches else np.full(len(batches), np.nan)
            for name in HOST_COLUMNS.values()},
     })

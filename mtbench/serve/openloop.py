@@ -16,8 +16,10 @@ GPU is free, and wait in a queue for the dynamic batcher.
   0). A cold cache's backlog (misses are slow) thus never spills into the timed requests' latency.
 - Latency of a request = its batch's finish - its scheduled arrival (so a late load generator never
   hides queueing); the records get `arrival_s`, `start_s`, `finish_s`, `service_ms` (the batch's
-  device time) and `latency_ms` becomes the open-loop latency; the run's row gets the serving fields
-  of `mtbench.serve.stats` and `arrival_lag_ms_max` (how late the generator released a request).
+  device time), `clock_origin_s` (t0 on `time.perf_counter`, the host's monotonic clock, so samples
+  another process took on that clock line up with the batches) and `latency_ms` becomes the open-loop
+  latency; the run's row gets the serving fields of `mtbench.serve.stats` and `arrival_lag_ms_max`
+  (how late the generator released a request).
 """
 
 from __future__ import annotations
@@ -226,6 +228,7 @@ class OpenLoopDriver:
         records["arrival_s"] = self.arrival_s[index]
         records["start_s"] = self.start_s[index]
         records["finish_s"] = self.finish_s[index]
+        records["clock_origin_s"] = self.generator.t0
         records["latency_ms"] = (records["finish_s"] - records["arrival_s"]) * 1e3
         timed = ~records["warmup"].to_numpy(dtype=bool)
         timeline = Timeline(*(records[c].to_numpy(dtype=float)[timed] for c in ("arrival_s", "start_s", "finish_s")),
