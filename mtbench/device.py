@@ -61,6 +61,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def serve_from_one_host_thread(device: torch.device) -> None:
+    """On CUDA, cut torch's CPU intra-op pool to one thread, unless OMP_NUM_THREADS asks otherwise.
+
+    A GPU server's host work is one thread issuing kernels and copies. Torch's pool (an OpenMP thread
+    per core) still wakes for the few CPU tensor ops over its grain size, and its threads then spin
+    waiting for the next one. On the H200 host (16 CPUs) they kept 4-11 CPUs busy while the no-cache
+    server ran. In spans the serving thread's own host work then ran 2-3x slower, with no page faults,
+    preemptions or stolen time. With one thread the machine ran 1 busy CPU, and those slow batches
+    were gone (reports/BENCHMARKS.md, section 13)."""
+    if device.type == "cuda" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def aligned_numel(numel: int, element_size: int) -> int:
     """`numel` rounded up so the next part of a packed upload starts UPLOAD_ALIGN_BYTES-aligned."""
     step = max(1, UPLOAD_ALIGN_BYTES // element_size)

@@ -24,7 +24,8 @@
 # SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL, REPEATS (each
 # measured rate replayed that many times on the same arrivals: SERVING.md then shows the median run's p99
 # and the lowest-highest over the runs, the measurement's own spread; default 1) and MEASURE_STEPS (device
-# runs of the measured max-QPS search; default 3).
+# runs of the measured max-QPS search; default 3), CACHES (the cache modes; default none,gpu,tiered) and
+# NO_GPU_CLOCKS=1 (no nvidia-smi sampling beside the runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-reports/gpu-serving}
@@ -95,7 +96,7 @@ fi
 #    temperature are sampled every 100 ms beside it (gpu_clocks.csv: they stayed at 1,980 MHz through the
 #    no-cache server's slow spells, which are host work, BENCHMARKS.md section 11)
 CLOCKS_PID=
-if command -v nvidia-smi > /dev/null && [ "$DEVICE" != cpu ]; then
+if command -v nvidia-smi > /dev/null && [ "$DEVICE" != cpu ] && [ "${NO_GPU_CLOCKS:-0}" != 1 ]; then
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu \
     --format=csv -lms 100 > "$OUT/gpu_clocks.csv" 2>/dev/null &
   CLOCKS_PID=$!
@@ -108,7 +109,7 @@ fi
 stop_samplers() { for pid in $CLOCKS_PID $SAMPLER_PID; do kill "$pid" 2>/dev/null || true; done; }
 trap stop_samplers EXIT
 timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
-  --cache none,gpu,tiered --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
+  --cache "${CACHES:-none,gpu,tiered}" --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
   --max-wait-ms "$MAX_WAIT_MS" --slo-ms "$SLO_MS" --percentile 99 --cost-model "$OUT/costmodel.json" \
   --batch-overhead-ms auto --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --measure --measure-fractions "$FRACTIONS" --measure-repeats "$REPEATS" \
   --measure-steps "${MEASURE_STEPS:-3}" \

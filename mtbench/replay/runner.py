@@ -28,7 +28,7 @@ from mtbench.cache.layouts import FP8_LAYOUTS, host_layout_name
 from mtbench.cache.pool import KVShape, parse_host_kv
 from mtbench.cache.sizes import EntrySizer
 from mtbench.cache.policies import POLICY_NAMES
-from mtbench.device import check_cache_memory, resolve_device
+from mtbench.device import check_cache_memory, resolve_device, serve_from_one_host_thread
 from mtbench.errors import MtbenchError
 from mtbench.model import MTGR, MTGRConfig, get_config
 from mtbench.model.config import HISTORY_MODES, parse_dtype
@@ -180,6 +180,8 @@ def _label(config: CacheConfig) -> str:
 
 
 def build_model(cfg: MTGRConfig, device: torch.device, dtype: torch.dtype, seed: int) -> MTGR:
+    """The model that serves (replay, capacity, calibrate), on a process set up to serve from `device`."""
+    serve_from_one_host_thread(device)
     torch.manual_seed(seed)
     return MTGR(cfg).to(device=device, dtype=dtype).eval()
 
