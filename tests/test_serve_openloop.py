@@ -179,3 +179,22 @@ def test_a_run_that_fails_in_its_timed_phase_restores_the_interpreter(tmp_path: 
     assert isinstance(result.exception, MtbenchError) and "device lost" in str(result.exception)
     assert gc.isenabled() and sys.getswitchinterval() == switch_s and gc.get_freeze_count() == 0
     assert not out.exists()
+
+
+@pytest.mark.parametrize("device,env,expected", [("cuda", None, [1]), ("cuda", "4", []), ("cpu", None, [])])
+def test_a_cuda_server_keeps_torch_cpu_pool_to_one_thread(monkeypatch: pytest.MonkeyPatch, device: str,
+                                                          env: str | None, expected: list[int]) -> None:
+    """On CUDA the serving process cuts torch's CPU pool to one thread (its spinning threads slowed the
+    serving thread on the H200 host), unless OMP_NUM_THREADS asks otherwise; the CPU keeps its pool."""
+    import torch
+
+    from mtbench.device import serve_from_one_host_thread
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    serve_from_one_host_thread(torch.device(device))
+    assert calls == expected
