@@ -11,7 +11,7 @@ cdef double _BIN_WIDTH[40]
 cdef double _SPREAD_WEIGHTS[5]
 cdef double _SPREAD_WEIGHT, CLOCK_TOLERANCE, VALUE_REFRESH, TIE_FACTOR
 
-@cython.locals(b=Py_ssize_t)
+@cython.locals(b=Py_ssize_t, octaves=double)
 cpdef Py_ssize_t _gap_bin(double gap) except -1
 cpdef tuple _split(key)
 @cython.locals(b=Py_ssize_t, inside=double)
@@ -62,25 +62,32 @@ cdef class Traffic:
     cpdef GapHistogram gaps(self, user)
 
 cdef class ResidentEntry:
+    cdef public object key, user
+    cdef public long long version, size, held_scan, value_generation
+    cdef public UserTraffic record
     cdef public double last_use, value, value_until, value_for_use
-    cdef public long long value_generation
 
 cdef class MTServe(S3FIFO):
     cdef public object _reload_ms, _values_epoch
     cdef public double _default_horizon, _prior_weight
     cdef public Py_ssize_t _window
-    cdef public long long _value_generation
+    cdef public long long _value_generation, _scan
     cdef public bint _learns, _user_mode
     cdef public Traffic traffic
     cdef public dict _entries, _by_version, _reload_per_byte
 
+    @cython.locals(traffic=Traffic, entry=ResidentEntry)
+    cpdef bint access(self, key, now)
     cpdef _enter_user_mode(self)
     cpdef double stale_horizon(self) except? -1
+    @cython.locals(version=cython.longlong)
     cpdef _forget_key(self, key)
     cpdef _dead_victim(self)
-    @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double,
-                   entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double, held=set,
-                   check_newest=bint)
+    @cython.locals(traffic=Traffic, entries=dict, now=double, left=Py_ssize_t, horizon=double, scan=cython.longlong,
+                   entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double,
+                   check_newest=bint, record=UserTraffic)
     cpdef _live_victim(self)
     @cython.locals(record=UserTraffic, size=cython.longlong, reload_per_byte=double)
-    cpdef double _value(self, key, double now, double horizon) except? -1
+    cpdef double _value(self, ResidentEntry entry, double now, double horizon) except? -1
+    @cython.locals(record=UserTraffic)
+    cpdef UserTraffic _record(self, ResidentEntry entry)

@@ -83,7 +83,8 @@ _ZERO_TAIL = array("d", bytes(8 * (_N_BINS + 1)))
 def _gap_bin(gap: float) -> int:
     if gap <= 0.0:
         return 0
-    b = int(2 * log2(1.0 + gap))
+    octaves = log2(1.0 + gap)  # a C double when compiled, so the doubling and the truncation are C arithmetic
+    b = int(2 * octaves)
     return b if b < _N_BINS else _N_BINS - 1
 
 
@@ -284,14 +285,24 @@ class Traffic:
 
 
 class ResidentEntry:
-    """What mtserve keeps per resident key: `last_use`, the time of its latest access (or its insertion), and its
-    value as a candidate, cached: `value` holds while `value_generation` is the policy's `_value_generation`
-    (moved on when the version clock moves), `now <= value_until` and `value_for_use == last_use` (the entry
-    was not used since). A new entry has no value (`value_generation` -1; generations start at 0)."""
+    """What mtserve keeps per resident key, so that an eviction scan reads fields instead of looking keys up:
+    the `key`, its `user`, `version` and `size`; `record`, the user's `UserTraffic` (None until the user is
+    known: `MTServe._record`); `held_scan`, the number of the latest eviction scan that found the key pinned
+    or queued (such a key is no candidate); `last_use`, the time of its latest access (or its insertion); and
+    its value as a candidate, cached: `value` holds while `value_generation` is the policy's
+    `_value_generation` (moved on when the version clock moves), `now <= value_until` and
+    `value_for_use == last_use` (the entry was not used since). A new entry has no value (`value_generation`
+    -1; generations start at 0)."""
 
-    __slots__ = ("last_use", "value", "value_until", "value_for_use", "value_generation")
+    __slots__ = ("key", "user", "version", "size", "record", "held_scan", "last_use", "value", "value_until",
+                 "value_for_use", "value_generation")
 
-    def __init__(self, last_use: float) -> None:
+    def __init__(self, key: Key, size: int, last_use: float) -> None:
+        self.key = key
+        self.user, self.version = _split(key)
+        self.size = size
+        self.record: UserTraffic | None = None
+        self.held_scan = -1
         self.last_use = last_use
         self.value = 0.0
         self.value_until = 0.0
@@ -304,8 +315,9 @@ class MTServe(S3FIFO):
 
     Added state: `traffic` (`Traffic`: what the requests taught; its own, or the GPU tier's when this is
     the host tier's policy, then `_learns` is False); `_user_mode` (this tier's queues follow
-    `traffic.user_mode` from its next access); `_entries[key]`: a `ResidentEntry` per resident key (last use,
-    cached value: one look-up per candidate); in user mode
+    `traffic.user_mode` from its next access); `_entries[key]`: a `ResidentEntry` per resident key (user,
+    version, size, last use, cached value: one look-up per candidate); `_scan`: eviction scans so far (an
+    entry's `held_scan` names the scan that found it held); in user mode
     `_by_version[v]` (resident keys of version v, in insertion order; built from `_sizes`, which has the
     same order, at the switch); `_reload_per_byte[size]`: the reload cost per byte of an entry size (one
     per distinct size); `_value_generation`: moves on when the version clock (`_values_epoch`: the newest
@@ -341,6 +353,7 @@ class MTServe(S3FIFO):
         self._reload_per_byte: dict[int, float] = {}
         self._values_epoch: tuple[int, bool] | None = None
         self._value_generation = 0
+        self._scan = 0
 
     # ------------------------------------------------------------ learning from arrivals
     def access(self, key: Key, now: float) -> bool:
@@ -400,19 +413,18 @@ class MTServe(S3FIFO):
 
     def _on_insert(self, key: Key, size: int, now: float) -> None:
         S3FIFO._on_insert(self, key, size, now)
-        self._entries[key] = ResidentEntry(now)
+        entry = self._entries[key] = ResidentEntry(key, size, now)
         if self._user_mode:
-            self._by_version.setdefault(_split(key)[1], {})[key] = None
+            self._by_version.setdefault(entry.version, {})[key] = None
 
     def _on_remove(self, key: Key) -> None:
         S3FIFO._on_remove(self, key)
         self._forget_key(key)
 
     def _forget_key(self, key: Key) -> None:
-        del self._entries[key]
+        version = self._entries.pop(key).version
         if not self._user_mode:
             return
-        version = _split(key)[1]
         bucket = self._by_version[version]
         del bucket[key]
         if not bucket:
@@ -448,12 +460,17 @@ class MTServe(S3FIFO):
         recently used of the `window` least recently used evictable entries within `TIE_FACTOR` of the
         lowest value among them. A value is reused (`ResidentEntry.value`) until the entry is used again, its idle time
         grew by `VALUE_REFRESH`, or the version clock moves."""
-        traffic = self.traffic
-        held = traffic.upcoming.union(self._pins)  # pinned or queued: not a candidate (one look-up per key)
+        traffic, entries = self.traffic, self._entries
+        scan = self._scan = self._scan + 1
+        for held_keys in (traffic.upcoming, self._pins):  # pinned or queued: not a candidate
+            for key in held_keys:
+                entry = entries.get(key)
+                if entry is not None:
+                    entry.held_scan = scan
         for key in self._small:
-            if key not in held:
+            if entries[key].held_scan != scan:
                 return key
-        entries, now = self._entries, traffic.now
+        now = traffic.now
         epoch = (traffic.max_version, traffic.versions_are_a_clock)
         if epoch != self._values_epoch:
             self._value_generation += 1
@@ -466,21 +483,21 @@ class MTServe(S3FIFO):
         candidates: list[Key] = []
         scores: list[float] = []
         for key in self._main:
-            if key in held:
-                continue
             entry = entries[key]
+            if entry.held_scan == scan:
+                continue
             used = entry.last_use
             if entry.value_generation != generation or now > entry.value_until or entry.value_for_use != used:
                 if horizon < 0.0:
                     horizon = self.stale_horizon()
-                entry.value = self._value(key, now, horizon)
+                entry.value = self._value(entry, now, horizon)
                 entry.value_until = now + VALUE_REFRESH * (now - used)
                 entry.value_for_use = used
                 entry.value_generation = generation
             score = entry.value
             if check_newest and score > 0.0:
-                user, version = _split(key)
-                if version < traffic.newest_version(user):
+                record = self._record(entry)
+                if entry.version < (-1 if record is None else record.newest_version):
                     score = 0.0
             candidates.append(key)
             scores.append(score)
@@ -499,20 +516,27 @@ class MTServe(S3FIFO):
 
     def value_density(self, key: Key, now: float) -> float:
         """Value of keeping resident `key` at time `now` (0 for a dead entry; see module doc)."""
-        return self._value(key, now, self.stale_horizon())
+        return self._value(self._entries[key], now, self.stale_horizon())
 
-    def _value(self, key: Key, now: float, horizon: float) -> float:
-        user, version = _split(key)
-        record = self.traffic.users.get(user)
-        if record is not None and version < record.newest_version:
+    def _value(self, entry: ResidentEntry, now: float, horizon: float) -> float:
+        record = self._record(entry)
+        if record is not None and entry.version < record.newest_version:
             return 0.0
-        size = max(self._sizes[key], 1)
+        size = max(entry.size, 1)
         if size not in self._reload_per_byte:
             self._reload_per_byte[size] = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
         reload_per_byte = self._reload_per_byte[size]
         probability = _reuse_probability(None if record is None else record.gaps, self.traffic.population,
-                                         now - self._entries[key].last_use, horizon, self._prior_weight)
+                                         now - entry.last_use, horizon, self._prior_weight)
         return probability * reload_per_byte / size
+
+    def _record(self, entry: ResidentEntry) -> UserTraffic | None:
+        """The entry's user's record in `traffic`, None while the user is unknown (records are never dropped,
+        so the first one found is kept)."""
+        record = entry.record
+        if record is None:
+            record = entry.record = self.traffic.users.get(entry.user)
+        return record
 
     def reuse_probability(self, user: Hashable, age: float, horizon: float) -> float:
         """P(the user's next gap ends within `horizon` | it already lasted `age`), user shrunk to population."""
