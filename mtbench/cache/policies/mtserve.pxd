@@ -65,6 +65,8 @@ cdef class ResidentEntry:
     cdef public object key, user
     cdef public long long version, size, held_scan, value_generation
     cdef public UserTraffic record
+    cdef public bint in_main
+    cdef public ResidentEntry older, newer
     cdef public double last_use, value, value_until, value_for_use
 
 cdef class MTServe(S3FIFO):
@@ -75,16 +77,24 @@ cdef class MTServe(S3FIFO):
     cdef public bint _learns, _user_mode
     cdef public Traffic traffic
     cdef public dict _entries, _by_version, _reload_per_byte
+    cdef public ResidentEntry _oldest, _newest
 
     @cython.locals(traffic=Traffic, entry=ResidentEntry)
     cpdef bint access(self, key, now)
+    @cython.locals(entries=dict)
     cpdef _enter_user_mode(self)
+    @cython.locals(newest=ResidentEntry)
+    cpdef _append_newest(self, ResidentEntry entry)
+    @cython.locals(older=ResidentEntry, newer=ResidentEntry)
+    cpdef _unlink(self, ResidentEntry entry)
+    @cython.locals(entry=ResidentEntry)
+    cpdef _on_insert(self, key, long long size, now)
+    @cython.locals(entry=ResidentEntry, bucket=dict)
+    cpdef _on_remove(self, key)
     cpdef double stale_horizon(self) except? -1
-    @cython.locals(version=cython.longlong)
-    cpdef _forget_key(self, key)
     cpdef _dead_victim(self)
     @cython.locals(traffic=Traffic, entries=dict, now=double, left=Py_ssize_t, horizon=double, scan=cython.longlong,
-                   entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double,
+                   entry=ResidentEntry, newer=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double,
                    check_newest=bint, record=UserTraffic)
     cpdef _live_victim(self)
     @cython.locals(record=UserTraffic, size=cython.longlong, reload_per_byte=double)

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from math import log2, nan
 from array import array
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -287,21 +287,25 @@ class Traffic:
 class ResidentEntry:
     """What mtserve keeps per resident key, so that an eviction scan reads fields instead of looking keys up:
     the `key`, its `user`, `version` and `size`; `record`, the user's `UserTraffic` (None until the user is
-    known: `MTServe._record`); `held_scan`, the number of the latest eviction scan that found the key pinned
-    or queued (such a key is no candidate); `last_use`, the time of its latest access (or its insertion); and
+    known: `MTServe._record`); in user mode `in_main` and, in main, `older` and `newer`, its neighbours in
+    main's LRU order (None at either end); `held_scan`, the number of the latest eviction scan that found
+    the key pinned or queued (such a key is no candidate); `last_use`, the time of its latest access (or its insertion); and
     its value as a candidate, cached: `value` holds while `value_generation` is the policy's
     `_value_generation` (moved on when the version clock moves), `now <= value_until` and
     `value_for_use == last_use` (the entry was not used since). A new entry has no value (`value_generation`
     -1; generations start at 0)."""
 
-    __slots__ = ("key", "user", "version", "size", "record", "held_scan", "last_use", "value", "value_until",
-                 "value_for_use", "value_generation")
+    __slots__ = ("key", "user", "version", "size", "record", "in_main", "older", "newer", "held_scan", "last_use",
+                 "value", "value_until", "value_for_use", "value_generation")
 
     def __init__(self, key: Key, size: int, last_use: float) -> None:
         self.key = key
         self.user, self.version = _split(key)
         self.size = size
         self.record: UserTraffic | None = None
+        self.in_main = False
+        self.older: ResidentEntry | None = None
+        self.newer: ResidentEntry | None = None
         self.held_scan = -1
         self.last_use = last_use
         self.value = 0.0
@@ -319,11 +323,12 @@ class MTServe(S3FIFO):
     version, size, last use, cached value: one look-up per candidate); `_scan`: eviction scans so far (an
     entry's `held_scan` names the scan that found it held); in user mode
     `_by_version[v]` (resident keys of version v, in insertion order; built from `_sizes`, which has the
-    same order, at the switch); `_reload_per_byte[size]`: the reload cost per byte of an entry size (one
+    same order, at the switch) and main's LRU order as a list linked through the entries, from `_oldest` to
+    `_newest` (a hit relinks its entry without a key look-up; S3-FIFO's `_main` and `_count` are emptied at
+    the switch and stay empty); `_reload_per_byte[size]`: the reload cost per byte of an entry size (one
     per distinct size); `_value_generation`: moves on when the version clock (`_values_epoch`: the newest
     version and whether versions are a clock) moves, which drops every cached value. In user mode every admitted
-    key enters `_main`, a hit moves it to `_main`'s end, `_small` only drains (oldest first) and
-    S3-FIFO's access counters are left alone.
+    key enters main at its newest end, a hit in main moves it there and `_small` only drains (oldest first).
     """
 
     name = "mtserve"
@@ -354,6 +359,8 @@ class MTServe(S3FIFO):
         self._values_epoch: tuple[int, bool] | None = None
         self._value_generation = 0
         self._scan = 0
+        self._oldest: ResidentEntry | None = None
+        self._newest: ResidentEntry | None = None
 
     # ------------------------------------------------------------ learning from arrivals
     def access(self, key: Key, now: float) -> bool:
@@ -369,15 +376,54 @@ class MTServe(S3FIFO):
         entry.last_use = now
         if not self._user_mode:
             self._count[key] += 1
-        elif key in self._main:
-            self._main.move_to_end(key)
+        elif entry.in_main and entry is not self._newest:
+            self._unlink(entry)
+            self._append_newest(entry)
         return True
 
     def _enter_user_mode(self) -> None:
-        """The one-way switch: index the resident keys by version (in `_sizes`' order, their insertion order)."""
+        """The one-way switch: index the resident keys by version (in `_sizes`' order, their insertion order) and
+        link main's entries in main's order; S3-FIFO's counters are dropped."""
         self._user_mode = True
+        entries = self._entries
         for key in self._sizes:
-            self._by_version.setdefault(_split(key)[1], {})[key] = None
+            self._by_version.setdefault(entries[key].version, {})[key] = None
+        for key in self._main:
+            self._append_newest(entries[key])
+        self._main.clear()
+        self._count.clear()
+
+    def _append_newest(self, entry: ResidentEntry) -> None:
+        """Link `entry` (not in main) at main's most recently used end."""
+        newest = self._newest
+        entry.in_main = True
+        entry.older = newest
+        if newest is None:
+            self._oldest = entry
+        else:
+            newest.newer = entry
+        self._newest = entry
+
+    def _unlink(self, entry: ResidentEntry) -> None:
+        """Take `entry` out of main's LRU list."""
+        older, newer = entry.older, entry.newer
+        if older is None:
+            self._oldest = newer
+        else:
+            older.newer = newer
+        if newer is None:
+            self._newest = older
+        else:
+            newer.older = older
+        entry.older = entry.newer = None
+        entry.in_main = False
+
+    def _main_in_lru_order(self) -> Iterator[Key]:
+        """Main's keys in user mode, least recently used first."""
+        entry = self._oldest
+        while entry is not None:
+            yield entry.key
+            entry = entry.newer
 
     def hint_upcoming(self, keys: Sequence[Key], now: float) -> None:
         if self._learns:
@@ -408,32 +454,36 @@ class MTServe(S3FIFO):
     def _refuses(self, size: int, was_ghost: bool) -> bool:
         return False
 
-    def _enters_main(self, key: Key, was_ghost: bool) -> bool:
-        return self._user_mode or S3FIFO._enters_main(self, key, was_ghost)
-
     def _on_insert(self, key: Key, size: int, now: float) -> None:
-        S3FIFO._on_insert(self, key, size, now)
         entry = self._entries[key] = ResidentEntry(key, size, now)
-        if self._user_mode:
-            self._by_version.setdefault(entry.version, {})[key] = None
+        if not self._user_mode:
+            S3FIFO._on_insert(self, key, size, now)
+            return
+        self._main_bytes += size
+        self._append_newest(entry)
+        self._by_version.setdefault(entry.version, {})[key] = None
 
     def _on_remove(self, key: Key) -> None:
-        S3FIFO._on_remove(self, key)
-        self._forget_key(key)
-
-    def _forget_key(self, key: Key) -> None:
-        version = self._entries.pop(key).version
         if not self._user_mode:
+            S3FIFO._on_remove(self, key)
+            del self._entries[key]
             return
-        bucket = self._by_version[version]
+        entry = self._entries.pop(key)
+        if entry.in_main:
+            self._unlink(entry)
+            self._main_bytes -= entry.size
+        else:
+            del self._small[key]
+            self._small_bytes -= entry.size
+        bucket = self._by_version[entry.version]
         del bucket[key]
         if not bucket:
-            del self._by_version[version]
+            del self._by_version[entry.version]
 
     def _pop_victim(self, incoming: Key | None) -> Key:
         if not self._user_mode:
             victim = S3FIFO._pop_victim(self, incoming)
-            self._forget_key(victim)
+            del self._entries[victim]
             return victim
         self._has_evicted = True
         victim = self._dead_victim() if self.versions_are_a_clock else None
@@ -480,10 +530,11 @@ class MTServe(S3FIFO):
         # first), so no candidate is dead; without one, a cached value may predate its user's newer version
         check_newest = not epoch[1]
         left, horizon = self._window, -1.0  # horizon: read with the first value (-1: not yet)
-        candidates: list[Key] = []
+        candidates: list[ResidentEntry] = []
         scores: list[float] = []
-        for key in self._main:
-            entry = entries[key]
+        newer = self._oldest
+        while newer is not None:
+            entry, newer = newer, newer.newer
             if entry.held_scan == scan:
                 continue
             used = entry.last_use
@@ -499,20 +550,20 @@ class MTServe(S3FIFO):
                 record = self._record(entry)
                 if entry.version < (-1 if record is None else record.newest_version):
                     score = 0.0
-            candidates.append(key)
+            candidates.append(entry)
             scores.append(score)
             left -= 1
             if not left:
                 break
         if not candidates:  # only queued keys are unpinned: the least recent of them goes
-            for queue in (self._small, self._main):
+            for queue in (self._small, self._main_in_lru_order()):
                 for key in self._unpinned(queue):
                     return key
         floor = min(scores) * TIE_FACTOR
-        for key, score in zip(candidates, scores):  # least recently used first; the lowest is within the floor
+        for entry, score in zip(candidates, scores):  # least recently used first; the lowest is within the floor
             if score <= floor:
                 break
-        return key
+        return entry.key
 
     def value_density(self, key: Key, now: float) -> float:
         """Value of keeping resident `key` at time `now` (0 for a dead entry; see module doc)."""
