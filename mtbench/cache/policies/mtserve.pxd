@@ -60,6 +60,7 @@ cdef class Traffic:
     cpdef long long newest_version(self, user) except? -2
     @cython.locals(record=UserTraffic)
     cpdef GapHistogram gaps(self, user)
+    cpdef bint versions_are_a_clock(self)
 
 cdef class ResidentEntry:
     cdef public object key, user
@@ -70,11 +71,11 @@ cdef class ResidentEntry:
     cdef public double last_use, value, value_until, value_for_use
 
 cdef class MTServe(S3FIFO):
-    cdef public object _reload_ms, _values_epoch
+    cdef public object _reload_ms
     cdef public double _default_horizon, _prior_weight
     cdef public Py_ssize_t _window
-    cdef public long long _value_generation, _scan
-    cdef public bint _learns, _user_mode
+    cdef public long long _value_generation, _values_max_version, _scan
+    cdef public bint _learns, _user_mode, _values_clock
     cdef public Traffic traffic
     cdef public dict _entries, _by_version, _reload_per_byte
     cdef public ResidentEntry _oldest, _newest
@@ -94,8 +95,8 @@ cdef class MTServe(S3FIFO):
     cpdef double stale_horizon(self) except? -1
     cpdef _dead_victim(self)
     @cython.locals(traffic=Traffic, entries=dict, now=double, left=Py_ssize_t, horizon=double, scan=cython.longlong,
-                   entry=ResidentEntry, newer=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double,
-                   check_newest=bint, record=UserTraffic)
+                   entry=ResidentEntry, newer=ResidentEntry, used=double, generation=cython.longlong, score=double, lowest=double, floor=double,
+                   check_newest=bint, clock=bint, record=UserTraffic)
     cpdef _live_victim(self)
     @cython.locals(record=UserTraffic, size=cython.longlong, reload_per_byte=double)
     cpdef double _value(self, ResidentEntry entry, double now, double horizon) except? -1

@@ -278,7 +278,6 @@ class Traffic:
         record = self.users.get(user)
         return None if record is None else record.gaps
 
-    @property
     def versions_are_a_clock(self) -> bool:
         """Whether arriving versions behave as one global clock (then older versions are dead)."""
         return self.clock_violations <= CLOCK_TOLERANCE * self.arrivals
@@ -326,8 +325,8 @@ class MTServe(S3FIFO):
     same order, at the switch) and main's LRU order as a list linked through the entries, from `_oldest` to
     `_newest` (a hit relinks its entry without a key look-up; S3-FIFO's `_main` and `_count` are emptied at
     the switch and stay empty); `_reload_per_byte[size]`: the reload cost per byte of an entry size (one
-    per distinct size); `_value_generation`: moves on when the version clock (`_values_epoch`: the newest
-    version and whether versions are a clock) moves, which drops every cached value. In user mode every admitted
+    per distinct size); `_value_generation`: moves on when the version clock (`_values_max_version`, the
+    newest version, and `_values_clock`, whether versions are a clock, at the latest scan) moves, which drops every cached value. In user mode every admitted
     key enters main at its newest end, a hit in main moves it there and `_small` only drains (oldest first).
     """
 
@@ -356,7 +355,8 @@ class MTServe(S3FIFO):
         self._entries: dict[Key, ResidentEntry] = {}
         self._by_version: dict[int, dict[Key, None]] = {}
         self._reload_per_byte: dict[int, float] = {}
-        self._values_epoch: tuple[int, bool] | None = None
+        self._values_max_version = -2  # below any version: no value computed yet
+        self._values_clock = False
         self._value_generation = 0
         self._scan = 0
         self._oldest: ResidentEntry | None = None
@@ -437,13 +437,13 @@ class MTServe(S3FIFO):
     @property
     def versions_are_a_clock(self) -> bool:
         """Whether arriving versions behave as one global clock (then older versions are dead)."""
-        return self.traffic.versions_are_a_clock
+        return self.traffic.versions_are_a_clock()
 
     def stale_horizon(self) -> float:
         """Seconds until the next version is expected (the default horizon until a period is known)."""
         traffic = self.traffic
         start = traffic.clock_start
-        if not traffic.versions_are_a_clock or start is None or traffic.max_version == start[0]:
+        if not traffic.versions_are_a_clock() or start is None or traffic.max_version == start[0]:
             return self._default_horizon
         period = (traffic.max_version_since - start[1]) / (traffic.max_version - start[0])
         return max(traffic.max_version_since + period - traffic.now, 0.05 * period)
@@ -486,7 +486,7 @@ class MTServe(S3FIFO):
             del self._entries[victim]
             return victim
         self._has_evicted = True
-        victim = self._dead_victim() if self.versions_are_a_clock else None
+        victim = self._dead_victim() if self.traffic.versions_are_a_clock() else None
         if victim is None:
             victim = self._live_victim()
         self._on_remove(victim)
@@ -518,20 +518,21 @@ class MTServe(S3FIFO):
                 if entry is not None:
                     entry.held_scan = scan
         for key in self._small:
-            if entries[key].held_scan != scan:
+            entry = entries[key]
+            if entry.held_scan != scan:
                 return key
-        now = traffic.now
-        epoch = (traffic.max_version, traffic.versions_are_a_clock)
-        if epoch != self._values_epoch:
+        now, clock = traffic.now, traffic.versions_are_a_clock()
+        if traffic.max_version != self._values_max_version or clock != self._values_clock:
             self._value_generation += 1
-            self._values_epoch = epoch
+            self._values_max_version, self._values_clock = traffic.max_version, clock
         generation = self._value_generation
         # with a version clock every evictable entry older than the newest version is gone already (dead
         # first), so no candidate is dead; without one, a cached value may predate its user's newer version
-        check_newest = not epoch[1]
+        check_newest = not clock
         left, horizon = self._window, -1.0  # horizon: read with the first value (-1: not yet)
         candidates: list[ResidentEntry] = []
         scores: list[float] = []
+        lowest = 0.0
         newer = self._oldest
         while newer is not None:
             entry, newer = newer, newer.newer
@@ -550,6 +551,8 @@ class MTServe(S3FIFO):
                 record = self._record(entry)
                 if entry.version < (-1 if record is None else record.newest_version):
                     score = 0.0
+            if not candidates or score < lowest:  # min()'s rule
+                lowest = score
             candidates.append(entry)
             scores.append(score)
             left -= 1
@@ -559,7 +562,7 @@ class MTServe(S3FIFO):
             for queue in (self._small, self._main_in_lru_order()):
                 for key in self._unpinned(queue):
                     return key
-        floor = min(scores) * TIE_FACTOR
+        floor = lowest * TIE_FACTOR
         for entry, score in zip(candidates, scores):  # least recently used first; the lowest is within the floor
             if score <= floor:
                 break
