@@ -10,6 +10,8 @@ cdef double _BIN_EDGES[41]
 cdef double _BIN_WIDTH[40]
 cdef double _SPREAD_WEIGHTS[5]
 cdef double _SPREAD_WEIGHT, CLOCK_TOLERANCE, VALUE_REFRESH, TIE_FACTOR
+cdef double _ZERO_SPREAD[40]
+cdef double _ZERO_TAIL[41]
 
 @cython.locals(b=Py_ssize_t, octaves=double)
 cpdef Py_ssize_t _gap_bin(double gap) except -1

@@ -77,7 +77,7 @@ longer idle time than ever seen is not 'never'; histograms count in these units 
 _SPREAD_WEIGHT = sum(_SPREAD_WEIGHTS)
 _ZERO_SPREAD = array("d", bytes(8 * _N_BINS))
 _ZERO_TAIL = array("d", bytes(8 * (_N_BINS + 1)))
-"""A new histogram's arrays (C arrays in the object when compiled)."""
+"""A new histogram's arrays (C arrays when compiled, in the object too: a new histogram copies them with memcpy)."""
 
 
 def _gap_bin(gap: float) -> int:
