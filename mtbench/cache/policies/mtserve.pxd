@@ -97,7 +97,7 @@ cdef class MTServe(S3FIFO):
     cpdef double stale_horizon(self) except? -1
     cpdef _dead_victim(self)
     @cython.locals(traffic=Traffic, entries=dict, now=double, left=Py_ssize_t, horizon=double, scan=cython.longlong,
-                   entry=ResidentEntry, newer=ResidentEntry, used=double, generation=cython.longlong, score=double, lowest=double, floor=double,
+                   entry=ResidentEntry, newer=ResidentEntry, used=double, generation=cython.longlong, lowest=double, floor=double,
                    check_newest=bint, clock=bint, record=UserTraffic)
     cpdef _live_victim(self)
     @cython.locals(record=UserTraffic, size=cython.longlong, reload_per_byte=double)

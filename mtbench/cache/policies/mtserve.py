@@ -289,7 +289,7 @@ class ResidentEntry:
     known: `MTServe._record`); in user mode `in_main` and, in main, `older` and `newer`, its neighbours in
     main's LRU order (None at either end); `held_scan`, the number of the latest eviction scan that found
     the key pinned or queued (such a key is no candidate); `last_use`, the time of its latest access (or its insertion); and
-    its value as a candidate, cached: `value` holds while `value_generation` is the policy's
+    its value as a candidate, cached (0 once a scan found the entry dead): `value` holds while `value_generation` is the policy's
     `_value_generation` (moved on when the version clock moves), `now <= value_until` and
     `value_for_use == last_use` (the entry was not used since). A new entry has no value (`value_generation`
     -1; generations start at 0)."""
@@ -531,7 +531,6 @@ class MTServe(S3FIFO):
         check_newest = not clock
         left, horizon = self._window, -1.0  # horizon: read with the first value (-1: not yet)
         candidates: list[ResidentEntry] = []
-        scores: list[float] = []
         lowest = 0.0
         newer = self._oldest
         while newer is not None:
@@ -546,15 +545,13 @@ class MTServe(S3FIFO):
                 entry.value_until = now + VALUE_REFRESH * (now - used)
                 entry.value_for_use = used
                 entry.value_generation = generation
-            score = entry.value
-            if check_newest and score > 0.0:
+            if check_newest and entry.value > 0.0:
                 record = self._record(entry)
                 if entry.version < (-1 if record is None else record.newest_version):
-                    score = 0.0
-            if not candidates or score < lowest:  # min()'s rule
-                lowest = score
+                    entry.value = 0.0  # dead for good (a user's newest version never goes back)
+            if not candidates or entry.value < lowest:  # min()'s rule
+                lowest = entry.value
             candidates.append(entry)
-            scores.append(score)
             left -= 1
             if not left:
                 break
@@ -563,8 +560,8 @@ class MTServe(S3FIFO):
                 for key in self._unpinned(queue):
                     return key
         floor = lowest * TIE_FACTOR
-        for entry, score in zip(candidates, scores):  # least recently used first; the lowest is within the floor
-            if score <= floor:
+        for entry in candidates:  # least recently used first; the lowest is within the floor
+            if entry.value <= floor:
                 break
         return entry.key
 
