@@ -96,9 +96,10 @@ cdef class MTServe(S3FIFO):
     cpdef _on_remove(self, key)
     cpdef double stale_horizon(self) except? -1
     cpdef _dead_victim(self)
-    @cython.locals(traffic=Traffic, entries=dict, now=double, left=Py_ssize_t, horizon=double, scan=cython.longlong,
-                   entry=ResidentEntry, newer=ResidentEntry, used=double, generation=cython.longlong, lowest=double, floor=double,
-                   check_newest=bint, clock=bint, record=UserTraffic)
+    @cython.locals(traffic=Traffic, entries=dict, now=double, left=Py_ssize_t, horizon=double,
+                   scan=cython.longlong, entry=ResidentEntry, newer=ResidentEntry, used=double,
+                   generation=cython.longlong, lowest=double, floor=double, check_newest=bint, clock=bint,
+                   record=UserTraffic)
     cpdef _live_victim(self)
     @cython.locals(record=UserTraffic, size=cython.longlong, reload_per_byte=double)
     cpdef double _value(self, ResidentEntry entry, double now, double horizon) except? -1

@@ -288,11 +288,11 @@ class ResidentEntry:
     the `key`, its `user`, `version` and `size`; `record`, the user's `UserTraffic` (None until the user is
     known: `MTServe._record`); in user mode `in_main` and, in main, `older` and `newer`, its neighbours in
     main's LRU order (None at either end); `held_scan`, the number of the latest eviction scan that found
-    the key pinned or queued (such a key is no candidate); `last_use`, the time of its latest access (or its insertion); and
-    its value as a candidate, cached (0 once a scan found the entry dead): `value` holds while `value_generation` is the policy's
-    `_value_generation` (moved on when the version clock moves), `now <= value_until` and
-    `value_for_use == last_use` (the entry was not used since). A new entry has no value (`value_generation`
-    -1; generations start at 0)."""
+    the key pinned or queued (such a key is no candidate); `last_use`, the time of its latest access (or
+    its insertion); and its value as a candidate, cached (0 once a scan found the entry dead): `value`
+    holds while `value_generation` is the policy's `_value_generation` (moved on when the version clock
+    moves), `now <= value_until` and `value_for_use == last_use` (the entry was not used since). A new entry
+    has no value (`value_generation` -1; generations start at 0)."""
 
     __slots__ = ("key", "user", "version", "size", "record", "in_main", "older", "newer", "held_scan", "last_use",
                  "value", "value_until", "value_for_use", "value_generation")
@@ -314,7 +314,7 @@ class ResidentEntry:
 
 
 class MTServe(S3FIFO):
-    """S3-FIFO queues (see s3fifo.py) plus user mode: `_main` in LRU order, dead-first, value-gated victims.
+    """S3-FIFO queues (see s3fifo.py) plus user mode: main in LRU order, dead-first, value-gated victims.
 
     Added state: `traffic` (`Traffic`: what the requests taught; its own, or the GPU tier's when this is
     the host tier's policy, then `_learns` is False); `_user_mode` (this tier's queues follow
@@ -326,8 +326,9 @@ class MTServe(S3FIFO):
     `_newest` (a hit relinks its entry without a key look-up; S3-FIFO's `_main` and `_count` are emptied at
     the switch and stay empty); `_reload_per_byte[size]`: the reload cost per byte of an entry size (one
     per distinct size); `_value_generation`: moves on when the version clock (`_values_max_version`, the
-    newest version, and `_values_clock`, whether versions are a clock, at the latest scan) moves, which drops every cached value. In user mode every admitted
-    key enters main at its newest end, a hit in main moves it there and `_small` only drains (oldest first).
+    newest version, and `_values_clock`, whether versions are a clock, at the latest scan) moves, which
+    drops every cached value. In user mode every admitted key enters main at its newest end, a hit in main
+    moves it there and `_small` only drains (oldest first).
     """
 
     name = "mtserve"
