@@ -24,7 +24,7 @@ cdef class ControlPlane:
     cpdef serve(self, request)
     cpdef serve_each(self, requests, list outcomes, list cached)
     @cython.locals(tier=CPolicy)
-    cpdef _announce(self, request, now)
+    cpdef _announce(self, request)
     @cython.locals(tier=CPolicy)
     cpdef _take_deferred(self)
     @cython.locals(tier=CPolicy)

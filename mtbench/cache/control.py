@@ -339,7 +339,7 @@ class ControlPlane:
         self._serial = 0
         self._single = BatchDecisions(0, [Request((0, 0), 0, 0.0)], [MISS], [0], [None])  # `serve`'s plan, reused
         self._budget = self.settings.load_budget
-        self._plain = not self._hints and not self._oracle and self._budget is None  # `serve` skips `_announce`
+        self._plain = not self._oracle and self._budget is None  # `serve` skips `_announce`
         self._deferred: Request | None = None  # `serve`'s request until it takes its pins (`_take_deferred`)
 
     # ------------------------------------------------------------------ queries
@@ -397,7 +397,11 @@ class ControlPlane:
         replicas, streaming). Returns (outcome, tokens read from the cache).
 
         Its pins and in-flight mark wait for its first admission or eviction (`_take_deferred`): with
-        nothing else in flight only those see them, and a GPU hit has none, so it pins nothing."""
+        nothing else in flight only those see them, and a GPU hit has none, so it pins nothing. Nor is
+        its key hinted (`hint_upcoming`), which `plan` does for a batch so that the batch's later requests
+        stay while earlier ones are decided: nothing is queued behind a request served alone, and its own
+        key is looked up (`access`) before anything can be evicted, so the hint would tell no policy more
+        than that lookup does."""
         if self._in_flight:
             raise RuntimeError("ControlPlane.serve with batches in flight: use plan/release")
         key, n_static, ts, _ = request
@@ -406,7 +410,7 @@ class ControlPlane:
         self._deferred = request
         plan.cached[0] = 0
         now = self._tick(ts)
-        outcome = self._decide(plan, 0, key, n_static, now, True if self._plain else self._announce(request, now))
+        outcome = self._decide(plan, 0, key, n_static, now, True if self._plain else self._announce(request))
         cached = plan.cached[0]
         self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
         tokens = self._tokens
@@ -425,13 +429,9 @@ class ControlPlane:
             outcomes.append(outcome)
             cached.append(tokens)
 
-    def _announce(self, request: Request, now: float) -> bool:
-        """What `plan` does for a batch before deciding it, for `serve`'s request: hints, OPT's next use and
-        the load budget. Returns whether a host hit may be loaded."""
-        if self._hints:
-            keys = (request.key,)
-            for tier in self._tiers:
-                tier.hint_upcoming(keys, now)
+    def _announce(self, request: Request) -> bool:
+        """What `plan` does for a batch before deciding it, for `serve`'s request, less the hint (see `serve`):
+        OPT's next use and the load budget. Returns whether a host hit may be loaded."""
         if self._oracle:
             self._tell_next_use(request)
         if self._budget is None:

@@ -10,8 +10,10 @@ cdef double _BIN_EDGES[41]
 cdef double _BIN_WIDTH[40]
 cdef double _SPREAD_WEIGHTS[5]
 cdef double _SPREAD_WEIGHT, CLOCK_TOLERANCE, VALUE_REFRESH, TIE_FACTOR
+cdef double _ZERO_SPREAD[40]
+cdef double _ZERO_TAIL[41]
 
-@cython.locals(b=Py_ssize_t)
+@cython.locals(b=Py_ssize_t, octaves=double)
 cpdef Py_ssize_t _gap_bin(double gap) except -1
 cpdef tuple _split(key)
 @cython.locals(b=Py_ssize_t, inside=double)
@@ -60,27 +62,46 @@ cdef class Traffic:
     cpdef long long newest_version(self, user) except? -2
     @cython.locals(record=UserTraffic)
     cpdef GapHistogram gaps(self, user)
+    cpdef bint versions_are_a_clock(self)
 
 cdef class ResidentEntry:
+    cdef public object key, user
+    cdef public long long version, size, held_scan, value_generation
+    cdef public UserTraffic record
+    cdef public bint in_main
+    cdef public ResidentEntry older, newer
     cdef public double last_use, value, value_until, value_for_use
-    cdef public long long value_generation
 
 cdef class MTServe(S3FIFO):
-    cdef public object _reload_ms, _values_epoch
+    cdef public object _reload_ms
     cdef public double _default_horizon, _prior_weight
     cdef public Py_ssize_t _window
-    cdef public long long _value_generation
-    cdef public bint _learns, _user_mode
+    cdef public long long _value_generation, _values_max_version, _scan
+    cdef public bint _learns, _user_mode, _values_clock
     cdef public Traffic traffic
     cdef public dict _entries, _by_version, _reload_per_byte
+    cdef public ResidentEntry _oldest, _newest
 
+    @cython.locals(traffic=Traffic, entry=ResidentEntry)
+    cpdef bint access(self, key, now)
+    @cython.locals(entries=dict)
     cpdef _enter_user_mode(self)
+    @cython.locals(newest=ResidentEntry)
+    cpdef _append_newest(self, ResidentEntry entry)
+    @cython.locals(older=ResidentEntry, newer=ResidentEntry)
+    cpdef _unlink(self, ResidentEntry entry)
+    @cython.locals(entry=ResidentEntry)
+    cpdef _on_insert(self, key, long long size, now)
+    @cython.locals(entry=ResidentEntry, bucket=dict)
+    cpdef _on_remove(self, key)
     cpdef double stale_horizon(self) except? -1
-    cpdef _forget_key(self, key)
     cpdef _dead_victim(self)
-    @cython.locals(traffic=Traffic, now=double, left=Py_ssize_t, horizon=double,
-                   entry=ResidentEntry, used=double, generation=cython.longlong, score=double, floor=double, held=set,
-                   check_newest=bint)
+    @cython.locals(traffic=Traffic, entries=dict, now=double, left=Py_ssize_t, horizon=double,
+                   scan=cython.longlong, entry=ResidentEntry, newer=ResidentEntry, used=double,
+                   generation=cython.longlong, lowest=double, floor=double, check_newest=bint, clock=bint,
+                   record=UserTraffic)
     cpdef _live_victim(self)
     @cython.locals(record=UserTraffic, size=cython.longlong, reload_per_byte=double)
-    cpdef double _value(self, key, double now, double horizon) except? -1
+    cpdef double _value(self, ResidentEntry entry, double now, double horizon) except? -1
+    @cython.locals(record=UserTraffic)
+    cpdef UserTraffic _record(self, ResidentEntry entry)

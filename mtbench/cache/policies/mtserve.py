@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from math import log2, nan
 from array import array
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -77,13 +77,14 @@ longer idle time than ever seen is not 'never'; histograms count in these units 
 _SPREAD_WEIGHT = sum(_SPREAD_WEIGHTS)
 _ZERO_SPREAD = array("d", bytes(8 * _N_BINS))
 _ZERO_TAIL = array("d", bytes(8 * (_N_BINS + 1)))
-"""A new histogram's arrays (C arrays in the object when compiled)."""
+"""A new histogram's arrays (C arrays when compiled, in the object too: a new histogram copies them with memcpy)."""
 
 
 def _gap_bin(gap: float) -> int:
     if gap <= 0.0:
         return 0
-    b = int(2 * log2(1.0 + gap))
+    octaves = log2(1.0 + gap)  # a C double when compiled, so the doubling and the truncation are C arithmetic
+    b = int(2 * octaves)
     return b if b < _N_BINS else _N_BINS - 1
 
 
@@ -277,21 +278,34 @@ class Traffic:
         record = self.users.get(user)
         return None if record is None else record.gaps
 
-    @property
     def versions_are_a_clock(self) -> bool:
         """Whether arriving versions behave as one global clock (then older versions are dead)."""
         return self.clock_violations <= CLOCK_TOLERANCE * self.arrivals
 
 
 class ResidentEntry:
-    """What mtserve keeps per resident key: `last_use`, the time of its latest access (or its insertion), and its
-    value as a candidate, cached: `value` holds while `value_generation` is the policy's `_value_generation`
-    (moved on when the version clock moves), `now <= value_until` and `value_for_use == last_use` (the entry
-    was not used since). A new entry has no value (`value_generation` -1; generations start at 0)."""
+    """What mtserve keeps per resident key, so that an eviction scan reads fields instead of looking keys up:
+    the `key`, its `user`, `version` and `size`; `record`, the user's `UserTraffic` (None until the user is
+    known: `MTServe._record`); in user mode `in_main` and, in main, `older` and `newer`, its neighbours in
+    main's LRU order (None at either end); `held_scan`, the number of the latest eviction scan that found
+    the key pinned or queued (such a key is no candidate); `last_use`, the time of its latest access (or
+    its insertion); and its value as a candidate, cached (0 once a scan found the entry dead): `value`
+    holds while `value_generation` is the policy's `_value_generation` (moved on when the version clock
+    moves), `now <= value_until` and `value_for_use == last_use` (the entry was not used since). A new entry
+    has no value (`value_generation` -1; generations start at 0)."""
 
-    __slots__ = ("last_use", "value", "value_until", "value_for_use", "value_generation")
+    __slots__ = ("key", "user", "version", "size", "record", "in_main", "older", "newer", "held_scan", "last_use",
+                 "value", "value_until", "value_for_use", "value_generation")
 
-    def __init__(self, last_use: float) -> None:
+    def __init__(self, key: Key, size: int, last_use: float) -> None:
+        self.key = key
+        self.user, self.version = _split(key)
+        self.size = size
+        self.record: UserTraffic | None = None
+        self.in_main = False
+        self.older: ResidentEntry | None = None
+        self.newer: ResidentEntry | None = None
+        self.held_scan = -1
         self.last_use = last_use
         self.value = 0.0
         self.value_until = 0.0
@@ -300,18 +314,21 @@ class ResidentEntry:
 
 
 class MTServe(S3FIFO):
-    """S3-FIFO queues (see s3fifo.py) plus user mode: `_main` in LRU order, dead-first, value-gated victims.
+    """S3-FIFO queues (see s3fifo.py) plus user mode: main in LRU order, dead-first, value-gated victims.
 
     Added state: `traffic` (`Traffic`: what the requests taught; its own, or the GPU tier's when this is
     the host tier's policy, then `_learns` is False); `_user_mode` (this tier's queues follow
-    `traffic.user_mode` from its next access); `_entries[key]`: a `ResidentEntry` per resident key (last use,
-    cached value: one look-up per candidate); in user mode
+    `traffic.user_mode` from its next access); `_entries[key]`: a `ResidentEntry` per resident key (user,
+    version, size, last use, cached value: one look-up per candidate); `_scan`: eviction scans so far (an
+    entry's `held_scan` names the scan that found it held); in user mode
     `_by_version[v]` (resident keys of version v, in insertion order; built from `_sizes`, which has the
-    same order, at the switch); `_reload_per_byte[size]`: the reload cost per byte of an entry size (one
-    per distinct size); `_value_generation`: moves on when the version clock (`_values_epoch`: the newest
-    version and whether versions are a clock) moves, which drops every cached value. In user mode every admitted
-    key enters `_main`, a hit moves it to `_main`'s end, `_small` only drains (oldest first) and
-    S3-FIFO's access counters are left alone.
+    same order, at the switch) and main's LRU order as a list linked through the entries, from `_oldest` to
+    `_newest` (a hit relinks its entry without a key look-up; S3-FIFO's `_main` and `_count` are emptied at
+    the switch and stay empty); `_reload_per_byte[size]`: the reload cost per byte of an entry size (one
+    per distinct size); `_value_generation`: moves on when the version clock (`_values_max_version`, the
+    newest version, and `_values_clock`, whether versions are a clock, at the latest scan) moves, which
+    drops every cached value. In user mode every admitted key enters main at its newest end, a hit in main
+    moves it there and `_small` only drains (oldest first).
     """
 
     name = "mtserve"
@@ -339,8 +356,12 @@ class MTServe(S3FIFO):
         self._entries: dict[Key, ResidentEntry] = {}
         self._by_version: dict[int, dict[Key, None]] = {}
         self._reload_per_byte: dict[int, float] = {}
-        self._values_epoch: tuple[int, bool] | None = None
+        self._values_max_version = -2  # below any version: no value computed yet
+        self._values_clock = False
         self._value_generation = 0
+        self._scan = 0
+        self._oldest: ResidentEntry | None = None
+        self._newest: ResidentEntry | None = None
 
     # ------------------------------------------------------------ learning from arrivals
     def access(self, key: Key, now: float) -> bool:
@@ -356,15 +377,54 @@ class MTServe(S3FIFO):
         entry.last_use = now
         if not self._user_mode:
             self._count[key] += 1
-        elif key in self._main:
-            self._main.move_to_end(key)
+        elif entry.in_main and entry is not self._newest:
+            self._unlink(entry)
+            self._append_newest(entry)
         return True
 
     def _enter_user_mode(self) -> None:
-        """The one-way switch: index the resident keys by version (in `_sizes`' order, their insertion order)."""
+        """The one-way switch: index the resident keys by version (in `_sizes`' order, their insertion order) and
+        link main's entries in main's order; S3-FIFO's counters are dropped."""
         self._user_mode = True
+        entries = self._entries
         for key in self._sizes:
-            self._by_version.setdefault(_split(key)[1], {})[key] = None
+            self._by_version.setdefault(entries[key].version, {})[key] = None
+        for key in self._main:
+            self._append_newest(entries[key])
+        self._main.clear()
+        self._count.clear()
+
+    def _append_newest(self, entry: ResidentEntry) -> None:
+        """Link `entry` (not in main) at main's most recently used end."""
+        newest = self._newest
+        entry.in_main = True
+        entry.older = newest
+        if newest is None:
+            self._oldest = entry
+        else:
+            newest.newer = entry
+        self._newest = entry
+
+    def _unlink(self, entry: ResidentEntry) -> None:
+        """Take `entry` out of main's LRU list."""
+        older, newer = entry.older, entry.newer
+        if older is None:
+            self._oldest = newer
+        else:
+            older.newer = newer
+        if newer is None:
+            self._newest = older
+        else:
+            newer.older = older
+        entry.older = entry.newer = None
+        entry.in_main = False
+
+    def _main_in_lru_order(self) -> Iterator[Key]:
+        """Main's keys in user mode, least recently used first."""
+        entry = self._oldest
+        while entry is not None:
+            yield entry.key
+            entry = entry.newer
 
     def hint_upcoming(self, keys: Sequence[Key], now: float) -> None:
         if self._learns:
@@ -378,13 +438,13 @@ class MTServe(S3FIFO):
     @property
     def versions_are_a_clock(self) -> bool:
         """Whether arriving versions behave as one global clock (then older versions are dead)."""
-        return self.traffic.versions_are_a_clock
+        return self.traffic.versions_are_a_clock()
 
     def stale_horizon(self) -> float:
         """Seconds until the next version is expected (the default horizon until a period is known)."""
         traffic = self.traffic
         start = traffic.clock_start
-        if not traffic.versions_are_a_clock or start is None or traffic.max_version == start[0]:
+        if not traffic.versions_are_a_clock() or start is None or traffic.max_version == start[0]:
             return self._default_horizon
         period = (traffic.max_version_since - start[1]) / (traffic.max_version - start[0])
         return max(traffic.max_version_since + period - traffic.now, 0.05 * period)
@@ -395,36 +455,39 @@ class MTServe(S3FIFO):
     def _refuses(self, size: int, was_ghost: bool) -> bool:
         return False
 
-    def _enters_main(self, key: Key, was_ghost: bool) -> bool:
-        return self._user_mode or S3FIFO._enters_main(self, key, was_ghost)
-
     def _on_insert(self, key: Key, size: int, now: float) -> None:
-        S3FIFO._on_insert(self, key, size, now)
-        self._entries[key] = ResidentEntry(now)
-        if self._user_mode:
-            self._by_version.setdefault(_split(key)[1], {})[key] = None
+        entry = self._entries[key] = ResidentEntry(key, size, now)
+        if not self._user_mode:
+            S3FIFO._on_insert(self, key, size, now)
+            return
+        self._main_bytes += size
+        self._append_newest(entry)
+        self._by_version.setdefault(entry.version, {})[key] = None
 
     def _on_remove(self, key: Key) -> None:
-        S3FIFO._on_remove(self, key)
-        self._forget_key(key)
-
-    def _forget_key(self, key: Key) -> None:
-        del self._entries[key]
         if not self._user_mode:
+            S3FIFO._on_remove(self, key)
+            del self._entries[key]
             return
-        version = _split(key)[1]
-        bucket = self._by_version[version]
+        entry = self._entries.pop(key)
+        if entry.in_main:
+            self._unlink(entry)
+            self._main_bytes -= entry.size
+        else:
+            del self._small[key]
+            self._small_bytes -= entry.size
+        bucket = self._by_version[entry.version]
         del bucket[key]
         if not bucket:
-            del self._by_version[version]
+            del self._by_version[entry.version]
 
     def _pop_victim(self, incoming: Key | None) -> Key:
         if not self._user_mode:
             victim = S3FIFO._pop_victim(self, incoming)
-            self._forget_key(victim)
+            del self._entries[victim]
             return victim
         self._has_evicted = True
-        victim = self._dead_victim() if self.versions_are_a_clock else None
+        victim = self._dead_victim() if self.traffic.versions_are_a_clock() else None
         if victim is None:
             victim = self._live_victim()
         self._on_remove(victim)
@@ -448,71 +511,84 @@ class MTServe(S3FIFO):
         recently used of the `window` least recently used evictable entries within `TIE_FACTOR` of the
         lowest value among them. A value is reused (`ResidentEntry.value`) until the entry is used again, its idle time
         grew by `VALUE_REFRESH`, or the version clock moves."""
-        traffic = self.traffic
-        held = traffic.upcoming.union(self._pins)  # pinned or queued: not a candidate (one look-up per key)
+        traffic, entries = self.traffic, self._entries
+        scan = self._scan = self._scan + 1
+        for held_keys in (traffic.upcoming, self._pins):  # pinned or queued: not a candidate
+            for key in held_keys:
+                entry = entries.get(key)
+                if entry is not None:
+                    entry.held_scan = scan
         for key in self._small:
-            if key not in held:
+            entry = entries[key]
+            if entry.held_scan != scan:
                 return key
-        entries, now = self._entries, traffic.now
-        epoch = (traffic.max_version, traffic.versions_are_a_clock)
-        if epoch != self._values_epoch:
+        now, clock = traffic.now, traffic.versions_are_a_clock()
+        if traffic.max_version != self._values_max_version or clock != self._values_clock:
             self._value_generation += 1
-            self._values_epoch = epoch
+            self._values_max_version, self._values_clock = traffic.max_version, clock
         generation = self._value_generation
         # with a version clock every evictable entry older than the newest version is gone already (dead
         # first), so no candidate is dead; without one, a cached value may predate its user's newer version
-        check_newest = not epoch[1]
+        check_newest = not clock
         left, horizon = self._window, -1.0  # horizon: read with the first value (-1: not yet)
-        candidates: list[Key] = []
-        scores: list[float] = []
-        for key in self._main:
-            if key in held:
+        candidates: list[ResidentEntry] = []
+        lowest = 0.0
+        newer = self._oldest
+        while newer is not None:
+            entry, newer = newer, newer.newer
+            if entry.held_scan == scan:
                 continue
-            entry = entries[key]
             used = entry.last_use
             if entry.value_generation != generation or now > entry.value_until or entry.value_for_use != used:
                 if horizon < 0.0:
                     horizon = self.stale_horizon()
-                entry.value = self._value(key, now, horizon)
+                entry.value = self._value(entry, now, horizon)
                 entry.value_until = now + VALUE_REFRESH * (now - used)
                 entry.value_for_use = used
                 entry.value_generation = generation
-            score = entry.value
-            if check_newest and score > 0.0:
-                user, version = _split(key)
-                if version < traffic.newest_version(user):
-                    score = 0.0
-            candidates.append(key)
-            scores.append(score)
+            if check_newest and entry.value > 0.0:
+                record = self._record(entry)
+                if entry.version < (-1 if record is None else record.newest_version):
+                    entry.value = 0.0  # dead for good (a user's newest version never goes back)
+            if not candidates or entry.value < lowest:  # min()'s rule
+                lowest = entry.value
+            candidates.append(entry)
             left -= 1
             if not left:
                 break
         if not candidates:  # only queued keys are unpinned: the least recent of them goes
-            for queue in (self._small, self._main):
+            for queue in (self._small, self._main_in_lru_order()):
                 for key in self._unpinned(queue):
                     return key
-        floor = min(scores) * TIE_FACTOR
-        for key, score in zip(candidates, scores):  # least recently used first; the lowest is within the floor
-            if score <= floor:
+        floor = lowest * TIE_FACTOR
+        for entry in candidates:  # least recently used first; the lowest is within the floor
+            if entry.value <= floor:
                 break
-        return key
+        return entry.key
 
     def value_density(self, key: Key, now: float) -> float:
         """Value of keeping resident `key` at time `now` (0 for a dead entry; see module doc)."""
-        return self._value(key, now, self.stale_horizon())
+        return self._value(self._entries[key], now, self.stale_horizon())
 
-    def _value(self, key: Key, now: float, horizon: float) -> float:
-        user, version = _split(key)
-        record = self.traffic.users.get(user)
-        if record is not None and version < record.newest_version:
+    def _value(self, entry: ResidentEntry, now: float, horizon: float) -> float:
+        record = self._record(entry)
+        if record is not None and entry.version < record.newest_version:
             return 0.0
-        size = max(self._sizes[key], 1)
+        size = max(entry.size, 1)
         if size not in self._reload_per_byte:
             self._reload_per_byte[size] = 1.0 if self._reload_ms is None else self._reload_ms(size) / size
         reload_per_byte = self._reload_per_byte[size]
         probability = _reuse_probability(None if record is None else record.gaps, self.traffic.population,
-                                         now - self._entries[key].last_use, horizon, self._prior_weight)
+                                         now - entry.last_use, horizon, self._prior_weight)
         return probability * reload_per_byte / size
+
+    def _record(self, entry: ResidentEntry) -> UserTraffic | None:
+        """The entry's user's record in `traffic`, None while the user is unknown (records are never dropped,
+        so the first one found is kept)."""
+        record = entry.record
+        if record is None:
+            record = entry.record = self.traffic.users.get(entry.user)
+        return record
 
     def reuse_probability(self, user: Hashable, age: float, horizon: float) -> float:
         """P(the user's next gap ends within `horizon` | it already lasted `age`), user shrunk to population."""
