@@ -1,8 +1,9 @@
 """Sample the host's CPU accounting beside a benchmark, from its own process, so the benchmark's threads
 pay nothing for it: every INTERVAL seconds one CSV row with the time on the monotonic clock (the one
 `time.perf_counter` reads, so the rows line up with an open-loop run's `clock_origin_s` + `start_s`),
-the cumulative ticks of /proc/stat's `cpu` line (user, nice, system, idle, iowait, irq, softirq,
-steal; USER_HZ each) and the runnable tasks (`procs_running`). `steal` is the time the hypervisor ran
+the cumulative CPU seconds of /proc/stat's `cpu` line (user, nice, system, idle, iowait, irq,
+softirq, steal; its ticks over this machine's USER_HZ, so the CSV reads the same on any machine) and the
+runnable tasks (`procs_running`). `steal` is the time the hypervisor ran
 something else on this machine's virtual CPUs: a server that slows down while steal climbs lost its
 cores to the host's other tenants.
 
@@ -14,6 +15,7 @@ Runs on Linux only (needs /proc/stat); rows are flushed every second, so a kille
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -22,16 +24,16 @@ from pathlib import Path
 FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
 
-def read_stat() -> tuple[list[int], int]:
-    """(cumulative ticks of the `cpu` line in FIELDS order, procs_running)."""
+def read_stat(hertz: int) -> tuple[list[float], int]:
+    """(cumulative CPU seconds of the `cpu` line in FIELDS order, procs_running)."""
     text = Path("/proc/stat").read_text()
-    ticks, running = [], 0
+    seconds, running = [], 0
     for line in text.splitlines():
         if line.startswith("cpu "):
-            ticks = [int(value) for value in line.split()[1:1 + len(FIELDS)]]
+            seconds = [int(value) / hertz for value in line.split()[1:1 + len(FIELDS)]]
         elif line.startswith("procs_running"):
             running = int(line.split()[1])
-    return ticks, running
+    return seconds, running
 
 
 def main() -> int:
@@ -42,6 +44,7 @@ def main() -> int:
     if not Path("/proc/stat").exists():
         print("host_sampler: /proc/stat not found (Linux only)", file=sys.stderr)
         return 2
+    hertz = os.sysconf("SC_CLK_TCK")
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     try:
@@ -50,8 +53,8 @@ def main() -> int:
             flushed = time.perf_counter()
             while not stop:
                 now = time.perf_counter()
-                ticks, running = read_stat()
-                out.write(",".join((f"{now:.6f}", *map(str, ticks), str(running))) + "\n")
+                seconds, running = read_stat(hertz)
+                out.write(",".join((f"{now:.6f}", *(f"{value:.2f}" for value in seconds), str(running))) + "\n")
                 if now - flushed > 1.0:
                     out.flush()
                     flushed = now

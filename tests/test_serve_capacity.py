@@ -183,11 +183,12 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     assert np.allclose((gaps["clock_finish_s"] - gaps["clock_start_s"]) * 1e3, gaps["measured_ms"])
     hosts = host_summary(gaps)
     assert hosts["batches"].sum() == len(gaps) and set(hosts["slow"]) <= {True, False}
-    # the machine around each batch, from a host_sampler.py CSV: 100 Hz ticks, 1.5 CPUs busy, 0.25 stolen
+    # the machine around each batch, from a host_sampler.py CSV (CPU seconds at 10 ms ticks): 1.5 CPUs busy, 0.25 stolen
     clock = np.arange(gaps["clock_start_s"].min() - 1, gaps["clock_finish_s"].max() + 1, 0.05)
-    ticks = lambda cpus: np.round(100 * cpus * (clock - clock[0])).astype(np.int64)
-    samples = pd.DataFrame({"clock_s": clock, "user": ticks(1.0), "nice": 0, "system": ticks(0.5), "idle": ticks(14.0),
-                            "iowait": 0, "irq": 0, "softirq": 0, "steal": ticks(0.25), "procs_running": 2})
+    seconds = lambda cpus: np.round(100 * cpus * (clock - clock[0])) / 100
+    samples = pd.DataFrame({"clock_s": clock, "user": seconds(1.0), "nice": 0, "system": seconds(0.5),
+                            "idle": seconds(14.0), "iowait": 0, "irq": 0, "softirq": 0, "steal": seconds(0.25),
+                            "procs_running": 2})
     samples.to_csv(tmp_path / "host_samples.csv", index=False)
     machine = with_host_samples(gaps, tmp_path / "host_samples.csv")
     assert np.allclose(machine["busy_cpus"], 1.5, atol=0.2) and np.allclose(machine["steal_cpus"], 0.25, atol=0.2)
@@ -213,7 +214,7 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="host_sampler.py reads /proc/stat (Linux)")
-def test_host_sampler_writes_cumulative_ticks_on_the_monotonic_clock_until_sigterm(tmp_path: Path) -> None:
+def test_host_sampler_writes_cumulative_cpu_seconds_on_the_monotonic_clock_until_sigterm(tmp_path: Path) -> None:
     out = tmp_path / "samples.csv"
     before = time.perf_counter()
     sampler = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "host_sampler.py"), str(out), "--interval", "0.02"])
@@ -223,8 +224,10 @@ def test_host_sampler_writes_cumulative_ticks_on_the_monotonic_clock_until_sigte
     samples = pd.read_csv(out)
     assert len(samples) >= 5 and list(samples.columns)[:2] == ["clock_s", "user"] and "steal" in samples
     assert (samples["clock_s"] >= before).all() and (np.diff(samples["clock_s"]) > 0).all()
-    ticks = samples.drop(columns=["clock_s", "procs_running"]).to_numpy()
-    assert (np.diff(ticks, axis=0) >= 0).all() and (samples["procs_running"] >= 1).all()  # the sampler itself runs
+    seconds = samples.drop(columns=["clock_s", "procs_running"]).to_numpy()  # cumulative CPU seconds
+    assert (np.diff(seconds, axis=0) >= 0).all() and (samples["procs_running"] >= 1).all()  # the sampler itself runs
+    assert seconds[-1].sum() - seconds[0].sum() == pytest.approx((samples["clock_s"].iloc[-1] - samples["clock_s"].iloc[0])
+                                                                 * os.cpu_count(), rel=0.35)  # every CPU's time
 
 
 def test_capacity_measure_repeats_each_rate_on_the_same_arrivals(tmp_path: Path) -> None:

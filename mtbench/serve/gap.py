@@ -17,7 +17,6 @@ each batch, from `scripts/host_sampler.py`'s CSV: CPUs busy and CPUs stolen by t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ HOST_COLUMNS = {"host_forward_ms": "host_ms", "host_forward_cpu_ms": "host_cpu_m
                 "host_forward_kernel_ms": "host_kernel_ms", "host_forward_faults": "host_faults",
                 "host_forward_preemptions": "host_preemptions"}
 SAMPLE_COLUMNS = ("busy_cpus", "steal_cpus")  # `with_host_samples`
-BUSY_TICKS = ("user", "nice", "system", "irq", "softirq")  # /proc/stat fields of a CPU doing work
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")  # /proc/stat fields of a CPU doing work
 SLOW_MS = 3.0  # a batch this much slower than its price is `slow` in `host_summary`
 
 
@@ -81,25 +80,24 @@ def with_host_samples(gaps: pd.DataFrame, samples: Path, window_s: float = 0.05)
     """`gaps` with SAMPLE_COLUMNS: the CPUs the whole machine kept busy and the CPUs the hypervisor stole
     (both in CPUs, e.g. 1.5) over the batch widened by `window_s` on each side (a tick is 10 ms and the
     sampler's interval about 50 ms, so a single batch's figure is coarse: compare means), from the
-    cumulative ticks in `scripts/host_sampler.py`'s CSV interpolated on the monotonic clock."""
+    cumulative CPU seconds in `scripts/host_sampler.py`'s CSV interpolated on the monotonic clock."""
     try:
         table = pd.read_csv(samples)
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
         table = pd.DataFrame()
-    missing = {"clock_s", "steal", *BUSY_TICKS} - set(table.columns)
+    missing = {"clock_s", "steal", *BUSY_FIELDS} - set(table.columns)
     if missing or len(table) < 2:
         raise MtbenchError(f"{samples}: not a host_sampler.py CSV (missing {sorted(missing) or 'rows'})")
     if gaps["clock_start_s"].isna().all():
         raise MtbenchError("the report's records have no clock_origin_s (made before 2026-12-01): cannot align host samples")
-    hertz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     clock = table["clock_s"].to_numpy(dtype=float)
     begin = gaps["clock_start_s"].to_numpy(dtype=float) - window_s
     end = gaps["clock_finish_s"].to_numpy(dtype=float) + window_s
 
-    def cpus(ticks: np.ndarray) -> np.ndarray:
-        return (np.interp(end, clock, ticks) - np.interp(begin, clock, ticks)) / hertz / (end - begin)
+    def cpus(seconds: np.ndarray) -> np.ndarray:
+        return (np.interp(end, clock, seconds) - np.interp(begin, clock, seconds)) / (end - begin)
 
-    busy = table[list(BUSY_TICKS)].sum(axis=1).to_numpy(dtype=float)
+    busy = table[list(BUSY_FIELDS)].sum(axis=1).to_numpy(dtype=float)
     return gaps.assign(busy_cpus=cpus(busy), steal_cpus=cpus(table["steal"].to_numpy(dtype=float)))
 
 
