@@ -51,7 +51,6 @@ def main() -> int:
               f"{row.exposed_ms:>5.2f} {row.stall_ms:>5.2f} {row.gap:>+6.0%}")
     print("ms per batch (means); n: batches; gap: (simulated - measured) / measured")
     print()
-    ms = lambda value: "     -" if value != value else f"{value:>6.2f}"
     short = lambda value: "    -" if value != value else f"{value:>5.1f}"
     machine = "busy_cpus" in gaps
     print(f"{'mode':<6} {'rate/s':>6} {'kind':<4} {'n':>5} {'meas':>5} {'sim':>5} {'host':>5} {'cpu':>5} "
