@@ -20,17 +20,18 @@ cdef class ControlPlane:
     cdef public list _tally, _tokens
     cdef public set _doomed
 
-    @cython.locals(tier=CPolicy, plan=BatchDecisions)
     cpdef serve(self, request)
-    cpdef serve_each(self, requests, list outcomes, list cached)
-    @cython.locals(tier=CPolicy)
-    cpdef _announce(self, request)
+    @cython.locals(single=BatchDecisions, i=Py_ssize_t)
+    cpdef serve_each(self, list keys, list n_static, list ts, list next_use, list outcomes, list cached)
+    @cython.locals(plan=BatchDecisions)
+    cpdef _serve(self, key, n_static, ts, next_use)
+    cpdef _announce(self, key, next_use)
     @cython.locals(tier=CPolicy)
     cpdef _take_deferred(self)
     @cython.locals(tier=CPolicy)
     cpdef _release_single(self, BatchDecisions plan, key)
     @cython.locals(tier=CPolicy)
-    cpdef _tell_next_use(self, request)
+    cpdef _tell_next_use(self, key, next_use)
     @cython.locals(host=CPolicy)
     cpdef _decide(self, BatchDecisions plan, Py_ssize_t i, key, n, now, bint load)
     cpdef _tick(self, ts)

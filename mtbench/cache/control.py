@@ -337,10 +337,10 @@ class ControlPlane:
         self._first_batch: dict[Key, int] = {}
         self._user_first_key: dict[Hashable, Key] = {}
         self._serial = 0
-        self._single = BatchDecisions(0, [Request((0, 0), 0, 0.0)], [MISS], [0], [None])  # `serve`'s plan, reused
+        self._single = BatchDecisions(0, [], [MISS], [0], [None])  # `serve`'s plan, reused (no request list)
         self._budget = self.settings.load_budget
         self._plain = not self._oracle and self._budget is None  # `serve` skips `_announce`
-        self._deferred: Request | None = None  # `serve`'s request until it takes its pins (`_take_deferred`)
+        self._deferred: Key | None = None  # `serve`'s key until it takes its pins (`_take_deferred`)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -402,15 +402,29 @@ class ControlPlane:
         stay while earlier ones are decided: nothing is queued behind a request served alone, and its own
         key is looked up (`access`) before anything can be evicted, so the hint would tell no policy more
         than that lookup does."""
+        key, n_static, ts, next_use = request
+        outcome = self._serve(key, n_static, ts, next_use)
+        return outcome, self._single.cached[0]
+
+    def serve_each(self, keys: list[Key], n_static: list[int], ts: list[float], next_use: list[int],
+                   outcomes: list[Outcome], cached: list[int]) -> None:
+        """`serve` the requests given as columns (request i is `Request(keys[i], n_static[i], ts[i], next_use[i])`)
+        in order, appending each one's outcome and tokens read (the simulator's loop: no tuple per request)."""
+        single = self._single
+        for i in range(len(keys)):
+            outcomes.append(self._serve(keys[i], n_static[i], ts[i], next_use[i]))
+            cached.append(single.cached[0])
+
+    def _serve(self, key: Key, n_static: int, ts: float, next_use: int) -> Outcome:
+        """`serve` of the request with these fields; returns its outcome, its tokens read are `_single.cached[0]`."""
         if self._in_flight:
             raise RuntimeError("ControlPlane.serve with batches in flight: use plan/release")
-        key, n_static, ts, _ = request
         plan = self._single
         plan.serial = self._serial = self._serial + 1
-        self._deferred = request
+        self._deferred = key
         plan.cached[0] = 0
         now = self._tick(ts)
-        outcome = self._decide(plan, 0, key, n_static, now, True if self._plain else self._announce(request))
+        outcome = self._decide(plan, 0, key, n_static, now, True if self._plain else self._announce(key, next_use))
         cached = plan.cached[0]
         self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
         tokens = self._tokens
@@ -420,30 +434,21 @@ class ControlPlane:
             self._release_single(plan, key)
         else:
             self._deferred = None
-        return outcome, cached
+        return outcome
 
-    def serve_each(self, requests: Iterable[Request], outcomes: list[Outcome], cached: list[int]) -> None:
-        """`serve` the requests in order, appending each one's outcome and tokens read (the simulator's loop)."""
-        for request in requests:
-            outcome, tokens = self.serve(request)
-            outcomes.append(outcome)
-            cached.append(tokens)
-
-    def _announce(self, request: Request) -> bool:
+    def _announce(self, key: Key, next_use: int) -> bool:
         """What `plan` does for a batch before deciding it, for `serve`'s request, less the hint (see `serve`):
         OPT's next use and the load budget. Returns whether a host hit may be loaded."""
         if self._oracle:
-            self._tell_next_use(request)
+            self._tell_next_use(key, next_use)
         if self._budget is None:
             return True
-        loads = self._loads_within_budget([request.key], self._budget)
-        return loads is None or request.key in loads
+        loads = self._loads_within_budget([key], self._budget)
+        return loads is None or key in loads
 
     def _take_deferred(self) -> None:
         """Pin `serve`'s request and mark it in flight, as `plan` does up front for a batch."""
-        request, self._deferred = self._deferred, None
-        self._single.requests[0] = request
-        key = request.key
+        key, self._deferred = self._deferred, None
         for tier in self._tiers:
             tier.pin(key)
         self._in_flight[key[0]] = {key[1]: 1}
@@ -491,7 +496,7 @@ class ControlPlane:
             key = request.key
             now = self._tick(request.ts)
             if self._oracle:
-                self._tell_next_use(request)
+                self._tell_next_use(key, request.next_use)
             row = first_row.get(key)
             if row is not None:
                 self._repeat(plan, i, row, now)
@@ -500,10 +505,10 @@ class ControlPlane:
             self._decide(plan, i, key, request.n_static, now, loads is None or key in loads)
         return plan
 
-    def _tell_next_use(self, request: Request) -> None:
-        self._next_use[request.key] = request.next_use
+    def _tell_next_use(self, key: Key, next_use: int) -> None:
+        self._next_use[key] = next_use
         for tier in self._tiers:
-            tier.set_next_use(request.key, request.next_use)
+            tier.set_next_use(key, next_use)
 
     def _decide(self, plan: BatchDecisions, i: int, key: Key, n: int, now: float, load: bool) -> Outcome:
         """Row i, the first request of its key (of n static tokens) in the batch: its miss kind, stale drops,
@@ -660,7 +665,10 @@ class ControlPlane:
         return True
 
     def _held_by_earlier_batch(self, plan: BatchDecisions, key: Key) -> bool:
-        """Whether a batch planned before `plan` and not released yet has a request of `key`."""
+        """Whether a batch planned before `plan` and not released yet has a request of `key` (never for `serve`'s
+        request: `serve` runs with nothing else in flight)."""
+        if plan is self._single:
+            return False
         in_this_batch = sum(1 for request in plan.requests if request.key == key)
         return self._in_flight[key[0]][key[1]] > in_this_batch
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtbench.cache.control import (
-    CacheStats, ControlConfig, ControlPlane, Outcome, Request, TierSettings, run_batches,
+    CacheStats, ControlConfig, ControlPlane, Key, Outcome, Request, TierSettings, run_batches,
 )
 from mtbench.cache.extents import HostGeometry
 from mtbench.cache.policies import policy_class
@@ -195,7 +195,7 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
     outcomes: list[int] = []
     cached: list[int] = []
     if settings.batch_size == 1 and settings.lookahead == 0:
-        plane.serve_each(requests(workload), outcomes, cached)
+        plane.serve_each(*request_columns(workload), outcomes, cached)
     else:
         def released(plan) -> None:
             outcomes.extend(plan.outcomes)
@@ -216,13 +216,17 @@ def control_config(workload: Workload, policy: str, gpu_capacity: int, host_capa
                          host_geometry if host_capacity else None, cost)
 
 
-def requests(workload: Workload) -> Iterator[Request]:
-    """The workload's requests in order, as the control plane takes them; keys are (user_id,
-    static_version) pairs, as the real tiers use."""
+def request_columns(workload: Workload) -> tuple[list[Key], list[int], list[float], list[int]]:
+    """The fields of the workload's requests as columns, in `Request`'s order; keys are (user_id,
+    static_version) pairs, as the real tiers use, one tuple per distinct key."""
     pairs = list(zip(workload.key_user.tolist(), workload.key_version.tolist()))
-    fields = zip(map(pairs.__getitem__, workload.key.tolist()), workload.n_static.tolist(), workload.ts.tolist(),
-                 workload.next_use.tolist())
-    return map(tuple.__new__, repeat(Request), fields)  # Request(*row), without a Python call per request
+    return (list(map(pairs.__getitem__, workload.key.tolist())), workload.n_static.tolist(), workload.ts.tolist(),
+            workload.next_use.tolist())
+
+
+def requests(workload: Workload) -> Iterator[Request]:
+    """The workload's requests in order, as the control plane takes them."""
+    return map(tuple.__new__, repeat(Request), zip(*request_columns(workload)))  # Request(*row), no Python call per row
 
 
 def request_batches(workload: Workload, batch_size: int) -> Iterator[list[Request]]:
