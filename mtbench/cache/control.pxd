@@ -17,7 +17,8 @@ cdef class ControlPlane:
     cdef public tuple _tiers
     cdef public bint _oracle, _hints, _plain
     cdef public dict gpu_tokens, host_tokens, host_offsets, _versions, _in_flight, _next_use, _first_batch, _user_first_key
-    cdef public list _tally, _tokens
+    cdef public list _tally
+    cdef public object _static_tokens, _hit_tokens
     cdef public set _doomed
 
     cpdef serve(self, request)

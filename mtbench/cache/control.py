@@ -328,7 +328,7 @@ class ControlPlane:
         self._stats = CacheStats()
         # requests by outcome and miss kind, and their tokens, not yet added to `_stats` (see `stats`)
         self._tally: list[list[int]] = [[0] * len(MissKind) for _ in Outcome]
-        self._tokens = [0, 0]  # static tokens, tokens read from the cache
+        self._static_tokens = self._hit_tokens = 0  # static tokens, tokens read from the cache
         self.now = float("-inf")
         self._versions: dict[Hashable, set[int]] = {}
         self._doomed: set[Key] = set()
@@ -359,10 +359,10 @@ class ControlPlane:
         stats.misses_compulsory += missed[COMPULSORY]
         stats.misses_stale += missed[STALE_VERSION]
         stats.misses_capacity += missed[CAPACITY]
-        stats.static_tokens += self._tokens[0]
-        stats.hit_tokens += self._tokens[1]
+        stats.static_tokens += self._static_tokens
+        stats.hit_tokens += self._hit_tokens
         self._tally = [[0] * len(MissKind) for _ in Outcome]
-        self._tokens = [0, 0]
+        self._static_tokens = self._hit_tokens = 0
         return stats
 
     def gpu_keys(self) -> set[Key]:
@@ -427,9 +427,8 @@ class ControlPlane:
         outcome = self._decide(plan, 0, key, n_static, now, True if self._plain else self._announce(key, next_use))
         cached = plan.cached[0]
         self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
-        tokens = self._tokens
-        tokens[0] += n_static
-        tokens[1] += cached
+        self._static_tokens += n_static
+        self._hit_tokens += cached
         if self._deferred is None:
             self._release_single(plan, key)
         else:
@@ -823,11 +822,11 @@ class ControlPlane:
                 self._remove(key)
 
     def _count(self, plan: BatchDecisions) -> None:
-        tally, tokens = self._tally, self._tokens
+        tally = self._tally
         for request, outcome, cached, kind in zip(plan.requests, plan.outcomes, plan.cached, plan.kinds):
             tally[outcome][kind or 0] += 1  # a repeat of a hit has no miss kind: counted as kind 0, never read
-            tokens[0] += request.n_static
-            tokens[1] += cached  # 0 unless the request read the cache
+            self._static_tokens += request.n_static
+            self._hit_tokens += cached  # 0 unless the request read the cache
 
     # ------------------------------------------------------------------ data-plane faults
     def forget_host(self, key: Key) -> None:
