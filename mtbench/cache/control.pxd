@@ -2,6 +2,13 @@
 # attributes and the methods called as C functions. Declarations only: every rule stays in control.py.
 cimport cython
 from mtbench.cache.policies.base cimport ReplacementPolicy as CPolicy
+from mtbench.cache.sizes cimport EntrySizer
+
+cdef class StoreDecision:
+    cdef public object key, first, n_tokens, scratch
+
+cdef class NullDataPlane:
+    pass
 
 cdef class BatchDecisions:
     cdef public object serial
@@ -10,7 +17,8 @@ cdef class BatchDecisions:
     cdef public set loaded
 
 cdef class ControlPlane:
-    cdef public object config, settings, sizer, data, extents, _stats, now, _serial, _budget, _deferred
+    cdef public EntrySizer sizer
+    cdef public object config, settings, data, extents, _stats, now, _serial, _budget, _deferred
     cdef public BatchDecisions _single
     cdef public CPolicy gpu
     cdef public CPolicy host
