@@ -223,7 +223,7 @@ def request_columns(workload: Workload) -> tuple[list[Key], list[int], list[floa
     """The fields of the workload's requests as columns, in `Request`'s order; keys are (user_id,
     static_version) pairs, as the real tiers use, one tuple per distinct key."""
     pairs = list(zip(workload.key_user.tolist(), workload.key_version.tolist()))
-    return (list(map(pairs.__getitem__, workload.key.tolist())), workload.n_static.tolist(), workload.ts.tolist(),
+    return ([pairs[k] for k in workload.key.tolist()], workload.n_static.tolist(), workload.ts.tolist(),
             workload.next_use.tolist())
 
 
