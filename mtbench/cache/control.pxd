@@ -41,7 +41,7 @@ cdef class ControlPlane:
     cpdef _release_single(self, BatchDecisions plan, key)
     @cython.locals(tier=CPolicy)
     cpdef _tell_next_use(self, key, next_use)
-    @cython.locals(host=CPolicy)
+    @cython.locals(host=CPolicy, cached=set, flying=dict)
     cpdef _decide(self, BatchDecisions plan, Py_ssize_t i, key, n, now, bint load)
     cpdef _tick(self, ts)
     @cython.locals(tier=CPolicy)
