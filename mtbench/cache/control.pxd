@@ -4,6 +4,10 @@ cimport cython
 from mtbench.cache.policies.base cimport ReplacementPolicy as CPolicy
 from mtbench.cache.sizes cimport EntrySizer
 
+cdef Py_ssize_t _KINDS
+cdef long long _ZERO_TALLY[18]  # len(Outcome) * len(MissKind)
+cpdef Py_ssize_t _tally_cell(Py_ssize_t outcome, Py_ssize_t kind)
+
 cdef class StoreDecision:
     cdef public object key, first, n_tokens, scratch
 
@@ -25,7 +29,7 @@ cdef class ControlPlane:
     cdef public tuple _tiers
     cdef public bint _oracle, _hints, _plain
     cdef public dict gpu_tokens, host_tokens, host_offsets, _versions, _in_flight, _next_use, _first_batch, _user_first_key
-    cdef public list _tally
+    cdef long long _tally[18]  # len(Outcome) * len(MissKind)
     cdef public object _static_tokens, _hit_tokens
     cdef public set _doomed
 

@@ -42,6 +42,7 @@ decided (the data plane orders the copies), and transfer faults are the data pla
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
@@ -89,6 +90,14 @@ class MissKind(IntEnum):
 # Plain module names for the members: the per-request path reads them millions of times.
 GPU_HIT, HOST_HIT, MISS, STALE, HOST_RECOMPUTE, PARTIAL_HIT = Outcome
 COMPULSORY, STALE_VERSION, CAPACITY = MissKind
+_KINDS = len(MissKind)
+_ZERO_TALLY = array("q", bytes(8 * len(Outcome) * _KINDS))
+"""An empty tally: requests by outcome and miss kind, cell `_tally_cell(outcome, kind)` (a C array when compiled,
+in the control plane too: a count is a C increment)."""
+
+
+def _tally_cell(outcome: int, kind: int) -> int:
+    return outcome * _KINDS + kind
 
 
 @dataclass(frozen=True)
@@ -327,7 +336,7 @@ class ControlPlane:
         self.host_offsets: dict[Key, list[int]] = {}
         self._stats = CacheStats()
         # requests by outcome and miss kind, and their tokens, not yet added to `_stats` (see `stats`)
-        self._tally: list[list[int]] = [[0] * len(MissKind) for _ in Outcome]
+        self._tally = _ZERO_TALLY[:]
         self._static_tokens = self._hit_tokens = 0  # static tokens, tokens read from the cache
         self.now = float("-inf")
         self._versions: dict[Hashable, set[int]] = {}
@@ -346,8 +355,9 @@ class ControlPlane:
     @property
     def stats(self) -> CacheStats:
         """The counters of every released request (and the data plane's own, which it adds here)."""
-        tally, stats = self._tally, self._stats
-        gpu_hits, host_hits, misses, stale, host_recomputes, partial_hits = (sum(row) for row in tally)
+        tally, stats = list(self._tally), self._stats
+        rows = [tally[cell:cell + _KINDS] for cell in range(0, len(tally), _KINDS)]  # one per outcome
+        gpu_hits, host_hits, misses, stale, host_recomputes, partial_hits = (sum(row) for row in rows)
         stats.gpu_hits += gpu_hits
         stats.host_hits += host_hits
         stats.partial_hits += partial_hits
@@ -355,13 +365,13 @@ class ControlPlane:
         stats.misses += misses
         stats.stale += stale
         stats.requests += gpu_hits + host_hits + misses + stale + host_recomputes + partial_hits
-        missed = [m + s for m, s in zip(tally[MISS], tally[STALE])]
+        missed = [m + s for m, s in zip(rows[MISS], rows[STALE])]
         stats.misses_compulsory += missed[COMPULSORY]
         stats.misses_stale += missed[STALE_VERSION]
         stats.misses_capacity += missed[CAPACITY]
         stats.static_tokens += self._static_tokens
         stats.hit_tokens += self._hit_tokens
-        self._tally = [[0] * len(MissKind) for _ in Outcome]
+        self._tally = _ZERO_TALLY[:]
         self._static_tokens = self._hit_tokens = 0
         return stats
 
@@ -426,7 +436,7 @@ class ControlPlane:
         now = self._tick(ts)
         outcome = self._decide(plan, 0, key, n_static, now, True if self._plain else self._announce(key, next_use))
         cached = plan.cached[0]
-        self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
+        self._tally[_tally_cell(outcome, plan.kinds[0])] += 1  # as `_count`
         self._static_tokens += n_static
         self._hit_tokens += cached
         if self._deferred is None:
@@ -822,9 +832,8 @@ class ControlPlane:
                 self._remove(key)
 
     def _count(self, plan: BatchDecisions) -> None:
-        tally = self._tally
         for request, outcome, cached, kind in zip(plan.requests, plan.outcomes, plan.cached, plan.kinds):
-            tally[outcome][kind or 0] += 1  # a repeat of a hit has no miss kind: counted as kind 0, never read
+            self._tally[_tally_cell(outcome, kind or 0)] += 1  # a repeat of a hit has no miss kind: kind 0, never read
             self._static_tokens += request.n_static
             self._hit_tokens += cached  # 0 unless the request read the cache
 
