@@ -247,7 +247,7 @@ class DataPlane(Protocol):
 
     def load(self, key: Key, n_tokens: int, scratch: bool) -> None: ...
 
-    def host_store(self, key: Key, n_tokens: int, offsets: list[int], scratch: bool) -> None: ...
+    def host_store(self, key: Key, n_tokens: int, offsets: Sequence[int], scratch: bool) -> None: ...
 
     def host_evict(self, key: Key) -> None: ...
 
@@ -270,7 +270,7 @@ class NullDataPlane:
     def load(self, key: Key, n_tokens: int, scratch: bool) -> None:
         pass
 
-    def host_store(self, key: Key, n_tokens: int, offsets: list[int], scratch: bool) -> None:
+    def host_store(self, key: Key, n_tokens: int, offsets: Sequence[int], scratch: bool) -> None:
         pass
 
     def host_evict(self, key: Key) -> None:
@@ -333,7 +333,7 @@ class ControlPlane:
         self._hints = type(self.gpu).hint_upcoming is not ReplacementPolicy.hint_upcoming
         self.gpu_tokens: dict[Key, int] = {}
         self.host_tokens: dict[Key, int] = {}
-        self.host_offsets: dict[Key, list[int]] = {}
+        self.host_offsets: dict[Key, Sequence[int]] = {}
         self._stats = CacheStats()
         # requests by outcome and miss kind, and their tokens, not yet added to `_stats` (see `stats`)
         self._tally = _ZERO_TALLY[:]
@@ -715,7 +715,7 @@ class ControlPlane:
         for victim in evicted:
             self._stats.host_evictions += 1
             self._free_host(victim)
-        offsets: list[int] = []
+        offsets: Sequence[int] = ()  # no extents without a geometry (and no object per host entry)
         if self.extents is not None:
             placed = self.extents.place(self.config.host_geometry.lengths(n_tokens))
             if placed is None:  # fragmentation: the policy had room, the arena has no extent
