@@ -97,6 +97,7 @@ cdef class MTServe(S3FIFO):
     cpdef _on_insert(self, key, long long size, now)
     @cython.locals(entry=ResidentEntry, bucket=dict)
     cpdef _on_remove(self, key)
+    @cython.locals(traffic=Traffic, start=tuple, period=double)
     cpdef double stale_horizon(self) except? -1
     cpdef _dead_victim(self)
     @cython.locals(traffic=Traffic, entries=dict, now=double, left=Py_ssize_t, horizon=double,
