@@ -29,6 +29,7 @@ from mtbench.cache.control import (
 )
 from mtbench.cache.extents import HostGeometry
 from mtbench.cache.policies import policy_class
+from mtbench.cache.policies.base import NEVER
 from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
 from mtbench.sim.costmodel import CostModel
@@ -198,7 +199,7 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
     outcomes: list[int] = []
     cached: list[int] = []
     if settings.batch_size == 1 and settings.lookahead == 0:
-        plane.serve_each(*request_columns(workload), outcomes, cached)
+        plane.serve_each(*request_columns(workload, next_use=policy_class(policy).uses_next_use), outcomes, cached)
     else:
         def released(plan) -> None:
             outcomes.extend(plan.outcomes)
@@ -208,7 +209,7 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
     result = SimResult(**vars(plane.stats), policy=policy, gpu_capacity=int(gpu_capacity),
                        host_capacity=int(host_capacity),
                        outcomes=np.array(outcomes, dtype=np.int8) if keep_outcomes else None)
-    return result, workload.n_static - np.array(cached, dtype=np.int64)
+    return result, workload.n_static - np.fromiter(cached, dtype=np.int64, count=len(cached))
 
 
 def control_config(workload: Workload, policy: str, gpu_capacity: int, host_capacity: int = 0,
@@ -219,12 +220,13 @@ def control_config(workload: Workload, policy: str, gpu_capacity: int, host_capa
                          host_geometry if host_capacity else None, cost)
 
 
-def request_columns(workload: Workload) -> tuple[list[Key], list[int], list[float], list[int]]:
+def request_columns(workload: Workload, next_use: bool = True) -> tuple[list[Key], list[int], list[float], list[int]]:
     """The fields of the workload's requests as columns, in `Request`'s order; keys are (user_id,
-    static_version) pairs, as the real tiers use, one tuple per distinct key."""
+    static_version) pairs, as the real tiers use, one tuple per distinct key. Without `next_use` every
+    next use is NEVER (only a policy that `uses_next_use` reads it)."""
     pairs = list(zip(workload.key_user.tolist(), workload.key_version.tolist()))
     return ([pairs[k] for k in workload.key.tolist()], workload.n_static.tolist(), workload.ts.tolist(),
-            workload.next_use.tolist())
+            workload.next_use.tolist() if next_use else [NEVER] * workload.n_requests)
 
 
 def requests(workload: Workload) -> Iterator[Request]:
