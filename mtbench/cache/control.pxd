@@ -30,13 +30,16 @@ cdef class ControlPlane:
     cdef public bint _oracle, _hints, _plain
     cdef public dict gpu_tokens, host_tokens, host_offsets, _versions, _in_flight, _next_use, _first_batch, _user_first_key
     cdef long long _tally[18]  # len(Outcome) * len(MissKind)
-    cdef public object _static_tokens, _hit_tokens
+    # _serve adds its C `cached` to _hit_tokens in C; n_static stays the request's object (it is stored as is),
+    # so _static_tokens adds objects (a C field would box it twice per request)
+    cdef public object _static_tokens
+    cdef public long long _hit_tokens
     cdef public set _doomed
 
     cpdef serve(self, request)
     @cython.locals(single=BatchDecisions, i=Py_ssize_t)
     cpdef serve_each(self, list keys, list n_static, list ts, list next_use, list outcomes, list cached)
-    @cython.locals(plan=BatchDecisions)
+    @cython.locals(plan=BatchDecisions, cached=cython.longlong)
     cpdef _serve(self, key, n_static, ts, next_use)
     cpdef _announce(self, key, next_use)
     @cython.locals(tier=CPolicy)
