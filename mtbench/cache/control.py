@@ -42,6 +42,7 @@ decided (the data plane orders the copies), and transfer faults are the data pla
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
@@ -89,6 +90,14 @@ class MissKind(IntEnum):
 # Plain module names for the members: the per-request path reads them millions of times.
 GPU_HIT, HOST_HIT, MISS, STALE, HOST_RECOMPUTE, PARTIAL_HIT = Outcome
 COMPULSORY, STALE_VERSION, CAPACITY = MissKind
+_KINDS = len(MissKind)
+_ZERO_TALLY = array("q", bytes(8 * len(Outcome) * _KINDS))
+"""An empty tally: requests by outcome and miss kind, cell `_tally_cell(outcome, kind)` (a C array when compiled,
+in the control plane too: a count is a C increment)."""
+
+
+def _tally_cell(outcome: int, kind: int) -> int:
+    return outcome * _KINDS + kind
 
 
 @dataclass(frozen=True)
@@ -238,7 +247,7 @@ class DataPlane(Protocol):
 
     def load(self, key: Key, n_tokens: int, scratch: bool) -> None: ...
 
-    def host_store(self, key: Key, n_tokens: int, offsets: list[int], scratch: bool) -> None: ...
+    def host_store(self, key: Key, n_tokens: int, offsets: Sequence[int], scratch: bool) -> None: ...
 
     def host_evict(self, key: Key) -> None: ...
 
@@ -261,7 +270,7 @@ class NullDataPlane:
     def load(self, key: Key, n_tokens: int, scratch: bool) -> None:
         pass
 
-    def host_store(self, key: Key, n_tokens: int, offsets: list[int], scratch: bool) -> None:
+    def host_store(self, key: Key, n_tokens: int, offsets: Sequence[int], scratch: bool) -> None:
         pass
 
     def host_evict(self, key: Key) -> None:
@@ -324,11 +333,11 @@ class ControlPlane:
         self._hints = type(self.gpu).hint_upcoming is not ReplacementPolicy.hint_upcoming
         self.gpu_tokens: dict[Key, int] = {}
         self.host_tokens: dict[Key, int] = {}
-        self.host_offsets: dict[Key, list[int]] = {}
+        self.host_offsets: dict[Key, Sequence[int]] = {}
         self._stats = CacheStats()
         # requests by outcome and miss kind, and their tokens, not yet added to `_stats` (see `stats`)
-        self._tally: list[list[int]] = [[0] * len(MissKind) for _ in Outcome]
-        self._tokens = [0, 0]  # static tokens, tokens read from the cache
+        self._tally = _ZERO_TALLY[:]
+        self._static_tokens = self._hit_tokens = 0  # static tokens, tokens read from the cache
         self.now = float("-inf")
         self._versions: dict[Hashable, set[int]] = {}
         self._doomed: set[Key] = set()
@@ -337,17 +346,18 @@ class ControlPlane:
         self._first_batch: dict[Key, int] = {}
         self._user_first_key: dict[Hashable, Key] = {}
         self._serial = 0
-        self._single = BatchDecisions(0, [Request((0, 0), 0, 0.0)], [MISS], [0], [None])  # `serve`'s plan, reused
+        self._single = BatchDecisions(0, [], [MISS], [0], [None])  # `serve`'s plan, reused (no request list)
         self._budget = self.settings.load_budget
         self._plain = not self._oracle and self._budget is None  # `serve` skips `_announce`
-        self._deferred: Request | None = None  # `serve`'s request until it takes its pins (`_take_deferred`)
+        self._deferred: Key | None = None  # `serve`'s key until it takes its pins (`_take_deferred`)
 
     # ------------------------------------------------------------------ queries
     @property
     def stats(self) -> CacheStats:
         """The counters of every released request (and the data plane's own, which it adds here)."""
-        tally, stats = self._tally, self._stats
-        gpu_hits, host_hits, misses, stale, host_recomputes, partial_hits = (sum(row) for row in tally)
+        tally, stats = list(self._tally), self._stats
+        rows = [tally[cell:cell + _KINDS] for cell in range(0, len(tally), _KINDS)]  # one per outcome
+        gpu_hits, host_hits, misses, stale, host_recomputes, partial_hits = (sum(row) for row in rows)
         stats.gpu_hits += gpu_hits
         stats.host_hits += host_hits
         stats.partial_hits += partial_hits
@@ -355,14 +365,14 @@ class ControlPlane:
         stats.misses += misses
         stats.stale += stale
         stats.requests += gpu_hits + host_hits + misses + stale + host_recomputes + partial_hits
-        missed = [m + s for m, s in zip(tally[MISS], tally[STALE])]
+        missed = [m + s for m, s in zip(rows[MISS], rows[STALE])]
         stats.misses_compulsory += missed[COMPULSORY]
         stats.misses_stale += missed[STALE_VERSION]
         stats.misses_capacity += missed[CAPACITY]
-        stats.static_tokens += self._tokens[0]
-        stats.hit_tokens += self._tokens[1]
-        self._tally = [[0] * len(MissKind) for _ in Outcome]
-        self._tokens = [0, 0]
+        stats.static_tokens += self._static_tokens
+        stats.hit_tokens += self._hit_tokens
+        self._tally = _ZERO_TALLY[:]
+        self._static_tokens = self._hit_tokens = 0
         return stats
 
     def gpu_keys(self) -> set[Key]:
@@ -402,48 +412,52 @@ class ControlPlane:
         stay while earlier ones are decided: nothing is queued behind a request served alone, and its own
         key is looked up (`access`) before anything can be evicted, so the hint would tell no policy more
         than that lookup does."""
+        key, n_static, ts, next_use = request
+        outcome = self._serve(key, n_static, ts, next_use)
+        return outcome, self._single.cached[0]
+
+    def serve_each(self, keys: list[Key], n_static: list[int], ts: list[float], next_use: list[int],
+                   outcomes: list[Outcome], cached: list[int]) -> None:
+        """`serve` the requests given as columns (request i is `Request(keys[i], n_static[i], ts[i], next_use[i])`)
+        in order, appending each one's outcome and tokens read (the simulator's loop: no tuple per request)."""
+        single = self._single
+        for i in range(len(keys)):
+            outcomes.append(self._serve(keys[i], n_static[i], ts[i], next_use[i]))
+            cached.append(single.cached[0])
+
+    def _serve(self, key: Key, n_static: int, ts: float, next_use: int) -> Outcome:
+        """`serve` of the request with these fields; returns its outcome, its tokens read are `_single.cached[0]`."""
         if self._in_flight:
             raise RuntimeError("ControlPlane.serve with batches in flight: use plan/release")
-        key, n_static, ts, _ = request
         plan = self._single
         plan.serial = self._serial = self._serial + 1
-        self._deferred = request
+        self._deferred = key
         plan.cached[0] = 0
         now = self._tick(ts)
-        outcome = self._decide(plan, 0, key, n_static, now, True if self._plain else self._announce(request))
+        outcome = self._decide(plan, 0, key, n_static, now, True if self._plain else self._announce(key, next_use))
         cached = plan.cached[0]
-        self._tally[outcome][plan.kinds[0]] += 1  # as `_count`
-        tokens = self._tokens
-        tokens[0] += n_static
-        tokens[1] += cached
+        self._tally[_tally_cell(outcome, plan.kinds[0])] += 1  # as `_count`
+        self._static_tokens += n_static
+        self._hit_tokens += cached
         if self._deferred is None:
             self._release_single(plan, key)
         else:
             self._deferred = None
-        return outcome, cached
+        return outcome
 
-    def serve_each(self, requests: Iterable[Request], outcomes: list[Outcome], cached: list[int]) -> None:
-        """`serve` the requests in order, appending each one's outcome and tokens read (the simulator's loop)."""
-        for request in requests:
-            outcome, tokens = self.serve(request)
-            outcomes.append(outcome)
-            cached.append(tokens)
-
-    def _announce(self, request: Request) -> bool:
+    def _announce(self, key: Key, next_use: int) -> bool:
         """What `plan` does for a batch before deciding it, for `serve`'s request, less the hint (see `serve`):
         OPT's next use and the load budget. Returns whether a host hit may be loaded."""
         if self._oracle:
-            self._tell_next_use(request)
+            self._tell_next_use(key, next_use)
         if self._budget is None:
             return True
-        loads = self._loads_within_budget([request.key], self._budget)
-        return loads is None or request.key in loads
+        loads = self._loads_within_budget([key], self._budget)
+        return loads is None or key in loads
 
     def _take_deferred(self) -> None:
         """Pin `serve`'s request and mark it in flight, as `plan` does up front for a batch."""
-        request, self._deferred = self._deferred, None
-        self._single.requests[0] = request
-        key = request.key
+        key, self._deferred = self._deferred, None
         for tier in self._tiers:
             tier.pin(key)
         self._in_flight[key[0]] = {key[1]: 1}
@@ -491,7 +505,7 @@ class ControlPlane:
             key = request.key
             now = self._tick(request.ts)
             if self._oracle:
-                self._tell_next_use(request)
+                self._tell_next_use(key, request.next_use)
             row = first_row.get(key)
             if row is not None:
                 self._repeat(plan, i, row, now)
@@ -500,10 +514,10 @@ class ControlPlane:
             self._decide(plan, i, key, request.n_static, now, loads is None or key in loads)
         return plan
 
-    def _tell_next_use(self, request: Request) -> None:
-        self._next_use[request.key] = request.next_use
+    def _tell_next_use(self, key: Key, next_use: int) -> None:
+        self._next_use[key] = next_use
         for tier in self._tiers:
-            tier.set_next_use(request.key, request.next_use)
+            tier.set_next_use(key, next_use)
 
     def _decide(self, plan: BatchDecisions, i: int, key: Key, n: int, now: float, load: bool) -> Outcome:
         """Row i, the first request of its key (of n static tokens) in the batch: its miss kind, stale drops,
@@ -660,7 +674,10 @@ class ControlPlane:
         return True
 
     def _held_by_earlier_batch(self, plan: BatchDecisions, key: Key) -> bool:
-        """Whether a batch planned before `plan` and not released yet has a request of `key`."""
+        """Whether a batch planned before `plan` and not released yet has a request of `key` (never for `serve`'s
+        request: `serve` runs with nothing else in flight)."""
+        if plan is self._single:
+            return False
         in_this_batch = sum(1 for request in plan.requests if request.key == key)
         return self._in_flight[key[0]][key[1]] > in_this_batch
 
@@ -698,7 +715,7 @@ class ControlPlane:
         for victim in evicted:
             self._stats.host_evictions += 1
             self._free_host(victim)
-        offsets: list[int] = []
+        offsets: Sequence[int] = ()  # no extents without a geometry (and no object per host entry)
         if self.extents is not None:
             placed = self.extents.place(self.config.host_geometry.lengths(n_tokens))
             if placed is None:  # fragmentation: the policy had room, the arena has no extent
@@ -815,11 +832,10 @@ class ControlPlane:
                 self._remove(key)
 
     def _count(self, plan: BatchDecisions) -> None:
-        tally, tokens = self._tally, self._tokens
         for request, outcome, cached, kind in zip(plan.requests, plan.outcomes, plan.cached, plan.kinds):
-            tally[outcome][kind or 0] += 1  # a repeat of a hit has no miss kind: counted as kind 0, never read
-            tokens[0] += request.n_static
-            tokens[1] += cached  # 0 unless the request read the cache
+            self._tally[_tally_cell(outcome, kind or 0)] += 1  # a repeat of a hit has no miss kind: kind 0, never read
+            self._static_tokens += request.n_static
+            self._hit_tokens += cached  # 0 unless the request read the cache
 
     # ------------------------------------------------------------------ data-plane faults
     def forget_host(self, key: Key) -> None:

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtbench.cache.control import (
-    CacheStats, ControlConfig, ControlPlane, Outcome, Request, TierSettings, run_batches,
+    CacheStats, ControlConfig, ControlPlane, Key, Outcome, Request, TierSettings, run_batches,
 )
 from mtbench.cache.extents import HostGeometry
 from mtbench.cache.policies import policy_class
+from mtbench.cache.policies.base import NEVER
 from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
 from mtbench.sim.costmodel import CostModel
@@ -102,13 +103,16 @@ class Workload:
         """Every request of one (user, version) must have the same n_static unless prefixes may grow."""
         if append or self.n_requests == 0:
             return
-        order = np.argsort(self.key, kind="stable")
+        some_request = np.empty(int(self.key.max()) + 1, dtype=np.int64)
+        some_request[self.key] = self.n_static  # one request's n_static per key: a scatter, no sort
+        if np.array_equal(some_request[self.key], self.n_static):
+            return
+        order = np.argsort(self.key, kind="stable")  # some key differs: name the first row that does
         same_key = self.key[order][1:] == self.key[order][:-1]
         differs = same_key & (self.n_static[order][1:] != self.n_static[order][:-1])
-        if differs.any():
-            row = int(order[1:][np.flatnonzero(differs)[0]])
-            raise MtbenchError(f"row {row}: n_static {int(self.n_static[row])} differs from an earlier request of the same "
-                               f"(user_id, static_version); a version's prefix must not change (or use the append variant)")
+        row = int(order[1:][np.flatnonzero(differs)[0]])
+        raise MtbenchError(f"row {row}: n_static {int(self.n_static[row])} differs from an earlier request of the same "
+                           f"(user_id, static_version); a version's prefix must not change (or use the append variant)")
 
     @classmethod
     def from_keys(cls, keys: np.ndarray) -> "Workload":
@@ -195,7 +199,7 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
     outcomes: list[int] = []
     cached: list[int] = []
     if settings.batch_size == 1 and settings.lookahead == 0:
-        plane.serve_each(requests(workload), outcomes, cached)
+        plane.serve_each(*request_columns(workload, next_use=policy_class(policy).uses_next_use), outcomes, cached)
     else:
         def released(plan) -> None:
             outcomes.extend(plan.outcomes)
@@ -205,7 +209,7 @@ def simulate(workload: Workload, policy: str, gpu_capacity: int, host_capacity: 
     result = SimResult(**vars(plane.stats), policy=policy, gpu_capacity=int(gpu_capacity),
                        host_capacity=int(host_capacity),
                        outcomes=np.array(outcomes, dtype=np.int8) if keep_outcomes else None)
-    return result, workload.n_static - np.array(cached, dtype=np.int64)
+    return result, workload.n_static - np.fromiter(cached, dtype=np.int64, count=len(cached))
 
 
 def control_config(workload: Workload, policy: str, gpu_capacity: int, host_capacity: int = 0,
@@ -216,13 +220,18 @@ def control_config(workload: Workload, policy: str, gpu_capacity: int, host_capa
                          host_geometry if host_capacity else None, cost)
 
 
-def requests(workload: Workload) -> Iterator[Request]:
-    """The workload's requests in order, as the control plane takes them; keys are (user_id,
-    static_version) pairs, as the real tiers use."""
+def request_columns(workload: Workload, next_use: bool = True) -> tuple[list[Key], list[int], list[float], list[int]]:
+    """The fields of the workload's requests as columns, in `Request`'s order; keys are (user_id,
+    static_version) pairs, as the real tiers use, one tuple per distinct key. Without `next_use` every
+    next use is NEVER (only a policy that `uses_next_use` reads it)."""
     pairs = list(zip(workload.key_user.tolist(), workload.key_version.tolist()))
-    fields = zip(map(pairs.__getitem__, workload.key.tolist()), workload.n_static.tolist(), workload.ts.tolist(),
-                 workload.next_use.tolist())
-    return map(tuple.__new__, repeat(Request), fields)  # Request(*row), without a Python call per request
+    return ([pairs[k] for k in workload.key.tolist()], workload.n_static.tolist(), workload.ts.tolist(),
+            workload.next_use.tolist() if next_use else [NEVER] * workload.n_requests)
+
+
+def requests(workload: Workload) -> Iterator[Request]:
+    """The workload's requests in order, as the control plane takes them."""
+    return map(tuple.__new__, repeat(Request), zip(*request_columns(workload)))  # Request(*row), no Python call per row
 
 
 def request_batches(workload: Workload, batch_size: int) -> Iterator[list[Request]]:

@@ -116,8 +116,10 @@ class ReplacementPolicy:
         """Protect `key` from eviction until a matching `unpin` (pins nest; the key need not be resident)."""
         count = self._pins.get(key, 0)
         self._pins[key] = count + 1
-        if count == 0 and key in self._sizes:
-            self._pinned_bytes += self._sizes[key]
+        if count == 0:
+            size = self._sizes.get(key)
+            if size is not None:
+                self._pinned_bytes += size
 
     def unpin(self, key: Key) -> None:
         """Release one pin of `key` (ValueError if it is not pinned)."""
@@ -128,8 +130,9 @@ class ReplacementPolicy:
             self._pins[key] = count - 1
             return
         del self._pins[key]
-        if key in self._sizes:
-            self._pinned_bytes -= self._sizes[key]
+        size = self._sizes.get(key)
+        if size is not None:
+            self._pinned_bytes -= size
 
     # ---------------------------------------------------------------- life cycle
     def access(self, key: Key, now: float) -> bool:

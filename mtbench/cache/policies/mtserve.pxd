@@ -3,6 +3,9 @@
 # mtserve.py.
 cimport cython
 from mtbench.cache.policies.s3fifo cimport S3FIFO
+# `math.log2` in mtserve.py is libm's log2, a C call (the same function CPython's math.log2 calls for a
+# positive finite double); run as plain Python it is math.log2
+cimport libc.math as math
 
 # C constants and tables (a C array's length is a literal here: _N_BINS + 1 and _N_BINS)
 cdef Py_ssize_t _N_BINS
@@ -94,6 +97,7 @@ cdef class MTServe(S3FIFO):
     cpdef _on_insert(self, key, long long size, now)
     @cython.locals(entry=ResidentEntry, bucket=dict)
     cpdef _on_remove(self, key)
+    @cython.locals(traffic=Traffic, start=tuple, period=double)
     cpdef double stale_horizon(self) except? -1
     cpdef _dead_victim(self)
     @cython.locals(traffic=Traffic, entries=dict, now=double, left=Py_ssize_t, horizon=double,

@@ -46,7 +46,8 @@ inside a bin. Keys are `(user_id, static_version)` tuples; any other key is its 
 
 from __future__ import annotations
 
-from math import log2, nan
+import math
+from math import nan
 from array import array
 from collections.abc import Callable, Hashable, Iterator, Sequence
 
@@ -83,7 +84,7 @@ _ZERO_TAIL = array("d", bytes(8 * (_N_BINS + 1)))
 def _gap_bin(gap: float) -> int:
     if gap <= 0.0:
         return 0
-    octaves = log2(1.0 + gap)  # a C double when compiled, so the doubling and the truncation are C arithmetic
+    octaves = math.log2(1.0 + gap)  # compiled: libm's log2 (what math.log2 calls) on a C double, no Python call
     b = int(2 * octaves)
     return b if b < _N_BINS else _N_BINS - 1
 
