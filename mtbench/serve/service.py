@@ -28,7 +28,7 @@ from mtbench.cache.control import READS_CACHE, BatchDecisions, ControlPlane, Out
 from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
 from mtbench.sim.costmodel import CostModel
-from mtbench.sim.simulator import TierSettings, Workload, control_config
+from mtbench.sim.simulator import TierSettings, Workload, control_config, request_columns
 
 CACHE_MODES = ("none", "gpu", "tiered")
 OUTCOME_NAMES = np.array([outcome.label for outcome in sorted(Outcome)])
@@ -118,11 +118,7 @@ class CacheService:
         self.outcomes = np.full(n, -1, dtype=np.int8)
         self.recomputed = w.n_static.copy()
         self._new_tokens = w.n_rt + w.n_cand
-        self._n_static = w.n_static.tolist()
-        self._ts = w.ts.tolist()
-        self._next_use = w.next_use.tolist()
-        pairs = list(zip(w.key_user.tolist(), w.key_version.tolist()))
-        self._keys = [pairs[k] for k in w.key.tolist()]
+        self._keys, self._n_static, self._ts, self._next_use = request_columns(w)
         self._plane: ControlPlane | None = None
         if self.setting.mode != "none":
             host = self.setting.host_capacity if self.setting.mode == "tiered" else 0
