@@ -19,6 +19,7 @@ from mtbench.model import (
     request_flops,
     sample_requests,
 )
+from mtbench.model.features import hash_columns
 from mtbench.trace import TraceLimits
 
 
@@ -130,6 +131,62 @@ def test_static_features_ignore_the_request_and_follow_the_version():
     new_version = build_batch([replace(base, static_version=2)], cfg)
     assert not torch.equal(one.static_seq.ids, new_version.static_seq.ids)
     assert (one.user.ids[:, 0] // cfg.user_table_size).tolist() == list(range(cfg.n_user_tokens))
+
+
+def _per_token_ids(cfg, user, version_or_key, position, group):
+    """The features' definition, one token at a time: every column folded into one hash per token."""
+    def bucket(salt, *values, size):
+        return int(hash_columns(salt, *(np.array([v], dtype=np.int64) for v in values))[0] % np.uint64(size))
+
+    def item_side(raw):
+        return [bucket("item_row", raw, size=cfg.table_size), bucket("category", raw, size=cfg.n_categories)]
+
+    half = max(cfg.n_time_buckets // 2, 1)
+    if group == "U":
+        return [position * cfg.user_table_size + bucket("user_feature", user, version_or_key, position,
+                                                         size=cfg.user_table_size)]
+    if group == "S":
+        raw = bucket("static_item", user, version_or_key, position, size=cfg.n_raw_items)
+        action = bucket("static_action", user, version_or_key, position, size=cfg.n_actions)
+        return item_side(raw) + [action, cfg.n_time_buckets - half + min(int(np.log2(position + 1)), half - 1)]
+    if group == "R":
+        raw = bucket("rt_item", user, version_or_key, position, size=cfg.n_raw_items)
+        action = bucket("rt_action", user, version_or_key, position, size=cfg.n_actions)
+        return item_side(raw) + [action, min(int(np.log2(position + 1)), cfg.n_time_buckets - half - 1)]
+    raw = bucket("cand_item", user, version_or_key, position, size=cfg.n_raw_items)
+    item, category = item_side(raw)
+    return [item, category, bucket("user_item", user, raw, size=cfg.table_size),
+            bucket("user_category", user, category, size=cfg.table_size)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batch_features_equal_the_per_token_definition(seed):
+    """build_batch folds each request's columns once; every id must still be the per-token hash."""
+    cfg = replace(get_config("tiny"), n_categories=50, table_size=1000)  # sizes that are not powers of two too
+    rng = np.random.default_rng(seed)
+    requests = []
+    for _ in range(int(rng.integers(1, 6))):
+        n_static = int(rng.integers(1, cfg.max_static + 1))
+        requests.append(RequestSpec(int(rng.integers(-2**40, 2**40)), int(rng.integers(0, 4)), int(rng.integers(0, 2**50)),
+                                    n_static=n_static, n_rt=int(rng.integers(0, 6)), n_cand=int(rng.integers(1, 6)),
+                                    n_cached=int(rng.integers(0, n_static + 1))))
+    batch = build_batch(requests, cfg)
+    expected: dict[int, list[int]] = {}
+    row = 0
+    for r in requests:
+        for position in range(r.n_cached, r.n_static):
+            is_user = position < cfg.n_user_tokens
+            expected[row] = _per_token_ids(cfg, r.user_id, r.static_version,
+                                           position if is_user else position - cfg.n_user_tokens, "U" if is_user else "S")
+            row += 1
+        for group, count in (("R", r.n_rt), ("C", r.n_cand)):
+            for position in range(count):
+                expected[row] = _per_token_ids(cfg, r.user_id, r.request_key, position, group)
+                row += 1
+    assert row == batch.num_rows
+    for group in (batch.user, batch.static_seq, batch.realtime, batch.cand):
+        for index, ids in zip(group.rows.tolist(), group.ids.tolist()):
+            assert ids == expected[index], index
 
 
 def test_total_normalizer_runs_full_forward_and_is_refused_by_cached_paths():

@@ -134,6 +134,7 @@ def build_batch(requests: Sequence[RequestSpec], cfg: MTGRConfig, device: torch.
     _check(requests, cfg)
     col = {name: np.array([getattr(r, name) for r in requests], dtype=np.int64)
            for name in ("user_id", "static_version", "request_key", "n_static", "n_rt", "n_cand", "n_cached")}
+    user, version, key = col["user_id"], col["static_version"], col["request_key"]
     n_new = col["n_static"] - col["n_cached"]
     offsets = _offsets(n_new + col["n_rt"] + col["n_cand"])
     group_ids = np.empty(int(offsets[-1]), dtype=np.int64)
@@ -143,21 +144,21 @@ def build_batch(requests: Sequence[RequestSpec], cfg: MTGRConfig, device: torch.
     static_rows = offsets[owner] + pos
     is_user = static_position < cfg.n_user_tokens
     group_ids[static_rows] = np.where(is_user, GROUP_U, GROUP_S)
-    user = (static_rows[is_user], user_token_ids(
-        col["user_id"][owner][is_user], col["static_version"][owner][is_user], static_position[is_user], cfg))
+    user_tokens = (static_rows[is_user],
+                   user_token_ids(user, version, owner[is_user], static_position[is_user], cfg))
     seq = ~is_user
-    static_seq = (static_rows[seq], static_seq_ids(
-        col["user_id"][owner][seq], col["static_version"][owner][seq], static_position[seq] - cfg.n_user_tokens, cfg))
+    static_seq = (static_rows[seq],
+                  static_seq_ids(user, version, owner[seq], static_position[seq] - cfg.n_user_tokens, cfg))
 
     owner, pos = _segments(col["n_rt"])
     rt_rows = offsets[owner] + n_new[owner] + pos
     group_ids[rt_rows] = GROUP_R
-    realtime = (rt_rows, realtime_ids(col["user_id"][owner], col["request_key"][owner], pos, cfg))
+    realtime = (rt_rows, realtime_ids(user, key, owner, pos, cfg))
 
     owner, pos = _segments(col["n_cand"])
     cand_rows = offsets[owner] + n_new[owner] + col["n_rt"][owner] + pos
     group_ids[cand_rows] = GROUP_C
-    cand = (cand_rows, candidate_ids(col["user_id"][owner], col["request_key"][owner], pos, cfg))
+    cand = (cand_rows, candidate_ids(user, key, owner, pos, cfg))
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
@@ -177,7 +178,7 @@ def build_batch(requests: Sequence[RequestSpec], cfg: MTGRConfig, device: torch.
         n_cand=tensor(col["n_cand"]),
         group_ids=tensor(group_ids),
         static_rows=tensor(static_rows),
-        user=features(user),
+        user=features(user_tokens),
         static_seq=features(static_seq),
         realtime=features(realtime),
         cand=features(cand),
