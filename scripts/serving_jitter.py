@@ -37,12 +37,12 @@ class JitteredOverhead:
         self.rng = np.random.default_rng(seed)
         self.position, self.left = 0, 0
 
-    def ms(self, recomputed: float, reused: float, early: bool) -> float:
+    def ms(self, recomputed: float, reused: float, early: bool, rows: int = 0) -> float:
         if self.left == 0:
             self.position, self.left = int(self.rng.integers(len(self.factors))), self.block
         factor = self.factors[self.position % len(self.factors)]
         self.position, self.left = self.position + 1, self.left - 1
-        return self.overhead.ms(recomputed, reused, early) * factor
+        return self.overhead.ms(recomputed, reused, early, rows) * factor
 
     def tail_ms(self, early: bool) -> float:
         return self.overhead.tail_ms(early)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mtbench.errors import MtbenchError
+from mtbench.graphs import GraphLimits
 from mtbench.serve.arrivals import ArrivalSpec, arrival_times, check_slo
 from mtbench.serve.batcher import BatcherConfig, DynamicBatcher, SizedBatcher
 from mtbench.serve.des import closed_loop_rate, serve_queue
@@ -205,6 +206,24 @@ def test_closed_loop_rate_leaves_out_the_warmup() -> None:
     service = (lambda s, e, early: float(cost[s:e].sum()))
     assert closed_loop_rate(48, service, 8, warmup=16) == pytest.approx(32 / 0.032)
     assert closed_loop_rate(48, service, 8) == pytest.approx(48 / 0.096)
+
+
+def test_eager_batches_take_the_eager_plane_by_the_graphs_rule_and_round_trip() -> None:
+    limits = GraphLimits(max_requests=8, row_bucket=100, max_rows=400)
+    overhead = BatchOverhead(3.0, pipelined=1.5, per_recompute=0.25, per_reuse=0.01, eager=(9.0, 0.5, 0.02),
+                             graphs=limits)
+    for requests, rows in [(4, 400), (8, 301), (1, 0)]:  # what the graphs take: the graphed plane
+        assert limits.takes(requests, rows)
+        assert overhead.ms(requests, 0, False, rows) == pytest.approx(3.0 + 0.25 * requests)
+    for requests, rows in [(4, 401), (9, 10)]:  # too many padded rows, too many requests: eager
+        assert not limits.takes(requests, rows)
+        assert overhead.ms(requests - 1, 1, False, rows) == pytest.approx(9.0 + 0.5 * (requests - 1) + 0.02)
+        assert overhead.ms(requests - 1, 1, True, rows) == pytest.approx(1.5 + 0.5 * (requests - 1) + 0.02)
+    assert BatchOverhead.from_dict(overhead.to_dict()) == overhead
+    assert BatchOverhead.from_dict(BatchOverhead(3.0).to_dict()).eager is None
+    older = {k: v for k, v in overhead.to_dict().items() if k not in ("eager", "graphs")}  # reports before the split
+    assert BatchOverhead.from_dict(older) == BatchOverhead(3.0, 1.5, 0.25, 0.01)
+    assert BatchOverhead(3.0, eager=(9.0, 0.0, 0.0)).ms(1, 0, False, 10**9) == 3.0  # no limits: one plane
 
 
 def test_batch_overhead_is_a_plane_in_the_batch_composition() -> None:

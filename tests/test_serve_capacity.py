@@ -208,8 +208,9 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     assert set(sizes.index) == {(1, False), (2, False), (4, False), (4, True)} and (calibration["cache_mode"] == "tiered").all()
     assert sizes[(4, True)] == 40 - 8  # the throughput replays every timed request
     curve = row["batch_overhead_curve"]  # a plane in the composition, fitted over serial batches of 1, 2 and 4
-    assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail"}
-    assert all(np.isfinite(value) for value in curve.values())
+    assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail", "eager", "graphs"}
+    assert curve["eager"] is None and curve["graphs"] is None  # no CUDA graphs on the CPU: one plane
+    assert all(np.isfinite(value) for value in curve.values() if value is not None)
     assert curve["copy_tail"] == 0.0  # no copy stalls on the CPU
 
 
@@ -301,3 +302,29 @@ def test_des_decides_through_the_control_plane_as_the_simulator_does(seed: int, 
              for (*_, early, _), r, u in zip(charged, costs["recomputed"], costs["reused"])]
     expected_ms = [batch_price_ms(cost, c, h, f) for c, h, f in zip(costs["compute_ms"], costs["h2d_ms"], fixed)]
     np.testing.assert_allclose([ms for *_, ms in charged], expected_ms, rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fit_overhead_gives_each_forward_path_its_own_plane(seed: int) -> None:
+    """Serial calibration batches on two paths: each plane is recovered exactly, full batches set the
+    pipelined intercept against their own path's slopes; without limits or one path there is one plane."""
+    from mtbench.graphs import GraphLimits
+    from mtbench.serve.capacity import fit_overhead
+
+    rng = np.random.default_rng(seed)
+    n = 60
+    recomputed, reused = rng.integers(0, 40, n), rng.integers(0, 40, n)
+    graphed = recomputed + reused <= 32
+    fixed = np.where(graphed, 3.0 + 0.1 * recomputed + 0.02 * reused, 9.0 + 0.3 * recomputed + 0.05 * reused)
+    serial = pd.DataFrame({"fixed_ms": fixed, "recomputed": recomputed, "reused": reused, "graphed": graphed,
+                           "stall_ms": 0.0, "batch_ms": fixed, "h2d_ms": 0.0})
+    full = pd.DataFrame({"fixed_ms": [2.0 + 0.3 * 50 + 0.05 * 14], "recomputed": [50], "reused": [14],
+                         "graphed": [False], "stall_ms": 0.0, "batch_ms": 0.0, "h2d_ms": 0.0})
+    limits = GraphLimits(max_requests=64, row_bucket=2048, max_rows=32768)
+    overhead = fit_overhead(serial, full, limits)
+    assert overhead.graphs == limits
+    assert (overhead.serial, overhead.per_recompute, overhead.per_reuse) == pytest.approx((3.0, 0.1, 0.02))
+    assert overhead.eager == pytest.approx((9.0, 0.3, 0.05)) and overhead.pipelined == pytest.approx(2.0)
+    for together in (fit_overhead(serial, full, None), fit_overhead(serial[graphed], full, limits)):
+        assert together.eager is None and together.graphs is None
+

@@ -33,6 +33,7 @@ import torch
 
 import kernels
 from mtbench.device import PINNED_STAGING, pack_aligned, split_aligned
+from mtbench.graphs import GraphLimits
 from mtbench.model.batch import GROUP_C, RequestBatch
 from mtbench.model.device_batch import batch_to_device
 from mtbench.model.features import FEATURE_COLUMNS
@@ -173,9 +174,10 @@ class ForwardGraphs:
     (graphs replay in capture order, so later stages may reuse earlier stages' temporaries).
     """
 
-    def __init__(self, max_requests: int, row_bucket: int = 2048, max_rows: int = 32768, max_buckets: int = 16,
-                 table_width: int = 0) -> None:
+    def __init__(self, max_requests: int, row_bucket: int = GraphLimits.row_bucket, max_rows: int = GraphLimits.max_rows,
+                 max_buckets: int = 16, table_width: int = 0) -> None:
         self.max_requests, self.row_bucket, self.max_rows, self.max_buckets = max_requests, row_bucket, max_rows, max_buckets
+        self.limits = GraphLimits(max_requests, row_bucket, max_rows)
         self.table_width = table_width  # page tables padded to this width: one bucket per row count
         self._buckets: OrderedDict[tuple[int, int], _Bucket] = OrderedDict()
         self._arange = DeviceArange()
@@ -183,14 +185,14 @@ class ForwardGraphs:
         self.replays = 0
 
     def padded_rows(self, rows: int) -> int:
-        return max(1, -(-rows // self.row_bucket)) * self.row_bucket
+        return self.limits.padded_rows(rows)
 
     def accepts(self, inputs: PooledInputs) -> bool:
         return inputs.kv.is_cuda and self.takes(inputs.num_requests, inputs.num_rows)
 
     def takes(self, requests: int, rows: int) -> bool:
         """Whether a batch of this many requests and computed rows fits a bucket."""
-        return requests <= self.max_requests and self.padded_rows(rows) <= self.max_rows
+        return self.limits.takes(requests, rows)
 
     @torch.no_grad()
     def run(self, model: MTGR, batch: RequestBatch, inputs: PooledInputs,

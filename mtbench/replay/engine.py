@@ -58,6 +58,7 @@ from mtbench.cache.policies import NEVER
 from mtbench.cache.manager import HIT_OUTCOMES, BatchPlan, CacheConfig, CacheManager
 from mtbench.cache.pool import KVShape
 from mtbench.cache.transfer import FaultHook
+from mtbench.graphs import GraphLimits
 from mtbench.model import MTGR, RequestBatch, RequestSpec, build_batch
 from mtbench.model.pooled import DeviceArange, ForwardGraphs, PooledInputs, graphs_supported, pooled_forward
 from mtbench.replay.batching import TraceBatch, iter_batches
@@ -111,6 +112,7 @@ class RunResult:
     row: dict
     samples: dict[int, ScoreSample]  # request_index -> scores
     stats: CacheStats
+    graph_limits: GraphLimits | None = None  # the batches the CUDA graphs took (None: no graphs)
 
 
 class BatchFeed(Protocol):
@@ -147,6 +149,7 @@ class _BatchTiming:
     forward_seconds: float  # host wall time of the forwards (CPU compute time)
     forward_usage: "ThreadUsage"  # the server thread's CPU and kernel time, page faults and preemptions in them
     host_cache_seconds: float  # host time inside the cache manager
+    graphed: bool  # the forward replayed CUDA graphs (`ForwardGraphs`), not the eager forward
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,7 @@ class _Recorder:
             "host_forward_kernel_ms": np.full(n, timing.forward_usage.kernel_seconds * 1e3),
             "host_forward_faults": np.full(n, timing.forward_usage.minor_faults),
             "host_forward_preemptions": np.full(n, timing.forward_usage.preemptions),
+            "graphed": np.full(n, timing.graphed),
         })
 
     def records(self) -> pd.DataFrame:
@@ -264,7 +268,7 @@ class _Recorder:
                  "gpu_used_bytes": np.int64, "host_used_bytes": np.int64, "warmup": bool, "latency_ms": np.float64,
                  "stall_ms": np.float64, "host_forward_ms": np.float64, "host_forward_cpu_ms": np.float64,
                  "host_forward_kernel_ms": np.float64, "host_forward_faults": np.float64,
-                 "host_forward_preemptions": np.float64}
+                 "host_forward_preemptions": np.float64, "graphed": bool}
         return pd.DataFrame({name: values.astype(types[name]) if name in types else values for name, values in columns.items()})
 
     @property
@@ -390,15 +394,17 @@ class _BatchRunner:
         """Run the batch; returns its end marker."""
         manager = self.manager
         self._cache_call(manager.refresh, plan)
+        replays_before = self.graphs.replays if self.graphs is not None else 0
         started, usage_before = time.perf_counter(), ThreadUsage.now()
         self._forward(batch, plan)
         forward_seconds, forward_usage = time.perf_counter() - started, ThreadUsage.now().since(usage_before)
+        graphed = self.graphs is not None and self.graphs.replays > replays_before
         self._cache_call(manager.release, plan)
         end = self.clock.mark()
         host_seconds, self._host_cache_seconds = self._host_cache_seconds, 0.0
         timing = _BatchTiming(batch, plan, warmup, start, end,
                               (manager.gpu_used_bytes, manager.host_used_bytes), forward_seconds, forward_usage,
-                              host_seconds)
+                              host_seconds, graphed)
         self._pending.append(timing)
         self._resolve_finished()
         return end
@@ -499,7 +505,8 @@ def replay_run(model: MTGR, trace: Trace, cache: CacheConfig, options: ReplayOpt
     row["device_mallocs"] = runner.timed_device_mallocs
     row["graphed_batches"] = runner.graphs.replays if runner.graphs is not None else 0
     samples = {index: replace(s, ctr=s.ctr.float().cpu(), ctcvr=s.ctcvr.float().cpu()) for index, s in runner.samples.items()}
-    result = RunResult(label, cache, records, row, samples, stats)
+    result = RunResult(label, cache, records, row, samples, stats,
+                       runner.graphs.limits if runner.graphs is not None else None)
     if feed is not None:
         feed.finish(result)
     return result

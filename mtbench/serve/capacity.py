@@ -36,6 +36,7 @@ import pandas as pd
 from mtbench.cache.control import READS_CACHE
 from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
+from mtbench.graphs import GraphLimits
 from mtbench.serve.arrivals import ArrivalSpec, arrival_times
 from mtbench.serve.des import closed_loop_rate, serve_queue
 from mtbench.serve.options import ServingOptions
@@ -164,6 +165,7 @@ class MeasureContext:
         from mtbench.replay.runner import build_model, validate_setup
 
         self._closed: dict[tuple[str, bool], tuple[float, pd.DataFrame]] = {}
+        self._graph_limits: dict[str, GraphLimits | None] = {}  # per mode: the batches its CUDA graphs took
         self.requests: list[pd.DataFrame] = []  # every open-loop run's timed records, with mode, rate and repeat
         cfg, self.trace, device, dtype = validate_setup(self.setup)
         self.model = build_model(cfg, device, dtype, self.setup.options.seed)
@@ -195,6 +197,7 @@ class MeasureContext:
             result = replay_run(self.model, self.trace, config, options, label, progress, feed=feed)
             timed = result.records[~result.records["warmup"].to_numpy(dtype=bool)]
             self._closed[(mode, serial)] = (float(result.row["ms_per_request"]), timed)
+            self._graph_limits[mode] = result.graph_limits
         return self._closed[(mode, serial)]
 
     @property
@@ -222,28 +225,22 @@ class MeasureContext:
         its measured time - its measured copy stall - `batch_costs`' compute. `serial` batches are
         served one after another, of each power-of-two size up to max_batch in turn (`serial_feed`);
         over all of them a least-squares plane gives the intercept and the ms per recomputed and per
-        reused request (`BatchOverhead`; a count that never varies gets no term). `pipelined`, at
-        max_batch, is the mean of the throughput's batches' fixed cost less the same per-request terms.
+        reused request (`BatchOverhead`; a count that never varies gets no term), one plane for the
+        batches the CUDA graphs took and one for the eager ones when the calibration had both.
+        `pipelined`, at max_batch, is the mean of the throughput's batches' fixed cost less the
+        per-request terms of their path.
         `copy_tail`: the median of (batch time - `batch_costs`' copy time) over the serial batches the
         copies held up (stall over COPY_BOUND_STALL_MS), 0 without any."""
 
         def batches(serial: bool) -> pd.DataFrame:
             records = self._replay(mode, serial)[1]
-            timed = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms"]].first()
+            timed = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms", "graphed"]].first()
             timed["batch_ms"] = (timed["finish_s"] - timed["start_s"]) * 1e3
             timed = timed.join(batch_costs(records, cost, sizer))
             timed["fixed_ms"] = timed["batch_ms"] - timed["stall_ms"] - timed["compute_ms"]
             return timed
 
-        serial = batches(serial=True)
-        intercept, per_recompute, per_reuse = fit_plane(serial["recomputed"].to_numpy(dtype=float),
-                                                        serial["reused"].to_numpy(dtype=float),
-                                                        serial["fixed_ms"].to_numpy(dtype=float))
-        full = batches(serial=False)
-        pipelined = float((full["fixed_ms"] - per_recompute * full["recomputed"] - per_reuse * full["reused"]).mean())
-        held_up = serial[serial["stall_ms"] > COPY_BOUND_STALL_MS]
-        tail = float((held_up["batch_ms"] - held_up["h2d_ms"]).median()) if len(held_up) else 0.0
-        return BatchOverhead(intercept, pipelined, per_recompute, per_reuse, tail)
+        return fit_overhead(batches(serial=True), batches(serial=False), self._graph_limits.get(mode))
 
     def _requests(self, serial: bool) -> tuple[int, int]:
         """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what
@@ -293,6 +290,29 @@ class MeasureContext:
         row["latency_at_percentile_ms"] = None if row["overloaded"] else at_percentile
         row["meets_slo"] = bool(not row["overloaded"] and at_percentile <= self.question.serving.slo_ms)
         return row
+
+
+def fit_overhead(serial: pd.DataFrame, full: pd.DataFrame, limits: GraphLimits | None) -> BatchOverhead:
+    """`BatchOverhead` from a calibration's batches (one row each: fixed_ms, recomputed, reused, graphed,
+    stall_ms, batch_ms, h2d_ms): the `serial` ones give the plane (one per forward path when they took
+    both and the graphs' `limits` are known), the `full` pipelined ones the intercept `pipelined` (their
+    fixed cost less their path's per-request terms), the serial ones the copies held up `copy_tail`."""
+
+    def plane(timed: pd.DataFrame) -> tuple[float, float, float]:
+        return fit_plane(timed["recomputed"].to_numpy(dtype=float), timed["reused"].to_numpy(dtype=float),
+                         timed["fixed_ms"].to_numpy(dtype=float))
+
+    graphed = serial["graphed"].to_numpy(dtype=bool)
+    two_paths = limits is not None and graphed.any() and not graphed.all()
+    graphed_plane = plane(serial[graphed] if two_paths else serial)
+    eager = plane(serial[~graphed]) if two_paths else None
+    slopes = np.array([(graphed_plane if g or eager is None else eager)[1:]
+                       for g in full["graphed"].to_numpy(dtype=bool)]).reshape(-1, 2)
+    pipelined = float((full["fixed_ms"] - slopes[:, 0] * full["recomputed"] - slopes[:, 1] * full["reused"]).mean())
+    held_up = serial[serial["stall_ms"] > COPY_BOUND_STALL_MS]
+    tail = float((held_up["batch_ms"] - held_up["h2d_ms"]).median()) if len(held_up) else 0.0
+    intercept, per_recompute, per_reuse = graphed_plane
+    return BatchOverhead(intercept, pipelined, per_recompute, per_reuse, tail, eager, limits if two_paths else None)
 
 
 def fit_plane(recomputed: np.ndarray, reused: np.ndarray, ms: np.ndarray) -> tuple[float, float, float]:
@@ -447,7 +467,9 @@ def _mode_row(server: ModeServer, max_qps: float, question: CapacityQuestion, me
     }
     overhead = server.mode_cost.overhead
     full, reused_share = question.serving.batcher.max_batch, hits / n  # a full batch at the saturated run's mix
-    row["batch_overhead_ms"] = overhead.ms(full * (1 - reused_share), full * reused_share, early=True)
+    w = server.workload
+    rows = full * float(np.mean(w.n_rt + w.n_cand) + (1 - reused_share) * np.mean(w.n_static))
+    row["batch_overhead_ms"] = overhead.ms(full * (1 - reused_share), full * reused_share, early=True, rows=int(rows))
     row["batch_overhead_curve"] = overhead.to_dict()
     row.update(measured or {})
     return row

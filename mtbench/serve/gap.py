@@ -127,8 +127,8 @@ def _run_gaps(run: pd.DataFrame, cost: CostModel, sizer: EntrySizer, overhead: B
     previous_start = batches["start"].shift(1, fill_value=-np.inf)
     early = (batches["size"] == max_batch) & (batches["last_arrival"] <= previous_start)
     costs = batch_costs(run, cost, sizer).reindex(batches.index)
-    fixed = np.array([overhead.ms(int(r), int(u), bool(e))
-                      for r, u, e in zip(costs["recomputed"], costs["reused"], early)])
+    fixed = np.array([overhead.ms(int(r), int(u), bool(e), int(rows))
+                      for r, u, e, rows in zip(costs["recomputed"], costs["reused"], early, costs["rows"])])
     simulated = np.array([batch_price_ms(cost, c, h, f, overhead.tail_ms(bool(e)))
                           for c, h, f, e in zip(costs["compute_ms"], costs["h2d_ms"], fixed, early)])
     return pd.DataFrame({

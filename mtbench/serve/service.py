@@ -27,6 +27,7 @@ from mtbench.cache.budget import AutoLoadBudget
 from mtbench.cache.control import READS_CACHE, BatchDecisions, ControlPlane, Outcome, Request
 from mtbench.cache.sizes import EntrySizer
 from mtbench.errors import MtbenchError
+from mtbench.graphs import GraphLimits
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, control_config, request_columns
 
@@ -62,13 +63,21 @@ class BatchOverhead:
     synchronisation. `copy_tail`: ms a serial batch whose host loads outlast its device work still
     takes after its last copy (the last layer, the heads, the end of the batch); a pipelined batch's
     loads began while the previous batch ran, so none is charged there. A constant overhead:
-    `constant(ms)`."""
+    `constant(ms)`.
+
+    With `graphs` (the replay's `GraphLimits`) the plane above prices the batches the CUDA graphs take
+    and `eager` = (serial, per_recompute, per_reuse) the others: an eager forward issues every kernel
+    from the host, a fixed cost that a plane over both paths would spread over every batch size (on
+    the H200 host 3 ms for a graphed batch of 16, 9-13 ms for an eager one of 32-64; BENCHMARKS.md
+    section 15). `pipelined` is the intercept of a full batch on either path."""
 
     serial: float = 0.0
     pipelined: float = 0.0
     per_recompute: float = 0.0
     per_reuse: float = 0.0
     copy_tail: float = 0.0
+    eager: tuple[float, float, float] | None = None
+    graphs: GraphLimits | None = None
 
     @classmethod
     def constant(cls, ms: float) -> "BatchOverhead":
@@ -79,20 +88,31 @@ class BatchOverhead:
         if not isinstance(curve.get("serial"), (int, float)):
             raise MtbenchError("batch_overhead_curve: a report of an older mtbench (serial fixed cost by batch size, "
                                "not by composition); re-run `mtbench capacity --measure`")
+        eager, graphs = curve.get("eager"), curve.get("graphs")  # absent in reports before 2026-12-01
         return cls(**{name: float(curve[name]) for name in
-                      ("serial", "pipelined", "per_recompute", "per_reuse", "copy_tail")})
+                      ("serial", "pipelined", "per_recompute", "per_reuse", "copy_tail")},
+                   eager=tuple(float(v) for v in eager) if eager is not None else None,
+                   graphs=GraphLimits(**graphs) if graphs is not None else None)
 
-    def ms(self, recomputed: float, reused: float, early: bool) -> float:
-        """Fixed ms of a batch with `recomputed` + `reused` requests."""
-        base = self.pipelined if early else self.serial
-        return base + self.per_recompute * recomputed + self.per_reuse * reused
+    def ms(self, recomputed: float, reused: float, early: bool, rows: int = 0) -> float:
+        """Fixed ms of a batch with `recomputed` + `reused` requests and `rows` computed rows."""
+        serial, per_recompute, per_reuse = self.plane(int(recomputed + reused), rows)
+        return (self.pipelined if early else serial) + per_recompute * recomputed + per_reuse * reused
+
+    def plane(self, requests: int, rows: int) -> tuple[float, float, float]:
+        """(serial, per_recompute, per_reuse) of a batch of this many requests and computed rows."""
+        if self.eager is not None and self.graphs is not None and not self.graphs.takes(requests, rows):
+            return self.eager
+        return self.serial, self.per_recompute, self.per_reuse
 
     def tail_ms(self, early: bool) -> float:
         return 0.0 if early else self.copy_tail
 
     def to_dict(self) -> dict:
         return {"serial": self.serial, "pipelined": self.pipelined, "per_recompute": self.per_recompute,
-                "per_reuse": self.per_reuse, "copy_tail": self.copy_tail}
+                "per_reuse": self.per_reuse, "copy_tail": self.copy_tail,
+                "eager": list(self.eager) if self.eager is not None else None,
+                "graphs": self.graphs.to_dict() if self.graphs is not None else None}
 
 
 @dataclass
@@ -131,7 +151,7 @@ class CacheService:
         """Plan, release and price the batch [start, end): its service time in ms."""
         if self._plane is None:
             self.outcomes[start:end] = int(Outcome.MISS)
-            return self.overhead.ms(end - start, 0, early) + self._compute_ms(start, end)
+            return self.overhead.ms(end - start, 0, early, self._rows(start, end)) + self._compute_ms(start, end)
         if not early:
             self._release_held()
         requests = [Request(self._keys[i], self._n_static[i], self._ts[i], self._next_use[i]) for i in range(start, end)]
@@ -145,7 +165,7 @@ class CacheService:
         self.recomputed[start:end] = self.workload.n_static[start:end] - np.asarray(plan.cached)
         compute = self._compute_ms(start, end)
         reused = sum(outcome in READS_CACHE for outcome in plan.outcomes)
-        fixed = self.overhead.ms(end - start - reused, reused, early)
+        fixed = self.overhead.ms(end - start - reused, reused, early, self._rows(start, end))
         if self._budget is not None:
             self._budget.observe(fixed + compute)  # the batch's device time without copy stalls, as the replay feeds it
         return batch_price_ms(self.cost, compute, h2d, fixed, self.overhead.tail_ms(early))
@@ -153,6 +173,10 @@ class CacheService:
     @property
     def outcome_names(self) -> np.ndarray:
         return OUTCOME_NAMES[self.outcomes]
+
+    def _rows(self, start: int, end: int) -> int:
+        """Computed rows of the batch: its recomputed static tokens and its R and C tokens."""
+        return int(self.recomputed[start:end].sum() + self._new_tokens[start:end].sum())
 
     def _compute_ms(self, start: int, end: int) -> float:
         return float(np.sum(self.cost.compute_ms(self._new_tokens[start:end], self.recomputed[start:end])))
@@ -177,7 +201,8 @@ def batch_price_ms(cost: CostModel, compute_ms: float, h2d_ms: float, fixed_ms: 
 def batch_costs(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.DataFrame:
     """Per batch_index of a replay's records (its real decisions): `compute_ms` (R+C tokens and the
     recomputed static tokens) and `h2d_ms` (its host hits' loads) by the cost model, as `CacheService`
-    charges them, and the requests that `reused` a cached prefix or `recomputed` theirs (`BatchOverhead`)."""
+    charges them, the requests that `reused` a cached prefix or `recomputed` theirs and its computed
+    `rows` (`BatchOverhead`)."""
     new = (records["n_rt"] + records["n_cand"]).to_numpy()
     compute = pd.Series(cost.compute_ms(new, records["computed_tokens"].to_numpy()), index=records.index)
     compute = compute.groupby(records["batch_index"]).sum()
@@ -186,6 +211,8 @@ def batch_costs(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd
     h2d = moved.groupby(loads["batch_index"]).sum().reindex(compute.index, fill_value=0.0)
     reused = records["outcome"].isin([outcome.label for outcome in READS_CACHE]).groupby(records["batch_index"]).sum()
     size = records.groupby("batch_index").size()
+    rows = (records["computed_tokens"] + records["n_rt"] + records["n_cand"]).groupby(records["batch_index"]).sum()
     return pd.DataFrame({"compute_ms": compute, "h2d_ms": cost.h2d_ms(h2d.to_numpy()),
-                         "reused": reused.astype(np.int64), "recomputed": (size - reused).astype(np.int64)},
+                         "reused": reused.astype(np.int64), "recomputed": (size - reused).astype(np.int64),
+                         "rows": rows.astype(np.int64)},
                         index=compute.index)
