@@ -3,15 +3,13 @@ discrete-event simulator against M/D/1 queueing theory, overload detection and b
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
 from mtbench.errors import MtbenchError
 from mtbench.graphs import GraphLimits
 from mtbench.serve.arrivals import ArrivalSpec, arrival_times, check_slo
-from mtbench.serve.batcher import BatcherConfig, DynamicBatcher, SizedBatcher
+from mtbench.serve.batcher import BatcherConfig, DynamicBatcher
 from mtbench.serve.des import closed_loop_rate, serve_queue
 from mtbench.serve.stats import is_overloaded, queue_length, serving_stats
 from mtbench.serve.service import BatchOverhead, batch_price_ms
@@ -86,20 +84,6 @@ def test_batcher_invariants_on_random_arrivals(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- latency accounting
-@pytest.mark.parametrize("sizes", [(1,), (1, 2, 4), (4, 1, 3)])
-def test_sized_batcher_cycles_through_its_sizes_and_closes_when_the_server_is_free(sizes) -> None:
-    n = 23
-    batcher = SizedBatcher(n, sizes)
-    start, k, free = 0, 0, -math.inf
-    while start < n:
-        end, closes = batcher.close(start, free)
-        assert end == min(n, start + sizes[k % len(sizes)]) == batcher.room(start)
-        assert closes == max(free, 0.0)
-        start, k, free = end, k + 1, closes + 0.01
-    with pytest.raises(MtbenchError, match="batch sizes must be >= 1"):
-        SizedBatcher(n, (2, 0))
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_latency_is_never_negative_and_covers_service(seed: int) -> None:
     rng = np.random.default_rng(seed)

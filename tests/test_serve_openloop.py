@@ -92,27 +92,6 @@ def test_bad_serving_options_exit_2_without_a_report(tmp_path: Path) -> None:
     assert done.returncode == 2 and "same ts" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_serial_feed_cycles_the_calibration_sizes_after_the_warmup_and_never_plans_ahead(tmp_path) -> None:
-    import time
-
-    from mtbench.replay.engine import ReplayOptions
-    from mtbench.serve.batcher import BatcherConfig
-    from mtbench.serve.openloop import serial_feed
-
-    from mtbench.trace import open_trace
-
-    trace = open_trace(make_trace(tmp_path / "t.parquet", 0, requests=60))
-    options = ReplayOptions(batch_size=8, max_requests=50, warmup=9)
-    driver = serial_feed(trace, options, BatcherConfig(max_batch=64, max_wait_ms=5.0), 50.0, (1, 2, 4, 8))
-    sizes, batch = [], driver.after(None, None)
-    while batch is not None:
-        assert driver.ahead() is None  # every batch is planned after the previous one finished
-        sizes.append((int(batch.request_index[0]), len(batch)))
-        batch = driver.after(batch, time.perf_counter())
-    assert [size for first, size in sizes if first < 9] == [8, 1]  # the warm-up: full batches of max_batch
-    assert [size for first, size in sizes if first >= 9] == [1, 2, 4, 8] * 2 + [1, 2, 4, 4]  # 41 timed: the last batch takes what is left
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_driver_serves_the_warmup_before_starting_the_clock(seed: int) -> None:
     """Warm-up batches are full (the last may be partial), never cross into the timed requests, all finish

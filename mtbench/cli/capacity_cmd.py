@@ -32,8 +32,7 @@ def capacity(
     batch_overhead_ms: str = typer.Option("0", "--batch-overhead-ms",
                                           help="Fixed ms per batch on top of the cost model's per-request costs, or "
                                                "auto: measure it per cache mode and batch size on --device "
-                                               "(every request queued: serial batches of each power of two up to "
-                                               "--batch-size in turn, then full pipelined ones)."),
+                                               "(saturated replays at each power of two up to --batch-size)."),
     batch_size: int = typer.Option(16, "--batch-size", "--max-batch", help="Most requests per batch."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="A batch closes this long after its first request."),
     max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", help="Token budget per batch."),

@@ -91,29 +91,3 @@ class DynamicBatcher:
         closes = max(ready, min(first + self.wait_s, self.full_at(start, room)))
         end = min(room, bisect.bisect_right(self.arrivals, closes, lo=start))
         return end, closes
-
-
-class SizedBatcher:
-    """Batches of prescribed sizes over requests all queued at once (the fixed-cost calibration's
-    batcher, `mtbench.serve.openloop.serial_feed`): batch k holds sizes[k % len(sizes)] requests, the
-    last one what is left. Same interface as `DynamicBatcher`; every batch closes as soon as the server
-    is free. Data: `ends`, the first request of each batch -> its end."""
-
-    def __init__(self, n: int, sizes: tuple[int, ...]) -> None:
-        if not sizes or min(sizes) < 1:
-            raise MtbenchError(f"batch sizes must be >= 1, got {list(sizes)}")
-        self.n = n
-        self.ends: dict[int, int] = {}
-        start, k = 0, 0
-        while start < n:
-            self.ends[start] = min(n, start + sizes[k % len(sizes)])
-            start, k = self.ends[start], k + 1
-
-    def room(self, start: int) -> int:
-        return self.ends[start]
-
-    def full_at(self, start: int, end: int) -> float:
-        return 0.0
-
-    def close(self, start: int, free_at: float) -> tuple[int, float]:
-        return self.ends[start], max(free_at, 0.0)

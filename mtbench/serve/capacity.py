@@ -50,7 +50,6 @@ READS_CACHE_NAMES = sorted(outcome.label for outcome in READS_CACHE)
 LOWEST_FRACTION = 0.01  # of saturation: below this the SLO is called unreachable
 MEASURE_STEPS = 3  # default device runs of the measured max-QPS search (`measured_search`)
 COPY_BOUND_STALL_MS = 1.0  # a serial batch stalled longer than this waited on its host loads
-CALIBRATION_ROUNDS = 24  # rounds of the calibration's batch sizes (`MeasureContext.batch_overhead`)
 CURVE_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0, 1.1)
 
 
@@ -164,94 +163,81 @@ class MeasureContext:
     def __post_init__(self) -> None:
         from mtbench.replay.runner import build_model, validate_setup
 
-        self._closed: dict[tuple[str, bool], tuple[float, pd.DataFrame]] = {}
-        self._graph_limits: dict[str, GraphLimits | None] = {}  # per mode: the batches its CUDA graphs took
+        self._closed: dict[tuple[str, int, bool], tuple[float, pd.DataFrame]] = {}
+        self._graph_limits: dict[str, GraphLimits | None] = {}  # per mode: the batches its CUDA graphs took at max_batch
         self.requests: list[pd.DataFrame] = []  # every open-loop run's timed records, with mode, rate and repeat
         cfg, self.trace, device, dtype = validate_setup(self.setup)
         self.model = build_model(cfg, device, dtype, self.setup.options.seed)
 
-    def _replay(self, mode: str, serial: bool) -> tuple[float, pd.DataFrame]:
-        """(measured ms per request, timed records) of `mode` with every request queued at once, after
-        the question's warm-up, on the open-loop server (max_batch): `serial`, batches of every
-        calibration size in turn, each planned after the previous one finished (`serial_feed`), else
-        full batches, each planned while the previous one runs (`saturated_feed`: the throughput);
-        memoised."""
+    def _saturated(self, mode: str, batch_size: int, pipelined: bool) -> tuple[float, pd.DataFrame]:
+        """(measured ms per request, timed records) of `mode` with every request queued at once
+        (`saturated_feed`: full batches served as the open-loop server serves them, each planned while
+        the previous one runs if `pipelined`, else after it finished; after the question's warm-up); memoised."""
         from mtbench.replay.engine import replay_run
         from mtbench.replay.runner import planned_runs
-        from mtbench.serve.openloop import saturated_feed, serial_feed
+        from mtbench.serve.openloop import saturated_feed
 
-        if (mode, serial) not in self._closed:
-            serving = self.question.serving
-            requests, warmup = self._requests(serial)
-            options = replace(self.setup.options, batch_size=serving.batcher.max_batch, max_requests=requests,
-                              warmup=warmup)
+        if (mode, batch_size, pipelined) not in self._closed:
+            requests, warmup = self._requests(batch_size, pipelined)
+            options = replace(self.setup.options, batch_size=batch_size, max_requests=requests, warmup=warmup)
             setup = replace(self.setup, cache=mode, baseline=False, options=options)
             label, config = planned_runs(setup)[0]
-            if serial:
-                feed = serial_feed(self.trace, options, serving.batcher, serving.slo_ms, self.calibration_sizes)
-                what = f"{label} serial, batches of {'/'.join(map(str, self.calibration_sizes))}"
-            else:
-                feed = saturated_feed(self.trace, options, serving.batcher, serving.slo_ms)
-                what = f"{label} saturated, batch {options.batch_size}"
+            serving = self.question.serving
+            feed = saturated_feed(self.trace, options, serving.batcher, serving.slo_ms, pipelined)
+            what = f"{label} saturated, batch {batch_size}{'' if pipelined else ', serial'}"
             progress = self.progress(what, requests) if self.progress else None
             result = replay_run(self.model, self.trace, config, options, label, progress, feed=feed)
             timed = result.records[~result.records["warmup"].to_numpy(dtype=bool)]
-            self._closed[(mode, serial)] = (float(result.row["ms_per_request"]), timed)
-            self._graph_limits[mode] = result.graph_limits
-        return self._closed[(mode, serial)]
-
-    @property
-    def calibration_sizes(self) -> tuple[int, ...]:
-        """Batch sizes of the fixed-cost calibration: the powers of two below max_batch, and max_batch."""
-        big = self.question.serving.batcher.max_batch
-        return tuple(sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big}))
+            self._closed[(mode, batch_size, pipelined)] = (float(result.row["ms_per_request"]), timed)
+            if pipelined:  # the server of the open-loop runs: max_batch
+                self._graph_limits[mode] = result.graph_limits
+        return self._closed[(mode, batch_size, pipelined)]
 
     def calibration_requests(self) -> pd.DataFrame | None:
         """Every saturated replay's timed records (the fixed-cost calibration and the throughput), with
-        cache_mode, batch_size (the requests of the record's batch) and pipelined (False: the
-        calibration's serial batches; True: the throughput's); None before any ran."""
-        frames = [records.assign(cache_mode=mode, pipelined=not serial,
-                                 batch_size=records.groupby("batch_index")["batch_index"].transform("size"))
-                  for (mode, serial), (_, records) in self._closed.items()]
+        cache_mode, batch_size and pipelined; None before any ran."""
+        frames = [records.assign(cache_mode=mode, batch_size=size, pipelined=pipelined)
+                  for (mode, size, pipelined), (_, records) in self._closed.items()]
         return pd.concat(frames, ignore_index=True) if frames else None
 
     def throughput(self, mode: str) -> float:
         """Measured requests/s of `mode` with every request queued, at the question's batch size."""
-        return 1e3 / self._replay(mode, serial=False)[0]
+        return 1e3 / self._saturated(mode, self.question.serving.batcher.max_batch, True)[0]
 
     def batch_overhead(self, mode: str, cost: CostModel, sizer: EntrySizer) -> BatchOverhead:
         """What a batch of `mode` costs beyond the cost model's compute for its decisions, from saturated
         replays of the same requests served as the open-loop server serves them. A batch's fixed cost is
         its measured time - its measured copy stall - `batch_costs`' compute. `serial` batches are
-        served one after another, of each power-of-two size up to max_batch in turn (`serial_feed`);
-        over all of them a least-squares plane gives the intercept and the ms per recomputed and per
-        reused request (`BatchOverhead`; a count that never varies gets no term), one plane for the
-        batches the CUDA graphs took and one for the eager ones when the calibration had both.
-        `pipelined`, at max_batch, is the mean of the throughput's batches' fixed cost less the
-        per-request terms of their path.
-        `copy_tail`: the median of (batch time - `batch_costs`' copy time) over the serial batches the
-        copies held up (stall over COPY_BOUND_STALL_MS), 0 without any."""
+        served one after another at each power-of-two size up to max_batch; over all of them a
+        least-squares plane gives the intercept and the ms per recomputed and per reused request
+        (`BatchOverhead`; a count that never varies gets no term), one plane for the batches the CUDA
+        graphs took and one for the eager ones when the calibration had both (`fit_overhead`).
+        `pipelined`, at max_batch, is the mean of those batches' fixed cost less the per-request terms
+        of their path. `copy_tail`: the median of (batch time - `batch_costs`' copy time) over the
+        serial batches the copies held up (stall over COPY_BOUND_STALL_MS), 0 without any."""
+        big = self.question.serving.batcher.max_batch
+        sizes = sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big})
 
-        def batches(serial: bool) -> pd.DataFrame:
-            records = self._replay(mode, serial)[1]
+        def batches(size: int, pipelined: bool) -> pd.DataFrame:
+            records = self._saturated(mode, size, pipelined)[1]
             timed = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms", "graphed"]].first()
             timed["batch_ms"] = (timed["finish_s"] - timed["start_s"]) * 1e3
             timed = timed.join(batch_costs(records, cost, sizer))
             timed["fixed_ms"] = timed["batch_ms"] - timed["stall_ms"] - timed["compute_ms"]
             return timed
 
-        return fit_overhead(batches(serial=True), batches(serial=False), self._graph_limits.get(mode))
+        serial = pd.concat([batches(size, False) for size in sizes])
+        full = batches(big, True)
+        return fit_overhead(serial, full, self._graph_limits.get(mode))
 
-    def _requests(self, serial: bool) -> tuple[int, int]:
+    def _requests(self, batch_size: int, pipelined: bool) -> tuple[int, int]:
         """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what
-        they hold when the open-loop runs are timed), then, for the throughput, every request the
-        open-loop runs time (the same requests as the simulated saturation, whose hit ratio drifts along
-        the trace), for the `serial` calibration CALIBRATION_ROUNDS rounds of its sizes, within the trace."""
+        they hold when the open-loop runs are timed), then every request the open-loop runs time when
+        `pipelined` (the throughput: the same requests as the simulated saturation, whose hit ratio drifts
+        along the trace), else 24 serial batches (the calibration of the fixed cost), within the trace."""
         available = self.trace.num_rows if self.setup.options.max_requests is None else self.setup.options.max_requests
         warmup = min(self.question.warmup, available // 2)
-        if not serial:
-            return available, warmup
-        return min(available, warmup + CALIBRATION_ROUNDS * sum(self.calibration_sizes)), warmup
+        return (available if pipelined else min(available, warmup + 24 * batch_size)), warmup
 
     def run(self, mode: str, rate: float) -> dict:
         """The open-loop replay of `mode` at `rate`, `repeats` times: the row of the run with the median

@@ -37,7 +37,7 @@ import numpy as np
 from mtbench.replay.batching import BATCH_COLUMNS, TraceBatch
 from mtbench.replay.engine import ReplayOptions, RunResult
 from mtbench.serve.arrivals import arrival_times
-from mtbench.serve.batcher import BatcherConfig, DynamicBatcher, SizedBatcher
+from mtbench.serve.batcher import BatcherConfig, DynamicBatcher
 from mtbench.serve.des import warmup_batcher
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.stats import Timeline, serving_stats
@@ -130,13 +130,11 @@ class OpenLoopDriver:
     before that batch), filled as batches are served.
     Invariant: batches are handed out in FIFO order, each once, none across the warm-up's end; `head`
     is the first request not yet handed out; `early` is a batch handed out by `ahead` and not yet by
-    `after`; the load generator starts when the last warm-up batch finished. With `sizes` the timed
-    requests form batches of those sizes in turn (`SizedBatcher`) instead of dynamic batches.
+    `after`; the load generator starts when the last warm-up batch finished.
     """
 
     def __init__(self, columns: dict[str, np.ndarray], arrivals: np.ndarray, batcher: BatcherConfig,
-                 slo_ms: float, description: str, pipelined: bool = True, warmup: int = 0,
-                 sizes: tuple[int, ...] | None = None) -> None:
+                 slo_ms: float, description: str, pipelined: bool = True, warmup: int = 0) -> None:
         self.columns = columns
         n = len(arrivals)
         self.n, self.warmup = n, min(max(warmup, 0), n)
@@ -144,8 +142,7 @@ class OpenLoopDriver:
         timed_arrivals = np.asarray(arrivals[self.warmup:], dtype=np.float64)
         timed_arrivals = timed_arrivals - (timed_arrivals[0] if len(timed_arrivals) else 0.0)
         self.cold = DynamicBatcher(np.zeros(self.warmup), tokens[: self.warmup], warmup_batcher(batcher))
-        self.batcher = (DynamicBatcher(timed_arrivals, tokens[self.warmup:], batcher) if sizes is None
-                        else SizedBatcher(len(timed_arrivals), sizes))
+        self.batcher = DynamicBatcher(timed_arrivals, tokens[self.warmup:], batcher)
         self.config, self.slo_ms, self.description, self.pipelined = batcher, slo_ms, description, pipelined
         self.generator = LoadGenerator(timed_arrivals)
         self.arrival_s = np.concatenate([np.full(self.warmup, np.nan), timed_arrivals])
@@ -251,26 +248,16 @@ def replay_columns(trace: Trace, max_requests: int | None) -> dict[str, np.ndarr
     return columns
 
 
-def saturated_feed(trace: Trace, options: ReplayOptions, batcher: BatcherConfig, slo_ms: float) -> OpenLoopDriver:
+def saturated_feed(trace: Trace, options: ReplayOptions, batcher: BatcherConfig, slo_ms: float,
+                   pipelined: bool = True) -> OpenLoopDriver:
     """Every request queued at time 0: full batches back to back, served exactly as the open-loop server
-    serves them (each batch's end synchronised before the next is issued, each planned while the
-    previous one runs). Its requests/s is the server's throughput."""
+    serves them (each batch's end synchronised before the next is issued; without `pipelined` a batch
+    is also planned only then, as a batch that was not full is). Its requests/s is the server's
+    throughput."""
     columns = replay_columns(trace, options.max_requests)
     saturated = replace(batcher, max_batch=options.batch_size, max_wait_ms=0.0)
-    return OpenLoopDriver(columns, np.zeros(len(columns["ts"])), saturated, slo_ms, "saturated", warmup=options.warmup)
-
-
-def serial_feed(trace: Trace, options: ReplayOptions, batcher: BatcherConfig, slo_ms: float,
-                sizes: tuple[int, ...]) -> OpenLoopDriver:
-    """Every request queued at time 0, served one batch at a time, each planned only after the previous
-    one finished (as a batch that was not full is), in batches whose sizes cycle through `sizes` after
-    the warm-up's full batches: the fixed-cost calibration. Cycling spreads every size over the whole
-    run, so a slow spell of the host (they last seconds on the H200 host, BENCHMARKS.md section 15)
-    moves every size's cost alike instead of one size's; the server is the open-loop one (max_batch)."""
-    columns = replay_columns(trace, options.max_requests)
-    queued = replace(batcher, max_batch=options.batch_size, max_wait_ms=0.0)
-    return OpenLoopDriver(columns, np.zeros(len(columns["ts"])), queued, slo_ms, "serial sizes", False,
-                          options.warmup, sizes=sizes)
+    return OpenLoopDriver(columns, np.zeros(len(columns["ts"])), saturated, slo_ms, "saturated", pipelined,
+                          options.warmup)
 
 
 def open_loop_feeds(serving: ServingOptions, options: ReplayOptions) -> Callable[[Trace], OpenLoopDriver]:
