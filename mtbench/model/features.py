@@ -109,27 +109,30 @@ def user_token_ids(user: np.ndarray, version: np.ndarray, owner: np.ndarray, pos
     return (position * cfg.user_table_size + value)[:, None]
 
 
+def _behaviour_ids(kind: str, request_columns: tuple[np.ndarray, np.ndarray], owner: np.ndarray,
+                   position: np.ndarray, time_buckets: tuple[int, int], cfg: MTGRConfig) -> np.ndarray:
+    """[n, 4] (item, category, action, time bucket) of behaviour tokens (S or R: `kind` "static" or
+    "rt"), the time bucket in [first, first + count) of `time_buckets`."""
+    ids = np.empty((len(owner), FEATURE_COLUMNS), dtype=np.int64)
+    raw_item = _bucket(_hash_per_token(f"{kind}_item", request_columns, owner, position), cfg.n_raw_items)
+    _item_side(raw_item, cfg, ids)
+    ids[:, 2] = _bucket(_hash_per_token(f"{kind}_action", request_columns, owner, position), cfg.n_actions)
+    ids[:, 3] = _log_bucket(position, *time_buckets)
+    return ids
+
+
 def static_seq_ids(user: np.ndarray, version: np.ndarray, owner: np.ndarray, seq_position: np.ndarray,
                    cfg: MTGRConfig) -> np.ndarray:
     """[n, 4] (item, category, action, time bucket) of S tokens; seq_position counts from the oldest S token."""
-    ids = np.empty((len(owner), FEATURE_COLUMNS), dtype=np.int64)
-    raw_item = _bucket(_hash_per_token("static_item", (user, version), owner, seq_position), cfg.n_raw_items)
-    _item_side(raw_item, cfg, ids)
-    ids[:, 2] = _bucket(_hash_per_token("static_action", (user, version), owner, seq_position), cfg.n_actions)
     half = max(cfg.n_time_buckets // 2, 1)
-    ids[:, 3] = _log_bucket(seq_position, cfg.n_time_buckets - half, half)
-    return ids
+    return _behaviour_ids("static", (user, version), owner, seq_position, (cfg.n_time_buckets - half, half), cfg)
 
 
 def realtime_ids(user: np.ndarray, request_key: np.ndarray, owner: np.ndarray, rt_position: np.ndarray,
                  cfg: MTGRConfig) -> np.ndarray:
     """[n, 4] (item, category, action, time bucket) of R tokens (own half of the time buckets)."""
-    ids = np.empty((len(owner), FEATURE_COLUMNS), dtype=np.int64)
-    raw_item = _bucket(_hash_per_token("rt_item", (user, request_key), owner, rt_position), cfg.n_raw_items)
-    _item_side(raw_item, cfg, ids)
-    ids[:, 2] = _bucket(_hash_per_token("rt_action", (user, request_key), owner, rt_position), cfg.n_actions)
-    ids[:, 3] = _log_bucket(rt_position, 0, max(cfg.n_time_buckets - cfg.n_time_buckets // 2, 1))
-    return ids
+    buckets = (0, max(cfg.n_time_buckets - cfg.n_time_buckets // 2, 1))
+    return _behaviour_ids("rt", (user, request_key), owner, rt_position, buckets, cfg)
 
 
 def candidate_ids(user: np.ndarray, request_key: np.ndarray, owner: np.ndarray, cand_position: np.ndarray,
