@@ -203,6 +203,16 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     assert "steal" in printed.stdout and all(len(line) <= 80 for line in printed.stdout.splitlines())
     refused = subprocess.run([*script, "--host-samples", str(trace)], env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    # re-priced from its own calibration records, the report's simulated p99 comes back exactly
+    repriced = subprocess.run([sys.executable, str(ROOT / "scripts" / "serving_reprice.py"), str(out), str(trace)],
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert repriced.returncode == 0, repriced.stderr
+    line = next(line for line in repriced.stdout.splitlines() if line.startswith("tiered "))
+    report_p99, refit_p99 = line.split()[-4:-2]
+    assert report_p99 == refit_p99 and all(len(line) <= 80 for line in repriced.stdout.splitlines())
+    refused = subprocess.run([sys.executable, str(ROOT / "scripts" / "serving_reprice.py"), str(tmp_path), str(trace)],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
     calibration = pd.read_parquet(out / "calibration_requests.parquet")  # the saturated replays' records
     sizes = calibration.groupby(["batch_size", "pipelined"]).size()
     assert set(sizes.index) == {(1, False), (2, False), (4, False), (4, True)} and (calibration["cache_mode"] == "tiered").all()

@@ -216,19 +216,12 @@ class MeasureContext:
         of their path. `copy_tail`: the median of (batch time - `batch_costs`' copy time) over the
         serial batches the copies held up (stall over COPY_BOUND_STALL_MS), 0 without any."""
         big = self.question.serving.batcher.max_batch
-        sizes = sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big})
-
-        def batches(size: int, pipelined: bool) -> pd.DataFrame:
-            records = self._saturated(mode, size, pipelined)[1]
-            timed = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms", "graphed"]].first()
-            timed["batch_ms"] = (timed["finish_s"] - timed["start_s"]) * 1e3
-            timed = timed.join(batch_costs(records, cost, sizer))
-            timed["fixed_ms"] = timed["batch_ms"] - timed["stall_ms"] - timed["compute_ms"]
-            return timed
-
-        serial = pd.concat([batches(size, False) for size in sizes])
-        full = batches(big, True)
-        return fit_overhead(serial, full, self._graph_limits.get(mode))
+        for size in sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big}):
+            self._saturated(mode, size, False)
+        self._saturated(mode, big, True)
+        calibration = self.calibration_requests()
+        return overhead_from_calibration(calibration[calibration["cache_mode"] == mode], cost, sizer,
+                                         self._graph_limits.get(mode))
 
     def _requests(self, batch_size: int, pipelined: bool) -> tuple[int, int]:
         """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what
@@ -276,6 +269,31 @@ class MeasureContext:
         row["latency_at_percentile_ms"] = None if row["overloaded"] else at_percentile
         row["meets_slo"] = bool(not row["overloaded"] and at_percentile <= self.question.serving.slo_ms)
         return row
+
+
+def calibration_batches(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.DataFrame:
+    """One row per batch of one saturated replay's timed records: start_s, finish_s, stall_ms, graphed
+    (True where the records predate the column), batch_ms, `batch_costs`' columns and fixed_ms (batch
+    time - measured copy stall - the cost model's compute)."""
+    if "graphed" not in records:
+        records = records.assign(graphed=True)
+    timed = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms", "graphed"]].first()
+    timed["batch_ms"] = (timed["finish_s"] - timed["start_s"]) * 1e3
+    timed = timed.join(batch_costs(records, cost, sizer))
+    timed["fixed_ms"] = timed["batch_ms"] - timed["stall_ms"] - timed["compute_ms"]
+    return timed
+
+
+def overhead_from_calibration(calibration: pd.DataFrame, cost: CostModel, sizer: EntrySizer,
+                              limits: GraphLimits | None) -> BatchOverhead:
+    """`fit_overhead` over one mode's calibration records (`MeasureContext.calibration_requests`, or a
+    report's calibration_requests.parquet): one saturated replay per (batch_size, pipelined); the
+    serial ones give the planes, the pipelined one at the largest batch size the full batches."""
+    runs = {(int(size), bool(pipelined)): calibration_batches(records, cost, sizer)
+            for (size, pipelined), records in calibration.groupby(["batch_size", "pipelined"])}
+    serial = pd.concat([batches for (_, pipelined), batches in runs.items() if not pipelined])
+    full = runs[(max(size for size, pipelined in runs if pipelined), True)]
+    return fit_overhead(serial, full, limits)
 
 
 def fit_overhead(serial: pd.DataFrame, full: pd.DataFrame, limits: GraphLimits | None) -> BatchOverhead:
