@@ -90,7 +90,7 @@ def _log2_floor_table(length: int) -> np.ndarray:
 
 def _log_bucket(position: np.ndarray, first: int, count: int) -> np.ndarray:
     """Time bucket floor(log2(position + 1)) in [first, first + count): older/further events share buckets."""
-    length = 1 << max(int(position.max(initial=0)) + 1, 1).bit_length()  # few distinct tables
+    length = 1 << (int(position.max(initial=0)) + 1).bit_length()  # a power of two: few distinct tables
     return first + np.minimum(_log2_floor_table(length)[position], count - 1)
 
 

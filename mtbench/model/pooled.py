@@ -167,8 +167,8 @@ class ForwardGraphs:
     A batch costs one input upload, len(layers) + 2 graph launches and one gather of the candidates'
     logits: no eager embedding or head ops, so no per-op host overhead (cuBLAS heuristics for a new
     row count each batch, allocations) on the host's critical path.
-    Invariants: buckets are keyed by (rows, width) with rows a multiple of `row_bucket` and at most
-    `max_rows`; every bucket pads requests to `max_requests + 1`; at most `max_buckets` are kept
+    Invariants: buckets are keyed by (rows, width) with rows a multiple of `limits.row_bucket` and at most
+    `limits.max_rows`; every bucket pads requests to `limits.max_requests + 1`; at most `max_buckets` are kept
     (least recently used dropped first). A bucket is captured the first time a batch needs it: one
     eager pass (which computes that batch), then one capture per stage into one shared memory pool
     (graphs replay in capture order, so later stages may reuse earlier stages' temporaries).
@@ -176,8 +176,8 @@ class ForwardGraphs:
 
     def __init__(self, max_requests: int, row_bucket: int = GraphLimits.row_bucket, max_rows: int = GraphLimits.max_rows,
                  max_buckets: int = 16, table_width: int = 0) -> None:
-        self.max_requests, self.row_bucket, self.max_rows, self.max_buckets = max_requests, row_bucket, max_rows, max_buckets
         self.limits = GraphLimits(max_requests, row_bucket, max_rows)
+        self.max_buckets = max_buckets
         self.table_width = table_width  # page tables padded to this width: one bucket per row count
         self._buckets: OrderedDict[tuple[int, int], _Bucket] = OrderedDict()
         self._arange = DeviceArange()
@@ -217,17 +217,18 @@ class ForwardGraphs:
         """Capture every bucket from the one holding `smallest_rows` rows up to `max_rows` now, with
         `inputs` (which must store nothing) padded to each size: captures then never fall inside a
         timed batch. Buckets that do not fit in `max_buckets` are left to be captured on first use."""
-        rows = self.padded_rows(max(smallest_rows, inputs.num_rows))
-        while rows <= self.max_rows and len(self._buckets) < self.max_buckets:
+        limits = self.limits
+        rows = limits.padded_rows(max(smallest_rows, inputs.num_rows))
+        while rows <= limits.max_rows and len(self._buckets) < self.max_buckets:
             self._prepare(model, inputs, rows, None)
-            rows += self.row_bucket
+            rows += limits.row_bucket
 
     @torch.no_grad()
     def _prepare(self, model: MTGR, inputs: PooledInputs, rows: int,
                  before_layer: Callable[[int], None] | None) -> _Bucket:
         """The bucket of `rows` padded rows with these inputs in its static buffers (captured first when
         new: its eager pass computes the batch)."""
-        padded = inputs.padded(self.max_requests + 1, rows, self.table_width)
+        padded = inputs.padded(self.limits.max_requests + 1, rows, self.table_width)
         key = (padded.num_rows, padded.page_table.shape[1])
         bucket = self._buckets.get(key)
         if bucket is not None and bucket.pool.kv.data_ptr() != inputs.kv.data_ptr():

@@ -193,11 +193,11 @@ class MeasureContext:
                 self._graph_limits[mode] = result.graph_limits
         return self._closed[(mode, batch_size, pipelined)]
 
-    def calibration_requests(self) -> pd.DataFrame | None:
-        """Every saturated replay's timed records (the fixed-cost calibration and the throughput), with
-        cache_mode, batch_size and pipelined; None before any ran."""
+    def calibration_requests(self, only: str | None = None) -> pd.DataFrame | None:
+        """Every saturated replay's timed records (the fixed-cost calibration and the throughput), or
+        those of mode `only`, with cache_mode, batch_size and pipelined; None before any ran."""
         frames = [records.assign(cache_mode=mode, batch_size=size, pipelined=pipelined)
-                  for (mode, size, pipelined), (_, records) in self._closed.items()]
+                  for (mode, size, pipelined), (_, records) in self._closed.items() if only in (None, mode)]
         return pd.concat(frames, ignore_index=True) if frames else None
 
     def throughput(self, mode: str) -> float:
@@ -219,9 +219,7 @@ class MeasureContext:
         for size in sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big}):
             self._saturated(mode, size, False)
         self._saturated(mode, big, True)
-        calibration = self.calibration_requests()
-        return overhead_from_calibration(calibration[calibration["cache_mode"] == mode], cost, sizer,
-                                         self._graph_limits.get(mode))
+        return overhead_from_calibration(self.calibration_requests(mode), cost, sizer, self._graph_limits.get(mode))
 
     def _requests(self, batch_size: int, pipelined: bool) -> tuple[int, int]:
         """(requests, warm-up) of a saturated measurement: the question's warm-up (so the tiers hold what
@@ -310,8 +308,8 @@ def fit_overhead(serial: pd.DataFrame, full: pd.DataFrame, limits: GraphLimits |
     two_paths = limits is not None and graphed.any() and not graphed.all()
     graphed_plane = plane(serial[graphed] if two_paths else serial)
     eager = plane(serial[~graphed]) if two_paths else None
-    slopes = np.array([(graphed_plane if g or eager is None else eager)[1:]
-                       for g in full["graphed"].to_numpy(dtype=bool)]).reshape(-1, 2)
+    paths = np.array([graphed_plane, eager or graphed_plane])  # row 0: graphed, row 1: eager
+    slopes = paths[(~full["graphed"].to_numpy(dtype=bool)).astype(int), 1:]  # each full batch's path
     pipelined = float((full["fixed_ms"] - slopes[:, 0] * full["recomputed"] - slopes[:, 1] * full["reused"]).mean())
     held_up = serial[serial["stall_ms"] > COPY_BOUND_STALL_MS]
     tail = float((held_up["batch_ms"] - held_up["h2d_ms"]).median()) if len(held_up) else 0.0
