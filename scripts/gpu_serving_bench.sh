@@ -9,8 +9,9 @@
 #  1. the synthetic trace (400 users, 60,000 requests over a day, lifelong sequences of 800-1000 tokens);
 #  2. tier sizes from the replayed requests' active users (GPU = GPU_SHARE of their KV bytes);
 #  3. `mtbench calibrate` at the benchmark's batch size (cost model JSON);
-#  4. `mtbench capacity ... --measure`: per cache mode (none, gpu, tiered) the fixed cost per batch is
-#     measured (replays with every request queued, at BATCH/4 and BATCH), the discrete-event simulator draws latency vs
+#  4. `mtbench capacity ... --measure --cpus $CPUS`: per cache mode (none, gpu, tiered) the fixed cost per batch is
+#     measured (serial replays at each power of two up to BATCH, the saturated replay at BATCH, and open-loop
+#     Poisson runs at 30/60/90% of its throughput), the discrete-event simulator draws latency vs
 #     load and finds the highest Poisson rate within p99 <= SLO_MS, and the real open-loop replay runs at
 #     FRACTIONS of each mode's simulated saturation and at its SLO rate (5+ load levels up to saturation),
 #     and its throughput (every request queued at once);
@@ -24,7 +25,8 @@
 # SLO_MS, FRACTIONS, SYNTH_USERS, SYNTH_REQUESTS, GPU_SHARE, MODEL, DTYPE, DEVICE, COST_MODEL, REPEATS (each
 # measured rate replayed that many times on the same arrivals: SERVING.md then shows the median run's p99
 # and the lowest-highest over the runs, the measurement's own spread; default 1) and MEASURE_STEPS (device
-# runs of the measured max-QPS search; default 3), CACHES (the cache modes; default none,gpu,tiered) and
+# runs of the measured max-QPS search; default 3), CACHES (the cache modes; default none,gpu,tiered),
+# CPUS (the CPUs the capacity process is pinned to, default 0,1; CPUS= leaves it unpinned) and
 # NO_GPU_CLOCKS=1 (no nvidia-smi sampling beside the runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,7 @@ MAX_WAIT_MS=${MAX_WAIT_MS:-5}
 SLO_MS=${SLO_MS:-50}
 FRACTIONS=${FRACTIONS:-0.25,0.5,0.7,0.85,1.0}
 REPEATS=${REPEATS:-1}
+CPUS=${CPUS-0,1}  # the capacity process's CPUs (--cpus); CPUS= leaves it unpinned
 GPU_SHARE=${GPU_SHARE:-0.10}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
@@ -108,7 +111,8 @@ if [ -r /proc/stat ]; then
 fi
 stop_samplers() { for pid in $CLOCKS_PID $SAMPLER_PID; do kill "$pid" 2>/dev/null || true; done; }
 trap stop_samplers EXIT
-timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" \
+PIN=(); [ -n "$CPUS" ] && PIN=(--cpus "$CPUS")
+timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODEL" --dtype "$DTYPE" --device "$DEVICE" "${PIN[@]}" \
   --cache "${CACHES:-none,gpu,tiered}" --policy lru --gpu-cache "$GPU" --host-cache "$HOST" --batch-size "$BATCH" \
   --max-wait-ms "$MAX_WAIT_MS" --slo-ms "$SLO_MS" --percentile 99 --cost-model "$OUT/costmodel.json" \
   --batch-overhead-ms auto --max-requests "$MAX_REQUESTS" --warmup "$WARMUP" --measure --measure-fractions "$FRACTIONS" --measure-repeats "$REPEATS" \
@@ -116,7 +120,7 @@ timeout "${CAPACITY_TIMEOUT:-330}" $PY -m mtbench capacity "$SYN" --model "$MODE
   -o "$WORK/capacity" 2>&1 | tee -a "$OUT/serving.log"
 cp "$WORK/capacity/summary.json" "$OUT/capacity_summary.json"
 cp "$WORK/capacity/measured_requests.parquet" "$OUT/measured_requests.parquet"  # per request, batch by batch
-cp "$WORK/capacity/calibration_requests.parquet" "$OUT/calibration_requests.parquet"  # the saturated replays' too
+cp "$WORK/capacity/calibration_requests.parquet" "$OUT/calibration_requests.parquet"  # the calibration replays
 stop_samplers
 # every measured batch priced as the simulator prices its own decisions: where the two differ
 SAMPLES=()

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from mtbench.model import get_config
 from mtbench.serve.arrivals import ArrivalSpec
 from mtbench.serve.batcher import BatcherConfig
 from mtbench.cache.control import Outcome
-from mtbench.serve.capacity import (SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer, fit_plane, gpus_needed,
-                                     measured_search)
+from mtbench.serve.capacity import (CALIBRATION_LOADS, SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer,
+                                     fit_plane, gpus_needed, measured_search)
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.des import closed_loop_rate
 from mtbench.serve.gap import batch_gaps, gap_summary, host_summary, with_host_samples
@@ -118,6 +119,8 @@ def test_capacity_command_report_and_plots(tmp_path: Path) -> None:
     (["--batch-overhead-ms", "soon"], "--batch-overhead-ms"),
     (["--arrivals", "closed"], "--arrivals"),
     (["--gpu-cache", "1KiB"], "cannot hold one entry"),
+    (["--cpus", "x"], "--cpus: expected CPU numbers"),
+    (["--cpus", "100000"], "--cpus: CPU 100000 is not available"),
 ])
 def test_capacity_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
     trace = _trace(tmp_path / "t.parquet", n=50)
@@ -213,11 +216,17 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     refused = subprocess.run([sys.executable, str(ROOT / "scripts" / "serving_reprice.py"), str(tmp_path), str(trace)],
                              env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
-    calibration = pd.read_parquet(out / "calibration_requests.parquet")  # the saturated replays' records
-    sizes = calibration.groupby(["batch_size", "pipelined"]).size()
-    assert set(sizes.index) == {(1, False), (2, False), (4, False), (4, True)} and (calibration["cache_mode"] == "tiered").all()
-    assert sizes[(4, True)] == 40 - 8  # the throughput replays every timed request
-    curve = row["batch_overhead_curve"]  # a plane in the composition, fitted over serial batches of 1, 2 and 4
+    calibration = pd.read_parquet(out / "calibration_requests.parquet")  # the calibration replays' records
+    sizes = calibration.groupby(["feed", "batch_size", "pipelined"]).size()
+    assert set(sizes.index) == {("serial", 1, False), ("serial", 2, False), ("serial", 4, False),
+                                ("saturated", 4, True), ("open-loop", 4, True)}
+    assert (calibration["cache_mode"] == "tiered").all()
+    assert sizes[("saturated", 4, True)] == 40 - 8  # the throughput replays every timed request
+    open_loop = calibration[calibration["feed"] == "open-loop"]  # every timed request at each load
+    assert open_loop.groupby("load").size().to_dict() == {load: 40 - 8 for load in CALIBRATION_LOADS}
+    assert calibration.loc[calibration["feed"] != "open-loop", "load"].isna().all()
+    assert (open_loop["finish_s"] >= open_loop["arrival_s"]).all()
+    curve = row["batch_overhead_curve"]  # a plane in the composition, fitted over the open-loop calibration
     assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail", "eager", "graphs"}
     assert curve["eager"] is None and curve["graphs"] is None  # no CUDA graphs on the CPU: one plane
     assert all(np.isfinite(value) for value in curve.values() if value is not None)
@@ -338,3 +347,61 @@ def test_fit_overhead_gives_each_forward_path_its_own_plane(seed: int) -> None:
     for together in (fit_overhead(serial, full, None), fit_overhead(serial[graphed], full, limits)):
         assert together.eager is None and together.graphs is None
 
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fit_overhead_prefers_the_open_loop_batches_on_each_path(seed: int) -> None:
+    """Open-loop calibration batches give a path's plane when there are MIN_PLANE_BATCHES of them on it;
+    with fewer the serial batches on that path do; the serial ones alone still give both planes."""
+    from mtbench.graphs import GraphLimits
+    from mtbench.serve.capacity import MIN_PLANE_BATCHES, fit_overhead
+
+    rng = np.random.default_rng(seed)
+
+    def batches(n: int, graphed: bool, intercept: float, per_recompute: float) -> pd.DataFrame:
+        recomputed, reused = rng.integers(0, 30, n), rng.integers(0, 30, n)
+        fixed = intercept + per_recompute * recomputed + 0.01 * reused
+        return pd.DataFrame({"fixed_ms": fixed, "recomputed": recomputed, "reused": reused, "graphed": graphed,
+                             "stall_ms": 0.0, "batch_ms": fixed, "h2d_ms": 0.0})
+
+    serial = pd.concat([batches(40, True, 4.0, 0.2), batches(40, False, 9.0, 0.3)])
+    full = batches(1, False, 9.0, 0.3)
+    limits = GraphLimits(max_requests=64)
+    open_loop = pd.concat([batches(MIN_PLANE_BATCHES, True, 3.0, 0.05), batches(MIN_PLANE_BATCHES - 1, False, 6.0, 0.1)])
+    overhead = fit_overhead(serial, full, limits, open_loop)
+    assert (overhead.serial, overhead.per_recompute, overhead.per_reuse) == pytest.approx((3.0, 0.05, 0.01))
+    assert overhead.eager == pytest.approx((9.0, 0.3, 0.01))  # too few open-loop eager batches: the serial ones
+    assert overhead.pipelined == pytest.approx(9.0)
+    only_serial = fit_overhead(serial, full, limits)
+    assert only_serial.serial == pytest.approx(4.0) and only_serial.eager == pytest.approx((9.0, 0.3, 0.01))
+    # one path (no limits): one plane over every open-loop batch once there are enough of them
+    one_path = fit_overhead(serial, full, None, batches(MIN_PLANE_BATCHES, False, 5.0, 0.15))
+    assert one_path.eager is None and (one_path.serial, one_path.per_recompute) == pytest.approx((5.0, 0.15))
+
+
+def test_cpus_are_parsed_as_lists_and_ranges() -> None:
+    from mtbench.affinity import parse_cpus
+
+    assert parse_cpus("0-2,5, 1") == [0, 1, 2, 5]
+    for text in ("", "a", "3-1", "-1", "0,,1"):
+        with pytest.raises(MtbenchError, match="--cpus"):
+            parse_cpus(text)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_pin_cpus_pins_every_thread_of_the_process() -> None:
+    from mtbench.affinity import pin_cpus
+
+    before = os.sched_getaffinity(0)
+    started = threading.Event()
+    worker = threading.Thread(target=started.wait, daemon=True)
+    worker.start()
+    try:
+        cpu = min(before)
+        assert pin_cpus(str(cpu)) == [cpu]
+        assert os.sched_getaffinity(0) == {cpu} and os.sched_getaffinity(worker.native_id) == {cpu}
+    finally:
+        started.set()
+        worker.join()
+        for thread in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(thread), before)

@@ -31,8 +31,9 @@ def capacity(
     cost_model: Optional[Path] = typer.Option(None, "--cost-model", help="Calibration JSON from `mtbench calibrate`."),
     batch_overhead_ms: str = typer.Option("0", "--batch-overhead-ms",
                                           help="Fixed ms per batch on top of the cost model's per-request costs, or "
-                                               "auto: measure it per cache mode and batch size on --device "
-                                               "(saturated replays at each power of two up to --batch-size)."),
+                                               "auto: measure it per cache mode on --device (replays with every "
+                                               "request queued, then open-loop runs at 30, 60 and 90% of the "
+                                               "measured throughput)."),
     batch_size: int = typer.Option(16, "--batch-size", "--max-batch", help="Most requests per batch."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="A batch closes this long after its first request."),
     max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", help="Token budget per batch."),
@@ -56,6 +57,10 @@ def capacity(
                                                        "arrivals and report the median run and the spread of "
                                                        "its percentile latency (default 1)."),
     device: str = typer.Option("auto", "--device", help="--measure: cpu, cuda, or auto."),
+    cpus: Optional[str] = typer.Option(None, "--cpus",
+                                       help="Pin this process to these CPUs (0,1 or 0-3) before the replays, "
+                                            "as a serving process is pinned: its host work per batch then "
+                                            "stays steady from run to run."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Report directory (default reports/runs/capacity-<time>)."),
     force: ForceOpt = False,
 ) -> None:
@@ -85,6 +90,7 @@ def capacity(
     from mtbench.serve.service import BatchOverhead, CacheSetting
     from mtbench.sim.costmodel import CostModel
     from mtbench.model import get_config
+    from mtbench.affinity import pin_cpus
     from mtbench.units import parse_size
 
     modes = [m.strip() for m in cache.split(",") if m.strip()]
@@ -106,6 +112,7 @@ def capacity(
     serving = ServingOptions(ArrivalSpec(arrivals, rate=1.0, seed=seed), BatcherConfig(batch_size, max_wait_ms, max_batch_tokens),
                              slo_ms)
     CapacityQuestion(serving, percentile, target_qps).check()
+    pinned = pin_cpus(cpus) if cpus is not None else None
     cost = CostModel.load(cost_model) if cost_model is not None else CostModel.default(get_config(model), dtype)
     workload, fingerprint = load_workload(trace, model, dtype, page_tokens, max_requests)
     question = CapacityQuestion(serving, percentile, target_qps,
@@ -139,7 +146,7 @@ def capacity(
                    "max_requests": max_requests, "warmup": question.warmup, "measure": measure,
                    "measure_rates": list(rates), "measure_fractions": list(fractions), "measure_steps": steps,
                    "measure_repeats": repeats,
-                   "device": device if context is not None else None, "cost_model": cost.to_dict(),
+                   "device": device if context is not None else None, "cpus": pinned, "cost_model": cost.to_dict(),
                    "batch_overhead_ms": batch_overhead_ms,
                    "fleet_split": "even by user hash"},
         "result": outcome.result, "rows": outcome.rows,

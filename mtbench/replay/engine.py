@@ -341,10 +341,13 @@ class _BatchRunner:
             start = self.clock.mark()
             next_plan = self._plan(upcoming) if lookahead and upcoming is not None else None
             end = self._execute(current, plan, warmup, start)
-            if warmup and wall_start is None and current.request_index[-1] + 1 >= self.options.warmup:
+            last_warmup = warmup and wall_start is None and current.request_index[-1] + 1 >= self.options.warmup
+            if last_warmup:
                 wall_start = self._start_timing()  # before the first timed batch is handed out, not inside its time
             if feed is not None:
                 upcoming = feed.after(current, end)
+                if last_warmup:  # the feed started its clock (after a full garbage collection): the timed phase starts now
+                    wall_start = time.perf_counter()
             if upcoming is not None and next_plan is None:
                 next_plan = self._plan(upcoming)
             if progress is not None:

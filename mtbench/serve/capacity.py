@@ -18,9 +18,10 @@ least as often with the same tier sizes under recency-based policies. Routers th
 `MeasureContext` checks simulated points on the device (`run`: the real open-loop replay at a rate;
 `throughput`: requests/s with every request queued at once). `MeasureContext.batch_overhead` measures
 what a per-request cost model misses: the fixed cost of a batch (host work, launches, the
-synchronisation of its end, a GPU not filled by a small batch), per cache mode and batch size, as
+synchronisation of its end, a GPU not filled by a small batch), per cache mode and forward path, as
 measured batch time minus its measured copy stall minus the cost model's compute for the same batch's
-decisions, from saturated replays served exactly as the open-loop server serves them.
+decisions, from replays served by the open-loop server itself: saturated ones (every request queued)
+and open-loop ones at CALIBRATION_LOADS of the measured throughput.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ LOWEST_FRACTION = 0.01  # of saturation: below this the SLO is called unreachabl
 MEASURE_STEPS = 3  # default device runs of the measured max-QPS search (`measured_search`)
 COPY_BOUND_STALL_MS = 1.0  # a serial batch stalled longer than this waited on its host loads
 CURVE_FRACTIONS = (0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0, 1.1)
+CALIBRATION_LOADS = (0.3, 0.6, 0.9)  # of the measured throughput: the open-loop calibration runs
+CALIBRATION_SEED_OFFSET = 1  # their Poisson arrivals are another draw than the measured runs'
+MIN_PLANE_BATCHES = 20  # open-loop calibration batches on a forward path that give its plane
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,7 @@ class MeasureContext:
         from mtbench.replay.runner import build_model, validate_setup
 
         self._closed: dict[tuple[str, int, bool], tuple[float, pd.DataFrame]] = {}
+        self._open_loop_calibration: dict[tuple[str, float], pd.DataFrame] = {}  # (mode, load): timed records
         self._graph_limits: dict[str, GraphLimits | None] = {}  # per mode: the batches its CUDA graphs took at max_batch
         self.requests: list[pd.DataFrame] = []  # every open-loop run's timed records, with mode, rate and repeat
         cfg, self.trace, device, dtype = validate_setup(self.setup)
@@ -193,11 +198,30 @@ class MeasureContext:
                 self._graph_limits[mode] = result.graph_limits
         return self._closed[(mode, batch_size, pipelined)]
 
+    def _calibrate_open_loop(self, mode: str) -> None:
+        """One open-loop replay of `mode` at each of CALIBRATION_LOADS x its measured throughput, its
+        arrivals drawn with another seed than the measured runs' (memoised)."""
+        throughput = self.throughput(mode)
+        arrivals = self.question.serving.arrivals
+        for load in CALIBRATION_LOADS:
+            if (mode, load) not in self._open_loop_calibration:
+                spec = replace(self.question.arrivals_at(load * throughput),
+                               seed=arrivals.seed + CALIBRATION_SEED_OFFSET)
+                what = f"calibration @ {load:.0%} of {throughput:,.0f}/s"
+                _, timed = self._open_loop(mode, spec, what)
+                self._open_loop_calibration[(mode, load)] = timed
+
     def calibration_requests(self, only: str | None = None) -> pd.DataFrame | None:
-        """Every saturated replay's timed records (the fixed-cost calibration and the throughput), or
-        those of mode `only`, with cache_mode, batch_size and pipelined; None before any ran."""
-        frames = [records.assign(cache_mode=mode, batch_size=size, pipelined=pipelined)
+        """Every calibration replay's timed records, or those of mode `only`, with cache_mode, feed
+        ("serial" or "saturated": every request queued at once, planned after or during the previous
+        batch; "open-loop": Poisson arrivals at `load` x the throughput), batch_size (max batch),
+        pipelined and load (NaN but for open-loop); None before any ran."""
+        frames = [records.assign(cache_mode=mode, feed="saturated" if pipelined else "serial", batch_size=size,
+                                 pipelined=pipelined, load=np.nan)
                   for (mode, size, pipelined), (_, records) in self._closed.items() if only in (None, mode)]
+        big = self.question.serving.batcher.max_batch
+        frames += [records.assign(cache_mode=mode, feed="open-loop", batch_size=big, pipelined=True, load=load)
+                   for (mode, load), records in self._open_loop_calibration.items() if only in (None, mode)]
         return pd.concat(frames, ignore_index=True) if frames else None
 
     def throughput(self, mode: str) -> float:
@@ -205,20 +229,30 @@ class MeasureContext:
         return 1e3 / self._saturated(mode, self.question.serving.batcher.max_batch, True)[0]
 
     def batch_overhead(self, mode: str, cost: CostModel, sizer: EntrySizer) -> BatchOverhead:
-        """What a batch of `mode` costs beyond the cost model's compute for its decisions, from saturated
-        replays of the same requests served as the open-loop server serves them. A batch's fixed cost is
-        its measured time - its measured copy stall - `batch_costs`' compute. `serial` batches are
-        served one after another at each power-of-two size up to max_batch; over all of them a
-        least-squares plane gives the intercept and the ms per recomputed and per reused request
-        (`BatchOverhead`; a count that never varies gets no term), one plane for the batches the CUDA
-        graphs took and one for the eager ones when the calibration had both (`fit_overhead`).
-        `pipelined`, at max_batch, is the mean of those batches' fixed cost less the per-request terms
-        of their path. `copy_tail`: the median of (batch time - `batch_costs`' copy time) over the
-        serial batches the copies held up (stall over COPY_BOUND_STALL_MS), 0 without any."""
+        """What a batch of `mode` costs beyond the cost model's compute for its decisions, measured on
+        the same requests served by the open-loop server. A batch's fixed cost is its measured time -
+        its measured copy stall - `batch_costs`' compute. Three kinds of calibration replay:
+        - `serial`: every request queued, batches of each power-of-two size up to max_batch served one
+          after another (each size in its own replay);
+        - `saturated`: every request queued, full batches of max_batch, each planned while the previous
+          one runs (the throughput, and `pipelined`: the mean fixed cost of those batches less their
+          path's per-request terms);
+        - `open-loop`: Poisson arrivals at CALIBRATION_LOADS of that throughput (another draw than the
+          measured runs'): the batch sizes, idle gaps and host state of the server under load.
+        Per forward path (the CUDA graphs' batches and the eager ones) a least-squares plane over the
+        open-loop batches on that path (not full: a full one may have been planned early) gives the
+        intercept and the ms per recomputed and per reused request (`BatchOverhead`; a count that never
+        varies gets no term), or over the serial batches where the open-loop runs had fewer than
+        MIN_PLANE_BATCHES on that path: on the H200 the serial replays' small batches cost 0.2-1.1 ms
+        less and their batches of 16 about 0.9 ms more than the same batches under load, which made
+        the plane too steep (BENCHMARKS.md section 16; `fit_overhead`). `copy_tail`: the median of
+        (batch time - `batch_costs`' copy time) over the serial batches the copies held up (stall over
+        COPY_BOUND_STALL_MS), 0 without any."""
         big = self.question.serving.batcher.max_batch
         for size in sorted({1 << k for k in range(big.bit_length()) if 1 << k <= big} | {big}):
             self._saturated(mode, size, False)
         self._saturated(mode, big, True)
+        self._calibrate_open_loop(mode)
         return overhead_from_calibration(self.calibration_requests(mode), cost, sizer, self._graph_limits.get(mode))
 
     def _requests(self, batch_size: int, pipelined: bool) -> tuple[int, int]:
@@ -245,23 +279,25 @@ class MeasureContext:
             row[f"latency_at_percentile_ms_{name}"] = latency(end) if math.isfinite(latency(end)) else None
         return row
 
-    def _run_once(self, mode: str, rate: float, repeat: int) -> dict:
+    def _open_loop(self, mode: str, arrivals: ArrivalSpec, what: str) -> tuple[dict, pd.DataFrame]:
+        """(row, timed records) of one real open-loop replay of `mode` with these arrivals."""
         from mtbench.replay.engine import replay_run
         from mtbench.replay.runner import planned_runs
         from mtbench.serve.openloop import open_loop_feeds
 
         setup = replace(self.setup, cache=mode, baseline=False)
         label, config = planned_runs(setup)[0]
-        serving = replace(self.question.serving, arrivals=self.question.arrivals_at(rate))
-        feed = open_loop_feeds(serving, setup.options)(self.trace)
-        total = feed.n
-        what = f"{label} @ {rate:,.0f}/s" + (f" ({repeat + 1}/{self.repeats})" if self.repeats > 1 else "")
-        progress = self.progress(what, total) if self.progress else None
+        feed = open_loop_feeds(replace(self.question.serving, arrivals=arrivals), setup.options)(self.trace)
+        progress = self.progress(f"{label} {what}", feed.n) if self.progress else None
         result = replay_run(self.model, self.trace, config, setup.options, label, progress, feed=feed)
-        timed = result.records[~result.records["warmup"].to_numpy(dtype=bool)]
+        return result.row, result.records[~result.records["warmup"].to_numpy(dtype=bool)]
+
+    def _run_once(self, mode: str, rate: float, repeat: int) -> dict:
+        what = f"@ {rate:,.0f}/s" + (f" ({repeat + 1}/{self.repeats})" if self.repeats > 1 else "")
+        result_row, timed = self._open_loop(mode, self.question.arrivals_at(rate), what)
         self.requests.append(timed.assign(cache_mode=mode, rate=rate, repeat=repeat))
         latency = timed["latency_ms"].to_numpy(dtype=float)
-        row = dict(result.row)
+        row = dict(result_row)
         at_percentile = float(np.percentile(latency, self.question.percentile)) if len(latency) else math.inf
         row["rate"] = rate
         row["latency_at_percentile_ms"] = None if row["overloaded"] else at_percentile
@@ -285,29 +321,45 @@ def calibration_batches(records: pd.DataFrame, cost: CostModel, sizer: EntrySize
 def overhead_from_calibration(calibration: pd.DataFrame, cost: CostModel, sizer: EntrySizer,
                               limits: GraphLimits | None) -> BatchOverhead:
     """`fit_overhead` over one mode's calibration records (`MeasureContext.calibration_requests`, or a
-    report's calibration_requests.parquet): one saturated replay per (batch_size, pipelined); the
-    serial ones give the planes, the pipelined one at the largest batch size the full batches."""
-    runs = {(int(size), bool(pipelined)): calibration_batches(records, cost, sizer)
-            for (size, pipelined), records in calibration.groupby(["batch_size", "pipelined"])}
-    serial = pd.concat([batches for (_, pipelined), batches in runs.items() if not pipelined])
-    full = runs[(max(size for size, pipelined in runs if pipelined), True)]
-    return fit_overhead(serial, full, limits)
+    report's calibration_requests.parquet): one replay per (feed, batch_size, load); the serial ones
+    and the open-loop ones (if any; reports before 2026-12-01 have none and no `feed`: their pipelined
+    replays are the saturated ones) give the planes, the saturated one at the largest batch size the
+    full batches."""
+    if "feed" not in calibration:
+        calibration = calibration.assign(feed=np.where(calibration["pipelined"], "saturated", "serial"), load=np.nan)
+    runs = {(feed, int(size), load): calibration_batches(records, cost, sizer) for (feed, size, load), records
+            in calibration.groupby(["feed", "batch_size", "load"], dropna=False)}
+    serial = pd.concat([batches for (feed, _, _), batches in runs.items() if feed == "serial"])
+    full = runs[max((key for key in runs if key[0] == "saturated"), key=lambda key: key[1])]
+    big = max(size for _, size, _ in runs)
+    open_loop = [batches[batches["recomputed"] + batches["reused"] < big]
+                 for (feed, _, _), batches in runs.items() if feed == "open-loop"]
+    return fit_overhead(serial, full, limits, pd.concat(open_loop) if open_loop else None)
 
 
-def fit_overhead(serial: pd.DataFrame, full: pd.DataFrame, limits: GraphLimits | None) -> BatchOverhead:
+def fit_overhead(serial: pd.DataFrame, full: pd.DataFrame, limits: GraphLimits | None,
+                 open_loop: pd.DataFrame | None = None) -> BatchOverhead:
     """`BatchOverhead` from a calibration's batches (one row each: fixed_ms, recomputed, reused, graphed,
-    stall_ms, batch_ms, h2d_ms): the `serial` ones give the plane (one per forward path when they took
-    both and the graphs' `limits` are known), the `full` pipelined ones the intercept `pipelined` (their
-    fixed cost less their path's per-request terms), the serial ones the copies held up `copy_tail`."""
+    stall_ms, batch_ms, h2d_ms). Each forward path's plane (two when the batches took both and the
+    graphs' `limits` are known, else one over every batch) is fitted over the `open_loop` batches on
+    that path when there are MIN_PLANE_BATCHES of them, else over the `serial` ones (else the
+    open-loop ones, if only they took it). The `full` pipelined batches give the intercept `pipelined`
+    (their fixed cost less their path's per-request terms), the serial ones the copies held up `copy_tail`."""
+    sources = [serial] + ([open_loop] if open_loop is not None else [])
+    graphed = np.concatenate([source["graphed"].to_numpy(dtype=bool) for source in sources])
+    two_paths = limits is not None and graphed.any() and not graphed.all()
 
-    def plane(timed: pd.DataFrame) -> tuple[float, float, float]:
+    def plane(path: bool | None) -> tuple[float, float, float]:
+        """The plane of the graphed (True) or eager (False) batches, or of every batch (None)."""
+        on = [source if path is None else source[source["graphed"].to_numpy(dtype=bool) == path]
+              for source in (open_loop, serial) if source is not None]
+        timed = next((batches for batches in on if len(batches) >= MIN_PLANE_BATCHES), None)
+        timed = timed if timed is not None else max(on, key=len)
         return fit_plane(timed["recomputed"].to_numpy(dtype=float), timed["reused"].to_numpy(dtype=float),
                          timed["fixed_ms"].to_numpy(dtype=float))
 
-    graphed = serial["graphed"].to_numpy(dtype=bool)
-    two_paths = limits is not None and graphed.any() and not graphed.all()
-    graphed_plane = plane(serial[graphed] if two_paths else serial)
-    eager = plane(serial[~graphed]) if two_paths else None
+    graphed_plane = plane(True) if two_paths else plane(None)
+    eager = plane(False) if two_paths else None
     paths = np.array([graphed_plane, eager or graphed_plane])  # row 0: graphed, row 1: eager
     slopes = paths[(~full["graphed"].to_numpy(dtype=bool)).astype(int), 1:]  # each full batch's path
     pipelined = float((full["fixed_ms"] - slopes[:, 0] * full["recomputed"] - slopes[:, 1] * full["reused"]).mean())
