@@ -1,9 +1,9 @@
 """Pin this process to a set of CPUs (`mtbench capacity --cpus`), as a latency-critical server is pinned.
 
-Unpinned, the scheduler moves the server thread between cores; on the H200 host its CPU time per batch
-(the same work) then changed by up to 50% from one second to the next, which moved the measured p99 at
-70% load by as much between repeats of the same run. Pinned to two cores the host work was about a
-quarter faster and the repeats agreed (reports/BENCHMARKS.md, section 16).
+Unpinned, the server thread's CPU time per batch (the same work) on the H200 host changed by up to 50%
+from one second to the next, and three repeats of the same run at 70% load spread their p99 by 18%.
+Pinned to two CPUs the host work was about a quarter faster and the repeats agreed within 7%
+(reports/BENCHMARKS.md, section 16).
 """
 
 from __future__ import annotations
