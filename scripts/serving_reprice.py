@@ -31,7 +31,7 @@ from mtbench.serve.arrivals import ArrivalSpec
 from mtbench.serve.batcher import BatcherConfig
 from mtbench.serve.capacity import CapacityQuestion, ModeCost, ModeServer, load_workload, overhead_from_calibration
 from mtbench.serve.options import ServingOptions
-from mtbench.serve.service import BatchOverhead, CacheSetting
+from mtbench.serve.service import BatchOverhead, CacheSetting, record_rows
 from mtbench.sim.costmodel import CostModel
 
 
@@ -56,8 +56,7 @@ def with_graphed(calibration: pd.DataFrame, limits: GraphLimits, cuda: bool) -> 
     if "graphed" in calibration:
         return calibration
     runs = ["cache_mode", "batch_size", "pipelined", "batch_index"]
-    rows = (calibration["computed_tokens"] + calibration["n_rt"] + calibration["n_cand"]).groupby(
-        [calibration[c] for c in runs]).transform("sum")
+    rows = record_rows(calibration).groupby([calibration[c] for c in runs]).transform("sum")
     requests = calibration.groupby(runs)["request_index"].transform("size")
     return calibration.assign(graphed=[cuda and limits.takes(int(n), int(r)) for n, r in zip(requests, rows)])
 

@@ -306,7 +306,7 @@ class MeasureContext:
 
 
 def calibration_batches(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.DataFrame:
-    """One row per batch of one saturated replay's timed records: start_s, finish_s, stall_ms, graphed
+    """One row per batch of one calibration replay's timed records: start_s, finish_s, stall_ms, graphed
     (True where the records predate the column), batch_ms, `batch_costs`' columns and fixed_ms (batch
     time - measured copy stall - the cost model's compute)."""
     if "graphed" not in records:
@@ -330,8 +330,8 @@ def overhead_from_calibration(calibration: pd.DataFrame, cost: CostModel, sizer:
     runs = {(feed, int(size), load): calibration_batches(records, cost, sizer) for (feed, size, load), records
             in calibration.groupby(["feed", "batch_size", "load"], dropna=False)}
     serial = pd.concat([batches for (feed, _, _), batches in runs.items() if feed == "serial"])
-    full = runs[max((key for key in runs if key[0] == "saturated"), key=lambda key: key[1])]
-    big = max(size for _, size, _ in runs)
+    saturated = max((key for key in runs if key[0] == "saturated"), key=lambda key: key[1])
+    full, big = runs[saturated], saturated[1]
     open_loop = [batches[batches["recomputed"] + batches["reused"] < big]
                  for (feed, _, _), batches in runs.items() if feed == "open-loop"]
     return fit_overhead(serial, full, limits, pd.concat(open_loop) if open_loop else None)

@@ -198,6 +198,11 @@ def batch_price_ms(cost: CostModel, compute_ms: float, h2d_ms: float, fixed_ms: 
     return max(price, h2d_ms + copy_tail_ms) if h2d_ms > 0 else price
 
 
+def record_rows(records: pd.DataFrame) -> pd.Series:
+    """Rows each replay record adds to its batch's forward: its recomputed static tokens, R and C."""
+    return records["computed_tokens"] + records["n_rt"] + records["n_cand"]
+
+
 def batch_costs(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.DataFrame:
     """Per batch_index of a replay's records (its real decisions): `compute_ms` (R+C tokens and the
     recomputed static tokens) and `h2d_ms` (its host hits' loads) by the cost model, as `CacheService`
@@ -211,7 +216,7 @@ def batch_costs(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd
     h2d = moved.groupby(loads["batch_index"]).sum().reindex(compute.index, fill_value=0.0)
     reused = records["outcome"].isin([outcome.label for outcome in READS_CACHE]).groupby(records["batch_index"]).sum()
     size = records.groupby("batch_index").size()
-    rows = (records["computed_tokens"] + records["n_rt"] + records["n_cand"]).groupby(records["batch_index"]).sum()
+    rows = record_rows(records).groupby(records["batch_index"]).sum()
     return pd.DataFrame({"compute_ms": compute, "h2d_ms": cost.h2d_ms(h2d.to_numpy()),
                          "reused": reused.astype(np.int64), "recomputed": (size - reused).astype(np.int64),
                          "rows": rows.astype(np.int64)},
