@@ -100,13 +100,13 @@ def main() -> int:
         measured = points[(points["source"] == "measured") & (points["cache_mode"] == mode)].sort_values("rate")
         for point in measured.itertuples(index=False):
             p99 = point.latency_at_percentile_ms
-            if p99 is None or p99 != p99:
-                continue  # an overloaded run has no percentile
-            spread = f"{p99:.1f} ({point.latency_at_percentile_ms_min:.1f}-{point.latency_at_percentile_ms_max:.1f})"
+            overloaded = p99 is None or p99 != p99  # the real server fell behind: no percentile to compare
+            spread = ("overloaded" if overloaded else
+                      f"{p99:.1f} ({point.latency_at_percentile_ms_min:.1f}-{point.latency_at_percentile_ms_max:.1f})")
             old, new = (server.at(point.rate)["latency_at_percentile_ms"] for server in (reported, refitted))
             cells = [f"{value:.1f}" if value is not None else "-" for value in (old, new)]
-            print(f"{mode:<7}{point.rate:>7,.0f}  {spread:<18}{cells[0]:>7}{cells[1]:>7}{gap(old, p99):>7}"
-                  f"{gap(new, p99):>10}")
+            gaps = ["-", "-"] if overloaded else [gap(old, p99), gap(new, p99)]
+            print(f"{mode:<7}{point.rate:>7,.0f}  {spread:<18}{cells[0]:>7}{cells[1]:>7}{gaps[0]:>7}{gaps[1]:>10}")
         lines.append(f"{mode}: measured {row.get('measured_max_qps') or 0:,.0f}, report {row['max_qps']:,.0f}, "
                      f"refit {refitted.search():,.0f}")
     print(f"max QPS within p{config['percentile']:g} <= {config['slo_ms']:g} ms: " + "; ".join(lines))
