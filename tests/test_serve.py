@@ -12,7 +12,7 @@ from mtbench.serve.arrivals import ArrivalSpec, arrival_times, check_slo
 from mtbench.serve.batcher import BatcherConfig, DynamicBatcher
 from mtbench.serve.des import closed_loop_rate, serve_queue
 from mtbench.serve.stats import is_overloaded, queue_length, serving_stats
-from mtbench.serve.service import BatchOverhead, batch_price_ms
+from mtbench.serve.service import SPREAD_QUANTILES, BatchOverhead, batch_price_ms
 from mtbench.sim.costmodel import CostModel
 
 
@@ -218,6 +218,24 @@ def test_batch_overhead_is_a_plane_in_the_batch_composition() -> None:
     assert BatchOverhead.constant(0.7).ms(3, 2, False) == BatchOverhead.constant(0.7).ms(3, 2, True) == 0.7
 
 
+def test_a_spread_is_its_residuals_quantiles_at_mean_zero_drawn_by_path() -> None:
+    rng = np.random.default_rng(5)
+    residuals = rng.gamma(2.0, 0.5, 5000)  # skewed, as a host's hiccups are
+    spread = BatchOverhead.spread_of(residuals)
+    assert len(spread) == SPREAD_QUANTILES and np.all(np.diff(spread) >= 0)
+    overhead = BatchOverhead(3.0, spread=spread)
+    draws = np.array([overhead.deviation(u, 4, 0) for u in rng.random(100_000)])
+    assert abs(draws.mean()) < 0.01 and draws.std() == pytest.approx(residuals.std(), rel=0.03)
+    assert np.percentile(draws, 99) == pytest.approx(np.percentile(residuals - residuals.mean(), 99), rel=0.05)
+    assert BatchOverhead.spread_of(np.array([1.0])) is None and BatchOverhead(3.0).deviation(0.99, 4, 0) == 0.0
+    limits = GraphLimits(max_requests=8)  # a batch of 16 is eager: it draws from the eager path's spread
+    both = BatchOverhead(3.0, eager=(9.0, 0.0, 0.0), graphs=limits, spread=spread, eager_spread=tuple(4 * np.array(spread)))
+    assert both.deviation(0.99, 16, 0) == pytest.approx(4 * both.deviation(0.99, 4, 0))
+    assert BatchOverhead.from_dict(both.to_dict()) == both
+    older = {k: v for k, v in both.to_dict().items() if k not in ("spread", "eager_spread")}  # before 2026-12-02
+    assert BatchOverhead.from_dict(older).spread is None and BatchOverhead.from_dict(older).eager_spread is None
+
+
 # -------------------------------------------------------------------------------------- queueing theory
 @pytest.mark.parametrize("rho", [0.5, 0.8])
 def test_des_matches_md1_waiting_time(rho: float) -> None:
@@ -230,6 +248,20 @@ def test_des_matches_md1_waiting_time(rho: float) -> None:
     measured = float(timeline.queueing_ms[1000:].mean())
     assert measured == pytest.approx(expected, rel=0.05)
     assert not is_overloaded(timeline, 1)[0]
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.8])
+def test_des_with_a_spread_matches_mg1_waiting_time(rho: float) -> None:
+    """Pollaczek-Khinchine, batch size 1: Wq = lambda E[S^2] / (2 (1 - rho)); a spread of variance 0.75
+    around a 2 ms service lengthens the queue by (4 + 0.75) / 4 over M/D/1, as it should."""
+    spread = BatchOverhead.spread_of(np.random.default_rng(7).uniform(-1.5, 1.5, 20_000))
+    overhead, draws, service_ms = BatchOverhead(0.0, spread=spread), np.random.default_rng(3), 2.0
+    rate = rho / (service_ms / 1e3)
+    arrivals = arrival_times(np.zeros(200_000), ArrivalSpec("poisson", rate=rate, seed=11))
+    timeline = serve_queue(arrivals, lambda s, e, early: service_ms + overhead.deviation(draws.random(), e - s, 0),
+                           BatcherConfig(max_batch=1, max_wait_ms=0.0))
+    expected = rate / 1e3 * (service_ms ** 2 + 0.75) / (2 * (1 - rho))
+    assert float(timeline.queueing_ms[1000:].mean()) == pytest.approx(expected, rel=0.05)
 
 
 def test_overload_is_detected_and_percentiles_withheld() -> None:

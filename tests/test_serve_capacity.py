@@ -31,7 +31,7 @@ from mtbench.serve.capacity import (CALIBRATION_LOADS, SEARCH_PRECISION, Capacit
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.des import closed_loop_rate
 from mtbench.serve.gap import batch_gaps, gap_summary, host_summary, with_host_samples
-from mtbench.serve.service import BatchOverhead, CacheService, CacheSetting, batch_costs, batch_price_ms
+from mtbench.serve.service import SPREAD_QUANTILES, BatchOverhead, CacheService, CacheSetting, batch_costs, batch_price_ms
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, simulate
 
@@ -238,9 +238,12 @@ def test_capacity_measure_runs_the_real_replay(tmp_path: Path) -> None:
     assert calibration.loc[calibration["feed"] != "open-loop", "load"].isna().all()
     assert (open_loop["finish_s"] >= open_loop["arrival_s"]).all()
     curve = row["batch_overhead_curve"]  # a plane in the composition, fitted over the open-loop calibration
-    assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail", "eager", "graphs"}
+    assert set(curve) == {"serial", "pipelined", "per_recompute", "per_reuse", "copy_tail", "eager", "graphs",
+                          "spread", "eager_spread"}
     assert curve["eager"] is None and curve["graphs"] is None  # no CUDA graphs on the CPU: one plane
-    assert all(np.isfinite(value) for value in curve.values() if value is not None)
+    assert curve["eager_spread"] is None and len(curve["spread"]) == SPREAD_QUANTILES  # its batches' scatter
+    assert all(np.isfinite(value) for value in curve.values() if isinstance(value, float))
+    assert np.isfinite(curve["spread"]).all() and np.all(np.diff(curve["spread"]) >= 0)
     assert curve["copy_tail"] == 0.0  # no copy stalls on the CPU
 
 
@@ -388,6 +391,55 @@ def test_fit_overhead_prefers_the_open_loop_batches_on_each_path(seed: int) -> N
     # one path (no limits): one plane over every open-loop batch once there are enough of them
     one_path = fit_overhead(serial, full, None, batches(MIN_PLANE_BATCHES, False, 5.0, 0.15))
     assert one_path.eager is None and (one_path.serial, one_path.per_recompute) == pytest.approx((5.0, 0.15))
+
+
+def test_fit_overhead_keeps_each_paths_scatter_around_its_plane() -> None:
+    """`spread` holds how the graphed plane's batches scattered around it, `eager_spread` the eager
+    plane's (here the serial batches': too few open-loop ones took that path); both at mean zero."""
+    from mtbench.graphs import GraphLimits
+    from mtbench.serve.capacity import MIN_PLANE_BATCHES, fit_overhead
+
+    rng = np.random.default_rng(8)
+
+    def batches(n: int, graphed: bool, intercept: float, sd: float) -> pd.DataFrame:
+        recomputed, reused = rng.integers(0, 30, n), rng.integers(0, 30, n)
+        fixed = intercept + 0.1 * recomputed + 0.01 * reused + rng.normal(0.0, sd, n)
+        return pd.DataFrame({"fixed_ms": fixed, "recomputed": recomputed, "reused": reused, "graphed": graphed,
+                             "stall_ms": 0.0, "batch_ms": fixed, "h2d_ms": 0.0})
+
+    serial = pd.concat([batches(40, True, 4.0, 0.0), batches(400, False, 9.0, 2.0)])
+    open_loop = pd.concat([batches(800, True, 3.0, 0.4), batches(MIN_PLANE_BATCHES - 1, False, 6.0, 0.0)])
+    overhead = fit_overhead(serial, batches(1, False, 9.0, 0.0), GraphLimits(max_requests=64), open_loop)
+    uniforms = rng.random(50_000)
+    for spread, sd in ((overhead.spread, 0.4), (overhead.eager_spread, 2.0)):
+        assert len(spread) == SPREAD_QUANTILES and (spread[0] + spread[-1] + 2 * sum(spread[1:-1])) == pytest.approx(0.0, abs=1e-9)
+        draws = np.interp(uniforms, np.linspace(0, 1, SPREAD_QUANTILES), spread)
+        assert draws.std() == pytest.approx(sd, rel=0.1)
+    one_path = fit_overhead(serial, batches(1, False, 9.0, 0.0), None, open_loop)
+    assert one_path.eager_spread is None and len(one_path.spread) == SPREAD_QUANTILES
+
+
+@pytest.mark.parametrize("mode", ["none", "gpu"])
+def test_the_service_adds_each_batch_its_own_draw_from_the_spread(mode: str) -> None:
+    """Each batch's price is its plane's plus one draw from the spread, from a stream seeded per service:
+    the same seed prices the same batches the same; another seed differently."""
+    sizer = EntrySizer(CFG.kv_bytes_per_token(torch.float32), 32)
+    workload = Workload.from_columns(_columns(2, n=400, users=40), sizer)
+    cost = CostModel(static_token_ms=0.02, new_token_ms=0.01, request_overhead_ms=0.05)
+    setting = CacheSetting(mode, "lru", 400 * int(workload.size.max()) if mode == "gpu" else 0)
+    plane = BatchOverhead(2.0, pipelined=1.0, per_recompute=0.05, per_reuse=0.01)
+    spread = BatchOverhead.spread_of(np.linspace(-1.0, 1.0, 50))
+    noisy = BatchOverhead(2.0, pipelined=1.0, per_recompute=0.05, per_reuse=0.01, spread=spread)
+
+    def prices(overhead: BatchOverhead, seed: int) -> np.ndarray:
+        service = CacheService(workload, setting, cost, overhead, seed)
+        return np.array([service(start, start + 4, False) for start in range(0, workload.n_requests, 4)])
+
+    stream = np.random.default_rng(0)
+    deviations = [np.interp(stream.random(), np.linspace(0, 1, SPREAD_QUANTILES), spread) for _ in range(100)]
+    np.testing.assert_allclose(prices(noisy, 0) - prices(plane, 0), deviations, atol=1e-9)
+    np.testing.assert_array_equal(prices(noisy, 0), prices(noisy, 0))
+    assert not np.allclose(prices(noisy, 1), prices(noisy, 0))
 
 
 def test_cpus_are_parsed_as_lists_and_ranges() -> None:

@@ -107,7 +107,9 @@ class ModeServer:
         self._rows: dict[float, dict] = {}
 
     def _service(self) -> CacheService:
-        return CacheService(self.workload, self.setting, self.mode_cost.cost, self.mode_cost.overhead)
+        """A fresh service; every run draws the same stream of fixed-cost deviations (the arrivals' seed)."""
+        return CacheService(self.workload, self.setting, self.mode_cost.cost, self.mode_cost.overhead,
+                            self.question.serving.arrivals.seed)
 
     def at(self, rate: float) -> dict:
         """Serving row at `rate` requests/s (simulated), plus `latency_at_percentile_ms` and `meets_slo`."""
@@ -344,29 +346,34 @@ def fit_overhead(serial: pd.DataFrame, full: pd.DataFrame, limits: GraphLimits |
     graphs' `limits` are known, else one over every batch) is fitted over the `open_loop` batches on
     that path when there are MIN_PLANE_BATCHES of them, else over the `serial` ones (else the
     open-loop ones, if only they took it). The `full` pipelined batches give the intercept `pipelined`
-    (their fixed cost less their path's per-request terms), the serial ones the copies held up `copy_tail`."""
+    (their fixed cost less their path's per-request terms), the serial ones the copies held up `copy_tail`,
+    and each plane's own batches their scatter around it (`spread`, `eager_spread`)."""
     sources = [serial] + ([open_loop] if open_loop is not None else [])
     graphed = np.concatenate([source["graphed"].to_numpy(dtype=bool) for source in sources])
     two_paths = limits is not None and graphed.any() and not graphed.all()
 
-    def plane(path: bool | None) -> tuple[float, float, float]:
-        """The plane of the graphed (True) or eager (False) batches, or of every batch (None)."""
+    def plane(path: bool | None) -> tuple[tuple[float, float, float], np.ndarray]:
+        """(plane, its batches' residuals) of the graphed (True) or eager (False) batches, or of every
+        batch (None)."""
         on = [source if path is None else source[source["graphed"].to_numpy(dtype=bool) == path]
               for source in (open_loop, serial) if source is not None]
         timed = next((batches for batches in on if len(batches) >= MIN_PLANE_BATCHES), None)
         timed = timed if timed is not None else max(on, key=len)
-        return fit_plane(timed["recomputed"].to_numpy(dtype=float), timed["reused"].to_numpy(dtype=float),
-                         timed["fixed_ms"].to_numpy(dtype=float))
+        recomputed, reused = timed["recomputed"].to_numpy(dtype=float), timed["reused"].to_numpy(dtype=float)
+        ms = timed["fixed_ms"].to_numpy(dtype=float)
+        fitted = fit_plane(recomputed, reused, ms)
+        return fitted, ms - (fitted[0] + fitted[1] * recomputed + fitted[2] * reused)
 
-    graphed_plane = plane(True) if two_paths else plane(None)
-    eager = plane(False) if two_paths else None
+    graphed_plane, residuals = plane(True if two_paths else None)
+    eager, eager_residuals = plane(False) if two_paths else (None, np.empty(0))
     paths = np.array([graphed_plane, eager or graphed_plane])  # row 0: graphed, row 1: eager
     slopes = paths[(~full["graphed"].to_numpy(dtype=bool)).astype(int), 1:]  # each full batch's path
     pipelined = float((full["fixed_ms"] - slopes[:, 0] * full["recomputed"] - slopes[:, 1] * full["reused"]).mean())
     held_up = serial[serial["stall_ms"] > COPY_BOUND_STALL_MS]
     tail = float((held_up["batch_ms"] - held_up["h2d_ms"]).median()) if len(held_up) else 0.0
     intercept, per_recompute, per_reuse = graphed_plane
-    return BatchOverhead(intercept, pipelined, per_recompute, per_reuse, tail, eager, limits if two_paths else None)
+    return BatchOverhead(intercept, pipelined, per_recompute, per_reuse, tail, eager, limits if two_paths else None,
+                         BatchOverhead.spread_of(residuals), BatchOverhead.spread_of(eager_residuals))
 
 
 def fit_plane(recomputed: np.ndarray, reused: np.ndarray, ms: np.ndarray) -> tuple[float, float, float]:

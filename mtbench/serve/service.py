@@ -13,6 +13,10 @@ the batcher closes it does what the real open-loop server does, in the same orde
   pipeline hides them; a serial batch whose copies outlast that work ends the overhead's
   `copy_tail` after its last copy. The load budget observes fixed + compute, as the replay observes
   a batch's device time minus its copy stalls.
+A measured overhead also has a `spread`: how the calibration batches' fixed cost scattered around its
+plane. Each batch then draws its own deviation from that distribution (mean zero, one seeded stream
+per run), because a queue's waiting grows with the variance of its service times as well as their mean: a
+deterministic price put the H200's p99 at 70% load 5-15% low (BENCHMARKS.md section 17).
 Mode `none` recomputes every prefix; `gpu` has no host tier.
 """
 
@@ -32,6 +36,7 @@ from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, control_config, request_columns
 
 CACHE_MODES = ("none", "gpu", "tiered")
+SPREAD_QUANTILES = 101  # of a measured fixed cost's scatter around its plane (`BatchOverhead.spread`)
 OUTCOME_NAMES = np.array([outcome.label for outcome in sorted(Outcome)])
 assert all(OUTCOME_NAMES[int(o)] == o.label for o in Outcome)  # indexed by the outcome codes
 
@@ -69,7 +74,13 @@ class BatchOverhead:
     and `eager` = (serial, per_recompute, per_reuse) the others: an eager forward issues every kernel
     from the host, a fixed cost that a plane over both paths would spread over every batch size (on
     the H200 host 3 ms for a graphed batch of 16, 9-13 ms for an eager one of 32-64; BENCHMARKS.md
-    section 15). `pipelined` is the intercept of a full batch on either path."""
+    section 15). `pipelined` is the intercept of a full batch on either path.
+
+    `spread` (and `eager_spread`, of the eager plane): SPREAD_QUANTILES evenly spaced quantiles (0 to 1)
+    of the fitted batches' fixed ms less their plane, shifted to mean zero; `deviation` maps a uniform
+    draw through the batch's path's. None: every batch costs exactly its plane. Per path, because the
+    paths scatter differently (on the H200 the graphed batches by 0.4-1.1 ms (sd), the eager ones by
+    4 ms)."""
 
     serial: float = 0.0
     pipelined: float = 0.0
@@ -78,6 +89,8 @@ class BatchOverhead:
     copy_tail: float = 0.0
     eager: tuple[float, float, float] | None = None
     graphs: GraphLimits | None = None
+    spread: tuple[float, ...] | None = None
+    eager_spread: tuple[float, ...] | None = None
 
     @classmethod
     def constant(cls, ms: float) -> "BatchOverhead":
@@ -89,10 +102,32 @@ class BatchOverhead:
             raise MtbenchError("batch_overhead_curve: a report of an older mtbench (serial fixed cost by batch size, "
                                "not by composition); re-run `mtbench capacity --measure`")
         eager, graphs = curve.get("eager"), curve.get("graphs")  # absent in reports before 2026-12-01
+        spreads = {name: tuple(float(v) for v in curve[name]) if curve.get(name) is not None else None
+                   for name in ("spread", "eager_spread")}  # absent before 2026-12-02
         return cls(**{name: float(curve[name]) for name in
                       ("serial", "pipelined", "per_recompute", "per_reuse", "copy_tail")},
                    eager=tuple(float(v) for v in eager) if eager is not None else None,
-                   graphs=GraphLimits(**graphs) if graphs is not None else None)
+                   graphs=GraphLimits(**graphs) if graphs is not None else None, **spreads)
+
+    @staticmethod
+    def spread_of(residuals: np.ndarray) -> tuple[float, ...] | None:
+        """The `spread` of these residuals (ms): SPREAD_QUANTILES quantiles, shifted so that the
+        piecewise-linear distribution `deviation` draws from has mean zero (None without residuals)."""
+        if len(residuals) < 2:
+            return None
+        quantiles = np.quantile(np.asarray(residuals, dtype=float), np.linspace(0.0, 1.0, SPREAD_QUANTILES))
+        mean = (quantiles[:-1] + quantiles[1:]).mean() / 2  # the mean of the linear interpolation
+        return tuple((quantiles - mean).tolist())
+
+    def deviation(self, uniform: float, requests: int, rows: int) -> float:
+        """The fixed-cost deviation from its plane of a batch of this many requests and computed rows,
+        for a uniform draw in [0, 1) (0 where its path has no spread)."""
+        spread = self.eager_spread if self._eager(requests, rows) else self.spread
+        if spread is None:
+            return 0.0
+        position = uniform * (len(spread) - 1)
+        below = min(int(position), len(spread) - 2)
+        return spread[below] + (position - below) * (spread[below + 1] - spread[below])
 
     def ms(self, recomputed: float, reused: float, early: bool, rows: int = 0) -> float:
         """Fixed ms of a batch with `recomputed` + `reused` requests and `rows` computed rows."""
@@ -101,9 +136,11 @@ class BatchOverhead:
 
     def plane(self, requests: int, rows: int) -> tuple[float, float, float]:
         """(serial, per_recompute, per_reuse) of a batch of this many requests and computed rows."""
-        if self.eager is not None and self.graphs is not None and not self.graphs.takes(requests, rows):
-            return self.eager
-        return self.serial, self.per_recompute, self.per_reuse
+        return self.eager if self._eager(requests, rows) else (self.serial, self.per_recompute, self.per_reuse)
+
+    def _eager(self, requests: int, rows: int) -> bool:
+        """Whether such a batch takes the eager path's plane."""
+        return self.eager is not None and self.graphs is not None and not self.graphs.takes(requests, rows)
 
     def tail_ms(self, early: bool) -> float:
         return 0.0 if early else self.copy_tail
@@ -112,7 +149,9 @@ class BatchOverhead:
         return {"serial": self.serial, "pipelined": self.pipelined, "per_recompute": self.per_recompute,
                 "per_reuse": self.per_reuse, "copy_tail": self.copy_tail,
                 "eager": list(self.eager) if self.eager is not None else None,
-                "graphs": self.graphs.to_dict() if self.graphs is not None else None}
+                "graphs": self.graphs.to_dict() if self.graphs is not None else None,
+                "spread": list(self.spread) if self.spread is not None else None,
+                "eager_spread": list(self.eager_spread) if self.eager_spread is not None else None}
 
 
 @dataclass
@@ -120,14 +159,16 @@ class CacheService:
     """The cache and cost of one server over one workload, served in FIFO batches (module docstring).
 
     State: the control plane (None for mode none), the planned batch not yet released, the load
-    budget's recent compute, and per request its outcome code and recomputed static tokens (-1 /
-    unset until served). Invariant: batches arrive in FIFO order, each once.
+    budget's recent compute, the random stream of the fixed cost's deviations (`seed`; one draw per
+    batch, whether or not the overhead has a spread), and per request its outcome code and recomputed
+    static tokens (-1 / unset until served). Invariant: batches arrive in FIFO order, each once.
     """
 
     workload: Workload
     setting: CacheSetting
     cost: CostModel
     overhead: BatchOverhead = field(default_factory=BatchOverhead)
+    seed: int = 0
     outcomes: np.ndarray = field(init=False)
     recomputed: np.ndarray = field(init=False)
 
@@ -146,12 +187,13 @@ class CacheService:
                                                       TierSettings(lookahead=1), self.cost))
         self._held: BatchDecisions | None = None  # the last batch's plan: planned, not released
         self._budget = AutoLoadBudget() if self.setting.mode == "tiered" else None
+        self._deviations = np.random.default_rng(self.seed)
 
     def __call__(self, start: int, end: int, early: bool) -> float:
         """Plan, release and price the batch [start, end): its service time in ms."""
         if self._plane is None:
             self.outcomes[start:end] = int(Outcome.MISS)
-            return self.overhead.ms(end - start, 0, early, self._rows(start, end)) + self._compute_ms(start, end)
+            return batch_price_ms(self.cost, self._compute_ms(start, end), 0.0, self._fixed_ms(end - start, 0, early, start, end))
         if not early:
             self._release_held()
         requests = [Request(self._keys[i], self._n_static[i], self._ts[i], self._next_use[i]) for i in range(start, end)]
@@ -165,7 +207,7 @@ class CacheService:
         self.recomputed[start:end] = self.workload.n_static[start:end] - np.asarray(plan.cached)
         compute = self._compute_ms(start, end)
         reused = sum(outcome in READS_CACHE for outcome in plan.outcomes)
-        fixed = self.overhead.ms(end - start - reused, reused, early, self._rows(start, end))
+        fixed = self._fixed_ms(end - start - reused, reused, early, start, end)
         if self._budget is not None:
             self._budget.observe(fixed + compute)  # the batch's device time without copy stalls, as the replay feeds it
         return batch_price_ms(self.cost, compute, h2d, fixed, self.overhead.tail_ms(early))
@@ -177,6 +219,12 @@ class CacheService:
     def _rows(self, start: int, end: int) -> int:
         """Computed rows of the batch: its recomputed static tokens and its R and C tokens."""
         return int(self.recomputed[start:end].sum() + self._new_tokens[start:end].sum())
+
+    def _fixed_ms(self, recomputed: int, reused: int, early: bool, start: int, end: int) -> float:
+        """The batch's fixed cost: its plane, plus its own draw from the overhead's spread."""
+        rows = self._rows(start, end)
+        deviation = self.overhead.deviation(self._deviations.random(), end - start, rows)
+        return self.overhead.ms(recomputed, reused, early, rows) + deviation
 
     def _compute_ms(self, start: int, end: int) -> float:
         return float(np.sum(self.cost.compute_ms(self._new_tokens[start:end], self.recomputed[start:end])))
