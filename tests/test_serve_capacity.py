@@ -26,12 +26,12 @@ from mtbench.model import get_config
 from mtbench.serve.arrivals import ArrivalSpec
 from mtbench.serve.batcher import BatcherConfig
 from mtbench.cache.control import Outcome
-from mtbench.serve.capacity import (CALIBRATION_LOADS, SEARCH_PRECISION, CapacityQuestion, ModeCost, ModeServer,
-                                     fit_plane, gpus_needed, measured_search)
+from mtbench.serve.capacity import (CALIBRATION_LOADS, SEARCH_PRECISION, SPREAD_RUNS, CapacityQuestion, ModeCost,
+                                     ModeServer, fit_plane, gpus_needed, measured_search)
 from mtbench.serve.options import ServingOptions
 from mtbench.serve.des import closed_loop_rate
 from mtbench.serve.gap import batch_gaps, gap_summary, host_summary, with_host_samples
-from mtbench.serve.service import SPREAD_QUANTILES, BatchOverhead, CacheService, CacheSetting, batch_costs, batch_price_ms
+from mtbench.serve.service import SPREAD_QUANTILES, STRATA, BatchOverhead, CacheService, CacheSetting, batch_costs, batch_price_ms
 from mtbench.sim.costmodel import CostModel
 from mtbench.sim.simulator import TierSettings, Workload, simulate
 
@@ -421,25 +421,41 @@ def test_fit_overhead_keeps_each_paths_scatter_around_its_plane() -> None:
 
 @pytest.mark.parametrize("mode", ["none", "gpu"])
 def test_the_service_adds_each_batch_its_own_draw_from_the_spread(mode: str) -> None:
-    """Each batch's price is its plane's plus one draw from the spread, from a stream seeded per service:
-    the same seed prices the same batches the same; another seed differently."""
+    """Each batch's price is its plane's plus one draw from the spread; every STRATA batches draw once
+    from each stratum of it, in a seeded random order: the same seed prices the same batches the same."""
     sizer = EntrySizer(CFG.kv_bytes_per_token(torch.float32), 32)
-    workload = Workload.from_columns(_columns(2, n=400, users=40), sizer)
+    workload = Workload.from_columns(_columns(2, n=4 * STRATA, users=40), sizer)
     cost = CostModel(static_token_ms=0.02, new_token_ms=0.01, request_overhead_ms=0.05)
     setting = CacheSetting(mode, "lru", 400 * int(workload.size.max()) if mode == "gpu" else 0)
     plane = BatchOverhead(2.0, pipelined=1.0, per_recompute=0.05, per_reuse=0.01)
-    spread = BatchOverhead.spread_of(np.linspace(-1.0, 1.0, 50))
+    spread = BatchOverhead.spread_of(np.linspace(-1.0, 1.0, 50))  # uniform: a draw u deviates by 2u - 1
     noisy = BatchOverhead(2.0, pipelined=1.0, per_recompute=0.05, per_reuse=0.01, spread=spread)
 
     def prices(overhead: BatchOverhead, seed: int) -> np.ndarray:
         service = CacheService(workload, setting, cost, overhead, seed)
         return np.array([service(start, start + 4, False) for start in range(0, workload.n_requests, 4)])
 
-    stream = np.random.default_rng(0)
-    deviations = [np.interp(stream.random(), np.linspace(0, 1, SPREAD_QUANTILES), spread) for _ in range(100)]
-    np.testing.assert_allclose(prices(noisy, 0) - prices(plane, 0), deviations, atol=1e-9)
+    uniforms = (prices(noisy, 0) - prices(plane, 0) + 1.0) / 2
+    assert sorted(np.floor(uniforms * STRATA).astype(int)) == list(range(STRATA))  # each stratum once
+    assert abs(np.corrcoef(uniforms[:-1], uniforms[1:])[0, 1]) < 0.25  # in no particular order
     np.testing.assert_array_equal(prices(noisy, 0), prices(noisy, 0))
     assert not np.allclose(prices(noisy, 1), prices(noisy, 0))
+
+
+def test_with_a_spread_each_rate_is_the_median_of_several_simulated_runs() -> None:
+    """SPREAD_RUNS streams of draws on the same arrivals, the run with the median p99 reported, as the
+    device reports its median run; without a spread, one run."""
+    sizer = EntrySizer(CFG.kv_bytes_per_token(torch.float32), 32)
+    workload = Workload.from_columns(_columns(3, n=600, users=40), sizer)
+    cost = CostModel(static_token_ms=0.02, new_token_ms=0.01, request_overhead_ms=0.05)
+    spread = BatchOverhead.spread_of(np.random.default_rng(1).gamma(2.0, 1.0, 500))
+    question = CapacityQuestion(ServingOptions(ArrivalSpec("poisson", rate=1.0, seed=4), BatcherConfig(8, 2.0), 50.0))
+    server = ModeServer(workload, CacheSetting("none"), ModeCost(cost, BatchOverhead(2.0, spread=spread)), question)
+    rate = 0.7 * server.saturation_qps
+    runs = sorted(server._run(rate, stream)["latency_at_percentile_ms"] for stream in range(SPREAD_RUNS))
+    assert len(set(runs)) > 1 and server.at(rate)["latency_at_percentile_ms"] == runs[SPREAD_RUNS // 2]
+    plain = ModeServer(workload, CacheSetting("none"), ModeCost(cost, BatchOverhead(2.0)), question)
+    assert plain.at(rate) == plain._run(rate, 0)
 
 
 def test_cpus_are_parsed_as_lists_and_ranges() -> None:

@@ -33,12 +33,13 @@ def capacity(
                                           help="Fixed ms per batch on top of the cost model's per-request costs, or "
                                                "auto: measure it per cache mode on --device (replays with every "
                                                "request queued, then open-loop runs at 30, 60 and 90% of the "
-                                               "measured throughput)."),
+                                               "measured throughput; the simulator draws each batch's deviation "
+                                               "from how those batches scattered, the median of five runs)."),
     batch_size: int = typer.Option(16, "--batch-size", "--max-batch", help="Most requests per batch."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="A batch closes this long after its first request."),
     max_batch_tokens: Optional[int] = typer.Option(None, "--max-batch-tokens", help="Token budget per batch."),
     arrivals: str = typer.Option("poisson", "--arrivals", help="poisson, or trace (the trace's ts rescaled to each rate)."),
-    seed: int = typer.Option(0, "--seed", help="Poisson arrivals seed (and model weights with --measure)."),
+    seed: int = typer.Option(0, "--seed", help="Poisson arrivals seed (and model weights with --measure, and the simulated batches' draws)."),
     target_qps: Optional[float] = typer.Option(None, "--target-qps", help="Also size the fleet for this rate."),
     max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Use only the first N requests."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Requests that fill the cache before the clock starts, left out of the figures (default: a tenth)."),

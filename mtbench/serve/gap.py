@@ -2,8 +2,9 @@
 
 `batch_gaps` reads a `mtbench capacity --measure` report (measured_requests.parquet, summary.json) and
 prices every measured open-loop batch's REAL decisions as the simulator prices its own
-(`batch_costs` + the mode's `BatchOverhead` + `batch_price_ms`), beside what the batch took (start to
-finish) and the copy stall the replay measured. `gap_summary` averages them per mode, early/serial
+(`batch_costs` + the mode's `BatchOverhead` + `batch_price_ms`; its plane, without the draw from its
+`spread`: the gap is that deviation), beside what the batch took (start to finish) and the copy stall
+the replay measured. `gap_summary` averages them per mode, early/serial
 batch and size class. A batch is `early` when it held max_batch requests, the last of which arrived
 before the previous batch started (the server planned it while that one ran): the simulator's rule
 (`mtbench.serve.des`) for a batcher without a token budget. `host_summary` sets the batches that took
