@@ -232,7 +232,7 @@ def test_a_spread_is_its_residuals_quantiles_at_mean_zero_drawn_by_path() -> Non
     both = BatchOverhead(3.0, eager=(9.0, 0.0, 0.0), graphs=limits, spread=spread, eager_spread=tuple(4 * np.array(spread)))
     assert both.deviation(0.99, 16, 0) == pytest.approx(4 * both.deviation(0.99, 4, 0))
     assert BatchOverhead.from_dict(both.to_dict()) == both
-    older = {k: v for k, v in both.to_dict().items() if k not in ("spread", "eager_spread")}  # before 2026-12-02
+    older = {k: v for k, v in both.to_dict().items() if k not in ("spread", "eager_spread")}  # reports made before the spread
     assert BatchOverhead.from_dict(older).spread is None and BatchOverhead.from_dict(older).eager_spread is None
 
 

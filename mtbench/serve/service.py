@@ -104,7 +104,7 @@ class BatchOverhead:
                                "not by composition); re-run `mtbench capacity --measure`")
         eager, graphs = curve.get("eager"), curve.get("graphs")  # absent in reports before 2026-12-01
         spreads = {name: tuple(float(v) for v in curve[name]) if curve.get(name) is not None else None
-                   for name in ("spread", "eager_spread")}  # absent before 2026-12-02
+                   for name in ("spread", "eager_spread")}  # absent in reports made before the spread (2026-12-01)
         return cls(**{name: float(curve[name]) for name in
                       ("serial", "pipelined", "per_recompute", "per_reuse", "copy_tail")},
                    eager=tuple(float(v) for v in eager) if eager is not None else None,
@@ -199,7 +199,8 @@ class CacheService:
         """Plan, release and price the batch [start, end): its service time in ms."""
         if self._plane is None:
             self.outcomes[start:end] = int(Outcome.MISS)
-            return batch_price_ms(self.cost, self._compute_ms(start, end), 0.0, self._fixed_ms(end - start, 0, early, start, end))
+            fixed = self._fixed_ms(end - start, 0, early, start, end)
+            return batch_price_ms(self.cost, self._compute_ms(start, end), 0.0, fixed)
         if not early:
             self._release_held()
         requests = [Request(self._keys[i], self._n_static[i], self._ts[i], self._next_use[i]) for i in range(start, end)]
