@@ -32,12 +32,12 @@ from mtbench.sim.costmodel import CostModel
 
 @dataclass
 class Repriced:
-    """One report priced again: `points` has a row per measured (cache_mode, rate): load (rate / the
-    refit's simulated saturation), measured_p99_ms (NaN where the real server fell behind) with its
-    runs' measured_min_ms / measured_max_ms, report_p99_ms and refit_p99_ms (simulated; NaN where
-    overloaded); `max_qps` a
-    row per mode: measured, report and refit max QPS within the SLO. `trace_matches`: the trace is
-    byte for byte the report's (the bench rebuilds it so only with the same pyarrow)."""
+    """One report priced again. `points`: a row per measured (cache_mode, rate) with load (rate / the
+    refit's simulated saturation), measured_p99_ms (NaN where the real server fell behind), its runs'
+    measured_min_ms and measured_max_ms, and the simulated report_p99_ms and refit_p99_ms (NaN where
+    overloaded). `max_qps`: a row per mode, the measured, report and refit max QPS within the SLO.
+    `trace_matches`: the trace is byte for byte the report's (the bench rebuilds it so only with the
+    same pyarrow)."""
 
     points: pd.DataFrame
     max_qps: pd.DataFrame

@@ -14,9 +14,10 @@ the batcher closes it does what the real open-loop server does, in the same orde
   `copy_tail` after its last copy. The load budget observes fixed + compute, as the replay observes
   a batch's device time minus its copy stalls.
 A measured overhead also has a `spread`: how the calibration batches' fixed cost scattered around its
-plane. Each batch then draws its own deviation from that distribution (mean zero, one seeded stream
-per run), because a queue's waiting grows with the variance of its service times as well as their mean: a
-deterministic price put the H200's p99 at 70% load 5-15% low (BENCHMARKS.md section 17).
+plane. Each batch then draws its own deviation from that distribution (mean zero; one seeded stream
+per service, stratified), because a queue's waiting grows with the variance of its service times as
+well as with their mean: a deterministic price put the H200's p99 at 70% load 5-15% low (BENCHMARKS.md
+section 17; `ModeServer` reports the median of several such runs).
 Mode `none` recomputes every prefix; `gpu` has no host tier.
 """
 
@@ -165,8 +166,9 @@ class CacheService:
 
     State: the control plane (None for mode none), the planned batch not yet released, the load
     budget's recent compute, the random stream of the fixed cost's deviations (`seed`; one stratified
-    draw per batch, whether or not the overhead has a spread), and per request its outcome code and recomputed
-    static tokens (-1 / unset until served). Invariant: batches arrive in FIFO order, each once.
+    draw per batch, whether or not the overhead has a spread), and per request its outcome code and
+    recomputed static tokens (-1 / unset until served). Invariant: batches arrive in FIFO order, each
+    once.
     """
 
     workload: Workload
