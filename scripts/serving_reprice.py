@@ -29,9 +29,9 @@ def gap(simulated: float, measured: float) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("report", type=Path)
-    parser.add_argument("trace", type=Path)
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("report", type=Path, help="a capacity --measure report, or a serving bench's $OUT")
+    parser.add_argument("trace", type=Path, help="the trace the run replayed")
     args = parser.parse_args()
     try:
         priced = reprice(args.report, args.trace)
