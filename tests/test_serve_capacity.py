@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from mtbench.cli import app
 from mtbench.errors import MtbenchError
 from mtbench.model import get_config
-from mtbench.serve.arrivals import ArrivalSpec
+from mtbench.serve.arrivals import ArrivalSpec, arrival_times
 from mtbench.serve.batcher import BatcherConfig
 from mtbench.cache.control import Outcome
 from mtbench.serve.capacity import (CALIBRATION_LOADS, SEARCH_PRECISION, SPREAD_RUNS, CapacityQuestion, ModeCost,
@@ -452,10 +452,11 @@ def test_with_a_spread_each_rate_is_the_median_of_several_simulated_runs() -> No
     question = CapacityQuestion(ServingOptions(ArrivalSpec("poisson", rate=1.0, seed=4), BatcherConfig(8, 2.0), 50.0))
     server = ModeServer(workload, CacheSetting("none"), ModeCost(cost, BatchOverhead(2.0, spread=spread)), question)
     rate = 0.7 * server.saturation_qps
-    runs = sorted(server._run(rate, stream)["latency_at_percentile_ms"] for stream in range(SPREAD_RUNS))
+    arrivals = arrival_times(workload.ts, question.arrivals_at(rate))
+    runs = sorted(server._run(rate, arrivals, stream)["latency_at_percentile_ms"] for stream in range(SPREAD_RUNS))
     assert len(set(runs)) > 1 and server.at(rate)["latency_at_percentile_ms"] == runs[SPREAD_RUNS // 2]
     plain = ModeServer(workload, CacheSetting("none"), ModeCost(cost, BatchOverhead(2.0)), question)
-    assert plain.at(rate) == plain._run(rate, 0)
+    assert plain.at(rate) == plain._run(rate, arrivals, 0)
 
 
 def test_cpus_are_parsed_as_lists_and_ranges() -> None:

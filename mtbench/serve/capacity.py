@@ -119,14 +119,13 @@ class ModeServer:
         """Serving row at `rate` requests/s (simulated; the median run where there are several), plus
         `latency_at_percentile_ms` and `meets_slo`."""
         if rate not in self._rows:
+            arrivals = arrival_times(self.workload.ts, self.question.arrivals_at(rate))
             streams = SPREAD_RUNS if self.mode_cost.overhead.has_spread else 1
-            runs = sorted((self._run(rate, stream) for stream in range(streams)),
-                          key=lambda row: math.inf if row["overloaded"] else row["latency_at_percentile_ms"])
+            runs = sorted((self._run(rate, arrivals, stream) for stream in range(streams)), key=percentile_latency)
             self._rows[rate] = runs[len(runs) // 2]
         return self._rows[rate]
 
-    def _run(self, rate: float, stream: int) -> dict:
-        arrivals = arrival_times(self.workload.ts, self.question.arrivals_at(rate))
+    def _run(self, rate: float, arrivals: np.ndarray, stream: int) -> dict:
         service = self._service(stream)
         timeline = serve_queue(arrivals, service, self.question.serving.batcher, self.tokens, self.question.warmup)
         return point_row(timeline, service.outcome_names, self.question, rate)
@@ -155,6 +154,12 @@ def point_row(timeline: Timeline, outcomes: np.ndarray, question: CapacityQuesti
     row["latency_at_percentile_ms"] = None if row["overloaded"] else at_percentile
     row["meets_slo"] = bool(not row["overloaded"] and at_percentile <= serving.slo_ms)
     return row
+
+
+def percentile_latency(row: dict) -> float:
+    """A run's latency at the question's percentile, infinite where it was overloaded (the slowest):
+    the key that ranks repeated runs of one rate, simulated or measured."""
+    return math.inf if row["latency_at_percentile_ms"] is None else row["latency_at_percentile_ms"]
 
 
 def gpus_needed(target_qps: float | None, max_qps: float) -> int | None:
@@ -281,14 +286,11 @@ class MeasureContext:
         latency at the question's percentile (an overloaded run counts as the slowest; of two, the
         slower), with `repeats` and the lowest and highest of that latency over the repeats
         (`latency_at_percentile_ms_min` / `_max`, None where a run was overloaded)."""
-        def latency(row: dict) -> float:
-            return math.inf if row["latency_at_percentile_ms"] is None else row["latency_at_percentile_ms"]
-
-        ranked = sorted((self._run_once(mode, rate, repeat) for repeat in range(self.repeats)), key=latency)
+        ranked = sorted((self._run_once(mode, rate, repeat) for repeat in range(self.repeats)), key=percentile_latency)
         row = dict(ranked[len(ranked) // 2])
         row["repeats"] = len(ranked)
         for name, end in (("min", ranked[0]), ("max", ranked[-1])):
-            row[f"latency_at_percentile_ms_{name}"] = latency(end) if math.isfinite(latency(end)) else None
+            row[f"latency_at_percentile_ms_{name}"] = end["latency_at_percentile_ms"]
         return row
 
     def _open_loop(self, mode: str, arrivals: ArrivalSpec, what: str) -> tuple[dict, pd.DataFrame]:
@@ -318,11 +320,9 @@ class MeasureContext:
 
 
 def calibration_batches(records: pd.DataFrame, cost: CostModel, sizer: EntrySizer) -> pd.DataFrame:
-    """One row per batch of one calibration replay's timed records: start_s, finish_s, stall_ms, graphed
-    (True where the records predate the column), batch_ms, `batch_costs`' columns and fixed_ms (batch
-    time - measured copy stall - the cost model's compute)."""
-    if "graphed" not in records:
-        records = records.assign(graphed=True)
+    """One row per batch of one calibration replay's timed records: start_s, finish_s, stall_ms, graphed,
+    batch_ms, `batch_costs`' columns and fixed_ms (batch time - measured copy stall - the cost model's
+    compute)."""
     timed = records.groupby("batch_index")[["start_s", "finish_s", "stall_ms", "graphed"]].first()
     timed["batch_ms"] = (timed["finish_s"] - timed["start_s"]) * 1e3
     timed = timed.join(batch_costs(records, cost, sizer))
